@@ -1,0 +1,12 @@
+"""App config of the control layer."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ControlConfig(AppConfig):
+    """Policies, engine, scheduler and worker inventory."""
+
+    name = "control"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,7 @@
+"""Crucible Control: the Django project (settings, routing, the Celery app)."""
+
+from __future__ import annotations
+
+from .celery import app as celery_app
+
+__all__ = ["celery_app"]

@@ -1,0 +1,12 @@
+"""App config of the experiment domain."""
+
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+
+class ExperimentsConfig(AppConfig):
+    """Experiments, runs, metrics and the audit log."""
+
+    name = "experiments"
+    default_auto_field = "django.db.models.BigAutoField"

@@ -1,0 +1,73 @@
+"""State, event and priority vocabularies of the experiment domain."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class State(models.TextChoices):
+    """Where an experiment is in its lifecycle."""
+
+    PENDING = "pending", "Pending"
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    EVALUATING = "evaluating", "Evaluating"
+    COMPLETED = "completed", "Completed (held for review)"
+    PROMOTING = "promoting", "Promoting (canary)"
+    DEPLOYED = "deployed", "Deployed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+
+
+# Work is waiting for or holding capacity in these states.
+ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+# Nothing happens to the experiment by itself any more; only retrain (a child) moves on.
+TERMINAL_STATES = (State.DEPLOYED, State.FAILED, State.CANCELLED, State.ROLLED_BACK)
+CANCELLABLE_STATES = (
+    State.PENDING,
+    State.QUEUED,
+    State.RUNNING,
+    State.EVALUATING,
+    State.COMPLETED,
+    State.PROMOTING,
+)
+RETRAINABLE_STATES = (
+    State.COMPLETED,
+    State.DEPLOYED,
+    State.ROLLED_BACK,
+    State.FAILED,
+    State.CANCELLED,
+)
+
+
+class PriorityClass(models.TextChoices):
+    """Scheduling class, most urgent first; the 0-10 priority orders within a class."""
+
+    REALTIME = "realtime", "Realtime"
+    INTERACTIVE = "interactive", "Interactive"
+    BATCH = "batch", "Batch"
+    OFFLINE = "offline", "Offline"
+
+
+# Lower rank is scheduled first.
+PRIORITY_CLASS_RANK = {
+    PriorityClass.REALTIME: 0,
+    PriorityClass.INTERACTIVE: 1,
+    PriorityClass.BATCH: 2,
+    PriorityClass.OFFLINE: 3,
+}
+
+
+class RunStatus(models.TextChoices):
+    """Status of one attempt at training an experiment."""
+
+    STARTING = "starting", "Starting"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    LOST = "lost", "Lost (no heartbeat)"
+
+
+LIVE_RUN_STATUSES = (RunStatus.STARTING, RunStatus.RUNNING)

@@ -1,0 +1,115 @@
+"""Every recipe's name, summary and declared parameters, importable without torch."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .schema import ConfigError, Param, ParamValue, validate_config
+
+if TYPE_CHECKING:
+    from .base import Recipe
+
+COMMON_PARAMS: tuple[Param, ...] = (
+    Param("seed", int, 0, "Random seed: the same seed on the same device gives the same losses.", 0, 2**31 - 1),
+    Param(
+        "step_delay_ms",
+        float,
+        0.0,
+        "Pause after each optimiser step, to make a short demo run watchable live.",
+        0,
+        5000,
+    ),
+    Param(
+        "inject_nan_at_step",
+        int,
+        -1,
+        "Make the loss NaN from this step on (-1: never). Exercises the early-stop policy.",
+        -1,
+        10_000_000,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    entry: str  # "module:attribute" of the Recipe implementation
+
+    def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
+        """Return config with defaults filled in, or raise ConfigError keyed by parameter."""
+        return validate_config(self.params, config)
+
+    def load(self) -> Recipe:
+        """Import and return the recipe implementation (this imports torch)."""
+        module_name, attr = self.entry.split(":")
+        module = importlib.import_module(module_name)
+        recipe: Recipe = getattr(module, attr)
+        return recipe
+
+
+RECIPES: dict[str, RecipeSpec] = {
+    spec.name: spec
+    for spec in (
+        RecipeSpec(
+            name="digits",
+            summary="MLP classifier on scikit-learn's bundled 8x8 digits (loss, val_loss, accuracy, f1).",
+            params=(
+                Param("epochs", int, 30, "Passes over the training split.", 1, 500),
+                Param("batch_size", int, 64, "Examples per optimiser step.", 8, 2048),
+                Param("lr", float, 0.003, "AdamW learning rate.", 1e-6, 1.0),
+                Param("hidden", int, 128, "Width of the hidden layers.", 8, 4096),
+                Param("weight_decay", float, 0.0, "AdamW weight decay.", 0.0, 1.0),
+                Param("val_fraction", float, 0.2, "Share of the data held out for validation.", 0.05, 0.5),
+                *COMMON_PARAMS,
+            ),
+            entry="experiments.recipes.digits:RECIPE",
+        ),
+        RecipeSpec(
+            name="charlm",
+            summary="Byte-level transformer language model on text shipped with Python (offline).",
+            params=(
+                Param("steps", int, 300, "Optimiser steps.", 1, 1_000_000),
+                Param("batch_size", int, 16, "Sequences per step.", 1, 1024),
+                Param("context", int, 64, "Bytes of context per sequence.", 8, 4096),
+                Param("d_model", int, 64, "Model width.", 16, 4096),
+                Param("n_layers", int, 2, "Transformer blocks.", 1, 64),
+                Param("n_heads", int, 4, "Attention heads (must divide d_model).", 1, 64),
+                Param("lr", float, 0.003, "AdamW learning rate.", 1e-6, 1.0),
+                Param("eval_every", int, 50, "Steps between validation losses.", 1, 100_000),
+                *COMMON_PARAMS,
+            ),
+            entry="experiments.recipes.charlm:RECIPE",
+        ),
+        RecipeSpec(
+            name="distill",
+            summary="Knowledge distillation: a small student learns a digits teacher's soft labels.",
+            params=(
+                Param("teacher_epochs", int, 20, "Epochs to train the teacher first.", 1, 500),
+                Param("epochs", int, 30, "Epochs to train the student.", 1, 500),
+                Param("teacher_hidden", int, 256, "Teacher hidden width.", 8, 4096),
+                Param("student_hidden", int, 32, "Student hidden width.", 4, 4096),
+                Param("temperature", float, 4.0, "Softmax temperature of the soft labels.", 0.1, 100.0),
+                Param("alpha", float, 0.7, "Weight of the distillation loss against the hard labels.", 0.0, 1.0),
+                Param("batch_size", int, 64, "Examples per optimiser step.", 8, 2048),
+                Param("lr", float, 0.003, "AdamW learning rate.", 1e-6, 1.0),
+                Param("val_fraction", float, 0.2, "Share of the data held out for validation.", 0.05, 0.5),
+                *COMMON_PARAMS,
+            ),
+            entry="experiments.recipes.distill:RECIPE",
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> RecipeSpec:
+    """Return the catalog entry for a recipe name, or raise ConfigError on the recipe field."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise ConfigError({"recipe": f"unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})"}) from None

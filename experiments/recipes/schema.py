@@ -1,0 +1,122 @@
+"""Declared recipe parameters and the validation of a config against them (no Django, no torch)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ParamValue = int | float | str | bool
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyper-parameter a recipe accepts: its type, default and allowed range."""
+
+    name: str
+    type: type[int] | type[float] | type[str] | type[bool]
+    default: ParamValue
+    help: str = ""
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[str, ...] = field(default_factory=tuple)
+
+    def describe(self) -> dict[str, Any]:
+        """Return a JSON-able description (for forms, the API and the CLI's --help)."""
+        return {
+            "name": self.name,
+            "type": self.type.__name__,
+            "default": self.default,
+            "help": self.help,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "choices": list(self.choices),
+        }
+
+    def coerce(self, raw: Any) -> ParamValue:
+        """Return raw converted to this parameter's type, or raise ValueError with a message."""
+        if self.type is bool:
+            if isinstance(raw, bool):
+                return raw
+            if isinstance(raw, str) and raw.strip().lower() in {"true", "1", "yes", "on"}:
+                return True
+            if isinstance(raw, str) and raw.strip().lower() in {"false", "0", "no", "off"}:
+                return False
+            raise ValueError("must be true or false")
+        if self.type is int:
+            # bool is an int subclass in Python; a JSON true is not a batch size.
+            if isinstance(raw, bool):
+                raise ValueError("must be an integer")
+            if isinstance(raw, int):
+                value: ParamValue = raw
+            elif isinstance(raw, float) and raw.is_integer():
+                value = int(raw)
+            elif isinstance(raw, str):
+                try:
+                    value = int(raw.strip())
+                except ValueError:
+                    raise ValueError("must be an integer") from None
+            else:
+                raise ValueError("must be an integer")
+        elif self.type is float:
+            if isinstance(raw, bool):
+                raise ValueError("must be a number")
+            if isinstance(raw, int | float):
+                value = float(raw)
+            elif isinstance(raw, str):
+                try:
+                    value = float(raw.strip())
+                except ValueError:
+                    raise ValueError("must be a number") from None
+            else:
+                raise ValueError("must be a number")
+            if not math.isfinite(value):
+                raise ValueError("must be a finite number")
+        else:
+            if not isinstance(raw, str):
+                raise ValueError("must be a string")
+            value = raw
+        if self.choices and value not in self.choices:
+            raise ValueError(f"must be one of: {', '.join(self.choices)}")
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            if self.minimum is not None and value < self.minimum:
+                raise ValueError(f"must be at least {_fmt(self.minimum)}")
+            if self.maximum is not None and value > self.maximum:
+                raise ValueError(f"must be at most {_fmt(self.maximum)}")
+        return value
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+class ConfigError(ValueError):
+    """A config was refused; errors maps each offending key to its message."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__("; ".join(f"{key}: {msg}" for key, msg in errors.items()))
+        self.errors = errors
+
+
+def validate_config(params: tuple[Param, ...], config: dict[str, Any]) -> dict[str, ParamValue]:
+    """Return the config with defaults filled in, or raise ConfigError keyed by parameter."""
+    if not isinstance(config, dict):
+        raise ConfigError({"config": "must be a JSON object"})
+    by_name = {p.name: p for p in params}
+    errors: dict[str, str] = {}
+    clean: dict[str, ParamValue] = {}
+    for key in config:
+        if key not in by_name:
+            known = ", ".join(sorted(by_name))
+            errors[key] = f"unknown parameter (known: {known})"
+    for param in params:
+        if param.name not in config:
+            clean[param.name] = param.default
+            continue
+        try:
+            clean[param.name] = param.coerce(config[param.name])
+        except ValueError as exc:
+            errors[param.name] = str(exc)
+    if errors:
+        raise ConfigError(errors)
+    return clean

@@ -1,0 +1,200 @@
+"""Writes of the experiment domain: create, fire transitions (audited), retrain."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import transaction
+from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
+
+from .actors import Actor
+from .choices import PriorityClass, State
+from .models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
+
+logger = logging.getLogger(__name__)
+
+# Past participles for the answer to a refused transition ("already promoting").
+_STATE_PHRASES = {
+    State.QUEUED: "already queued",
+    State.RUNNING: "already running",
+    State.EVALUATING: "already finished training",
+    State.COMPLETED: "already held for review",
+    State.PROMOTING: "already promoting",
+    State.DEPLOYED: "already deployed",
+    State.FAILED: "already failed",
+    State.CANCELLED: "already cancelled",
+    State.ROLLED_BACK: "already rolled back",
+    State.PENDING: "still pending",
+}
+
+
+class TransitionRefused(Exception):
+    """The event cannot fire from the experiment's current state (or lost a race)."""
+
+    def __init__(self, *, experiment: Experiment, event: str, message: str) -> None:
+        super().__init__(message)
+        self.experiment = experiment
+        self.event = event
+        self.message = message
+
+
+# Effects run after the transition commits, keyed by event. Other apps (the control
+# layer) register theirs at import time, so this module needs no import of them.
+_after_commit_hooks: dict[str, list[Callable[[Experiment, Actor], None]]] = {}
+
+
+def on_transition(*events: str) -> Callable[[Callable[[Experiment, Actor], None]], Callable[[Experiment, Actor], None]]:
+    """Register fn(experiment, actor) to run after commit of any of these events."""
+
+    def register(fn: Callable[[Experiment, Actor], None]) -> Callable[[Experiment, Actor], None]:
+        for event in events:
+            _after_commit_hooks.setdefault(event, []).append(fn)
+        return fn
+
+    return register
+
+
+def experiment_create(
+    *,
+    name: str,
+    recipe: str,
+    config: dict[str, Any] | None = None,
+    owner: Any = None,
+    description: str = "",
+    priority_class: str = PriorityClass.BATCH,
+    priority: int = 5,
+    gpus: int = 0,
+    gpu_type: str = "",
+    memory_gb: float = 0.0,
+    max_attempts: int = 3,
+    timeout_seconds: int = 3600,
+    tags: list[str] | None = None,
+    parent: Experiment | None = None,
+) -> Experiment:
+    """Validate and create a pending experiment; raise ValidationError keyed by field."""
+    experiment = Experiment(
+        name=name,
+        recipe=recipe,
+        config=config or {},
+        owner=owner,
+        description=description,
+        priority_class=priority_class,
+        priority=priority,
+        gpus=gpus,
+        gpu_type=gpu_type,
+        memory_gb=memory_gb,
+        max_attempts=max_attempts,
+        timeout_seconds=timeout_seconds,
+        tags=tags or [],
+        parent=parent,
+    )
+    experiment.full_clean()
+    experiment.save()
+    return experiment
+
+
+def experiment_transition(
+    *, experiment_id: int, event: str, actor: Actor, reason: str = ""
+) -> Experiment:
+    """Fire one event on an experiment: transition, save and audit in one transaction.
+
+    Raise TransitionRefused when the current state does not allow it (including losing a
+    race to a concurrent transition) and PermissionDenied when the person may not fire it.
+    """
+    if event not in EVENT_PERMISSIONS:
+        raise ValidationError({"event": f"unknown event {event!r} (known: {', '.join(EVENT_PERMISSIONS)})"})
+    if event == "retrain":
+        child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
+        assert child.parent is not None
+        return child.parent
+    with transaction.atomic():
+        experiment = Experiment.objects.get(pk=experiment_id)
+        _fire(experiment, event, actor, reason)
+    return experiment
+
+
+def _refusal(experiment: Experiment, event: str) -> TransitionRefused:
+    label = EVENT_LABELS[event]
+    phrase = _STATE_PHRASES.get(State(experiment.state), experiment.state)
+    return TransitionRefused(
+        experiment=experiment,
+        event=event,
+        message=f"Cannot {label.lower()} {experiment.name!r}: it is {phrase}.",
+    )
+
+
+def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None:
+    """Apply the transition inside the caller's transaction and write the audit row."""
+    method = getattr(experiment, event)
+    if not can_proceed(method):
+        raise _refusal(experiment, event)
+    if actor.is_person and not has_transition_perm(method, actor.user):
+        raise PermissionDenied(f"You may not {EVENT_LABELS[event].lower()} experiments.")
+    source = experiment.state
+    method()
+    try:
+        # ConcurrentTransitionMixin turns this into UPDATE ... WHERE state = <source>:
+        # of two racing requests exactly one matches a row.
+        experiment.save()
+    except ConcurrentTransition:
+        experiment.refresh_from_db()
+        raise _refusal(experiment, event) from None
+    TransitionLog.objects.create(
+        experiment=experiment,
+        event=event,
+        source_state=source,
+        target_state=experiment.state,
+        actor=actor.label,
+        user=actor.user,
+        reason=reason,
+    )
+    for hook in _after_commit_hooks.get(event, []):
+        transaction.on_commit(lambda hook=hook: hook(experiment, actor))  # type: ignore[misc]
+    _publish_state_change(experiment, event, source, actor)
+
+
+def _publish_state_change(experiment: Experiment, event: str, source: str, actor: Actor) -> None:
+    """After commit, tell every open page about the new state (the live view listens)."""
+    from . import events
+
+    transaction.on_commit(
+        lambda: events.publish_state_change(
+            experiment_id=experiment.pk,
+            event=event,
+            source=source,
+            target=str(experiment.state),
+            actor=actor.label,
+        )
+    )
+
+
+def experiment_retrain(
+    *, experiment_id: int, actor: Actor, reason: str = "", config_overrides: dict[str, Any] | None = None,
+    priority_class: str | None = None,
+) -> Experiment:
+    """Create a child experiment (lineage to this one) with the same recipe, and queue it."""
+    with transaction.atomic():
+        parent = Experiment.objects.select_for_update().get(pk=experiment_id)
+        _fire(parent, "retrain", actor, reason)
+        retrains = parent.children.count()
+        child = experiment_create(
+            name=f"{parent.name} · retrain {retrains + 1}",
+            recipe=parent.recipe,
+            config={**parent.config, **(config_overrides or {})},
+            owner=actor.user or parent.owner,
+            description=reason or f"Retrain of #{parent.pk}",
+            priority_class=priority_class or parent.priority_class,
+            priority=parent.priority,
+            gpus=parent.gpus,
+            gpu_type=parent.gpu_type,
+            memory_gb=parent.memory_gb,
+            max_attempts=parent.max_attempts,
+            timeout_seconds=parent.timeout_seconds,
+            tags=list(parent.tags),
+            parent=parent,
+        )
+        _fire(child, "queue", actor, reason or f"Retrain of #{parent.pk}")
+    return child
