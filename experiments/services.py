@@ -110,9 +110,14 @@ def experiment_transition(
         child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
         assert child.parent is not None
         return child.parent
-    with transaction.atomic():
-        experiment = Experiment.objects.get(pk=experiment_id)
-        _fire(experiment, event, actor, reason)
+    try:
+        with transaction.atomic():
+            experiment = Experiment.objects.get(pk=experiment_id)
+            _fire(experiment, event, actor, reason)
+    except ConcurrentTransition:
+        # Another request changed the state between our read and our write; the
+        # transaction is rolled back, so read what won and say so.
+        raise _refusal(Experiment.objects.get(pk=experiment_id), event) from None
     return experiment
 
 
@@ -135,13 +140,9 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
         raise PermissionDenied(f"You may not {EVENT_LABELS[event].lower()} experiments.")
     source = experiment.state
     method()
-    try:
-        # ConcurrentTransitionMixin turns this into UPDATE ... WHERE state = <source>:
-        # of two racing requests exactly one matches a row.
-        experiment.save()
-    except ConcurrentTransition:
-        experiment.refresh_from_db()
-        raise _refusal(experiment, event) from None
+    # ConcurrentTransitionMixin turns this into UPDATE ... WHERE state = <source>: of two
+    # racing requests exactly one matches a row, the other raises ConcurrentTransition.
+    experiment.save()
     TransitionLog.objects.create(
         experiment=experiment,
         event=event,
