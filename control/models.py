@@ -14,6 +14,9 @@ class Worker(models.Model):
     last_heartbeat = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(default=timezone.now)
     nvml_error = models.CharField(max_length=300, blank=True, help_text="Why NVML was unavailable, if it was.")
+    online = models.BooleanField(
+        default=True, help_text="False once heartbeats stopped; its devices are not leased then."
+    )
 
     class Meta:
         ordering = ["hostname"]
@@ -43,8 +46,9 @@ class Device(models.Model):
     temperature_c = models.FloatField(null=True, blank=True)
     power_w = models.FloatField(null=True, blank=True)
     reserved = models.BooleanField(default=False, help_text="Reserved devices are never leased by the scheduler.")
-    leased_run = models.OneToOneField(
-        "experiments.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="lease"
+    # A ForeignKey, not one-to-one: a run that wants several GPUs leases several devices.
+    leased_run = models.ForeignKey(
+        "experiments.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="leased_devices"
     )
     leased_at = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(default=timezone.now)
@@ -57,3 +61,13 @@ class Device(models.Model):
 
     def __str__(self) -> str:
         return f"{self.worker.hostname}/{self.kind}{self.index} {self.name}"
+
+    @property
+    def label(self) -> str:
+        """Return the torch device string a run on this slot trains on ("cuda:0", "cpu")."""
+        return f"cuda:{self.index}" if self.kind == DeviceKind.GPU else "cpu"
+
+    @property
+    def memory_total_gb(self) -> float:
+        """Return the device memory in GiB."""
+        return self.memory_total_mb / 1024
