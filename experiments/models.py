@@ -299,6 +299,8 @@ class Run(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["experiment", "attempt"], name="run_unique_attempt"),
         ]
+        # The watchdog scans live runs by status on every sweep.
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="run_status_idx")]
 
     def __str__(self) -> str:
         return f"run {self.experiment_id}#{self.attempt} ({self.status})"
