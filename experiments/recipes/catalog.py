@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +13,9 @@ if TYPE_CHECKING:
     from .base import Recipe
 
 COMMON_PARAMS: tuple[Param, ...] = (
-    Param("seed", int, 0, "Random seed: the same seed on the same device gives the same losses.", 0, 2**31 - 1),
+    Param(
+        "seed", int, 0, "Random seed: the same seed on the same device gives the same losses.", 0, 2**31 - 1
+    ),
     Param(
         "step_delay_ms",
         float,
@@ -32,6 +35,17 @@ COMMON_PARAMS: tuple[Param, ...] = (
 )
 
 
+# A rule spanning several parameters: returns {param: message} for what it refuses.
+Constraint = Callable[[dict[str, ParamValue]], dict[str, str]]
+
+
+def _heads_divide_width(config: dict[str, ParamValue]) -> dict[str, str]:
+    d_model, n_heads = int(config["d_model"]), int(config["n_heads"])
+    if d_model % n_heads:
+        return {"n_heads": f"must divide d_model ({d_model})"}
+    return {}
+
+
 @dataclass(frozen=True)
 class RecipeSpec:
     """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
@@ -40,10 +54,17 @@ class RecipeSpec:
     summary: str
     params: tuple[Param, ...]
     entry: str  # "module:attribute" of the Recipe implementation
+    constraints: tuple[Constraint, ...] = ()
 
     def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
         """Return config with defaults filled in, or raise ConfigError keyed by parameter."""
-        return validate_config(self.params, config)
+        clean = validate_config(self.params, config)
+        errors: dict[str, str] = {}
+        for constraint in self.constraints:
+            errors.update(constraint(clean))
+        if errors:
+            raise ConfigError(errors)
+        return clean
 
     def load(self) -> Recipe:
         """Import and return the recipe implementation (this imports torch)."""
@@ -81,10 +102,15 @@ RECIPES: dict[str, RecipeSpec] = {
                 Param("n_layers", int, 2, "Transformer blocks.", 1, 64),
                 Param("n_heads", int, 4, "Attention heads (must divide d_model).", 1, 64),
                 Param("lr", float, 0.003, "AdamW learning rate.", 1e-6, 1.0),
-                Param("eval_every", int, 50, "Steps between validation losses.", 1, 100_000),
+                Param(
+                    "eval_every", int, 50, "Steps between validation losses (and checkpoints).", 1, 100_000
+                ),
+                Param("eval_batches", int, 4, "Validation batches per evaluation.", 1, 1000),
+                Param("weight_decay", float, 0.0, "AdamW weight decay.", 0.0, 1.0),
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.charlm:RECIPE",
+            constraints=(_heads_divide_width,),
         ),
         RecipeSpec(
             name="distill",
@@ -95,7 +121,9 @@ RECIPES: dict[str, RecipeSpec] = {
                 Param("teacher_hidden", int, 256, "Teacher hidden width.", 8, 4096),
                 Param("student_hidden", int, 32, "Student hidden width.", 4, 4096),
                 Param("temperature", float, 4.0, "Softmax temperature of the soft labels.", 0.1, 100.0),
-                Param("alpha", float, 0.7, "Weight of the distillation loss against the hard labels.", 0.0, 1.0),
+                Param(
+                    "alpha", float, 0.7, "Weight of the distillation loss against the hard labels.", 0.0, 1.0
+                ),
                 Param("batch_size", int, 64, "Examples per optimiser step.", 8, 2048),
                 Param("lr", float, 0.003, "AdamW learning rate.", 1e-6, 1.0),
                 Param("val_fraction", float, 0.2, "Share of the data held out for validation.", 0.05, 0.5),
@@ -112,4 +140,6 @@ def get_spec(name: str) -> RecipeSpec:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ConfigError({"recipe": f"unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})"}) from None
+        raise ConfigError(
+            {"recipe": f"unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})"}
+        ) from None

@@ -1,0 +1,104 @@
+"""digits: an MLP classifier on scikit-learn's bundled 8x8 digits (loss, val_loss, accuracy, f1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import RecipeResult, RunContext
+from .catalog import get_spec
+from .classify import (
+    MLP,
+    NUM_CLASSES,
+    Position,
+    arch_of,
+    cross_entropy_loss,
+    evaluate,
+    load_digits_split,
+    run_epochs,
+    steps_per_epoch,
+)
+from .runtime import (
+    check_arch,
+    make_optimizer,
+    resolve_device,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_hyperparams,
+)
+from .schema import ParamValue
+
+SPEC = get_spec("digits")
+ARCH = ("hidden", "val_fraction", "seed")
+
+
+class DigitsRecipe:
+    """Supervised classification of the digits; resumable at any step."""
+
+    name = SPEC.name
+    summary = SPEC.summary
+    params = SPEC.params
+
+    def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
+        """Train (or resume) the classifier, logging through ctx; see the catalog for config."""
+        config = SPEC.clean(config)
+        device = resolve_device(ctx.device)
+        seed = int(config["seed"])
+        seed_everything(seed, device)
+        data = load_digits_split(seed, float(config["val_fraction"]), device)
+        model = MLP(data.x_train.shape[1], int(config["hidden"]), NUM_CLASSES).to(device)
+        lr, wd = float(config["lr"]), float(config["weight_decay"])
+        optimizer = make_optimizer(model.parameters(), lr=lr, weight_decay=wd, device=device)
+        pos = Position()
+        arch = arch_of(config, ARCH)
+
+        loaded = ctx.load_checkpoint()
+        if loaded is not None:
+            _, state = loaded
+            check_arch(state["arch"], arch)
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            set_hyperparams(optimizer, lr=lr, weight_decay=wd)
+            pos = Position(**state["position"])
+            restore_rng_state(state["rng"], device)
+
+        epochs = int(config["epochs"])
+        total = epochs * steps_per_epoch(data.x_train.shape[0], int(config["batch_size"]))
+
+        def checkpoint() -> None:
+            state: dict[str, Any] = {
+                "recipe": self.name,
+                "arch": arch,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "position": pos.as_state(),
+                "rng": rng_state(device),
+            }
+            save_checkpoint(ctx, pos.step, state, model)
+
+        metrics: dict[str, float] = {}
+        stopped = run_epochs(
+            ctx=ctx,
+            config=config,
+            data=data,
+            model=model,
+            optimizer=optimizer,
+            loss_fn=cross_entropy_loss,
+            epochs=epochs,
+            pos=pos,
+            salt=1,
+            prefix="",
+            metrics=metrics,
+            checkpoint=checkpoint,
+            progress=lambda step: min(1.0, step / total),
+        )
+        if "val_loss" not in metrics:
+            # Resumed at (or stopped before) an epoch end: report the model as it stands.
+            metrics.update(evaluate(model, data.x_val, data.y_val, device))
+        if not stopped:
+            ctx.progress(1.0)
+        return RecipeResult(final_metrics=metrics, steps=pos.step, stopped=stopped)
+
+
+RECIPE = DigitsRecipe()

@@ -1,0 +1,193 @@
+"""distill: train a digits teacher, then a smaller student on its temperature-softened logits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .base import RecipeResult, RunContext
+from .catalog import get_spec
+from .classify import (
+    MLP,
+    NUM_CLASSES,
+    DigitsData,
+    Position,
+    arch_of,
+    cross_entropy_loss,
+    evaluate,
+    load_digits_split,
+    run_epochs,
+    steps_per_epoch,
+)
+from .runtime import (
+    autocast,
+    check_arch,
+    make_optimizer,
+    resolve_device,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+    seed_everything,
+    set_hyperparams,
+)
+from .schema import ParamValue
+
+SPEC = get_spec("distill")
+ARCH = ("teacher_hidden", "student_hidden", "val_fraction", "seed")
+TEACHER, STUDENT = "teacher", "student"
+
+
+@torch.no_grad()
+def teacher_logits(teacher: torch.nn.Module, data: DigitsData, device: torch.device) -> torch.Tensor:
+    """Return the teacher's float32 logits for every training example."""
+    teacher.eval()
+    with autocast(device):
+        logits = teacher(data.x_train)
+    return logits.float()
+
+
+def distillation_loss(
+    student_logits: torch.Tensor,
+    soft_targets: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    alpha: float,
+) -> torch.Tensor:
+    """Return alpha·T²·KL(teacher_T ‖ student_T) + (1-alpha)·CE(student, labels) (Hinton et al.)."""
+    student_logits = student_logits.float()
+    # T² keeps the soft term's gradients on the same scale as the hard one's as T changes.
+    soft = F.kl_div(
+        F.log_softmax(student_logits / temperature, dim=1),
+        F.log_softmax(soft_targets / temperature, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (temperature**2)
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+class DistillRecipe:
+    """Knowledge distillation on digits; resumable at any step of either phase."""
+
+    name = SPEC.name
+    summary = SPEC.summary
+    params = SPEC.params
+
+    def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
+        """Train (or resume) teacher then student, logging `teacher_*` and the student's metrics."""
+        config = SPEC.clean(config)
+        device = resolve_device(ctx.device)
+        seed = int(config["seed"])
+        seed_everything(seed, device)
+        data = load_digits_split(seed, float(config["val_fraction"]), device)
+        n_in = data.x_train.shape[1]
+        teacher = MLP(n_in, int(config["teacher_hidden"]), NUM_CLASSES).to(device)
+        student = MLP(n_in, int(config["student_hidden"]), NUM_CLASSES).to(device)
+        lr = float(config["lr"])
+        t_opt = make_optimizer(teacher.parameters(), lr=lr, weight_decay=0.0, device=device)
+        s_opt = make_optimizer(student.parameters(), lr=lr, weight_decay=0.0, device=device)
+        phase = TEACHER
+        pos = Position()
+        arch = arch_of(config, ARCH)
+
+        loaded = ctx.load_checkpoint()
+        if loaded is not None:
+            _, state = loaded
+            check_arch(state["arch"], arch)
+            phase = state["phase"]
+            teacher.load_state_dict(state["teacher"])
+            student.load_state_dict(state["student"])
+            t_opt.load_state_dict(state["teacher_optimizer"])
+            s_opt.load_state_dict(state["student_optimizer"])
+            for opt in (t_opt, s_opt):
+                set_hyperparams(opt, lr=lr, weight_decay=0.0)
+            pos = Position(**state["position"])
+            restore_rng_state(state["rng"], device)
+
+        per_epoch = steps_per_epoch(data.x_train.shape[0], int(config["batch_size"]))
+        teacher_epochs, student_epochs = int(config["teacher_epochs"]), int(config["epochs"])
+        teacher_steps = teacher_epochs * per_epoch
+        total = teacher_steps + student_epochs * per_epoch
+
+        def checkpoint() -> None:
+            state: dict[str, Any] = {
+                "recipe": self.name,
+                "arch": arch,
+                "phase": phase,
+                "teacher": teacher.state_dict(),
+                "student": student.state_dict(),
+                "teacher_optimizer": t_opt.state_dict(),
+                "student_optimizer": s_opt.state_dict(),
+                "position": pos.as_state(),
+                "rng": rng_state(device),
+            }
+            save_checkpoint(ctx, pos.step, state, teacher, student)
+
+        metrics: dict[str, float] = {}
+        common: dict[str, Any] = {
+            "ctx": ctx,
+            "config": config,
+            "data": data,
+            "pos": pos,
+            "metrics": metrics,
+            "checkpoint": checkpoint,
+            "progress": lambda step: min(1.0, step / total),
+        }
+        if phase == TEACHER:
+            stopped = run_epochs(
+                model=teacher,
+                optimizer=t_opt,
+                loss_fn=cross_entropy_loss,
+                epochs=teacher_epochs,
+                salt=2,
+                prefix="teacher_",
+                **common,
+            )
+            if stopped:
+                return self._result(metrics, teacher, student, data, device, pos, stopped=True)
+            phase = STUDENT
+            # The student's epochs count from 0; the global step keeps counting.
+            pos.epoch, pos.batch = 0, 0
+
+        temperature, alpha = float(config["temperature"]), float(config["alpha"])
+        soft = teacher_logits(teacher, data, device)
+
+        def student_loss(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+            return distillation_loss(logits, soft[idx], labels, temperature=temperature, alpha=alpha)
+
+        stopped = run_epochs(
+            model=student,
+            optimizer=s_opt,
+            loss_fn=student_loss,
+            epochs=student_epochs,
+            salt=3,
+            prefix="",
+            **common,
+        )
+        if not stopped:
+            ctx.progress(1.0)
+        return self._result(metrics, teacher, student, data, device, pos, stopped=stopped)
+
+    def _result(
+        self,
+        metrics: dict[str, float],
+        teacher: torch.nn.Module,
+        student: torch.nn.Module,
+        data: DigitsData,
+        device: torch.device,
+        pos: Position,
+        *,
+        stopped: bool,
+    ) -> RecipeResult:
+        """Return the result, evaluating whichever model has no figures yet in this attempt."""
+        for prefix, model in (("teacher_", teacher), ("", student)):
+            if f"{prefix}val_loss" not in metrics:
+                for name, value in evaluate(model, data.x_val, data.y_val, device).items():
+                    metrics[f"{prefix}{name}"] = value
+        return RecipeResult(final_metrics=metrics, steps=pos.step, stopped=stopped)
+
+
+RECIPE = DistillRecipe()

@@ -1,0 +1,128 @@
+"""A RunContext for running recipes outside Django: JSON lines on a stream, checkpoints as files."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import torch
+
+_CKPT = re.compile(r"^step-(\d{9})\.pt$")
+
+
+@dataclass(frozen=True)
+class MetricPoint:
+    """One logged value."""
+
+    name: str
+    step: int
+    value: float
+
+
+def metric_json(name: str, step: int, value: float) -> str:
+    """Return one metric point as a JSON line; NaN/inf become null plus a `nonfinite` note."""
+    point: dict[str, Any] = {"name": name, "step": step, "value": value}
+    if not math.isfinite(value):
+        point["value"] = None
+        point["nonfinite"] = str(value)  # "nan", "inf" or "-inf"
+    return json.dumps(point)
+
+
+class LocalRunContext:
+    """Run context of the CLI and the tests: keeps points, echoes JSON lines, saves checkpoints.
+
+    With checkpoint_dir, checkpoints are torch.save files `step-NNNNNNNNN.pt` (the newest `keep`
+    are kept) and load_checkpoint() resumes from the newest; without it they stay in memory.
+    """
+
+    def __init__(
+        self,
+        *,
+        device: str = "cpu",
+        seed: int = 0,
+        checkpoint_dir: str | os.PathLike[str] | None = None,
+        out: TextIO | None = None,
+        keep: int = 2,
+    ) -> None:
+        self.device = device
+        self.seed = seed
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.out = out
+        self.keep = max(1, keep)
+        self.points: list[MetricPoint] = []
+        self.fraction = 0.0
+        self.saved_steps: list[int] = []
+        self._memory: tuple[int, bytes] | None = None
+        self._stop = threading.Event()
+
+    # --- RunContext protocol ---
+
+    def log(self, name: str, step: int, value: float) -> None:
+        """Keep the point and echo it as a JSON line when a stream was given."""
+        self.points.append(MetricPoint(name, step, float(value)))
+        if self.out is not None:
+            self.out.write(metric_json(name, step, float(value)) + "\n")
+            self.out.flush()
+
+    def progress(self, fraction: float) -> None:
+        """Remember how far the run has come."""
+        self.fraction = fraction
+
+    def should_stop(self) -> bool:
+        """Return True once request_stop() was called (a signal handler, a test)."""
+        return self._stop.is_set()
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """Write state now (it references live tensors, so it is serialised before returning)."""
+        self.saved_steps.append(step)
+        if self.checkpoint_dir is None:
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self._memory = (step, buffer.getvalue())
+            return
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        final = self.checkpoint_dir / f"step-{step:09d}.pt"
+        tmp = final.with_suffix(".tmp")
+        torch.save(state, tmp)
+        # Atomic: a crash mid-write never leaves a truncated newest checkpoint behind.
+        os.replace(tmp, final)
+        for old in self._checkpoint_files()[: -self.keep]:
+            old.unlink(missing_ok=True)
+
+    def load_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
+        """Return (step, state) of the newest checkpoint, or None."""
+        if self.checkpoint_dir is None:
+            if self._memory is None:
+                return None
+            step, blob = self._memory
+            return step, torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        files = self._checkpoint_files()
+        if not files:
+            return None
+        newest = files[-1]
+        match = _CKPT.match(newest.name)
+        assert match is not None
+        return int(match.group(1)), torch.load(newest, map_location="cpu", weights_only=True)
+
+    # --- helpers for callers ---
+
+    def request_stop(self) -> None:
+        """Ask the running loop to checkpoint and stop at its next step."""
+        self._stop.set()
+
+    def values(self, name: str) -> list[float]:
+        """Return the logged values of one metric, in order."""
+        return [p.value for p in self.points if p.name == name]
+
+    def _checkpoint_files(self) -> list[Path]:
+        assert self.checkpoint_dir is not None
+        if not self.checkpoint_dir.is_dir():
+            return []
+        return sorted(p for p in self.checkpoint_dir.iterdir() if _CKPT.match(p.name))
