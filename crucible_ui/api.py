@@ -1,11 +1,114 @@
-"""The JSON API (django-ninja): one NinjaAPI, with a router per area; docs at /api/docs."""
+"""The JSON API (django-ninja): one NinjaAPI, with a router per area; docs at /api/docs.
+
+Errors share two shapes, documented on every operation:
+- 422 `{"detail": [{"loc": ["body", "config", "epochs"], "msg": "...", "type": "..."}]}` when
+  fields were refused (ninja's own type checks and our domain checks alike);
+- any other status `{"detail": "<a sentence>"}` (400 malformed JSON, 401, 403, 404, 409).
+"""
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse
+from django.middleware.csrf import get_token
+from django.template import Context, Engine
 from ninja import NinjaAPI
+from ninja.errors import AuthenticationError, ValidationError
+from ninja.openapi.docs import ABS_TPL_PATH, Swagger
 
-api = NinjaAPI(title="Crucible Control API", version="1", urls_namespace="api")
+from experiments.api import router as experiments_router
 
-# Each area's router is added here, so this file lists every part of the API, e.g.:
-# from experiments.api import router as experiments_router
-# api.add_router("/experiments", experiments_router)
+from .api_auth import API_AUTH
+
+# Names our operations give their body and query-schema parameters: ninja puts them in
+# error paths (["body", "payload", "name"]), but clients know fields, not Python arguments.
+_PARAM_NAMES = frozenset({"payload", "filters"})
+
+
+class LocalSwagger(Swagger):
+    """Swagger UI from the files bundled in the ninja package: the docs work offline, no CDN.
+
+    ninja falls back to its CDN template when "ninja" is not in INSTALLED_APPS; this
+    always renders the local one (the assets themselves are served by staticfiles).
+    """
+
+    _engine = Engine(
+        dirs=[str(ABS_TPL_PATH.parent)],
+        libraries={"static": "django.templatetags.static"},
+    )
+
+    def render_page(self, request: HttpRequest, api: NinjaAPI, **kwargs: Any) -> HttpResponse:  # type: ignore[override]
+        """Return the Swagger UI page for this API."""
+        self.settings["url"] = self.get_openapi_url(api, kwargs)
+        html = self._engine.get_template("ninja/swagger.html").render(
+            Context(
+                {
+                    "swagger_settings": json.dumps(self.settings, indent=1),
+                    "api": api,
+                    "add_csrf": True,
+                    "csrf_token": get_token(request),
+                }
+            )
+        )
+        return HttpResponse(html)
+
+
+api = NinjaAPI(
+    title="Crucible Control API",
+    version="1",
+    description=(
+        "Create experiments, read them and fire lifecycle events. Authenticate with the browser "
+        "session (unsafe methods need the X-CSRFToken header) or `Authorization: Bearer <token>` "
+        "(`manage.py api_token <username>`). Field errors answer 422 with "
+        '`{"detail": [{"loc": [...], "msg": "..."}]}`; other errors `{"detail": "..."}`.'
+    ),
+    urls_namespace="api",
+    auth=API_AUTH,
+    docs=LocalSwagger(),
+    docs_decorator=login_required,
+)
+
+
+@api.exception_handler(ValidationError)
+def validation_error(request: HttpRequest, exc: ValidationError) -> HttpResponse:
+    """Answer 422 with every refused field as {loc, msg, type}, whoever refused it."""
+    detail = []
+    for error in exc.errors:
+        loc = list(error.get("loc", ()))
+        if len(loc) >= 2 and loc[0] in ("body", "query") and loc[1] in _PARAM_NAMES:
+            del loc[1]
+        detail.append(
+            {"loc": loc, "msg": error.get("msg", "invalid"), "type": error.get("type", "value_error")}
+        )
+    return api.create_response(request, {"detail": detail}, status=422)
+
+
+@api.exception_handler(AuthenticationError)
+def authentication_error(request: HttpRequest, exc: AuthenticationError) -> HttpResponse:
+    """Answer 401 saying how to authenticate."""
+    message = exc.message
+    if message == AuthenticationError().message:
+        message = "Authentication required: log in, or send Authorization: Bearer <token>"
+    response = api.create_response(request, {"detail": message}, status=401)
+    response["WWW-Authenticate"] = 'Bearer realm="api"'
+    return response
+
+
+@api.exception_handler(Http404)
+def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
+    """Answer 404 naming what was not found."""
+    return api.create_response(request, {"detail": str(exc) or "Not found"}, status=404)
+
+
+@api.exception_handler(PermissionDenied)
+def permission_denied(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
+    """Answer 403 with the reason."""
+    return api.create_response(request, {"detail": str(exc) or "Permission denied"}, status=403)
+
+
+# --- routers: one line per area; this list is the whole API ---------------------------------
+api.add_router("/experiments", experiments_router)
