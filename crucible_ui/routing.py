@@ -4,4 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-websocket_urlpatterns: list[Any] = []
+from django.urls import path
+
+from experiments.consumers import ExperimentConsumer, FleetConsumer, GpusConsumer
+
+websocket_urlpatterns: list[Any] = [
+    path("ws/experiments/<int:experiment_id>/", ExperimentConsumer.as_asgi()),
+    path("ws/fleet/", FleetConsumer.as_asgi()),
+    path("ws/gpus/", GpusConsumer.as_asgi()),
+]
