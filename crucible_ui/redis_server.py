@@ -34,31 +34,63 @@ def free_port() -> int:
         return port
 
 
-def start_redis(*, port: int, data_dir: Path, persist: bool = False) -> subprocess.Popen[bytes]:
-    """Start redis-server on 127.0.0.1:port and return once it answers PING."""
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Return True when nothing listens on host:port (so a server of ours can bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def redis_server_command(*, port: int, data_dir: Path, persist: bool = False) -> list[str]:
+    """Return the argv of a redis-server on 127.0.0.1:port keeping its files in data_dir."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    args = [
+    return [
         redis_server_binary(),
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(data_dir),
+        # `make run` keeps the queue across restarts; the test suite's Redis is throwaway.
         "--save", "60 1" if persist else "",
         "--appendonly", "no",
         "--daemonize", "no",
         "--loglevel", "warning",
-    ]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
+    ]  # fmt: skip
+
+
+def redis_answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Return True when a Redis on host:port answers PING."""
+    try:
+        with socket.create_connection((host, port), timeout=0.2) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def wait_for_redis(proc: subprocess.Popen[bytes], *, port: int, timeout: float = 10.0) -> None:
+    """Return once the redis-server in proc answers PING; raise if it exits or stays silent."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"redis-server exited: {err}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
-                conn.sendall(b"PING\r\n")
-                if conn.recv(16).startswith(b"+PONG"):
-                    return proc
-        except OSError:
-            time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError(f"redis-server did not answer on port {port}")
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"redis-server exited with status {proc.returncode}: {err.strip()}")
+        if redis_answers(port):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"redis-server did not answer on port {port} within {timeout:.0f} s")
+
+
+def start_redis(*, port: int, data_dir: Path, persist: bool = False) -> subprocess.Popen[bytes]:
+    """Start redis-server on 127.0.0.1:port and return once it answers PING."""
+    args = redis_server_command(port=port, data_dir=data_dir, persist=persist)
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_for_redis(proc, port=port)
+    except RuntimeError:
+        proc.kill()
+        proc.wait()
+        raise
+    return proc

