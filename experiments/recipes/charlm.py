@@ -276,6 +276,7 @@ class CharLMRecipe:
         arch = {k: config[k] for k in ARCH}
         done = 0  # optimiser steps finished, across attempts
 
+        metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
         loaded = ctx.load_checkpoint()
         if loaded is not None:
             _, state = loaded
@@ -285,12 +286,12 @@ class CharLMRecipe:
             set_hyperparams(optimizer, lr=lr, weight_decay=wd)
             done = int(state["step"])
             restore_rng_state(state["rng"], device)
+            metrics.update(state["metrics"])
 
         steps, eval_every = int(config["steps"]), int(config["eval_every"])
         batch_size, context = int(config["batch_size"]), int(config["context"])
         tokens_per_step = batch_size * context
         evals = val_batches(val, batch_size=batch_size, context=context, count=int(config["eval_batches"]))
-        metrics: dict[str, float] = {}
         pending: list[tuple[int, torch.Tensor]] = []
         last_flush = time.monotonic()
 
@@ -314,6 +315,7 @@ class CharLMRecipe:
                 "optimizer": optimizer.state_dict(),
                 "step": done,
                 "rng": rng_state(device),
+                "metrics": dict(metrics),
             }
             save_checkpoint(ctx, done, state, model)
 

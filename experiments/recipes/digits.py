@@ -53,6 +53,7 @@ class DigitsRecipe:
         pos = Position()
         arch = arch_of(config, ARCH)
 
+        metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
         loaded = ctx.load_checkpoint()
         if loaded is not None:
             _, state = loaded
@@ -62,6 +63,7 @@ class DigitsRecipe:
             set_hyperparams(optimizer, lr=lr, weight_decay=wd)
             pos = Position(**state["position"])
             restore_rng_state(state["rng"], device)
+            metrics.update(state["metrics"])
 
         epochs = int(config["epochs"])
         total = epochs * steps_per_epoch(data.x_train.shape[0], int(config["batch_size"]))
@@ -74,10 +76,10 @@ class DigitsRecipe:
                 "optimizer": optimizer.state_dict(),
                 "position": pos.as_state(),
                 "rng": rng_state(device),
+                "metrics": dict(metrics),
             }
             save_checkpoint(ctx, pos.step, state, model)
 
-        metrics: dict[str, float] = {}
         stopped = run_epochs(
             ctx=ctx,
             config=config,

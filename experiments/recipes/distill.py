@@ -93,6 +93,7 @@ class DistillRecipe:
         pos = Position()
         arch = arch_of(config, ARCH)
 
+        metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
         loaded = ctx.load_checkpoint()
         if loaded is not None:
             _, state = loaded
@@ -106,6 +107,7 @@ class DistillRecipe:
                 set_hyperparams(opt, lr=lr, weight_decay=0.0)
             pos = Position(**state["position"])
             restore_rng_state(state["rng"], device)
+            metrics.update(state["metrics"])
 
         per_epoch = steps_per_epoch(data.x_train.shape[0], int(config["batch_size"]))
         teacher_epochs, student_epochs = int(config["teacher_epochs"]), int(config["epochs"])
@@ -123,10 +125,10 @@ class DistillRecipe:
                 "student_optimizer": s_opt.state_dict(),
                 "position": pos.as_state(),
                 "rng": rng_state(device),
+                "metrics": dict(metrics),
             }
             save_checkpoint(ctx, pos.step, state, teacher, student)
 
-        metrics: dict[str, float] = {}
         common: dict[str, Any] = {
             "ctx": ctx,
             "config": config,
