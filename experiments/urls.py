@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from django.urls import path
+
+from . import views
 
 app_name = "experiments"
-urlpatterns: list[Any] = []
+urlpatterns = [
+    path("", views.experiment_list, name="list"),
+    path("experiments/new/", views.experiment_create_view, name="create"),
+    path("experiments/<int:experiment_id>/", views.experiment_detail, name="detail"),
+    path(
+        "experiments/<int:experiment_id>/actions/", views.experiment_actions_fragment, name="actions_fragment"
+    ),
+    path(
+        "experiments/<int:experiment_id>/actions/<slug:event>/",
+        views.experiment_action,
+        name="action",
+    ),
+]

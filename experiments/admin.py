@@ -1,0 +1,192 @@
+"""Admin for experiments: transition buttons that go through the audited service; read-only logs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django_fsm import Transition
+from django_fsm.admin import FSMAdminMixin
+
+from .actors import Actor
+from .models import EVENT_LABELS, ApiToken, Experiment, MetricPoint, Run, TransitionLog
+from .services import TransitionRefused, experiment_transition
+
+# Events a person fires from the admin; start/complete/fail/requeue belong to the
+# scheduler and workers, retrain creates a child and lives on the experiment page.
+ADMIN_EVENTS = frozenset({"queue", "cancel", "promote", "hold", "deploy", "rollback", "retry"})
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Viewable, never written through the admin: records of what happened."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+class TransitionLogInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The experiment's history, shown under its change form."""
+
+    model = TransitionLog
+    fields = ("created_at", "event", "source_state", "target_state", "actor", "reason")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    ordering = ("created_at", "id")
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Experiment)
+class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+    """Experiments with their transition buttons; every button fires the audited service."""
+
+    fsm_fields = ["state"]
+    list_display = ("id", "name", "recipe", "state", "priority_class", "priority", "owner", "created_at")
+    list_display_links = ("id", "name")
+    list_filter = ("state", "recipe", "priority_class")
+    search_fields = ("name", "description", "tags")
+    list_select_related = ("owner",)
+    raw_id_fields = ("owner", "parent")
+    readonly_fields = ("state_changed_at", "queued_at", "created_at", "updated_at")
+    inlines = [TransitionLogInline]
+    fieldsets = (
+        (None, {"fields": ("name", "description", "state", "recipe", "config", "tags")}),
+        (
+            "Scheduling and resources",
+            {
+                "fields": (
+                    "priority_class",
+                    "priority",
+                    "gpus",
+                    "gpu_type",
+                    "memory_gb",
+                    "max_attempts",
+                    "timeout_seconds",
+                    "not_before",
+                )
+            },
+        ),
+        ("Ownership and lineage", {"fields": ("owner", "parent")}),
+        ("Times", {"fields": ("state_changed_at", "queued_at", "created_at", "updated_at")}),
+    )
+
+    def get_fsm_block_label(self, fsm_field_name: str) -> str:  # type: ignore[override]
+        return "Actions (recorded in the history)"
+
+    def is_fsm_transition_visible(self, transition: Transition) -> bool:
+        return transition.name in ADMIN_EVENTS
+
+    def get_fsm_label(self, transition: Transition) -> str:
+        return EVENT_LABELS.get(transition.name, transition.name)
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not change and obj.owner_id is None:
+            obj.owner = request.user  # type: ignore[assignment]
+        super().save_model(request, obj, form, change)
+
+    def _apply_fsm_transition(
+        self,
+        *,
+        obj: Experiment,  # type: ignore[override]
+        transition_name: str,
+        request: HttpRequest,
+        kwargs: Any = None,
+    ) -> bool:
+        """Fire the transition through experiment_transition (permission, audit row, side effects)."""
+        try:
+            experiment = experiment_transition(
+                experiment_id=obj.pk,
+                event=transition_name,
+                actor=Actor.for_user(request.user),
+                reason="via admin",
+            )
+        except (TransitionRefused, PermissionDenied) as exc:
+            self.message_user(request, str(exc), level=messages.ERROR)
+            return False
+        except ValidationError as exc:
+            self.message_user(request, "; ".join(exc.messages), level=messages.ERROR)
+            return False
+        self.message_user(
+            request,
+            f"{EVENT_LABELS.get(transition_name, transition_name)}: “{experiment.name}” is now "
+            f"{experiment.get_state_display().lower()}.",
+            level=messages.SUCCESS,
+        )
+        return True
+
+
+@admin.register(TransitionLog)
+class TransitionLogAdmin(ReadOnlyAdmin):
+    """The audit log: who fired which event, from where to where, and why."""
+
+    list_display = ("created_at", "experiment", "event", "source_state", "target_state", "actor", "reason")
+    list_filter = ("event", "target_state")
+    search_fields = ("experiment__name", "actor", "reason")
+    list_select_related = ("experiment",)
+    date_hierarchy = "created_at"
+
+
+@admin.register(Run)
+class RunAdmin(ReadOnlyAdmin):
+    """Training attempts, as the workers recorded them."""
+
+    list_display = (
+        "id",
+        "experiment",
+        "attempt",
+        "status",
+        "worker",
+        "device",
+        "progress",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status",)
+    search_fields = ("experiment__name", "worker", "task_id")
+    list_select_related = ("experiment",)
+
+
+@admin.register(MetricPoint)
+class MetricPointAdmin(ReadOnlyAdmin):
+    """Logged metric values (read-only; charts live on the experiment page)."""
+
+    list_display = ("experiment", "run", "name", "step", "value")
+    list_filter = ("name",)
+    search_fields = ("experiment__name", "name")
+    list_select_related = ("experiment", "run")
+    # Millions of rows: counting them all on every page would make the page slow.
+    show_full_result_count = False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """API tokens: seen by their prefix, revoked by deleting; made with the API's token command."""
+
+    list_display = ("name", "user", "prefix", "created_at", "last_used_at")
+    search_fields = ("name", "user__username", "prefix")
+    fields = ("name", "user", "prefix", "created_at", "last_used_at")
+    readonly_fields = fields
+    list_select_related = ("user",)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        return super().get_queryset(request).defer("token_sha256")

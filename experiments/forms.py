@@ -1,0 +1,121 @@
+"""Forms of the experiment pages; validation of the config itself stays in the model/service."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.core.exceptions import ValidationError
+
+from .choices import PriorityClass
+from .recipes import RECIPES
+
+DEFAULT_RECIPE = "digits"
+
+
+def recipe_defaults(name: str) -> dict[str, Any]:
+    """Return a recipe's parameters with their defaults, as the config example."""
+    spec = RECIPES.get(name)
+    return {p.name: p.default for p in spec.params} if spec else {}
+
+
+def recipe_example_json(name: str) -> str:
+    """Return the config example of a recipe as indented JSON."""
+    return json.dumps(recipe_defaults(name), indent=2)
+
+
+class ExperimentCreateForm(forms.Form):
+    """The fields a person fills in to create an experiment."""
+
+    name = forms.CharField(max_length=200, help_text="A short name people will recognise in the list.")
+    description = forms.CharField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 2}),
+        help_text="What this experiment tries out (optional).",
+    )
+    recipe = forms.ChoiceField(
+        choices=[(name, f"{name} — {spec.summary}") for name, spec in RECIPES.items()],
+        initial=DEFAULT_RECIPE,
+        help_text="The training recipe; its parameters are listed below.",
+    )
+    config = forms.CharField(
+        required=False,
+        label="Parameters (JSON)",
+        widget=forms.Textarea(attrs={"rows": 12, "spellcheck": "false", "class": "mono"}),
+        help_text="A JSON object of the recipe's parameters; leave one out to take its default.",
+    )
+    priority_class = forms.ChoiceField(
+        choices=PriorityClass.choices,
+        initial=PriorityClass.BATCH,
+        help_text="Realtime runs before interactive, before batch, before offline.",
+    )
+    priority = forms.IntegerField(
+        min_value=0, max_value=10, initial=5, help_text="0-10 within the class; higher runs first."
+    )
+    gpus = forms.IntegerField(
+        min_value=0, max_value=8, initial=0, label="GPUs", help_text="0 runs on a CPU slot."
+    )
+    gpu_type = forms.CharField(
+        required=False, max_length=64, label="GPU type", help_text="e.g. H100; blank takes any."
+    )
+    memory_gb = forms.FloatField(
+        min_value=0.0, initial=0.0, label="GPU memory (GiB)", help_text="Memory the run needs on its GPU."
+    )
+    max_attempts = forms.IntegerField(
+        min_value=1, max_value=20, initial=3, help_text="A failed run is retried until this many attempts."
+    )
+    timeout_seconds = forms.IntegerField(
+        min_value=1,
+        max_value=7 * 24 * 3600,
+        initial=3600,
+        label="Timeout (seconds)",
+        help_text="A run taking longer is stopped and failed.",
+    )
+    tags = forms.CharField(
+        required=False, max_length=500, help_text="Comma separated, e.g. baseline, sweep-3."
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not self.is_bound and "config" not in self.initial:
+            recipe = str(self.initial.get("recipe", DEFAULT_RECIPE))
+            self.initial["config"] = recipe_example_json(recipe)
+
+    def clean_config(self) -> dict[str, Any]:
+        """Return the parsed JSON object; the recipe's schema is checked by the service."""
+        raw = (self.cleaned_data.get("config") or "").strip()
+        if not raw:
+            return {}
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ValidationError(
+                f"Not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno}).", code="json"
+            ) from None
+        if not isinstance(value, dict):
+            raise ValidationError('Must be a JSON object, e.g. {"epochs": 10}.', code="not_object")
+        return value
+
+    def clean_tags(self) -> list[str]:
+        """Return the comma-separated tags as a list, blanks and repeats dropped."""
+        raw = self.cleaned_data.get("tags") or ""
+        tags: list[str] = []
+        for part in raw.split(","):
+            tag = part.strip()
+            if tag and tag not in tags:
+                tags.append(tag)
+        return tags
+
+    def add_service_errors(self, error: ValidationError) -> None:
+        """Show a service's ValidationError next to the fields it names (others on top)."""
+        if not hasattr(error, "error_dict"):
+            self.add_error(None, error)
+            return
+        for field, messages in error.message_dict.items():
+            if field in self.fields:
+                for message in messages:
+                    self.add_error(field, message)
+            else:
+                for message in messages:
+                    self.add_error(None, f"{field}: {message}")

@@ -1,0 +1,205 @@
+"""Experiment pages: list, create, detail, and the action buttons (thin; services do the work)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.paginator import Paginator
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_GET, require_POST
+
+from . import selectors
+from .actors import Actor
+from .choices import State
+from .forms import ExperimentCreateForm, recipe_defaults
+from .models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
+from .recipes import RECIPES
+from .services import TransitionRefused, experiment_create, experiment_retrain, experiment_transition
+
+PAGE_SIZE = 25
+# Buttons are for what people decide. Dispatch, complete, fail and requeue belong to the
+# scheduler and workers (the "operate" permission); a button for them would let a
+# person declare a run finished that never trained.
+PERSON_EVENTS = frozenset(
+    e for e, perm in EVENT_PERMISSIONS.items() if perm != "experiments.operate_experiment"
+)
+
+
+def _get_experiment(experiment_id: int) -> Experiment:
+    try:
+        return selectors.experiment_detail(experiment_id=experiment_id)
+    except Experiment.DoesNotExist:
+        raise Http404("No such experiment.") from None
+
+
+def _wants_json(request: HttpRequest) -> bool:
+    return "application/json" in request.headers.get("Accept", "")
+
+
+def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
+    """Return what the actions block needs: the events this user may fire now, with labels."""
+    return {
+        "experiment": experiment,
+        "actions": [
+            {"event": event, "label": EVENT_LABELS[event], "confirm": event in CONFIRM_EVENTS}
+            for event in experiment.available_events(request.user)
+            if event in PERSON_EVENTS
+        ],
+    }
+
+
+@login_required
+@require_GET
+def experiment_list(request: HttpRequest) -> HttpResponse:
+    """List experiments with state chips (counts), name search, sort and pages."""
+    state = request.GET.get("state", "")
+    q = request.GET.get("q", "").strip()
+    sort = request.GET.get("sort", selectors.DEFAULT_SORT)
+    if sort not in selectors.SORTS:
+        sort = selectors.DEFAULT_SORT
+    queryset = selectors.experiment_list(state=state, q=q, sort=sort)
+    page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    counts = selectors.experiment_state_counts(q=q)
+    context = {
+        "page": page,
+        "experiments": page.object_list,
+        "state": state if state in State.values else "",
+        "q": q,
+        "sort": sort,
+        "sorts": [(key, label) for key, (label, _) in selectors.SORTS.items()],
+        "state_counts": counts,
+        "total": sum(c.count for c in counts),
+        "can_create": request.user.has_perm("experiments.add_experiment"),
+    }
+    return render(request, "experiments/list.html", context)
+
+
+@login_required
+@permission_required("experiments.add_experiment", raise_exception=True)
+def experiment_create_view(request: HttpRequest) -> HttpResponse:
+    """Show the create form; on a valid POST create a pending experiment and open it."""
+    if request.method == "POST":
+        form = ExperimentCreateForm(request.POST)
+        if form.is_valid():
+            data = form.cleaned_data
+            try:
+                experiment = experiment_create(
+                    name=data["name"],
+                    description=data["description"],
+                    recipe=data["recipe"],
+                    config=data["config"],
+                    owner=request.user,
+                    priority_class=data["priority_class"],
+                    priority=data["priority"],
+                    gpus=data["gpus"],
+                    gpu_type=data["gpu_type"],
+                    memory_gb=data["memory_gb"],
+                    max_attempts=data["max_attempts"],
+                    timeout_seconds=data["timeout_seconds"],
+                    tags=data["tags"],
+                )
+            except ValidationError as exc:
+                form.add_service_errors(exc)
+            else:
+                messages.success(request, f"Created “{experiment.name}”. Press Start to queue it.")
+                return redirect(experiment)
+    else:
+        form = ExperimentCreateForm()
+    context = {
+        "form": form,
+        "recipes": [
+            {"name": name, "summary": spec.summary, "params": [p.describe() for p in spec.params]}
+            for name, spec in RECIPES.items()
+        ],
+        "recipe_defaults": {name: recipe_defaults(name) for name in RECIPES},
+    }
+    status = 400 if form.is_bound else 200
+    return render(request, "experiments/create.html", context, status=status)
+
+
+def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
+    history = list(selectors.experiment_history(experiment=experiment))
+    visited = (
+        {State.PENDING.value} | {row.source_state for row in history} | {row.target_state for row in history}
+    )
+    return {
+        **_actions_context(request, experiment),
+        "config_rows": selectors.experiment_config_rows(experiment=experiment),
+        "children": selectors.experiment_children(experiment=experiment),
+        "history": history,
+        "runs": selectors.experiment_runs(experiment=experiment),
+        "visited_states": visited,
+        "recipe_summary": RECIPES[experiment.recipe].summary if experiment.recipe in RECIPES else "",
+    }
+
+
+@login_required
+@require_GET
+def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
+    """Show one experiment: state, config, lineage, the buttons this user may press now, history."""
+    experiment = _get_experiment(experiment_id)
+    return render(request, "experiments/detail.html", _detail_context(request, experiment))
+
+
+@login_required
+@require_GET
+def experiment_actions_fragment(request: HttpRequest, experiment_id: int) -> HttpResponse:
+    """Return only the actions block, so the live view can refresh buttons after a state change."""
+    experiment = _get_experiment(experiment_id)
+    return render(request, "experiments/_actions.html", _actions_context(request, experiment))
+
+
+def _refused(request: HttpRequest, experiment_id: int, message: str, status: int) -> HttpResponse:
+    """Answer a refused action: JSON for API-style clients, else the detail page with the message."""
+    if _wants_json(request):
+        return JsonResponse({"detail": message}, status=status)
+    messages.error(request, message)
+    experiment = _get_experiment(experiment_id)
+    return render(request, "experiments/detail.html", _detail_context(request, experiment), status=status)
+
+
+@login_required
+@require_POST
+def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> HttpResponse:
+    """Fire one event through the audited service; 409 when the state no longer allows it."""
+    if event not in EVENT_PERMISSIONS:
+        raise Http404("No such action.")
+    _get_experiment(experiment_id)
+    actor = Actor.for_user(request.user)
+    reason = request.POST.get("reason", "").strip()[:2000]
+    try:
+        if event == "retrain":
+            child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
+            experiment, target = child, child
+            message = f"Retraining as “{child.name}” (#{child.pk}); it is queued."
+        else:
+            experiment = experiment_transition(
+                experiment_id=experiment_id, event=event, actor=actor, reason=reason
+            )
+            target = experiment
+            message = (
+                f"{EVENT_LABELS[event]}: “{experiment.name}” is now {experiment.get_state_display().lower()}."
+            )
+    except TransitionRefused as exc:
+        return _refused(request, experiment_id, exc.message, status=409)
+    except PermissionDenied as exc:
+        return _refused(request, experiment_id, str(exc) or "You may not do that.", status=403)
+    except ValidationError as exc:
+        return _refused(request, experiment_id, "; ".join(exc.messages), status=400)
+    if _wants_json(request):
+        return JsonResponse(
+            {
+                "id": experiment.pk,
+                "state": experiment.state,
+                "event": event,
+                "detail": message,
+                "url": reverse("experiments:detail", args=[target.pk]),
+            }
+        )
+    messages.success(request, message)
+    return redirect(target)

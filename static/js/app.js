@@ -1,0 +1,26 @@
+// Small page behaviour shared by every page. Delegated from the document, so it keeps
+// working when a block (the actions of an experiment) is replaced by a fresh fragment.
+(function () {
+  "use strict";
+
+  // A button with data-dialog-open="<id>" opens that native <dialog> (Cancel, Rollback).
+  document.addEventListener("click", function (event) {
+    var opener = event.target.closest("[data-dialog-open]");
+    if (!opener) return;
+    var dialog = document.getElementById(opener.getAttribute("data-dialog-open"));
+    if (dialog && typeof dialog.showModal === "function") {
+      event.preventDefault();
+      dialog.showModal();
+      var reason = dialog.querySelector("textarea");
+      if (reason) reason.focus();
+    }
+  });
+
+  // A submitted action form disables its button: one press, one request.
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    var submitter = event.submitter;
+    if (!form.matches("form[method=post]") || !submitter || submitter.getAttribute("formmethod") === "dialog") return;
+    window.setTimeout(function () { submitter.disabled = true; }, 0);
+  });
+})();
