@@ -1,4 +1,8 @@
-"""Metric history for charts: one series per metric name, the latest attempt winning, downsampled."""
+"""Metric history for charts: one series per metric name, the latest attempt winning, downsampled.
+
+Where several attempts logged metrics, the stitching rule of selectors_runs decides which
+points count; the common case (one attempt) reads straight along the series index.
+"""
 
 from __future__ import annotations
 
@@ -6,10 +10,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import Q, QuerySet
 
 from .downsample import downsample_series
 from .models import MetricPoint, Run
+from .selectors_runs import experiment_metric_series
 
 # Points per series a chart receives unless it asks for another budget.
 DEFAULT_MAX_POINTS = 2000
@@ -49,33 +53,6 @@ def metric_names(*, experiment_id: int) -> list[str]:
     )
 
 
-def visible_points_filter(*, experiment_id: int) -> Q | None:
-    """Return the filter that hides points a later attempt superseded (None: nothing to hide).
-
-    An attempt that resumed from checkpoint step S replaces everything earlier attempts
-    logged after S; an attempt with no checkpoint (resumed_from_step NULL) started over
-    and replaces all of it. The chart thus shows the training that the latest attempt
-    continues, without the abandoned tails of earlier ones.
-    """
-    runs = list(
-        Run.objects.filter(experiment_id=experiment_id)
-        .order_by("attempt")
-        .values_list("id", "resumed_from_step")
-    )
-    if len(runs) <= 1:
-        return None
-    visible = Q(run_id=runs[-1][0])
-    cutoff: int | None = None
-    # Walk from the latest attempt back: each one's cutoff is the lowest resume step after it.
-    for index in range(len(runs) - 1, 0, -1):
-        resumed = runs[index][1]
-        step_limit = -1 if resumed is None else resumed
-        cutoff = step_limit if cutoff is None else min(cutoff, step_limit)
-        if cutoff >= 0:
-            visible |= Q(run_id=runs[index - 1][0], step__lte=cutoff)
-    return visible
-
-
 def metric_series(
     *,
     experiment_id: int,
@@ -92,48 +69,55 @@ def metric_series(
     with a min/max-preserving method.
     """
     budget = default_max_points() if max_points is None else max_points
-    if names is None:
-        names = metric_names(experiment_id=experiment_id)
-    base = MetricPoint.objects.filter(experiment_id=experiment_id)
-    if since_step is not None:
-        base = base.filter(step__gt=since_step)
-    if start_step is not None:
-        base = base.filter(step__gte=start_step)
-    if end_step is not None:
-        base = base.filter(step__lte=end_step)
-    visible = visible_points_filter(experiment_id=experiment_id)
+    low = max(since_step + 1 if since_step is not None else 0, start_step or 0)
+    high = end_step
+    if Run.objects.filter(experiment_id=experiment_id).count() > 1:
+        raw = _read_stitched(experiment_id=experiment_id, names=names, low=low, high=high)
+    else:
+        raw = _read_single(experiment_id=experiment_id, names=names, low=low, high=high)
 
     series: dict[str, Series] = {}
     last_step: int | None = None
-    for name in dict.fromkeys(names):  # unique, in the asked order
-        steps, values = _read_series(base.filter(name=name), visible=visible)
+    for name, (steps, values) in raw.items():
         if steps:
             last_step = steps[-1] if last_step is None else max(last_step, steps[-1])
-        total = len(steps)
         kept_steps, kept_values, downsampled = downsample_series(steps, values, max_points=budget)
         series[name] = Series(
-            steps=kept_steps, values=kept_values, downsampled=downsampled, total_points=total
+            steps=kept_steps, values=kept_values, downsampled=downsampled, total_points=len(steps)
         )
     return SeriesSet(experiment_id=experiment_id, series=series, last_step=last_step)
 
 
-def _read_series(qs: QuerySet[MetricPoint], *, visible: Q | None) -> tuple[list[int], list[float | None]]:
-    """Read (steps, values) of one series in step order along the (experiment, name, step) index."""
-    if visible is None:
-        # One attempt: a plain index range scan, transposed at C speed.
-        rows = list(qs.order_by("step").values_list("step", "value"))
-        if not rows:
-            return [], []
-        steps, values = zip(*rows, strict=True)
-        return list(steps), list(values)
-    # Several attempts: where two logged the same step, the later attempt comes first and wins.
-    rows3 = qs.filter(visible).order_by("step", "-run__attempt").values_list("step", "value")
-    out_steps: list[int] = []
-    out_values: list[float | None] = []
-    previous: int | None = None
-    for step, value in rows3:
-        if step != previous:
-            out_steps.append(step)
-            out_values.append(value)
-            previous = step
-    return out_steps, out_values
+Raw = dict[str, tuple[list[int], list[float | None]]]
+
+
+def _read_single(*, experiment_id: int, names: Sequence[str] | None, low: int, high: int | None) -> Raw:
+    """Read the series of an experiment with at most one attempt, along the (experiment, name, step) index."""
+    if names is None:
+        names = metric_names(experiment_id=experiment_id)
+    base = MetricPoint.objects.filter(experiment_id=experiment_id)
+    if low > 0:
+        base = base.filter(step__gte=low)
+    if high is not None:
+        base = base.filter(step__lte=high)
+    raw: Raw = {}
+    for name in dict.fromkeys(names):  # unique, in the asked order
+        # One series per query: an index range scan, transposed at C speed, no per-point objects.
+        rows = list(base.filter(name=name).order_by("step").values_list("step", "value"))
+        if rows:
+            steps, values = zip(*rows, strict=True)
+            raw[name] = (list(steps), list(values))
+        else:
+            raw[name] = ([], [])
+    return raw
+
+
+def _read_stitched(*, experiment_id: int, names: Sequence[str] | None, low: int, high: int | None) -> Raw:
+    """Read series of an experiment with several attempts: the later attempt wins where they overlap."""
+    stitched = experiment_metric_series(experiment_id=experiment_id, names=list(names) if names else None)
+    order = list(dict.fromkeys(names)) if names is not None else sorted(stitched)
+    raw: Raw = {}
+    for name in order:
+        points = [p for p in stitched.get(name, []) if p.step >= low and (high is None or p.step <= high)]
+        raw[name] = ([p.step for p in points], [p.value for p in points])
+    return raw

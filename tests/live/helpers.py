@@ -1,0 +1,30 @@
+"""Builders of metric history for the live-view tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from experiments.models import Experiment, MetricPoint, Run
+
+
+def run_for(experiment: Experiment, *, attempt: int = 1, resumed_from_step: int | None = None) -> Run:
+    """Return a new attempt of the experiment."""
+    return Run.objects.create(experiment=experiment, attempt=attempt, resumed_from_step=resumed_from_step)
+
+
+def log_points(run: Run, name: str, points: Iterable[tuple[int, float | None]]) -> None:
+    """Store (step, value) points of one metric for a run, as the reporter does."""
+    MetricPoint.objects.bulk_create(
+        [
+            MetricPoint(
+                run=run,
+                experiment_id=run.experiment_id,
+                name=name,
+                step=step,
+                value=value,
+                wall_time=float(step),
+            )
+            for step, value in points
+        ],
+        batch_size=2000,
+    )
