@@ -10,3 +10,7 @@ class ControlConfig(AppConfig):
 
     name = "control"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Register transition hooks and Celery worker signals."""
+        from . import signals  # noqa: F401

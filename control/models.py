@@ -9,11 +9,15 @@ from django.utils import timezone
 class Worker(models.Model):
     """A Celery worker host that trains runs; it heart-beats its devices."""
 
-    hostname = models.CharField(max_length=255, unique=True, help_text="Celery node name, e.g. celery@gpu-01.")
+    hostname = models.CharField(
+        max_length=255, unique=True, help_text="Celery node name, e.g. celery@gpu-01."
+    )
     queue = models.CharField(max_length=300, help_text="The worker's own queue (worker_direct).")
     last_heartbeat = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(default=timezone.now)
-    nvml_error = models.CharField(max_length=300, blank=True, help_text="Why NVML was unavailable, if it was.")
+    nvml_error = models.CharField(
+        max_length=300, blank=True, help_text="Why NVML was unavailable, if it was."
+    )
     online = models.BooleanField(
         default=True, help_text="False once heartbeats stopped; its devices are not leased then."
     )
@@ -45,7 +49,9 @@ class Device(models.Model):
     utilization_pct = models.FloatField(default=0.0)
     temperature_c = models.FloatField(null=True, blank=True)
     power_w = models.FloatField(null=True, blank=True)
-    reserved = models.BooleanField(default=False, help_text="Reserved devices are never leased by the scheduler.")
+    reserved = models.BooleanField(
+        default=False, help_text="Reserved devices are never leased by the scheduler."
+    )
     # A ForeignKey, not one-to-one: a run that wants several GPUs leases several devices.
     leased_run = models.ForeignKey(
         "experiments.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="leased_devices"

@@ -178,3 +178,24 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": os.getenv("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "WARNING"}},
 }
+
+# --- execution (scheduler, workers) ---
+# 0 means no limit; a cost-aware policy may lower it further at run time.
+SCHEDULER_MAX_CONCURRENT_RUNS = envint("SCHEDULER_MAX_CONCURRENT_RUNS", 0)
+# Anti-starvation: priority points an experiment gains per minute it waits in the queue.
+SCHEDULER_AGING_PER_MINUTE = envfloat("SCHEDULER_AGING_PER_MINUTE", 0.1)
+# Devices the scheduler never leases, by GPU uuid or "<worker hostname>/<kind><index>".
+SCHEDULER_RESERVED_DEVICES = envlist("SCHEDULER_RESERVED_DEVICES", "")
+# CPU slots a worker offers when NVML finds no GPU, and beside its GPUs when it does.
+WORKER_CPU_SLOTS = envint("WORKER_CPU_SLOTS", 1)
+WORKER_CPU_SLOTS_WITH_GPUS = envint("WORKER_CPU_SLOTS_WITH_GPUS", 0)
+# A worker whose last heartbeat is older than this is offline; its leases are freed.
+WORKER_OFFLINE_SECONDS = envfloat("WORKER_OFFLINE_SECONDS", HEARTBEAT_TIMEOUT_SECONDS)
+# A dispatched run that no worker picked up within this time is lost (and retried).
+RUN_START_TIMEOUT_SECONDS = envfloat("RUN_START_TIMEOUT_SECONDS", 120.0)
+# Retry backoff: base * 2**(failures-1), capped.
+RETRY_BACKOFF_SECONDS = envfloat("RETRY_BACKOFF_SECONDS", 10.0)
+RETRY_BACKOFF_MAX_SECONDS = envfloat("RETRY_BACKOFF_MAX_SECONDS", 600.0)
+# How often a training process looks for a cancel request (cancel is seen within ~2 s).
+CANCEL_POLL_SECONDS = envfloat("CANCEL_POLL_SECONDS", 0.5)
+WATCHDOG_SECONDS = envfloat("WATCHDOG_SECONDS", 10.0)

@@ -1,3 +1,168 @@
-"""Shared fixtures of the suite (the private Redis itself starts in tests/plugin_services.py)."""
+"""Shared fixtures of the suite (the private Redis itself starts in tests/plugin_services.py).
+
+`celery_worker` starts a real `celery -A crucible_ui worker` against the test database and
+the session's Redis. Tests using it need `@pytest.mark.django_db(transaction=True)` (the
+worker is another process: it only sees committed rows) and `@pytest.mark.worker`.
+"""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Short beats so that loss and cancel show within a test's patience.
+WORKER_ENV = {
+    "HEARTBEAT_SECONDS": "0.5",
+    "HEARTBEAT_TIMEOUT_SECONDS": "3",
+    "WORKER_OFFLINE_SECONDS": "3",
+    "CANCEL_POLL_SECONDS": "0.25",
+    "CANCEL_GRACE_SECONDS": "10",
+    "METRIC_FLUSH_SECONDS": "0.1",
+    "RETRY_BACKOFF_SECONDS": "0.5",
+    "WORKER_CPU_SLOTS": "1",
+    "CELERY_TASK_ALWAYS_EAGER": "false",
+    "LOG_LEVEL": "WARNING",
+}
+
+
+def worker_database_url() -> str:
+    """Return a DATABASE_URL naming the database pytest-django set up for this session."""
+    db = connection.settings_dict
+    if db["ENGINE"] == "django.db.backends.sqlite3":
+        name = str(db["NAME"])
+        if name == ":memory:" or name.startswith("file:"):
+            pytest.skip("a worker process cannot share an in-memory SQLite database")
+        return f"sqlite:///{Path(name).resolve()}"
+    user = db.get("USER") or ""
+    password = db.get("PASSWORD") or ""
+    auth = f"{user}:{password}@" if password else (f"{user}@" if user else "")
+    host = db.get("HOST") or "localhost"
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgres://{auth}{host}{port}/{db['NAME']}"
+
+
+@dataclass
+class WorkerHandle:
+    """A running Celery worker: its node name, process and log file."""
+
+    hostname: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def queue(self) -> str:
+        """Return the worker's own queue (worker_direct)."""
+        return f"{self.hostname}.dq2"
+
+    def logs(self) -> str:
+        """Return what the worker has logged so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send sig to the worker and its pool processes at once (SIGKILL: the host died)."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            if sig == signal.SIGKILL:
+                self.proc.wait(10)
+
+    def stop(self) -> None:
+        """Stop the worker cleanly (warm shutdown), killing it if it will not go."""
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        # Pool processes share the group; none may outlive the test.
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_worker(*, tmp_path: Path, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> WorkerHandle:
+    """Start a worker (prefork, one process, one task per child) and wait for its first heartbeat."""
+    from control.models import Worker
+
+    hostname = f"test-{uuid.uuid4().hex[:10]}@{os.uname().nodename}"
+    env = {
+        **os.environ,
+        **WORKER_ENV,
+        "DATABASE_URL": worker_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "ARTIFACTS_ROOT": str(settings.ARTIFACTS_ROOT),
+        "DJANGO_SETTINGS_MODULE": "crucible_ui.settings",
+        **(extra_env or {}),
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    log_path = tmp_path / f"worker-{hostname.split('@')[0]}.log"
+    args = [
+        sys.executable, "-m", "celery", "-A", "crucible_ui", "worker",
+        "--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1",
+        "--queues", "control", "--hostname", hostname, "--loglevel", "INFO",
+        "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    handle = WorkerHandle(hostname=hostname, proc=proc, log_path=log_path, env=env)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited with {proc.returncode}:\n{handle.logs()[-4000:]}")
+        if Worker.objects.filter(hostname=hostname, online=True).exists():
+            return handle
+        time.sleep(0.1)
+    handle.stop()
+    raise RuntimeError(f"celery worker did not heart-beat within {timeout:.0f} s:\n{handle.logs()[-4000:]}")
+
+
+@pytest.fixture
+def start_celery_worker(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerHandle]]:
+    """Return a function that starts another worker (e.g. to replace a killed one); all stop at teardown."""
+    started: list[WorkerHandle] = []
+
+    def start(**extra_env: str) -> WorkerHandle:
+        handle = start_worker(tmp_path=tmp_path, extra_env=extra_env)
+        started.append(handle)
+        return handle
+
+    yield start
+    for handle in started:
+        handle.stop()
+
+
+@pytest.fixture
+def celery_worker(start_celery_worker: Callable[..., WorkerHandle]) -> WorkerHandle:
+    """A real Celery worker on queue `control` plus its own direct queue, ready when returned."""
+    return start_celery_worker()
+
+
+def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll predicate until it returns something truthy; fail the test after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or predicate}")

@@ -1,0 +1,24 @@
+"""Celery beat schedule of the control layer (settings: CELERY_BEAT_SCHEDULE = BEAT_SCHEDULE)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+# Read from the environment like settings (this module is imported by settings, so it
+# cannot read django.conf.settings).
+_TICK = float(os.getenv("SCHEDULER_TICK_SECONDS", "5"))
+_WATCHDOG = float(os.getenv("WATCHDOG_SECONDS", "10"))
+
+BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
+    "scheduler-tick": {
+        "task": "control.scheduler_tick",
+        "schedule": _TICK,
+        "options": {"queue": "control", "expires": _TICK * 2},
+    },
+    "watchdog-sweep": {
+        "task": "control.watchdog_sweep",
+        "schedule": _WATCHDOG,
+        "options": {"queue": "control", "expires": _WATCHDOG * 2},
+    },
+}

@@ -1,0 +1,369 @@
+"""Writes of the policy layer: queue and execute actions, approve/reject/expire triggers, dry-run, backtest."""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.request
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.core.mail import send_mail
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from experiments.actors import Actor
+from experiments.events import TRIGGERS_GROUP, experiment_group, send_to_groups
+from experiments.models import Experiment
+from experiments.services import (
+    TransitionRefused,
+    experiment_create,
+    experiment_retrain,
+    experiment_transition,
+)
+
+from .actions_catalog import clean_action_params
+from .conditions import EvaluationContext, evaluate_all
+from .policy_models import (
+    ActionExecution,
+    ActionRole,
+    ConditionRole,
+    ExecutionStatus,
+    Policy,
+    PolicyKind,
+    TriggerEvent,
+    TriggerStatus,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ActionFailed(Exception):
+    """An action could not be carried out; the message says why."""
+
+
+def publish_trigger(trigger: TriggerEvent) -> None:
+    """After commit, tell the experiment's page and the Triggers page about a trigger."""
+    payload = trigger_payload(trigger)
+    groups = [TRIGGERS_GROUP]
+    if trigger.experiment_id:
+        groups.append(experiment_group(trigger.experiment_id))
+    transaction.on_commit(lambda: send_to_groups(groups, payload))
+
+
+def trigger_payload(trigger: TriggerEvent) -> dict[str, Any]:
+    """Return the typed websocket payload of a trigger."""
+    return {
+        "type": "trigger.changed",
+        "trigger_id": trigger.pk,
+        "experiment_id": trigger.experiment_id,
+        "policy": trigger.policy.name,
+        "kind": trigger.kind,
+        "status": trigger.status,
+        "conditions_passed": trigger.conditions_passed,
+        "snapshot": trigger.snapshot,
+        "created_at": trigger.created_at.isoformat(),
+        "executions": [e.as_dict() for e in trigger.executions.all()],
+    }
+
+
+def _dispatch_execution(execution_id: int) -> None:
+    from .policy_tasks import action_execute_task
+
+    action_execute_task.apply_async(args=[execution_id], queue="control")
+
+
+def trigger_queue_actions(*, trigger: TriggerEvent) -> list[ActionExecution]:
+    """Create one execution per enabled action of the trigger's role and dispatch each after commit."""
+    role = trigger.snapshot.get("role", ActionRole.THEN)
+    actor = Actor.policy(trigger.policy.name).label
+    executions = []
+    for action in trigger.policy.actions.filter(role=role, enabled=True).order_by("order", "id"):
+        execution, created = ActionExecution.objects.get_or_create(
+            idempotency_key=f"trigger:{trigger.pk}:action:{action.pk}",
+            defaults={
+                "trigger": trigger,
+                "action": action,
+                "kind": action.kind,
+                "params": clean_action_params(action.kind, action.params),
+                "actor": actor,
+            },
+        )
+        executions.append(execution)
+        if created:
+            transaction.on_commit(lambda eid=execution.pk: _dispatch_execution(eid))  # type: ignore[misc]
+    if not executions:
+        TriggerEvent.objects.filter(pk=trigger.pk).update(status=TriggerStatus.ACTED)
+    return executions
+
+
+def trigger_execute_now(*, trigger_id: int, user: Any) -> TriggerEvent:
+    """A person presses "Execute policy": run the trigger's actions now, as the policy."""
+    with transaction.atomic():
+        trigger = TriggerEvent.objects.select_for_update().select_related("policy").get(pk=trigger_id)
+        if trigger.status not in (
+            TriggerStatus.DRY_RUN,
+            TriggerStatus.PENDING_APPROVAL,
+            TriggerStatus.FAILED,
+        ):
+            raise TransitionRefusedForTrigger(
+                f"Trigger #{trigger.pk} is {trigger.get_status_display().lower()}."
+            )
+        _decide(trigger, user, TriggerStatus.FIRED)
+        trigger_queue_actions(trigger=trigger)
+        publish_trigger(trigger)
+    return trigger
+
+
+class TransitionRefusedForTrigger(Exception):
+    """The trigger is not in a state where this decision applies."""
+
+
+def _decide(trigger: TriggerEvent, user: Any, status: str) -> None:
+    trigger.status = status
+    trigger.decided_at = timezone.now()
+    trigger.decided_by = user
+    trigger.save(update_fields=["status", "decided_at", "decided_by"])
+
+
+def trigger_approve(*, trigger_id: int, user: Any) -> TriggerEvent:
+    """Approve a pending trigger: its actions run as the policy, and the approver is recorded."""
+    with transaction.atomic():
+        trigger = TriggerEvent.objects.select_for_update().select_related("policy").get(pk=trigger_id)
+        if trigger.status != TriggerStatus.PENDING_APPROVAL:
+            raise TransitionRefusedForTrigger(
+                f"Trigger #{trigger.pk} is {trigger.get_status_display().lower()}, not pending approval."
+            )
+        if trigger.expires_at and trigger.expires_at <= timezone.now():
+            _decide(trigger, None, TriggerStatus.EXPIRED)
+            publish_trigger(trigger)
+            raise TransitionRefusedForTrigger(
+                f"Trigger #{trigger.pk} expired at {trigger.expires_at:%H:%M:%S}."
+            )
+        _decide(trigger, user, TriggerStatus.FIRED)
+        trigger_queue_actions(trigger=trigger)
+        publish_trigger(trigger)
+    return trigger
+
+
+def trigger_reject(*, trigger_id: int, user: Any) -> TriggerEvent:
+    """Reject a pending trigger: nothing is done, and who decided is recorded."""
+    with transaction.atomic():
+        trigger = TriggerEvent.objects.select_for_update().get(pk=trigger_id)
+        if trigger.status != TriggerStatus.PENDING_APPROVAL:
+            raise TransitionRefusedForTrigger(
+                f"Trigger #{trigger.pk} is {trigger.get_status_display().lower()}, not pending approval."
+            )
+        _decide(trigger, user, TriggerStatus.DISMISSED)
+        publish_trigger(trigger)
+    return trigger
+
+
+def triggers_expire(*, now: datetime | None = None) -> int:
+    """Expire pending approvals whose timeout passed; return how many."""
+    now = now or timezone.now()
+    expired = 0
+    for trigger in TriggerEvent.objects.filter(status=TriggerStatus.PENDING_APPROVAL, expires_at__lte=now):
+        with transaction.atomic():
+            claimed = TriggerEvent.objects.filter(
+                pk=trigger.pk, status=TriggerStatus.PENDING_APPROVAL
+            ).update(status=TriggerStatus.EXPIRED, decided_at=now)
+            if claimed == 1:
+                trigger.status = TriggerStatus.EXPIRED
+                publish_trigger(trigger)
+                expired += 1
+    return expired
+
+
+def _reason(trigger: TriggerEvent) -> str:
+    return f"{trigger.reason()} [trigger #{trigger.pk}]"
+
+
+def _canary_applies(experiment: Experiment) -> bool:
+    return any(
+        p.applies_to(recipe=experiment.recipe, tags=list(experiment.tags or []))
+        for p in Policy.objects.filter(enabled=True, kind=PolicyKind.CANARY)
+    )
+
+
+def _perform(execution: ActionExecution, trigger: TriggerEvent) -> dict[str, Any]:
+    """Carry out one action through the same services the buttons use."""
+    actor = Actor.policy(trigger.policy.name)
+    experiment = trigger.experiment
+    params = execution.params
+    reason = _reason(trigger)
+    kind = execution.kind
+    if kind in ("cancel", "hold", "rollback"):
+        if experiment is None:
+            raise ActionFailed(f"{kind} needs an experiment")
+        experiment_transition(experiment_id=experiment.pk, event=kind, actor=actor, reason=reason)
+        return {"experiment_id": experiment.pk, "event": kind}
+    if kind == "promote":
+        if experiment is None:
+            raise ActionFailed("promote needs an experiment")
+        experiment_transition(experiment_id=experiment.pk, event="promote", actor=actor, reason=reason)
+        if not _canary_applies(experiment):
+            experiment_transition(
+                experiment_id=experiment.pk,
+                event="deploy",
+                actor=actor,
+                reason="no canary policy in scope: deployed at once",
+            )
+            return {"experiment_id": experiment.pk, "event": "promote+deploy"}
+        return {"experiment_id": experiment.pk, "event": "promote"}
+    if kind == "requeue":
+        if experiment is None:
+            raise ActionFailed("requeue needs an experiment")
+        return _requeue_with_lower_lr(experiment.pk, float(params.get("lr_factor", 0.5)), actor, reason)
+    if kind == "retrain":
+        if experiment is None:
+            raise ActionFailed("retrain needs an experiment")
+        child = experiment_retrain(
+            experiment_id=experiment.pk,
+            actor=actor,
+            reason=reason,
+            config_overrides=params.get("config_overrides") or {},
+            priority_class=params.get("priority_class") or None,
+        )
+        return {"child_experiment_id": child.pk}
+    if kind == "queue_experiment":
+        recipe = params.get("recipe") or (experiment.recipe if experiment else "")
+        created = experiment_create(
+            name=f"{trigger.policy.name}: {recipe}",
+            recipe=recipe,
+            config=params.get("config") or {},
+            priority_class=params.get("priority_class") or "batch",
+            parent=experiment,
+            description=reason,
+        )
+        experiment_transition(experiment_id=created.pk, event="queue", actor=actor, reason=reason)
+        return {"experiment_id": created.pk}
+    if kind == "notify_email":
+        to = [a.strip() for a in str(params.get("to", "")).split(",") if a.strip()]
+        subject = params.get("subject") or f"[Crucible] policy {trigger.policy.name} fired"
+        body = json.dumps(trigger_payload(trigger), indent=2, default=str)
+        sent = send_mail(subject, body, None, to)
+        return {"sent": sent, "to": to}
+    if kind == "notify_webhook":
+        body = json.dumps(trigger_payload(trigger), default=str).encode()
+        request = urllib.request.Request(
+            str(params["url"]), data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:  # the URL was validated as http(s)
+            return {"status": response.status}
+    raise ActionFailed(f"unknown action kind {kind!r}")
+
+
+def _requeue_with_lower_lr(experiment_id: int, factor: float, actor: Actor, reason: str) -> dict[str, Any]:
+    """Scale the learning rate and requeue; the next attempt resumes from the last good checkpoint."""
+    with transaction.atomic():
+        experiment = Experiment.objects.select_for_update().get(pk=experiment_id)
+        old_lr = float(experiment.config.get("lr", 0.0))
+        new_lr = old_lr * factor
+        Experiment.objects.filter(pk=experiment_id).update(config={**experiment.config, "lr": new_lr})
+        experiment_transition(
+            experiment_id=experiment_id,
+            event="requeue",
+            actor=actor,
+            reason=f"{reason}; lr {old_lr:g} → {new_lr:g}",
+        )
+    return {"experiment_id": experiment_id, "lr": [old_lr, new_lr]}
+
+
+def action_execute(*, execution_id: int) -> ActionExecution:
+    """Run one queued action exactly once (a redelivered task finds it claimed and does nothing)."""
+    claimed = ActionExecution.objects.filter(pk=execution_id, status=ExecutionStatus.PENDING).update(
+        status=ExecutionStatus.RUNNING, attempts=F("attempts") + 1
+    )
+    execution = ActionExecution.objects.select_related("trigger__policy", "trigger__experiment").get(
+        pk=execution_id
+    )
+    if claimed != 1:
+        return execution
+    trigger = execution.trigger
+    try:
+        result = _perform(execution, trigger)
+        execution.status = ExecutionStatus.SUCCEEDED
+        execution.result = result
+    except (TransitionRefused, ActionFailed, PermissionDenied, ValidationError, OSError) as exc:
+        execution.status = ExecutionStatus.FAILED
+        execution.error = getattr(exc, "message", None) or str(exc)
+    except Exception as exc:  # recorded on the execution; the engine must not die with it
+        logger.exception("action %s failed", execution.pk)
+        execution.status = ExecutionStatus.FAILED
+        execution.error = f"{type(exc).__name__}: {exc}"
+    execution.finished_at = timezone.now()
+    execution.latency_ms = (execution.finished_at - trigger.created_at).total_seconds() * 1000
+    execution.save(update_fields=["status", "result", "error", "finished_at", "latency_ms"])
+    _settle_trigger(trigger)
+    return execution
+
+
+def _settle_trigger(trigger: TriggerEvent) -> None:
+    """Mark the trigger acted (or failed) once all its executions finished, and tell the pages."""
+    with transaction.atomic():
+        statuses = list(trigger.executions.values_list("status", flat=True))
+        if any(s in (ExecutionStatus.PENDING, ExecutionStatus.RUNNING) for s in statuses):
+            publish_trigger(trigger)
+            return
+        final = TriggerStatus.FAILED if ExecutionStatus.FAILED in statuses else TriggerStatus.ACTED
+        TriggerEvent.objects.filter(pk=trigger.pk).update(status=final)
+        trigger.status = final
+        publish_trigger(trigger)
+
+
+@dataclass(frozen=True)
+class BacktestHit:
+    """Where replaying a policy over an experiment's history would have fired."""
+
+    experiment_id: int
+    experiment_name: str
+    step: int
+    conditions: list[dict[str, Any]]
+
+
+def policy_dry_run(*, policy: Policy, experiment: Experiment) -> dict[str, Any]:
+    """Return each condition's value and pass/fail against the experiment, changing nothing."""
+    from .engine import policy_evaluate
+
+    evaluation = policy_evaluate(policy=policy, experiment=experiment)
+    role = ActionRole.THEN if evaluation.passed else ActionRole.FALLBACK
+    actions = [str(a) for a in policy.actions.filter(role=role, enabled=True)]
+    return {**evaluation.snapshot(), "would_run": actions, "role": role}
+
+
+def policy_backtest(
+    *, policy: Policy, experiments: list[Experiment], max_hits_per_experiment: int = 1
+) -> list[BacktestHit]:
+    """Replay the policy over past metric histories; list the first step where it would have fired."""
+    from .engine import evaluation_context
+
+    specs = [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
+    names = [s.metric for s in specs if s.metric]
+    hits: list[BacktestHit] = []
+    for experiment in experiments:
+        full = evaluation_context(experiment=experiment, metric_names=names)
+        steps = sorted({step for points in full.series.values() for step, _ in points})
+        found = 0
+        armed = True
+        for step in steps:
+            ctx = EvaluationContext(
+                series={n: [p for p in pts if p[0] <= step] for n, pts in full.series.items()},
+                production_metrics=full.production_metrics,
+                last_retrain_at=full.last_retrain_at,
+                now=full.now,
+                runs_in_flight=full.runs_in_flight,
+            )
+            passed, results = evaluate_all(specs, ctx)
+            if passed and armed:
+                hits.append(BacktestHit(experiment.pk, experiment.name, step, [r.as_dict() for r in results]))
+                found += 1
+                armed = False
+                if found >= max_hits_per_experiment:
+                    break
+            elif not passed:
+                armed = True
+    return hits

@@ -1,0 +1,32 @@
+"""Celery tasks of the policy layer: thin wrappers that take ids and call one service."""
+
+from __future__ import annotations
+
+from celery import shared_task
+
+from . import policy_services
+from .engine import engine_on_metrics, engine_on_transition
+
+
+@shared_task(name="control.action_execute", acks_late=True, queue="control")
+def action_execute_task(execution_id: int) -> str:
+    """Carry out one policy action (idempotent: a second delivery does nothing)."""
+    return str(policy_services.action_execute(execution_id=execution_id).status)
+
+
+@shared_task(name="control.engine_on_transition", queue="control")
+def engine_on_transition_task(experiment_id: int, event: str) -> int:
+    """Evaluate transition-driven policies for one experiment; return how many fired."""
+    return len(engine_on_transition(experiment_id=experiment_id, event=event))
+
+
+@shared_task(name="control.engine_on_metrics", queue="control")
+def engine_on_metrics_task(experiment_id: int) -> int:
+    """Evaluate metric-driven policies for one running experiment; return how many fired."""
+    return len(engine_on_metrics(experiment_id=experiment_id))
+
+
+@shared_task(name="control.triggers_expire", queue="control")
+def triggers_expire_task() -> int:
+    """Expire approvals past their timeout; return how many."""
+    return policy_services.triggers_expire()

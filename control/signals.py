@@ -1,0 +1,77 @@
+"""Wiring: transition hooks drive the scheduler and cancel; Celery worker signals drive the heartbeat."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery.signals import worker_ready, worker_shutdown
+from django.db import transaction
+from django.utils import timezone
+
+from experiments.actors import Actor
+from experiments.models import Experiment, Run
+from experiments.run_services import on_run_ended
+from experiments.services import on_transition
+
+from . import services
+from .inventory import HeartbeatThread
+
+logger = logging.getLogger(__name__)
+
+
+@on_transition("queue", "retry", "requeue")
+def _tick_for_new_work(experiment: Experiment, actor: Actor) -> None:
+    """Work entered the queue: look for a device now, or when its retry backoff ends."""
+    from .tasks import scheduler_tick
+
+    wait = 0.0
+    if experiment.not_before is not None:
+        wait = max(0.0, (experiment.not_before - timezone.now()).total_seconds())
+    scheduler_tick.apply_async(countdown=wait)
+
+
+@on_transition("cancel", "requeue")
+def _stop_live_runs(experiment: Experiment, actor: Actor) -> None:
+    """Ask the experiment's running attempt to stop (cooperatively, then hard after the grace)."""
+    with transaction.atomic():
+        services.experiment_request_cancel(experiment_id=experiment.pk)
+
+
+@on_run_ended
+def _release_leases(run: Run) -> None:
+    """A run ended: free its devices and let the scheduler use them."""
+    services.leases_release(run_id=run.pk)
+    services.tick_after_commit()
+
+
+_heartbeat: HeartbeatThread | None = None
+
+
+def _tick_now() -> None:
+    from .tasks import scheduler_tick
+
+    scheduler_tick.apply_async()
+
+
+@worker_ready.connect
+def _start_heartbeat(sender: Any = None, **kwargs: Any) -> None:
+    """Start heart-beating this worker's devices from its parent process (NVML only, never CUDA)."""
+    global _heartbeat
+    hostname = getattr(sender, "hostname", None)
+    if not hostname or _heartbeat is not None:
+        return
+    _heartbeat = HeartbeatThread(hostname=str(hostname), on_online=_tick_now)
+    _heartbeat.start()
+
+
+@worker_shutdown.connect
+def _stop_heartbeat(sender: Any = None, **kwargs: Any) -> None:
+    """Stop the heartbeat and mark the worker offline on a clean shutdown."""
+    global _heartbeat
+    if _heartbeat is not None:
+        try:
+            _heartbeat.stop()
+        except Exception:
+            logger.warning("could not mark the worker offline", exc_info=True)
+        _heartbeat = None
