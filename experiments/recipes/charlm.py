@@ -160,7 +160,10 @@ def get_batch(
     which is what lets a resumed run see exactly the batches an uninterrupted one would.
     """
     gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
-    starts = torch.randint(0, len(data) - context - 1, (batch_size,), generator=gen).to(data.device)
+    starts = torch.randint(0, len(data) - context - 1, (batch_size,), generator=gen)
+    if data.device.type == "cuda":
+        # From pinned memory the copy is asynchronous: a plain one would wait for the GPU every step.
+        starts = starts.pin_memory().to(data.device, non_blocking=True)
     window = starts[:, None] + torch.arange(context + 1, device=data.device)
     chunk = data[window].long()
     return chunk[:, :-1], chunk[:, 1:]
