@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from io import StringIO
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -12,7 +13,7 @@ from django.test import Client
 from experiments.models import ApiToken, Experiment
 from experiments.tokens import token_hash
 
-from .conftest import post_json
+from .conftest import TokenFor, post_json
 
 NEW = {"name": "from the api", "recipe": "digits"}
 
@@ -26,8 +27,8 @@ def test_anonymous_callers_get_401_json_on_reads_and_writes() -> None:
     assert not Experiment.objects.exists()
 
 
-def test_a_bearer_token_authenticates_reads_and_writes(operator: User, token_for) -> None:
-    headers = {"HTTP_AUTHORIZATION": f"Bearer {token_for(operator)}"}
+def test_a_bearer_token_authenticates_reads_and_writes(operator: User, token_for: TokenFor) -> None:
+    headers: dict[str, Any] = {"HTTP_AUTHORIZATION": f"Bearer {token_for(operator)}"}
     assert Client().get("/api/experiments", **headers).status_code == 200
     # No session, no CSRF cookie: a token client is not a browser and needs neither.
     response = post_json(Client(enforce_csrf_checks=True), "/api/experiments", NEW, **headers)
@@ -36,7 +37,7 @@ def test_a_bearer_token_authenticates_reads_and_writes(operator: User, token_for
     assert ApiToken.objects.get(user=operator).last_used_at is not None
 
 
-def test_a_wrong_token_is_refused_with_401_even_on_writes(operator: User, token_for) -> None:
+def test_a_wrong_token_is_refused_with_401_even_on_writes(operator: User, token_for: TokenFor) -> None:
     raw = token_for(operator)
     for bad in (raw + "x", "cru_guess", ""):
         response = post_json(Client(), "/api/experiments", NEW, HTTP_AUTHORIZATION=f"Bearer {bad}")
@@ -44,14 +45,14 @@ def test_a_wrong_token_is_refused_with_401_even_on_writes(operator: User, token_
     assert not Experiment.objects.exists()
 
 
-def test_the_token_of_a_deactivated_user_is_refused(operator: User, token_for) -> None:
+def test_the_token_of_a_deactivated_user_is_refused(operator: User, token_for: TokenFor) -> None:
     raw = token_for(operator)
     operator.is_active = False
     operator.save()
     assert Client().get("/api/experiments", HTTP_AUTHORIZATION=f"Bearer {raw}").status_code == 401
 
 
-def test_tokens_are_stored_only_as_their_sha256(operator: User, token_for) -> None:
+def test_tokens_are_stored_only_as_their_sha256(operator: User, token_for: TokenFor) -> None:
     raw = token_for(operator)
     token = ApiToken.objects.get(user=operator)
     assert token.token_sha256 == token_hash(raw)
