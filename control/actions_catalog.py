@@ -40,8 +40,10 @@ ACTION_KINDS: dict[str, ActionKindSpec] = {
     "cancel": ActionKindSpec("Cancel", "Cancel the experiment. No parameters."),
     "requeue": ActionKindSpec(
         "Requeue with changed hyper-parameters",
-        'Stop the run and queue it again from its last good checkpoint. {"lr_factor": 0.5}',
+        "Stop the run and queue it again from its last good checkpoint, learning rate scaled. "
+        '{"lr_factor": 0.5, "config_overrides": {"inject_nan_at_step": -1}}',
         (Param("lr_factor", float, 0.5, "Multiply the learning rate by this.", 0.0001, 10.0),),
+        ("config_overrides",),
     ),
     "hold": ActionKindSpec(
         "Hold for review", "Move an evaluating experiment to completed (held). No parameters."

@@ -18,6 +18,7 @@ from django.utils import timezone
 from experiments.actors import Actor
 from experiments.events import TRIGGERS_GROUP, experiment_group, send_to_groups
 from experiments.models import Experiment
+from experiments.recipes import ConfigError, get_spec
 from experiments.services import (
     TransitionRefused,
     experiment_create,
@@ -217,7 +218,13 @@ def _perform(execution: ActionExecution, trigger: TriggerEvent) -> dict[str, Any
     if kind == "requeue":
         if experiment is None:
             raise ActionFailed("requeue needs an experiment")
-        return _requeue_with_lower_lr(experiment.pk, float(params.get("lr_factor", 0.5)), actor, reason)
+        return _requeue_with_lower_lr(
+            experiment.pk,
+            float(params.get("lr_factor", 0.5)),
+            params.get("config_overrides") or {},
+            actor,
+            reason,
+        )
     if kind == "retrain":
         if experiment is None:
             raise ActionFailed("retrain needs an experiment")
@@ -257,13 +264,16 @@ def _perform(execution: ActionExecution, trigger: TriggerEvent) -> dict[str, Any
     raise ActionFailed(f"unknown action kind {kind!r}")
 
 
-def _requeue_with_lower_lr(experiment_id: int, factor: float, actor: Actor, reason: str) -> dict[str, Any]:
+def _requeue_with_lower_lr(
+    experiment_id: int, factor: float, overrides: dict[str, Any], actor: Actor, reason: str
+) -> dict[str, Any]:
     """Scale the learning rate and requeue; the next attempt resumes from the last good checkpoint."""
     with transaction.atomic():
         experiment = Experiment.objects.select_for_update().get(pk=experiment_id)
         old_lr = float(experiment.config.get("lr", 0.0))
         new_lr = old_lr * factor
-        Experiment.objects.filter(pk=experiment_id).update(config={**experiment.config, "lr": new_lr})
+        config = get_spec(experiment.recipe).clean({**experiment.config, **overrides, "lr": new_lr})
+        Experiment.objects.filter(pk=experiment_id).update(config=config)
         experiment_transition(
             experiment_id=experiment_id,
             event="requeue",
@@ -288,7 +298,7 @@ def action_execute(*, execution_id: int) -> ActionExecution:
         result = _perform(execution, trigger)
         execution.status = ExecutionStatus.SUCCEEDED
         execution.result = result
-    except (TransitionRefused, ActionFailed, PermissionDenied, ValidationError, OSError) as exc:
+    except (TransitionRefused, ActionFailed, PermissionDenied, ValidationError, ConfigError, OSError) as exc:
         execution.status = ExecutionStatus.FAILED
         execution.error = getattr(exc, "message", None) or str(exc)
     except Exception as exc:  # recorded on the execution; the engine must not die with it

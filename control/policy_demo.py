@@ -1,0 +1,133 @@
+"""The seed's example policies (and an early stop) as records: loaded by `manage.py demo`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from .conditions import ConditionKind
+from .policy_models import (
+    ActionRole,
+    CanaryStage,
+    ConditionRole,
+    GpuPrice,
+    Policy,
+    PolicyAction,
+    PolicyCondition,
+    PolicyKind,
+)
+
+DEMO_POLICIES: list[dict[str, Any]] = [
+    {
+        "name": "auto_promote",
+        "kind": PolicyKind.AUTO_PROMOTE,
+        "order": 10,
+        "description": "Auto-promote if accuracy > 0.9 and f1 > 0.85 and loss no more than 5% worse than production; "
+        "otherwise hold for review.",
+        "scope_recipes": ["digits", "distill"],
+        "conditions": [
+            {"kind": ConditionKind.METRIC, "metric": "accuracy", "operator": ">", "threshold": 0.9},
+            {"kind": ConditionKind.METRIC, "metric": "f1", "operator": ">", "threshold": 0.85},
+            {"kind": ConditionKind.REGRESSION, "metric": "val_loss", "threshold": 0.05},
+        ],
+        "actions": [{"kind": "promote"}, {"kind": "hold", "role": ActionRole.FALLBACK}],
+    },
+    {
+        "name": "early_stop",
+        "kind": PolicyKind.EARLY_STOP,
+        "order": 5,
+        "description": "A loss that turns NaN stops the run and requeues it from its last good checkpoint with half the "
+        "learning rate (a NaN injected for the demo is cleared).",
+        "cooldown_seconds": 30,
+        "conditions": [{"kind": ConditionKind.NOT_FINITE, "metric": "loss"}],
+        "actions": [
+            {"kind": "requeue", "params": {"lr_factor": 0.5, "config_overrides": {"inject_nan_at_step": -1}}}
+        ],
+    },
+    {
+        "name": "drift_retrain",
+        "kind": PolicyKind.DRIFT_RETRAIN,
+        "order": 20,
+        "description": "Drift score > 0.15 and the last retrain older than 24 h: queue a high-priority retrain.",
+        "cooldown_seconds": 3600,
+        "conditions": [
+            {"kind": ConditionKind.DRIFT, "operator": ">", "threshold": 0.15},
+            {"kind": ConditionKind.OLDER_THAN, "threshold": 24},
+        ],
+        "actions": [{"kind": "retrain", "params": {"priority_class": "realtime"}}],
+    },
+    {
+        "name": "canary_deploy",
+        "kind": PolicyKind.CANARY,
+        "order": 30,
+        "enabled": False,
+        "description": "Canary stages 1% (1 h), 10% (4 h), then full rollout; roll back when the error rate passes 5% "
+        "or latency p99 passes 500 ms. Disabled until serving is configured: promoted models deploy at once.",
+        "conditions": [
+            {
+                "kind": ConditionKind.METRIC,
+                "metric": "error_rate",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": ConditionRole.ROLLBACK_ON,
+            },
+            {
+                "kind": ConditionKind.METRIC,
+                "metric": "latency_p99_ms",
+                "operator": ">",
+                "threshold": 500,
+                "role": ConditionRole.ROLLBACK_ON,
+            },
+        ],
+        "stages": [("canary_1pct", 1, 3600), ("canary_10pct", 10, 4 * 3600), ("full_rollout", 100, 0)],
+    },
+    {
+        "name": "cost_aware_schedule",
+        "kind": PolicyKind.COST,
+        "order": 40,
+        "description": "Daily budget of $100 and at most 3 concurrent runs; cheaper runs first within a class.",
+        "daily_budget_usd": Decimal("100"),
+        "max_concurrent_runs": 3,
+        "priority_by": "estimated_cost",
+    },
+]
+
+DEMO_PRICES = {
+    "cpu": Decimal("0.05"),
+    "H100": Decimal("2.50"),
+    "H200": Decimal("3.50"),
+    "A100": Decimal("1.80"),
+}
+
+
+@transaction.atomic
+def demo_policies_ensure() -> list[Policy]:
+    """Create the demo policies and GPU prices that are missing (idempotent; edits are kept)."""
+    for gpu_type, price in DEMO_PRICES.items():
+        GpuPrice.objects.get_or_create(gpu_type=gpu_type, defaults={"usd_per_hour": price})
+    policies = []
+    for definition in DEMO_POLICIES:
+        spec = dict(definition)
+        conditions = spec.pop("conditions", [])
+        actions = spec.pop("actions", [])
+        stages = spec.pop("stages", [])
+        policy, created = Policy.objects.get_or_create(name=spec.pop("name"), defaults=spec)
+        policies.append(policy)
+        if not created:
+            continue
+        for order, cond in enumerate(conditions):
+            row = PolicyCondition(policy=policy, order=order, **{"role": ConditionRole.WHEN, **cond})
+            row.full_clean()
+            row.save()
+        for order, act in enumerate(actions):
+            row = PolicyAction(policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act})
+            row.full_clean()
+            row.save()
+        for order, (name, pct, seconds) in enumerate(stages):
+            CanaryStage.objects.create(
+                policy=policy, order=order, name=name, traffic_pct=pct, duration_seconds=seconds
+            )
+    return policies
+
