@@ -9,10 +9,15 @@ from .schema import Param, ParamValue, validate_config
 
 
 class RunContext(Protocol):
-    """What a training loop receives from whoever runs it (a worker, the CLI, a test)."""
+    """What a training loop receives from whoever runs it (a worker, the CLI, a test).
 
-    device: str
-    seed: int
+    The recipes call log(), progress() and should_stop() every optimiser step (hundreds a second
+    for digits), so all three must be cheap and must not wait on a database or the network.
+    `local.LocalRunContext` is the reference implementation.
+    """
+
+    device: str  # "cpu", "cuda", "cuda:N" (recipes refuse CUDA where torch sees none)
+    seed: int  # informational: recipes seed from config["seed"], which the catalog declares
 
     def log(self, name: str, step: int, value: float) -> None:
         """Record one metric point; never blocks on I/O."""
@@ -24,10 +29,18 @@ class RunContext(Protocol):
         """Return True once the run has been asked to stop (cancel, early stop)."""
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
-        """Persist state (model, optimiser, step, rng) so that a later attempt can resume."""
+        """Persist state (model, optimiser, step, rng) so that a later attempt can resume.
+
+        state references the live model's tensors: serialise it (torch.save) before returning.
+        It holds only tensors, numbers, strings, lists, tuples and dicts, so reading it back with
+        torch.load(..., weights_only=True, map_location="cpu") works.
+        """
 
     def load_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
-        """Return (step, state) of the last checkpoint, or None to start fresh."""
+        """Return (step, state) of the last checkpoint, or None to start fresh.
+
+        A resumed run continues at step + 1 and logs exactly what an uninterrupted run would have.
+        """
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from .base import RecipeResult, RunContext
 from .catalog import get_spec
 from .runtime import (
     autocast,
-    check_arch,
+    check_checkpoint,
     inject_nan,
     make_optimizer,
     resolve_device,
@@ -283,7 +283,7 @@ class CharLMRecipe:
         loaded = ctx.load_checkpoint()
         if loaded is not None:
             _, state = loaded
-            check_arch(state["arch"], arch)
+            check_checkpoint(state, recipe=self.name, arch=arch)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             set_hyperparams(optimizer, lr=lr, weight_decay=wd)

@@ -18,7 +18,7 @@ from .classify import (
     steps_per_epoch,
 )
 from .runtime import (
-    check_arch,
+    check_checkpoint,
     make_optimizer,
     resolve_device,
     restore_rng_state,
@@ -57,7 +57,7 @@ class DigitsRecipe:
         loaded = ctx.load_checkpoint()
         if loaded is not None:
             _, state = loaded
-            check_arch(state["arch"], arch)
+            check_checkpoint(state, recipe=self.name, arch=arch)
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             set_hyperparams(optimizer, lr=lr, weight_decay=wd)

@@ -23,7 +23,7 @@ from .classify import (
 )
 from .runtime import (
     autocast,
-    check_arch,
+    check_checkpoint,
     make_optimizer,
     resolve_device,
     restore_rng_state,
@@ -97,7 +97,7 @@ class DistillRecipe:
         loaded = ctx.load_checkpoint()
         if loaded is not None:
             _, state = loaded
-            check_arch(state["arch"], arch)
+            check_checkpoint(state, recipe=self.name, arch=arch)
             phase = state["phase"]
             teacher.load_state_dict(state["teacher"])
             student.load_state_dict(state["student"])

@@ -140,9 +140,12 @@ def save_checkpoint(ctx: RunContext, step: int, state: dict[str, Any], *models: 
     return True
 
 
-def check_arch(saved: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """Refuse a checkpoint whose model shape differs from the config's, naming the parameters."""
-    diff = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
+def check_checkpoint(state: dict[str, Any], *, recipe: str, arch: dict[str, Any]) -> None:
+    """Refuse another recipe's checkpoint, or one whose model shape differs from the config's."""
+    if state.get("recipe") != recipe:
+        raise CheckpointMismatchError(f"checkpoint is from recipe {state.get('recipe')!r}, not {recipe!r}")
+    saved = state["arch"]
+    diff = {k: (saved.get(k), v) for k, v in arch.items() if saved.get(k) != v}
     if diff:
         detail = ", ".join(f"{k}: checkpoint {old!r}, config {new!r}" for k, (old, new) in diff.items())
         raise CheckpointMismatchError(f"checkpoint does not fit this config ({detail})")

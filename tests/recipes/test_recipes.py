@@ -135,6 +135,12 @@ def test_resuming_with_a_different_model_shape_is_refused(tmp_path: Path) -> Non
         train("digits", LocalRunContext(checkpoint_dir=tmp_path), **{**SMALL["digits"], "hidden": 64})
 
 
+def test_resuming_from_another_recipes_checkpoint_is_refused(tmp_path: Path) -> None:
+    train("digits", StopAfter(5, checkpoint_dir=tmp_path), **SMALL["digits"])
+    with pytest.raises(CheckpointMismatchError, match="digits"):
+        train("distill", LocalRunContext(checkpoint_dir=tmp_path), **SMALL["distill"])
+
+
 @pytest.mark.parametrize("recipe", ["digits", "charlm"])
 def test_injected_nan_is_logged_and_training_carries_on(recipe: str) -> None:
     ctx, result = train(recipe, **SMALL[recipe], inject_nan_at_step=25)
