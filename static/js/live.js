@@ -1,0 +1,442 @@
+// The live experiment page: history over HTTP, then live points over the websocket.
+//
+// Finds #live-charts[data-experiment-id][data-ws-path], draws Plotly charts from
+// GET /api/experiments/<id>/metrics (downsampled, spikes kept), then appends every
+// metric batch the worker flushes with Plotly.extendTraces. After a dropped socket it
+// reconnects with backoff and first fetches since_step=<last step seen>, so nothing
+// is lost. Zooming re-fetches the visible step range at full resolution. State
+// changes update #state-badge and the action buttons; run.progress moves the
+// progress bar; trigger.changed fills the trigger panel.
+(function () {
+  "use strict";
+
+  const root = document.getElementById("live-charts");
+  if (!root || !root.dataset.experimentId || !root.dataset.wsPath) return;
+  if (!window.Plotly) {
+    root.textContent = "Charts are unavailable: plotly.js did not load.";
+    return;
+  }
+
+  const experimentId = root.dataset.experimentId;
+  const historyUrl = root.dataset.historyUrl || "/api/experiments/" + experimentId + "/metrics";
+  const MAX_POINTS = parseInt(root.dataset.maxPoints || "2000", 10);
+  // A trace that grew this long from live appends is redrawn from (downsampled) history.
+  const REDRAW_AFTER = parseInt(root.dataset.redrawAfter || "50000", 10);
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 30000;
+  // Close codes of a refused socket: reconnecting cannot help.
+  const REFUSED = { 4401: "Log in again to see live updates.", 4403: "You may not view this experiment.", 4404: "This experiment no longer exists." };
+  const STATE_LABELS = {
+    pending: "Pending", queued: "Queued", running: "Running", evaluating: "Evaluating",
+    completed: "Completed (held for review)", promoting: "Promoting (canary)", deployed: "Deployed",
+    failed: "Failed", cancelled: "Cancelled", rolled_back: "Rolled back",
+  };
+  // Which chart a metric goes to: losses together, quality scores together, the rest by prefix.
+  const GROUPS = [
+    { key: "loss", title: "Loss", test: (n) => /(^|[_/.])loss$/i.test(n) || /^loss/i.test(n) },
+    { key: "quality", title: "Accuracy and F1", test: (n) => /(acc|accuracy|f1|precision|recall|auc)$/i.test(n) },
+  ];
+
+  // WebGL draws long traces far faster; without it (some headless browsers) SVG still works.
+  const TRACE_TYPE = hasWebGL() ? "scattergl" : "scatter";
+
+  // --- state ---------------------------------------------------------------------------
+  const charts = new Map(); // group key -> {key, el, names: [], zoomed: bool}
+  const traces = new Map(); // metric name -> {chart, index, lastStep, length}
+  let lastStep = null; // the furthest step seen in any series: since_step after a reconnect
+  let lastRunId = null;
+  let socket = null;
+  let attempt = 0;
+  let ready = false; // history drawn: live points may be appended
+  let buffered = []; // batches that arrived while history was loading
+  let pending = new Map(); // name -> {x: [], y: []} waiting for the next animation frame
+  let frameRequested = false;
+  let reloadTimer = null;
+  let stopped = false;
+
+  // --- layout ----------------------------------------------------------------------------
+  const status = el("div", { class: "live-status muted small", role: "status" }, "connecting…");
+  const progressBox = ensureProgress();
+  const chartsBox = el("div", { class: "live-chart-grid" });
+  const empty = el("p", { class: "muted live-empty" }, "No metrics yet: charts appear when the run logs its first points.");
+  const triggerPanel = el("section", { class: "card live-triggers", id: "trigger-panel", hidden: "" }, [
+    el("h2", {}, "Triggers"),
+    el("ul", { class: "trigger-list" }),
+  ]);
+  root.classList.add("card");
+  root.append(el("div", { class: "card-head" }, [el("h2", {}, "Training curves"), status]), progressBox, chartsBox, empty);
+  root.after(triggerPanel);
+  addStylesheet();
+
+  function el(tag, attrs, children) {
+    const node = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) node.setAttribute(k, v);
+    if (typeof children === "string") node.textContent = children;
+    else if (children) node.append(...children);
+    return node;
+  }
+
+  function hasWebGL() {
+    try {
+      return !!document.createElement("canvas").getContext("webgl");
+    } catch (e) {
+      return false;
+    }
+  }
+
+  function addStylesheet() {
+    const script = document.currentScript || document.querySelector('script[src*="js/live.js"]');
+    if (!script || document.querySelector('link[href*="css/live.css"]')) return;
+    const href = script.src.replace(/js\/live\.js(\?.*)?$/, "css/live.css");
+    document.head.append(el("link", { rel: "stylesheet", href: href }));
+  }
+
+  function ensureProgress() {
+    let box = document.getElementById("run-progress");
+    if (!box) {
+      box = el("div", { id: "run-progress", class: "run-progress", hidden: "" }, [
+        el("progress", { max: "1", value: "0" }),
+        el("span", { class: "run-progress-text small muted" }),
+      ]);
+    }
+    return box;
+  }
+
+  function setStatus(text, kind) {
+    status.textContent = text;
+    status.dataset.status = kind;
+    root.dataset.liveStatus = kind;
+  }
+
+  // --- charts ----------------------------------------------------------------------------
+  function groupOf(name) {
+    for (const g of GROUPS) if (g.test(name)) return g;
+    const prefix = name.includes("/") ? name.split("/")[0] : "other";
+    return { key: "g-" + prefix, title: prefix === "other" ? "Other metrics" : prefix };
+  }
+
+  function chartFor(name) {
+    const group = groupOf(name);
+    let chart = charts.get(group.key);
+    if (!chart) {
+      const div = el("div", { class: "live-chart", id: "chart-" + group.key.replace(/[^a-z0-9_-]/gi, "_") });
+      chartsBox.append(div);
+      chart = { key: group.key, el: div, names: [], zoomed: false };
+      charts.set(group.key, chart);
+      Plotly.newPlot(div, [], {
+        title: { text: group.title, font: { size: 14 } },
+        margin: { l: 50, r: 15, t: 36, b: 36 },
+        height: 300,
+        xaxis: { title: { text: "step" } },
+        legend: { orientation: "h", y: -0.2 },
+        uirevision: "keep", // user zoom survives data updates
+      }, { responsive: true, displaylogo: false });
+      div.on("plotly_relayout", (ev) => onRelayout(chart, ev));
+    }
+    return chart;
+  }
+
+  function ensureTrace(name) {
+    let trace = traces.get(name);
+    if (trace) return trace;
+    const chart = chartFor(name);
+    chart.names.push(name);
+    trace = { chart: chart, index: chart.names.length - 1, lastStep: null, length: 0 };
+    traces.set(name, trace);
+    // connectgaps false: a NaN the run logged (null here) shows as a gap, never hidden.
+    Plotly.addTraces(chart.el, { x: [], y: [], name: name, mode: "lines", type: TRACE_TYPE, connectgaps: false });
+    chart.el.dataset.metrics = chart.names.join(",");
+    empty.hidden = true;
+    return trace;
+  }
+
+  function setSeries(name, steps, values) {
+    const trace = ensureTrace(name);
+    Plotly.restyle(trace.chart.el, { x: [steps], y: [values] }, [trace.index]);
+    trace.length = steps.length;
+    if (steps.length) trace.lastStep = Math.max(trace.lastStep ?? -1, steps[steps.length - 1]);
+  }
+
+  function noteStep(step) {
+    if (lastStep === null || step > lastStep) lastStep = step;
+  }
+
+  // --- history over HTTP -------------------------------------------------------------------
+  async function fetchHistory(params) {
+    const query = new URLSearchParams({ max_points: String(MAX_POINTS), ...params });
+    const response = await fetch(historyUrl + "?" + query.toString(), {
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    });
+    if (!response.ok) {
+      let detail = response.statusText;
+      try { detail = (await response.json()).detail || detail; } catch (e) { /* not JSON */ }
+      throw new Error("history: " + response.status + " " + detail);
+    }
+    return response.json();
+  }
+
+  async function loadAll() {
+    const body = await fetchHistory({});
+    for (const [name, s] of Object.entries(body.series)) setSeries(name, s.steps, s.values);
+    if (body.last_step !== null) noteStep(body.last_step);
+  }
+
+  // After a reconnect: only what the socket missed, appended like live points.
+  async function fillGap() {
+    if (lastStep === null) return loadAll();
+    const body = await fetchHistory({ since_step: String(lastStep) });
+    for (const [name, s] of Object.entries(body.series)) {
+      if (s.downsampled) {
+        // The gap itself was too long to send in full: redraw from history instead.
+        return loadAll();
+      }
+      for (let i = 0; i < s.steps.length; i++) queuePoint(name, s.steps[i], s.values[i]);
+    }
+    flushPending();
+  }
+
+  async function reloadAll() {
+    reloadTimer = null;
+    try {
+      await loadAll();
+      for (const chart of charts.values()) chart.zoomed = false;
+    } catch (err) {
+      setStatus("could not load history: " + err.message, "error");
+    }
+  }
+
+  function scheduleReload() {
+    if (reloadTimer === null) reloadTimer = window.setTimeout(reloadAll, 300);
+  }
+
+  // Zoom: fetch the visible step range at full resolution; back to autorange: full history.
+  async function onRelayout(chart, ev) {
+    if (ev["xaxis.autorange"]) {
+      if (chart.zoomed) {
+        chart.zoomed = false;
+        const body = await fetchHistory({ names: chart.names.join(",") });
+        for (const [name, s] of Object.entries(body.series)) setSeries(name, s.steps, s.values);
+      }
+      return;
+    }
+    const lo = ev["xaxis.range[0]"] ?? (ev["xaxis.range"] || [])[0];
+    const hi = ev["xaxis.range[1]"] ?? (ev["xaxis.range"] || [])[1];
+    if (lo === undefined || hi === undefined) return;
+    chart.zoomed = true;
+    const params = {
+      names: chart.names.join(","),
+      start_step: String(Math.max(0, Math.floor(lo))),
+      end_step: String(Math.max(0, Math.ceil(hi))),
+    };
+    try {
+      const body = await fetchHistory(params);
+      for (const [name, s] of Object.entries(body.series)) {
+        const trace = traces.get(name);
+        if (!trace) continue;
+        Plotly.restyle(chart.el, { x: [s.steps], y: [s.values] }, [trace.index]);
+        trace.length = s.steps.length;
+      }
+      chart.el.dataset.zoomed = params.start_step + "-" + params.end_step;
+    } catch (err) {
+      setStatus("zoom: " + err.message, "error");
+    }
+  }
+
+  // --- live points -------------------------------------------------------------------------
+  function queuePoint(name, step, value) {
+    const trace = ensureTrace(name);
+    // Already drawn (history and socket overlap by design): skip.
+    if (trace.lastStep !== null && step <= trace.lastStep) return;
+    trace.lastStep = step;
+    noteStep(step);
+    let p = pending.get(name);
+    if (!p) pending.set(name, (p = { x: [], y: [] }));
+    p.x.push(step);
+    p.y.push(value === undefined ? null : value);
+  }
+
+  // Many batches per frame become one extendTraces per chart: the browser keeps up with
+  // tens of thousands of points a second.
+  function flushPending() {
+    frameRequested = false;
+    if (!pending.size) return;
+    const byChart = new Map();
+    for (const [name, p] of pending) {
+      const trace = traces.get(name);
+      let c = byChart.get(trace.chart);
+      if (!c) byChart.set(trace.chart, (c = { x: [], y: [], idx: [] }));
+      c.x.push(p.x); c.y.push(p.y); c.idx.push(trace.index);
+      trace.length += p.x.length;
+      if (trace.length > REDRAW_AFTER && !trace.chart.zoomed) scheduleReload();
+    }
+    pending = new Map();
+    for (const [chart, c] of byChart) Plotly.extendTraces(chart.el, { x: c.x, y: c.y }, c.idx);
+    root.dataset.lastStep = lastStep === null ? "" : String(lastStep);
+  }
+
+  function onBatch(batch) {
+    if (!ready) { buffered.push(batch); return; }
+    const points = batch.points || [];
+    // A new attempt that resumed from a checkpoint logs steps we already drew: redraw.
+    if (lastRunId !== null && batch.run_id !== lastRunId && points.some((p) => {
+      const t = traces.get(p.name);
+      return t && t.lastStep !== null && p.step <= t.lastStep;
+    })) {
+      lastRunId = batch.run_id;
+      scheduleReload();
+      return;
+    }
+    lastRunId = batch.run_id;
+    for (const p of points) queuePoint(p.name, p.step, p.value);
+    if (!frameRequested) {
+      frameRequested = true;
+      window.requestAnimationFrame(flushPending);
+    }
+  }
+
+  // --- state, actions, progress, triggers ----------------------------------------------------
+  function onStateChanged(msg) {
+    const badge = document.getElementById("state-badge");
+    if (badge) {
+      badge.dataset.state = msg.target;
+      badge.className = badge.className.replace(/\bstate-\S+/g, "").trim() + " state-" + msg.target;
+      badge.textContent = STATE_LABELS[msg.target] || msg.target;
+    }
+    refreshActions();
+    appendHistoryRow(msg);
+    if (["completed", "evaluating", "failed", "cancelled", "deployed", "rolled_back"].includes(msg.target)) {
+      flushPending();
+    }
+  }
+
+  async function refreshActions() {
+    const slot = document.querySelector("#actions[data-fragment-url]") || document.querySelector("#actions-slot[data-url]");
+    if (!slot) return;
+    const url = slot.dataset.fragmentUrl || slot.dataset.url;
+    try {
+      const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
+      if (response.ok) slot.innerHTML = await response.text();
+    } catch (err) { /* the buttons stay as they were; the next change tries again */ }
+  }
+
+  function appendHistoryRow(msg) {
+    const body = document.querySelector("#history-table tbody");
+    if (!body) return;
+    const emptyRow = body.querySelector(".empty-row");
+    if (emptyRow) emptyRow.remove();
+    const badge = (s) => el("span", { class: "badge state-" + s, "data-state": s }, STATE_LABELS[s] || s);
+    const now = new Date();
+    body.append(el("tr", { "data-event": msg.event }, [
+      el("td", {}, [el("time", { datetime: now.toISOString() }, now.toLocaleString())]),
+      el("td", {}, [el("strong", {}, msg.event)]),
+      el("td", {}, [badge(msg.source), document.createTextNode(" → "), badge(msg.target)]),
+      el("td", { class: "actor" }, msg.actor || ""),
+      el("td", {}, ""),
+    ]));
+  }
+
+  function onProgress(msg) {
+    progressBox.hidden = false;
+    const bar = progressBox.querySelector("progress");
+    const text = progressBox.querySelector(".run-progress-text") || progressBox;
+    const fraction = Math.max(0, Math.min(1, Number(msg.progress) || 0));
+    if (bar) bar.value = fraction;
+    let line = Math.round(fraction * 100) + "%";
+    if (msg.step !== undefined && msg.step !== null) line += " · step " + msg.step;
+    if (msg.eta_seconds !== null && msg.eta_seconds !== undefined) line += " · ETA " + formatDuration(msg.eta_seconds);
+    text.textContent = line;
+    progressBox.dataset.progress = String(fraction);
+  }
+
+  function formatDuration(seconds) {
+    const s = Math.max(0, Math.round(seconds));
+    if (s < 60) return s + " s";
+    if (s < 3600) return Math.floor(s / 60) + " min " + (s % 60) + " s";
+    return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
+  }
+
+  function onTrigger(msg) {
+    triggerPanel.hidden = false;
+    const list = triggerPanel.querySelector(".trigger-list");
+    const id = "trigger-" + msg.trigger_id;
+    const executions = (msg.executions || []).map((e) => (e.kind || "action") + ": " + (e.status || "")).join(", ");
+    const item = el("li", { id: id, "data-status": msg.status || "" }, [
+      el("strong", {}, msg.policy || "policy"),
+      document.createTextNode(" · " + (msg.kind || "") + " · "),
+      el("span", { class: "trigger-status" }, msg.status || ""),
+      document.createTextNode(msg.conditions_passed === false ? " · conditions not met" : ""),
+      document.createTextNode(executions ? " · " + executions : ""),
+    ]);
+    const existing = document.getElementById(id);
+    if (existing) existing.replaceWith(item);
+    else list.prepend(item);
+  }
+
+  // --- the socket ----------------------------------------------------------------------------
+  function connect() {
+    if (stopped) return;
+    const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+    const ws = new WebSocket(scheme + window.location.host + root.dataset.wsPath);
+    socket = ws;
+    ready = false;
+    buffered = [];
+    ws.onopen = async () => {
+      setStatus("live", "live");
+      try {
+        // Subscribed first, then the gap since the last step drawn: what arrives meanwhile
+        // is buffered, and what was flushed before the subscription comes over HTTP.
+        await initialHistory;
+        await fillGap();
+      } catch (err) {
+        setStatus("could not load history: " + err.message, "error");
+      }
+      if (socket !== ws) return;
+      attempt = 0;
+      ready = true;
+      const early = buffered;
+      buffered = [];
+      for (const batch of early) onBatch(batch);
+      flushPending();
+    };
+    ws.onmessage = (event) => {
+      let msg;
+      try { msg = JSON.parse(event.data); } catch (e) { return; }
+      switch (msg.type) {
+        case "metrics.batch": onBatch(msg); break;
+        case "state.changed": onStateChanged(msg); break;
+        case "run.progress": onProgress(msg); break;
+        case "trigger.changed": onTrigger(msg); break;
+        default: break; // pong, error and future types need nothing here
+      }
+    };
+    ws.onclose = (event) => {
+      if (socket !== ws) return;
+      socket = null;
+      if (REFUSED[event.code]) {
+        stopped = true;
+        setStatus(REFUSED[event.code], "refused");
+        return;
+      }
+      attempt += 1;
+      // Exponential backoff with jitter, so a restarted server is not stormed by every page.
+      const delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** (attempt - 1)) * (0.75 + Math.random() / 2);
+      setStatus("reconnecting in " + Math.round(delay / 1000) + " s…", "reconnecting");
+      window.setTimeout(connect, delay);
+    };
+  }
+
+  // Handles for people and browser tests: watch what the page holds, drop the socket.
+  window.crucibleLive = {
+    get lastStep() { return lastStep; },
+    get socket() { return socket; },
+    traceLength: (name) => (traces.get(name) ? traces.get(name).chart.el.data[traces.get(name).index].x.length : 0),
+    traceSteps: (name) => (traces.get(name) ? Array.from(traces.get(name).chart.el.data[traces.get(name).index].x) : []),
+    dropSocket: () => { if (socket) socket.close(); },
+    reload: reloadAll,
+  };
+
+  // History is drawn at once, whether or not the socket opens.
+  const initialHistory = loadAll().catch((err) => setStatus("could not load history: " + err.message, "error"));
+  connect();
+})();
