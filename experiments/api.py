@@ -60,7 +60,9 @@ def _require_perm(request: HttpRequest, perm: str, doing: str) -> Any:
 
 def _detail(experiment_id: int, user: Any) -> Experiment:
     """Return the experiment, read afresh, with its lineage, history and the user's next events."""
-    experiment = Experiment.objects.select_related("owner").get(pk=experiment_id)
+    experiment = Experiment.objects.select_related("owner").filter(pk=experiment_id).first()
+    if experiment is None:
+        raise Http404(f"No experiment #{experiment_id}")
     # Attributes the ExperimentDetail schema reads; the model has no fields of these names.
     experiment.children_ids = list(  # type: ignore[attr-defined]
         experiment.children.order_by("id").values_list("id", flat=True)
@@ -129,21 +131,18 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
 
 
 @router.get(
-    "/{int:experiment_id}",
-    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut},
+    "/{experiment_id}",
+    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
     summary="Read an experiment",
     description="Includes `available_events`: the events the requesting user may fire now.",
 )
 def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
     """Return one experiment with its history and lineage."""
-    experiment = Experiment.objects.filter(pk=experiment_id).first()
-    if experiment is None:
-        raise Http404(f"No experiment #{experiment_id}")
-    return _detail(experiment.pk, request.auth)  # type: ignore[attr-defined]
+    return _detail(experiment_id, request.auth)  # type: ignore[attr-defined]
 
 
 @router.post(
-    "/{int:experiment_id}/actions/{event}",
+    "/{experiment_id}/actions/{event}",
     response={
         200: ExperimentDetail,
         201: ExperimentDetail,
@@ -171,8 +170,6 @@ def experiment_action(
     user = request.auth  # type: ignore[attr-defined]
     actor = Actor.for_user(user)
     reason = payload.reason if payload else ""
-    if not Experiment.objects.filter(pk=experiment_id).exists():
-        raise Http404(f"No experiment #{experiment_id}")
     try:
         if event == "retrain":
             child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
@@ -181,7 +178,6 @@ def experiment_action(
             experiment_id=experiment_id, event=event, actor=actor, reason=reason
         )
     except Experiment.DoesNotExist:
-        # Deleted between the check above and the transition.
         raise Http404(f"No experiment #{experiment_id}") from None
     except TransitionRefused as exc:
         return Status(409, {"detail": exc.message, "state": str(exc.experiment.state)})

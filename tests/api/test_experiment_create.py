@@ -124,3 +124,9 @@ def test_a_person_without_the_add_permission_gets_403_and_nothing_is_created(
     assert response.status_code == 403
     assert "create" in response.json()["detail"]
     assert not Experiment.objects.exists()
+
+
+def test_a_whole_number_is_a_valid_memory_size(api: Client) -> None:
+    response = post_json(api, URL, {"name": "x", "recipe": "digits", "memory_gb": 8})
+    assert response.status_code == 201
+    assert response.json()["memory_gb"] == 8.0

@@ -115,3 +115,9 @@ def test_an_unknown_experiment_is_a_404_json_answer(api: Client) -> None:
     assert response.status_code == 404
     assert "424242" in response.json()["detail"]
     assert not Experiment.objects.exists()
+
+
+def test_a_non_numeric_id_is_a_json_error_not_an_html_page(api: Client) -> None:
+    response = api.get(f"{URL}/abc")
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["path", "experiment_id"]
