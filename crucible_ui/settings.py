@@ -161,7 +161,17 @@ METRIC_FLUSH_SECONDS = envfloat("METRIC_FLUSH_SECONDS", 0.1)
 
 # Production mode: everything `manage.py check --deploy` asks for.
 if not DEBUG:
+    # The development fallback key is public (it is in this file): never sign production
+    # sessions with it. `check --deploy` cannot tell, since the key is long and varied.
+    if not os.getenv("SECRET_KEY"):
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            "DEBUG is false: set SECRET_KEY (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "true")
+    # Load balancers probe /healthz over plain HTTP inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
     SECURE_HSTS_SECONDS = envint("SECURE_HSTS_SECONDS", 31536000)
