@@ -1,0 +1,158 @@
+"""The detail page: state badge, config, lineage, history, graph, and only the buttons one may press now."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.urls import reverse
+
+from experiments.actors import Actor
+from experiments.models import Experiment
+from experiments.services import experiment_retrain, experiment_transition
+
+
+def _buttons(html: str) -> set[str]:
+    """Return the events offered as buttons in the actions block."""
+    return set(re.findall(r'<button [^>]*data-event="(\w+)"', html))
+
+
+def _detail(client: Client, experiment: Experiment) -> str:
+    response = client.get(reverse("experiments:detail", args=[experiment.pk]))
+    assert response.status_code == 200
+    return response.content.decode()
+
+
+def test_detail_shows_state_badge_config_and_resources(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    experiment = make_experiment(
+        "digits wide", state="queued", config={"hidden": 512}, gpus=2, gpu_type="H100", tags=["wide"]
+    )
+    html = _detail(researcher_client, experiment)
+    assert re.search(r'<span id="state-badge" class="badge state-queued" data-state="queued">Queued</span>', html)
+    assert re.search(r"<code[^>]*>hidden</code>", html) and "<code>512</code>" in html
+    assert 'class="changed"' in html  # hidden differs from its default
+    assert "2 × H100" in html
+    assert '<span class="tag">wide</span>' in html
+    assert f'data-ws-path="/ws/experiments/{experiment.pk}/"' in html
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        ("pending", {"queue", "cancel"}),
+        ("queued", {"cancel"}),
+        ("running", {"cancel"}),
+        ("evaluating", {"promote", "hold", "cancel"}),
+        ("completed", {"promote", "cancel", "retrain"}),
+        ("promoting", {"rollback", "cancel", "deploy"}),
+        ("deployed", {"rollback", "retrain"}),
+        ("failed", {"retry", "retrain"}),
+        ("cancelled", {"retrain"}),
+    ],
+)
+def test_researcher_sees_the_buttons_of_the_current_state(
+    researcher_client: Client, make_experiment: Callable[..., Experiment], state: str, expected: set[str]
+) -> None:
+    html = _detail(researcher_client, make_experiment(state=state))
+    assert _buttons(html) == expected
+
+
+def test_scheduler_events_are_never_buttons_even_for_a_superuser(
+    client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    client.force_login(User.objects.create_superuser("root", password="pw-root-123"))
+    html = _detail(client, make_experiment(state="running"))
+    assert _buttons(html) == {"cancel"}
+
+
+def test_person_without_promote_permission_sees_no_promote(
+    client: Client, make_user: Callable[..., User], make_experiment: Callable[..., Experiment]
+) -> None:
+    experiment = make_experiment(state="evaluating")
+    client.force_login(make_user("cat", perms=["view_experiment", "cancel_experiment"]))
+    assert _buttons(_detail(client, experiment)) == {"cancel"}
+    client.force_login(make_user("pam", perms=["promote_experiment"]))
+    assert _buttons(_detail(client, experiment)) == {"promote", "hold"}
+
+
+def test_person_without_any_permission_sees_no_buttons(
+    client: Client, viewer: User, make_experiment: Callable[..., Experiment]
+) -> None:
+    client.force_login(viewer)
+    html = _detail(client, make_experiment())
+    assert _buttons(html) == set()
+    assert "Nothing to do here right now" in html
+
+
+def test_cancel_and_rollback_ask_for_confirmation_in_a_dialog(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    experiment = make_experiment(state="promoting")
+    html = _detail(researcher_client, experiment)
+    for event in ("cancel", "rollback"):
+        dialog_id = f"confirm-{event}-{experiment.pk}"
+        assert f'data-dialog-open="{dialog_id}"' in html
+        dialog = html[html.index(f'<dialog id="{dialog_id}"') :]
+        dialog = dialog[: dialog.index("</dialog>")]
+        assert f'action="{reverse("experiments:action", args=[experiment.pk, event])}"' in dialog
+        assert "csrfmiddlewaretoken" in dialog
+        assert 'name="reason"' in dialog
+    # Deploy does not need one: a plain POST form.
+    assert 'data-dialog-open="confirm-deploy' not in html
+
+
+def test_history_lists_each_transition_with_actor_and_reason(
+    researcher_client: Client, researcher: User, make_experiment: Callable[..., Experiment]
+) -> None:
+    experiment = make_experiment()
+    experiment_transition(
+        experiment_id=experiment.pk, event="queue", actor=Actor.for_user(researcher), reason="ready to go"
+    )
+    experiment_transition(experiment_id=experiment.pk, event="cancel", actor=Actor.policy("budget"))
+    html = _detail(researcher_client, experiment)
+    history = html[html.index('id="history-table"') :]
+    rows = re.findall(r'<tr data-event="(\w+)">', history)
+    assert rows == ["queue", "cancel"]
+    assert "user:ana" in history and "ready to go" in history and "policy:budget" in history
+
+
+def test_lineage_links_parent_and_children(
+    researcher_client: Client, researcher: User, make_experiment: Callable[..., Experiment]
+) -> None:
+    parent = make_experiment("base", state="failed")
+    child = experiment_retrain(experiment_id=parent.pk, actor=Actor.for_user(researcher))
+    parent_html = _detail(researcher_client, parent)
+    child_html = _detail(researcher_client, child)
+    assert f'href="{child.get_absolute_url()}"' in parent_html
+    assert f'href="{parent.get_absolute_url()}"' in child_html
+
+
+def test_state_graph_highlights_the_current_state(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    html = _detail(researcher_client, make_experiment(state="running"))
+    assert '<svg class="state-graph"' in html
+    assert re.search(r'<g class="sg-node state-running current" data-state="running">', html)
+    assert re.search(r'<g class="sg-node state-queued visited" data-state="queued">', html)
+
+
+def test_actions_fragment_returns_only_the_buttons(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    experiment = make_experiment()
+    response = researcher_client.get(reverse("experiments:actions_fragment", args=[experiment.pk]))
+    html = response.content.decode()
+    assert response.status_code == 200
+    assert html.lstrip().startswith('<div class="actions" id="experiment-actions"')
+    assert "<html" not in html
+    assert _buttons(html) == {"queue", "cancel"}
+
+
+def test_missing_experiment_is_a_404(researcher_client: Client) -> None:
+    assert researcher_client.get(reverse("experiments:detail", args=[999])).status_code == 404
+    assert researcher_client.get(reverse("experiments:actions_fragment", args=[999])).status_code == 404
