@@ -1,0 +1,130 @@
+"""Figure 2 — log call cost: µs per `MetricReporter.log()` inside a training loop, p50 and p99.
+
+Ours: a loop calling `log()` on a started reporter whose background flusher writes to a
+fresh SQLite database and publishes to a private Redis meanwhile (the flush interval of
+the settings), each call timed with perf_counter_ns. The max per repetition is reported
+too: a call that blocks on I/O would show there.
+Baseline: MLflow `log_metric` (synchronous, sqlite store), median µs per call.
+Goal: ≤ 10 µs per call (p50 and p99), never blocking.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    Goal,
+    base_parser,
+    bench_env,
+    emit,
+    figure,
+    mlflow_baseline,
+    note,
+    percentile,
+    skipped,
+)
+
+FIGURES = ("log_call_p50_us", "log_call_p99_us")
+
+
+def main() -> None:
+    """Time log() calls while the flusher runs; print the p50 and p99 figures."""
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--calls", type=int, default=None, help="log() calls per repetition")
+    args = parser.parse_args()
+    calls = args.calls or (2_000 if args.quick else 100_000)
+    repetitions = args.repetitions or (2 if args.quick else 5)
+
+    p50s: list[float] = []
+    p99s: list[float] = []
+    maxima: list[float] = []
+    means: list[float] = []
+    with bench_env() as _env:
+        from django.conf import settings
+
+        from experiments.choices import RunStatus
+        from experiments.models import MetricPoint, Run
+        from experiments.reporting import MetricReporter
+        from experiments.services import experiment_create
+
+        experiment = experiment_create(name="bench log call", recipe="digits")
+        run = Run.objects.create(experiment=experiment, attempt=1, status=RunStatus.RUNNING)
+        flush_seconds = float(settings.METRIC_FLUSH_SECONDS)
+        note(f"log_call: {repetitions} x {calls} calls, flusher every {flush_seconds * 1000:.0f} ms")
+        step = 0
+        with MetricReporter(experiment_id=experiment.pk, run_id=run.pk) as reporter:
+            log = reporter.log
+            clock = time.perf_counter_ns
+            for repetition in range(repetitions + 1):  # the first is a warm-up
+                per_call = [0] * calls
+                loop_started = clock()
+                for i in range(calls):
+                    t0 = clock()
+                    log("loss", step, 0.5)
+                    per_call[i] = clock() - t0
+                    step += 1
+                loop_ns = clock() - loop_started
+                if repetition == 0:
+                    continue
+                us = [ns / 1000 for ns in per_call]
+                p50s.append(percentile(us, 50))
+                p99s.append(percentile(us, 99))
+                maxima.append(max(us))
+                means.append(loop_ns / calls / 1000)
+        written = MetricPoint.objects.filter(run=run).count()
+        if written != step:
+            raise RuntimeError(f"{written} points written, {step} logged: the reporter lost points")
+
+    note("log_call: MLflow log_metric baseline")
+    base = mlflow_baseline(
+        [
+            "--parts",
+            "log_metric",
+            "--log-calls",
+            "50" if args.quick else "300",
+            "--repetitions",
+            str(repetitions),
+        ],
+        quick=args.quick,
+    )
+    extra = {
+        "calls_per_repetition": calls,
+        "flush_interval_ms": flush_seconds * 1000,
+        "max_us_median": round(statistics.median(maxima), 1),
+        "max_us_worst": round(max(maxima), 1),
+        "loop_mean_us_with_timer": round(statistics.median(means), 3),
+        "points_written": written,
+    }
+    for name, samples in zip(FIGURES, (p50s, p99s), strict=True):
+        goal = Goal("≤ 10 µs per call", median_max=10.0)
+        if isinstance(base, str):
+            line = figure(
+                name=name, unit="µs", samples=samples, goal=goal, higher_is_better=False, extra=extra
+            )
+            line["baseline_skipped"] = base
+        else:
+            line = figure(
+                name=name,
+                unit="µs",
+                samples=samples,
+                goal=goal,
+                higher_is_better=False,
+                baseline_name="MLflow log_metric, synchronous (sqlite store), median per call",
+                baseline_samples=base["log_metric_us"],
+                extra={**extra, "mlflow_version": base["mlflow_version"]},
+            )
+        emit(line)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as exc:  # a broken figure still prints a line saying why
+        for name in FIGURES:
+            emit(skipped(name, f"failed: {type(exc).__name__}: {exc}"))
+        raise
