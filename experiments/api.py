@@ -31,6 +31,8 @@ from .services import TransitionRefused, experiment_create, experiment_retrain, 
 router = Router(tags=["experiments"])
 
 _AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut}
+# Reading needs the same permission as the live view and the metric history.
+VIEW_PERMISSION = "experiments.view_experiment"
 
 
 def field_errors(errors: dict[str, list[str]], *, prefix: tuple[str, ...] = ("body",)) -> ValidationError:
@@ -85,11 +87,12 @@ def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
     "",
     response={200: ExperimentList, **_AUTH_ERRORS, 422: ValidationErrorOut},
     summary="List experiments",
-    description="Filter by state (repeatable), recipe and name search; page with limit/offset. "
+    description="Needs `experiments.view_experiment`. Filter by state (repeatable), recipe and name search; page with limit/offset. "
     "`counts` gives, per state, the experiments that match the other filters.",
 )
 def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> dict[str, Any]:
     """Return one page of experiments and the counts per state."""
+    _require_perm(request, VIEW_PERMISSION, "view experiments")
     base = _filtered(filters)
     counts = {state.value: 0 for state in State}
     for row in base.order_by().values("state").annotate(n=Count("id")):
@@ -134,11 +137,12 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     "/{experiment_id}",
     response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
     summary="Read an experiment",
-    description="Includes `available_events`: the events the requesting user may fire now.",
+    description="Needs `experiments.view_experiment`. Includes `available_events`: the events the requesting user may fire now.",
 )
 def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
     """Return one experiment with its history and lineage."""
-    return _detail(experiment_id, request.auth)  # type: ignore[attr-defined]
+    user = _require_perm(request, VIEW_PERMISSION, "view experiments")
+    return _detail(experiment_id, user)  # type: ignore[attr-defined]
 
 
 @router.post(

@@ -18,7 +18,11 @@ MakeExperiment = Callable[..., Experiment]
 TokenFor = Callable[[User], str]
 ClientFor = Callable[[User], Client]
 
-OPERATOR_PERMS = {"add_experiment", *(perm.split(".")[1] for perm in EVENT_PERMISSIONS.values())}
+OPERATOR_PERMS = {
+    "add_experiment",
+    "view_experiment",
+    *(perm.split(".")[1] for perm in EVENT_PERMISSIONS.values()),
+}
 
 
 @pytest.fixture
@@ -33,8 +37,18 @@ def operator(db: Any) -> User:
 
 @pytest.fixture
 def viewer(db: Any) -> User:
+    """Return a person who may look at experiments but change nothing."""
+    user = User.objects.create_user("vic")
+    user.user_permissions.set(
+        Permission.objects.filter(content_type__app_label="experiments", codename="view_experiment")
+    )
+    return user
+
+
+@pytest.fixture
+def stranger(db: Any) -> User:
     """Return a logged-in person without any experiment permission."""
-    return User.objects.create_user("vic")
+    return User.objects.create_user("sam")
 
 
 @pytest.fixture

@@ -121,3 +121,14 @@ def test_a_non_numeric_id_is_a_json_error_not_an_html_page(api: Client) -> None:
     response = api.get(f"{URL}/abc")
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["path", "experiment_id"]
+
+
+def test_reading_needs_the_view_permission(
+    stranger: User, client_for: ClientFor, make_experiment: MakeExperiment
+) -> None:
+    experiment = make_experiment()
+    client = client_for(stranger)
+    for url in (URL, f"{URL}/{experiment.pk}"):
+        response = client.get(url)
+        assert response.status_code == 403, url
+        assert "view" in response.json()["detail"]
