@@ -47,7 +47,9 @@ def test_action_without_csrf_token_is_refused_and_changes_nothing(
     assert not TransitionLog.objects.exists()
 
 
-def test_action_with_the_pages_csrf_token_works(researcher: User, make_experiment: Callable[..., Experiment]) -> None:
+def test_action_with_the_pages_csrf_token_works(
+    researcher: User, make_experiment: Callable[..., Experiment]
+) -> None:
     experiment = make_experiment()
     client = Client(enforce_csrf_checks=True)
     client.force_login(researcher)
@@ -91,7 +93,9 @@ def test_second_of_two_identical_presses_gets_409(
     assert TransitionLog.objects.filter(experiment=experiment, event="promote").count() == 1
 
 
-def test_json_client_gets_the_new_state(researcher_client: Client, make_experiment: Callable[..., Experiment]) -> None:
+def test_json_client_gets_the_new_state(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
     experiment = make_experiment()
     response = researcher_client.post(_action(experiment, "queue"), HTTP_ACCEPT="application/json")
     assert response.status_code == 200
@@ -121,7 +125,9 @@ def test_cancel_through_the_dialog_form_records_the_reason(
     assert TransitionLog.objects.get(experiment=experiment, event="cancel").reason == "wrong learning rate"
 
 
-def test_retrain_opens_the_queued_child(researcher_client: Client, make_experiment: Callable[..., Experiment]) -> None:
+def test_retrain_opens_the_queued_child(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
     parent = make_experiment("base", state="failed")
     response = researcher_client.post(_action(parent, "retrain"))
     child = Experiment.objects.get(parent=parent)
@@ -145,7 +151,9 @@ def test_action_on_a_missing_experiment_is_404(researcher_client: Client) -> Non
     assert researcher_client.post(reverse("experiments:action", args=[999, "queue"])).status_code == 404
 
 
-def test_action_by_get_is_not_allowed(researcher_client: Client, make_experiment: Callable[..., Experiment]) -> None:
+def test_action_by_get_is_not_allowed(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
     experiment = make_experiment()
     assert researcher_client.get(_action(experiment, "queue")).status_code == 405
     experiment.refresh_from_db()

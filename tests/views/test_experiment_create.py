@@ -104,7 +104,9 @@ def test_several_config_errors_are_all_listed(researcher_client: Client) -> None
     ("raw", "expected"),
     [("{epochs: 5", "Not valid JSON"), ("[1, 2]", "Must be a JSON object")],
 )
-def test_config_that_is_not_a_json_object_is_refused(researcher_client: Client, raw: str, expected: str) -> None:
+def test_config_that_is_not_a_json_object_is_refused(
+    researcher_client: Client, raw: str, expected: str
+) -> None:
     response = researcher_client.post(reverse("experiments:create"), _form(config=raw))
     assert response.status_code == 400
     assert any(expected in e for e in _field_errors(response.content.decode(), "config"))

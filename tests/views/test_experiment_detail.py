@@ -33,10 +33,12 @@ def test_detail_shows_state_badge_config_and_resources(
         "digits wide", state="queued", config={"hidden": 512}, gpus=2, gpu_type="H100", tags=["wide"]
     )
     html = _detail(researcher_client, experiment)
-    assert re.search(r'<span id="state-badge" class="badge state-queued" data-state="queued">Queued</span>', html)
+    assert re.search(
+        r'<span id="state-badge" class="badge state-queued" data-state="queued">Queued</span>', html
+    )
     assert re.search(r"<code[^>]*>hidden</code>", html) and "<code>512</code>" in html
     assert 'class="changed"' in html  # hidden differs from its default
-    assert "2 × H100" in html
+    assert "2 \u00d7 H100" in html
     assert '<span class="tag">wide</span>' in html
     assert f'data-ws-path="/ws/experiments/{experiment.pk}/"' in html
 

@@ -62,7 +62,9 @@ def test_unknown_state_filter_is_ignored_not_an_error(
     researcher_client: Client, make_experiment: Callable[..., Experiment]
 ) -> None:
     make_experiment("one")
-    response = researcher_client.get(reverse("experiments:list"), {"state": "bogus", "sort": "nope", "page": "x"})
+    response = researcher_client.get(
+        reverse("experiments:list"), {"state": "bogus", "sort": "nope", "page": "x"}
+    )
     assert response.status_code == 200
     assert _names(response.content.decode()) == ["one"]
 
@@ -106,11 +108,13 @@ def test_sort_by_name_priority_and_state(
     assert _names(researcher_client.get(url).content.decode())[0] == "a-realtime-high"
 
 
-def test_long_lists_are_split_into_pages(researcher_client: Client, make_experiment: Callable[..., Experiment]) -> None:
+def test_long_lists_are_split_into_pages(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
     for i in range(PAGE_SIZE + 3):
         make_experiment(f"exp {i:02d}")
     first = researcher_client.get(reverse("experiments:list"), {"sort": "name"}).content.decode()
-    second = researcher_client.get(reverse("experiments:list"), {"sort": "name", "page": 2}).content.decode()
+    second = researcher_client.get(reverse("experiments:list"), {"sort": "name", "page": "2"}).content.decode()
     assert len(_names(first)) == PAGE_SIZE
     assert _names(second) == [f"exp {i:02d}" for i in range(PAGE_SIZE, PAGE_SIZE + 3)]
     assert "Page 1 of 2" in first

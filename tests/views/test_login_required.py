@@ -31,7 +31,9 @@ def test_anonymous_visitor_is_sent_to_the_login_page(
     assert response["Location"].startswith(reverse("login") + "?next=")
 
 
-def test_anonymous_action_post_changes_nothing(client: Client, make_experiment: Callable[..., Experiment]) -> None:
+def test_anonymous_action_post_changes_nothing(
+    client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
     experiment = make_experiment()
     response = client.post(reverse("experiments:action", args=[experiment.pk, "queue"]))
     assert response.status_code == 302
