@@ -24,8 +24,9 @@ from experiments.api import router as experiments_router
 
 from .api_auth import API_AUTH
 
-# Names our operations give their body and query-schema parameters: ninja puts them in
-# error paths (["body", "payload", "name"]), but clients know fields, not Python arguments.
+# ninja puts the view's parameter name in error paths (["body", "payload", "name"]), but
+# clients know fields, not Python arguments. Operations therefore name a body schema
+# `payload` and a query schema `filters`, and these names are dropped from the paths.
 _PARAM_NAMES = frozenset({"payload", "filters"})
 
 
@@ -111,4 +112,6 @@ def permission_denied(request: HttpRequest, exc: PermissionDenied) -> HttpRespon
 
 
 # --- routers: one line per area; this list is the whole API ---------------------------------
+# Each router's operations get API_AUTH (session + CSRF, or bearer token) and the error
+# shapes above. Add a line per area: api.add_router("/<prefix>", <area>_router).
 api.add_router("/experiments", experiments_router)

@@ -54,6 +54,7 @@ def _config_errors(exc: ConfigError) -> ValidationError:
 
 
 def _require_perm(request: HttpRequest, perm: str, doing: str) -> Any:
+    """Return the authenticated caller, or raise PermissionDenied (403) saying what they may not do."""
     user = request.auth  # type: ignore[attr-defined]
     if not user.has_perm(perm):
         raise PermissionDenied(f"You may not {doing}.")
@@ -87,8 +88,8 @@ def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
     "",
     response={200: ExperimentList, **_AUTH_ERRORS, 422: ValidationErrorOut},
     summary="List experiments",
-    description="Needs `experiments.view_experiment`. Filter by state (repeatable), recipe and name search; page with limit/offset. "
-    "`counts` gives, per state, the experiments that match the other filters.",
+    description="Needs `experiments.view_experiment`. Filter by state (repeatable), recipe and name "
+    "search; page with limit/offset. `counts` gives, per state, the experiments that match the other filters.",
 )
 def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> dict[str, Any]:
     """Return one page of experiments and the counts per state."""
@@ -137,12 +138,13 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     "/{experiment_id}",
     response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
     summary="Read an experiment",
-    description="Needs `experiments.view_experiment`. Includes `available_events`: the events the requesting user may fire now.",
+    description="Needs `experiments.view_experiment`. Includes `available_events`: the events the "
+    "requesting user may fire now, the audited transitions and the lineage (parent, children).",
 )
 def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
     """Return one experiment with its history and lineage."""
     user = _require_perm(request, VIEW_PERMISSION, "view experiments")
-    return _detail(experiment_id, user)  # type: ignore[attr-defined]
+    return _detail(experiment_id, user)
 
 
 @router.post(
@@ -157,7 +159,8 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
         422: ValidationErrorOut,
     },
     summary="Fire a lifecycle event",
-    description="Events: " + ", ".join(EVENT_PERMISSIONS) + ". Answers 200 with the experiment in its "
+    description="Events: " + ", ".join(EVENT_PERMISSIONS) + ". Each needs its transition permission "
+    '(403 otherwise). The optional body `{"reason": "..."}` goes into the audit log. Answers 200 with the experiment in its '
     "new state; `retrain` answers 201 with the queued child. 409 when the current state does not "
     "allow the event (e.g. another request fired it first), with the state it is in.",
 )
