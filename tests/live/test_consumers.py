@@ -17,6 +17,7 @@ from experiments.models import Experiment
 from experiments.services import experiment_transition
 
 from .conftest import Connect
+from .helpers import run_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -183,3 +184,28 @@ async def test_two_pages_watching_one_experiment_both_receive_each_batch(
     await sync_to_async(send_to_groups)([experiment_group(experiment.pk)], batch)
     results = await asyncio.gather(next_json(first), next_json(second))
     assert results == [batch, batch]
+
+
+async def test_the_page_receives_what_the_reporter_flushes(
+    connect: Connect, experiment: Experiment, viewer_cookie: str
+) -> None:
+    reporting = pytest.importorskip("experiments.reporting")
+    run = await sync_to_async(run_for)(experiment)
+    page = await opened(connect, f"/ws/experiments/{experiment.pk}/", viewer_cookie)
+    fleet = await opened(connect, "/ws/fleet/", viewer_cookie)
+
+    def train() -> int:
+        reporter = reporting.MetricReporter(experiment_id=experiment.pk, run_id=run.pk)
+        for step in range(5):
+            reporter.log("loss", step, 1.0 / (step + 1))
+        reporter.log("loss", 5, float("nan"))
+        written: int = reporter.flush()
+        return written
+
+    assert await sync_to_async(train)() == 6
+    for communicator in (page, fleet):
+        frame = await next_json(communicator)
+        assert frame["type"] == "metrics.batch"
+        assert frame["run_id"] == run.pk
+        assert [p["step"] for p in frame["points"]] == [0, 1, 2, 3, 4, 5]
+        assert frame["points"][-1]["value"] is None

@@ -1,0 +1,73 @@
+// The Compare page: one metric of several experiments overlaid, from history, then live.
+(function () {
+  "use strict";
+
+  const chart = document.getElementById("compare-chart");
+  const configEl = document.getElementById("compare-series");
+  if (!chart || !configEl || !window.Plotly) return;
+  const experiments = JSON.parse(configEl.textContent);
+  const metric = chart.dataset.metric;
+  const MAX_POINTS = 2000;
+  const lastSteps = new Map(); // experiment id -> last step drawn
+
+  function url(template, id) {
+    return template.replace("{id}", encodeURIComponent(id));
+  }
+
+  async function history(id, params) {
+    const query = new URLSearchParams({ names: metric, max_points: String(MAX_POINTS), ...params });
+    const response = await fetch(url(chart.dataset.historyUrl, id) + "?" + query, { credentials: "same-origin" });
+    if (!response.ok) throw new Error("history of #" + id + ": " + response.status);
+    return (await response.json()).series[metric];
+  }
+
+  function append(index, id, steps, values) {
+    const last = lastSteps.has(id) ? lastSteps.get(id) : -1;
+    const xs = [], ys = [];
+    for (let i = 0; i < steps.length; i++) {
+      if (steps[i] <= last) continue;
+      xs.push(steps[i]);
+      ys.push(values[i]);
+    }
+    if (!xs.length) return;
+    lastSteps.set(id, xs[xs.length - 1]);
+    Plotly.extendTraces(chart, { x: [xs], y: [ys] }, [index]);
+  }
+
+  async function start() {
+    const traces = experiments.map((e) => ({
+      x: [], y: [], name: "#" + e.id + " " + e.name, mode: "lines", type: "scatter", connectgaps: false,
+    }));
+    await Plotly.newPlot(chart, traces, {
+      margin: { l: 50, r: 15, t: 10, b: 40 },
+      height: 420,
+      xaxis: { title: { text: "step" } },
+      yaxis: { title: { text: metric } },
+      legend: { orientation: "h", y: -0.2 },
+      uirevision: "keep",
+    }, { responsive: true, displaylogo: false });
+    experiments.forEach(async (e, index) => {
+      try {
+        const s = await history(e.id, {});
+        append(index, e.id, s.steps, s.values);
+      } catch (err) {
+        chart.dataset.error = err.message;
+      }
+      // Live appends; after a reconnect, the gap comes from since_step first.
+      window.crucibleSocket(url(chart.dataset.wsPath, e.id), {
+        onOpen: async (reconnected) => {
+          if (!reconnected || !lastSteps.has(e.id)) return;
+          const s = await history(e.id, { since_step: String(lastSteps.get(e.id)) });
+          append(index, e.id, s.steps, s.values);
+        },
+        onMessage: (msg) => {
+          if (msg.type !== "metrics.batch") return;
+          const pts = (msg.points || []).filter((p) => p.name === metric);
+          append(index, e.id, pts.map((p) => p.step), pts.map((p) => p.value));
+        },
+      });
+    });
+  }
+
+  start();
+})();
