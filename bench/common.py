@@ -165,10 +165,22 @@ def skipped(name: str, reason: str) -> dict[str, Any]:
     }
 
 
+# Figures printed so far by this process: a failure then reports only the ones still missing.
+EMITTED: set[str] = set()
+
+
 def emit(line: dict[str, Any]) -> None:
     """Print one figure as a JSON line (flushed at once, so run_all streams)."""
+    EMITTED.add(str(line.get("figure")))
     sys.stdout.write(json.dumps(line, separators=(", ", ": ")) + "\n")
     sys.stdout.flush()
+
+
+def emit_failure(names: Sequence[str], exc: BaseException) -> None:
+    """Print a skipped line, saying why, for each figure of names not printed yet."""
+    for name in names:
+        if name not in EMITTED:
+            emit(skipped(name, f"failed: {type(exc).__name__}: {exc}"))
 
 
 def note(text: str) -> None:
@@ -248,14 +260,14 @@ class BenchEnv:
         return port
 
     def start_celery_worker(
-        self, *, name: str = "bench", queues: Sequence[str] = (), pool: str = "solo"
+        self, *, name: str = "bench", queues: Sequence[str] = (), pool: str = "prefork", concurrency: int = 1
     ) -> str:
         """Start a Celery worker of the project's app; return its node name once it answers a ping."""
         node = f"{name}-{secrets.token_hex(3)}@{socket.gethostname()}"
         log = self.tmp / f"celery-{node.split('@')[0]}.log"
         argv = [
             sys.executable, "-m", "celery", "-A", "crucible_ui", "worker",
-            "--hostname", node, "--pool", pool, "--concurrency", "1",
+            "--hostname", node, "--pool", pool, "--concurrency", str(concurrency),
             "--loglevel", "WARNING", "--without-gossip", "--without-mingle",
         ]  # fmt: skip
         if queues:

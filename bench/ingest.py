@@ -15,7 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import Goal, base_parser, bench_env, emit, figure, mlflow_baseline, note, repeat, skipped
+from bench.common import (
+    Goal,
+    base_parser,
+    bench_env,
+    emit,
+    emit_failure,
+    figure,
+    mlflow_baseline,
+    note,
+    repeat,
+)
 
 FIGURE = "ingest_points_per_s"
 BATCH = 1000
@@ -92,5 +102,5 @@ if __name__ == "__main__":
     try:
         main()
     except Exception as exc:  # a broken figure still prints a line saying why
-        emit(skipped(FIGURE, f"failed: {type(exc).__name__}: {exc}"))
+        emit_failure([FIGURE], exc)
         raise

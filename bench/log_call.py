@@ -22,11 +22,11 @@ from bench.common import (
     base_parser,
     bench_env,
     emit,
+    emit_failure,
     figure,
     mlflow_baseline,
     note,
     percentile,
-    skipped,
 )
 
 FIGURES = ("log_call_p50_us", "log_call_p99_us")
@@ -125,6 +125,5 @@ if __name__ == "__main__":
     try:
         main()
     except Exception as exc:  # a broken figure still prints a line saying why
-        for name in FIGURES:
-            emit(skipped(name, f"failed: {type(exc).__name__}: {exc}"))
+        emit_failure(FIGURES, exc)
         raise
