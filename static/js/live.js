@@ -132,6 +132,8 @@
         uirevision: "keep", // user zoom survives data updates
       }, { responsive: true, displaylogo: false });
       div.on("plotly_relayout", (ev) => onRelayout(chart, ev));
+      // A new chart changes the grid's columns: every chart follows its own box's size.
+      if (window.ResizeObserver) new ResizeObserver(() => Plotly.Plots.resize(div)).observe(div);
     }
     return chart;
   }
@@ -176,9 +178,16 @@
     return response.json();
   }
 
+  // Losses first, then quality scores, then the rest: the charts appear in that order.
+  function rank(name) {
+    const i = GROUPS.findIndex((g) => g.test(name));
+    return i === -1 ? GROUPS.length : i;
+  }
+
   async function loadAll() {
     const body = await fetchHistory({});
-    for (const [name, s] of Object.entries(body.series)) setSeries(name, s.steps, s.values);
+    const entries = Object.entries(body.series).sort((a, b) => rank(a[0]) - rank(b[0]) || (a[0] < b[0] ? -1 : 1));
+    for (const [name, s] of entries) setSeries(name, s.steps, s.values);
     if (body.last_step !== null) noteStep(body.last_step);
   }
 
@@ -328,7 +337,7 @@
     const badge = (s) => el("span", { class: "badge state-" + s, "data-state": s }, STATE_LABELS[s] || s);
     const now = new Date();
     body.append(el("tr", { "data-event": msg.event }, [
-      el("td", {}, [el("time", { datetime: now.toISOString() }, now.toLocaleString())]),
+      el("td", {}, [el("time", { datetime: now.toISOString() }, now.toISOString().slice(0, 19).replace("T", " "))]),
       el("td", {}, [el("strong", {}, msg.event)]),
       el("td", {}, [badge(msg.source), document.createTextNode(" → "), badge(msg.target)]),
       el("td", { class: "actor" }, msg.actor || ""),
