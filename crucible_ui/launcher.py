@@ -208,15 +208,18 @@ class Launcher:
             raise RuntimeError(f"`{' '.join(argv[1:])}` failed with status {child.proc.returncode}")
 
     def stop_all(self) -> None:
-        """Stop every child: SIGTERM, wait, then SIGKILL whatever group is left."""
+        """Stop every child: SIGTERM to it, wait, then SIGKILL whatever is left of its group."""
         # Redis goes last, so the worker can still hand back unfinished work on its way out.
         first = [c for c in self.children if c.name != "redis"]
         last = [c for c in self.children if c.name == "redis"]
         for batch in (first, last):
             for child in batch:
-                if child.group_alive():
+                if child.alive():
                     self.out.line("launch", f"stopping {child.name} (pid {child.pid})")
-                    child.signal_group(signal.SIGTERM)
+                    # The leader only: a Celery worker then finishes (warm shutdown) and stops
+                    # its own pool; a SIGTERM to the whole group would kill tasks mid-step.
+                    assert child.proc is not None
+                    child.proc.send_signal(signal.SIGTERM)
             self._wait_or_kill(batch)
         for child in self.children:
             if child.reader is not None:
@@ -295,7 +298,11 @@ class Launcher:
             return 1
         finally:
             self.stop_all()
-            self.out.line("launch", "stopped; no process left behind")
+            left = [f"{c.name} (group {c.pid})" for c in self.children if c.group_alive()]
+            if left:
+                self.out.loud(f"could not stop: {', '.join(left)}")
+            else:
+                self.out.line("launch", "stopped; no process left behind")
 
     def _announce(self, host: str, port: int) -> None:
         """Print the URL and the login once /healthz says every part is up (or after a minute)."""

@@ -37,6 +37,8 @@ def free_port() -> int:
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """Return True when nothing listens on host:port (so a server of ours can bind it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do: connections lingering in TIME_WAIT must not count as "in use".
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:
