@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -165,6 +166,26 @@ def workers_mark_offline(*, now: datetime | None = None) -> list[int]:
     return stale
 
 
+# The worker's parent forks pool processes at any time (a replaced child). A SQLite
+# connection open (or mid-transaction) in this process at fork time leaves the child with
+# a copy of SQLite's lock bookkeeping, and its own connections then see "database is
+# locked". So a beat holds this guard, closes its connection before letting go, and a fork
+# waits for the guard.
+_fork_guard = threading.Lock()
+_fork_hooks_registered = False
+
+
+def _register_fork_guard() -> None:
+    global _fork_hooks_registered
+    if not _fork_hooks_registered:
+        os.register_at_fork(
+            before=_fork_guard.acquire,
+            after_in_parent=_fork_guard.release,
+            after_in_child=_fork_guard.release,
+        )
+        _fork_hooks_registered = True
+
+
 class HeartbeatThread(threading.Thread):
     """Heart-beat this worker's inventory every HEARTBEAT_SECONDS from the worker's parent process."""
 
@@ -176,25 +197,30 @@ class HeartbeatThread(threading.Thread):
 
     def run(self) -> None:
         """Beat until stopped; a failed beat is logged and tried again next time."""
-        try:
-            while True:
+        _register_fork_guard()
+        while True:
+            came_online = False
+            with _fork_guard:
                 try:
                     _worker, came_online = worker_heartbeat(hostname=self.hostname)
-                    if came_online and callable(self.on_online):
-                        self.on_online()
                 except Exception:
                     logger.warning("worker heartbeat failed", exc_info=True)
+                finally:
                     connection.close()
-                if self.stopped.wait(float(settings.HEARTBEAT_SECONDS)):
-                    break
-        finally:
-            connection.close()
+            if came_online and callable(self.on_online):
+                try:
+                    self.on_online()
+                except Exception:
+                    logger.warning("scheduler tick after coming online failed", exc_info=True)
+            if self.stopped.wait(float(settings.HEARTBEAT_SECONDS)):
+                break
 
     def stop(self) -> None:
         """Stop beating and mark the worker offline."""
         self.stopped.set()
         self.join(10)
-        try:
-            worker_offline(hostname=self.hostname)
-        finally:
-            connection.close()
+        with _fork_guard:
+            try:
+                worker_offline(hostname=self.hostname)
+            finally:
+                connection.close()

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -52,6 +53,23 @@ def _tick_now() -> None:
     from .tasks import scheduler_tick
 
     scheduler_tick.apply_async()
+
+
+@worker_init.connect
+def _preload_recipes(sender: Any = None, **kwargs: Any) -> None:
+    """Import the recipes (torch, scikit-learn) once in the parent, so pool processes start warm.
+
+    Importing torch does not start CUDA; the first CUDA call happens in the pool process.
+    """
+    if not getattr(settings, "WORKER_PRELOAD_RECIPES", True):
+        return
+    from experiments.recipes.catalog import RECIPES
+
+    for spec in RECIPES.values():
+        try:
+            spec.load()
+        except Exception:
+            logger.warning("could not preload recipe %s", spec.name, exc_info=True)
 
 
 @worker_ready.connect

@@ -210,3 +210,5 @@ RETRY_BACKOFF_MAX_SECONDS = envfloat("RETRY_BACKOFF_MAX_SECONDS", 600.0)
 # How often a training process looks for a cancel request (cancel is seen within ~2 s).
 CANCEL_POLL_SECONDS = envfloat("CANCEL_POLL_SECONDS", 0.5)
 WATCHDOG_SECONDS = envfloat("WATCHDOG_SECONDS", 10.0)
+# Import recipes (torch) in the worker's parent so each pool process starts warm (no CUDA there).
+WORKER_PRELOAD_RECIPES = envbool("WORKER_PRELOAD_RECIPES", "true")

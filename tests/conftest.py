@@ -96,7 +96,9 @@ class WorkerHandle:
             pass
 
 
-def start_worker(*, tmp_path: Path, extra_env: dict[str, str] | None = None, timeout: float = 60.0) -> WorkerHandle:
+def start_worker(
+    *, tmp_path: Path, extra_env: dict[str, str] | None = None, timeout: float = 60.0
+) -> WorkerHandle:
     """Start a worker (prefork, one process, one task per child) and wait for its first heartbeat."""
     from control.models import Worker
 
@@ -116,7 +118,7 @@ def start_worker(*, tmp_path: Path, extra_env: dict[str, str] | None = None, tim
     log_path = tmp_path / f"worker-{hostname.split('@')[0]}.log"
     args = [
         sys.executable, "-m", "celery", "-A", "crucible_ui", "worker",
-        "--pool", "prefork", "--concurrency", "1", "--max-tasks-per-child", "1",
+        "--pool", "prefork", "--concurrency", "1",
         "--queues", "control", "--hostname", hostname, "--loglevel", "INFO",
         "--without-gossip", "--without-mingle",
     ]  # fmt: skip
@@ -157,7 +159,9 @@ def celery_worker(start_celery_worker: Callable[..., WorkerHandle]) -> WorkerHan
     return start_celery_worker()
 
 
-def wait_for(predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = "") -> Any:
+def wait_for(
+    predicate: Callable[[], Any], *, timeout: float = 30.0, interval: float = 0.05, what: str = ""
+) -> Any:
     """Poll predicate until it returns something truthy; fail the test after timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

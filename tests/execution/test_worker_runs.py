@@ -52,3 +52,97 @@ def test_start_trains_digits_on_the_worker_and_lands_in_evaluating(celery_worker
     events = list(TransitionLog.objects.filter(experiment=experiment).values_list("event", "actor"))
     assert events == [("queue", "system:test"), ("start", "system:scheduler"), ("complete", "system:worker")]
     assert not Device.objects.filter(leased_run__isnull=False).exists()
+
+
+def _live_run(experiment: Experiment, *, min_step: int = 1, attempt: int = 1) -> Run | None:
+    run = Run.objects.filter(experiment=experiment, attempt=attempt).first()
+    if run is None or run.status != RunStatus.RUNNING:
+        return None
+    return run if MetricPoint.objects.filter(run=run, name="loss", step__gte=min_step).exists() else None
+
+
+def test_cancel_mid_run_stops_within_two_seconds_with_a_checkpoint(celery_worker: WorkerHandle) -> None:
+    experiment = _digits("digits cancel", epochs=20, step_delay_ms=40)
+    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
+    wait_for(lambda: _live_run(experiment, min_step=5), timeout=60, what="training to start")
+
+    experiment_transition(experiment_id=experiment.pk, event="cancel", actor=Actor.system("test"))
+    asked = time.monotonic()
+    run = wait_for(
+        lambda: Run.objects.filter(experiment=experiment, status=RunStatus.CANCELLED).first(),
+        timeout=10,
+        interval=0.02,
+        what="the run to stop",
+    )
+    stopped_in = time.monotonic() - asked
+
+    assert stopped_in < 2.0
+    assert run.finished_at is not None
+    assert run.checkpoint_step and run.checkpoint_step >= 5
+    assert run.checkpoint_sha256 and run.checkpoint_size
+    assert _state(experiment) == State.CANCELLED
+    assert not Device.objects.filter(leased_run__isnull=False).exists()
+    # It stopped early: far fewer steps than 20 epochs.
+    assert run.last_step < 20 * 23 or run.checkpoint_step < 20 * 23
+
+
+@override_settings(HEARTBEAT_TIMEOUT_SECONDS=3, WORKER_OFFLINE_SECONDS=3, RETRY_BACKOFF_SECONDS=0.2)
+def test_a_killed_worker_is_retried_from_its_checkpoint_with_every_step_once(
+    start_celery_worker: Any,
+) -> None:
+    first_worker = start_celery_worker()
+    experiment = _digits("digits crash", epochs=4, step_delay_ms=25)
+    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
+    # Past the first epoch's checkpoint (23 steps) and a few steps into the second.
+    wait_for(lambda: _live_run(experiment, min_step=28), timeout=60, what="the first checkpoint")
+
+    first_worker.kill(signal.SIGKILL)
+    start_celery_worker()
+
+    def swept() -> bool:
+        watchdog_sweep()
+        return Run.objects.filter(experiment=experiment, attempt=1, status=RunStatus.LOST).exists()
+
+    wait_for(swept, timeout=20, interval=0.25, what="the watchdog to notice")
+    wait_for(lambda: _state(experiment) == State.EVALUATING, timeout=60, what="the retry to finish")
+
+    first, second = Run.objects.filter(experiment=experiment).order_by("attempt")
+    assert first.status == RunStatus.LOST and "heartbeat" in first.error or "offline" in first.error
+    assert second.status == RunStatus.SUCCEEDED
+    assert second.resumed_from_step == first.checkpoint_step
+    assert first.checkpoint_step is not None and first.checkpoint_step >= 23
+    total_steps = 4 * 23
+    loss = experiment_metric_series(experiment_id=experiment.pk, names=["loss"])["loss"]
+    assert [p.step for p in loss] == list(range(1, total_steps + 1))
+    # The second attempt really resumed: it never logged the steps before its checkpoint.
+    assert not MetricPoint.objects.filter(run=second, step__lte=first.checkpoint_step, name="loss").exists()
+    events = [e for (e,) in TransitionLog.objects.filter(experiment=experiment).values_list("event")]
+    assert events == ["queue", "start", "fail", "retry", "start", "complete"]
+
+
+def test_an_exception_fails_the_run_with_its_traceback_and_retries_up_to_max_attempts(
+    celery_worker: WorkerHandle,
+) -> None:
+    experiment = experiment_create(
+        name="digits broken", recipe="digits", config={"epochs": 1}, max_attempts=2
+    )
+    # A config no form would accept makes the recipe raise inside the worker.
+    Experiment.objects.filter(pk=experiment.pk).update(config={"epochs": 0})
+    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
+
+    def two_failures() -> bool:
+        return Run.objects.filter(experiment=experiment, status=RunStatus.FAILED).count() == 2
+
+    wait_for(two_failures, timeout=60, what="two failed attempts")
+    time.sleep(1.0)  # no third attempt follows
+
+    first, second = Run.objects.filter(experiment=experiment).order_by("attempt")
+    assert "ConfigError" in first.error
+    assert "Traceback (most recent call last)" in first.traceback
+    assert "epochs" in first.traceback
+    assert first.finished_at is not None and second.created_at >= first.finished_at
+    assert (second.created_at - first.finished_at).total_seconds() >= 0.4  # backoff (0.5 s)
+    assert _state(experiment) == State.FAILED
+    events = [e for (e,) in TransitionLog.objects.filter(experiment=experiment).values_list("event")]
+    assert events == ["queue", "start", "fail", "retry", "start", "fail"]
+    assert not Device.objects.filter(leased_run__isnull=False).exists()
