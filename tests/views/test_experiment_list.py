@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
+from django.contrib.auth.models import User
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from experiments.models import Experiment
@@ -114,7 +117,9 @@ def test_long_lists_are_split_into_pages(
     for i in range(PAGE_SIZE + 3):
         make_experiment(f"exp {i:02d}")
     first = researcher_client.get(reverse("experiments:list"), {"sort": "name"}).content.decode()
-    second = researcher_client.get(reverse("experiments:list"), {"sort": "name", "page": "2"}).content.decode()
+    second = researcher_client.get(
+        reverse("experiments:list"), {"sort": "name", "page": "2"}
+    ).content.decode()
     assert len(_names(first)) == PAGE_SIZE
     assert _names(second) == [f"exp {i:02d}" for i in range(PAGE_SIZE, PAGE_SIZE + 3)]
     assert "Page 1 of 2" in first
@@ -127,3 +132,18 @@ def test_new_experiment_button_only_for_people_who_may_create(
     assert reverse("experiments:create") in client.get(reverse("experiments:list")).content.decode()
     client.login(username="vic", password="pw-vic-123")
     assert reverse("experiments:create") not in client.get(reverse("experiments:list")).content.decode()
+
+
+def test_list_page_queries_do_not_grow_with_the_number_of_rows(
+    researcher_client: Client, researcher: User, make_experiment: Callable[..., Experiment]
+) -> None:
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as ctx:
+            assert researcher_client.get(reverse("experiments:list")).status_code == 200
+        return len(ctx.captured_queries)
+
+    make_experiment("first", owner=researcher)
+    few = queries()
+    for i in range(10):
+        make_experiment(f"more {i}", owner=researcher, tags=["t"])
+    assert queries() == few
