@@ -2,6 +2,7 @@
 
     python -m experiments.recipes list [--json]
     python -m experiments.recipes run digits --device auto --seed 0 --set epochs=5 --checkpoint-dir ck/
+    python -m experiments.recipes bench --device cuda --set d_model=512 --set n_layers=8
 
 `run` prints one JSON object per metric point, then `{"summary": {...}}`. With --checkpoint-dir an
 interrupted run (Ctrl-C, SIGTERM) saves a checkpoint there, and running the same command again
@@ -17,10 +18,13 @@ import signal
 import sys
 import time
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from .catalog import RECIPES, get_spec
-from .schema import ConfigError
+from .catalog import RECIPES, RecipeSpec, get_spec
+from .schema import ConfigError, ParamValue
+
+if TYPE_CHECKING:
+    import torch
 
 EXIT_USAGE = 2
 
@@ -43,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--checkpoint-dir", default=None, help="save checkpoints here and resume from the newest"
     )
+    bench = sub.add_parser(
+        "bench", help="charlm's tokens/s in the recipe against a bare loop of the same model and batch"
+    )
+    bench.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
+    bench.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override one charlm parameter; repeatable",
+    )  # fmt: skip
     return parser
 
 
@@ -84,32 +96,47 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+class UsageError(Exception):
+    """A command-line argument was refused; the message names it."""
+
+
+def _config(spec: RecipeSpec, overrides: list[str], seed: int | None) -> dict[str, ParamValue]:
+    """Return the spec's config with --set/--seed applied, or raise UsageError naming the key."""
+    raw: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        raw[key.strip()] = value
+    if seed is not None:
+        raw["seed"] = seed
+    try:
+        return spec.clean(raw)
+    except ConfigError as exc:
+        raise UsageError("; ".join(f"parameter {key!r}: {msg}" for key, msg in exc.errors.items())) from None
+
+
+def _device(name: str) -> torch.device:
+    # torch only now: `list` and argument errors stay fast.
+    from .runtime import resolve_device
+
+    try:
+        return resolve_device(name)
+    except (ValueError, RuntimeError) as exc:
+        raise UsageError(f"--device: {exc}") from None
+
+
 def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         spec = get_spec(args.recipe)
     except ConfigError as exc:
         return _fail(exc.errors["recipe"])
-    raw: dict[str, Any] = {}
-    for item in args.overrides:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            return _fail(f"--set {item!r}: expected KEY=VALUE")
-        raw[key.strip()] = value
-    if args.seed is not None:
-        raw["seed"] = args.seed
     try:
-        config = spec.clean(raw)
-    except ConfigError as exc:
-        return _fail("; ".join(f"parameter {key!r}: {msg}" for key, msg in exc.errors.items()))
-
-    # torch only now: `list` and argument errors stay fast.
+        config = _config(spec, args.overrides, args.seed)
+        device = _device(args.device)
+    except UsageError as exc:
+        return _fail(str(exc))
     from .local import LocalRunContext
-    from .runtime import resolve_device
-
-    try:
-        device = resolve_device(args.device)
-    except (ValueError, RuntimeError) as exc:
-        return _fail(f"--device: {exc}")
 
     ctx = LocalRunContext(
         device=str(device), seed=int(config["seed"]), checkpoint_dir=args.checkpoint_dir, out=out
@@ -146,10 +173,50 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace, out: TextIO) -> int:
+    """Print the recipe's steady tokens/s (after its first evaluation) and a bare loop's."""
+    try:
+        config = _config(get_spec("charlm"), args.overrides, None)
+        device = _device(args.device)
+    except UsageError as exc:
+        return _fail(str(exc))
+    from .charlm import RECIPE, bare_train_loop
+    from .local import LocalRunContext
+
+    # No pauses and no NaN: both loops must do the same work.
+    config = {**config, "step_delay_ms": 0.0, "inject_nan_at_step": -1}
+    ctx = LocalRunContext(device=str(device), seed=int(config["seed"]))
+    result = RECIPE.train(ctx, config)
+    segments = ctx.values("tokens_per_s")
+    # The first segment pays for start-up (allocator, kernel selection); the bare loop warms up too.
+    steady = segments[1:] or segments
+    recipe_tps = sum(steady) / len(steady)
+    steps = int(config["steps"])
+    bare_tps = bare_train_loop(config, device, steps=steps, warmup=min(10, steps))
+    figures: dict[str, Any] = {
+        "device": str(device),
+        "steps": result.steps,
+        "tokens_per_step": int(config["batch_size"]) * int(config["context"]),
+        "recipe_tokens_per_s": round(recipe_tps, 1),
+        "bare_tokens_per_s": round(bare_tps, 1),
+        "recipe_vs_bare": round(recipe_tps / bare_tps, 3),
+        "final_loss": result.final_metrics.get("loss"),
+        "config": config,
+    }
+    if device.type == "cuda":
+        import torch
+
+        figures["gpu"] = torch.cuda.get_device_name(device)
+    out.write(json.dumps({"bench": _json_safe(figures)}) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     """Run the command line; return the process exit status."""
     args = _parser().parse_args(argv)
     stream = out if out is not None else sys.stdout
     if args.command == "list":
         return _list(args.json, stream)
+    if args.command == "bench":
+        return _bench(args, stream)
     return _run(args, stream)
