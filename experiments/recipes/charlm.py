@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import RecipeResult, RunContext
+from .base import Recipe, RecipeResult, RunContext
 from .catalog import get_spec
 from .runtime import (
     autocast,
@@ -367,4 +367,4 @@ class CharLMRecipe:
         return RecipeResult(final_metrics=metrics, steps=done, stopped=stopped)
 
 
-RECIPE = CharLMRecipe()
+RECIPE: Recipe = CharLMRecipe()  # annotated so that mypy checks the protocol

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import RecipeResult, RunContext
+from .base import Recipe, RecipeResult, RunContext
 from .catalog import get_spec
 from .classify import (
     MLP,
@@ -103,4 +103,4 @@ class DigitsRecipe:
         return RecipeResult(final_metrics=metrics, steps=pos.step, stopped=stopped)
 
 
-RECIPE = DigitsRecipe()
+RECIPE: Recipe = DigitsRecipe()  # annotated so that mypy checks the protocol
