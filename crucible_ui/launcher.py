@@ -238,6 +238,12 @@ class Launcher:
                     "launch", f"{child.name} did not stop within {self.stop_timeout:.0f} s: killing it"
                 )
                 child.signal_group(signal.SIGKILL)
+                # Killed processes take a moment to go; do not report them as left behind.
+                settle = time.monotonic() + 5
+                while child.group_alive() and time.monotonic() < settle:
+                    if child.proc is not None:
+                        child.proc.poll()
+                    time.sleep(0.05)
             if child.proc is not None:
                 try:
                     child.proc.wait(timeout=5)

@@ -17,12 +17,19 @@ def _launcher(stop_timeout: float = 5.0) -> tuple[Launcher, io.StringIO]:
     return Launcher(env=dict(os.environ), output=Output(stream), stop_timeout=stop_timeout), stream
 
 
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in {"Z", "X"}
-    except FileNotFoundError:
-        return True
+def _gone(pid: int, timeout: float = 3.0) -> bool:
+    """Return True once pid has exited (a killed process takes a moment to go, more under load)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] in {"Z", "X"}:
+                    return True
+        except FileNotFoundError:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
 
 
 def test_a_child_that_dies_stops_the_others_and_says_so_loudly() -> None:
