@@ -1,0 +1,130 @@
+"""Worker inventory without NVML, offline workers, the watchdog and duplicate task deliveries."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.test import override_settings
+from django.utils import timezone
+
+from control.inventory import GpuReading, Inventory, read_gpus, worker_heartbeat
+from control.models import Device, DeviceKind, Worker
+from control.scheduler import scheduler_tick
+from control.services import watchdog_sweep
+from experiments.choices import RunStatus, State
+from experiments.models import Experiment, Run
+from experiments.run_services import run_start
+
+from .helpers import make_worker, queued
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_worker_without_nvml_registers_a_cpu_slot_and_says_why() -> None:
+    inventory = read_gpus()
+    if inventory.gpus:
+        pytest.skip("this host has NVML GPUs")
+
+    worker, came_online = worker_heartbeat(hostname="cpu-only@host")
+
+    assert came_online
+    assert "NVML" in worker.nvml_error or "nvml" in worker.nvml_error.lower()
+    [slot] = worker.devices.all()
+    assert slot.kind == DeviceKind.CPU and slot.label == "cpu"
+    assert worker.queue == "cpu-only@host.dq2"
+
+
+@override_settings(WORKER_CPU_SLOTS=3)
+def test_the_number_of_cpu_slots_is_configurable_and_heartbeats_update_in_place() -> None:
+    worker_heartbeat(hostname="w@host", inventory=Inventory(nvml_error="NVMLError_LibraryNotFound"))
+    _, came_online = worker_heartbeat(
+        hostname="w@host", inventory=Inventory(nvml_error="NVMLError_LibraryNotFound")
+    )
+
+    assert not came_online
+    assert Device.objects.filter(worker__hostname="w@host", kind=DeviceKind.CPU).count() == 3
+
+
+def test_gpu_readings_are_recorded_per_device() -> None:
+    reading = GpuReading(
+        index=0, name="NVIDIA H100 80GB HBM3", uuid="GPU-1", memory_total_mb=81559, memory_used_mb=512,
+        utilization_pct=37.0, temperature_c=41.0, power_w=118.5,
+    )  # fmt: skip
+    worker_heartbeat(hostname="gpu@host", inventory=Inventory(gpus=[reading]))
+
+    [gpu] = Device.objects.filter(worker__hostname="gpu@host")
+    assert (gpu.kind, gpu.name, gpu.uuid, gpu.memory_used_mb) == (
+        "gpu",
+        "NVIDIA H100 80GB HBM3",
+        "GPU-1",
+        512,
+    )
+    assert (gpu.utilization_pct, gpu.temperature_c, gpu.power_w) == (37.0, 41.0, 118.5)
+
+
+@override_settings(RETRY_BACKOFF_SECONDS=30)
+def test_a_worker_that_stops_beating_goes_offline_and_its_run_is_retried_after_a_backoff() -> None:
+    worker = make_worker("w1@host", cpu=1)
+    experiment = queued("lost one")
+    [run] = scheduler_tick()
+    assert run_start(run_id=run.pk, worker=worker.hostname) is not None
+    long_ago = timezone.now() - timedelta(minutes=5)
+    Worker.objects.filter(pk=worker.pk).update(last_heartbeat=long_ago)
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=long_ago)
+
+    report = watchdog_sweep()
+
+    worker.refresh_from_db()
+    run.refresh_from_db()
+    experiment.refresh_from_db()
+    assert report.workers_offline == [worker.pk] and report.lost == [run.pk]
+    assert not worker.online
+    assert run.status == RunStatus.LOST and "no heartbeat" in run.error
+    assert experiment.state == State.QUEUED
+    assert experiment.not_before is not None
+    assert 25 < (experiment.not_before - timezone.now()).total_seconds() <= 30
+    assert not Device.objects.filter(leased_run__isnull=False).exists()
+    assert [t.event for t in experiment.transitions.all()] == ["queue", "start", "fail", "retry"]
+    assert all(t.actor.startswith("system:") for t in experiment.transitions.all()[1:])
+
+
+def test_retries_stop_at_max_attempts() -> None:
+    worker = make_worker("w1@host", cpu=1)
+    experiment = queued("flaky", max_attempts=2)
+    for attempt in (1, 2):
+        Experiment.objects.filter(pk=experiment.pk).update(not_before=None)  # skip the backoff
+        [run] = scheduler_tick()
+        run_start(run_id=run.pk, worker=worker.hostname)
+        Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+        watchdog_sweep()
+        experiment.refresh_from_db()
+        assert experiment.state == (State.QUEUED if attempt == 1 else State.FAILED)
+    assert Run.objects.filter(experiment=experiment, status=RunStatus.LOST).count() == 2
+
+
+def test_a_task_delivered_twice_does_nothing_while_the_run_heart_beats() -> None:
+    worker = make_worker("w1@host", cpu=1)
+    queued("once")
+    [run] = scheduler_tick()
+    assert run_start(run_id=run.pk, worker=worker.hostname) is not None
+
+    assert run_start(run_id=run.pk, worker="other@host") is None
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.worker == worker.hostname
+
+
+def test_a_task_delivered_again_after_its_worker_died_fails_the_attempt_for_a_retry() -> None:
+    worker = make_worker("w1@host", cpu=1)
+    experiment = queued("redelivered")
+    [run] = scheduler_tick()
+    run_start(run_id=run.pk, worker=worker.hostname)
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
+
+    assert run_start(run_id=run.pk, worker=worker.hostname) is None
+
+    run.refresh_from_db()
+    experiment.refresh_from_db()
+    assert run.status == RunStatus.LOST
+    assert experiment.state == State.QUEUED
