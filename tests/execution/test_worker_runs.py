@@ -107,7 +107,8 @@ def test_a_killed_worker_is_retried_from_its_checkpoint_with_every_step_once(
     wait_for(lambda: _state(experiment) == State.EVALUATING, timeout=60, what="the retry to finish")
 
     first, second = Run.objects.filter(experiment=experiment).order_by("attempt")
-    assert first.status == RunStatus.LOST and "heartbeat" in first.error or "offline" in first.error
+    assert first.status == RunStatus.LOST
+    assert "heartbeat" in first.error or "offline" in first.error
     assert second.status == RunStatus.SUCCEEDED
     assert second.resumed_from_step == first.checkpoint_step
     assert first.checkpoint_step is not None and first.checkpoint_step >= 23

@@ -1,0 +1,154 @@
+"""The metric reporter: never blocks the loop, harmless replays, NaN as NULL, batches on the channel layer."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from asgiref.sync import async_to_sync, sync_to_async
+from channels.layers import get_channel_layer
+from django.db import connection
+
+from experiments.events import experiment_group
+from experiments.models import Experiment, MetricPoint, Run
+from experiments.reporting import MetricReporter, _flushed_hooks, metrics_write, on_metrics_flushed
+from experiments.services import experiment_create
+from tests.conftest import wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def run() -> Run:
+    experiment = experiment_create(name="reporter", recipe="digits")
+    return Run.objects.create(experiment=experiment, attempt=1)
+
+
+@contextlib.contextmanager
+def database_write_lock() -> Iterator[None]:
+    """Hold the metric table's write lock from another connection: the database is 'slow'."""
+    settings_dict = connection.settings_dict
+    if connection.vendor == "sqlite":
+        other = sqlite3.connect(settings_dict["NAME"], timeout=5, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+    else:
+        import psycopg
+
+        with psycopg.connect(
+            dbname=settings_dict["NAME"], user=settings_dict["USER"], password=settings_dict["PASSWORD"],
+            host=settings_dict["HOST"] or None, port=settings_dict["PORT"] or None,
+        ) as other:  # fmt: skip
+            other.execute("LOCK TABLE experiments_metricpoint IN ACCESS EXCLUSIVE MODE")
+            yield
+            other.rollback()
+
+
+def test_log_returns_in_microseconds_while_the_database_is_locked(run: Run) -> None:
+    reporter = MetricReporter(experiment_id=run.experiment_id, run_id=run.pk, flush_seconds=0.01).start()
+    try:
+        with database_write_lock():
+            time.sleep(0.05)  # the flusher is now waiting on the lock
+            durations = []
+            for step in range(1, 5001):
+                t0 = time.perf_counter()
+                reporter.log("loss", step, 1.0 / step)
+                durations.append(time.perf_counter() - t0)
+            assert MetricPoint.objects.filter(run=run).count() == 0
+        durations.sort()
+        assert durations[len(durations) // 2] < 20e-6  # median: microseconds
+        assert durations[-50] < 1e-3  # even the slowest 1 % never waited on the database
+        wait_for(lambda: MetricPoint.objects.filter(run=run).count() == 5000, timeout=30, what="the flush")
+    finally:
+        reporter.close()
+
+
+def test_a_replayed_batch_is_harmless(run: Run) -> None:
+    points = [{"name": "loss", "step": s, "value": 0.5, "wall_time": time.time()} for s in range(1, 11)]
+
+    metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=points)  # type: ignore[arg-type]
+    metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=points)  # type: ignore[arg-type]
+
+    assert MetricPoint.objects.filter(run=run).count() == 10
+
+
+def test_nan_and_infinity_are_stored_as_null(run: Run) -> None:
+    with MetricReporter(experiment_id=run.experiment_id, run_id=run.pk) as reporter:
+        reporter.log("loss", 1, math.nan)
+        reporter.log("loss", 2, math.inf)
+        reporter.log("loss", 3, 0.25)
+
+    values = dict(MetricPoint.objects.filter(run=run).values_list("step", "value"))
+    assert values == {1: None, 2: None, 3: 0.25}
+
+
+def test_the_flusher_writes_at_least_every_flush_interval(run: Run) -> None:
+    with MetricReporter(experiment_id=run.experiment_id, run_id=run.pk, flush_seconds=0.1) as reporter:
+        reporter.log("loss", 1, 1.0)
+        t0 = time.monotonic()
+        wait_for(
+            lambda: MetricPoint.objects.filter(run=run).exists(), timeout=5, interval=0.01, what="a flush"
+        )
+        assert time.monotonic() - t0 < 1.0
+
+
+def test_flushed_batches_reach_the_registered_hooks(run: Run) -> None:
+    seen: list[tuple[int, int, int]] = []
+    done = threading.Event()
+
+    def hook(experiment_id: int, run_id: int, points: list[Any]) -> None:
+        seen.append((experiment_id, run_id, len(points)))
+        done.set()
+
+    on_metrics_flushed(hook)
+    try:
+        with MetricReporter(experiment_id=run.experiment_id, run_id=run.pk) as reporter:
+            reporter.log("accuracy", 1, 0.9)
+        assert done.wait(5)
+    finally:
+        _flushed_hooks.remove(hook)
+    assert seen == [(run.experiment_id, run.pk, 1)]
+
+
+def test_a_flushed_batch_is_published_to_the_experiment_group(run: Run) -> None:
+    experiment: Experiment = run.experiment
+
+    async def listen_while_flushing() -> dict[str, Any]:
+        import asyncio
+
+        layer = get_channel_layer()
+        assert layer is not None
+        channel = await layer.new_channel()
+        await layer.group_add(experiment_group(experiment.pk), channel)
+        try:
+
+            def flush() -> None:
+                reporter = MetricReporter(experiment_id=experiment.pk, run_id=run.pk)
+                reporter.log("loss", 7, 0.125)
+                reporter.log("loss", 8, math.nan)
+                reporter.flush()
+
+            await sync_to_async(flush)()
+            message: dict[str, Any] = await asyncio.wait_for(layer.receive(channel), timeout=5)
+            return message
+        finally:
+            await layer.group_discard(experiment_group(experiment.pk), channel)
+
+    message = async_to_sync(listen_while_flushing)()
+
+    assert message["type"] == "metrics.batch"
+    assert message["experiment_id"] == experiment.pk and message["run_id"] == run.pk
+    assert [(p["name"], p["step"], p["value"]) for p in message["points"]] == [
+        ("loss", 7, 0.125),
+        ("loss", 8, None),
+    ]
