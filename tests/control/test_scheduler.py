@@ -163,7 +163,7 @@ def test_two_schedulers_racing_for_one_device_lease_it_once() -> None:
 
     assert sorted(results.values()) == [False, True]
     device.refresh_from_db()
-    assert results[device.leased_run_id] is True
+    assert device.leased_run_id is not None and results[device.leased_run_id] is True
 
 
 @pytest.mark.django_db(transaction=True)

@@ -48,10 +48,10 @@ def database_write_lock() -> Iterator[None]:
         with psycopg.connect(
             dbname=settings_dict["NAME"], user=settings_dict["USER"], password=settings_dict["PASSWORD"],
             host=settings_dict["HOST"] or None, port=settings_dict["PORT"] or None,
-        ) as other:  # fmt: skip
-            other.execute("LOCK TABLE experiments_metricpoint IN ACCESS EXCLUSIVE MODE")
+        ) as pg:  # fmt: skip
+            pg.execute("LOCK TABLE experiments_metricpoint IN ACCESS EXCLUSIVE MODE")
             yield
-            other.rollback()
+            pg.rollback()
 
 
 def test_log_returns_in_microseconds_while_the_database_is_locked(run: Run) -> None:
