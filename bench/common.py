@@ -110,13 +110,15 @@ class Goal:
     median_min: float | None = None
     ratio_min: float | None = None
 
-    def met(self, median: float, ratio: float | None) -> bool:
-        """Return True when every bound holds."""
+    def met(self, median: float, ratio: float | None) -> bool | None:
+        """Return True when every bound holds; None when the ratio it needs was not measured."""
         if self.median_max is not None and median > self.median_max:
             return False
         if self.median_min is not None and median < self.median_min:
             return False
-        return not (self.ratio_min is not None and (ratio is None or ratio < self.ratio_min))
+        if self.ratio_min is None:
+            return True
+        return None if ratio is None else ratio >= self.ratio_min
 
 
 def figure(
@@ -566,26 +568,28 @@ class WebSocketClient:
 # --------------------------------------------------------------------------- MLflow baseline
 
 
-def mlflow_baseline(args: Sequence[str], *, quick: bool) -> dict[str, Any] | str:
+def mlflow_baseline(
+    args: Sequence[str], *, quick: bool, venv_dir: Path | None = None
+) -> dict[str, Any] | str:
     """Run bench/mlflow_baseline.py in the MLflow venv; return its JSON, or why it was skipped.
 
     In --quick mode a missing venv is a skip (the smoke test must not install MLflow);
     otherwise the venv is built on first use.
     """
-    from bench.mlflow_env import VENV_DIR, ensure_mlflow_venv, mlflow_installed
+    from bench.mlflow_env import VENV_DIR, ensure_mlflow_venv, mlflow_installed, venv_python
 
+    venv_dir = venv_dir or VENV_DIR
     if os.getenv("BENCH_NO_MLFLOW"):
         return "BENCH_NO_MLFLOW is set"
-    if not mlflow_installed():
+    if not mlflow_installed(venv_dir):
         if quick:
-            return f"MLflow venv absent ({VENV_DIR}); build it with `python bench/mlflow_env.py`"
+            return f"MLflow venv absent ({venv_dir}); build it with `python bench/mlflow_env.py`"
         note("building the MLflow venv (first run only)...")
-        ensure_mlflow_venv()
-    python = str(VENV_DIR / "bin" / "python")
+        ensure_mlflow_venv(venv_dir=venv_dir)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO", "PYTHONPATH"))}
     env["MLFLOW_ENABLE_ASYNC_LOGGING"] = "false"
     proc = subprocess.run(
-        [python, str(BASE_DIR / "bench" / "mlflow_baseline.py"), *args],
+        [str(venv_python(venv_dir)), str(BASE_DIR / "bench" / "mlflow_baseline.py"), *args],
         capture_output=True,
         text=True,
         env=env,

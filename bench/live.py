@@ -135,10 +135,24 @@ def main() -> None:
         timeout = 60.0 + expect / 5_000
         client = subprocess.Popen(
             [
-                sys.executable, __file__, "--client", "--port", str(port), "--experiment", str(experiment.pk),
-                "--cookies", json.dumps(cookies), "--expect", str(expect), "--latency-steps", str(latency_steps),
-                "--phase-size", str(burst), "--timeout", str(timeout),
-            ],  # fmt: skip
+                sys.executable,
+                __file__,
+                "--client",
+                "--port",
+                str(port),
+                "--experiment",
+                str(experiment.pk),
+                "--cookies",
+                json.dumps(cookies),
+                "--expect",
+                str(expect),
+                "--latency-steps",
+                str(latency_steps),
+                "--phase-size",
+                str(burst),
+                "--timeout",
+                str(timeout),
+            ],
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -205,7 +219,9 @@ def main() -> None:
                 name=name,
                 unit="ms",
                 samples=samples,
-                goal=goal if name == FIGURES[1] else Goal(f"(p50; the goal is on p99) <= {flush_ms + 10:.0f} ms"),
+                goal=goal
+                if name == FIGURES[1]
+                else Goal(f"(p50; the goal is on p99) <= {flush_ms + 10:.0f} ms"),
                 higher_is_better=False,
                 baseline_name="the flush interval (the time a point may wait in the reporter's buffer)",
                 baseline_samples=flush_baseline,
@@ -233,7 +249,9 @@ def wait_written(reporter: Any, count: int, *, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while reporter.points_written < count:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"the reporter wrote {reporter.points_written} of {count} points in {timeout:.0f} s")
+            raise RuntimeError(
+                f"the reporter wrote {reporter.points_written} of {count} points in {timeout:.0f} s"
+            )
         time.sleep(0.01)
 
 

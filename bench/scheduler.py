@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import itertools
 
-from bench.common import Goal, base_parser, bench_env, emit, emit_failure, figure, note, repeat
+from bench.common import Goal, base_parser, bench_env, emit, emit_failure, figure, note, repeat, skipped
 
 FIGURES = (
     "scheduler_plan_ms",
@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--queued", type=int, default=None)
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--gap-runs", type=int, default=None, help="back-to-back runs for the idle gap")
+    parser.add_argument("--gap", action="store_true", help="measure the idle gap in --quick mode too")
     args = parser.parse_args()
     queued = args.queued or (100 if args.quick else 1000)
     workers = args.workers or (8 if args.quick else 64)
@@ -205,6 +206,9 @@ def main() -> None:
                     extra=extra,
                 )
             )
+        if args.quick and not args.gap:
+            emit(skipped(FIGURES[3], "not measured in --quick mode (it starts a Celery worker); pass --gap"))
+            return
         note(f"scheduler: idle gap over {gap_runs} back-to-back runs on a real worker")
         gaps, gap_extra = idle_gap(env, runs=gap_runs)
         emit(

@@ -1,0 +1,131 @@
+"""`make bench`: run every bench script in turn, each in its own process, and print all their JSON lines.
+
+Each script starts and stops its own servers (Redis, Daphne, a Celery worker) on free
+127.0.0.1 ports against a fresh temporary database. The MLflow baseline venv is built
+first, if missing, outside any timing. The whole run is held to a time budget (10 minutes
+by default); a script that cannot run within what is left prints a skipped line. The
+lines are also written to var/bench/results-<UTC time>.jsonl, and a summary goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import BASE_DIR, emit, note, skipped
+
+# In the order they run; gpu.py prints a skipped line at once where there is no CUDA.
+SCRIPTS: list[tuple[str, list[str]]] = [
+    ("ingest.py", ["ingest_points_per_s"]),
+    ("log_call.py", ["log_call_p50_us", "log_call_p99_us"]),
+    ("history.py", ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"]),
+    ("live.py", ["live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s"]),
+    ("actions.py", ["actions_p50_ms", "actions_p99_ms"]),
+    ("trigger_action.py", ["trigger_action_p99_ms"]),
+    (
+        "scheduler.py",
+        ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],
+    ),
+    ("gpu.py", ["gpu_charlm_tokens_per_s"]),
+]
+# A script gets at most this long, and never more than what is left of the budget.
+SCRIPT_TIMEOUT_SECONDS = 240.0
+MIN_SECONDS_TO_START = 20.0
+
+
+def run_script(script: str, figures: list[str], *, extra: list[str], timeout: float) -> list[dict[str, Any]]:
+    """Run one script; return its JSON lines (a skipped line for each figure it did not print)."""
+    argv = [sys.executable, str(BASE_DIR / "bench" / script), *extra]
+    lines: list[dict[str, Any]] = []
+    try:
+        proc = subprocess.run(
+            argv, cwd=BASE_DIR, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
+    except subprocess.TimeoutExpired as exc:
+        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        stderr, code = f"timed out after {timeout:.0f} s", -1
+    for raw in stdout.splitlines():
+        raw = raw.strip()
+        if raw.startswith("{"):
+            try:
+                lines.append(json.loads(raw))
+            except ValueError:
+                continue
+    sys.stderr.write(stderr)
+    printed = {str(line.get("figure")) for line in lines}
+    for name in figures:
+        if name not in printed:
+            lines.append(
+                skipped(name, f"{script} exited {code} without this figure: {stderr.strip()[-300:]}")
+            )
+    return lines
+
+
+def main() -> None:
+    """Run the scripts within the budget and print every figure."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument(
+        "--quick", action="store_true", help="tiny sizes (checks the scripts, measures nothing)"
+    )
+    parser.add_argument("--budget", type=float, default=600.0, help="seconds for the whole run")
+    parser.add_argument("--only", default="", help="comma-separated script names, e.g. ingest,live")
+    parser.add_argument("--no-mlflow", action="store_true", help="skip the MLflow baselines")
+    args = parser.parse_args()
+    if args.no_mlflow:
+        os.environ["BENCH_NO_MLFLOW"] = "1"
+    started = time.monotonic()
+    if not args.quick and not args.no_mlflow:
+        from bench.mlflow_env import ensure_mlflow_venv, mlflow_installed
+
+        if not mlflow_installed():
+            note("building the MLflow baseline venv (first run only, not timed)...")
+            ensure_mlflow_venv()
+            started = time.monotonic()
+    wanted = {name.strip().removesuffix(".py") for name in args.only.split(",") if name.strip()}
+    extra = ["--quick"] if args.quick else []
+    results: list[dict[str, Any]] = []
+    for script, figures in SCRIPTS:
+        if wanted and script.removesuffix(".py") not in wanted:
+            continue
+        left = args.budget - (time.monotonic() - started)
+        if left < MIN_SECONDS_TO_START:
+            for name in figures:
+                line = skipped(name, f"the {args.budget:.0f} s budget of the whole run was spent")
+                emit(line)
+                results.append(line)
+            continue
+        note(f"running {script}")
+        for line in run_script(script, figures, extra=extra, timeout=min(SCRIPT_TIMEOUT_SECONDS, left)):
+            emit(line)
+            results.append(line)
+    elapsed = time.monotonic() - started
+    out_dir = BASE_DIR / "var" / "bench"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    out = out_dir / f"results-{stamp}{'-quick' if args.quick else ''}.jsonl"
+    out.write_text("".join(json.dumps(line) + "\n" for line in results))
+    note(f"done in {elapsed:.0f} s; lines written to {out.relative_to(BASE_DIR)}")
+    for line in results:
+        if "skipped" in line:
+            note(f"  {line['figure']:<32} skipped: {line['skipped'][:100]}")
+        else:
+            ratio = "" if line.get("ratio") is None else f" ratio {line['ratio']}"
+            met = line.get("meets_goal")
+            verdict = (
+                "meets goal" if met else "goal not judged (no baseline)" if met is None else "SHORT of goal"
+            )
+            note(f"  {line['figure']:<32} {line['median']} {line['unit']}{ratio}  {verdict} ({line['goal']})")
+
+
+if __name__ == "__main__":
+    main()

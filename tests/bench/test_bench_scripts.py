@@ -1,0 +1,94 @@
+"""Every bench script runs in --quick mode and prints its figures as JSON lines with the keys `make bench` reads.
+
+--quick measures nothing worth quoting; it proves that the scripts still drive the
+project's real code paths (reporter, history endpoint, websocket, actions, scheduler)
+end to end. MLflow is not needed: its baselines are left out here (BENCH_NO_MLFLOW).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.bench
+
+ROOT = Path(__file__).resolve().parents[2]
+FIGURE_KEYS = {
+    "figure", "unit", "median", "min", "max", "repetitions", "baseline", "ratio", "goal", "meets_goal",
+    "machine", "date",
+}  # fmt: skip
+
+# script -> (figures it prints, figures that may be skipped here: no CUDA, no engine hook, --quick)
+SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
+    "ingest.py": (["ingest_points_per_s"], set()),
+    "log_call.py": (["log_call_p50_us", "log_call_p99_us"], set()),
+    "history.py": (
+        ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"],
+        set(),
+    ),
+    "live.py": (["live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s"], set()),
+    "actions.py": (["actions_p50_ms", "actions_p99_ms"], set()),
+    "trigger_action.py": (["trigger_action_p99_ms"], {"trigger_action_p99_ms"}),
+    "scheduler.py": (
+        ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],
+        {"scheduler_idle_gap_s"},
+    ),
+    "gpu.py": (["gpu_charlm_tokens_per_s"], {"gpu_charlm_tokens_per_s"}),
+}
+
+
+def run_quick(script: str) -> tuple[list[dict[str, Any]], str]:
+    """Run one bench script with --quick; return its JSON lines and its stderr."""
+    env = {**os.environ, "BENCH_NO_MLFLOW": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    return lines, proc.stderr
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_each_bench_script_prints_every_figure_as_a_json_line(script: str) -> None:
+    figures, may_skip = SCRIPTS[script]
+    lines, stderr = run_quick(script)
+    by_name = {line["figure"]: line for line in lines}
+    assert list(by_name) == figures, stderr[-2000:]
+    for name, line in by_name.items():
+        if "skipped" in line:
+            assert name in may_skip, f"{name} was skipped: {line['skipped']}"
+            assert line["skipped"].strip(), "a skipped figure must say why"
+            continue
+        assert set(line) >= FIGURE_KEYS, f"{name} lacks {FIGURE_KEYS - set(line)}"
+        assert line["repetitions"] >= 1
+        assert line["min"] <= line["median"] <= line["max"]
+        assert line["median"] > 0
+        assert line["machine"]["cpu_count"] >= 1
+        if line["baseline"] is not None:
+            assert line["baseline"]["median"] > 0
+            assert line["ratio"] is not None and line["ratio"] > 0
+
+
+def test_a_missing_mlflow_venv_is_a_skipped_baseline_in_quick_mode_not_an_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.delenv("BENCH_NO_MLFLOW", raising=False)
+    from bench.common import mlflow_baseline
+
+    absent = tmp_path / "no-venv"
+    result = mlflow_baseline(["--parts", "ingest"], quick=True, venv_dir=absent)
+    assert isinstance(result, str) and "venv absent" in result
+    assert not absent.exists()
