@@ -50,3 +50,13 @@ def test_login_page_logs_a_person_in_and_lands_on_the_list(client: Client, resea
     response = client.post(reverse("login"), {"username": "ana", "password": "pw-ana-123"})
     assert response.status_code == 302
     assert response["Location"] == reverse("experiments:list")
+
+
+def test_missing_page_and_forbidden_page_keep_the_layout(client: Client, viewer: object) -> None:
+    client.login(username="vic", password="pw-vic-123")
+    missing = client.get("/experiments/424242/")
+    assert missing.status_code == 404
+    assert "Back to the experiments" in missing.content.decode()
+    forbidden = client.get("/experiments/new/")
+    assert forbidden.status_code == 403
+    assert "Researchers" in forbidden.content.decode()
