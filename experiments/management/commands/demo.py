@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandParser
-from django.db import transaction
+from django.db import connection, transaction
 
 from crucible_ui.launcher import demo_credentials
 from experiments.actors import Actor
@@ -118,6 +118,22 @@ def _join_researchers(user: Any) -> None:
     user.groups.add(researcher_group_ensure())
 
 
+def _demo_policies_ensure() -> list[Any] | None:
+    """Create the seed's example policies (auto-promote, early stop, ...); None while there are none to create.
+
+    The policy layer lives in the control app; its demo records load only once its tables
+    exist (i.e. its migrations are applied).
+    """
+    try:
+        from control.policy_demo import demo_policies_ensure
+        from control.policy_models import Policy
+    except ImportError:
+        return None
+    if Policy._meta.db_table not in connection.introspection.table_names():
+        return None
+    return list(demo_policies_ensure())
+
+
 def demo_experiments_load(*, owner: Any) -> list[Experiment]:
     """Create the demo experiments that do not exist yet (matched by name); return the new ones."""
     created: list[Experiment] = []
@@ -165,6 +181,9 @@ class Command(BaseCommand):
         self.stdout.write(f"{verb} user {username!r} (superuser), password {password!r}")
         if options["user_only"]:
             return
+        policies = _demo_policies_ensure()
+        if policies is not None:
+            self.stdout.write(f"Demo policies ready: {', '.join(p.name for p in policies)}")
         created = demo_experiments_load(owner=user)
         if created:
             names = ", ".join(repr(e.name) for e in created)
