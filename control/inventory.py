@@ -12,13 +12,17 @@ import os
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Literal, TypedDict
 
 from celery.utils import worker_direct
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from experiments.events import GPUS_GROUP, send_to_groups
+
 from .models import Device, DeviceKind, Worker
+from .selectors import device_stats
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +154,27 @@ def worker_heartbeat(*, hostname: str, inventory: Inventory | None = None) -> tu
     return worker, came_online
 
 
+class GpuStats(TypedDict):
+    """A worker's device numbers, as the GPU page draws them."""
+
+    type: Literal["gpus.stats"]
+    worker: str
+    devices: list[dict[str, Any]]
+
+
+def gpu_stats_payload(*, hostname: str) -> GpuStats:
+    """Return the live numbers of one worker's devices for the GPU page."""
+    devices = Device.objects.filter(worker__hostname=hostname).select_related(
+        "worker", "leased_run__experiment"
+    )
+    rows = []
+    for device in devices:
+        row = device_stats(device)
+        row["updated_at"] = device.updated_at.isoformat()
+        rows.append(row)
+    return {"type": "gpus.stats", "worker": hostname, "devices": rows}
+
+
 def worker_offline(*, hostname: str) -> None:
     """Mark a worker offline at once (clean shutdown); its leases go with the next sweep."""
     Worker.objects.filter(hostname=hostname).update(online=False)
@@ -207,6 +232,7 @@ class HeartbeatThread(threading.Thread):
                     logger.warning("worker heartbeat failed", exc_info=True)
                 finally:
                     connection.close()
+            self._publish_stats()
             if came_online and callable(self.on_online):
                 try:
                     self.on_online()
@@ -214,6 +240,19 @@ class HeartbeatThread(threading.Thread):
                     logger.warning("scheduler tick after coming online failed", exc_info=True)
             if self.stopped.wait(float(settings.HEARTBEAT_SECONDS)):
                 break
+
+    def _publish_stats(self) -> None:
+        """Push this worker's device numbers to open GPU pages (best effort)."""
+        try:
+            with _fork_guard:
+                try:
+                    payload = gpu_stats_payload(hostname=self.hostname)
+                finally:
+                    connection.close()
+            if payload["devices"]:
+                send_to_groups([GPUS_GROUP], dict(payload))
+        except Exception:
+            logger.debug("gpu stats not published", exc_info=True)
 
     def stop(self) -> None:
         """Stop beating and mark the worker offline."""

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from django.urls import path
+
+from . import views
 
 app_name = "control"
-urlpatterns: list[Any] = []
+urlpatterns = [
+    path("gpus/", views.gpus, name="gpus"),
+    path("gpus/rows/", views.gpu_rows, name="gpu_rows"),
+]
