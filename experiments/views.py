@@ -41,14 +41,21 @@ def _wants_json(request: HttpRequest) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
+# The step forward a person most likely wants, in this order of preference; it gets the
+# prominent button. Buttons that stop or undo work (confirmation dialogs) come last.
+PRIMARY_EVENTS = ("queue", "retry", "promote", "deploy", "retrain")
+
+
 def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
     """Return what the actions block needs: the events this user may fire now, with labels."""
+    events = [e for e in experiment.available_events(request.user) if e in PERSON_EVENTS]
+    primary = next((e for e in PRIMARY_EVENTS if e in events), None)
+    ordered = sorted(events, key=lambda e: (e != primary, e in CONFIRM_EVENTS))  # stable sort
     return {
         "experiment": experiment,
         "actions": [
-            {"event": event, "label": EVENT_LABELS[event], "confirm": event in CONFIRM_EVENTS}
-            for event in experiment.available_events(request.user)
-            if event in PERSON_EVENTS
+            {"event": e, "label": EVENT_LABELS[e], "confirm": e in CONFIRM_EVENTS, "primary": e == primary}
+            for e in ordered
         ],
     }
 

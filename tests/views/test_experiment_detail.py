@@ -158,3 +158,12 @@ def test_actions_fragment_returns_only_the_buttons(
 def test_missing_experiment_is_a_404(researcher_client: Client) -> None:
     assert researcher_client.get(reverse("experiments:detail", args=[999])).status_code == 404
     assert researcher_client.get(reverse("experiments:actions_fragment", args=[999])).status_code == 404
+
+
+def test_the_step_forward_is_the_prominent_first_button_and_cancel_comes_last(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    html = _detail(researcher_client, make_experiment(state="evaluating"))
+    order = re.findall(r'<button [^>]*class="btn btn-(\w+)( btn-primary)?"', html)
+    actions = [(event, bool(primary)) for event, primary in order if event in {"promote", "hold", "cancel"}]
+    assert actions == [("promote", True), ("hold", False), ("cancel", False)]
