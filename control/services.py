@@ -27,11 +27,19 @@ def leases_release(*, run_id: int) -> int:
     return Device.objects.filter(leased_run_id=run_id).update(leased_run=None, leased_at=None)
 
 
-def tick_after_commit(*, countdown: float = 0.0) -> None:
-    """Ask for a scheduler tick once the current transaction commits (capacity or work changed)."""
+def send_tick(*, countdown: float = 0.0) -> None:
+    """Ask a worker for a scheduler tick; a broker outage is logged, never raised (beat ticks anyway)."""
     from .tasks import scheduler_tick
 
-    transaction.on_commit(lambda: scheduler_tick.apply_async(countdown=max(0.0, countdown)))
+    try:
+        scheduler_tick.apply_async(countdown=max(0.0, countdown), retry=False)
+    except Exception:
+        logger.warning("could not send a scheduler tick; the beat tick will catch up", exc_info=True)
+
+
+def tick_after_commit(*, countdown: float = 0.0) -> None:
+    """Ask for a scheduler tick once the current transaction commits (capacity or work changed)."""
+    transaction.on_commit(lambda: send_tick(countdown=countdown))
 
 
 def hard_revoke(*, task_id: str) -> None:
@@ -46,12 +54,15 @@ def experiment_request_cancel(*, experiment_id: int) -> list[Run]:
     from .tasks import cancel_revoke
 
     runs = run_request_cancel(experiment_id=experiment_id)
+
+    def schedule_revoke(run_id: int) -> None:
+        try:
+            cancel_revoke.apply_async(args=[run_id], countdown=settings.CANCEL_GRACE_SECONDS, retry=False)
+        except Exception:  # the watchdog still ends a run that stops heart-beating
+            logger.warning("could not schedule the hard revoke of run %s", run_id, exc_info=True)
+
     for run in runs:
-        transaction.on_commit(
-            lambda run_id=run.pk: cancel_revoke.apply_async(  # type: ignore[misc]
-                args=[run_id], countdown=settings.CANCEL_GRACE_SECONDS
-            )
-        )
+        transaction.on_commit(lambda run_id=run.pk: schedule_revoke(run_id))  # type: ignore[misc]
     return runs
 
 

@@ -24,12 +24,10 @@ logger = logging.getLogger(__name__)
 @on_transition("queue", "retry", "requeue")
 def _tick_for_new_work(experiment: Experiment, actor: Actor) -> None:
     """Work entered the queue: look for a device now, or when its retry backoff ends."""
-    from .tasks import scheduler_tick
-
     wait = 0.0
     if experiment.not_before is not None:
         wait = max(0.0, (experiment.not_before - timezone.now()).total_seconds())
-    scheduler_tick.apply_async(countdown=wait)
+    services.send_tick(countdown=wait)
 
 
 @on_transition("cancel", "requeue")
@@ -50,9 +48,7 @@ _heartbeat: HeartbeatThread | None = None
 
 
 def _tick_now() -> None:
-    from .tasks import scheduler_tick
-
-    scheduler_tick.apply_async()
+    services.send_tick()
 
 
 @worker_init.connect

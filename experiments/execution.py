@@ -264,13 +264,15 @@ def run_execute(*, run_id: int, worker: str) -> str:
                 status=RunStatus.CANCELLED,
                 error=reason.message,
                 final_metrics=result.final_metrics,
+                progress=ctx.fraction,
+                last_step=ctx.last_step,
             )
             return RunStatus.CANCELLED
         if reason.status == RunStatus.FAILED:
             run_fail(run_id=run.pk, error=reason.message, component="worker")
             return RunStatus.FAILED
         return "taken away"
-    run_succeed(run_id=run.pk, final_metrics=result.final_metrics)
+    run_succeed(run_id=run.pk, final_metrics=result.final_metrics, last_step=max(ctx.last_step, result.steps))
     return RunStatus.SUCCEEDED
 
 

@@ -147,9 +147,16 @@ def run_end(
     error: str = "",
     traceback: str = "",
     final_metrics: dict[str, Any] | None = None,
+    progress: float | None = None,
+    last_step: int | None = None,
 ) -> bool:
     """Move a live run to a final status and release what it held; return False if it had ended."""
     values: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error[:10_000]}
+    if progress is not None:
+        values["progress"] = max(0.0, min(1.0, progress))
+        values["eta_seconds"] = None
+    if last_step is not None:
+        values["last_step"] = last_step
     if traceback:
         values["traceback"] = traceback
     if final_metrics is not None:
@@ -165,10 +172,16 @@ def _is_current_attempt(run: Run) -> bool:
     return latest == run.attempt
 
 
-def run_succeed(*, run_id: int, final_metrics: dict[str, Any]) -> bool:
+def run_succeed(*, run_id: int, final_metrics: dict[str, Any], last_step: int | None = None) -> bool:
     """Finish a run that trained to the end and move its experiment to evaluating."""
     with transaction.atomic():
-        if not run_end(run_id=run_id, status=RunStatus.SUCCEEDED, final_metrics=final_metrics):
+        if not run_end(
+            run_id=run_id,
+            status=RunStatus.SUCCEEDED,
+            final_metrics=final_metrics,
+            progress=1.0,
+            last_step=last_step,
+        ):
             return False
         run = Run.objects.select_related("experiment").get(pk=run_id)
         if run.experiment.state == State.RUNNING and _is_current_attempt(run):

@@ -128,3 +128,19 @@ def test_a_task_delivered_again_after_its_worker_died_fails_the_attempt_for_a_re
     experiment.refresh_from_db()
     assert run.status == RunStatus.LOST
     assert experiment.state == State.QUEUED
+
+
+def test_the_watchdog_fails_a_run_past_its_timeout() -> None:
+    worker = make_worker("w1@host", cpu=1)
+    experiment = queued("too slow", timeout_seconds=60, max_attempts=1)
+    [run] = scheduler_tick()
+    run_start(run_id=run.pk, worker=worker.hostname)
+    Run.objects.filter(pk=run.pk).update(started_at=timezone.now() - timedelta(seconds=600))
+
+    report = watchdog_sweep()
+
+    run.refresh_from_db()
+    experiment.refresh_from_db()
+    assert report.timed_out == [run.pk]
+    assert run.status == RunStatus.FAILED and run.error == "timed out after 60 s"
+    assert experiment.state == State.FAILED  # max_attempts=1: no retry

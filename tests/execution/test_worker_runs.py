@@ -45,7 +45,8 @@ def test_start_trains_digits_on_the_worker_and_lands_in_evaluating(celery_worker
     assert set(run.final_metrics) >= {"loss", "val_loss", "accuracy", "f1"}
     assert run.checkpoint_sha256 and len(run.checkpoint_sha256) == 64
     assert run.checkpoint_size and run.checkpoint_size > 0
-    assert run.progress == pytest.approx(1.0) or run.last_step > 0
+    assert run.progress == pytest.approx(1.0) and run.eta_seconds is None
+    assert run.last_step == run.checkpoint_step == 2 * 23
     steps = MetricPoint.objects.filter(run=run, name="loss").count()
     assert steps == run.checkpoint_step
     assert MetricPoint.objects.filter(run=run, name="accuracy").count() == 2
