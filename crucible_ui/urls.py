@@ -11,6 +11,7 @@ from .health import healthz
 
 urlpatterns = [
     path("", include("experiments.urls")),
+    path("", include("experiments.live_urls")),
     path("", include("control.urls")),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
