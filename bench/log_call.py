@@ -86,7 +86,7 @@ def main() -> None:
             "--parts",
             "log_metric",
             "--log-calls",
-            "50" if args.quick else "300",
+            "50" if args.quick else "100",
             "--repetitions",
             str(repetitions),
         ],
