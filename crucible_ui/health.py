@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import redis
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
 from django.http import HttpRequest, JsonResponse
@@ -76,13 +77,18 @@ def celery_status(*, broker_reachable: bool) -> dict[str, Any]:
 
 @never_cache
 @require_GET
-def healthz(request: HttpRequest) -> JsonResponse:
+async def healthz(request: HttpRequest) -> JsonResponse:
     """Return each part's health as JSON: 200 when all are ok, 503 when any is not."""
-    database = database_status()
-    redis_part = redis_status(settings.REDIS_URL)
+    # Async on purpose: under ASGI every sync view shares one thread, and the Celery ping
+    # waits its full second for replies; here only the quick database query takes that
+    # thread, and the network probes wait in a pool of their own.
+    database = await sync_to_async(database_status)()
+    redis_part = await sync_to_async(redis_status, thread_sensitive=False)(settings.REDIS_URL)
     # The broker is usually this same Redis; only then does a failed PING say it is down.
     broker_is_redis_url = settings.CELERY_BROKER_URL == settings.REDIS_URL
-    celery = celery_status(broker_reachable=redis_part["ok"] or not broker_is_redis_url)
+    celery = await sync_to_async(celery_status, thread_sensitive=False)(
+        broker_reachable=redis_part["ok"] or not broker_is_redis_url
+    )
     ok = database["ok"] and redis_part["ok"] and celery["ok"]
     body = {"status": "ok" if ok else "degraded", "database": database, "redis": redis_part, "celery": celery}
     return JsonResponse(body, status=200 if ok else 503)
