@@ -314,9 +314,11 @@
     }
     refreshActions();
     appendHistoryRow(msg);
-    if (["completed", "evaluating", "failed", "cancelled", "deployed", "rolled_back"].includes(msg.target)) {
-      flushPending();
+    // Training finished: the last heartbeat may have come before the last step.
+    if (msg.source === "running" && msg.target === "evaluating") {
+      onProgress({ progress: 1, eta_seconds: null, step: lastStep });
     }
+    flushPending();
   }
 
   async function refreshActions() {

@@ -4,7 +4,15 @@ and websocket connections that go through the real ASGI stack (origin check, ses
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +22,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from crucible_ui.asgi import application
+from crucible_ui.redis_server import free_port
 from experiments.models import Experiment
 from experiments.services import experiment_create
 
@@ -80,3 +89,93 @@ async def connect() -> AsyncIterator[Connect]:
         # One the server closed already has nothing left to clean.
         with contextlib.suppress(Exception):
             await communicator.disconnect()
+
+
+# --- browser tests (e2e): Chromium from Debian, run last, against a real ASGI server -----------
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run e2e tests last (pytest-playwright's loop breaks later async tests); skip them without Chromium."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
+    if not CHROMIUM.exists():
+        skip = pytest.mark.skip(
+            reason=f"browser tests need Chromium at {CHROMIUM}: apt-get install -y chromium"
+        )
+        for item in items:
+            if item.get_closest_marker("e2e") is not None:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Launch the system Chromium with flags that suit a container."""
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture
+def asgi_server(transactional_db: Any, tmp_path: Path) -> Iterator[str]:
+    """Serve the project (HTTP, websockets, static files) from Daphne on the test database; return its URL.
+
+    pytest-django's live_server speaks WSGI only; the live view needs the websocket side.
+    A separate process, so that the test's own event loop (Playwright's) stays out of it.
+    """
+    from tests.conftest import worker_database_url
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": worker_database_url(),
+        "REDIS_URL": settings.REDIS_URL,
+        "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
+        "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
+        "DJANGO_SETTINGS_MODULE": "crucible_ui.settings",
+        "DEBUG": "true",
+        "LOG_LEVEL": "WARNING",
+    }
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    log_path = tmp_path / "daphne.log"
+    args = [
+        sys.executable,
+        "manage.py",
+        "runserver",
+        f"127.0.0.1:{port}",
+        "--noreload",
+        "--insecure",
+        "--skip-checks",
+    ]
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/login/", timeout=5):
+                break
+        except urllib.error.HTTPError:
+            break  # it answers; health itself is not this fixture's business
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"the ASGI server did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
+            time.sleep(0.1)
+    yield url
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
