@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from . import policy_admin  # noqa: F401  (registers the policy admin)
 from .models import Device, Worker
 from .services import device_set_reserved
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -169,7 +169,7 @@ def validate_condition(spec: ConditionSpec) -> dict[str, str]:
 class EvaluationContext:
     """The facts conditions are checked against; what a condition needs and lacks fails it."""
 
-    series: dict[str, Sequence[Point]] = field(default_factory=dict)
+    series: Mapping[str, Sequence[Point]] = field(default_factory=dict)
     production_metrics: dict[str, float] | None = None
     drift_score: float | None = None
     last_retrain_at: datetime | None = None

@@ -77,3 +77,31 @@ class Device(models.Model):
     def memory_total_gb(self) -> float:
         """Return the device memory in GiB."""
         return self.memory_total_mb / 1024
+
+
+# Policies, triggers and action executions live in their own module; importing them here
+# registers them with the app.
+from .policy_models import (  # noqa: E402
+    ActionExecution,
+    CanaryStage,
+    GpuPrice,
+    Policy,
+    PolicyAction,
+    PolicyArm,
+    PolicyCondition,
+    TriggerEvent,
+)
+
+__all__ = [
+    "ActionExecution",
+    "CanaryStage",
+    "Device",
+    "DeviceKind",
+    "GpuPrice",
+    "Policy",
+    "PolicyAction",
+    "PolicyArm",
+    "PolicyCondition",
+    "TriggerEvent",
+    "Worker",
+]

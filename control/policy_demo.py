@@ -122,12 +122,11 @@ def demo_policies_ensure() -> list[Policy]:
             row.full_clean()
             row.save()
         for order, act in enumerate(actions):
-            row = PolicyAction(policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act})
-            row.full_clean()
-            row.save()
+            action = PolicyAction(policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act})
+            action.full_clean()
+            action.save()
         for order, (name, pct, seconds) in enumerate(stages):
             CanaryStage.objects.create(
                 policy=policy, order=order, name=name, traffic_pct=pct, duration_seconds=seconds
             )
     return policies
-

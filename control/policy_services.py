@@ -74,7 +74,13 @@ def trigger_payload(trigger: TriggerEvent) -> dict[str, Any]:
 def _dispatch_execution(execution_id: int) -> None:
     from .policy_tasks import action_execute_task
 
-    action_execute_task.apply_async(args=[execution_id], queue="control")
+    try:
+        action_execute_task.apply_async(args=[execution_id], queue="control")
+    except Exception:
+        # The broker is away: act here rather than leave the trigger hanging (the claim
+        # makes a later redelivery harmless).
+        logger.warning("control queue unavailable; executing action %s inline", execution_id)
+        action_execute(execution_id=execution_id)
 
 
 def trigger_queue_actions(*, trigger: TriggerEvent) -> list[ActionExecution]:
@@ -255,9 +261,9 @@ def _perform(execution: ActionExecution, trigger: TriggerEvent) -> dict[str, Any
         sent = send_mail(subject, body, None, to)
         return {"sent": sent, "to": to}
     if kind == "notify_webhook":
-        body = json.dumps(trigger_payload(trigger), default=str).encode()
+        payload = json.dumps(trigger_payload(trigger), default=str).encode()
         request = urllib.request.Request(
-            str(params["url"]), data=body, headers={"Content-Type": "application/json"}, method="POST"
+            str(params["url"]), data=payload, headers={"Content-Type": "application/json"}, method="POST"
         )
         with urllib.request.urlopen(request, timeout=5) as response:  # the URL was validated as http(s)
             return {"status": response.status}
