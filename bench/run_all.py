@@ -30,7 +30,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("history.py", ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"]),
     ("live.py", ["live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s"]),
     ("actions.py", ["actions_p50_ms", "actions_p99_ms"]),
-    ("trigger_action.py", ["trigger_action_p99_ms"]),
+    ("trigger_action.py", ["trigger_action_ms"]),
     (
         "scheduler.py",
         ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],

@@ -34,7 +34,7 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
     ),
     "live.py": (["live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s"], set()),
     "actions.py": (["actions_p50_ms", "actions_p99_ms"], set()),
-    "trigger_action.py": (["trigger_action_p99_ms"], {"trigger_action_p99_ms"}),
+    "trigger_action.py": (["trigger_action_ms"], set()),
     "scheduler.py": (
         ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],
         {"scheduler_idle_gap_s"},
