@@ -111,7 +111,9 @@ class Goal:
     ratio_min: float | None = None
 
     def met(self, median: float, ratio: float | None) -> bool | None:
-        """Return True when every bound holds; None when the ratio it needs was not measured."""
+        """Return True when every bound holds; None when it has no bound or lacks the ratio it needs."""
+        if self.median_max is None and self.median_min is None and self.ratio_min is None:
+            return None  # e.g. a p50 reported beside the p99 that the goal is about
         if self.median_max is not None and median > self.median_max:
             return False
         if self.median_min is not None and median < self.median_min:

@@ -74,6 +74,10 @@ def main() -> None:
     """Measure both loops on the GPU and print the figure (or why it was skipped)."""
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
     args = parser.parse_args()
+    if not Path("/dev/nvidiactl").exists() and not Path("/proc/driver/nvidia").exists():
+        # No NVIDIA driver at all: say so without the seconds it takes to import torch.
+        emit(skipped(FIGURE, "no CUDA device on this machine: run it on a GPU worker (never in CI)"))
+        return
     import torch
 
     if not torch.cuda.is_available():

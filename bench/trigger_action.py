@@ -114,7 +114,7 @@ def main() -> None:
     """Measure crossings against a real worker; print the figure (or why it cannot be measured)."""
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
     args = parser.parse_args()
-    crossings = args.repetitions or (3 if args.quick else 20)
+    crossings = args.repetitions or (2 if args.quick else 20)
     with bench_env() as env:
         from django.conf import settings
 
