@@ -11,10 +11,12 @@ from django.utils import timezone
 from control.inventory import GpuReading, Inventory, read_gpus, worker_heartbeat
 from control.models import Device, DeviceKind, Worker
 from control.scheduler import scheduler_tick
-from control.services import watchdog_sweep
+from control.services import run_force_stop, watchdog_sweep
+from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, Run
 from experiments.run_services import run_start
+from experiments.services import experiment_transition
 
 from .helpers import make_worker, queued
 
@@ -144,3 +146,18 @@ def test_the_watchdog_fails_a_run_past_its_timeout() -> None:
     assert report.timed_out == [run.pk]
     assert run.status == RunStatus.FAILED and run.error == "timed out after 60 s"
     assert experiment.state == State.FAILED  # max_attempts=1: no retry
+
+
+def test_a_run_that_ignores_its_cancel_is_stopped_hard_after_the_grace_period() -> None:
+    worker = make_worker("w1@host", cpu=1)
+    experiment = queued("stubborn")
+    [run] = scheduler_tick()
+    run_start(run_id=run.pk, worker=worker.hostname)
+    experiment_transition(experiment_id=experiment.pk, event="cancel", actor=Actor.system("test"))
+
+    assert run_force_stop(run_id=run.pk) is True
+
+    run.refresh_from_db()
+    assert run.status == RunStatus.CANCELLED and "grace" in run.error
+    assert not Device.objects.filter(leased_run__isnull=False).exists()
+    assert run_force_stop(run_id=run.pk) is False  # a second revoke finds nothing to do

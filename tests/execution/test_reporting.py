@@ -32,7 +32,7 @@ def run() -> Run:
 
 @contextlib.contextmanager
 def database_write_lock() -> Iterator[None]:
-    """Hold the metric table's write lock from another connection: the database is 'slow'."""
+    """Block inserts into the metric table from another connection (reads go on): the database is slow."""
     settings_dict = connection.settings_dict
     if connection.vendor == "sqlite":
         other = sqlite3.connect(settings_dict["NAME"], timeout=5, isolation_level=None)
@@ -49,7 +49,7 @@ def database_write_lock() -> Iterator[None]:
             dbname=settings_dict["NAME"], user=settings_dict["USER"], password=settings_dict["PASSWORD"],
             host=settings_dict["HOST"] or None, port=settings_dict["PORT"] or None,
         ) as pg:  # fmt: skip
-            pg.execute("LOCK TABLE experiments_metricpoint IN ACCESS EXCLUSIVE MODE")
+            pg.execute("LOCK TABLE experiments_metricpoint IN EXCLUSIVE MODE")
             yield
             pg.rollback()
 
