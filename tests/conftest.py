@@ -7,6 +7,7 @@ worker is another process: it only sees committed rows) and `@pytest.mark.worker
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -90,10 +91,8 @@ class WorkerHandle:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
         # Pool processes share the group; none may outlive the test.
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def start_worker(
