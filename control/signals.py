@@ -66,6 +66,12 @@ def _preload_recipes(sender: Any = None, **kwargs: Any) -> None:
             spec.load()
         except Exception:
             logger.warning("could not preload recipe %s", spec.name, exc_info=True)
+    import torch
+
+    if torch.cuda.is_initialized():  # a recipe module touched CUDA at import: pool processes would break
+        logger.error(
+            "CUDA was initialised in the worker's parent process; GPU runs in pool processes will fail"
+        )
 
 
 @worker_ready.connect
