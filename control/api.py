@@ -64,7 +64,7 @@ class QueueOut(Schema):
     queued: list[QueuedOut]
     running: list[RunningOut]
     free_slots: list[SlotOut]
-    max_concurrent_runs: int
+    max_concurrent_runs: int | None
     running_count: int
 
 

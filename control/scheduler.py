@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -115,6 +116,31 @@ def _pick(experiment: Experiment, free: list[Device]) -> list[Device]:
     return []
 
 
+# fn() -> the most runs that may be live now, or None for no opinion. A cost-aware policy
+# registers one (e.g. 0 once the daily budget is spent); the smallest answer wins.
+_limiters: list[Callable[[], int | None]] = []
+
+
+def concurrency_limiter(fn: Callable[[], int | None]) -> Callable[[], int | None]:
+    """Register fn() returning a cap on live runs (None: no opinion); the scheduler obeys the smallest."""
+    _limiters.append(fn)
+    return fn
+
+
+def concurrency_limit() -> int | None:
+    """Return the cap on live runs now: settings (0 = none) and every registered limiter; None = no cap."""
+    caps = [settings.SCHEDULER_MAX_CONCURRENT_RUNS] if settings.SCHEDULER_MAX_CONCURRENT_RUNS > 0 else []
+    for limiter in list(_limiters):
+        try:
+            cap = limiter()
+        except Exception:  # a broken policy must not stop scheduling
+            logger.exception("concurrency limiter %r failed", limiter)
+            continue
+        if cap is not None:
+            caps.append(max(0, int(cap)))
+    return min(caps) if caps else None
+
+
 @dataclass
 class Decision:
     """Where one queued experiment stands: the devices it gets now, or why it waits."""
@@ -132,21 +158,21 @@ class Plan:
 
     decisions: list[Decision]
     running: int
-    limit: int
+    limit: int | None  # None: no limit
     free_devices: list[Device]
 
 
 def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = None) -> Plan:
     """Decide, without writing, which queued experiments get which free devices, and why the rest wait."""
     now = now or timezone.now()
-    limit = settings.SCHEDULER_MAX_CONCURRENT_RUNS if max_concurrent is None else max_concurrent
+    limit = concurrency_limit() if max_concurrent is None else max_concurrent
     live = list(Run.objects.filter(status__in=LIVE_RUN_STATUSES).values_list("experiment_id", flat=True))
     running = len(live)
     devices = list(usable_devices(now=now))
     free = [d for d in devices if d.leased_run_id is None and not d.reserved and not _reserved_by_settings(d)]
     initially_free = list(free)
     decisions: list[Decision] = []
-    slots_left = (limit - running) if limit > 0 else None
+    slots_left = None if limit is None else limit - running
     for position, experiment in enumerate(queued_in_order(now=now), start=1):
         decision = Decision(
             experiment=experiment, position=position, urgency=experiment_urgency(experiment, now=now)

@@ -11,7 +11,14 @@ from django.test import override_settings
 from django.utils import timezone
 
 from control.models import Device
-from control.scheduler import device_lease, queued_in_order, scheduler_plan, scheduler_tick
+from control.scheduler import (
+    _limiters,
+    concurrency_limiter,
+    device_lease,
+    queued_in_order,
+    scheduler_plan,
+    scheduler_tick,
+)
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, Run
 from experiments.run_services import run_create
@@ -189,3 +196,16 @@ def test_concurrent_ticks_start_an_experiment_once() -> None:
     assert len(started) == 1
     assert Run.objects.filter(experiment=experiment).count() == 1
     assert Device.objects.filter(leased_run__isnull=False).count() == 1
+
+
+def test_a_registered_limiter_such_as_a_spent_budget_holds_the_queue() -> None:
+    make_worker("w1@host", cpu=2)
+    queued("over budget")
+
+    limiter = concurrency_limiter(lambda: 0)
+    try:
+        assert scheduler_tick() == []
+        assert scheduler_plan().decisions[0].reason == "max concurrent runs reached (0/0)"
+    finally:
+        _limiters.remove(limiter)
+    assert len(scheduler_tick()) == 1
