@@ -53,17 +53,34 @@
       } catch (err) {
         chart.dataset.error = err.message;
       }
-      // Live appends; after a reconnect, the gap comes from since_step first.
+      // Live appends. Once subscribed (and after every reconnect) the gap since the last
+      // step drawn comes over HTTP first; batches arriving meanwhile wait their turn, so
+      // none is dropped as "already drawn" before the gap is filled.
+      let ready = false;
+      let waiting = [];
+      const appendBatch = (msg) => {
+        const pts = (msg.points || []).filter((p) => p.name === metric);
+        append(index, e.id, pts.map((p) => p.step), pts.map((p) => p.value));
+      };
       window.crucibleSocket(url(chart.dataset.wsPath, e.id), {
-        onOpen: async (reconnected) => {
-          if (!reconnected || !lastSteps.has(e.id)) return;
-          const s = await history(e.id, { since_step: String(lastSteps.get(e.id)) });
-          append(index, e.id, s.steps, s.values);
+        onOpen: async () => {
+          ready = false;
+          const since = lastSteps.has(e.id) ? { since_step: String(lastSteps.get(e.id)) } : {};
+          try {
+            const s = await history(e.id, since);
+            append(index, e.id, s.steps, s.values);
+          } catch (err) {
+            chart.dataset.error = err.message;
+          }
+          ready = true;
+          const early = waiting;
+          waiting = [];
+          early.forEach(appendBatch);
         },
         onMessage: (msg) => {
           if (msg.type !== "metrics.batch") return;
-          const pts = (msg.points || []).filter((p) => p.name === metric);
-          append(index, e.id, pts.map((p) => p.step), pts.map((p) => p.value));
+          if (ready) appendBatch(msg);
+          else waiting.push(msg);
         },
       });
     });

@@ -138,8 +138,8 @@
   readRows();
   window.crucibleFleet = window.crucibleSocket(root.dataset.wsPath, {
     onStatus: window.crucibleSocketStatus(statusEl),
-    // After a reconnect the rows may be stale: take them fresh from the server.
-    onOpen: (reconnected) => { if (reconnected) scheduleRefresh(); },
+    // Events before the subscription (or during a drop) are not replayed: take the rows fresh.
+    onOpen: () => scheduleRefresh(),
     onMessage: (msg) => {
       if (msg.type === "state.changed") onState(msg);
       else if (msg.type === "metrics.batch") onBatch(msg);

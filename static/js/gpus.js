@@ -65,7 +65,8 @@
 
   window.crucibleGpus = window.crucibleSocket(path, {
     onStatus: window.crucibleSocketStatus(statusEl),
-    onOpen: (reconnected) => { if (reconnected) refreshRows(); },
+    // Stats sent before the subscription (or during a drop) are not replayed: take the rows fresh.
+    onOpen: () => refreshRows(),
     onMessage: (msg) => {
       if (msg.type === "gpus.stats" || msg.type === "gpu.stats") onStats(msg);
     },

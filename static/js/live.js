@@ -53,6 +53,7 @@
   let frameRequested = false;
   let reloadTimer = null;
   let stopped = false;
+  let actionsRequest = 0;
 
   // --- layout ----------------------------------------------------------------------------
   const status = el("div", { class: "live-status muted small", role: "status" }, "connecting…");
@@ -305,13 +306,16 @@
   }
 
   // --- state, actions, progress, triggers ----------------------------------------------------
-  function onStateChanged(msg) {
+  function setBadge(state) {
     const badge = document.getElementById("state-badge");
-    if (badge) {
-      badge.dataset.state = msg.target;
-      badge.className = badge.className.replace(/\bstate-\S+/g, "").trim() + " state-" + msg.target;
-      badge.textContent = STATE_LABELS[msg.target] || msg.target;
-    }
+    if (!badge || !state || badge.dataset.state === state) return;
+    badge.dataset.state = state;
+    badge.className = badge.className.replace(/\bstate-\S+/g, "").trim() + " state-" + state;
+    badge.textContent = STATE_LABELS[state] || state;
+  }
+
+  function onStateChanged(msg) {
+    setBadge(msg.target);
     refreshActions();
     appendHistoryRow(msg);
     // Training finished: the last heartbeat may have come before the last step.
@@ -325,9 +329,18 @@
     const slot = document.querySelector("#actions[data-fragment-url]") || document.querySelector("#actions-slot[data-url]");
     if (!slot) return;
     const url = slot.dataset.fragmentUrl || slot.dataset.url;
+    // Only the latest request may paint: an older answer arriving late would undo a newer state.
+    const mine = ++actionsRequest;
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } });
-      if (response.ok) slot.innerHTML = await response.text();
+      if (!response.ok || mine !== actionsRequest) return;
+      const html = await response.text();
+      if (mine !== actionsRequest) return;
+      slot.innerHTML = html;
+      // The fragment carries the state it was rendered for: a change that happened before
+      // the socket subscribed (between page render and connect) shows up here.
+      const current = slot.querySelector("[data-state]");
+      if (current) setBadge(current.dataset.state);
     } catch (err) { /* the buttons stay as they were; the next change tries again */ }
   }
 
@@ -399,6 +412,8 @@
         // is buffered, and what was flushed before the subscription comes over HTTP.
         await initialHistory;
         await fillGap();
+        // State changes are not replayed either: take the current state and buttons fresh.
+        await refreshActions();
       } catch (err) {
         setStatus("could not load history: " + err.message, "error");
       }
