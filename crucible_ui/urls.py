@@ -13,6 +13,7 @@ urlpatterns = [
     path("", include("experiments.urls")),
     path("", include("experiments.live_urls")),
     path("", include("control.urls")),
+    path("", include("control.trigger_urls")),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

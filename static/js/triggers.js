@@ -1,0 +1,38 @@
+// Trigger panels (experiment page and Triggers page): re-fetch the rows whenever a
+// trigger changes, as told by the websocket of the page (experiment group or triggers group).
+(function () {
+  "use strict";
+  const panel = document.getElementById("trigger-panel");
+  if (!panel || !window.crucibleSocket) return;
+  const status = document.getElementById("triggers-live");
+  let pending = null;
+
+  function refresh() {
+    // Several trigger events can arrive in one burst (fired, then acted): fetch once.
+    if (pending) return;
+    pending = window.setTimeout(() => {
+      pending = null;
+      fetch(panel.dataset.url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
+        .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+        .then((html) => {
+          panel.innerHTML = html;
+          panel.dataset.refreshed = String(Date.now());
+        })
+        .catch(() => {});
+    }, 150);
+  }
+
+  // The experiment page loads its rows after the page itself (they live in another app).
+  if (panel.dataset.load === "now") refresh();
+
+  const handlers = {
+    onMessage(msg) {
+      if (msg.type === "trigger.changed") refresh();
+    },
+    onOpen(reconnected) {
+      if (reconnected) refresh();
+    },
+  };
+  if (status && window.crucibleSocketStatus) handlers.onStatus = window.crucibleSocketStatus(status);
+  window.crucibleSocket(panel.dataset.wsPath, handlers);
+})();
