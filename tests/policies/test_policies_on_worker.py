@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from control.policy_models import ActionRole, ExecutionStatus, PolicyKind, TriggerEvent, TriggerStatus
@@ -22,8 +24,10 @@ def _state(experiment: Experiment) -> str:
     return str(experiment.state)
 
 
-def test_a_good_digits_run_is_promoted_and_deployed_on_its_own(start_celery_worker: object) -> None:
-    start = start_celery_worker  # type: ignore[assignment]
+def test_a_good_digits_run_is_promoted_and_deployed_on_its_own(
+    start_celery_worker: Callable[..., WorkerHandle],
+) -> None:
+    start = start_celery_worker
     start()  # trains
     start()  # keeps the control queue moving while the other one trains
     make_policy(
@@ -53,9 +57,9 @@ def test_a_good_digits_run_is_promoted_and_deployed_on_its_own(start_celery_work
 
 
 def test_a_nan_loss_is_stopped_and_requeued_with_half_the_learning_rate_from_the_last_good_checkpoint(
-    start_celery_worker: object,
+    start_celery_worker: Callable[..., WorkerHandle],
 ) -> None:
-    start = start_celery_worker  # type: ignore[assignment]
+    start = start_celery_worker
     workers: list[WorkerHandle] = [start(), start()]
     make_policy(
         "early_stop",
@@ -90,4 +94,5 @@ def test_a_nan_loss_is_stopped_and_requeued_with_half_the_learning_rate_from_the
     assert [p.step for p in loss] == list(range(1, 3 * 23 + 1))  # each step once, across attempts
     assert all(p.value is not None for p in loss)  # the NaN steps were trained again
     trigger = TriggerEvent.objects.get(experiment=experiment)
-    assert trigger.executions.get().latency_ms < 5000, [w.logs()[-2000:] for w in workers]
+    latency = trigger.executions.get().latency_ms
+    assert latency is not None and latency < 5000, [w.logs()[-2000:] for w in workers]

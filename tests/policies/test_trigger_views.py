@@ -128,7 +128,7 @@ def test_the_experiment_panel_lists_only_its_triggers() -> None:
     trigger = pending_trigger()
     other = experiment_through(name="other")
     client = client_for("change_triggerevent")
-    mine = client.get(reverse("triggers:rows"), {"experiment": trigger.experiment_id}).content.decode()
+    mine = client.get(reverse("triggers:rows"), {"experiment": str(trigger.experiment_id)}).content.decode()
     assert f'data-trigger-id="{trigger.pk}"' in mine
     theirs = client.get(reverse("triggers:rows"), {"experiment": other.pk}).content.decode()
     assert "No policy has fired for this experiment yet" in theirs
