@@ -124,6 +124,23 @@ def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[s
     return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
 
 
+@pytest.fixture(scope="session")
+def orm_beside_playwright() -> Iterator[None]:
+    """Let the ORM run beside Playwright's event loop (browser tests only; they run last).
+
+    Playwright's sync API keeps an event loop in the test's thread; the ORM calls there
+    (the test database set-up included) are plain synchronous ones. Session-wide like
+    the database set-up.
+    """
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+
+
 @pytest.fixture
 def asgi_server(transactional_db: Any, tmp_path: Path) -> Iterator[str]:
     """Serve the project (HTTP, websockets, static files) from Daphne on the test database; return its URL.
@@ -140,7 +157,8 @@ def asgi_server(transactional_db: Any, tmp_path: Path) -> Iterator[str]:
         "REDIS_URL": settings.REDIS_URL,
         "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
         "CELERY_RESULT_BACKEND": settings.CELERY_RESULT_BACKEND,
-        "DJANGO_SETTINGS_MODULE": "crucible_ui.settings",
+        # The project's settings, with the live pages routed whether or not urls.py includes them.
+        "DJANGO_SETTINGS_MODULE": "tests.live.settings_live",
         "DEBUG": "true",
         "LOG_LEVEL": "WARNING",
     }

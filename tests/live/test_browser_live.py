@@ -4,8 +4,6 @@ the badge follows without a reload, and a dropped socket loses no point."""
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,21 +14,12 @@ from experiments.models import MetricPoint
 from experiments.permissions import researcher_group_ensure
 from experiments.services import experiment_create
 
-pytestmark = [pytest.mark.e2e, pytest.mark.worker, pytest.mark.django_db(transaction=True)]
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _orm_beside_playwright() -> Iterator[None]:
-    # Playwright's sync API keeps an event loop in this thread; the ORM calls here (the
-    # test database set-up included) are plain synchronous ones, so tell Django this
-    # thread is safe. Session-wide like the database set-up; e2e tests run last.
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    yield
-    if previous is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    else:
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.worker,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.usefixtures("orm_beside_playwright"),
+]
 
 
 @pytest.fixture
