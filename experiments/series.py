@@ -13,7 +13,7 @@ from django.conf import settings
 from django.db import connections
 from django.db.models import QuerySet
 
-from .downsample import downsample_series
+from .downsample import MIN_POINTS, downsample_series
 from .models import MetricPoint, Run
 from .selectors_runs import experiment_metric_series
 
@@ -23,7 +23,8 @@ DEFAULT_MAX_POINTS = 2000
 
 def default_max_points() -> int:
     """Return the configured point budget per series (settings.METRICS_MAX_POINTS)."""
-    return int(getattr(settings, "METRICS_MAX_POINTS", DEFAULT_MAX_POINTS))
+    # A budget too small to hold first, last, min and max would refuse every request.
+    return max(MIN_POINTS, int(getattr(settings, "METRICS_MAX_POINTS", DEFAULT_MAX_POINTS)))
 
 
 @dataclass(frozen=True)
