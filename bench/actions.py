@@ -129,6 +129,7 @@ def main() -> None:
         users = [make_user(f"presser-{i:02d}", permissions=PERMISSIONS) for i in range(clients)]
         sessions = [session_cookie(u) for u in users]
         work = make_work(users, per_client=per_client, rounds=repetitions + 1)
+        solo_work = make_work(users[:1], per_client=10, rounds=1)[0]
         port = env.start_daphne()
         note(f"actions: {clients} clients x {per_client * 2} presses, {repetitions} repetitions")
         ours: list[list[float]] = []
@@ -137,12 +138,16 @@ def main() -> None:
             base.append(asyncio.run(page_round(port, sessions, per_client * 2)))
             ours.append(asyncio.run(press_round(port, sessions, round_work)))
         ours, base = ours[1:], base[1:]
+        # One client alone: the service time of a press, without anyone queued in front of it.
+        solo = asyncio.run(press_round(port, sessions[:1], solo_work))
 
     extra = {
         "clients": clients,
         "presses_per_client_per_repetition": per_client * 2,
         "events": "queue then cancel, each client on its own experiments",
         "server": "one Daphne process, SQLite (WAL)",
+        "single_client_p50_ms": round(percentile(solo, 50), 1),
+        "single_client_p99_ms": round(percentile(solo, 99), 1),
     }
     for name, q in ((FIGURES[0], 50), (FIGURES[1], 99)):
         emit(

@@ -121,9 +121,7 @@ def main() -> None:
         else:
             ratio = "" if line.get("ratio") is None else f" ratio {line['ratio']}"
             met = line.get("meets_goal")
-            verdict = (
-                "meets goal" if met else "goal not judged (no baseline)" if met is None else "SHORT of goal"
-            )
+            verdict = "meets goal" if met else "not judged" if met is None else "SHORT of goal"
             note(f"  {line['figure']:<32} {line['median']} {line['unit']}{ratio}  {verdict} ({line['goal']})")
 
 
