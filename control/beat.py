@@ -9,6 +9,8 @@ from typing import Any
 # cannot read django.conf.settings).
 _TICK = float(os.getenv("SCHEDULER_TICK_SECONDS", "5"))
 _WATCHDOG = float(os.getenv("WATCHDOG_SECONDS", "10"))
+_APPROVALS = float(os.getenv("APPROVAL_SWEEP_SECONDS", "30"))
+_CLEANUP = float(os.getenv("CHECKPOINT_CLEANUP_SECONDS", str(24 * 3600)))
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "scheduler-tick": {
@@ -20,5 +22,15 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "control.watchdog_sweep",
         "schedule": _WATCHDOG,
         "options": {"queue": "control", "expires": _WATCHDOG * 2},
+    },
+    "approval-timeouts": {
+        "task": "control.triggers_expire",
+        "schedule": _APPROVALS,
+        "options": {"queue": "control", "expires": _APPROVALS * 2},
+    },
+    "checkpoint-cleanup": {
+        "task": "control.checkpoints_cleanup",
+        "schedule": _CLEANUP,
+        "options": {"queue": "control", "expires": 3600},
     },
 }

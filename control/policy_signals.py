@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
+from typing import Any
 
 from experiments.actors import Actor
 from experiments.events import MetricPointPayload
@@ -11,9 +13,10 @@ from experiments.models import EVENT_PERMISSIONS, Experiment
 from experiments.reporting import on_metrics_flushed
 from experiments.services import on_transition
 
-from . import policy_tasks
+from . import cost, policy_tasks
 from .engine import ON_METRICS, engine_on_metrics, engine_on_transition
 from .policy_models import Policy, PolicyKind
+from .scheduler import admission_check, concurrency_limiter
 
 logger = logging.getLogger(__name__)
 
@@ -65,3 +68,15 @@ def _make_transition_hook(event: str) -> None:
 
 for _event in EVENT_PERMISSIONS:
     _make_transition_hook(_event)
+
+
+@concurrency_limiter
+def _cost_policy_concurrency() -> int | None:
+    """A cost policy's max concurrent runs caps the scheduler."""
+    return cost.concurrency_cap()
+
+
+@admission_check
+def _within_daily_budget(experiment: Experiment, now: datetime, cache: dict[str, Any]) -> str:
+    """Admission stops when today's spend plus this run's estimate would pass a cost policy's budget."""
+    return cost.admission_reason(experiment, now=now, cache=cache)

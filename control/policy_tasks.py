@@ -30,3 +30,11 @@ def engine_on_metrics_task(experiment_id: int) -> int:
 def triggers_expire_task() -> int:
     """Expire approvals past their timeout; return how many."""
     return policy_services.triggers_expire()
+
+
+@shared_task(name="control.checkpoints_cleanup", queue="control")
+def checkpoints_cleanup_task() -> int:
+    """Delete checkpoints of ended experiments past retention; return how many."""
+    from .maintenance import checkpoints_cleanup
+
+    return checkpoints_cleanup()

@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -127,6 +128,31 @@ def concurrency_limiter(fn: Callable[[], int | None]) -> Callable[[], int | None
     return fn
 
 
+# fn(experiment, now, cache) -> why it may not start now ("" when it may). The cost-aware
+# policy registers its budget check here; `cache` lives for one scheduling pass, so a
+# check can compute today's spend once rather than per queued experiment.
+AdmissionCheck = Callable[[Experiment, datetime, dict[str, Any]], str]
+_admission_checks: list[AdmissionCheck] = []
+
+
+def admission_check(fn: AdmissionCheck) -> AdmissionCheck:
+    """Register fn(experiment, now, cache) returning the reason an experiment must wait, or ""."""
+    _admission_checks.append(fn)
+    return fn
+
+
+def _admission_refusal(experiment: Experiment, now: datetime, cache: dict[str, Any]) -> str:
+    for check in list(_admission_checks):
+        try:
+            reason = check(experiment, now, cache)
+        except Exception:  # a broken policy must not stop scheduling
+            logger.exception("admission check %r failed", check)
+            continue
+        if reason:
+            return reason
+    return ""
+
+
 def concurrency_limit() -> int | None:
     """Return the cap on live runs now: settings (0 = none) and every registered limiter; None = no cap."""
     caps = [settings.SCHEDULER_MAX_CONCURRENT_RUNS] if settings.SCHEDULER_MAX_CONCURRENT_RUNS > 0 else []
@@ -173,6 +199,7 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     initially_free = list(free)
     decisions: list[Decision] = []
     slots_left = None if limit is None else limit - running
+    pass_cache: dict[str, Any] = {}
     for position, experiment in enumerate(queued_in_order(now=now), start=1):
         decision = Decision(
             experiment=experiment, position=position, urgency=experiment_urgency(experiment, now=now)
@@ -187,6 +214,10 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
             continue
         if slots_left is not None and slots_left <= 0:
             decision.reason = f"max concurrent runs reached ({running}/{limit})"
+            continue
+        refusal = _admission_refusal(experiment, now, pass_cache)
+        if refusal:
+            decision.reason = refusal
             continue
         chosen = _pick(experiment, free)
         if chosen:

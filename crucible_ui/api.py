@@ -21,6 +21,7 @@ from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.docs import ABS_TPL_PATH, Swagger
 
 from experiments.api import router as experiments_router
+from control.api import router as scheduler_router
 from experiments.api_metrics import router as metrics_router
 
 from .api_auth import API_AUTH
@@ -117,3 +118,4 @@ def permission_denied(request: HttpRequest, exc: PermissionDenied) -> HttpRespon
 # shapes above. Add a line per area: api.add_router("/<prefix>", <area>_router).
 api.add_router("/experiments", experiments_router)
 api.add_router("/experiments", metrics_router)  # GET /api/experiments/{id}/metrics
+api.add_router("/scheduler", scheduler_router)  # GET /api/scheduler/queue, /api/scheduler/gpus

@@ -144,6 +144,9 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# The periodic sweeps (scheduler tick, watchdog, approval timeouts, checkpoint cleanup);
+# control.beat reads only the environment, so importing it here is safe.
+from control.beat import BEAT_SCHEDULE as CELERY_BEAT_SCHEDULE  # noqa: E402
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "false")
 
 CHANNEL_LAYERS = {
@@ -159,6 +162,8 @@ HEARTBEAT_SECONDS = envfloat("HEARTBEAT_SECONDS", 2.0)
 HEARTBEAT_TIMEOUT_SECONDS = envfloat("HEARTBEAT_TIMEOUT_SECONDS", 30.0)
 CANCEL_GRACE_SECONDS = envfloat("CANCEL_GRACE_SECONDS", 10.0)
 METRIC_FLUSH_SECONDS = envfloat("METRIC_FLUSH_SECONDS", 0.1)
+# Checkpoints of experiments that ended (failed, cancelled, rolled back) are deleted after this.
+CHECKPOINT_RETENTION_DAYS = envfloat("CHECKPOINT_RETENTION_DAYS", 30.0)
 
 # Production mode: everything `manage.py check --deploy` asks for.
 if not DEBUG:
