@@ -122,7 +122,9 @@ def demo_policies_ensure() -> list[Policy]:
             row.full_clean()
             row.save()
         for order, act in enumerate(actions):
-            action = PolicyAction(policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act})
+            action = PolicyAction(
+                policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act}
+            )
             action.full_clean()
             action.save()
         for order, (name, pct, seconds) in enumerate(stages):
