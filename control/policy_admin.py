@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -26,36 +27,41 @@ from .policy_models import (
 )
 from .policy_services import policy_backtest, policy_dry_run
 
-CONDITION_HELP = (
-    "Examples — metric: latest accuracy > 0.9 (kind metric, metric accuracy, operator >, threshold 0.9); "
-    "regression: metric loss, threshold 0.05 (no more than 5% worse than production); "
-    "NaN: kind not_finite, metric loss; divergence: metric loss, window 20, threshold 3; "
-    "plateau: metric val_loss, window 200 (steps), threshold 0.001; drift: operator >, threshold 0.15; "
-    "older than: threshold 24 (hours)."
-)
+CONDITION_HELP = [
+    ("metric", "latest accuracy > 0.9: metric accuracy, aggregate latest, operator >, threshold 0.9"),
+    ("regression", "loss at most 5% worse than production: metric loss, threshold 0.05"),
+    ("not_finite", "loss became NaN/inf: metric loss"),
+    ("divergence", "loss > 3 x its mean over the last 20 points: metric loss, window 20, threshold 3"),
+    (
+        "plateau",
+        "val_loss improved less than 0.001 in 200 steps: metric val_loss, window 200, threshold 0.001",
+    ),
+    ("drift", "drift score > 0.15: operator >, threshold 0.15"),
+    ("older_than", "last retrain older than 24 h: threshold 24"),
+    ("budget / concurrency", "today's spend + estimate <= budget: operator <=; runs in flight < 3"),
+]
 
 
 class PolicyConditionInline(admin.TabularInline):  # type: ignore[type-arg]
     model = PolicyCondition
     extra = 0
     fields = ("role", "order", "kind", "metric", "aggregate", "window", "operator", "threshold", "better")
-    verbose_name_plural = "Conditions — " + CONDITION_HELP
+    verbose_name_plural = "Conditions"
 
 
 class PolicyActionInline(admin.TabularInline):  # type: ignore[type-arg]
     model = PolicyAction
     extra = 0
     fields = ("role", "order", "kind", "params", "enabled")
-    verbose_name_plural = "Actions — parameters per kind: " + " · ".join(
-        f"{kind}: {spec.help}" for kind, spec in ACTION_KINDS.items()
-    )
+    formfield_overrides = {models.JSONField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 50})}}
+    verbose_name_plural = "Actions"
 
 
 class CanaryStageInline(admin.TabularInline):  # type: ignore[type-arg]
     model = CanaryStage
     extra = 0
     fields = ("order", "name", "traffic_pct", "duration_seconds")
-    verbose_name_plural = "Canary stages (canary policies): traffic share and how long, in order"
+    verbose_name_plural = "Canary stages"
 
 
 class DryRunForm(forms.Form):
@@ -113,6 +119,14 @@ class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     @admin.action(description="Disable the selected policies")
     def disable(self, request: HttpRequest, queryset: Any) -> None:
         self.message_user(request, f"Disabled {queryset.update(enabled=False)} policies.", messages.SUCCESS)
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        """Add the help on conditions and actions (shown above the inlines)."""
+        context["condition_help"] = CONDITION_HELP
+        context["action_help"] = [(kind, spec.help) for kind, spec in ACTION_KINDS.items()]
+        return super().render_change_form(request, context, *args, **kwargs)
 
     def get_urls(self) -> list[URLPattern]:
         own = [
