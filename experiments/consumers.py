@@ -14,7 +14,7 @@ from typing import Any
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from .events import FLEET_GROUP, GPUS_GROUP, experiment_group
+from .events import FLEET_GROUP, GPUS_GROUP, TRIGGERS_GROUP, experiment_group
 from .models import Experiment
 
 logger = logging.getLogger(__name__)
@@ -176,3 +176,13 @@ class GpusConsumer(LiveConsumer):
     async def live_groups(self) -> list[str] | None:
         """Return the GPU stats group."""
         return [GPUS_GROUP]
+
+
+class TriggersConsumer(LiveConsumer):
+    """/ws/triggers/: every policy trigger as it fires, waits for approval and is acted on."""
+
+    permission = "control.view_triggerevent"
+
+    async def live_groups(self) -> list[str] | None:
+        """Return the triggers group."""
+        return [TRIGGERS_GROUP]

@@ -6,7 +6,7 @@
 // reconnects with backoff and first fetches since_step=<last step seen>, so nothing
 // is lost. Zooming re-fetches the visible step range at full resolution. State
 // changes update #state-badge and the action buttons; run.progress moves the
-// progress bar; trigger.changed fills the trigger panel.
+// progress bar. (The trigger panel is server-rendered rows refreshed by triggers.js.)
 (function () {
   "use strict";
 
@@ -60,13 +60,8 @@
   const progressBox = ensureProgress();
   const chartsBox = el("div", { class: "live-chart-grid" });
   const empty = el("p", { class: "muted live-empty" }, "No metrics yet: charts appear when the run logs its first points.");
-  const triggerPanel = el("section", { class: "card live-triggers", id: "trigger-panel", hidden: "" }, [
-    el("h2", {}, "Triggers"),
-    el("ul", { class: "trigger-list" }),
-  ]);
   root.classList.add("card");
   root.append(el("div", { class: "card-head" }, [el("h2", {}, "Training curves"), status]), progressBox, chartsBox, empty);
-  root.after(triggerPanel);
   addStylesheet();
 
   function el(tag, attrs, children) {
@@ -380,23 +375,6 @@
     return Math.floor(s / 3600) + " h " + Math.floor((s % 3600) / 60) + " min";
   }
 
-  function onTrigger(msg) {
-    triggerPanel.hidden = false;
-    const list = triggerPanel.querySelector(".trigger-list");
-    const id = "trigger-" + msg.trigger_id;
-    const executions = (msg.executions || []).map((e) => (e.kind || "action") + ": " + (e.status || "")).join(", ");
-    const item = el("li", { id: id, "data-status": msg.status || "" }, [
-      el("strong", {}, msg.policy || "policy"),
-      document.createTextNode(" · " + (msg.kind || "") + " · "),
-      el("span", { class: "trigger-status" }, msg.status || ""),
-      document.createTextNode(msg.conditions_passed === false ? " · conditions not met" : ""),
-      document.createTextNode(executions ? " · " + executions : ""),
-    ]);
-    const existing = document.getElementById(id);
-    if (existing) existing.replaceWith(item);
-    else list.prepend(item);
-  }
-
   // --- the socket ----------------------------------------------------------------------------
   function connect() {
     if (stopped) return;
@@ -432,7 +410,6 @@
         case "metrics.batch": onBatch(msg); break;
         case "state.changed": onStateChanged(msg); break;
         case "run.progress": onProgress(msg); break;
-        case "trigger.changed": onTrigger(msg); break;
         default: break; // pong, error and future types need nothing here
       }
     };
