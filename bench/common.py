@@ -319,6 +319,33 @@ class BenchEnv:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _exit_on_sigterm(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def run_bounded(
+    argv: list[str], *, timeout: float, env: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    """Run a bench script; on timeout SIGTERM it (it then stops its servers), SIGKILL if it lingers.
+
+    Return (exit status, stdout, stderr); the status is -1 when it timed out.
+    """
+    proc = subprocess.Popen(
+        argv, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=SERVER_STOP_TIMEOUT * 3)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        return -1, out, f"{err}\ntimed out after {timeout:.0f} s"
+
+
 @contextmanager
 def bench_env(**settings_env: str) -> Iterator[BenchEnv]:
     """Start a private Redis, point Django at a fresh SQLite file, migrate it, and clean up after.
@@ -351,6 +378,9 @@ def bench_env(**settings_env: str) -> Iterator[BenchEnv]:
         **settings_env,
     }
     bench = BenchEnv(tmp=tmp, env=env, redis_url=redis_url, redis_proc=redis_proc)
+    # A SIGTERM (run_all's or a test's timeout) unwinds through the finally below, so the
+    # servers started here, each in its own session, are stopped rather than left behind.
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         os.environ.update(env)
         import django

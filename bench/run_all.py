@@ -13,7 +13,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import BASE_DIR, emit, note, skipped
+from bench.common import BASE_DIR, emit, note, run_bounded, skipped
 
 # In the order they run; gpu.py prints a skipped line at once where there is no CUDA.
 SCRIPTS: list[tuple[str, list[str]]] = [
@@ -46,14 +45,7 @@ def run_script(script: str, figures: list[str], *, extra: list[str], timeout: fl
     """Run one script; return its JSON lines (a skipped line for each figure it did not print)."""
     argv = [sys.executable, str(BASE_DIR / "bench" / script), *extra]
     lines: list[dict[str, Any]] = []
-    try:
-        proc = subprocess.run(
-            argv, cwd=BASE_DIR, capture_output=True, text=True, timeout=timeout, check=False
-        )
-        stdout, stderr, code = proc.stdout, proc.stderr, proc.returncode
-    except subprocess.TimeoutExpired as exc:
-        stdout = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
-        stderr, code = f"timed out after {timeout:.0f} s", -1
+    code, stdout, stderr = run_bounded(argv, timeout=timeout)
     for raw in stdout.splitlines():
         raw = raw.strip()
         if raw.startswith("{"):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,8 @@ pytestmark = [
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 FIGURE_KEYS = {
     "figure", "unit", "median", "min", "max", "repetitions", "baseline", "ratio", "goal", "meets_goal",
     "machine", "date",
@@ -53,19 +54,15 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
 
 def run_quick(script: str) -> tuple[list[dict[str, Any]], str]:
     """Run one bench script with --quick; return its JSON lines and its stderr."""
+    from bench.common import run_bounded
+
     env = {**os.environ, "BENCH_NO_MLFLOW": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / script), "--quick"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    code, out, err = run_bounded(
+        [sys.executable, str(ROOT / "bench" / script), "--quick"], timeout=180, env=env
     )
-    assert proc.returncode == 0, f"{script} exited {proc.returncode}:\n{proc.stderr[-3000:]}"
-    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-    return lines, proc.stderr
+    assert code == 0, f"{script} exited {code}:\n{err[-3000:]}"
+    lines = [json.loads(line) for line in out.splitlines() if line.strip()]
+    return lines, err
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
