@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 2>/dev/null || \
 	{ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && command -v python3; })
 
-.PHONY: help install run test lint types checks pytest migrate demo clean distclean
+.PHONY: help install run test lint types checks pytest migrate demo bench clean distclean
 
 help:
 	@echo "make run        create .venv, install, migrate, load the demo and start everything on http://127.0.0.1:8000"
@@ -22,6 +22,7 @@ help:
 	@echo "make types      mypy"
 	@echo "make migrate    apply database migrations"
 	@echo "make demo       create the demo login and demo experiments (idempotent)"
+	@echo "make bench      run the benchmarks; one JSON line per figure (see BENCHMARKS.md)"
 	@echo "make clean      remove caches and generated files (keeps .venv and the database)"
 	@echo "make distclean  also remove .venv and var/ (the SQLite database, Redis data, artifacts)"
 
@@ -46,6 +47,9 @@ migrate: install
 
 demo: migrate
 	$(PY) manage.py demo
+
+bench: install
+	$(PY) bench/run_all.py
 
 lint: install
 	@echo "== ruff check"
