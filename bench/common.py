@@ -176,6 +176,9 @@ EMITTED: set[str] = set()
 def emit(line: dict[str, Any]) -> None:
     """Print one figure as a JSON line (flushed at once, so run_all streams)."""
     EMITTED.add(str(line.get("figure")))
+    if "--quick" in sys.argv[1:] and "skipped" not in line:
+        # Tiny sizes prove the script works; they say nothing about the goal.
+        line = {**line, "quick": True, "meets_goal": None}
     sys.stdout.write(json.dumps(line, separators=(", ", ": ")) + "\n")
     sys.stdout.flush()
 

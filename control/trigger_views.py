@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib import messages
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import render
@@ -39,6 +39,7 @@ def _rows_context(request: HttpRequest, triggers: Any, *, show_experiment: bool)
 
 
 @login_required
+@permission_required("control.view_triggerevent", raise_exception=True)
 @require_GET
 def triggers_page(request: HttpRequest) -> HttpResponse:
     """Every trigger of every policy, newest first, live."""
@@ -62,6 +63,7 @@ def _render_triggers(request: HttpRequest, *, http_status: int = 200) -> HttpRes
 
 
 @login_required
+@permission_required("control.view_triggerevent", raise_exception=True)
 @require_GET
 def trigger_rows_fragment(request: HttpRequest) -> HttpResponse:
     """The trigger rows alone (all, or one experiment's), for live refresh."""

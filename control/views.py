@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
+from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
@@ -10,6 +10,7 @@ from .selectors import scheduler_queue, workers_with_devices
 
 
 @login_required
+@permission_required("control.view_device", raise_exception=True)
 def gpus(request: HttpRequest) -> HttpResponse:
     """Show the worker inventory, leases and the scheduler queue."""
     return render(
@@ -20,6 +21,7 @@ def gpus(request: HttpRequest) -> HttpResponse:
 
 
 @login_required
+@permission_required("control.view_device", raise_exception=True)
 def gpu_rows(request: HttpRequest) -> HttpResponse:
     """Return the device rows alone (the page reloads them when a new device appears)."""
     return render(request, "control/_gpu_rows.html", {"workers": list(workers_with_devices())})

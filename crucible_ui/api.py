@@ -20,8 +20,8 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.docs import ABS_TPL_PATH, Swagger
 
-from experiments.api import router as experiments_router
 from control.api import router as scheduler_router
+from experiments.api import router as experiments_router
 from experiments.api_metrics import router as metrics_router
 
 from .api_auth import API_AUTH

@@ -61,6 +61,7 @@ def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, 
 
 
 @login_required
+@permission_required("experiments.view_experiment", raise_exception=True)
 @require_GET
 def experiment_list(request: HttpRequest) -> HttpResponse:
     """List experiments with state chips (counts), name search, sort and pages."""
@@ -146,6 +147,7 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
 
 
 @login_required
+@permission_required("experiments.view_experiment", raise_exception=True)
 @require_GET
 def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
     """Show one experiment: state, config, lineage, the buttons this user may press now, history."""
@@ -154,6 +156,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
 
 
 @login_required
+@permission_required("experiments.view_experiment", raise_exception=True)
 @require_GET
 def experiment_actions_fragment(request: HttpRequest, experiment_id: int) -> HttpResponse:
     """Return only the actions block, so the live view can refresh buttons after a state change."""

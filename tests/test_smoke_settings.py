@@ -7,5 +7,5 @@ from django.conf import settings
 
 
 def test_the_suite_runs_against_its_own_redis(redis_url: str) -> None:
-    assert settings.REDIS_URL == redis_url
+    assert redis_url == settings.REDIS_URL
     assert redis.Redis.from_url(redis_url).ping()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import Resolver404, resolve
 from ninja.testing import TestClient
@@ -22,7 +22,9 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def user(db: Any) -> User:
-    return User.objects.create_user("ada", password="pw-for-tests-only")
+    user = User.objects.create_user("ada", password="pw-for-tests-only")
+    user.user_permissions.add(Permission.objects.get(codename="view_device"))
+    return user
 
 
 @pytest.fixture

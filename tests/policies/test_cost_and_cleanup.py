@@ -7,7 +7,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
@@ -73,6 +73,7 @@ def test_with_the_budget_spent_queued_experiments_wait_and_the_queue_says_why() 
     assert "daily budget of cost_aware_schedule" in decision.reason and "would pass $5.00" in decision.reason
 
     user = User.objects.create_user("ops", password="pw")
+    user.user_permissions.add(Permission.objects.get(codename="view_device"))
     client = Client()
     client.force_login(user)
     page = client.get("/gpus/").content.decode()

@@ -40,7 +40,8 @@ def pending_trigger(mode: str = PolicyMode.APPROVE) -> TriggerEvent:
 
 def client_for(*perms: str) -> Client:
     user = User.objects.create_user("rita", password="pw")
-    user.user_permissions.add(*Permission.objects.filter(codename__in=perms))
+    viewing = ("view_triggerevent", "view_experiment")
+    user.user_permissions.add(*Permission.objects.filter(codename__in=[*perms, *viewing]))
     client = Client()
     client.force_login(user)
     return client

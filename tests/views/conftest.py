@@ -39,8 +39,12 @@ def researcher(db: Any) -> User:
 
 @pytest.fixture
 def viewer(db: Any) -> User:
-    """A logged-in person with no experiment permissions at all."""
-    return User.objects.create_user("vic", password="pw-vic-123")
+    """A logged-in person who may look at experiments, and do nothing else."""
+    user = User.objects.create_user("vic", password="pw-vic-123")
+    user.user_permissions.add(
+        Permission.objects.get(content_type__app_label="experiments", codename="view_experiment")
+    )
+    return user
 
 
 @pytest.fixture

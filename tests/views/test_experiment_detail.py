@@ -78,7 +78,7 @@ def test_person_without_promote_permission_sees_no_promote(
     experiment = make_experiment(state="evaluating")
     client.force_login(make_user("cat", perms=["view_experiment", "cancel_experiment"]))
     assert _buttons(_detail(client, experiment)) == {"cancel"}
-    client.force_login(make_user("pam", perms=["promote_experiment"]))
+    client.force_login(make_user("pam", perms=["view_experiment", "promote_experiment"]))
     assert _buttons(_detail(client, experiment)) == {"promote", "hold"}
 
 

@@ -60,3 +60,13 @@ def test_missing_page_and_forbidden_page_keep_the_layout(client: Client, viewer:
     forbidden = client.get("/experiments/new/")
     assert forbidden.status_code == 403
     assert "Researchers" in forbidden.content.decode()
+
+
+@pytest.mark.django_db
+def test_pages_need_the_view_permission_like_the_api_and_the_sockets(client: Client) -> None:
+    from django.contrib.auth.models import User
+
+    User.objects.create_user("nobody", password="pw-nobody-123")
+    client.login(username="nobody", password="pw-nobody-123")
+    for url in ("/", "/gpus/", "/triggers/", "/fleet/"):
+        assert client.get(url).status_code == 403, url
