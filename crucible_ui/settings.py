@@ -146,7 +146,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The periodic sweeps (scheduler tick, watchdog, approval timeouts, checkpoint cleanup);
 # control.beat reads only the environment, so importing it here is safe.
+from control import beat as _control_beat  # noqa: E402
 
+CELERY_BEAT_SCHEDULE = _control_beat.BEAT_SCHEDULE
 CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "false")
 
 CHANNEL_LAYERS = {
