@@ -132,7 +132,9 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     def get_absolute_url(self) -> str:
         return reverse("experiments:detail", args=[self.pk])
 
-    def full_clean(self, exclude: Any = None, validate_unique: bool = True, validate_constraints: bool = True) -> None:
+    def full_clean(
+        self, exclude: Any = None, validate_unique: bool = True, validate_constraints: bool = True
+    ) -> None:
         """Validate every field but the protected state, which only transitions may set."""
         super().full_clean(
             exclude={*(exclude or ()), "state"},
@@ -161,77 +163,98 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     def _touch(self) -> None:
         self.state_changed_at = timezone.now()
 
-    @transition(field=state, source=State.PENDING, target=State.QUEUED,
-                permission=EVENT_PERMISSIONS["queue"])
+    @transition(field=state, source=State.PENDING, target=State.QUEUED, permission=EVENT_PERMISSIONS["queue"])
     def queue(self) -> None:
         """Put the experiment in the queue."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(field=state, source=State.QUEUED, target=State.RUNNING,
-                permission=EVENT_PERMISSIONS["start"])
+    @transition(field=state, source=State.QUEUED, target=State.RUNNING, permission=EVENT_PERMISSIONS["start"])
     def start(self) -> None:
         """A worker slot is leased and the run is dispatched."""
         self._touch()
 
-    @transition(field=state, source=State.RUNNING, target=State.EVALUATING,
-                permission=EVENT_PERMISSIONS["complete"])
+    @transition(
+        field=state, source=State.RUNNING, target=State.EVALUATING, permission=EVENT_PERMISSIONS["complete"]
+    )
     def complete(self) -> None:
         """Training finished; the result awaits evaluation."""
         self._touch()
 
-    @transition(field=state, source=[State.RUNNING, State.EVALUATING], target=State.FAILED,
-                permission=EVENT_PERMISSIONS["fail"])
+    @transition(
+        field=state,
+        source=[State.RUNNING, State.EVALUATING],
+        target=State.FAILED,
+        permission=EVENT_PERMISSIONS["fail"],
+    )
     def fail(self) -> None:
         """The run failed (exception, lost heartbeat, timeout)."""
         self._touch()
 
-    @transition(field=state, source=State.FAILED, target=State.QUEUED,
-                permission=EVENT_PERMISSIONS["retry"])
+    @transition(field=state, source=State.FAILED, target=State.QUEUED, permission=EVENT_PERMISSIONS["retry"])
     def retry(self) -> None:
         """Queue a failed experiment again; it resumes from its last checkpoint."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(field=state, source=State.RUNNING, target=State.QUEUED,
-                permission=EVENT_PERMISSIONS["requeue"])
+    @transition(
+        field=state, source=State.RUNNING, target=State.QUEUED, permission=EVENT_PERMISSIONS["requeue"]
+    )
     def requeue(self) -> None:
         """Stop the running attempt and queue it again (early stop with changed hyper-parameters)."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(field=state, source=State.EVALUATING, target=State.COMPLETED,
-                permission=EVENT_PERMISSIONS["hold"])
+    @transition(
+        field=state, source=State.EVALUATING, target=State.COMPLETED, permission=EVENT_PERMISSIONS["hold"]
+    )
     def hold(self) -> None:
         """Hold the result for a person to review."""
         self._touch()
 
-    @transition(field=state, source=[State.EVALUATING, State.COMPLETED], target=State.PROMOTING,
-                permission=EVENT_PERMISSIONS["promote"])
+    @transition(
+        field=state,
+        source=[State.EVALUATING, State.COMPLETED],
+        target=State.PROMOTING,
+        permission=EVENT_PERMISSIONS["promote"],
+    )
     def promote(self) -> None:
         """Start rolling the model out (canary)."""
         self._touch()
 
-    @transition(field=state, source=State.PROMOTING, target=State.DEPLOYED,
-                permission=EVENT_PERMISSIONS["deploy"])
+    @transition(
+        field=state, source=State.PROMOTING, target=State.DEPLOYED, permission=EVENT_PERMISSIONS["deploy"]
+    )
     def deploy(self) -> None:
         """The rollout finished: this model serves all traffic."""
         self._touch()
 
-    @transition(field=state, source=[State.PROMOTING, State.DEPLOYED], target=State.ROLLED_BACK,
-                permission=EVENT_PERMISSIONS["rollback"])
+    @transition(
+        field=state,
+        source=[State.PROMOTING, State.DEPLOYED],
+        target=State.ROLLED_BACK,
+        permission=EVENT_PERMISSIONS["rollback"],
+    )
     def rollback(self) -> None:
         """Take the model out of serving and restore the previous production version."""
         self._touch()
 
-    @transition(field=state, source=list(CANCELLABLE_STATES), target=State.CANCELLED,
-                permission=EVENT_PERMISSIONS["cancel"])
+    @transition(
+        field=state,
+        source=list(CANCELLABLE_STATES),
+        target=State.CANCELLED,
+        permission=EVENT_PERMISSIONS["cancel"],
+    )
     def cancel(self) -> None:
         """Stop the experiment for good."""
         self._touch()
 
-    @transition(field=state, source=list(RETRAINABLE_STATES), target=RETURN_VALUE(*RETRAINABLE_STATES),
-                permission=EVENT_PERMISSIONS["retrain"])
+    @transition(
+        field=state,
+        source=list(RETRAINABLE_STATES),
+        target=RETURN_VALUE(*RETRAINABLE_STATES),
+        permission=EVENT_PERMISSIONS["retrain"],
+    )
     def retrain(self) -> str:
         """Leave this experiment as it is; the service creates and queues a child."""
         return str(self.state)

@@ -46,7 +46,9 @@ class TransitionRefused(Exception):
 _after_commit_hooks: dict[str, list[Callable[[Experiment, Actor], None]]] = {}
 
 
-def on_transition(*events: str) -> Callable[[Callable[[Experiment, Actor], None]], Callable[[Experiment, Actor], None]]:
+def on_transition(
+    *events: str,
+) -> Callable[[Callable[[Experiment, Actor], None]], Callable[[Experiment, Actor], None]]:
     """Register fn(experiment, actor) to run after commit of any of these events."""
 
     def register(fn: Callable[[Experiment, Actor], None]) -> Callable[[Experiment, Actor], None]:
@@ -96,9 +98,7 @@ def experiment_create(
     return experiment
 
 
-def experiment_transition(
-    *, experiment_id: int, event: str, actor: Actor, reason: str = ""
-) -> Experiment:
+def experiment_transition(*, experiment_id: int, event: str, actor: Actor, reason: str = "") -> Experiment:
     """Fire one event on an experiment: transition, save and audit in one transaction.
 
     Raise TransitionRefused when the current state does not allow it (including losing a
@@ -173,7 +173,11 @@ def _publish_state_change(experiment: Experiment, event: str, source: str, actor
 
 
 def experiment_retrain(
-    *, experiment_id: int, actor: Actor, reason: str = "", config_overrides: dict[str, Any] | None = None,
+    *,
+    experiment_id: int,
+    actor: Actor,
+    reason: str = "",
+    config_overrides: dict[str, Any] | None = None,
     priority_class: str | None = None,
 ) -> Experiment:
     """Create a child experiment (lineage to this one) with the same recipe, and queue it."""

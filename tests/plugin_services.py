@@ -21,7 +21,9 @@ _tmp_dir: str | None = None
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_load_initial_conftests(early_config: pytest.Config, parser: pytest.Parser, args: list[str]) -> None:
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
     """Start our own Redis on a free port and point settings at it (unless REDIS_URL is set)."""
     global _redis_proc, _tmp_dir
     _tmp_dir = tempfile.mkdtemp(prefix="crucible-test-")

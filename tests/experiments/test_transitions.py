@@ -134,7 +134,9 @@ def test_a_person_needs_the_permission_of_the_event() -> None:
 @pytest.mark.django_db
 def test_available_events_follow_state_and_permissions() -> None:
     user = User.objects.create_user("bo", password="pw")
-    user.user_permissions.add(*Permission.objects.filter(codename__in=["cancel_experiment", "promote_experiment"]))
+    user.user_permissions.add(
+        *Permission.objects.filter(codename__in=["cancel_experiment", "promote_experiment"])
+    )
     user = User.objects.get(pk=user.pk)
     evaluating = make_experiment_in(State.EVALUATING)
     assert evaluating.available_events(user) == ["hold", "promote", "cancel"]
@@ -147,7 +149,9 @@ def test_available_events_follow_state_and_permissions() -> None:
 
 @pytest.mark.django_db
 def test_every_event_has_a_declared_permission() -> None:
-    codenames = set(Permission.objects.filter(content_type__app_label="experiments").values_list("codename", flat=True))
+    codenames = set(
+        Permission.objects.filter(content_type__app_label="experiments").values_list("codename", flat=True)
+    )
     for event, perm in EVENT_PERMISSIONS.items():
         assert perm.split(".", 1)[1] in codenames, event
 
@@ -156,7 +160,10 @@ def test_every_event_has_a_declared_permission() -> None:
 def test_policy_and_system_actors_are_written_to_the_audit() -> None:
     experiment = make_experiment_in(State.EVALUATING)
     experiment_transition(
-        experiment_id=experiment.pk, event="promote", actor=Actor.policy("auto_promote"), reason="accuracy 0.97 > 0.9"
+        experiment_id=experiment.pk,
+        event="promote",
+        actor=Actor.policy("auto_promote"),
+        reason="accuracy 0.97 > 0.9",
     )
     rows = list(TransitionLog.objects.filter(experiment=experiment).values_list("event", "actor"))
     assert rows == [
@@ -179,8 +186,12 @@ def test_retrain_creates_a_queued_child_with_lineage_and_overrides() -> None:
     assert child.parent_id == parent.pk
     assert child.state == State.QUEUED
     assert child.config["epochs"] == 5 and child.config["lr"] == 0.005
-    assert TransitionLog.objects.filter(experiment=parent, event="retrain", actor="policy:drift_retrain").exists()
-    assert TransitionLog.objects.filter(experiment=child, event="queue", actor="policy:drift_retrain").exists()
+    assert TransitionLog.objects.filter(
+        experiment=parent, event="retrain", actor="policy:drift_retrain"
+    ).exists()
+    assert TransitionLog.objects.filter(
+        experiment=child, event="queue", actor="policy:drift_retrain"
+    ).exists()
 
 
 @pytest.mark.django_db
