@@ -49,34 +49,56 @@ def finite_or_none(value: float) -> float | None:
     return number if math.isfinite(number) else None
 
 
-def publish_metric_batch(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
-    """Send one flushed batch to the experiment's page and the fleet page."""
+# A websocket frame must stay well below Daphne's 1 MiB message limit (a point is ~80
+# bytes of JSON): a flusher that fell behind sends its backlog as several frames.
+MAX_POINTS_PER_FRAME = 2000
+# The fleet page draws short sparklines: it gets only the newest points of each metric.
+FLEET_POINTS_PER_METRIC = 200
+
+
+def _frame(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> dict[str, Any]:
     payload: MetricBatch = {
         "type": "metrics.batch",
         "experiment_id": experiment_id,
         "run_id": run_id,
         "points": points,
     }
-    send_to_groups([experiment_group(experiment_id), FLEET_GROUP], dict(payload))
+    return dict(payload)
+
+
+def publish_metric_batch(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
+    """Send one flushed batch to the experiment's page (in frames) and its newest points to the fleet."""
+    for start in range(0, len(points), MAX_POINTS_PER_FRAME):
+        chunk = points[start : start + MAX_POINTS_PER_FRAME]
+        send_to_groups([experiment_group(experiment_id)], _frame(experiment_id, run_id, chunk))
+    newest: dict[str, list[MetricPointPayload]] = {}
+    for point in points:
+        newest.setdefault(point["name"], []).append(point)
+    fleet_points = [p for series in newest.values() for p in series[-FLEET_POINTS_PER_METRIC:]]
+    send_to_groups([FLEET_GROUP], _frame(experiment_id, run_id, fleet_points))
+
+
+def _insert_sql() -> str:
+    table = connection.ops.quote_name(MetricPoint._meta.db_table)
+    # SQLite (3.24+) and PostgreSQL both take ON CONFLICT on the unique (run, name, step).
+    return (
+        f"INSERT INTO {table} (run_id, experiment_id, name, step, value, wall_time) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name, step) DO NOTHING"
+    )
 
 
 def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
-    """Insert points in one statement (duplicates ignored), then publish and run hooks after commit."""
+    """Insert points in one transaction (duplicates ignored), then publish and run hooks after commit.
+
+    One prepared INSERT run with executemany: the ORM's bulk_create spent most of a flush
+    building SQL, and this is the hot path of every training run.
+    """
     if not points:
         return
-    rows = [
-        MetricPoint(
-            run_id=run_id,
-            experiment_id=experiment_id,
-            name=p["name"],
-            step=p["step"],
-            value=p["value"],
-            wall_time=p["wall_time"],
-        )
-        for p in points
-    ]
+    rows = [(run_id, experiment_id, p["name"], p["step"], p["value"], p["wall_time"]) for p in points]
     with transaction.atomic():
-        MetricPoint.objects.bulk_create(rows, ignore_conflicts=True, batch_size=500)
+        with connection.cursor() as cursor:
+            cursor.executemany(_insert_sql(), rows)
         transaction.on_commit(lambda: _after_flush(experiment_id=experiment_id, run_id=run_id, points=points))
 
 
@@ -146,9 +168,13 @@ class MetricReporter:
 
     def _loop(self) -> None:
         try:
+            # Flushes start every flush_seconds (not flush_seconds after the last one
+            # ended), so a point waits at most one interval plus one write.
+            next_flush = time.monotonic() + self.flush_seconds
             while not self._closing.is_set():
-                self._wake.wait(self.flush_seconds)
+                self._wake.wait(max(0.0, next_flush - time.monotonic()))
                 self._wake.clear()
+                next_flush = time.monotonic() + self.flush_seconds
                 try:
                     self.flush()
                 except Exception:

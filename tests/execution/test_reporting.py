@@ -152,3 +152,44 @@ def test_a_flushed_batch_is_published_to_the_experiment_group(run: Run) -> None:
         ("loss", 7, 0.125),
         ("loss", 8, None),
     ]
+
+
+def test_a_large_backlog_reaches_the_page_in_frames_and_the_fleet_gets_only_the_newest(run: Run) -> None:
+    experiment: Experiment = run.experiment
+    from experiments.events import FLEET_GROUP
+    from experiments.reporting import FLEET_POINTS_PER_METRIC, MAX_POINTS_PER_FRAME
+
+    async def listen_while_flushing() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        import asyncio
+
+        layer = get_channel_layer()
+        assert layer is not None
+        page, fleet = await layer.new_channel(), await layer.new_channel()
+        await layer.group_add(experiment_group(experiment.pk), page)
+        await layer.group_add(FLEET_GROUP, fleet)
+        try:
+
+            def flush() -> None:
+                reporter = MetricReporter(experiment_id=experiment.pk, run_id=run.pk)
+                for step in range(1, 5001):
+                    reporter.log("loss", step, 1.0 / step)
+                reporter.log("accuracy", 5000, 0.9)
+                reporter.flush()
+
+            await sync_to_async(flush)()
+            frames = [await asyncio.wait_for(layer.receive(page), timeout=5) for _ in range(3)]
+            fleet_frames = [await asyncio.wait_for(layer.receive(fleet), timeout=5)]
+            return frames, fleet_frames
+        finally:
+            await layer.group_discard(experiment_group(experiment.pk), page)
+            await layer.group_discard(FLEET_GROUP, fleet)
+
+    frames, fleet_frames = async_to_sync(listen_while_flushing)()
+
+    assert all(len(f["points"]) <= MAX_POINTS_PER_FRAME for f in frames)
+    steps = [p["step"] for f in frames for p in f["points"] if p["name"] == "loss"]
+    assert steps == list(range(1, 5001))  # every point, in order, none twice
+    [fleet] = fleet_frames
+    fleet_loss = [p["step"] for p in fleet["points"] if p["name"] == "loss"]
+    assert fleet_loss == list(range(5001 - FLEET_POINTS_PER_METRIC, 5001))
+    assert [p["step"] for p in fleet["points"] if p["name"] == "accuracy"] == [5000]
