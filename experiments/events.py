@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import threading
 from typing import Any, Literal, TypedDict
 
-from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 logger = logging.getLogger(__name__)
@@ -66,16 +68,56 @@ def send_to_groups(groups: list[str], payload: dict[str, Any]) -> None:
     Callers run this after commit: the database is the truth, a page that missed an
     event catches up from the history endpoint.
     """
+    send_messages([(group, payload) for group in groups])
+
+
+class _PublisherLoop:
+    """One event loop thread per process that carries every channel-layer send.
+
+    async_to_sync would start a fresh loop per call, and with it a fresh Redis connection
+    for the layer; a long-lived loop keeps the connection and costs one handoff per call.
+    It also works from threads that run a loop of their own. Started lazily, and again in
+    a forked child (a Celery pool process does not inherit the parent's thread).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pid = 0
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None or self._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="channel-layer-publisher", daemon=True
+                )
+                thread.start()
+                self._loop, self._pid = loop, os.getpid()
+            return self._loop
+
+
+_publisher = _PublisherLoop()
+SEND_TIMEOUT_SECONDS = 5.0
+
+
+def send_messages(messages: list[tuple[str, dict[str, Any]]]) -> None:
+    """Send (group, payload) pairs in one hop to the publisher loop; failures are logged, never raised."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not messages:
         return
-    # Consumers dispatch on "type": "metrics.batch" calls their metrics_batch handler.
-    message = {**payload}
+
+    async def send_all() -> None:
+        # Consumers dispatch on "type": "metrics.batch" calls their metrics_batch handler.
+        for group, payload in messages:
+            await layer.group_send(group, payload)
+
     try:
-        for group in groups:
-            async_to_sync(layer.group_send)(group, message)
+        future = asyncio.run_coroutine_threadsafe(send_all(), _publisher.loop())
+        future.result(timeout=SEND_TIMEOUT_SECONDS)
     except Exception:  # the live view is best effort; never break the caller's write
-        logger.warning("channel layer send failed for %s", payload.get("type"), exc_info=True)
+        kinds = sorted({str(p.get("type")) for _, p in messages})
+        logger.warning("channel layer send failed for %s", ", ".join(kinds), exc_info=True)
 
 
 def publish_state_change(*, experiment_id: int, event: str, source: str, target: str, actor: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
-from .events import FLEET_GROUP, MetricBatch, MetricPointPayload, experiment_group, send_to_groups
+from .events import FLEET_GROUP, MetricBatch, MetricPointPayload, experiment_group, send_messages
 from .models import MetricPoint
 
 logger = logging.getLogger(__name__)
@@ -68,14 +68,17 @@ def _frame(experiment_id: int, run_id: int, points: list[MetricPointPayload]) ->
 
 def publish_metric_batch(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
     """Send one flushed batch to the experiment's page (in frames) and its newest points to the fleet."""
-    for start in range(0, len(points), MAX_POINTS_PER_FRAME):
-        chunk = points[start : start + MAX_POINTS_PER_FRAME]
-        send_to_groups([experiment_group(experiment_id)], _frame(experiment_id, run_id, chunk))
+    page = experiment_group(experiment_id)
+    messages = [
+        (page, _frame(experiment_id, run_id, points[start : start + MAX_POINTS_PER_FRAME]))
+        for start in range(0, len(points), MAX_POINTS_PER_FRAME)
+    ]
     newest: dict[str, list[MetricPointPayload]] = {}
     for point in points:
         newest.setdefault(point["name"], []).append(point)
     fleet_points = [p for series in newest.values() for p in series[-FLEET_POINTS_PER_METRIC:]]
-    send_to_groups([FLEET_GROUP], _frame(experiment_id, run_id, fleet_points))
+    messages.append((FLEET_GROUP, _frame(experiment_id, run_id, fleet_points)))
+    send_messages(messages)
 
 
 def _insert_sql() -> str:
