@@ -285,6 +285,10 @@ def experiment_dispatch(*, experiment_id: int, devices: list[Device]) -> Run | N
 
 def scheduler_tick(*, now: datetime | None = None, max_concurrent: int | None = None) -> list[Run]:
     """Dispatch every queued experiment that fits on a free device now; return the new runs."""
+    # The steady state of a busy cluster: every device leased. Nothing can start, so skip
+    # ordering the whole queue (the queue page plans for itself when someone looks).
+    if not usable_devices(now=now).filter(leased_run__isnull=True, reserved=False).exists():
+        return []
     plan = scheduler_plan(now=now, max_concurrent=max_concurrent)
     started: list[Run] = []
     for decision in plan.decisions:
