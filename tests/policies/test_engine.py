@@ -229,3 +229,20 @@ def test_dry_run_and_backtest_explain_without_changing_anything() -> None:
     assert [(h.experiment_id, h.step) for h in hits] == [(diverged.pk, 3)]
     assert not TriggerEvent.objects.exists()
     assert state(diverged) == State.RUNNING
+
+
+def test_the_rate_limit_caps_fires_across_experiments() -> None:
+    make_policy(
+        "nan_guard",
+        PolicyKind.EARLY_STOP,
+        [{"kind": "not_finite", "metric": "loss"}],
+        [{"kind": "cancel"}],
+        mode=PolicyMode.DRY_RUN,
+        max_fires_per_hour=2,
+    )
+    fired = []
+    for index in range(4):
+        experiment = experiment_through("queue", "start", name=f"diverged {index}")
+        record_run(experiment, {"loss": [1.0, None]}, status="running")
+        fired += engine_on_metrics(experiment_id=experiment.pk)
+    assert len(fired) == 2
