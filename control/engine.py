@@ -177,10 +177,11 @@ def trigger_fire(
 def _consider(policy: Policy, experiment: Experiment, kind: str, now: datetime) -> TriggerEvent | None:
     evaluation = policy_evaluate(policy=policy, experiment=experiment, now=now)
     with transaction.atomic():
-        if not _arm_allows_firing(policy, experiment, evaluation.passed, now):
-            return None
-        if _rate_limited(policy, now):
+        # Rate-limited: leave the arm as it is, so the experiment still gets its turn later.
+        if evaluation.passed and _rate_limited(policy, now):
             logger.info("policy %s is rate limited; not firing for #%s", policy.name, experiment.pk)
+            return None
+        if not _arm_allows_firing(policy, experiment, evaluation.passed, now):
             return None
         return trigger_fire(evaluation=evaluation, kind=kind, now=now)
 

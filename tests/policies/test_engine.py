@@ -246,3 +246,24 @@ def test_the_rate_limit_caps_fires_across_experiments() -> None:
         record_run(experiment, {"loss": [1.0, None]}, status="running")
         fired += engine_on_metrics(experiment_id=experiment.pk)
     assert len(fired) == 2
+
+
+def test_a_rate_limited_experiment_still_gets_its_turn_when_the_hour_has_passed() -> None:
+    make_policy(
+        "nan_guard",
+        PolicyKind.EARLY_STOP,
+        [{"kind": "not_finite", "metric": "loss"}],
+        [{"kind": "cancel"}],
+        mode=PolicyMode.DRY_RUN,
+        max_fires_per_hour=1,
+    )
+    first = experiment_through("queue", "start", name="first")
+    record_run(first, {"loss": [None]}, status="running")
+    second = experiment_through("queue", "start", name="second")
+    record_run(second, {"loss": [None]}, status="running")
+    t0 = timezone.now()
+    assert len(engine_on_metrics(experiment_id=first.pk, now=t0)) == 1
+    assert engine_on_metrics(experiment_id=second.pk, now=t0) == []
+    later = t0 + timedelta(hours=1, seconds=1)
+    TriggerEvent.objects.update(created_at=t0)
+    assert len(engine_on_metrics(experiment_id=second.pk, now=later)) == 1
