@@ -236,11 +236,16 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
 def device_lease(*, device_ids: list[int], run: Run) -> bool:
     """Lease every device to the run or none (call inside a transaction); False when one was taken."""
     now = timezone.now()
+    if Device.objects.filter(pk__in=device_ids, worker__online=False).exists():
+        return False
     for device_id in device_ids:
         # The conditional update is the lock: of two schedulers, exactly one matches the row.
-        won = Device.objects.filter(
-            pk=device_id, leased_run__isnull=True, reserved=False, worker__online=True
-        ).update(leased_run=run, leased_at=now)
+        # Only the device's own columns in the WHERE: a condition on a joined table makes
+        # Django write `WHERE id IN (SELECT ...)`, and PostgreSQL re-checks only the outer
+        # clause after waiting for the other writer, so both would "win".
+        won = Device.objects.filter(pk=device_id, leased_run__isnull=True, reserved=False).update(
+            leased_run=run, leased_at=now
+        )
         if won != 1:
             return False
     return True
