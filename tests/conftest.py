@@ -169,3 +169,53 @@ def wait_for(
             return value
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+# --- browser tests (e2e): Debian's Chromium driven by Playwright, sorted last --------------
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+CHROMIUM_MISSING = (
+    f"browser tests need Chromium at {CHROMIUM}: apt-get install -y chromium (never `playwright install`)"
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run e2e tests last (pytest-playwright's loop breaks async tests after it); skip them without Chromium."""
+    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)  # stable: order kept otherwise
+    if not CHROMIUM.exists():
+        skip = pytest.mark.skip(reason=CHROMIUM_MISSING)
+        for item in items:
+            if item.get_closest_marker("e2e") is not None:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
+    """Launch the system Chromium with flags that suit a container (no sandbox, no GPU, no network)."""
+    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
+
+
+@pytest.fixture(scope="session")
+def orm_beside_playwright() -> Iterator[None]:
+    """Let the ORM run beside Playwright's event loop (browser tests only; they run last).
+
+    Playwright's sync API keeps an event loop in the test's thread; Django then refuses ORM
+    calls there (the test database set-up included) unless told the thread is safe. It is:
+    no coroutine touches the database. Session-wide like the database set-up.
+    """
+    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    yield
+    if previous is None:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    else:
+        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous

@@ -93,52 +93,7 @@ async def connect() -> AsyncIterator[Connect]:
 
 # --- browser tests (e2e): Chromium from Debian, run last, against a real ASGI server -----------
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Run e2e tests last (pytest-playwright's loop breaks later async tests); skip them without Chromium."""
-    items.sort(key=lambda item: item.get_closest_marker("e2e") is not None)
-    if not CHROMIUM.exists():
-        skip = pytest.mark.skip(
-            reason=f"browser tests need Chromium at {CHROMIUM}: apt-get install -y chromium"
-        )
-        for item in items:
-            if item.get_closest_marker("e2e") is not None:
-                item.add_marker(skip)
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
-    """Launch the system Chromium with flags that suit a container."""
-    return {**browser_type_launch_args, "executable_path": str(CHROMIUM), "args": CHROMIUM_ARGS}
-
-
-@pytest.fixture(scope="session")
-def orm_beside_playwright() -> Iterator[None]:
-    """Let the ORM run beside Playwright's event loop (browser tests only; they run last).
-
-    Playwright's sync API keeps an event loop in the test's thread; the ORM calls there
-    (the test database set-up included) are plain synchronous ones. Session-wide like
-    the database set-up.
-    """
-    previous = os.environ.get("DJANGO_ALLOW_ASYNC_UNSAFE")
-    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    yield
-    if previous is None:
-        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    else:
-        os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = previous
 
 
 @pytest.fixture
