@@ -14,6 +14,7 @@ urlpatterns = [
     path("", include("experiments.live_urls")),
     path("", include("control.urls")),
     path("", include("control.trigger_urls")),
+    path("", include("experiments.serving_urls")),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

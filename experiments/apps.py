@@ -10,3 +10,7 @@ class ExperimentsConfig(AppConfig):
 
     name = "experiments"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Register the model registry's transition hooks."""
+        from . import registry_services  # noqa: F401

@@ -363,3 +363,6 @@ class ApiToken(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+from .registry import ModelStage, ModelVersion, ServedRequest, ServingStats  # noqa: E402, F401

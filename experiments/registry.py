@@ -1,0 +1,107 @@
+"""The model registry: versions of a trained model, their serving stage and their served traffic."""
+
+from __future__ import annotations
+
+import uuid
+
+from django.db import models
+from django.db.models import Q
+
+
+class ModelStage(models.TextChoices):
+    """Where a model version stands in its rollout."""
+
+    NONE = "none", "None"
+    STAGING = "staging", "Staging"
+    CANARY = "canary", "Canary"
+    PRODUCTION = "production", "Production"
+    ARCHIVED = "archived", "Archived"
+
+
+class ModelVersion(models.Model):
+    """One registered version of a model: a run's checkpoint, frozen with its hash and metrics."""
+
+    model_name = models.CharField(max_length=64, db_index=True, help_text="e.g. digits (the recipe).")
+    version = models.PositiveIntegerField(help_text="1, 2, ... per model name.")
+    recipe = models.CharField(max_length=64, help_text="Recipe that trained it: decides how it is served.")
+    experiment = models.ForeignKey(
+        "experiments.Experiment",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="model_versions",
+    )
+    run = models.ForeignKey(
+        "experiments.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="model_versions"
+    )
+    checkpoint_path = models.CharField(max_length=500)
+    checkpoint_sha256 = models.CharField(max_length=64)
+    checkpoint_size = models.PositiveBigIntegerField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="The run's final metrics.")
+    stage = models.CharField(
+        max_length=16, choices=ModelStage.choices, default=ModelStage.NONE, db_index=True
+    )
+    promoted_by = models.CharField(max_length=150, blank=True, help_text="Actor label of the last promotion.")
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    parent = models.ForeignKey(
+        "self",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="successors",
+        help_text="The production version this one replaced.",
+    )
+    serve_error = models.TextField(
+        blank=True, help_text="Why the checkpoint could not be served; such a version gets no traffic."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "version"], name="modelversion_unique_number"),
+            # At most one production version per model: routing must never have to choose.
+            models.UniqueConstraint(
+                fields=["model_name"],
+                condition=Q(stage="production"),
+                name="modelversion_one_production",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} v{self.version} ({self.stage})"
+
+
+class ServingStats(models.Model):
+    """Counters of one version's served traffic, bumped with F() so that requests never race."""
+
+    version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="stats")
+    request_count = models.PositiveBigIntegerField(default=0)
+    error_count = models.PositiveBigIntegerField(default=0)
+    feedback_count = models.PositiveBigIntegerField(default=0)
+    feedback_correct = models.PositiveBigIntegerField(default=0)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"stats of {self.version_id}: {self.request_count} requests"
+
+
+class ServedRequest(models.Model):
+    """One served prediction (a bounded recent window per version): latency, answer, later its label."""
+
+    request_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="served")
+    ok = models.BooleanField(default=True)
+    latency_ms = models.FloatField()
+    instances = models.PositiveIntegerField(default=1)
+    predictions = models.JSONField(default=list, blank=True)
+    confidence = models.FloatField(null=True, blank=True, help_text="Lowest top-class probability.")
+    inputs = models.JSONField(default=list, blank=True, help_text="The features served (for drift checks).")
+    label = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Feedback label, when sent.")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["version", "created_at"], name="served_version_time_idx")]
+
+    def __str__(self) -> str:
+        return f"request {self.request_id} → v{self.version_id}"

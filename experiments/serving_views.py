@@ -1,0 +1,116 @@
+"""HTTP side of the registry: the predict/feedback endpoints and the registry page (thin views)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+from ninja.utils import check_csrf
+
+from . import serving
+from .actors import Actor
+from .registry import ModelVersion
+from .registry_services import RegistryError, registry_rollback
+from .services import TransitionRefused
+from .tokens import api_token_user
+
+SERVE_PERMISSION = "experiments.view_experiment"
+
+
+def _caller(request: HttpRequest) -> Any:
+    """Return the calling user: a bearer token (no CSRF: no cookie rides along) or the session (CSRF)."""
+    header = request.headers.get("Authorization", "")
+    if header:
+        scheme, _, raw = header.partition(" ")
+        if scheme.lower() != "bearer" or not raw.strip():
+            raise serving.ServingError(401, "Authorization: expected 'Bearer <token>'")
+        user = api_token_user(raw=raw.strip())
+        if user is None:
+            raise serving.ServingError(401, "Authorization: invalid or revoked API token")
+    else:
+        if not request.user.is_authenticated:
+            raise serving.ServingError(401, "Log in, or send an API token as 'Authorization: Bearer <token>'")
+        if check_csrf(request) is not None:
+            raise serving.ServingError(
+                403, "CSRF check failed: send the X-CSRFToken header with the csrftoken cookie"
+            )
+        user = request.user
+    if not user.has_perm(SERVE_PERMISSION):
+        raise serving.ServingError(403, "You may not use served models.")
+    return user
+
+
+def _serve(request: HttpRequest, handler: Callable[..., dict[str, Any]], model_name: str) -> JsonResponse:
+    if request.method != "POST":
+        return JsonResponse({"detail": "POST only"}, status=405, headers={"Allow": "POST"})
+    try:
+        _caller(request)
+        payload = serving.parse_body(request.body)
+        return JsonResponse(handler(model_name=model_name, payload=payload))
+    except serving.ServingError as exc:
+        return JsonResponse({"detail": exc.message}, status=exc.status)
+
+
+# CSRF is checked in _caller for session callers; token callers carry no ambient credential.
+@csrf_exempt
+def predict_view(request: HttpRequest, model_name: str) -> JsonResponse:
+    """POST {"features": [...]} or {"instances": [[...], ...]} → predictions and the version."""
+    return _serve(request, serving.predict, model_name)
+
+
+@csrf_exempt
+def feedback_view(request: HttpRequest, model_name: str) -> JsonResponse:
+    """POST {"request_id": ..., "label": n}: the true label of a served prediction."""
+    return _serve(request, serving.feedback, model_name)
+
+
+@login_required
+@permission_required("experiments.view_experiment", raise_exception=True)
+def registry_page(request: HttpRequest) -> HttpResponse:
+    """Every model with its versions, stages, metrics and served traffic."""
+    models: dict[str, list[dict[str, Any]]] = {}
+    for version in ModelVersion.objects.select_related("experiment", "parent").order_by(
+        "model_name", "-version"
+    ):
+        models.setdefault(version.model_name, []).append(
+            {"v": version, "stats": serving.version_summary(version)}
+        )
+    groups = [
+        {
+            "name": name,
+            "versions": rows,
+            "production": next((r["v"] for r in rows if r["v"].stage == "production"), None),
+        }
+        for name, rows in models.items()
+    ]
+    return render(
+        request,
+        "registry/index.html",
+        {"groups": groups, "can_rollback": request.user.has_perm("experiments.rollback_experiment")},
+    )
+
+
+@login_required
+@require_POST
+def rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
+    """Restore the previous production version of a model (confirmed in a dialog)."""
+    if not request.user.has_perm("experiments.rollback_experiment"):
+        raise PermissionDenied("You may not roll back deployments.")
+    try:
+        restored = registry_rollback(
+            model_name=model_name,
+            actor=Actor.for_user(request.user),
+            reason=request.POST.get("reason", "").strip(),
+        )
+    except (RegistryError, TransitionRefused) as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"{model_name} rolled back: v{restored.version} serves again.")
+    return redirect("registry:index")
