@@ -100,12 +100,12 @@ def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
         version = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
         if version is None:
             raise RegistryError(f"No model version #{version_id}.")
-        if version.stage == ModelStage.PRODUCTION:
-            return version
         if version.serve_error:
             raise RegistryError(
                 f"{version.model_name} v{version.version} cannot be served: {version.serve_error}"
             )
+        if version.stage == ModelStage.PRODUCTION:
+            return version
         current = (
             ModelVersion.objects.select_for_update()
             .filter(model_name=version.model_name, stage=ModelStage.PRODUCTION)
