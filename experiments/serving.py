@@ -25,6 +25,8 @@ MAX_INSTANCES = 256
 KEEP_REQUESTS = 5000
 PRUNE_CHANCE = 1 / 200
 LATENCY_SAMPLE = 1000
+# Rows of a request's inputs kept for drift checks: a big batch must not bloat the window.
+STORED_ROWS = 32
 
 
 class ServingError(Exception):
@@ -232,7 +234,7 @@ def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
         instances=len(rows),
         predictions=predictions,
         confidence=float(probs.max(axis=1).min()),
-        inputs=rows,
+        inputs=rows[:STORED_ROWS],
     )
     return {
         "request_id": str(served.request_id),

@@ -202,6 +202,14 @@ def test_serving_needs_a_token_or_a_session_with_csrf(
     session.force_login(viewer)
     refused = post(session, "/serve/digits/predict", body)
     assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    session.get("/registry/")  # sets the csrftoken cookie
+    with_csrf = session.post(
+        "/serve/digits/predict",
+        body,
+        content_type="application/json",
+        headers={"X-CSRFToken": session.cookies["csrftoken"].value},
+    )
+    assert with_csrf.status_code == 200
     # The token client enforces CSRF checks too, and needs no CSRF token.
     assert post(token_client, "/serve/digits/predict", body).status_code == 200
     assert token_client.get("/serve/digits/predict").status_code == 405
