@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from django.core.exceptions import PermissionDenied
 from django.db import IntegrityError, transaction
@@ -94,9 +96,20 @@ def model_version_set_stage(*, version_id: int, stage: str, actor: Actor) -> Mod
     return version
 
 
+@contextmanager
+def _production_change() -> Iterator[None]:
+    """Turn a lost race for the one production slot (the unique constraint) into a clear refusal."""
+    try:
+        yield
+    except IntegrityError:
+        raise RegistryError(
+            "Another promotion or rollback of this model happened at the same moment; try again."
+        ) from None
+
+
 def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
     """Make the version production; the previous production is archived and becomes its parent."""
-    with transaction.atomic():
+    with _production_change(), transaction.atomic():
         version = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
         if version is None:
             raise RegistryError(f"No model version #{version_id}.")
@@ -126,7 +139,7 @@ def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
 
 def model_rollback(*, model_name: str, actor: Actor) -> ModelVersion:
     """Restore the version the current production replaced; the current one is archived."""
-    with transaction.atomic():
+    with _production_change(), transaction.atomic():
         current = (
             ModelVersion.objects.select_for_update()
             .filter(model_name=model_name, stage=ModelStage.PRODUCTION)
