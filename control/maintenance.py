@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from experiments.choices import State
 from experiments.models import Run
+from experiments.registry import ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -27,13 +28,17 @@ _KEEP_STATES = (
 
 
 def expired_checkpoints(*, now: datetime | None = None, retention_days: float | None = None) -> QuerySet[Run]:
-    """Return runs whose checkpoint is past retention and whose experiment has ended."""
+    """Return runs whose checkpoint is past retention, whose experiment has ended, and that no model version uses."""
     now = now or timezone.now()
     days = settings.CHECKPOINT_RETENTION_DAYS if retention_days is None else retention_days
+    # A registered model version serves from (or can be rolled back to) its checkpoint,
+    # archived ones included: rollback restores the archived predecessor.
+    registered = ModelVersion.objects.values("checkpoint_path")
     return (
         Run.objects.exclude(checkpoint_path="")
         .filter(finished_at__lt=now - timedelta(days=days))
         .exclude(experiment__state__in=_KEEP_STATES)
+        .exclude(checkpoint_path__in=registered)
     )
 
 

@@ -119,3 +119,24 @@ def test_cleanup_deletes_old_checkpoints_of_ended_experiments_only(tmp_path: Pat
     assert checkpoints_cleanup(retention_days=30) == 1
     assert not ended.exists() and deployed.exists()
     assert checkpoints_cleanup(retention_days=30) == 0
+
+
+def test_cleanup_keeps_the_checkpoint_of_a_registered_model_version(tmp_path: Path) -> None:
+    from experiments.registry import ModelVersion
+
+    experiment = experiment_through("queue", "start", "complete", "promote", "rollback", name="rolled back")
+    path = tmp_path / "v1.pt"
+    path.write_bytes(b"weights")
+    run = Run.objects.create(
+        experiment=experiment,
+        attempt=1,
+        checkpoint_path=str(path),
+        finished_at=timezone.now() - timedelta(days=90),
+    )
+    ModelVersion.objects.filter(experiment=experiment).delete()  # whatever the hooks registered
+    ModelVersion.objects.create(
+        model_name="digits", version=1, experiment=experiment, run=run, checkpoint_path=str(path),
+        checkpoint_sha256="0" * 64, checkpoint_size=7, stage="archived",
+    )  # fmt: skip
+    assert checkpoints_cleanup(retention_days=30) == 0
+    assert path.exists()
