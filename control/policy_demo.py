@@ -10,14 +10,12 @@ from django.db import transaction
 from .conditions import ConditionKind
 from .policy_models import (
     ActionRole,
-    CanaryStage,
     ConditionRole,
     GpuPrice,
     Policy,
-    PolicyAction,
-    PolicyCondition,
     PolicyKind,
 )
+from .policy_services import policy_create
 
 DEMO_POLICIES: list[dict[str, Any]] = [
     {
@@ -109,26 +107,6 @@ def demo_policies_ensure() -> list[Policy]:
         GpuPrice.objects.get_or_create(gpu_type=gpu_type, defaults={"usd_per_hour": price})
     policies = []
     for definition in DEMO_POLICIES:
-        spec = dict(definition)
-        conditions = spec.pop("conditions", [])
-        actions = spec.pop("actions", [])
-        stages = spec.pop("stages", [])
-        policy, created = Policy.objects.get_or_create(name=spec.pop("name"), defaults=spec)
-        policies.append(policy)
-        if not created:
-            continue
-        for order, cond in enumerate(conditions):
-            row = PolicyCondition(policy=policy, order=order, **{"role": ConditionRole.WHEN, **cond})
-            row.full_clean()
-            row.save()
-        for order, act in enumerate(actions):
-            action = PolicyAction(
-                policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act}
-            )
-            action.full_clean()
-            action.save()
-        for order, (name, pct, seconds) in enumerate(stages):
-            CanaryStage.objects.create(
-                policy=policy, order=order, name=name, traffic_pct=pct, duration_seconds=seconds
-            )
+        existing = Policy.objects.filter(name=definition["name"]).first()
+        policies.append(existing or policy_create(**definition))
     return policies

@@ -31,9 +31,12 @@ from .conditions import EvaluationContext, evaluate_all
 from .policy_models import (
     ActionExecution,
     ActionRole,
+    CanaryStage,
     ConditionRole,
     ExecutionStatus,
     Policy,
+    PolicyAction,
+    PolicyCondition,
     PolicyKind,
     TriggerEvent,
     TriggerStatus,
@@ -44,6 +47,41 @@ logger = logging.getLogger(__name__)
 
 class ActionFailed(Exception):
     """An action could not be carried out; the message says why."""
+
+
+@transaction.atomic
+def policy_create(
+    *,
+    name: str,
+    kind: str,
+    conditions: list[dict[str, Any]] | None = None,
+    actions: list[dict[str, Any]] | None = None,
+    stages: list[tuple[str, float, int]] | None = None,
+    **fields: Any,
+) -> Policy:
+    """Create a policy with its condition, action and canary-stage rows, each validated.
+
+    Rows default to role "when" / "then"; a ValidationError keyed by field refuses the whole
+    policy (nothing is saved).
+    """
+    policy = Policy(name=name, kind=kind, **fields)
+    policy.full_clean()
+    policy.save()
+    for order, cond in enumerate(conditions or []):
+        condition = PolicyCondition(policy=policy, order=order, **{"role": ConditionRole.WHEN, **cond})
+        condition.full_clean()
+        condition.save()
+    for order, act in enumerate(actions or []):
+        action = PolicyAction(policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act})
+        action.full_clean()
+        action.save()
+    for order, (stage_name, pct, seconds) in enumerate(stages or []):
+        stage = CanaryStage(
+            policy=policy, order=order, name=stage_name, traffic_pct=pct, duration_seconds=seconds
+        )
+        stage.full_clean()
+        stage.save()
+    return policy
 
 
 def publish_trigger(trigger: TriggerEvent) -> None:

@@ -13,6 +13,7 @@ from django_fsm.admin import FSMAdminMixin
 
 from .actors import Actor
 from .models import EVENT_LABELS, ApiToken, Experiment, MetricPoint, Run, TransitionLog
+from .registry import ModelVersion
 from .services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
@@ -170,6 +171,24 @@ class MetricPointAdmin(ReadOnlyAdmin):
     list_select_related = ("experiment", "run")
     # Millions of rows: counting them all on every page would make the page slow.
     show_full_result_count = False
+
+
+@admin.register(ModelVersion)
+class ModelVersionAdmin(ReadOnlyAdmin):
+    """Registered model versions (read-only; promote and roll back on the registry page)."""
+
+    list_display = (
+        "model_name",
+        "version",
+        "stage",
+        "experiment",
+        "promoted_by",
+        "promoted_at",
+        "serve_error",
+    )
+    list_filter = ("model_name", "stage")
+    search_fields = ("model_name", "experiment__name", "checkpoint_sha256")
+    list_select_related = ("experiment",)
 
 
 @admin.register(ApiToken)

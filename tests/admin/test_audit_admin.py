@@ -51,7 +51,7 @@ def test_audit_log_cannot_be_added_changed_or_deleted(staff_client: Client, log:
     assert TransitionLog.objects.filter(pk=log.pk).exists()
 
 
-@pytest.mark.parametrize("model", ["run", "metricpoint", "apitoken"])
+@pytest.mark.parametrize("model", ["run", "metricpoint", "apitoken", "modelversion"])
 def test_runs_metrics_and_tokens_cannot_be_added_in_the_admin(staff_client: Client, model: str) -> None:
     assert staff_client.get(reverse(f"admin:experiments_{model}_changelist")).status_code == 200
     assert staff_client.get(reverse(f"admin:experiments_{model}_add")).status_code == 403

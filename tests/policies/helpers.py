@@ -7,14 +7,10 @@ from typing import Any
 
 from control.policy_models import (
     ActionExecution,
-    ActionRole,
-    ConditionRole,
     ExecutionStatus,
     Policy,
-    PolicyAction,
-    PolicyCondition,
 )
-from control.policy_services import action_execute
+from control.policy_services import action_execute, policy_create
 from experiments.actors import Actor
 from experiments.choices import RunStatus
 from experiments.models import Experiment, MetricPoint, Run
@@ -64,16 +60,7 @@ def make_policy(
     name: str, kind: str, conditions: list[dict[str, Any]], actions: list[dict[str, Any]], **fields: Any
 ) -> Policy:
     """Create a policy with validated condition and action rows."""
-    policy = Policy.objects.create(name=name, kind=kind, **fields)
-    for order, cond in enumerate(conditions):
-        row = PolicyCondition(policy=policy, order=order, **{"role": ConditionRole.WHEN, **cond})
-        row.full_clean()
-        row.save()
-    for order, act in enumerate(actions):
-        action = PolicyAction(policy=policy, order=order, **{"role": ActionRole.THEN, "params": {}, **act})
-        action.full_clean()
-        action.save()
-    return policy
+    return policy_create(name=name, kind=kind, conditions=conditions, actions=actions, **fields)
 
 
 def run_pending_actions() -> list[ActionExecution]:
