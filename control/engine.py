@@ -25,7 +25,6 @@ from experiments.selectors_runs import experiment_metric_series
 
 from .conditions import ConditionResult, EvaluationContext, evaluate_all
 from .policy_models import (
-    ActionExecution,
     ActionRole,
     ConditionRole,
     Policy,
@@ -243,8 +242,3 @@ def engine_on_transition(*, experiment_id: int, event: str) -> list[TriggerEvent
         if trigger is not None:
             fired.append(trigger)
     return fired
-
-
-def pending_executions(trigger: TriggerEvent) -> QuerySet[ActionExecution]:
-    """Return the trigger's executions not finished yet."""
-    return trigger.executions.exclude(status__in=["succeeded", "failed"])

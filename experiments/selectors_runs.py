@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .choices import LIVE_RUN_STATUSES
 from .models import MetricPoint, Run
 
 
@@ -65,17 +64,3 @@ def experiment_metric_series(
     for points in series.values():
         points.sort(key=lambda p: p.step)
     return series
-
-
-def experiment_current_run(*, experiment_id: int) -> Run | None:
-    """Return the experiment's latest attempt, or None before the first."""
-    return Run.objects.filter(experiment_id=experiment_id).order_by("-attempt").first()
-
-
-def experiment_live_run(*, experiment_id: int) -> Run | None:
-    """Return the attempt that is starting or training now, if any."""
-    return (
-        Run.objects.filter(experiment_id=experiment_id, status__in=LIVE_RUN_STATUSES)
-        .order_by("-attempt")
-        .first()
-    )
