@@ -27,7 +27,8 @@ _PRIORITY = Param(
 ACTION_KINDS: dict[str, ActionKindSpec] = {
     "retrain": ActionKindSpec(
         "Retrain (child experiment)",
-        'Queue a child of the experiment with the same recipe. {"config_overrides": {"epochs": 40}, "priority_class": "realtime"}',
+        "Queue a child of the experiment with the same recipe (and the dataset an earlier "
+        'curate_dataset action made). {"config_overrides": {"epochs": 40}, "priority_class": "realtime"}',
         (_PRIORITY,),
         ("config_overrides",),
     ),
@@ -54,6 +55,17 @@ ACTION_KINDS: dict[str, ActionKindSpec] = {
     ),
     "rollback": ActionKindSpec(
         "Roll back", "Roll back the deployment and restore the previous production version."
+    ),
+    "curate_dataset": ActionKindSpec(
+        "Curate a dataset of hard examples",
+        "Collect served examples the model got wrong (by feedback) or answered with low confidence "
+        "into a new dataset version; a retrain after it in the same policy trains on it. "
+        '{"strategy": "hard_examples", "count": 1000, "max_confidence": 0.6}',
+        (
+            Param("strategy", str, "hard_examples", "How rows are chosen.", choices=("hard_examples",)),
+            Param("count", int, 1000, "At most this many rows, newest first.", 1, 100_000),
+            Param("max_confidence", float, 0.6, "Below this top-class probability a row is hard.", 0.0, 1.0),
+        ),
     ),
     "notify_email": ActionKindSpec(
         "Notify by email",

@@ -13,4 +13,4 @@ class ControlConfig(AppConfig):
 
     def ready(self) -> None:
         """Register transition hooks and Celery worker signals."""
-        from . import policy_signals, signals  # noqa: F401
+        from . import canary, policy_signals, signals  # noqa: F401

@@ -11,6 +11,8 @@ _TICK = float(os.getenv("SCHEDULER_TICK_SECONDS", "5"))
 _WATCHDOG = float(os.getenv("WATCHDOG_SECONDS", "10"))
 _APPROVALS = float(os.getenv("APPROVAL_SWEEP_SECONDS", "30"))
 _CLEANUP = float(os.getenv("CHECKPOINT_CLEANUP_SECONDS", str(24 * 3600)))
+_CANARY = float(os.getenv("CANARY_SWEEP_SECONDS", "5"))
+_DRIFT = float(os.getenv("DRIFT_SWEEP_SECONDS", "300"))
 
 BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
     "scheduler-tick": {
@@ -27,6 +29,16 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "task": "control.triggers_expire",
         "schedule": _APPROVALS,
         "options": {"queue": "control", "expires": _APPROVALS * 2},
+    },
+    "canary-sweep": {
+        "task": "control.canary_sweep",
+        "schedule": _CANARY,
+        "options": {"queue": "control", "expires": _CANARY * 2},
+    },
+    "drift-sweep": {
+        "task": "control.drift_sweep",
+        "schedule": _DRIFT,
+        "options": {"queue": "control", "expires": _DRIFT * 2},
     },
     "checkpoint-cleanup": {
         "task": "control.checkpoints_cleanup",

@@ -165,6 +165,28 @@ def validate_condition(spec: ConditionSpec) -> dict[str, str]:
     return errors
 
 
+# What a canary's rollback_on conditions can read: its served traffic in the current stage.
+SERVING_METRICS = {
+    "error_rate": "share of failed requests (0-1)",
+    "latency_p50_ms": "median latency in ms",
+    "latency_p99_ms": "99th percentile latency in ms",
+    "accuracy": "share of predictions matching feedback labels (0-1)",
+    "requests": "requests served",
+}
+
+
+def validate_serving_condition(spec: ConditionSpec) -> dict[str, str]:
+    """Return errors of a canary rollback_on condition: a metric or regression on served traffic."""
+    if spec.kind not in (ConditionKind.METRIC, ConditionKind.REGRESSION):
+        return {
+            "kind": "a canary rollback condition is a metric threshold or a regression against production"
+        }
+    if spec.metric not in SERVING_METRICS:
+        known = ", ".join(SERVING_METRICS)
+        return {"metric": f"canary conditions read served traffic: one of {known}"}
+    return {}
+
+
 @dataclass
 class EvaluationContext:
     """The facts conditions are checked against; what a condition needs and lacks fails it."""

@@ -75,7 +75,11 @@ def production_metrics(*, recipe: str, exclude_experiment_id: int | None = None)
 
 
 def evaluation_context(
-    *, experiment: Experiment, metric_names: Iterable[str], now: datetime | None = None
+    *,
+    experiment: Experiment,
+    metric_names: Iterable[str],
+    now: datetime | None = None,
+    drift_score: float | None = None,
 ) -> EvaluationContext:
     """Gather the facts a policy's conditions read for one experiment."""
     names = sorted({n for n in metric_names if n})
@@ -89,20 +93,29 @@ def evaluation_context(
         .values_list("created_at", flat=True)
         .first()
     )
+    if experiment.parent_id is not None and (last_retrain is None or experiment.created_at > last_retrain):
+        # The experiment is itself a retrain: its model was retrained when it was created, so a
+        # deployed retrain does not count as "never retrained" and start the loop again.
+        last_retrain = experiment.created_at
     return EvaluationContext(
         series=series,
         production_metrics=production_metrics(recipe=experiment.recipe, exclude_experiment_id=experiment.pk),
         last_retrain_at=last_retrain,
         now=now or timezone.now(),
         runs_in_flight=Run.objects.filter(status__in=[RunStatus.STARTING, RunStatus.RUNNING]).count(),
+        drift_score=drift_score,
     )
 
 
-def policy_evaluate(*, policy: Policy, experiment: Experiment, now: datetime | None = None) -> Evaluation:
+def policy_evaluate(
+    *, policy: Policy, experiment: Experiment, now: datetime | None = None, drift_score: float | None = None
+) -> Evaluation:
     """Evaluate the policy's "when" conditions against the experiment (reads only)."""
     rows = [c for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
     specs = [row.spec() for row in rows]
-    ctx = evaluation_context(experiment=experiment, metric_names=[s.metric for s in specs], now=now)
+    ctx = evaluation_context(
+        experiment=experiment, metric_names=[s.metric for s in specs], now=now, drift_score=drift_score
+    )
     passed, results = evaluate_all(specs, ctx)
     return Evaluation(policy=policy, experiment=experiment, passed=passed, results=results)
 
@@ -120,7 +133,7 @@ def _rate_limited(policy: Policy, now: datetime) -> bool:
     return recent >= policy.max_fires_per_hour
 
 
-def _arm_allows_firing(policy: Policy, experiment: Experiment, passed: bool, now: datetime) -> bool:
+def arm_allows_firing(policy: Policy, experiment: Experiment, passed: bool, now: datetime) -> bool:
     """Apply hysteresis: fire once when the condition turns true; re-arm only once it cleared.
 
     The arm row is locked, so two flushes evaluating at once cannot both fire.
@@ -173,14 +186,16 @@ def trigger_fire(
     return trigger
 
 
-def _consider(policy: Policy, experiment: Experiment, kind: str, now: datetime) -> TriggerEvent | None:
-    evaluation = policy_evaluate(policy=policy, experiment=experiment, now=now)
+def _consider(
+    policy: Policy, experiment: Experiment, kind: str, now: datetime, drift_score: float | None = None
+) -> TriggerEvent | None:
+    evaluation = policy_evaluate(policy=policy, experiment=experiment, now=now, drift_score=drift_score)
     with transaction.atomic():
         # Rate-limited: leave the arm as it is, so the experiment still gets its turn later.
         if evaluation.passed and _rate_limited(policy, now):
             logger.info("policy %s is rate limited; not firing for #%s", policy.name, experiment.pk)
             return None
-        if not _arm_allows_firing(policy, experiment, evaluation.passed, now):
+        if not arm_allows_firing(policy, experiment, evaluation.passed, now):
             return None
         return trigger_fire(evaluation=evaluation, kind=kind, now=now)
 
@@ -239,6 +254,22 @@ def engine_on_transition(*, experiment_id: int, event: str) -> list[TriggerEvent
     fired = []
     for policy in policies_in_scope(experiment=experiment, kinds=(PolicyKind.CUSTOM,)):
         trigger = _consider(policy, experiment, f"transition:{event}", now)
+        if trigger is not None:
+            fired.append(trigger)
+    return fired
+
+
+def engine_on_drift(
+    *, experiment_id: int, drift_score: float, now: datetime | None = None
+) -> list[TriggerEvent]:
+    """Evaluate drift → retrain policies for the experiment whose model serves production."""
+    now = now or timezone.now()
+    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    if experiment is None:
+        return []
+    fired = []
+    for policy in policies_in_scope(experiment=experiment, kinds=(PolicyKind.DRIFT_RETRAIN,)):
+        trigger = _consider(policy, experiment, "drift", now, drift_score=drift_score)
         if trigger is not None:
             fired.append(trigger)
     return fired

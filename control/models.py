@@ -81,6 +81,7 @@ class Device(models.Model):
 
 # Policies, triggers and action executions live in their own module; importing them here
 # registers them with the app.
+from .canary_models import CanaryRollout  # noqa: E402
 from .policy_models import (  # noqa: E402
     ActionExecution,
     CanaryStage,
@@ -94,6 +95,7 @@ from .policy_models import (  # noqa: E402
 
 __all__ = [
     "ActionExecution",
+    "CanaryRollout",
     "CanaryStage",
     "Device",
     "DeviceKind",

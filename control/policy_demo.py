@@ -48,21 +48,28 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "drift_retrain",
         "kind": PolicyKind.DRIFT_RETRAIN,
         "order": 20,
-        "description": "Drift score > 0.15 and the last retrain older than 24 h: queue a high-priority retrain.",
+        "description": "Drift score > 0.15 and the last retrain older than 24 h: curate the hard served "
+        "examples into a dataset version and queue a high-priority retrain on it.",
         "cooldown_seconds": 3600,
+        "scope_recipes": ["digits"],
         "conditions": [
             {"kind": ConditionKind.DRIFT, "operator": ">", "threshold": 0.15},
             {"kind": ConditionKind.OLDER_THAN, "threshold": 24},
         ],
-        "actions": [{"kind": "retrain", "params": {"priority_class": "realtime"}}],
+        "actions": [
+            {"kind": "curate_dataset", "params": {"strategy": "hard_examples", "count": 1000}},
+            {"kind": "retrain", "params": {"priority_class": "realtime"}},
+        ],
     },
     {
         "name": "canary_deploy",
         "kind": PolicyKind.CANARY,
         "order": 30,
-        "enabled": False,
-        "description": "Canary stages 1% (1 h), 10% (4 h), then full rollout; roll back when the error rate passes 5% "
-        "or latency p99 passes 500 ms. Disabled until serving is configured: promoted models deploy at once.",
+        "description": "Canary stages 10% (1 min), 50% (1 min), then full rollout; roll back when the error rate "
+        "passes 5%, latency p99 passes 500 ms or feedback accuracy falls under 85%. The seed's stages are "
+        "1% (1 h) and 10% (4 h): lengthen them here for real traffic.",
+        "scope_recipes": ["digits"],
+        "canary_min_requests": 30,
         "conditions": [
             {
                 "kind": ConditionKind.METRIC,
@@ -78,8 +85,15 @@ DEMO_POLICIES: list[dict[str, Any]] = [
                 "threshold": 500,
                 "role": ConditionRole.ROLLBACK_ON,
             },
+            {
+                "kind": ConditionKind.METRIC,
+                "metric": "accuracy",
+                "operator": "<",
+                "threshold": 0.85,
+                "role": ConditionRole.ROLLBACK_ON,
+            },
         ],
-        "stages": [("canary_1pct", 1, 3600), ("canary_10pct", 10, 4 * 3600), ("full_rollout", 100, 0)],
+        "stages": [("canary_10pct", 10, 60), ("canary_50pct", 50, 60), ("full_rollout", 100, 0)],
     },
     {
         "name": "cost_aware_schedule",

@@ -15,7 +15,15 @@ from django.db import models
 from django.utils import timezone
 
 from .actions_catalog import ACTION_KINDS, validate_action_params
-from .conditions import AGGREGATES, BETTER, OPERATORS, ConditionKind, ConditionSpec, validate_condition
+from .conditions import (
+    AGGREGATES,
+    BETTER,
+    OPERATORS,
+    ConditionKind,
+    ConditionSpec,
+    validate_condition,
+    validate_serving_condition,
+)
 
 
 class PolicyKind(models.TextChoices):
@@ -85,6 +93,12 @@ class Policy(models.Model):
             ("estimated_cost", "Estimated cost (asc)"),
         ],
         help_text="Extra ordering of the queue within a priority class.",
+    )
+    # Canary rollout (kind=canary).
+    canary_min_requests = models.PositiveIntegerField(
+        default=50,
+        validators=[MinValueValidator(1)],
+        help_text="Canary: requests the new version must serve in a stage before it is judged or moves on.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -181,6 +195,8 @@ class PolicyCondition(models.Model):
     def clean(self) -> None:
         """Refuse an invalid condition with a message on the offending field."""
         errors = validate_condition(self.spec())
+        if not errors and self.role == ConditionRole.ROLLBACK_ON:
+            errors = validate_serving_condition(self.spec())
         if errors:
             raise ValidationError(errors)
 

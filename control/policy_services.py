@@ -16,9 +16,11 @@ from django.db.models import F
 from django.utils import timezone
 
 from experiments.actors import Actor
+from experiments.datasets import CurationError, dataset_curate
 from experiments.events import TRIGGERS_GROUP, experiment_group, send_to_groups
 from experiments.models import Experiment
 from experiments.recipes import ConfigError, get_spec
+from experiments.registry import DatasetVersion, ModelVersion
 from experiments.services import (
     TransitionRefused,
     experiment_create,
@@ -122,12 +124,23 @@ def _dispatch_execution(execution_id: int) -> None:
 
 
 def trigger_queue_actions(*, trigger: TriggerEvent) -> list[ActionExecution]:
-    """Create one execution per enabled action of the trigger's role and dispatch each after commit."""
+    """Create one execution per action of the trigger and start the first after commit.
+
+    The snapshot's builtin actions (a canary's rollback) come first, then the policy's enabled actions
+    of the trigger's role. A trigger's actions run one after another, in order, so that a
+    later one can use what an earlier one made (retrain on the dataset curate_dataset wrote).
+    """
     role = trigger.snapshot.get("role", ActionRole.THEN)
     actor = Actor.policy(trigger.policy.name).label
     executions = []
+    for kind, params in trigger.snapshot.get("builtin", []):
+        execution, _ = ActionExecution.objects.get_or_create(
+            idempotency_key=f"trigger:{trigger.pk}:builtin:{kind}",
+            defaults={"trigger": trigger, "kind": kind, "params": params, "actor": actor},
+        )
+        executions.append(execution)
     for action in trigger.policy.actions.filter(role=role, enabled=True).order_by("order", "id"):
-        execution, created = ActionExecution.objects.get_or_create(
+        execution, _ = ActionExecution.objects.get_or_create(
             idempotency_key=f"trigger:{trigger.pk}:action:{action.pk}",
             defaults={
                 "trigger": trigger,
@@ -138,11 +151,21 @@ def trigger_queue_actions(*, trigger: TriggerEvent) -> list[ActionExecution]:
             },
         )
         executions.append(execution)
-        if created:
-            transaction.on_commit(lambda eid=execution.pk: _dispatch_execution(eid))  # type: ignore[misc]
     if not executions:
         TriggerEvent.objects.filter(pk=trigger.pk).update(status=TriggerStatus.ACTED)
+    else:
+        transaction.on_commit(lambda: _dispatch_next(trigger.pk))
     return executions
+
+
+def _dispatch_next(trigger_id: int) -> None:
+    """Start the trigger's first pending action, unless one of its actions is already running."""
+    executions = ActionExecution.objects.filter(trigger_id=trigger_id).order_by("id")
+    if executions.filter(status=ExecutionStatus.RUNNING).exists():
+        return
+    pending = executions.filter(status=ExecutionStatus.PENDING).values_list("pk", flat=True).first()
+    if pending is not None:
+        _dispatch_execution(pending)
 
 
 def trigger_execute_now(*, trigger_id: int, user: Any) -> TriggerEvent:
@@ -272,14 +295,18 @@ def _perform(execution: ActionExecution, trigger: TriggerEvent) -> dict[str, Any
     if kind == "retrain":
         if experiment is None:
             raise ActionFailed("retrain needs an experiment")
+        dataset = _curated_by(trigger) if "extra_data" in get_spec(experiment.recipe).param_names() else None
         child = experiment_retrain(
             experiment_id=experiment.pk,
             actor=actor,
             reason=reason,
             config_overrides=params.get("config_overrides") or {},
             priority_class=params.get("priority_class") or None,
+            dataset_version=dataset,
         )
-        return {"child_experiment_id": child.pk}
+        return {"child_experiment_id": child.pk, "dataset_version_id": dataset.pk if dataset else None}
+    if kind == "curate_dataset":
+        return _curate(trigger, params, actor)
     if kind == "queue_experiment":
         recipe = params.get("recipe") or (experiment.recipe if experiment else "")
         created = experiment_create(
@@ -306,6 +333,38 @@ def _perform(execution: ActionExecution, trigger: TriggerEvent) -> dict[str, Any
         with urllib.request.urlopen(request, timeout=5) as response:  # the URL was validated as http(s)
             return {"status": response.status}
     raise ActionFailed(f"unknown action kind {kind!r}")
+
+
+def _curate(trigger: TriggerEvent, params: dict[str, Any], actor: Actor) -> dict[str, Any]:
+    """Curate the hard examples of the model the trigger's experiment serves."""
+    experiment = trigger.experiment
+    if experiment is None:
+        raise ActionFailed("curate_dataset needs an experiment")
+    version = ModelVersion.objects.filter(experiment=experiment).order_by("-version").first()
+    model_name = version.model_name if version else experiment.recipe
+    try:
+        dataset = dataset_curate(
+            model_name=model_name,
+            actor_label=actor.label,
+            strategy=str(params.get("strategy") or "hard_examples"),
+            count=int(params.get("count", 1000)),
+            max_confidence=float(params.get("max_confidence", 0.6)),
+            source_version=version,
+        )
+    except CurationError as exc:
+        raise ActionFailed(exc.message) from None
+    return {"dataset_version_id": dataset.pk, "rows": dataset.row_count, "version": dataset.version}
+
+
+def _curated_by(trigger: TriggerEvent) -> DatasetVersion | None:
+    """Return the dataset an earlier curate_dataset action of this trigger made, if it did."""
+    result = (
+        trigger.executions.filter(kind="curate_dataset", status=ExecutionStatus.SUCCEEDED)
+        .values_list("result", flat=True)
+        .first()
+    )
+    dataset_id = (result or {}).get("dataset_version_id")
+    return DatasetVersion.objects.filter(pk=dataset_id).first() if dataset_id else None
 
 
 def _requeue_with_lower_lr(
@@ -353,6 +412,8 @@ def action_execute(*, execution_id: int) -> ActionExecution:
     execution.latency_ms = (execution.finished_at - trigger.created_at).total_seconds() * 1000
     execution.save(update_fields=["status", "result", "error", "finished_at", "latency_ms"])
     _settle_trigger(trigger)
+    # The next action runs whatever became of this one: a failed notification must not stop a rollback.
+    _dispatch_next(trigger.pk)
     return execution
 
 

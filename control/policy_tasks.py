@@ -38,3 +38,19 @@ def checkpoints_cleanup_task() -> int:
     from .maintenance import checkpoints_cleanup
 
     return checkpoints_cleanup()
+
+
+@shared_task(name="control.canary_sweep", queue="control")
+def canary_sweep_task() -> dict[str, str]:
+    """Judge every live canary rollout: roll back, move to the next stage, or deploy."""
+    from .canary import canary_sweep
+
+    return canary_sweep()
+
+
+@shared_task(name="control.drift_sweep", queue="control")
+def drift_sweep_task() -> list[dict[str, object]]:
+    """Measure drift of every production model; drift policies may retrain."""
+    from .drift_control import drift_sweep
+
+    return drift_sweep()

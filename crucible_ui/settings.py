@@ -164,6 +164,12 @@ CANCEL_GRACE_SECONDS = envfloat("CANCEL_GRACE_SECONDS", 10.0)
 METRIC_FLUSH_SECONDS = envfloat("METRIC_FLUSH_SECONDS", 0.1)
 # Checkpoints of experiments that ended (failed, cancelled, rolled back) are deleted after this.
 CHECKPOINT_RETENTION_DAYS = envfloat("CHECKPOINT_RETENTION_DAYS", 30.0)
+# Drift is measured (every DRIFT_SWEEP_SECONDS, see control.beat) over this many of the newest
+# served rows, once at least DRIFT_MIN_ROWS were served.
+DRIFT_WINDOW_ROWS = envint("DRIFT_WINDOW_ROWS", 500)
+DRIFT_MIN_ROWS = envint("DRIFT_MIN_ROWS", 100)
+# Curated datasets (hard examples from served traffic) are written here.
+DATASETS_ROOT = Path(os.getenv("DATASETS_ROOT", str(ARTIFACTS_ROOT / "datasets")))
 
 # Production mode: everything `manage.py check --deploy` asks for.
 if not DEBUG:

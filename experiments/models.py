@@ -101,6 +101,14 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
     )
     tags = models.JSONField(default=_default_tags, blank=True)
+    dataset_version = models.ForeignKey(
+        "experiments.DatasetVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="experiments",
+        help_text="Curated data added to the recipe's training data (a drift retrain).",
+    )
     state = FSMField(default=State.PENDING, choices=State.choices, protected=True, db_index=True)
     state_changed_at = models.DateTimeField(default=timezone.now)
     queued_at = models.DateTimeField(null=True, blank=True, help_text="When it last entered the queue.")
@@ -365,4 +373,11 @@ class ApiToken(models.Model):
         return f"{self.name} ({self.prefix}…)"
 
 
-from .registry import ModelStage, ModelVersion, ServedRequest, ServingStats  # noqa: E402, F401
+from .registry import (  # noqa: E402, F401
+    DatasetVersion,
+    DriftCheck,
+    ModelStage,
+    ModelVersion,
+    ServedRequest,
+    ServingStats,
+)

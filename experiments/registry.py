@@ -51,6 +51,18 @@ class ModelVersion(models.Model):
         related_name="successors",
         help_text="The production version this one replaced.",
     )
+    traffic_pct = models.FloatField(
+        default=0.0,
+        help_text="Canary only: the share of requests (0-100) routed to it; the rest goes to production.",
+    )
+    dataset_version = models.ForeignKey(
+        "experiments.DatasetVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="model_versions",
+        help_text="Curated data it was trained on besides the recipe's own.",
+    )
     serve_error = models.TextField(
         blank=True, help_text="Why the checkpoint could not be served; such a version gets no traffic."
     )
@@ -98,6 +110,7 @@ class ServedRequest(models.Model):
     confidence = models.FloatField(null=True, blank=True, help_text="Lowest top-class probability.")
     inputs = models.JSONField(default=list, blank=True, help_text="The features served (for drift checks).")
     label = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Feedback label, when sent.")
+    correct = models.BooleanField(null=True, blank=True, help_text="Prediction matched the feedback label.")
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
@@ -105,3 +118,53 @@ class ServedRequest(models.Model):
 
     def __str__(self) -> str:
         return f"request {self.request_id} → v{self.version_id}"
+
+
+class DatasetVersion(models.Model):
+    """A curated set of served examples (hard ones), frozen in a file with its hash: training data."""
+
+    model_name = models.CharField(max_length=64, db_index=True)
+    version = models.PositiveIntegerField()
+    strategy = models.CharField(max_length=32, help_text="How the rows were chosen, e.g. hard_examples.")
+    source_version = models.ForeignKey(
+        ModelVersion,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="curated_datasets",
+        help_text="The served model whose traffic the rows came from.",
+    )
+    path = models.CharField(max_length=500, help_text=".npz with x (inputs) and y (labels).")
+    sha256 = models.CharField(max_length=64)
+    size = models.PositiveBigIntegerField()
+    row_count = models.PositiveIntegerField()
+    summary = models.JSONField(default=dict, blank=True, help_text="Why rows were picked, counts by reason.")
+    created_by = models.CharField(max_length=150, help_text="Actor label, e.g. policy:drift_retrain.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["model_name", "-version"]
+        constraints = [
+            models.UniqueConstraint(fields=["model_name", "version"], name="datasetversion_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} dataset v{self.version} ({self.row_count} rows)"
+
+
+class DriftCheck(models.Model):
+    """One drift measurement of a served version: its inputs against its training data."""
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="drift_checks")
+    score = models.FloatField(null=True, blank=True, help_text="Mean PSI over features; None: too few rows.")
+    max_feature_psi = models.FloatField(null=True, blank=True)
+    window_rows = models.PositiveIntegerField(help_text="Served input rows compared.")
+    top_features = models.JSONField(default=list, blank=True, help_text="[[feature, psi], ...] worst first.")
+    detail = models.CharField(max_length=300, blank=True)
+    checked_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-checked_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"drift of {self.version_id}: {self.score}"

@@ -72,6 +72,7 @@ def model_version_register(
                     checkpoint_size=run.checkpoint_size,
                     metrics=dict(run.final_metrics or {}),
                     stage=stage,
+                    dataset_version_id=experiment.dataset_version_id,
                 )
                 ServingStats.objects.create(version=version)
                 return version

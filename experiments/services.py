@@ -75,6 +75,7 @@ def experiment_create(
     timeout_seconds: int = 3600,
     tags: list[str] | None = None,
     parent: Experiment | None = None,
+    dataset_version: Any = None,
 ) -> Experiment:
     """Validate and create a pending experiment; raise ValidationError keyed by field."""
     experiment = Experiment(
@@ -92,6 +93,7 @@ def experiment_create(
         timeout_seconds=timeout_seconds,
         tags=tags or [],
         parent=parent,
+        dataset_version=dataset_version,
     )
     experiment.full_clean()
     experiment.save()
@@ -179,8 +181,13 @@ def experiment_retrain(
     reason: str = "",
     config_overrides: dict[str, Any] | None = None,
     priority_class: str | None = None,
+    dataset_version: Any = None,
 ) -> Experiment:
-    """Create a child experiment (lineage to this one) with the same recipe, and queue it."""
+    """Create a child experiment (lineage to this one) with the same recipe, and queue it.
+
+    A dataset version (curated examples) is recorded on the child and passed to the recipe
+    as its extra_data.
+    """
     with transaction.atomic():
         parent = Experiment.objects.select_for_update().get(pk=experiment_id)
         _fire(parent, "retrain", actor, reason)
@@ -188,7 +195,11 @@ def experiment_retrain(
         child = experiment_create(
             name=f"{parent.name} · retrain {retrains + 1}",
             recipe=parent.recipe,
-            config={**parent.config, **(config_overrides or {})},
+            config={
+                **parent.config,
+                **(config_overrides or {}),
+                **({"extra_data": dataset_version.path} if dataset_version is not None else {}),
+            },
             owner=actor.user or parent.owner,
             description=reason or f"Retrain of #{parent.pk}",
             priority_class=priority_class or parent.priority_class,
@@ -200,6 +211,7 @@ def experiment_retrain(
             timeout_seconds=parent.timeout_seconds,
             tags=list(parent.tags),
             parent=parent,
+            dataset_version=dataset_version,
         )
         _fire(child, "queue", actor, reason or f"Retrain of #{parent.pk}")
     return child

@@ -10,7 +10,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -38,53 +37,58 @@ class ServingError(Exception):
         self.message = message
 
 
+class InjectedFault(RuntimeError):
+    """A failure the model was trained to rehearse (serve_error_rate): counts as a served error."""
+
+
 @dataclass
 class LoadedModel:
-    """A version ready to predict: n_features inputs in, class probabilities out."""
+    """A version ready to predict: n_features inputs in, class probabilities out.
+
+    `reference` holds the raw inputs it was trained on: the distribution drift is measured against.
+    """
 
     version_id: int
     version: int
     n_features: int
     predict_proba: Callable[[np.ndarray], np.ndarray]
-
-
-@lru_cache(maxsize=8)
-def _digits_scaler(seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Return the mean and std the digits recipe standardised with (training split of this seed)."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    x = digits.data.astype(np.float32)
-    y = digits.target.astype(np.int64)
-    # Must match experiments.recipes.classify._split, which the checkpoint was trained behind.
-    x_train, _, _, _ = train_test_split(x, y, test_size=val_fraction, random_state=seed, stratify=y)
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0)
-    std[std < 1e-3] = 1.0
-    return mean, std
+    reference: np.ndarray | None = None
 
 
 def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
     import torch
 
-    from .recipes.classify import MLP, NUM_CLASSES
+    from .recipes.classify import MLP, NUM_CLASSES, digits_scaler, training_inputs
 
     if state.get("recipe") != "digits":
         raise ValueError(f"checkpoint is from recipe {state.get('recipe')!r}, not 'digits'")
     arch = state["arch"]
-    mean, std = _digits_scaler(int(arch["seed"]), float(arch["val_fraction"]))
+    seed, val_fraction = int(arch["seed"]), float(arch["val_fraction"])
+    mean, std = digits_scaler(seed, val_fraction)
     n_features = int(mean.shape[0])
     model = MLP(n_features, int(arch["hidden"]), NUM_CLASSES)
     model.load_state_dict(state["model"])
     model.eval()
+    behaviour = state.get("serving") or {}
+    error_rate = float(behaviour.get("error_rate", 0.0))
+    delay_s = float(behaviour.get("delay_ms", 0.0)) / 1000
+    extra_data = str(behaviour.get("extra_data", ""))
+    try:
+        reference: np.ndarray | None = training_inputs(seed, val_fraction, extra_data)
+    except ValueError:
+        # The curated file is gone: still serve, measured against the recipe's own data.
+        reference = training_inputs(seed, val_fraction)
 
     def predict_proba(x: np.ndarray) -> np.ndarray:
+        if delay_s:
+            time.sleep(delay_s)
+        if error_rate and random.random() < error_rate:
+            raise InjectedFault("injected serving fault (serve_error_rate)")
         with torch.no_grad():
             logits = model(torch.from_numpy(((x - mean) / std).astype(np.float32)))
             return torch.softmax(logits.float(), dim=1).numpy()
 
-    return LoadedModel(version.pk, version.version, n_features, predict_proba)
+    return LoadedModel(version.pk, version.version, n_features, predict_proba, reference)
 
 
 # How each recipe's checkpoint becomes a predictor.
@@ -143,15 +147,41 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def route(model_name: str) -> ModelVersion:
-    """Return the version that serves this model now: its production version, if servable."""
-    versions = ModelVersion.objects.filter(model_name=model_name)
-    if not versions.exists():
+def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
+    """Return the version that answers this request: the canary by its traffic share, else production.
+
+    draw (0-100, random when None) decides the split; with no servable production, a servable
+    canary takes every request.
+    """
+    candidates = list(
+        ModelVersion.objects.filter(
+            model_name=model_name, stage__in=[ModelStage.PRODUCTION, ModelStage.CANARY], serve_error=""
+        ).order_by("-promoted_at", "-id")
+    )
+    production = next((v for v in candidates if v.stage == ModelStage.PRODUCTION), None)
+    canary = next((v for v in candidates if v.stage == ModelStage.CANARY and v.traffic_pct > 0), None)
+    if canary is not None:
+        roll = random.uniform(0, 100) if draw is None else draw
+        if production is None or roll < canary.traffic_pct:
+            return canary
+    if production is not None:
+        return production
+    if not ModelVersion.objects.filter(model_name=model_name).exists():
         raise ServingError(404, f"Unknown model {model_name!r}.")
-    version = versions.filter(stage=ModelStage.PRODUCTION, serve_error="").first()
-    if version is None:
-        raise ServingError(503, f"Model {model_name!r} has no servable production version.")
-    return version
+    raise ServingError(503, f"Model {model_name!r} has no servable production version.")
+
+
+def _routed_and_loaded(model_name: str) -> tuple[ModelVersion, LoadedModel]:
+    """Route, and load; a canary that fails to load gives the request to production instead."""
+    version = route(model_name)
+    try:
+        return version, load_version(version)
+    except ServingError:
+        if version.stage != ModelStage.CANARY:
+            raise
+        # load_version marked it unservable: routing now skips it.
+        version = route(model_name)
+        return version, load_version(version)
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -217,8 +247,7 @@ def _prune(version_id: int) -> None:
 def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     """Answer one predict request with the production version; record its count and latency."""
     started = time.perf_counter()
-    version = route(model_name)
-    loaded = load_version(version)
+    version, loaded = _routed_and_loaded(model_name)
     rows, _single = parse_instances(payload, loaded.n_features)
     try:
         probs = loaded.predict_proba(np.asarray(rows, dtype=np.float32))
@@ -268,8 +297,10 @@ def feedback(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     if len(served.predictions) != 1:
         raise ServingError(400, "request_id: feedback takes a single-row (features) request")
     # Only the first label counts: a resent feedback must not count twice.
-    updated = ServedRequest.objects.filter(pk=served.pk, label__isnull=True).update(label=label)
     correct = served.predictions[0] == label
+    updated = ServedRequest.objects.filter(pk=served.pk, label__isnull=True).update(
+        label=label, correct=correct
+    )
     if updated:
         ServingStats.objects.filter(version_id=served.version_id).update(
             feedback_count=F("feedback_count") + 1,
@@ -304,4 +335,35 @@ def version_summary(version: ModelVersion) -> dict[str, Any]:
         "p99_ms": p99,
         "feedback": fb,
         "accuracy": (stats.feedback_correct / fb) if stats and fb else None,
+    }
+
+
+def last_request_id() -> int:
+    """Return the id of the newest served request: a window starting now takes larger ids."""
+    return ServedRequest.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, float | None]:
+    """Return the version's served traffic after a request id: what canary conditions are judged on.
+
+    requests, error_rate, latency_p50_ms / latency_p99_ms (answered requests), and accuracy
+    over the requests that got a feedback label (None where there is nothing to measure).
+    """
+    rows = list(
+        ServedRequest.objects.filter(version=version, id__gt=after_request).values_list(
+            "ok", "latency_ms", "correct"
+        )
+    )
+    requests = len(rows)
+    errors = sum(1 for ok, _, _ in rows if not ok)
+    latencies = [lat for ok, lat, _ in rows if ok]
+    judged = [c for _, _, c in rows if c is not None]
+    return {
+        "requests": float(requests),
+        "errors": float(errors),
+        "error_rate": errors / requests if requests else None,
+        "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+        "feedback": float(len(judged)),
+        "accuracy": sum(judged) / len(judged) if judged else None,
     }

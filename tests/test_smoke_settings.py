@@ -16,6 +16,13 @@ def test_beat_runs_every_sweep_and_each_names_a_registered_task() -> None:
 
     app.loader.import_default_modules()
     schedule = settings.CELERY_BEAT_SCHEDULE
-    assert {"scheduler-tick", "watchdog-sweep", "approval-timeouts", "checkpoint-cleanup"} <= set(schedule)
+    assert {
+        "scheduler-tick",
+        "watchdog-sweep",
+        "approval-timeouts",
+        "checkpoint-cleanup",
+        "canary-sweep",
+        "drift-sweep",
+    } <= set(schedule)
     for entry in schedule.values():
         assert entry["task"] in app.tasks, entry["task"]

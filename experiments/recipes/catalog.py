@@ -66,6 +66,10 @@ class RecipeSpec:
             raise ConfigError(errors)
         return clean
 
+    def param_names(self) -> set[str]:
+        """Return the names of the parameters it accepts."""
+        return {p.name for p in self.params}
+
     def load(self) -> Recipe:
         """Import and return the recipe implementation (this imports torch)."""
         module_name, attr = self.entry.split(":")
@@ -87,6 +91,28 @@ RECIPES: dict[str, RecipeSpec] = {
                 Param("hidden", int, 128, "Width of the hidden layers.", 8, 4096),
                 Param("weight_decay", float, 0.0, "AdamW weight decay.", 0.0, 1.0),
                 Param("val_fraction", float, 0.2, "Share of the data held out for validation.", 0.05, 0.5),
+                Param(
+                    "extra_data",
+                    str,
+                    "",
+                    "A curated dataset (.npz with x: raw 64-pixel rows, y: labels) added to the training split.",
+                ),
+                Param(
+                    "serve_error_rate",
+                    float,
+                    0.0,
+                    "Share of prediction requests the served model fails (to rehearse a canary rollback).",
+                    0.0,
+                    1.0,
+                ),
+                Param(
+                    "serve_delay_ms",
+                    float,
+                    0.0,
+                    "Extra latency of every served prediction (to rehearse a latency rollback).",
+                    0,
+                    5000,
+                ),
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.digits:RECIPE",

@@ -33,25 +33,80 @@ class DigitsData:
 
 
 @lru_cache(maxsize=8)
-def _split(seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def raw_split(seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Return the unscaled digits split by seed (stratified): x_train, y_train, x_val, y_val."""
     digits = load_digits()
     x = digits.data.astype(np.float32)
     y = digits.target.astype(np.int64)
     x_train, x_val, y_train, y_val = train_test_split(
         x, y, test_size=val_fraction, random_state=seed, stratify=y
     )
-    # Statistics from the training split only: the validation split stays unseen.
+    return x_train, y_train, x_val, y_val
+
+
+@lru_cache(maxsize=8)
+def digits_scaler(seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Return the mean and std the model standardises its inputs with (training split only).
+
+    Serving uses the same function, so a checkpoint is always fed inputs scaled as in training.
+    """
+    x_train = raw_split(seed, val_fraction)[0]
     mean = x_train.mean(axis=0)
     std = x_train.std(axis=0)
     # Some border pixels are 0 in every training image: leave them unscaled rather than divide
     # by ~0, which would blow a rare non-zero validation pixel up to a huge value.
     std[std < 1e-3] = 1.0
+    return mean, std
+
+
+def _split(seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    x_train, y_train, x_val, y_val = raw_split(seed, val_fraction)
+    # Statistics from the training split only: the validation split stays unseen.
+    mean, std = digits_scaler(seed, val_fraction)
     return (x_train - mean) / std, y_train, (x_val - mean) / std, y_val
 
 
-def load_digits_split(seed: int, val_fraction: float, device: torch.device) -> DigitsData:
-    """Return the digits split by seed (stratified), standardised with training statistics."""
+class ExtraDataError(ValueError):
+    """A curated dataset file that cannot be trained on."""
+
+
+def load_extra_rows(path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Return the raw rows and labels of a curated dataset (.npz with x and y), checked."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            x = np.asarray(data["x"], dtype=np.float32)
+            y = np.asarray(data["y"], dtype=np.int64)
+    except (OSError, KeyError, ValueError) as exc:
+        raise ExtraDataError(f"extra_data {path!r}: cannot read x and y ({exc})") from None
+    if x.ndim != 2 or x.shape[1] != 64:
+        raise ExtraDataError(f"extra_data {path!r}: x must have 64 columns, has shape {x.shape}")
+    if y.shape != (x.shape[0],) or (y.size and (y.min() < 0 or y.max() >= NUM_CLASSES)):
+        raise ExtraDataError(f"extra_data {path!r}: y must be one label 0-9 per row of x")
+    return x, y
+
+
+def training_inputs(seed: int, val_fraction: float, extra_data: str = "") -> np.ndarray:
+    """Return the raw inputs a model was trained on (the drift reference): split plus curated rows."""
+    x_train = raw_split(seed, val_fraction)[0]
+    if extra_data:
+        x_train = np.concatenate([x_train, load_extra_rows(extra_data)[0]])
+    return x_train
+
+
+def load_digits_split(
+    seed: int, val_fraction: float, device: torch.device, extra_data: str = ""
+) -> DigitsData:
+    """Return the digits split by seed (stratified), standardised with training statistics.
+
+    Curated rows (extra_data) join the training split, scaled like it; validation is untouched,
+    so metrics stay comparable with models trained without them.
+    """
     x_train, y_train, x_val, y_val = _split(seed, val_fraction)
+    if extra_data:
+        mean, std = digits_scaler(seed, val_fraction)
+        x_extra, y_extra = load_extra_rows(extra_data)
+        x_train = np.concatenate([x_train, (x_extra - mean) / std]).astype(np.float32)
+        y_train = np.concatenate([y_train, y_extra])
     return DigitsData(
         x_train=torch.from_numpy(x_train).to(device),
         y_train=torch.from_numpy(y_train).to(device),

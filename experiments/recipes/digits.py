@@ -46,7 +46,7 @@ class DigitsRecipe:
         device = resolve_device(ctx.device)
         seed = int(config["seed"])
         seed_everything(seed, device)
-        data = load_digits_split(seed, float(config["val_fraction"]), device)
+        data = load_digits_split(seed, float(config["val_fraction"]), device, str(config["extra_data"]))
         model = MLP(data.x_train.shape[1], int(config["hidden"]), NUM_CLASSES).to(device)
         lr, wd = float(config["lr"]), float(config["weight_decay"])
         optimizer = make_optimizer(model.parameters(), lr=lr, weight_decay=wd, device=device)
@@ -77,6 +77,12 @@ class DigitsRecipe:
                 "position": pos.as_state(),
                 "rng": rng_state(device),
                 "metrics": dict(metrics),
+                # How the served model behaves: rehearsal faults and the drift reference's data.
+                "serving": {
+                    "error_rate": float(config["serve_error_rate"]),
+                    "delay_ms": float(config["serve_delay_ms"]),
+                    "extra_data": str(config["extra_data"]),
+                },
             }
             save_checkpoint(ctx, pos.step, state, model)
 

@@ -34,6 +34,15 @@ def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, d
     return newest, dict(result.final_metrics)
 
 
+@pytest.fixture(scope="session")
+def flaky_digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """A digits model that trains as well as the good one but fails half the requests it serves."""
+    folder = tmp_path_factory.mktemp("digits-flaky")
+    ctx = LocalRunContext(checkpoint_dir=folder, keep=1)
+    result = RECIPE.train(ctx, {"epochs": 8, "hidden": 32, "seed": 0, "serve_error_rate": 0.5})
+    return sorted(folder.glob("step-*.pt"))[-1], dict(result.final_metrics)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_model_cache() -> Iterator[None]:
     # Row ids are reused after a test's rollback: a cached model must not outlive its row.

@@ -78,6 +78,15 @@ DEMO_EXPERIMENTS: tuple[DemoExperiment, ...] = (
         events=(("queue", "Queued by the demo data"),),
     ),
     DemoExperiment(
+        name="digits · fails when served (the canary rolls it back)",
+        recipe="digits",
+        description="Trains as well as the baseline, but its served model fails 30% of requests. Press Start: "
+        "auto_promote promotes it, and with `python manage.py traffic --model digits` running the canary "
+        "rolls it back on its own at its first stage.",
+        config={"epochs": 20, "seed": 7, "serve_error_rate": 0.3},
+        priority_class=PriorityClass.INTERACTIVE,
+    ),
+    DemoExperiment(
         name="digits · first draft",
         recipe="digits",
         description="Cancelled before it ran, then retrained with fewer epochs: see its lineage.",

@@ -1,0 +1,389 @@
+"""Canary rollouts: a promoted version takes a growing share of traffic, stage by stage, and is
+rolled back on its own the moment its served traffic breaks a rollback_on condition.
+
+Lifecycle: promote (button or auto-promote policy) → `rollout_start` registers the version as
+the canary and gives it the first stage's traffic share → `canary_sweep` (Celery beat, every
+CANARY_SWEEP_SECONDS) judges each live rollout on the requests its candidate served in the
+current stage → a broken condition fires a "canary" trigger whose rollback action rolls the
+experiment back (the registry hook archives the candidate; production never stopped serving);
+a stage that lasted its duration with enough requests and no broken condition moves on; after
+the last stage the experiment is deployed and the candidate becomes production.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from experiments.actors import Actor
+from experiments.choices import State
+from experiments.models import Experiment
+from experiments.registry import ModelStage, ModelVersion
+from experiments.registry_services import RegistryError, model_version_register, model_version_set_stage
+from experiments.services import TransitionRefused, experiment_transition, on_transition
+from experiments.serving import last_request_id, window_stats
+
+from . import policy_services
+from .canary_models import LIVE_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
+from .conditions import ConditionResult, EvaluationContext, evaluate_condition
+from .engine import Evaluation, arm_allows_firing
+from .policy_models import ConditionRole, Policy, PolicyKind, PolicyMode, TriggerEvent, TriggerStatus
+
+logger = logging.getLogger(__name__)
+
+
+def canary_policy_for(experiment: Experiment) -> Policy | None:
+    """Return the first enabled canary policy whose scope holds the experiment."""
+    for policy in Policy.objects.filter(enabled=True, kind=PolicyKind.CANARY).prefetch_related("stages"):
+        if policy.applies_to(recipe=experiment.recipe, tags=list(experiment.tags or [])):
+            return policy
+    return None
+
+
+def _set_traffic(version_id: int, pct: float) -> None:
+    ModelVersion.objects.filter(pk=version_id).update(traffic_pct=pct)
+
+
+def rollout_start(
+    *, experiment: Experiment, actor: Actor, now: datetime | None = None
+) -> CanaryRollout | None:
+    """Start the canary rollout of a just-promoted experiment; None when no canary policy applies."""
+    policy = canary_policy_for(experiment)
+    if policy is None:
+        return None
+    now = now or timezone.now()
+    stages = [
+        {"name": s.name, "traffic_pct": s.traffic_pct, "duration_seconds": s.duration_seconds}
+        for s in policy.stages.all()
+    ]
+    try:
+        version = model_version_register(experiment_id=experiment.pk)
+    except RegistryError as exc:
+        logger.warning("canary of experiment %s not started: %s", experiment.pk, exc.message)
+        return None
+    if version.stage in (ModelStage.NONE, ModelStage.STAGING, ModelStage.ARCHIVED):
+        model_version_set_stage(version_id=version.pk, stage=ModelStage.CANARY, actor=actor)
+    baseline = ModelVersion.objects.filter(model_name=version.model_name, stage=ModelStage.PRODUCTION).first()
+    try:
+        with transaction.atomic():
+            # A newer promotion replaces a canary still under way for the same model.
+            for older in CanaryRollout.objects.select_for_update().filter(
+                model_name=version.model_name, status__in=LIVE_ROLLOUT_STATUSES
+            ):
+                _finish(older, RolloutStatus.CANCELLED, f"replaced by the canary of v{version.version}", now)
+                _archive_candidate(older, actor)
+            rollout = CanaryRollout.objects.create(
+                model_name=version.model_name,
+                policy=policy,
+                experiment=experiment,
+                candidate=version,
+                baseline=baseline,
+                stages=stages,
+                min_requests=policy.canary_min_requests,
+                stage_started_at=now,
+            )
+    except IntegrityError:
+        logger.warning(
+            "another canary of %s started at the same moment; #%s not started",
+            version.model_name,
+            experiment.pk,
+        )
+        return None
+    if not stages:
+        _deploy(rollout, now, "the canary policy has no stages: deployed at once")
+        return rollout
+    _enter_stage(rollout, 0, now)
+    return rollout
+
+
+def _enter_stage(rollout: CanaryRollout, index: int, now: datetime) -> None:
+    rollout.stage_index = index
+    rollout.stage_started_at = now
+    rollout.stage_after_request = last_request_id()
+    rollout.save(update_fields=["stage_index", "stage_started_at", "stage_after_request"])
+    stage = rollout.stages[index]
+    _set_traffic(rollout.candidate_id, float(stage["traffic_pct"]))
+    logger.info(
+        "%s v%s canary: stage %s (%s%%)",
+        rollout.model_name,
+        rollout.candidate.version,
+        stage["name"],
+        stage["traffic_pct"],
+    )
+    if float(stage["traffic_pct"]) >= 100 and int(stage["duration_seconds"]) == 0:
+        # A full rollout with no duration is the end state itself.
+        _deploy(rollout, now, _passed_reason(rollout))
+
+
+def _passed_reason(rollout: CanaryRollout) -> str:
+    judged = [h["stage"] for h in rollout.history if h.get("result") == "passed"]
+    return f"canary passed {len(judged)} stage(s): {', '.join(judged) or 'none needed'}"
+
+
+def _finish(rollout: CanaryRollout, status: str, outcome: str, now: datetime) -> None:
+    rollout.status = status
+    rollout.outcome = outcome[:2000]
+    rollout.finished_at = now
+    rollout.save(update_fields=["status", "outcome", "finished_at", "trigger"])
+    _set_traffic(rollout.candidate_id, 0.0)
+
+
+def _archive_candidate(rollout: CanaryRollout, actor: Actor) -> None:
+    candidate = ModelVersion.objects.get(pk=rollout.candidate_id)
+    if candidate.stage == ModelStage.CANARY:
+        model_version_set_stage(version_id=candidate.pk, stage=ModelStage.ARCHIVED, actor=actor)
+
+
+def _deploy(rollout: CanaryRollout, now: datetime, reason: str) -> None:
+    """All stages passed: the experiment is deployed (its hook makes the candidate production)."""
+    actor = Actor.policy(rollout.policy.name) if rollout.policy else Actor.system("canary")
+    _finish(rollout, RolloutStatus.DEPLOYED, reason, now)
+    try:
+        experiment_transition(experiment_id=rollout.experiment_id, event="deploy", actor=actor, reason=reason)
+    except TransitionRefused as exc:
+        CanaryRollout.objects.filter(pk=rollout.pk).update(
+            status=RolloutStatus.CANCELLED, outcome=f"could not deploy: {exc.message}"
+        )
+
+
+def _judge(
+    rollout: CanaryRollout, policy: Policy | None, now: datetime
+) -> tuple[dict[str, Any], list[ConditionResult]]:
+    """Return the candidate's stage window and each rollback_on condition's result on it."""
+    after = rollout.stage_after_request
+    stats = window_stats(rollout.candidate, after_request=after)
+    baseline = window_stats(rollout.baseline, after_request=after) if rollout.baseline is not None else None
+    if policy is None:
+        return stats, []
+    ctx = EvaluationContext(
+        series={k: [(0, v)] for k, v in stats.items() if v is not None},
+        production_metrics={k: v for k, v in (baseline or {}).items() if v is not None} or None,
+        now=now,
+    )
+    specs = [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.ROLLBACK_ON]
+    return stats, [evaluate_condition(spec, ctx) for spec in specs]
+
+
+def _fire_rollback(
+    rollout: CanaryRollout,
+    policy: Policy,
+    stats: dict[str, Any],
+    broken: list[ConditionResult],
+    now: datetime,
+) -> TriggerEvent:
+    """Record the canary trigger and, by the policy's mode, roll back, ask, or only note it."""
+    evaluation = Evaluation(policy=policy, experiment=rollout.experiment, passed=True, results=broken)
+    status = {
+        PolicyMode.AUTO: TriggerStatus.FIRED,
+        PolicyMode.APPROVE: TriggerStatus.PENDING_APPROVAL,
+        PolicyMode.DRY_RUN: TriggerStatus.DRY_RUN,
+    }[PolicyMode(policy.mode)]
+    trigger = TriggerEvent.objects.create(
+        policy=policy,
+        experiment=rollout.experiment,
+        kind="canary",
+        conditions_passed=True,
+        snapshot={
+            **evaluation.snapshot(),
+            "role": "then",
+            "stage": rollout.stage["name"],
+            "traffic_pct": rollout.stage["traffic_pct"],
+            "window": stats,
+            "version": rollout.candidate.version,
+            # Carried out before the policy's own actions, now or once a person approves.
+            "builtin": [["rollback", {}]],
+        },
+        status=status,
+        created_at=now,
+        expires_at=now + timedelta(seconds=policy.approval_timeout_seconds)
+        if status == TriggerStatus.PENDING_APPROVAL
+        else None,
+    )
+    if status == TriggerStatus.FIRED:
+        policy_services.trigger_queue_actions(trigger=trigger)
+    policy_services.publish_trigger(trigger)
+    return trigger
+
+
+def rollout_evaluate(*, rollout_id: int, now: datetime | None = None) -> str:
+    """Judge one live rollout on its current stage; return what happened (for logs and tests)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        rollout = (
+            CanaryRollout.objects.select_for_update()
+            .select_related("candidate", "baseline", "experiment", "policy")
+            .filter(pk=rollout_id, status__in=LIVE_ROLLOUT_STATUSES)
+            .first()
+        )
+        if rollout is None:
+            return "not live"
+        if rollout.status == RolloutStatus.PAUSED:
+            return _resolve_pause(rollout, now)
+        candidate = rollout.candidate
+        if candidate.serve_error:
+            return _rollback_unservable(rollout, now)
+        if candidate.stage != ModelStage.CANARY:
+            _finish(rollout, RolloutStatus.CANCELLED, f"v{candidate.version} left the canary stage", now)
+            return "cancelled"
+        policy = rollout.policy
+        stats, results = _judge(rollout, policy, now)
+        enough = (stats["requests"] or 0) >= rollout.min_requests
+        broken = [r for r in results if r.passed]
+        if enough and broken and policy is not None:
+            return _on_broken(rollout, policy, stats, broken, now)
+        stage = rollout.stage
+        if not enough or now - rollout.stage_started_at < timedelta(seconds=int(stage["duration_seconds"])):
+            return "waiting"
+        rollout.history = [
+            *rollout.history,
+            {
+                "stage": stage["name"],
+                "traffic_pct": stage["traffic_pct"],
+                "started_at": rollout.stage_started_at.isoformat(),
+                "ended_at": now.isoformat(),
+                "window": stats,
+                "conditions": [r.as_dict() for r in results],
+                "result": "passed",
+            },
+        ]
+        rollout.save(update_fields=["history"])
+        if rollout.stage_index + 1 >= len(rollout.stages):
+            _deploy(rollout, now, _passed_reason(rollout))
+            return "deployed"
+        _enter_stage(rollout, rollout.stage_index + 1, now)
+        return "deployed" if rollout.status == RolloutStatus.DEPLOYED else "advanced"
+
+
+def _on_broken(
+    rollout: CanaryRollout,
+    policy: Policy,
+    stats: dict[str, Any],
+    broken: list[ConditionResult],
+    now: datetime,
+) -> str:
+    if policy.mode == PolicyMode.DRY_RUN:
+        # Record it once per breach (the arm re-arms once the conditions clear), keep rolling out.
+        if arm_allows_firing(policy, rollout.experiment, True, now):
+            _fire_rollback(rollout, policy, stats, broken, now)
+            return "dry_run"
+        return "waiting"
+    trigger = _fire_rollback(rollout, policy, stats, broken, now)
+    rollout.trigger = trigger
+    reasons = "; ".join(f"{r.description} ({r.detail})" for r in broken)
+    rollout.history = [
+        *rollout.history,
+        {
+            "stage": rollout.stage["name"],
+            "traffic_pct": rollout.stage["traffic_pct"],
+            "started_at": rollout.stage_started_at.isoformat(),
+            "ended_at": now.isoformat(),
+            "window": stats,
+            "conditions": [r.as_dict() for r in broken],
+            "result": "failed",
+        },
+    ]
+    rollout.save(update_fields=["history"])
+    if policy.mode == PolicyMode.APPROVE:
+        # No more traffic to a version that broke a condition while a person decides.
+        rollout.status = RolloutStatus.PAUSED
+        rollout.outcome = f"rollback awaiting approval: {reasons}"
+        rollout.save(update_fields=["status", "outcome", "trigger"])
+        _set_traffic(rollout.candidate_id, 0.0)
+        return "paused"
+    _finish(rollout, RolloutStatus.ROLLED_BACK, f"at stage {rollout.stage['name']}: {reasons}", now)
+    return "rolled_back"
+
+
+def _resolve_pause(rollout: CanaryRollout, now: datetime) -> str:
+    """A paused rollout follows the person's decision on its rollback trigger."""
+    trigger = rollout.trigger
+    if trigger is None:
+        _finish(rollout, RolloutStatus.CANCELLED, "its rollback trigger is gone", now)
+        return "cancelled"
+    trigger.refresh_from_db(fields=["status"])
+    if trigger.status in (TriggerStatus.FIRED, TriggerStatus.ACTED, TriggerStatus.FAILED):
+        _finish(rollout, RolloutStatus.ROLLED_BACK, f"rollback approved [trigger #{trigger.pk}]", now)
+        return "rolled_back"
+    if trigger.status in (TriggerStatus.DISMISSED, TriggerStatus.EXPIRED):
+        rollout.status = RolloutStatus.RUNNING
+        rollout.outcome = f"rollback {trigger.status}: the stage starts again"
+        rollout.save(update_fields=["status", "outcome"])
+        _enter_stage(rollout, rollout.stage_index, now)
+        return "resumed"
+    return "paused"
+
+
+def _rollback_unservable(rollout: CanaryRollout, now: datetime) -> str:
+    candidate = rollout.candidate
+    policy = rollout.policy
+    reason = f"v{candidate.version} cannot be served: {candidate.serve_error}"
+    if policy is not None:
+        result = ConditionResult("checkpoint servable", True, None, reason)
+        rollout.trigger = _fire_rollback(
+            rollout, policy, window_stats(candidate, after_request=rollout.stage_after_request), [result], now
+        )
+    else:
+        experiment_transition(
+            experiment_id=rollout.experiment_id, event="rollback", actor=Actor.system("canary"), reason=reason
+        )
+    _finish(rollout, RolloutStatus.ROLLED_BACK, reason, now)
+    return "rolled_back"
+
+
+def canary_sweep(*, now: datetime | None = None) -> dict[str, str]:
+    """Judge every live rollout; return {rollout id: what happened}."""
+    now = now or timezone.now()
+    outcomes = {}
+    for rollout_id in CanaryRollout.objects.filter(status__in=LIVE_ROLLOUT_STATUSES).values_list(
+        "pk", flat=True
+    ):
+        try:
+            outcomes[str(rollout_id)] = rollout_evaluate(rollout_id=rollout_id, now=now)
+        except Exception:  # one broken rollout must not stop the others being judged
+            logger.exception("judging canary rollout %s failed", rollout_id)
+            outcomes[str(rollout_id)] = "error"
+    return outcomes
+
+
+# --- the experiment lifecycle drives rollouts (hooks run after the transition commits) ---
+
+
+@on_transition("promote")
+def _start_on_promote(experiment: Experiment, actor: Actor) -> None:
+    try:
+        rollout_start(experiment=experiment, actor=actor)
+    except Exception:
+        logger.exception("starting the canary of experiment %s failed", experiment.pk)
+
+
+def _end_live(experiment: Experiment, status: str, outcome: str, actor: Actor) -> None:
+    now = timezone.now()
+    with transaction.atomic():
+        for rollout in CanaryRollout.objects.select_for_update().filter(
+            experiment=experiment, status__in=LIVE_ROLLOUT_STATUSES
+        ):
+            _finish(rollout, status, outcome, now)
+            if status == RolloutStatus.CANCELLED:
+                _archive_candidate(rollout, actor)
+
+
+@on_transition("rollback")
+def _end_on_rollback(experiment: Experiment, actor: Actor) -> None:
+    _end_live(experiment, RolloutStatus.ROLLED_BACK, f"rolled back by {actor.label}", actor)
+
+
+@on_transition("cancel")
+def _end_on_cancel(experiment: Experiment, actor: Actor) -> None:
+    _end_live(experiment, RolloutStatus.CANCELLED, f"cancelled by {actor.label}", actor)
+
+
+@on_transition("deploy")
+def _end_on_deploy(experiment: Experiment, actor: Actor) -> None:
+    if experiment.state == State.DEPLOYED:
+        _end_live(
+            experiment, RolloutStatus.DEPLOYED, f"deployed by {actor.label} before the last stage", actor
+        )

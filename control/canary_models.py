@@ -1,0 +1,90 @@
+"""A canary rollout in progress or done: which version, which stage, what each stage saw."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models
+from django.db.models import Q
+
+
+class RolloutStatus(models.TextChoices):
+    """Where a rollout stands."""
+
+    RUNNING = "running", "Running"
+    PAUSED = "paused", "Paused (rollback awaiting approval)"
+    DEPLOYED = "deployed", "Deployed"
+    ROLLED_BACK = "rolled_back", "Rolled back"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+LIVE_ROLLOUT_STATUSES = (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+
+
+class CanaryRollout(models.Model):
+    """One promoted version going through its canary policy's stages, judged on served traffic.
+
+    The stages are copied from the policy when the rollout starts, so editing the policy never
+    changes a rollout already under way.
+    """
+
+    model_name = models.CharField(max_length=64, db_index=True)
+    policy = models.ForeignKey(
+        "control.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="rollouts"
+    )
+    experiment = models.ForeignKey(
+        "experiments.Experiment", on_delete=models.CASCADE, related_name="rollouts"
+    )
+    candidate = models.ForeignKey(
+        "experiments.ModelVersion", on_delete=models.CASCADE, related_name="rollouts"
+    )
+    baseline = models.ForeignKey(
+        "experiments.ModelVersion",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="Production when the rollout started; it keeps the rest of the traffic.",
+    )
+    stages = models.JSONField(default=list, help_text='[{"name", "traffic_pct", "duration_seconds"}, ...]')
+    min_requests = models.PositiveIntegerField(default=50)
+    stage_index = models.PositiveIntegerField(default=0)
+    stage_started_at = models.DateTimeField()
+    stage_after_request = models.PositiveBigIntegerField(
+        default=0,
+        help_text="The stage's window: served requests with a larger id (no clock can skew it).",
+    )
+    status = models.CharField(
+        max_length=16, choices=RolloutStatus.choices, default=RolloutStatus.RUNNING, db_index=True
+    )
+    outcome = models.TextField(blank=True, help_text="Why it ended as it did.")
+    history = models.JSONField(default=list, blank=True, help_text="Each finished stage and its window.")
+    trigger = models.ForeignKey(
+        "control.TriggerEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            # One canary at a time per model: two would split the same traffic between them.
+            models.UniqueConstraint(
+                fields=["model_name"],
+                condition=Q(status__in=["running", "paused"]),
+                name="canaryrollout_one_live_per_model",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} v{self.candidate.version} canary ({self.status})"
+
+    @property
+    def stage(self) -> dict[str, Any]:
+        """Return the current stage."""
+        return self.stages[min(self.stage_index, len(self.stages) - 1)]
+
+    @property
+    def is_live(self) -> bool:
+        """Return True while the rollout still decides traffic."""
+        return self.status in LIVE_ROLLOUT_STATUSES
