@@ -9,7 +9,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from . import policy_admin  # noqa: F401  (registers the policy admin)
-from .models import Device, Worker
+from .models import CanaryRollout, Device, Worker
 from .services import device_set_reserved
 
 
@@ -73,3 +73,32 @@ class DeviceAdmin(admin.ModelAdmin):
         """Make the selected devices leasable again."""
         changed = sum(device_set_reserved(device_id=d.pk, reserved=False) for d in queryset)
         self.message_user(request, f"Released {changed} device(s).", messages.SUCCESS)
+
+
+@admin.register(CanaryRollout)
+class CanaryRolloutAdmin(admin.ModelAdmin):
+    """Canary rollouts and what each stage saw (read-only: they move by the sweep and the buttons)."""
+
+    list_display = (
+        "model_name",
+        "candidate",
+        "baseline",
+        "status",
+        "stage_index",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "model_name")
+    list_select_related = ("candidate", "baseline")
+    readonly_fields = (
+        "model_name", "policy", "experiment", "candidate", "baseline", "stages", "min_requests", "stage_index",
+        "stage_started_at", "stage_after_request", "status", "outcome", "history", "trigger", "started_at",
+        "finished_at",
+    )  # fmt: skip
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """A rollout starts when a version is promoted."""
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False

@@ -13,7 +13,7 @@ from django_fsm.admin import FSMAdminMixin
 
 from .actors import Actor
 from .models import EVENT_LABELS, ApiToken, Experiment, MetricPoint, Run, TransitionLog
-from .registry import ModelVersion
+from .registry import DatasetVersion, DriftCheck, ModelVersion
 from .services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
@@ -181,7 +181,9 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         "model_name",
         "version",
         "stage",
+        "traffic_pct",
         "experiment",
+        "dataset_version",
         "promoted_by",
         "promoted_at",
         "serve_error",
@@ -189,6 +191,32 @@ class ModelVersionAdmin(ReadOnlyAdmin):
     list_filter = ("model_name", "stage")
     search_fields = ("model_name", "experiment__name", "checkpoint_sha256")
     list_select_related = ("experiment",)
+
+
+@admin.register(DatasetVersion)
+class DatasetVersionAdmin(ReadOnlyAdmin):
+    """Curated datasets (hard served examples); written by the curate_dataset action."""
+
+    list_display = (
+        "model_name",
+        "version",
+        "strategy",
+        "row_count",
+        "source_version",
+        "created_by",
+        "created_at",
+    )
+    list_filter = ("model_name", "strategy")
+    list_select_related = ("source_version",)
+
+
+@admin.register(DriftCheck)
+class DriftCheckAdmin(ReadOnlyAdmin):
+    """Drift measurements of served versions (the drift sweep writes them)."""
+
+    list_display = ("version", "score", "max_feature_psi", "window_rows", "detail", "checked_at")
+    list_filter = ("version__model_name",)
+    list_select_related = ("version",)
 
 
 @admin.register(ApiToken)

@@ -51,7 +51,18 @@ def test_audit_log_cannot_be_added_changed_or_deleted(staff_client: Client, log:
     assert TransitionLog.objects.filter(pk=log.pk).exists()
 
 
-@pytest.mark.parametrize("model", ["run", "metricpoint", "apitoken", "modelversion"])
+@pytest.mark.parametrize(
+    "model",
+    [
+        "experiments_run",
+        "experiments_metricpoint",
+        "experiments_apitoken",
+        "experiments_modelversion",
+        "experiments_datasetversion",
+        "experiments_driftcheck",
+        "control_canaryrollout",
+    ],
+)
 def test_runs_metrics_and_tokens_cannot_be_added_in_the_admin(staff_client: Client, model: str) -> None:
-    assert staff_client.get(reverse(f"admin:experiments_{model}_changelist")).status_code == 200
-    assert staff_client.get(reverse(f"admin:experiments_{model}_add")).status_code == 403
+    assert staff_client.get(reverse(f"admin:{model}_changelist")).status_code == 200
+    assert staff_client.get(reverse(f"admin:{model}_add")).status_code == 403
