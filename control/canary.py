@@ -214,7 +214,8 @@ def rollout_evaluate(*, rollout_id: int, now: datetime | None = None) -> str:
     now = now or timezone.now()
     with transaction.atomic():
         rollout = (
-            CanaryRollout.objects.select_for_update()
+            # of=self: PostgreSQL cannot lock the nullable side (baseline, policy) of the joins.
+            CanaryRollout.objects.select_for_update(of=("self",))
             .select_related("candidate", "baseline", "experiment", "policy")
             .filter(pk=rollout_id, status__in=LIVE_ROLLOUT_STATUSES)
             .first()
