@@ -1,0 +1,184 @@
+"""In a real browser: promote a candidate into a canary, watch its traffic share grow, roll it back.
+
+Predictions are really served (in-process, by the trained digits model) and the canary sweep is
+called as the beat would call it; the page follows by polling, without a reload.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import Permission, User
+from playwright.sync_api import Page, expect
+
+from control.canary import canary_sweep
+from control.canary_models import CanaryRollout, RolloutStatus
+from control.policy_services import policy_create
+from experiments import serving
+from experiments.actors import Actor
+from experiments.choices import RunStatus, State
+from experiments.execution import file_sha256
+from experiments.models import Experiment, Run, TransitionLog
+from experiments.recipes.digits import RECIPE
+from experiments.recipes.local import LocalRunContext
+from experiments.registry import ModelStage, ModelVersion
+from experiments.services import experiment_create, experiment_transition
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+SYSTEM = Actor.system("test")
+FEATURES = {"features": [0.0] * 64}
+MIN_REQUESTS = 5
+
+
+@pytest.fixture(scope="session")
+def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Train a small digits MLP with the real recipe once; return its newest checkpoint."""
+    folder = tmp_path_factory.mktemp("canary-journey-ckpt")
+    RECIPE.train(LocalRunContext(checkpoint_dir=folder, keep=1), {"epochs": 4, "hidden": 16})
+    return sorted(folder.glob("step-*.pt"))[-1]
+
+
+@pytest.fixture
+def olga(transactional_db: Any) -> User:
+    """An operator: may see, promote and roll back."""
+    user = User.objects.create_user("olga", password="pw-olga-123")
+    user.user_permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="experiments",
+            codename__in=["view_experiment", "promote_experiment", "rollback_experiment"],
+        )
+    )
+    return user
+
+
+def _finished(name: str, checkpoint: Path) -> Experiment:
+    """Return an evaluating digits experiment whose run left the trained checkpoint."""
+    experiment = experiment_create(name=name, recipe="digits")
+    for event in ("queue", "start", "complete"):
+        experiment = experiment_transition(experiment_id=experiment.pk, event=event, actor=SYSTEM)
+    Run.objects.create(
+        experiment=experiment,
+        attempt=1,
+        status=RunStatus.SUCCEEDED,
+        checkpoint_path=str(checkpoint),
+        checkpoint_sha256=file_sha256(checkpoint),
+        checkpoint_size=checkpoint.stat().st_size,
+    )
+    return experiment
+
+
+def _log_in(page: Page, url: str) -> None:
+    page.goto(url)
+    expect(page).to_have_url(re.compile(r"/login/\?next="))
+    page.get_by_label("Username").fill("olga")
+    page.get_by_label("Password").fill("pw-olga-123")
+    page.get_by_role("button", name="Log in").click()
+
+
+def _serve_until_canary_answered(candidate: ModelVersion, needed: int) -> Counter[int]:
+    served: Counter[int] = Counter()
+    for _ in range(5000):
+        served[serving.predict(model_name="digits", payload=FEATURES)["version"]] += 1
+        if served[candidate.version] >= needed:
+            return served
+    pytest.fail(f"the canary answered {served[candidate.version]} of {sum(served.values())} requests")
+
+
+def test_promote_watch_the_canary_grow_and_roll_it_back(
+    page: Page, live_server: Any, olga: User, digits_checkpoint: Path
+) -> None:
+    serving.clear_cache()
+    baseline = _finished("baseline", digits_checkpoint)
+    for event in ("promote", "deploy"):  # before any canary policy: straight to production
+        experiment_transition(experiment_id=baseline.pk, event=event, actor=SYSTEM)
+    policy_create(
+        name="digits-canary",
+        kind="canary",
+        stages=[("c10", 10, 60), ("c50", 50, 60), ("full", 100, 0)],
+        conditions=[
+            {
+                "kind": "metric",
+                "metric": "error_rate",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": "rollback_on",
+            }
+        ],
+        canary_min_requests=MIN_REQUESTS,
+    )
+    candidate = _finished("candidate", digits_checkpoint)
+
+    _log_in(page, live_server.url + "/registry/digits/")
+    expect(page.locator("#production-version")).to_have_text("production v1")
+    expect(page.locator("#split-production")).to_have_attribute("data-pct", "100")
+    expect(page.locator("#split-canary")).to_be_hidden()
+
+    page.locator(f'#candidates-table tr[data-experiment-id="{candidate.pk}"]').get_by_role(
+        "button", name="Promote"
+    ).click()
+
+    expect(page.locator(".message.success")).to_contain_text("v2 is the canary, 10% of requests")
+    expect(page.locator("#split-canary")).to_have_attribute("data-pct", "10")
+    expect(page.locator("#split-production")).to_have_attribute("data-pct", "90")
+    expect(page.locator("#rollout-stage")).to_have_text("c10")
+    expect(page.locator('#rollout-stages li[aria-current="step"]')).to_have_attribute("data-stage", "c10")
+    rollout = CanaryRollout.objects.select_related("candidate").get(experiment=candidate)
+    # From here on the page must change by itself: a reload would drop this mark.
+    page.evaluate("() => { window.sameDocument = true; }")
+
+    served = _serve_until_canary_answered(rollout.candidate, MIN_REQUESTS)
+    expect(page.locator('#rollout [data-field="rollout.stage_requests"]').first).to_have_text(
+        str(MIN_REQUESTS)
+    )
+    # One stacked bar series per serving version: production and the canary.
+    expect(page.locator("#chart-requests .barlayer .trace")).to_have_count(2)
+    assert served[1] > 0
+
+    # The stage has lasted its minute (as the beat finds it) with enough requests: on to c50.
+    assert canary_sweep(now=rollout.stage_started_at + timedelta(seconds=61)) == {str(rollout.pk): "advanced"}
+
+    expect(page.locator("#split-canary")).to_have_attribute("data-pct", "50")
+    expect(page.locator("#split-production")).to_have_attribute("data-pct", "50")
+    expect(page.locator("#rollout-stage")).to_have_text("c50")
+    expect(page.locator('#rollout-stages li[data-stage="c10"]')).to_have_class(re.compile(r"result-passed"))
+    assert page.evaluate("() => window.sameDocument") is True
+
+    # "Keep it" closes the dialog and changes nothing.
+    page.get_by_role("button", name="Roll back canary").click()
+    dialog = page.locator("#confirm-canary-rollback-digits")
+    expect(dialog).to_be_visible()
+    dialog.get_by_role("button", name="Keep it").click()
+    expect(dialog).to_be_hidden()
+    assert CanaryRollout.objects.get(pk=rollout.pk).status == RolloutStatus.RUNNING
+
+    page.get_by_role("button", name="Roll back canary").click()
+    dialog.get_by_label("Reason").fill("c50 looks slow")
+    dialog.get_by_role("button", name="Yes, roll back the canary").click()
+
+    expect(page.locator(".message.success")).to_contain_text(
+        "Canary v2 of digits rolled back: v1 serves every request."
+    )
+    expect(page.locator("#rollout")).to_have_attribute("data-status", "rolled_back")
+    expect(page.locator("#rollout-status")).to_have_text("Rolled back")
+    expect(page.locator("#rollout-experiment-state")).to_have_text("Rolled back")
+    expect(page.locator("#split-canary")).to_be_hidden()
+    expect(page.locator("#split-production")).to_have_attribute("data-pct", "100")
+    expect(page.locator(f'#rollouts-table tr[data-rollout-id="{rollout.pk}"]')).to_have_attribute(
+        "data-status", "rolled_back"
+    )
+    expect(page.get_by_role("button", name="Roll back canary")).to_be_hidden()
+    expect(page.locator('#rollout-stages li[data-stage="c50"]')).to_contain_text("rolled back")
+
+    candidate.refresh_from_db()
+    assert candidate.state == State.ROLLED_BACK
+    log = TransitionLog.objects.get(experiment=candidate, event="rollback")
+    assert (log.actor, log.reason) == ("user:olga", "c50 looks slow")
+    assert ModelVersion.objects.get(pk=rollout.candidate_id).stage == ModelStage.ARCHIVED
+    # Production never stopped serving, and now answers every request.
+    assert {serving.predict(model_name="digits", payload=FEATURES)["version"] for _ in range(20)} == {1}
