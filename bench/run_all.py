@@ -34,6 +34,15 @@ SCRIPTS: list[tuple[str, list[str]]] = [
         "scheduler.py",
         ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],
     ),
+    (
+        "canary.py",
+        [
+            "canary_bad_caught_share",
+            "canary_good_deployed_share",
+            "canary_detect_requests",
+            "canary_detect_sim_s",
+        ],
+    ),
     ("gpu.py", ["gpu_charlm_tokens_per_s"]),
 ]
 # A script gets at most this long, and never more than what is left of the budget.

@@ -2,7 +2,8 @@
 rolled back on its own the moment its served traffic breaks a rollback_on condition.
 
 Lifecycle: promote (button or auto-promote policy) → `rollout_start` registers the version as
-the canary and gives it the first stage's traffic share → `canary_sweep` (Celery beat, every
+the canary and gives it the first stage's traffic share (or queues it behind the model's
+canary under way: one at a time, in promotion order) → `canary_sweep` (Celery beat, every
 CANARY_SWEEP_SECONDS) judges each live rollout on the requests its candidate served in the
 current stage → a broken condition fires a "canary" trigger whose rollback action rolls the
 experiment back (the registry hook archives the candidate; production never stopped serving);
@@ -28,7 +29,7 @@ from experiments.services import TransitionRefused, experiment_transition, on_tr
 from experiments.serving import last_request_id, window_stats
 
 from . import policy_services
-from .canary_models import LIVE_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
+from .canary_models import LIVE_ROLLOUT_STATUSES, UNFINISHED_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
 from .conditions import ConditionResult, EvaluationContext, evaluate_condition
 from .engine import Evaluation, arm_allows_firing
 from .policy_models import ConditionRole, Policy, PolicyKind, PolicyMode, TriggerEvent, TriggerStatus
@@ -67,37 +68,66 @@ def rollout_start(
         return None
     if version.stage in (ModelStage.NONE, ModelStage.STAGING, ModelStage.ARCHIVED):
         model_version_set_stage(version_id=version.pk, stage=ModelStage.CANARY, actor=actor)
-    baseline = ModelVersion.objects.filter(model_name=version.model_name, stage=ModelStage.PRODUCTION).first()
+    # One canary at a time per model: a later promotion waits for its turn (the sweep starts it;
+    # the one-live-rollout constraint settles two promotions racing for the first turn).
+    busy = CanaryRollout.objects.filter(
+        model_name=version.model_name, status__in=UNFINISHED_ROLLOUT_STATUSES
+    ).exists()
+    rollout = CanaryRollout.objects.create(
+        model_name=version.model_name,
+        policy=policy,
+        experiment=experiment,
+        candidate=version,
+        stages=stages,
+        min_requests=policy.canary_min_requests,
+        stage_started_at=now,
+        status=RolloutStatus.QUEUED,
+    )
+    if not busy:
+        _activate(rollout, now)
+    return rollout
+
+
+def _activate(rollout: CanaryRollout, now: datetime) -> bool:
+    """Start a queued rollout against today's production; False when another one got there first."""
     try:
         with transaction.atomic():
-            # A newer promotion replaces a canary still under way for the same model.
-            for older in CanaryRollout.objects.select_for_update().filter(
-                model_name=version.model_name, status__in=LIVE_ROLLOUT_STATUSES
-            ):
-                _finish(older, RolloutStatus.CANCELLED, f"replaced by the canary of v{version.version}", now)
-                _archive_candidate(older, actor)
-            rollout = CanaryRollout.objects.create(
-                model_name=version.model_name,
-                policy=policy,
-                experiment=experiment,
-                candidate=version,
-                baseline=baseline,
-                stages=stages,
-                min_requests=policy.canary_min_requests,
-                stage_started_at=now,
+            claimed = CanaryRollout.objects.filter(pk=rollout.pk, status=RolloutStatus.QUEUED).update(
+                status=RolloutStatus.RUNNING,
+                baseline=ModelVersion.objects.filter(
+                    model_name=rollout.model_name, stage=ModelStage.PRODUCTION
+                ).first(),
             )
     except IntegrityError:
-        logger.warning(
-            "another canary of %s started at the same moment; #%s not started",
-            version.model_name,
-            experiment.pk,
-        )
-        return None
-    if not stages:
+        return False  # the one-live-canary constraint: another rollout of this model is running
+    if not claimed:
+        return False
+    rollout.refresh_from_db()
+    if not rollout.stages:
         _deploy(rollout, now, "the canary policy has no stages: deployed at once")
-        return rollout
-    _enter_stage(rollout, 0, now)
-    return rollout
+    else:
+        _enter_stage(rollout, 0, now)
+    return True
+
+
+def _start_queued(now: datetime) -> list[int]:
+    """Start the oldest queued rollout of every model that has no canary under way."""
+    started = []
+    live_models = set(
+        CanaryRollout.objects.filter(status__in=LIVE_ROLLOUT_STATUSES).values_list("model_name", flat=True)
+    )
+    queued = CanaryRollout.objects.filter(status=RolloutStatus.QUEUED).order_by("started_at", "id")
+    for rollout in queued:
+        if rollout.model_name in live_models:
+            continue
+        candidate = ModelVersion.objects.get(pk=rollout.candidate_id)
+        if candidate.stage != ModelStage.CANARY:
+            _finish(rollout, RolloutStatus.CANCELLED, f"v{candidate.version} left the canary stage", now)
+            continue
+        if _activate(rollout, now):
+            started.append(rollout.pk)
+        live_models.add(rollout.model_name)
+    return started
 
 
 def _enter_stage(rollout: CanaryRollout, index: int, now: datetime) -> None:
@@ -336,9 +366,9 @@ def _rollback_unservable(rollout: CanaryRollout, now: datetime) -> str:
 
 
 def canary_sweep(*, now: datetime | None = None) -> dict[str, str]:
-    """Judge every live rollout; return {rollout id: what happened}."""
+    """Start queued rollouts whose turn came, judge every live one; return {rollout id: what happened}."""
     now = now or timezone.now()
-    outcomes = {}
+    outcomes = {str(pk): "started" for pk in _start_queued(now)}
     for rollout_id in CanaryRollout.objects.filter(status__in=LIVE_ROLLOUT_STATUSES).values_list(
         "pk", flat=True
     ):
@@ -365,7 +395,7 @@ def _end_live(experiment: Experiment, status: str, outcome: str, actor: Actor) -
     now = timezone.now()
     with transaction.atomic():
         for rollout in CanaryRollout.objects.select_for_update().filter(
-            experiment=experiment, status__in=LIVE_ROLLOUT_STATUSES
+            experiment=experiment, status__in=UNFINISHED_ROLLOUT_STATUSES
         ):
             _finish(rollout, status, outcome, now)
             if status == RolloutStatus.CANCELLED:

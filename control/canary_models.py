@@ -11,6 +11,7 @@ from django.db.models import Q
 class RolloutStatus(models.TextChoices):
     """Where a rollout stands."""
 
+    QUEUED = "queued", "Queued (waits for the model's canary under way)"
     RUNNING = "running", "Running"
     PAUSED = "paused", "Paused (rollback awaiting approval)"
     DEPLOYED = "deployed", "Deployed"
@@ -19,6 +20,7 @@ class RolloutStatus(models.TextChoices):
 
 
 LIVE_ROLLOUT_STATUSES = (RolloutStatus.RUNNING, RolloutStatus.PAUSED)
+UNFINISHED_ROLLOUT_STATUSES = (RolloutStatus.QUEUED, *LIVE_ROLLOUT_STATUSES)
 
 
 class CanaryRollout(models.Model):

@@ -337,16 +337,41 @@ def test_a_canary_whose_checkpoint_is_corrupt_gets_no_request_and_is_rolled_back
     assert "cannot be served" in rollout.outcome
 
 
-def test_a_new_promotion_replaces_a_canary_still_under_way(
+def test_a_second_promotion_waits_for_the_canary_under_way_and_starts_when_it_ends(
     make_experiment: MakeExperiment, django_capture_on_commit_callbacks: Any
 ) -> None:
-    production(make_experiment)
+    from experiments.services import experiment_transition
+
+    v1 = production(make_experiment)
     canary_policy()
     first = promote(make_experiment("v2"), django_capture_on_commit_callbacks)
     second = promote(make_experiment("v3"), django_capture_on_commit_callbacks)
-    first.refresh_from_db()
-    assert (first.status, second.status) == (RolloutStatus.CANCELLED, RolloutStatus.RUNNING)
-    assert ModelVersion.objects.get(pk=first.candidate_id).stage == ModelStage.ARCHIVED
+    assert (first.status, second.status) == (RolloutStatus.RUNNING, RolloutStatus.QUEUED)
+    assert ModelVersion.objects.get(pk=second.candidate_id).traffic_pct == 0.0
+    assert canary_sweep() == {str(first.pk): "waiting"}
+
+    with django_capture_on_commit_callbacks(execute=True):
+        experiment_transition(experiment_id=first.experiment_id, event="rollback", actor=ALICE)
+    assert canary_sweep() == {str(second.pk): "waiting"}  # started, then judged: too few requests yet
+    second.refresh_from_db()
+    assert (second.status, second.baseline_id) == (RolloutStatus.RUNNING, v1.pk)
+    assert ModelVersion.objects.get(pk=second.candidate_id).traffic_pct == 10.0
+
+
+def test_cancelling_a_queued_promotion_drops_it_from_the_queue(
+    make_experiment: MakeExperiment, django_capture_on_commit_callbacks: Any
+) -> None:
+    from experiments.services import experiment_transition
+
+    production(make_experiment)
+    canary_policy()
+    promote(make_experiment("v2"), django_capture_on_commit_callbacks)
+    queued = promote(make_experiment("v3"), django_capture_on_commit_callbacks)
+    with django_capture_on_commit_callbacks(execute=True):
+        experiment_transition(experiment_id=queued.experiment_id, event="cancel", actor=ALICE)
+    queued.refresh_from_db()
+    assert queued.status == RolloutStatus.CANCELLED
+    assert ModelVersion.objects.get(pk=queued.candidate_id).stage == ModelStage.ARCHIVED
 
 
 @pytest.mark.parametrize(

@@ -351,10 +351,12 @@ def test_roll_back_canary_of_a_rollout_that_already_ended_does_nothing(
 ) -> None:
     _canary_policy()
     old = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
-    # A newer promotion replaced the canary the person was looking at.
+    # While the person looked at it, the canary ended and the next promotion's canary started.
     newer = finished("newer")
     with django_capture_on_commit_callbacks(execute=True):
         experiment_transition(experiment_id=newer.pk, event="promote", actor=SYSTEM)
+        experiment_transition(experiment_id=old.experiment_id, event="rollback", actor=SYSTEM)
+    canary_sweep()
 
     response = operator_client.post(CANARY_ROLLBACK, {"rollout_id": old.pk}, follow=True)
 
