@@ -93,9 +93,11 @@ def evaluation_context(
         .values_list("created_at", flat=True)
         .first()
     )
-    if experiment.parent_id is not None and (last_retrain is None or experiment.created_at > last_retrain):
-        # The experiment is itself a retrain: its model was retrained when it was created, so a
-        # deployed retrain does not count as "never retrained" and start the loop again.
+    if experiment.dataset_version_id is not None and (
+        last_retrain is None or experiment.created_at > last_retrain
+    ):
+        # The experiment is itself a retrain on curated data: its model was retrained when it was
+        # created, so once deployed it does not count as "never retrained" and start the loop again.
         last_retrain = experiment.created_at
     return EvaluationContext(
         series=series,

@@ -188,11 +188,17 @@ def test_a_curated_file_that_is_not_digits_is_refused_with_its_reason(tmp_path: 
 
 
 @pytest.mark.django_db
-def test_a_deployed_retrain_counts_as_retrained_so_drift_does_not_loop_within_the_window(
+def test_a_deployed_retrain_on_curated_data_counts_as_retrained_so_drift_does_not_loop(
     make_experiment: MakeExperiment, django_capture_on_commit_callbacks: Any
 ) -> None:
     version = _deployed(make_experiment, django_capture_on_commit_callbacks)
-    Experiment.objects.filter(pk=version.experiment_id).update(parent=make_experiment("its parent"))
+    dataset = DatasetVersion.objects.create(
+        model_name="digits", version=1, strategy="hard_examples", path="/nowhere.npz", sha256="0" * 64,
+        size=1, row_count=1, created_by="policy:drift_retrain",
+    )  # fmt: skip
+    Experiment.objects.filter(pk=version.experiment_id).update(
+        parent=make_experiment("its parent"), dataset_version=dataset
+    )
     _drift_policy()  # drift > 0.15 and last retrain older than 24 h
     _serve(shift_inputs(X_VAL[:150], 0.25), Y_VAL[:150])
     [report] = drift_sweep()
