@@ -30,7 +30,7 @@ from experiments.serving import last_request_id, window_stats
 
 from . import policy_services
 from .canary_models import LIVE_ROLLOUT_STATUSES, UNFINISHED_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
-from .conditions import ConditionResult, EvaluationContext, evaluate_condition
+from .conditions import ConditionKind, ConditionResult, ConditionSpec, EvaluationContext, evaluate_condition
 from .engine import Evaluation, arm_allows_firing
 from .policy_models import ConditionRole, Policy, PolicyKind, PolicyMode, TriggerEvent, TriggerStatus
 
@@ -183,7 +183,13 @@ def _deploy(rollout: CanaryRollout, now: datetime, reason: str) -> None:
 def _judge(
     rollout: CanaryRollout, policy: Policy | None, now: datetime
 ) -> tuple[dict[str, Any], list[ConditionResult]]:
-    """Return the candidate's stage window and each rollback_on condition's result on it."""
+    """Return the candidate's stage window and each rollback_on condition's result on it.
+
+    A result's `passed` means "this rollback condition holds". A threshold holds when it is
+    crossed; a regression condition (no worse than production by more than x) holds when it
+    is *broken*, judged against production's own requests in the same window, so that both
+    models are compared on the same traffic (after drift, both may be below any fixed bar).
+    """
     after = rollout.stage_after_request
     stats = window_stats(rollout.candidate, after_request=after)
     baseline = window_stats(rollout.baseline, after_request=after) if rollout.baseline is not None else None
@@ -195,7 +201,22 @@ def _judge(
         now=now,
     )
     specs = [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.ROLLBACK_ON]
-    return stats, [evaluate_condition(spec, ctx) for spec in specs]
+    return stats, [_rollback_holds(spec, evaluate_condition(spec, ctx)) for spec in specs]
+
+
+def _rollback_holds(spec: ConditionSpec, result: ConditionResult) -> ConditionResult:
+    if spec.kind != ConditionKind.REGRESSION:
+        return result
+    # Unmeasured (no feedback yet) is not a regression; a measured one beyond tolerance is.
+    regressed = not result.passed and result.value is not None
+    return ConditionResult(
+        description=f"{spec.metric} worse than production by more than {spec.threshold * 100:g}%"
+        if spec.threshold is not None
+        else result.description,
+        passed=regressed,
+        value=result.value,
+        detail=result.detail,
+    )
 
 
 def _fire_rollback(

@@ -66,8 +66,8 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "kind": PolicyKind.CANARY,
         "order": 30,
         "description": "Canary stages 10% (1 min), 50% (1 min), then full rollout; roll back when the error rate "
-        "passes 5%, latency p99 passes 500 ms or feedback accuracy falls under 85%. The seed's stages are "
-        "1% (1 h) and 10% (4 h): lengthen them here for real traffic.",
+        "passes 5%, latency p99 passes 500 ms, or feedback accuracy is more than 5% worse than production's on "
+        "the same traffic. The seed's stages are 1% (1 h) and 10% (4 h): lengthen them here for real traffic.",
         "scope_recipes": ["digits"],
         "canary_min_requests": 30,
         "conditions": [
@@ -86,10 +86,9 @@ DEMO_POLICIES: list[dict[str, Any]] = [
                 "role": ConditionRole.ROLLBACK_ON,
             },
             {
-                "kind": ConditionKind.METRIC,
+                "kind": ConditionKind.REGRESSION,
                 "metric": "accuracy",
-                "operator": "<",
-                "threshold": 0.85,
+                "threshold": 0.05,
                 "role": ConditionRole.ROLLBACK_ON,
             },
         ],

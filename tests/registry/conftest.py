@@ -43,6 +43,15 @@ def flaky_digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[P
     return sorted(folder.glob("step-*.pt"))[-1], dict(result.final_metrics)
 
 
+@pytest.fixture(scope="session")
+def weak_digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
+    """An under-trained digits model (one epoch of a narrow MLP): clearly less accurate."""
+    folder = tmp_path_factory.mktemp("digits-weak")
+    ctx = LocalRunContext(checkpoint_dir=folder, keep=1)
+    result = RECIPE.train(ctx, {"epochs": 1, "hidden": 8, "seed": 0, "lr": 0.0005})
+    return sorted(folder.glob("step-*.pt"))[-1], dict(result.final_metrics)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_model_cache() -> Iterator[None]:
     # Row ids are reused after a test's rollback: a cached model must not outlive its row.

@@ -374,6 +374,53 @@ def test_cancelling_a_queued_promotion_drops_it_from_the_queue(
     assert ModelVersion.objects.get(pk=queued.candidate_id).stage == ModelStage.ARCHIVED
 
 
+def _regression_policy() -> Policy:
+    return policy_create(
+        name="canary",
+        kind="canary",
+        canary_min_requests=40,
+        stages=[("canary_50pct", 50, 60), ("full_rollout", 100, 0)],
+        conditions=[{"kind": "regression", "metric": "accuracy", "threshold": 0.05, "role": "rollback_on"}],
+    )
+
+
+def test_a_less_accurate_version_is_rolled_back_by_comparison_with_production_on_the_same_traffic(
+    make_experiment: MakeExperiment,
+    weak_digits_checkpoint: tuple[Path, dict[str, float]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    assert weak_digits_checkpoint[1]["accuracy"] < 0.8
+    production(make_experiment)
+    _regression_policy()
+    rollout = promote(
+        make_experiment("weak", checkpoint=weak_digits_checkpoint[0]), django_capture_on_commit_callbacks
+    )
+    serve_until_candidate(rollout, 40)
+    assert canary_sweep() == {str(rollout.pk): "rolled_back"}
+    rollout.refresh_from_db()
+    assert "accuracy worse than production by more than 5%" in rollout.outcome
+
+
+def test_a_more_accurate_version_is_not_rolled_back_even_below_any_fixed_bar(
+    make_experiment: MakeExperiment,
+    weak_digits_checkpoint: tuple[Path, dict[str, float]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    # Production is the weak model; the candidate beats it on the same requests.
+    version = model_version_register(
+        experiment_id=make_experiment("weak", checkpoint=weak_digits_checkpoint[0]).pk
+    )
+    model_version_promote(version_id=version.pk, actor=ALICE)
+    _regression_policy()
+    rollout = promote(make_experiment("good v2"), django_capture_on_commit_callbacks)
+    serve_until_candidate(rollout, 40)
+    assert rollout_evaluate(rollout_id=rollout.pk) == "waiting"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert (
+            rollout_evaluate(rollout_id=rollout.pk, now=timezone.now() + timedelta(seconds=61)) == "deployed"
+        )
+
+
 @pytest.mark.parametrize(
     ("condition", "field"),
     [
