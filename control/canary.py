@@ -28,10 +28,9 @@ from experiments.registry_services import RegistryError, model_version_register,
 from experiments.services import TransitionRefused, experiment_transition, on_transition
 from experiments.serving import last_request_id, window_stats
 
-from . import policy_services
 from .canary_models import LIVE_ROLLOUT_STATUSES, UNFINISHED_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
 from .conditions import ConditionKind, ConditionResult, ConditionSpec, EvaluationContext, evaluate_condition
-from .engine import Evaluation, arm_allows_firing
+from .engine import Evaluation, arm_allows_firing, trigger_fire
 from .policy_models import ConditionRole, Policy, PolicyKind, PolicyMode, TriggerEvent, TriggerStatus
 
 logger = logging.getLogger(__name__)
@@ -228,36 +227,15 @@ def _fire_rollback(
 ) -> TriggerEvent:
     """Record the canary trigger and, by the policy's mode, roll back, ask, or only note it."""
     evaluation = Evaluation(policy=policy, experiment=rollout.experiment, passed=True, results=broken)
-    status = {
-        PolicyMode.AUTO: TriggerStatus.FIRED,
-        PolicyMode.APPROVE: TriggerStatus.PENDING_APPROVAL,
-        PolicyMode.DRY_RUN: TriggerStatus.DRY_RUN,
-    }[PolicyMode(policy.mode)]
-    trigger = TriggerEvent.objects.create(
-        policy=policy,
-        experiment=rollout.experiment,
-        kind="canary",
-        conditions_passed=True,
-        snapshot={
-            **evaluation.snapshot(),
-            "role": "then",
-            "stage": rollout.stage["name"],
-            "traffic_pct": rollout.stage["traffic_pct"],
-            "window": stats,
-            "version": rollout.candidate.version,
-            # Carried out before the policy's own actions, now or once a person approves.
-            "builtin": [["rollback", {}]],
-        },
-        status=status,
-        created_at=now,
-        expires_at=now + timedelta(seconds=policy.approval_timeout_seconds)
-        if status == TriggerStatus.PENDING_APPROVAL
-        else None,
-    )
-    if status == TriggerStatus.FIRED:
-        policy_services.trigger_queue_actions(trigger=trigger)
-    policy_services.publish_trigger(trigger)
-    return trigger
+    context = {
+        "stage": rollout.stage["name"],
+        "traffic_pct": rollout.stage["traffic_pct"],
+        "window": stats,
+        "version": rollout.candidate.version,
+        # Carried out before the policy's own actions, now or once a person approves.
+        "builtin": [["rollback", {}]],
+    }
+    return trigger_fire(evaluation=evaluation, kind="canary", now=now, context=context)
 
 
 def rollout_evaluate(*, rollout_id: int, now: datetime | None = None) -> str:

@@ -157,9 +157,18 @@ def arm_allows_firing(policy: Policy, experiment: Experiment, passed: bool, now:
 
 
 def trigger_fire(
-    *, evaluation: Evaluation, kind: str, use_fallback: bool = False, now: datetime | None = None
+    *,
+    evaluation: Evaluation,
+    kind: str,
+    use_fallback: bool = False,
+    now: datetime | None = None,
+    context: dict[str, Any] | None = None,
 ) -> TriggerEvent:
-    """Record a trigger and, by the policy's mode, queue its actions (or their fallback)."""
+    """Record a trigger and, by the policy's mode, queue its actions (or their fallback).
+
+    context joins the snapshot (what the trigger saw besides its conditions; a "builtin" list
+    of [kind, params] names actions carried out before the policy's own).
+    """
     from . import policy_services
 
     now = now or timezone.now()
@@ -175,7 +184,11 @@ def trigger_fire(
         experiment=evaluation.experiment,
         kind=kind,
         conditions_passed=evaluation.passed,
-        snapshot={**evaluation.snapshot(), "role": ActionRole.FALLBACK if use_fallback else ActionRole.THEN},
+        snapshot={
+            **evaluation.snapshot(),
+            **(context or {}),
+            "role": ActionRole.FALLBACK if use_fallback else ActionRole.THEN,
+        },
         status=status,
         created_at=now,
         expires_at=now + timedelta(seconds=policy.approval_timeout_seconds)
