@@ -9,6 +9,7 @@ from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
 from .choices import PRIORITY_CLASS_RANK, State
 from .models import Experiment, Run, TransitionLog
+from .registry import ModelVersion
 
 # Sort keys offered on the list page, with the ordering each stands for.
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -91,6 +92,11 @@ def experiment_history(*, experiment: Experiment) -> QuerySet[TransitionLog]:
 def experiment_children(*, experiment: Experiment) -> QuerySet[Experiment]:
     """Return the experiments retrained from this one, oldest first."""
     return experiment.children.order_by("created_at", "id")
+
+
+def experiment_model_versions(*, experiment: Experiment) -> QuerySet[ModelVersion]:
+    """Return the model versions registered from this experiment, newest first."""
+    return experiment.model_versions.order_by("-version")
 
 
 def experiment_runs(*, experiment: Experiment) -> QuerySet[Run]:

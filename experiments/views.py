@@ -139,6 +139,7 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
         **_actions_context(request, experiment),
         "config_rows": selectors.experiment_config_rows(experiment=experiment),
         "children": selectors.experiment_children(experiment=experiment),
+        "model_versions": selectors.experiment_model_versions(experiment=experiment),
         "history": history,
         "runs": selectors.experiment_runs(experiment=experiment),
         "visited_states": visited,

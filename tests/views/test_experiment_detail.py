@@ -167,3 +167,27 @@ def test_the_step_forward_is_the_prominent_first_button_and_cancel_comes_last(
     order = re.findall(r'<button [^>]*class="btn btn-(\w+)( btn-primary)?"', html)
     actions = [(event, bool(primary)) for event, primary in order if event in {"promote", "hold", "cancel"}]
     assert actions == [("promote", True), ("hold", False), ("cancel", False)]
+
+
+def test_lineage_names_the_curated_dataset_and_the_registered_model_versions(
+    researcher_client: Client, researcher: User, make_experiment: Callable[..., Experiment]
+) -> None:
+    from experiments.registry import DatasetVersion, ModelStage, ModelVersion
+
+    parent = make_experiment("base", state="failed")
+    dataset = DatasetVersion.objects.create(
+        model_name="digits", version=3, strategy="hard_examples", path="/data/d.npz", sha256="0" * 64,
+        size=10, row_count=42, created_by="policy:drift_retrain",
+    )  # fmt: skip
+    child = experiment_retrain(
+        experiment_id=parent.pk, actor=Actor.for_user(researcher), dataset_version=dataset
+    )
+    ModelVersion.objects.create(
+        model_name="digits", version=7, recipe="digits", experiment=child, checkpoint_path="/c.pt",
+        checkpoint_sha256="1" * 64, stage=ModelStage.CANARY, dataset_version=dataset,
+    )  # fmt: skip
+    html = _detail(researcher_client, child)
+    assert "digits dataset v3" in html and "42 curated hard_examples rows" in html
+    assert 'href="/registry/digits/"' in html and "digits v7" in html
+    assert child.config["extra_data"] == "/data/d.npz"
+    assert "none: promoting registers its checkpoint" in _detail(researcher_client, parent)
