@@ -108,9 +108,10 @@ class HeldOutDigits:
 
 
 def held_out_digits(*, model_name: str) -> HeldOutDigits:
-    """Return the validation split of the model's production version (its experiment's seed and val_fraction).
+    """Return the validation split of the model's serving version (its experiment's seed and val_fraction).
 
-    Without a production version, or an experiment config that names them, the recipe's
+    That is production, else the canary (which takes every request while nothing is in
+    production); without either, or an experiment config that names them, the recipe's
     defaults are used; an unknown model is left for the server to refuse.
     """
     from .recipes.classify import raw_split
@@ -118,11 +119,12 @@ def held_out_digits(*, model_name: str) -> HeldOutDigits:
 
     version = (
         ModelVersion.objects.select_related("experiment")
-        .filter(model_name=model_name, stage=ModelStage.PRODUCTION)
+        .filter(model_name=model_name, stage__in=[ModelStage.PRODUCTION, ModelStage.CANARY])
+        .order_by("-stage", "-version")  # "production" sorts after "canary": production first
         .first()
     )
     config: dict[str, Any] = {}
-    source = f"no production version of {model_name!r}: recipe defaults"
+    source = f"no production or canary version of {model_name!r}: recipe defaults"
     if version is not None and version.experiment is not None:
         config = dict(version.experiment.config or {})
         source = f"{model_name} v{version.version} (experiment #{version.experiment_id})"
