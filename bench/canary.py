@@ -61,6 +61,12 @@ CONDITIONS = [
     {"kind": "metric", "metric": "error_rate", "operator": ">", "threshold": 0.05, "role": "rollback_on"},
     {"kind": "metric", "metric": "accuracy", "operator": "<", "threshold": 0.85, "role": "rollback_on"},
 ]
+# --bounds: the same thresholds on the 95% Wilson bounds, so that a few unlucky requests of a
+# good version cannot cross them (fewer false rollbacks, bad versions caught a little later).
+BOUND_CONDITIONS = [
+    {**CONDITIONS[0], "metric": "error_rate_lower_95"},
+    {**CONDITIONS[1], "metric": "accuracy_upper_95"},
+]
 # A rollout that neither deploys nor rolls back within this much simulated time is a bench failure.
 MAX_ROLLOUT_SIM_SECONDS = 600
 ROLLBACK_WAIT_SECONDS = 60.0
@@ -154,18 +160,18 @@ def evaluating_experiment(checkpoint: Checkpoint, *, name: str, tag: str) -> Any
     return experiment
 
 
-def make_policies() -> None:
+def make_policies(conditions: list[dict[str, Any]]) -> None:
     """The canary policy (experiments tagged "canary") and the all-at-once baseline ("all-at-once")."""
     from control.policy_services import policy_create
 
     common: dict[str, Any] = {"kind": "canary", "canary_min_requests": MIN_REQUESTS, "scope_recipes": [MODEL]}
     policy_create(
-        name="bench_canary", scope_tags=["canary"], conditions=CONDITIONS, stages=CANARY_STAGES, **common
+        name="bench_canary", scope_tags=["canary"], conditions=conditions, stages=CANARY_STAGES, **common
     )
     policy_create(
         name="bench_all_at_once",
         scope_tags=["all-at-once"],
-        conditions=CONDITIONS,
+        conditions=conditions,
         stages=ALL_AT_ONCE_STAGES,
         **common,
     )
@@ -368,7 +374,13 @@ def main() -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="order of the rollouts, routing and injected faults"
     )
+    parser.add_argument(
+        "--bounds",
+        action="store_true",
+        help="judge error_rate_lower_95 and accuracy_upper_95 (Wilson bounds) instead of the raw rates",
+    )
     args = parser.parse_args()
+    conditions = BOUND_CONDITIONS if args.bounds else CONDITIONS
     n = args.n or (1 if args.quick else 10)
     kinds = list(QUICK_KINDS) if args.quick else list(KINDS)
     good_kinds = [k for k in kinds if not KINDS[k][1]]
@@ -387,7 +399,7 @@ def main() -> None:
 
         note(f"canary: training {len(kinds)} digits checkpoints")
         checkpoints = train_checkpoints(Path(folder), kinds)
-        make_policies()
+        make_policies(conditions)
         production = evaluating_experiment(checkpoints["good"], name="production", tag="none")
         model_version_promote(
             version_id=model_version_register(experiment_id=production.pk).pk, actor=Actor.system("bench")
@@ -421,7 +433,7 @@ def main() -> None:
             "policy": {
                 "stages": CANARY_STAGES,
                 "min_requests": MIN_REQUESTS,
-                "rollback_on": ["error_rate > 0.05", "accuracy < 0.85"],
+                "rollback_on": [f"{c['metric']} {c['operator']} {c['threshold']}" for c in conditions],
             },
             "simulated_rps": RATE_RPS,
             "sweep_seconds": SWEEP_SECONDS,

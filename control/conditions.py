@@ -168,9 +168,11 @@ def validate_condition(spec: ConditionSpec) -> dict[str, str]:
 # What a canary's rollback_on conditions can read: its served traffic in the current stage.
 SERVING_METRICS = {
     "error_rate": "share of failed requests (0-1)",
+    "error_rate_lower_95": "error rate's 95% lower bound: above a threshold only once the breach is clear",
     "latency_p50_ms": "median latency in ms",
     "latency_p99_ms": "99th percentile latency in ms",
     "accuracy": "share of predictions matching feedback labels (0-1)",
+    "accuracy_upper_95": "accuracy's 95% upper bound: below a threshold only once the shortfall is clear",
     "requests": "requests served",
 }
 

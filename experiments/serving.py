@@ -338,6 +338,21 @@ def version_summary(version: ModelVersion) -> dict[str, Any]:
     }
 
 
+# z of a two-sided 95% interval (one-sided 97.5%).
+Z_95 = 1.959964
+
+
+def wilson_interval(hits: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Return the Wilson score interval of a proportion hits/n (sound for small n and rates near 0)."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    p = hits / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def last_request_id() -> int:
     """Return the id of the newest served request: a window starting now takes larger ids."""
     return ServedRequest.objects.order_by("-id").values_list("id", flat=True).first() or 0
@@ -347,7 +362,8 @@ def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, 
     """Return the version's served traffic after a request id: what canary conditions are judged on.
 
     requests, error_rate, latency_p50_ms / latency_p99_ms (answered requests), and accuracy
-    over the requests that got a feedback label (None where there is nothing to measure).
+    over the requests that got a feedback label (None where there is nothing to measure), with
+    the 95% Wilson bounds error_rate_lower_95 and accuracy_upper_95.
     """
     rows = list(
         ServedRequest.objects.filter(version=version, id__gt=after_request).values_list(
@@ -362,6 +378,10 @@ def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, 
         "requests": float(requests),
         "errors": float(errors),
         "error_rate": errors / requests if requests else None,
+        # Bounds that a few unlucky requests cannot push past a threshold: a rollback condition
+        # on them fires only once the window makes the breach statistically clear.
+        "error_rate_lower_95": wilson_interval(errors, requests)[0] if requests else None,
+        "accuracy_upper_95": wilson_interval(sum(judged), len(judged))[1] if judged else None,
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
         "feedback": float(len(judged)),

@@ -433,3 +433,42 @@ def test_a_rollback_condition_must_read_served_traffic(condition: dict[str, Any]
         policy_create(name="bad", kind="canary", conditions=[{**condition, "role": "rollback_on"}])
     assert field in info.value.message_dict
     assert not Policy.objects.exists()
+
+
+def test_the_wilson_bounds_keep_a_few_unlucky_requests_from_crossing_a_threshold() -> None:
+    low, high = serving.wilson_interval(3, 30)  # 10% observed on 30 requests
+    assert low == pytest.approx(0.0346, abs=1e-3) and high == pytest.approx(0.2562, abs=1e-3)
+    assert low < 0.05 < 3 / 30
+    assert serving.wilson_interval(20, 200)[0] > 0.05  # the same 10%, now clear
+    assert serving.wilson_interval(0, 10) == (0.0, pytest.approx(0.2775, abs=1e-3))
+
+
+def test_a_bound_condition_rolls_back_a_clearly_failing_canary(
+    make_experiment: MakeExperiment,
+    flaky_digits_checkpoint: tuple[Path, dict[str, float]],
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    production(make_experiment)
+    policy_create(
+        name="canary",
+        kind="canary",
+        canary_min_requests=20,
+        stages=[("canary_10pct", 10, 60), ("full_rollout", 100, 0)],
+        conditions=[
+            {
+                "kind": "metric",
+                "metric": "error_rate_lower_95",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": "rollback_on",
+            }
+        ],
+    )
+    rollout = promote(
+        make_experiment("flaky", checkpoint=flaky_digits_checkpoint[0]), django_capture_on_commit_callbacks
+    )
+    serve_until_candidate(rollout, 20)
+    stats = serving.window_stats(rollout.candidate, after_request=rollout.stage_after_request)
+    assert stats["error_rate_lower_95"] is not None and stats["error_rate"] is not None
+    assert 0.05 < stats["error_rate_lower_95"] < stats["error_rate"]
+    assert canary_sweep() == {str(rollout.pk): "rolled_back"}
