@@ -198,6 +198,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_stray_database_sessions(django_db_setup: Any, django_db_blocker: Any) -> Iterator[None]:
+    """On PostgreSQL, end the connections other threads of this process left open at the end.
+
+    Threads that answered requests or ran async consumers (the live server, asgiref's
+    executor) may keep a connection of their own that Django never closes; PostgreSQL then
+    refuses to drop the test database. Torn down before the database (this needs it).
+    """
+    yield
+    if connection.vendor != "postgresql":
+        return
+    with django_db_blocker.unblock(), connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     """Launch the system Chromium with flags that suit a container (no sandbox, no GPU, no network)."""
