@@ -21,13 +21,11 @@ from control.canary_models import CanaryRollout, RolloutStatus
 from control.policy_services import policy_create
 from experiments import serving
 from experiments.actors import Actor
-from experiments.choices import RunStatus, State
-from experiments.execution import file_sha256
-from experiments.models import Experiment, Run, TransitionLog
-from experiments.recipes.digits import RECIPE
-from experiments.recipes.local import LocalRunContext
+from experiments.choices import State
+from experiments.models import TransitionLog
 from experiments.registry import ModelStage, ModelVersion
-from experiments.services import experiment_create, experiment_transition
+from experiments.services import experiment_transition
+from tests.digits_models import evaluating_digits_experiment, train_digits
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -39,9 +37,7 @@ MIN_REQUESTS = 5
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Train a small digits MLP with the real recipe once; return its newest checkpoint."""
-    folder = tmp_path_factory.mktemp("canary-journey-ckpt")
-    RECIPE.train(LocalRunContext(checkpoint_dir=folder, keep=1), {"epochs": 4, "hidden": 16})
-    return sorted(folder.glob("step-*.pt"))[-1]
+    return train_digits(tmp_path_factory.mktemp("canary-journey-ckpt"), epochs=4, hidden=16)[0]
 
 
 @pytest.fixture
@@ -55,22 +51,6 @@ def olga(transactional_db: Any) -> User:
         )
     )
     return user
-
-
-def _finished(name: str, checkpoint: Path) -> Experiment:
-    """Return an evaluating digits experiment whose run left the trained checkpoint."""
-    experiment = experiment_create(name=name, recipe="digits")
-    for event in ("queue", "start", "complete"):
-        experiment = experiment_transition(experiment_id=experiment.pk, event=event, actor=SYSTEM)
-    Run.objects.create(
-        experiment=experiment,
-        attempt=1,
-        status=RunStatus.SUCCEEDED,
-        checkpoint_path=str(checkpoint),
-        checkpoint_sha256=file_sha256(checkpoint),
-        checkpoint_size=checkpoint.stat().st_size,
-    )
-    return experiment
 
 
 def _log_in(page: Page, url: str) -> None:
@@ -94,7 +74,7 @@ def test_promote_watch_the_canary_grow_and_roll_it_back(
     page: Page, live_server: Any, olga: User, digits_checkpoint: Path
 ) -> None:
     serving.clear_cache()
-    baseline = _finished("baseline", digits_checkpoint)
+    baseline = evaluating_digits_experiment("baseline", digits_checkpoint)
     for event in ("promote", "deploy"):  # before any canary policy: straight to production
         experiment_transition(experiment_id=baseline.pk, event=event, actor=SYSTEM)
     policy_create(
@@ -112,7 +92,7 @@ def test_promote_watch_the_canary_grow_and_roll_it_back(
         ],
         canary_min_requests=MIN_REQUESTS,
     )
-    candidate = _finished("candidate", digits_checkpoint)
+    candidate = evaluating_digits_experiment("candidate", digits_checkpoint)
 
     _log_in(page, live_server.url + "/registry/digits/")
     expect(page.locator("#production-version")).to_have_text("production v1")

@@ -11,45 +11,31 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from experiments import serving
-from experiments.actors import Actor
-from experiments.choices import RunStatus
-from experiments.execution import file_sha256
-from experiments.models import Experiment, Run
-from experiments.recipes.digits import RECIPE
-from experiments.recipes.local import LocalRunContext
-from experiments.services import experiment_create, experiment_transition
+from experiments.models import Experiment
 from experiments.tokens import api_token_create
+from tests.digits_models import evaluating_digits_experiment, train_digits
 
-SYSTEM = Actor.system("test")
 MakeExperiment = Callable[..., Experiment]
 
 
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """Train a small digits MLP with the real recipe once; return its newest checkpoint and metrics."""
-    folder = tmp_path_factory.mktemp("digits-ckpt")
-    ctx = LocalRunContext(checkpoint_dir=folder, keep=1)
-    result = RECIPE.train(ctx, {"epochs": 8, "hidden": 32, "seed": 0})
-    newest = sorted(folder.glob("step-*.pt"))[-1]
-    return newest, dict(result.final_metrics)
+    return train_digits(tmp_path_factory.mktemp("digits-ckpt"), epochs=8, hidden=32, seed=0)
 
 
 @pytest.fixture(scope="session")
 def flaky_digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """A digits model that trains as well as the good one but fails half the requests it serves."""
-    folder = tmp_path_factory.mktemp("digits-flaky")
-    ctx = LocalRunContext(checkpoint_dir=folder, keep=1)
-    result = RECIPE.train(ctx, {"epochs": 8, "hidden": 32, "seed": 0, "serve_error_rate": 0.5})
-    return sorted(folder.glob("step-*.pt"))[-1], dict(result.final_metrics)
+    return train_digits(
+        tmp_path_factory.mktemp("digits-flaky"), epochs=8, hidden=32, seed=0, serve_error_rate=0.5
+    )
 
 
 @pytest.fixture(scope="session")
 def weak_digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """An under-trained digits model (one epoch of a narrow MLP): clearly less accurate."""
-    folder = tmp_path_factory.mktemp("digits-weak")
-    ctx = LocalRunContext(checkpoint_dir=folder, keep=1)
-    result = RECIPE.train(ctx, {"epochs": 1, "hidden": 8, "seed": 0, "lr": 0.0005})
-    return sorted(folder.glob("step-*.pt"))[-1], dict(result.final_metrics)
+    return train_digits(tmp_path_factory.mktemp("digits-weak"), epochs=1, hidden=8, seed=0, lr=0.0005)
 
 
 @pytest.fixture(autouse=True)
@@ -68,20 +54,13 @@ def make_experiment(digits_checkpoint: tuple[Path, dict[str, float]]) -> MakeExp
     def make(
         name: str = "digits run", *, checkpoint: Path | None = None, sha256: str | None = None
     ) -> Experiment:
-        ckpt = checkpoint or path
-        experiment = experiment_create(name=name, recipe="digits", config={"hidden": 32, "epochs": 8})
-        for event in ("queue", "start", "complete"):
-            experiment = experiment_transition(experiment_id=experiment.pk, event=event, actor=SYSTEM)
-        Run.objects.create(
-            experiment=experiment,
-            attempt=1,
-            status=RunStatus.SUCCEEDED,
-            checkpoint_path=str(ckpt),
-            checkpoint_sha256=sha256 or file_sha256(ckpt),
-            checkpoint_size=ckpt.stat().st_size,
-            final_metrics=metrics,
+        return evaluating_digits_experiment(
+            name,
+            checkpoint or path,
+            metrics=metrics,
+            sha256=sha256,
+            config={"hidden": 32, "epochs": 8},
         )
-        return experiment
 
     return make
 

@@ -22,14 +22,12 @@ from control.policy_models import Policy
 from control.policy_services import policy_create
 from experiments import serving
 from experiments.actors import Actor
-from experiments.choices import RunStatus, State
-from experiments.execution import file_sha256
-from experiments.models import Experiment, Run, TransitionLog
-from experiments.recipes.digits import RECIPE
-from experiments.recipes.local import LocalRunContext
+from experiments.choices import State
+from experiments.models import Experiment, TransitionLog
 from experiments.registry import DriftCheck, ModelStage, ModelVersion, ServedRequest
 from experiments.selectors_serving import BUCKET_SECONDS, WINDOW_SECONDS, deployment_live
 from experiments.services import experiment_create, experiment_transition
+from tests.digits_models import evaluating_digits_experiment, train_digits
 
 SYSTEM = Actor.system("test")
 PAGE = "/registry/digits/"
@@ -44,9 +42,7 @@ Finished = Callable[[str], Experiment]
 @pytest.fixture(scope="session")
 def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
     """Train a small digits MLP with the real recipe once; return its newest checkpoint and metrics."""
-    folder = tmp_path_factory.mktemp("deployment-ckpt")
-    result = RECIPE.train(LocalRunContext(checkpoint_dir=folder, keep=1), {"epochs": 4, "hidden": 16})
-    return sorted(folder.glob("step-*.pt"))[-1], dict(result.final_metrics)
+    return train_digits(tmp_path_factory.mktemp("deployment-ckpt"), epochs=4, hidden=16)
 
 
 @pytest.fixture(autouse=True)
@@ -63,19 +59,7 @@ def finished(db: Any, digits_checkpoint: tuple[Path, dict[str, float]]) -> Finis
     path, metrics = digits_checkpoint
 
     def make(name: str) -> Experiment:
-        experiment = experiment_create(name=name, recipe="digits")
-        for event in ("queue", "start", "complete"):
-            experiment = experiment_transition(experiment_id=experiment.pk, event=event, actor=SYSTEM)
-        Run.objects.create(
-            experiment=experiment,
-            attempt=1,
-            status=RunStatus.SUCCEEDED,
-            checkpoint_path=str(path),
-            checkpoint_sha256=file_sha256(path),
-            checkpoint_size=path.stat().st_size,
-            final_metrics=metrics,
-        )
-        return experiment
+        return evaluating_digits_experiment(name, path, metrics=metrics)
 
     return make
 
