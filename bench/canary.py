@@ -114,9 +114,9 @@ class Outcome:
 
 def train_checkpoints(folder: Path, kinds: list[str]) -> dict[str, Checkpoint]:
     """Train one checkpoint per kind with the digits recipe; return them by kind."""
-    from experiments.execution import file_sha256
     from experiments.recipes.digits import RECIPE
     from experiments.recipes.local import LocalRunContext
+    from experiments.runs.execution import file_sha256
 
     out = {}
     for kind in kinds:
@@ -162,7 +162,7 @@ def evaluating_experiment(checkpoint: Checkpoint, *, name: str, tag: str) -> Any
 
 def make_policies(conditions: list[dict[str, Any]]) -> None:
     """The canary policy (experiments tagged "canary") and the all-at-once baseline ("all-at-once")."""
-    from control.policy_services import policy_create
+    from control.policies.services import policy_create
 
     common: dict[str, Any] = {"kind": "canary", "canary_min_requests": MIN_REQUESTS, "scope_recipes": [MODEL]}
     policy_create(
@@ -190,7 +190,7 @@ class Traffic:
 
     def serve(self, *, seconds: float) -> None:
         """Serve the requests arriving in the next `seconds` of the simulated clock."""
-        from experiments import serving
+        import experiments.registry.serving as serving
 
         for _ in range(round(RATE_RPS * seconds)):
             i = self.rng.randrange(len(self.rows))
@@ -207,10 +207,10 @@ class Traffic:
 
 def roll_out(experiment: Any, checkpoint: Checkpoint, *, policy: str, traffic: Traffic) -> Outcome:
     """Promote the experiment (a fresh version of the checkpoint); drive its rollout on the simulated clock to its end."""
-    from control.canary import canary_sweep
-    from control.canary_models import CanaryRollout
+    from control.canary.models import CanaryRollout
+    from control.canary.rollouts import canary_sweep
     from experiments.actors import Actor
-    from experiments.registry import ServedRequest
+    from experiments.models import ServedRequest
     from experiments.services import experiment_transition
 
     experiment_transition(experiment_id=experiment.pk, event="promote", actor=Actor.system("bench"))
@@ -244,7 +244,7 @@ def roll_out(experiment: Any, checkpoint: Checkpoint, *, policy: str, traffic: T
 
 def wait_for_rollbacks(timeout: float) -> dict[str, int]:
     """Wait (bounded) until the worker has carried out every rollback action; return their statuses."""
-    from control.policy_models import ActionExecution, ExecutionStatus
+    from control.policies.models import ActionExecution, ExecutionStatus
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -395,7 +395,7 @@ def main() -> None:
     order = random.Random(args.seed)
     with bench_env() as env, tempfile.TemporaryDirectory(prefix="canary-ckpt-") as folder:
         from experiments.actors import Actor
-        from experiments.registry_services import model_version_promote, model_version_register
+        from experiments.registry.services import model_version_promote, model_version_register
 
         note(f"canary: training {len(kinds)} digits checkpoints")
         checkpoints = train_checkpoints(Path(folder), kinds)

@@ -4,7 +4,7 @@ Never part of CI: without CUDA it prints a skipped line. On a GPU machine with t
 project installed:
 - bare: `experiments.recipes.charlm.bare_train_loop` — the same model, batches and
   optimiser step with nothing around it;
-- worker path: `experiments.execution.run_execute` on a run leased to cuda:0 — the code a
+- worker path: `experiments.runs.execution.run_execute` on a run leased to cuda:0 — the code a
   Celery worker runs (DB run context, metric reporter and its flusher thread, heartbeat
   monitor, cancel checks, checkpoints, evaluations), against a fresh SQLite database and a
   private Redis; tokens/s as the recipe logs it per evaluation segment (evaluation time
@@ -46,9 +46,9 @@ def flops_per_token(config: dict[str, Any], params: int) -> float:
 def worker_path_tokens_per_s(config: dict[str, Any]) -> float:
     """Train one run through run_execute on cuda:0; return the median logged tokens/s after the first segment."""
     from experiments.actors import Actor
-    from experiments.execution import run_execute
     from experiments.models import MetricPoint
-    from experiments.run_services import run_create
+    from experiments.runs.execution import run_execute
+    from experiments.runs.services import run_create
     from experiments.services import experiment_create, experiment_transition
 
     actor = Actor.system("bench")

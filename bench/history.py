@@ -95,8 +95,8 @@ def main() -> None:
 
     with bench_env() as env:
         from experiments.choices import RunStatus
+        from experiments.live.series import default_max_points
         from experiments.models import Run
-        from experiments.series import default_max_points
         from experiments.services import experiment_create
 
         budget = default_max_points()

@@ -42,7 +42,7 @@ def main() -> None:
     with bench_env() as _env:
         from experiments.choices import RunStatus
         from experiments.models import MetricPoint, Run
-        from experiments.reporting import MetricReporter
+        from experiments.runs.reporting import MetricReporter
         from experiments.services import experiment_create
 
         experiment = experiment_create(name="bench ingest", recipe="digits")

@@ -134,7 +134,7 @@ def main() -> None:
 
         from experiments.choices import RunStatus
         from experiments.models import Run
-        from experiments.reporting import MetricReporter
+        from experiments.runs.reporting import MetricReporter
         from experiments.services import experiment_create
 
         flush_ms = float(settings.METRIC_FLUSH_SECONDS) * 1000

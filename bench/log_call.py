@@ -49,7 +49,7 @@ def main() -> None:
 
         from experiments.choices import RunStatus
         from experiments.models import MetricPoint, Run
-        from experiments.reporting import MetricReporter
+        from experiments.runs.reporting import MetricReporter
         from experiments.services import experiment_create
 
         experiment = experiment_create(name="bench log call", recipe="digits")

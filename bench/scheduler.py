@@ -1,7 +1,7 @@
 """Figure 7 — scheduler: one scheduling pass over 1,000 queued experiments and 64 GPU workers; GPU idle gap.
 
 Pass (in-process, fresh SQLite, private Redis as the Celery broker), ms per pass of the
-project's own scheduler (control.scheduler):
+project's own scheduler (control.scheduling.scheduler):
 - plan: `scheduler_plan()` with all 64 GPUs free — every queued experiment gets its
   decision (a device or the reason it waits);
 - tick, all busy: `scheduler_tick()` while every GPU is leased — the steady state of the
@@ -44,8 +44,8 @@ def make_fleet(workers: int) -> list[Any]:
     """Create `workers` heart-beating workers with one 80 GB GPU each; return the devices."""
     from django.utils import timezone
 
-    from control.inventory import worker_queue_name
     from control.models import Device, DeviceKind, Worker
+    from control.scheduling.inventory import worker_queue_name
 
     now = timezone.now()
     rows = [
@@ -121,7 +121,7 @@ def occupy_fleet() -> None:
 
 def measure_pass(*, queued: int, workers: int, repetitions: int) -> dict[str, Any]:
     """Return the samples of the three pass figures and of the baseline read."""
-    from control.scheduler import scheduler_plan, scheduler_tick
+    from control.scheduling.scheduler import scheduler_plan, scheduler_tick
     from experiments.choices import State
     from experiments.models import Experiment
 

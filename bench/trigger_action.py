@@ -31,22 +31,22 @@ THRESHOLD = 10.0
 def engine_hooked() -> str | None:
     """Return None when the engine evaluates policies on metric flushes, else why it does not."""
     try:
-        from control import engine  # noqa: F401
+        import control.policies.engine  # noqa: F401
     except ImportError:
-        return "the policies engine (control.engine) does not exist yet"
-    from experiments import reporting
+        return "the policies engine (control.policies.engine) does not exist yet"
+    import experiments.runs.reporting as reporting
 
     if not reporting._flushed_hooks:
         return (
             "the policies engine exists but is not wired to metric flushes yet "
-            "(no experiments.reporting.on_metrics_flushed hook is registered)"
+            "(no experiments.runs.reporting.on_metrics_flushed hook is registered)"
         )
     return None
 
 
 def make_policy() -> None:
     """Create the early-stop policy: latest loss above the threshold -> cancel."""
-    from control.policy_models import Policy, PolicyAction, PolicyCondition, PolicyKind, PolicyMode
+    from control.policies.models import Policy, PolicyAction, PolicyCondition, PolicyKind, PolicyMode
 
     policy = Policy.objects.create(
         name="bench_loss_guard",
@@ -67,12 +67,12 @@ def make_policy() -> None:
 
 def one_crossing(index: int, *, timeout: float) -> float:
     """Start an experiment, log below then above the threshold; return ms until the cancel finished."""
-    from control.policy_models import ActionExecution, ExecutionStatus
+    from control.policies.models import ActionExecution, ExecutionStatus
     from experiments.actors import Actor
     from experiments.choices import State
     from experiments.models import Experiment
-    from experiments.reporting import MetricReporter
-    from experiments.run_services import run_create
+    from experiments.runs.reporting import MetricReporter
+    from experiments.runs.services import run_create
     from experiments.services import experiment_create, experiment_transition
 
     actor = Actor.system("bench")

@@ -8,9 +8,10 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from . import policy_admin  # noqa: F401  (registers the policy admin)
-from .models import CanaryRollout, Device, Worker
-from .services import device_set_reserved
+import control.policies.admin  # noqa: F401  (registers the policy admin)
+from control.canary.models import CanaryRollout
+from control.scheduling.models import Device, Worker
+from control.scheduling.services import device_set_reserved
 
 
 class DeviceInline(admin.TabularInline):

@@ -13,4 +13,6 @@ class ControlConfig(AppConfig):
 
     def ready(self) -> None:
         """Register transition hooks and Celery worker signals."""
-        from . import canary, policy_signals, signals  # noqa: F401
+        import control.canary.rollouts
+        import control.policies.signals
+        import control.scheduling.signals  # noqa: F401

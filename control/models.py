@@ -1,109 +1,47 @@
-"""Closing the loop: worker inventory (hosts and their GPU/CPU slots) that the scheduler leases."""
+"""Every model of the control app, for Django and for importers outside the app.
 
-from __future__ import annotations
+Each concern keeps its models in its own package (scheduling, policies, canary); code
+inside the app imports them from there, so this module is never part of an import cycle.
+"""
 
-from django.db import models
-from django.utils import timezone
-
-
-class Worker(models.Model):
-    """A Celery worker host that trains runs; it heart-beats its devices."""
-
-    hostname = models.CharField(
-        max_length=255, unique=True, help_text="Celery node name, e.g. celery@gpu-01."
-    )
-    queue = models.CharField(max_length=300, help_text="The worker's own queue (worker_direct).")
-    last_heartbeat = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(default=timezone.now)
-    nvml_error = models.CharField(
-        max_length=300, blank=True, help_text="Why NVML was unavailable, if it was."
-    )
-    online = models.BooleanField(
-        default=True, help_text="False once heartbeats stopped; its devices are not leased then."
-    )
-
-    class Meta:
-        ordering = ["hostname"]
-
-    def __str__(self) -> str:
-        return self.hostname
-
-
-class DeviceKind(models.TextChoices):
-    """What a leasable slot is."""
-
-    GPU = "gpu", "GPU"
-    CPU = "cpu", "CPU slot"
-
-
-class Device(models.Model):
-    """One leasable slot on a worker: a GPU (read through NVML) or a CPU slot."""
-
-    worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="devices")
-    kind = models.CharField(max_length=8, choices=DeviceKind.choices)
-    index = models.PositiveSmallIntegerField()
-    name = models.CharField(max_length=128)
-    uuid = models.CharField(max_length=128, blank=True)
-    memory_total_mb = models.PositiveIntegerField(default=0)
-    memory_used_mb = models.PositiveIntegerField(default=0)
-    utilization_pct = models.FloatField(default=0.0)
-    temperature_c = models.FloatField(null=True, blank=True)
-    power_w = models.FloatField(null=True, blank=True)
-    reserved = models.BooleanField(
-        default=False, help_text="Reserved devices are never leased by the scheduler."
-    )
-    # A ForeignKey, not one-to-one: a run that wants several GPUs leases several devices.
-    leased_run = models.ForeignKey(
-        "experiments.Run", null=True, blank=True, on_delete=models.SET_NULL, related_name="leased_devices"
-    )
-    leased_at = models.DateTimeField(null=True, blank=True)
-    updated_at = models.DateTimeField(default=timezone.now)
-
-    class Meta:
-        ordering = ["worker__hostname", "kind", "index"]
-        constraints = [
-            models.UniqueConstraint(fields=["worker", "kind", "index"], name="device_unique_slot"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.worker.hostname}/{self.kind}{self.index} {self.name}"
-
-    @property
-    def label(self) -> str:
-        """Return the torch device string a run on this slot trains on ("cuda:0", "cpu")."""
-        return f"cuda:{self.index}" if self.kind == DeviceKind.GPU else "cpu"
-
-    @property
-    def memory_total_gb(self) -> float:
-        """Return the device memory in GiB."""
-        return self.memory_total_mb / 1024
-
-
-# Policies, triggers and action executions live in their own module; importing them here
-# registers them with the app.
-from .canary_models import CanaryRollout  # noqa: E402
-from .policy_models import (  # noqa: E402
+from control.canary.models import LIVE_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
+from control.policies.models import (
     ActionExecution,
+    ActionRole,
     CanaryStage,
+    ConditionRole,
+    ExecutionStatus,
     GpuPrice,
     Policy,
     PolicyAction,
     PolicyArm,
     PolicyCondition,
+    PolicyKind,
+    PolicyMode,
     TriggerEvent,
+    TriggerStatus,
 )
+from control.scheduling.models import Device, DeviceKind, Worker
 
 __all__ = [
+    "LIVE_ROLLOUT_STATUSES",
     "ActionExecution",
+    "ActionRole",
     "CanaryRollout",
     "CanaryStage",
+    "ConditionRole",
     "Device",
     "DeviceKind",
+    "ExecutionStatus",
     "GpuPrice",
     "Policy",
     "PolicyAction",
     "PolicyArm",
     "PolicyCondition",
+    "PolicyKind",
+    "PolicyMode",
+    "RolloutStatus",
     "TriggerEvent",
+    "TriggerStatus",
     "Worker",
 ]

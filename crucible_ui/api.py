@@ -20,11 +20,10 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.docs import ABS_TPL_PATH, Swagger
 
-from control.api import router as scheduler_router
-from experiments.api import router as experiments_router
-from experiments.api_metrics import router as metrics_router
-
-from .api_auth import API_AUTH
+from control.scheduling.api import router as scheduler_router
+from crucible_ui.api_auth import API_AUTH
+from experiments.api.routes import router as experiments_router
+from experiments.live.api import router as metrics_router
 
 # ninja puts the view's parameter name in error paths (["body", "payload", "name"]), but
 # clients know fields, not Python arguments. Operations therefore name a body schema

@@ -10,7 +10,7 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from experiments.tokens import api_token_user
+from experiments.api.tokens import api_token_user
 
 
 class TokenAuth(HttpBearer):

@@ -10,4 +10,5 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "crucible_ui.settings")
 
 app = Celery("crucible_ui")
 app.config_from_object("django.conf:settings", namespace="CELERY")
-app.autodiscover_tasks()
+# Tasks live in the sub-packages of the control app, not in an app-level tasks module.
+app.autodiscover_tasks(["control.scheduling", "control.policies", "control.canary"])

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.urls import path
 
-from experiments.consumers import ExperimentConsumer, FleetConsumer, GpusConsumer, TriggersConsumer
+from experiments.live.consumers import ExperimentConsumer, FleetConsumer, GpusConsumer, TriggersConsumer
 
 websocket_urlpatterns: list[Any] = [
     path("ws/experiments/<int:experiment_id>/", ExperimentConsumer.as_asgi()),

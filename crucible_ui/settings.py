@@ -52,6 +52,8 @@ INSTALLED_APPS = [
     "ninja",
     "experiments",
     "control",
+    # Last: its management commands (demo, traffic) use both apps above.
+    "crucible_ui",
 ]
 
 MIDDLEWARE = [

@@ -6,15 +6,15 @@ from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
-from .api import api
-from .health import healthz
+from crucible_ui.api import api
+from crucible_ui.health import healthz
 
 urlpatterns = [
     path("", include("experiments.urls")),
-    path("", include("experiments.live_urls")),
-    path("", include("control.urls")),
-    path("", include("control.trigger_urls")),
-    path("", include("experiments.serving_urls")),
+    path("", include("experiments.live.urls")),
+    path("", include("control.scheduling.urls")),
+    path("", include("control.policies.urls")),
+    path("", include("experiments.registry.urls")),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -11,10 +11,19 @@ from django.http import HttpRequest
 from django_fsm import Transition
 from django_fsm.admin import FSMAdminMixin
 
-from .actors import Actor
-from .models import EVENT_LABELS, ApiToken, Experiment, MetricPoint, Run, TransitionLog
-from .registry import DatasetVersion, DriftCheck, ModelVersion
-from .services import TransitionRefused, experiment_transition
+from experiments.actors import Actor
+from experiments.models import (
+    EVENT_LABELS,
+    ApiToken,
+    DatasetVersion,
+    DriftCheck,
+    Experiment,
+    MetricPoint,
+    ModelVersion,
+    Run,
+    TransitionLog,
+)
+from experiments.services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
 # scheduler and workers, retrain creates a child and lives on the experiment page.

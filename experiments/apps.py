@@ -13,4 +13,4 @@ class ExperimentsConfig(AppConfig):
 
     def ready(self) -> None:
         """Register the model registry's transition hooks."""
-        from . import registry_services  # noqa: F401
+        import experiments.registry.services  # noqa: F401

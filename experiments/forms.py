@@ -8,8 +8,8 @@ from typing import Any
 from django import forms
 from django.core.exceptions import ValidationError
 
-from .choices import PriorityClass
-from .recipes import RECIPES
+from experiments.choices import PriorityClass
+from experiments.recipes import RECIPES
 
 DEFAULT_RECIPE = "digits"
 

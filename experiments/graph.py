@@ -11,8 +11,8 @@ from functools import cache
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
 
-from .choices import State
-from .models import Experiment
+from experiments.choices import State
+from experiments.models import Experiment
 
 NODE_W = 104
 NODE_H = 34

@@ -7,9 +7,8 @@ from typing import Any
 
 from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
-from .choices import PRIORITY_CLASS_RANK, State
-from .models import Experiment, Run, TransitionLog
-from .registry import ModelVersion
+from experiments.choices import PRIORITY_CLASS_RANK, State
+from experiments.models import Experiment, ModelVersion, Run, TransitionLog
 
 # Sort keys offered on the list page, with the ordering each stands for.
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -106,7 +105,7 @@ def experiment_runs(*, experiment: Experiment) -> QuerySet[Run]:
 
 def experiment_config_rows(*, experiment: Experiment) -> list[dict[str, Any]]:
     """Return the config as rows (name, value, default, help), declared parameters first."""
-    from .recipes import RECIPES
+    from experiments.recipes import RECIPES
 
     spec = RECIPES.get(experiment.recipe)
     config = experiment.config or {}

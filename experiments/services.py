@@ -10,9 +10,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
-from .actors import Actor
-from .choices import PriorityClass, State
-from .models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
+from experiments.actors import Actor
+from experiments.choices import PriorityClass, State
+from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
 
 logger = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
 
 def _publish_state_change(experiment: Experiment, event: str, source: str, actor: Actor) -> None:
     """After commit, tell every open page about the new state (the live view listens)."""
-    from . import events
+    from experiments import events
 
     transaction.on_commit(
         lambda: events.publish_state_change(

@@ -13,13 +13,18 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
 
-from . import selectors
-from .actors import Actor
-from .choices import State
-from .forms import ExperimentCreateForm, recipe_defaults
-from .models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
-from .recipes import RECIPES
-from .services import TransitionRefused, experiment_create, experiment_retrain, experiment_transition
+from experiments import selectors
+from experiments.actors import Actor
+from experiments.choices import State
+from experiments.forms import ExperimentCreateForm, recipe_defaults
+from experiments.models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
+from experiments.recipes import RECIPES
+from experiments.services import (
+    TransitionRefused,
+    experiment_create,
+    experiment_retrain,
+    experiment_transition,
+)
 
 PAGE_SIZE = 25
 # Buttons are for what people decide. Dispatch, complete, fail and requeue belong to the

@@ -7,8 +7,8 @@ from typing import Any
 
 from experiments.actors import Actor
 from experiments.choices import RunStatus
-from experiments.execution import file_sha256
 from experiments.models import Experiment, Run
+from experiments.runs.execution import file_sha256
 from experiments.services import experiment_create, experiment_transition
 
 SYSTEM = Actor.system("test")

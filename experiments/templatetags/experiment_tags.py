@@ -15,8 +15,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.utils.timesince import timesince
 
-from ..choices import State
-from ..graph import render_state_graph, state_graph
+from experiments.choices import State
+from experiments.graph import render_state_graph, state_graph
 
 register = template.Library()
 

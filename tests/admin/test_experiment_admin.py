@@ -14,8 +14,7 @@ from django.urls import reverse
 from experiments.actors import Actor
 from experiments.models import Experiment, TransitionLog
 from experiments.services import experiment_create, experiment_transition
-
-from .conftest import change_form_data
+from tests.admin.conftest import change_form_data
 
 
 def _buttons(html: str) -> set[str]:

@@ -9,10 +9,10 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
+from experiments.api.tokens import api_token_create
 from experiments.choices import State
 from experiments.models import EVENT_PERMISSIONS, Experiment
 from experiments.services import experiment_create
-from experiments.tokens import api_token_create
 
 MakeExperiment = Callable[..., Experiment]
 TokenFor = Callable[[User], str]

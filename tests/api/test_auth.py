@@ -10,10 +10,9 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.test import Client
 
+from experiments.api.tokens import token_hash
 from experiments.models import ApiToken, Experiment
-from experiments.tokens import token_hash
-
-from .conftest import TokenFor, post_json
+from tests.api.conftest import TokenFor, post_json
 
 NEW = {"name": "from the api", "recipe": "digits"}
 

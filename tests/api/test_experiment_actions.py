@@ -11,8 +11,7 @@ from django.db import connection
 from django.test import Client
 
 from experiments.models import Experiment, TransitionLog
-
-from .conftest import ClientFor, MakeExperiment, TokenFor, post_json
+from tests.api.conftest import ClientFor, MakeExperiment, TokenFor, post_json
 
 
 def _action(experiment: Experiment, event: str) -> str:

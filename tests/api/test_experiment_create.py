@@ -9,8 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from experiments.models import Experiment
-
-from .conftest import ClientFor, post_json
+from tests.api.conftest import ClientFor, post_json
 
 URL = "/api/experiments"
 

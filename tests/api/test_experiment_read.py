@@ -12,8 +12,7 @@ from django.test.utils import CaptureQueriesContext
 from experiments.actors import Actor
 from experiments.models import Experiment
 from experiments.services import experiment_transition
-
-from .conftest import ClientFor, MakeExperiment
+from tests.api.conftest import ClientFor, MakeExperiment
 
 URL = "/api/experiments"
 

@@ -16,14 +16,13 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from playwright.sync_api import Page, expect
 
-from control.canary import canary_sweep
-from control.canary_models import CanaryRollout, RolloutStatus
-from control.policy_services import policy_create
-from experiments import serving
+import experiments.registry.serving as serving
+from control.canary.models import CanaryRollout, RolloutStatus
+from control.canary.rollouts import canary_sweep
+from control.policies.services import policy_create
 from experiments.actors import Actor
 from experiments.choices import State
-from experiments.models import TransitionLog
-from experiments.registry import ModelStage, ModelVersion
+from experiments.models import ModelStage, ModelVersion, TransitionLog
 from experiments.services import experiment_transition
 from tests.digits_models import evaluating_digits_experiment, train_digits
 

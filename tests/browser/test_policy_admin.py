@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth.models import User
 from playwright.sync_api import Page, expect
 
-from control.policy_models import Policy, PolicyCondition
+from control.policies.models import Policy, PolicyCondition
 from tests.policies.helpers import experiment_through, record_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -8,17 +8,16 @@ import pytest
 from django.test import override_settings
 from django.utils import timezone
 
-from control.inventory import GpuReading, Inventory, read_gpus, worker_heartbeat
 from control.models import Device, DeviceKind, Worker
-from control.scheduler import scheduler_tick
-from control.services import run_force_stop, watchdog_sweep
+from control.scheduling.inventory import GpuReading, Inventory, read_gpus, worker_heartbeat
+from control.scheduling.scheduler import scheduler_tick
+from control.scheduling.services import run_force_stop, watchdog_sweep
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, Run
-from experiments.run_services import run_start
+from experiments.runs.services import run_start
 from experiments.services import experiment_transition
-
-from .helpers import make_worker, queued
+from tests.control.helpers import make_worker, queued
 
 pytestmark = pytest.mark.django_db
 

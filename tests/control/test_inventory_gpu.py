@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from control.inventory import read_gpus, worker_heartbeat
 from control.models import DeviceKind
+from control.scheduling.inventory import read_gpus, worker_heartbeat
 
 pytestmark = [pytest.mark.gpu, pytest.mark.django_db]
 

@@ -10,12 +10,11 @@ from django.test import Client
 from django.urls import Resolver404, resolve
 from ninja.testing import TestClient
 
-from control.api import router
-from control.inventory import gpu_stats_payload
 from control.models import Device
-from control.scheduler import scheduler_tick
-
-from .helpers import H100_MB, make_worker, queued
+from control.scheduling.api import router
+from control.scheduling.inventory import gpu_stats_payload
+from control.scheduling.scheduler import scheduler_tick
+from tests.control.helpers import H100_MB, make_worker, queued
 
 pytestmark = pytest.mark.django_db
 

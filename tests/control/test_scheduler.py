@@ -11,7 +11,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from control.models import Device
-from control.scheduler import (
+from control.scheduling.scheduler import (
     _limiters,
     concurrency_limiter,
     device_lease,
@@ -21,9 +21,8 @@ from control.scheduler import (
 )
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, Run
-from experiments.run_services import run_create
-
-from .helpers import A10_MB, H100_MB, make_worker, queued
+from experiments.runs.services import run_create
+from tests.control.helpers import A10_MB, H100_MB, make_worker, queued
 
 pytestmark = pytest.mark.django_db
 

@@ -10,8 +10,8 @@ from django.core.management import call_command
 from django.test import Client
 
 from crucible_ui.launcher import DEMO_PASSWORD_DEFAULT, DEMO_USERNAME_DEFAULT
+from crucible_ui.management.commands.demo import DEMO_EXPERIMENTS
 from experiments.choices import State
-from experiments.management.commands.demo import DEMO_EXPERIMENTS
 from experiments.models import Experiment, MetricPoint, Run, TransitionLog
 
 pytestmark = pytest.mark.django_db

@@ -17,7 +17,7 @@ from django.db import connection
 
 from experiments.events import experiment_group
 from experiments.models import Experiment, MetricPoint, Run
-from experiments.reporting import MetricReporter, _flushed_hooks, metrics_write, on_metrics_flushed
+from experiments.runs.reporting import MetricReporter, _flushed_hooks, metrics_write, on_metrics_flushed
 from experiments.services import experiment_create
 from tests.conftest import wait_for
 
@@ -157,7 +157,7 @@ def test_a_flushed_batch_is_published_to_the_experiment_group(run: Run) -> None:
 def test_a_large_backlog_reaches_the_page_in_frames_and_the_fleet_gets_only_the_newest(run: Run) -> None:
     experiment: Experiment = run.experiment
     from experiments.events import FLEET_GROUP
-    from experiments.reporting import FLEET_POINTS_PER_METRIC, MAX_POINTS_PER_FRAME
+    from experiments.runs.reporting import FLEET_POINTS_PER_METRIC, MAX_POINTS_PER_FRAME
 
     async def listen_while_flushing() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         import asyncio

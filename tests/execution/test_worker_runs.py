@@ -10,11 +10,11 @@ import pytest
 from django.test import override_settings
 
 from control.models import Device
-from control.services import watchdog_sweep
+from control.scheduling.services import watchdog_sweep
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, MetricPoint, Run, TransitionLog
-from experiments.selectors_runs import experiment_metric_series
+from experiments.runs.selectors import experiment_metric_series
 from experiments.services import experiment_create, experiment_transition
 from tests.conftest import WorkerHandle, wait_for
 

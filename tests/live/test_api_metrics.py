@@ -10,10 +10,9 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.urls import Resolver404, resolve
 
-from experiments.api_metrics import experiment_metrics
+from experiments.live.api import experiment_metrics
 from experiments.models import Experiment
-
-from .helpers import log_points, run_for
+from tests.live.helpers import log_points, run_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.live.urls_api")]
 
@@ -151,5 +150,5 @@ def test_the_history_endpoint_is_part_of_the_api() -> None:
     try:
         match = resolve("/api/experiments/1/metrics")
     except Resolver404:
-        pytest.skip("crucible_ui/api.py does not mount experiments.api_metrics.router yet")
+        pytest.skip("crucible_ui/api.py does not mount experiments.live.api.router yet")
     assert match.url_name == experiment_metrics.__name__

@@ -13,10 +13,9 @@ from playwright.sync_api import Page, expect
 from experiments.actors import Actor
 from experiments.events import FLEET_GROUP, experiment_group, send_to_groups
 from experiments.permissions import researcher_group_ensure
-from experiments.reporting import MetricReporter
+from experiments.runs.reporting import MetricReporter
 from experiments.services import experiment_create, experiment_transition
-
-from .helpers import log_points, run_for
+from tests.live.helpers import log_points, run_for
 
 pytestmark = [
     pytest.mark.e2e,

@@ -11,13 +11,12 @@ from asgiref.sync import sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from experiments.actors import Actor
-from experiments.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from experiments.events import FLEET_GROUP, GPUS_GROUP, experiment_group, send_to_groups
+from experiments.live.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from experiments.models import Experiment
 from experiments.services import experiment_transition
-
-from .conftest import Connect
-from .helpers import run_for
+from tests.live.conftest import Connect
+from tests.live.helpers import run_for
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -189,7 +188,7 @@ async def test_two_pages_watching_one_experiment_both_receive_each_batch(
 async def test_the_page_receives_what_the_reporter_flushes(
     connect: Connect, experiment: Experiment, viewer_cookie: str
 ) -> None:
-    reporting = pytest.importorskip("experiments.reporting")
+    reporting = pytest.importorskip("experiments.runs.reporting")
     run = await sync_to_async(run_for)(experiment)
     page = await opened(connect, f"/ws/experiments/{experiment.pk}/", viewer_cookie)
     fleet = await opened(connect, "/ws/fleet/", viewer_cookie)

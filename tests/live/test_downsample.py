@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from experiments.downsample import MIN_POINTS, downsample_indices, downsample_series
+from experiments.live.downsample import MIN_POINTS, downsample_indices, downsample_series
 
 finite_floats = st.floats(min_value=-1e6, max_value=1e6, allow_nan=False)
 maybe_missing = st.one_of(finite_floats, finite_floats, finite_floats, st.none())

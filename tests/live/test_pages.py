@@ -11,8 +11,7 @@ from django.test import Client
 from experiments.actors import Actor
 from experiments.models import Experiment
 from experiments.services import experiment_create, experiment_transition
-
-from .helpers import log_points, run_for
+from tests.live.helpers import log_points, run_for
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.live.urls_pages")]
 

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from experiments.live.series import metric_names, metric_series
 from experiments.models import Experiment
-from experiments.series import metric_names, metric_series
-
-from .helpers import log_points, run_for
+from tests.live.helpers import log_points, run_for
 
 pytestmark = pytest.mark.django_db
 

@@ -6,13 +6,12 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import Permission, User
 
-from control.engine import engine_on_complete
-from control.policy_models import ActionRole, PolicyKind, PolicyMode
-from experiments.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
+from control.policies.engine import engine_on_complete
+from control.policies.models import ActionRole, PolicyKind, PolicyMode
+from experiments.live.consumers import CLOSE_FORBIDDEN, CLOSE_UNAUTHENTICATED
+from tests.live.conftest import Connect, session_cookie
+from tests.live.test_consumers import close_code, next_json, opened
 from tests.policies.helpers import experiment_through, make_policy, record_run
-
-from .conftest import Connect, session_cookie
-from .test_consumers import close_code, next_json, opened
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -10,7 +10,7 @@ from django.urls import path
 from ninja import NinjaAPI
 
 from crucible_ui.api_auth import API_AUTH
-from experiments.api_metrics import router
+from experiments.live.api import router
 
 api = NinjaAPI(urls_namespace="live_test_api", auth=API_AUTH)
 api.add_router("/experiments", router)

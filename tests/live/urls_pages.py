@@ -10,4 +10,4 @@ from crucible_ui.urls import urlpatterns as project_urlpatterns
 
 urlpatterns: list[Any] = list(project_urlpatterns)
 if not any(getattr(p, "namespace", None) == "live" for p in project_urlpatterns):
-    urlpatterns.append(path("", include("experiments.live_urls")))
+    urlpatterns.append(path("", include("experiments.live.urls")))

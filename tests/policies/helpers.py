@@ -5,12 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from control.policy_models import (
+from control.policies.models import (
     ActionExecution,
     ExecutionStatus,
     Policy,
 )
-from control.policy_services import action_execute, policy_create
+from control.policies.services import action_execute, policy_create
 from experiments.actors import Actor
 from experiments.choices import RunStatus
 from experiments.models import Experiment, MetricPoint, Run

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from control.conditions import (
+from control.policies.conditions import (
     ConditionKind,
     ConditionSpec,
     EvaluationContext,

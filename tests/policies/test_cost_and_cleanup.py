@@ -11,15 +11,14 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.utils import timezone
 
-from control.cost import estimated_cost, price_per_hour, spend_today
-from control.maintenance import checkpoints_cleanup
-from control.policy_models import GpuPrice, Policy, PolicyKind
-from control.scheduler import concurrency_limit, scheduler_plan
+from control.policies.models import GpuPrice, Policy, PolicyKind
+from control.scheduling.cost import estimated_cost, price_per_hour, spend_today
+from control.scheduling.maintenance import checkpoints_cleanup
+from control.scheduling.scheduler import concurrency_limit, scheduler_plan
 from experiments.choices import RunStatus
 from experiments.models import Run
 from tests.control.helpers import make_worker, queued
-
-from .helpers import experiment_through
+from tests.policies.helpers import experiment_through
 
 pytestmark = pytest.mark.django_db
 
@@ -122,7 +121,7 @@ def test_cleanup_deletes_old_checkpoints_of_ended_experiments_only(tmp_path: Pat
 
 
 def test_cleanup_keeps_the_checkpoint_of_a_registered_model_version(tmp_path: Path) -> None:
-    from experiments.registry import ModelVersion
+    from experiments.models import ModelVersion
 
     experiment = experiment_through("queue", "start", "complete", "promote", "rollback", name="rolled back")
     path = tmp_path / "v1.pt"

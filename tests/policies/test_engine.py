@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from control.engine import engine_on_complete, engine_on_metrics
-from control.policy_models import (
+from control.policies.engine import engine_on_complete, engine_on_metrics
+from control.policies.models import (
     ActionExecution,
     ActionRole,
     ExecutionStatus,
@@ -17,7 +17,7 @@ from control.policy_models import (
     TriggerEvent,
     TriggerStatus,
 )
-from control.policy_services import (
+from control.policies.services import (
     TransitionRefusedForTrigger,
     action_execute,
     policy_backtest,
@@ -28,8 +28,13 @@ from control.policy_services import (
 )
 from experiments.choices import State
 from experiments.models import Experiment, TransitionLog
-
-from .helpers import add_points, experiment_through, make_policy, record_run, run_pending_actions
+from tests.policies.helpers import (
+    add_points,
+    experiment_through,
+    make_policy,
+    record_run,
+    run_pending_actions,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -83,8 +88,7 @@ def test_a_run_that_regresses_against_production_is_held_for_review() -> None:
     production = trained("production", accuracy=0.97, f1=0.96, val_loss=0.10)
     for event in ("promote", "deploy"):
         from experiments.services import experiment_transition
-
-        from .helpers import SYSTEM
+        from tests.policies.helpers import SYSTEM
 
         experiment_transition(experiment_id=production.pk, event=event, actor=SYSTEM)
     candidate = trained("candidate", accuracy=0.95, f1=0.94, val_loss=0.12)  # 20% worse loss

@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 from django.core import mail
 
-from control.actions_catalog import validate_action_params
-from control.engine import engine_on_complete
-from control.policy_models import ExecutionStatus, PolicyKind
-
-from .helpers import experiment_through, make_policy, record_run, run_pending_actions
+from control.policies.actions import validate_action_params
+from control.policies.engine import engine_on_complete
+from control.policies.models import ExecutionStatus, PolicyKind
+from tests.policies.helpers import experiment_through, make_policy, record_run, run_pending_actions
 
 pytestmark = pytest.mark.django_db
 

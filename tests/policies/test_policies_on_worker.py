@@ -6,15 +6,14 @@ from collections.abc import Callable
 
 import pytest
 
-from control.policy_models import ActionRole, ExecutionStatus, PolicyKind, TriggerEvent, TriggerStatus
+from control.policies.models import ActionRole, ExecutionStatus, PolicyKind, TriggerEvent, TriggerStatus
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, Run, TransitionLog
-from experiments.selectors_runs import experiment_metric_series
+from experiments.runs.selectors import experiment_metric_series
 from experiments.services import experiment_create, experiment_transition
 from tests.conftest import WorkerHandle, wait_for
-
-from .helpers import make_policy
+from tests.policies.helpers import make_policy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 

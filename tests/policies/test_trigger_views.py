@@ -7,8 +7,8 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from control.engine import engine_on_complete
-from control.policy_models import (
+from control.policies.engine import engine_on_complete
+from control.policies.models import (
     ActionExecution,
     ActionRole,
     PolicyKind,
@@ -18,8 +18,7 @@ from control.policy_models import (
 )
 from experiments.choices import State
 from experiments.models import Experiment
-
-from .helpers import experiment_through, make_policy, record_run, run_pending_actions
+from tests.policies.helpers import experiment_through, make_policy, record_run, run_pending_actions
 
 pytestmark = pytest.mark.django_db
 

@@ -10,9 +10,9 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from experiments import serving
+import experiments.registry.serving as serving
+from experiments.api.tokens import api_token_create
 from experiments.models import Experiment
-from experiments.tokens import api_token_create
 from tests.digits_models import evaluating_digits_experiment, train_digits
 
 MakeExperiment = Callable[..., Experiment]

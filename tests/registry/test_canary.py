@@ -12,19 +12,17 @@ import pytest
 from django.core.exceptions import ValidationError
 from django.utils import timezone
 
-from control.canary import canary_sweep, rollout_evaluate
-from control.canary_models import CanaryRollout, RolloutStatus
-from control.policy_models import ActionExecution, ExecutionStatus, Policy, PolicyMode, TriggerStatus
-from control.policy_services import action_execute, policy_create, trigger_approve, trigger_reject
-from experiments import serving
+import experiments.registry.serving as serving
+from control.canary.models import CanaryRollout, RolloutStatus
+from control.canary.rollouts import canary_sweep, rollout_evaluate
+from control.policies.models import ActionExecution, ExecutionStatus, Policy, PolicyMode, TriggerStatus
+from control.policies.services import action_execute, policy_create, trigger_approve, trigger_reject
 from experiments.actors import Actor
 from experiments.choices import State
-from experiments.models import Experiment, TransitionLog
+from experiments.models import Experiment, ModelStage, ModelVersion, TransitionLog
 from experiments.recipes.classify import raw_split
-from experiments.registry import ModelStage, ModelVersion
-from experiments.registry_services import model_version_promote, model_version_register
-
-from .conftest import MakeExperiment
+from experiments.registry.services import model_version_promote, model_version_register
+from tests.registry.conftest import MakeExperiment
 
 pytestmark = pytest.mark.django_db
 ALICE = Actor.system("alice")

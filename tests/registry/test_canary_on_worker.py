@@ -9,22 +9,20 @@ from typing import Any
 
 import pytest
 
-from control.canary_models import CanaryRollout, RolloutStatus
-from control.policy_models import ActionExecution, ExecutionStatus, TriggerEvent
-from control.policy_services import policy_create
-from control.policy_tasks import canary_sweep_task, drift_sweep_task
-from experiments import serving
+import experiments.registry.serving as serving
+from control.canary.models import CanaryRollout, RolloutStatus
+from control.policies.models import ActionExecution, ExecutionStatus, TriggerEvent
+from control.policies.services import policy_create
+from control.policies.tasks import canary_sweep_task, drift_sweep_task
 from experiments.actors import Actor
 from experiments.choices import State
-from experiments.drift import shift_inputs
-from experiments.models import Experiment
+from experiments.models import Experiment, ModelStage, ModelVersion
 from experiments.recipes.classify import raw_split
-from experiments.registry import ModelStage, ModelVersion
-from experiments.registry_services import model_version_promote, model_version_register
+from experiments.registry.drift import shift_inputs
+from experiments.registry.services import model_version_promote, model_version_register
 from experiments.services import experiment_transition
 from tests.conftest import WorkerHandle, wait_for
-
-from .conftest import MakeExperiment
+from tests.registry.conftest import MakeExperiment
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 ALICE = Actor.system("alice")

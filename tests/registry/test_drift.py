@@ -8,23 +8,21 @@ from typing import Any
 import numpy as np
 import pytest
 
-from control.drift_control import drift_sweep
-from control.policy_models import ActionExecution, ExecutionStatus, Policy, TriggerEvent
-from control.policy_services import action_execute, policy_create
-from experiments import serving
+import experiments.registry.serving as serving
+from control.policies.drift import drift_sweep
+from control.policies.models import ActionExecution, ExecutionStatus, Policy, TriggerEvent
+from control.policies.services import action_execute, policy_create
 from experiments.actors import Actor
 from experiments.choices import PriorityClass, State
-from experiments.drift import drift_score, feature_psi, shift_inputs
-from experiments.drift_services import drift_check
-from experiments.execution import file_sha256
-from experiments.models import Experiment
+from experiments.models import DatasetVersion, Experiment, ModelVersion
 from experiments.recipes.classify import ExtraDataError, raw_split
 from experiments.recipes.digits import RECIPE
 from experiments.recipes.local import LocalRunContext
-from experiments.registry import DatasetVersion, ModelVersion
+from experiments.registry.drift import drift_score, feature_psi, shift_inputs
+from experiments.registry.drift_checks import drift_check
+from experiments.runs.execution import file_sha256
 from experiments.services import experiment_transition
-
-from .conftest import MakeExperiment
+from tests.registry.conftest import MakeExperiment
 
 ALICE = Actor.system("alice")
 X_TRAIN, _, X_VAL, Y_VAL = raw_split(0, 0.2)

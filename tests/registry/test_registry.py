@@ -9,17 +9,15 @@ from django.test import Client
 
 from experiments.actors import Actor
 from experiments.choices import State
-from experiments.models import Experiment, TransitionLog
-from experiments.registry import ModelStage, ModelVersion
-from experiments.registry_services import (
+from experiments.models import Experiment, ModelStage, ModelVersion, TransitionLog
+from experiments.registry.services import (
     RegistryError,
     model_rollback,
     model_version_promote,
     model_version_register,
 )
 from experiments.services import experiment_create, experiment_transition
-
-from .conftest import MakeExperiment
+from tests.registry.conftest import MakeExperiment
 
 ALICE = Actor.system("alice")
 

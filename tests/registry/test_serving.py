@@ -13,17 +13,16 @@ from django.test import Client
 from sklearn.datasets import load_digits
 
 from experiments.actors import Actor
-from experiments.execution import file_sha256
-from experiments.registry import ModelStage, ModelVersion, ServingStats
-from experiments.registry_services import (
+from experiments.models import ModelStage, ModelVersion, ServingStats
+from experiments.registry.services import (
     RegistryError,
     model_rollback,
     model_version_promote,
     model_version_register,
 )
-from experiments.serving import version_summary
-
-from .conftest import MakeExperiment
+from experiments.registry.serving import version_summary
+from experiments.runs.execution import file_sha256
+from tests.registry.conftest import MakeExperiment
 
 ALICE = Actor.system("alice")
 

@@ -13,16 +13,14 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 
 from experiments.actors import Actor
-from experiments.models import ApiToken, Experiment
+from experiments.models import ApiToken, Experiment, ModelStage, ModelVersion, ServedRequest
 from experiments.recipes.classify import raw_split
-from experiments.registry import ModelStage, ModelVersion, ServedRequest
-from experiments.registry_services import (
+from experiments.registry.services import (
     model_version_promote,
     model_version_register,
     model_version_set_stage,
 )
-
-from .conftest import MakeExperiment
+from tests.registry.conftest import MakeExperiment
 
 ALICE = Actor.system("alice")
 

@@ -16,16 +16,15 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from control.canary import canary_sweep
-from control.canary_models import CanaryRollout, RolloutStatus
-from control.policy_models import Policy
-from control.policy_services import policy_create
-from experiments import serving
+import experiments.registry.serving as serving
+from control.canary.models import CanaryRollout, RolloutStatus
+from control.canary.rollouts import canary_sweep
+from control.policies.models import Policy
+from control.policies.services import policy_create
 from experiments.actors import Actor
 from experiments.choices import State
-from experiments.models import Experiment, TransitionLog
-from experiments.registry import DriftCheck, ModelStage, ModelVersion, ServedRequest
-from experiments.selectors_serving import BUCKET_SECONDS, WINDOW_SECONDS, deployment_live
+from experiments.models import DriftCheck, Experiment, ModelStage, ModelVersion, ServedRequest, TransitionLog
+from experiments.registry.selectors import BUCKET_SECONDS, WINDOW_SECONDS, deployment_live
 from experiments.services import experiment_create, experiment_transition
 from tests.digits_models import evaluating_digits_experiment, train_digits
 

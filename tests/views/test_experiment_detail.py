@@ -172,7 +172,7 @@ def test_the_step_forward_is_the_prominent_first_button_and_cancel_comes_last(
 def test_lineage_names_the_curated_dataset_and_the_registered_model_versions(
     researcher_client: Client, researcher: User, make_experiment: Callable[..., Experiment]
 ) -> None:
-    from experiments.registry import DatasetVersion, ModelStage, ModelVersion
+    from experiments.models import DatasetVersion, ModelStage, ModelVersion
 
     parent = make_experiment("base", state="failed")
     dataset = DatasetVersion.objects.create(

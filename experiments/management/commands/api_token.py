@@ -7,8 +7,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from experiments.api.tokens import api_token_create
 from experiments.models import ApiToken
-from experiments.tokens import api_token_create
 
 
 class Command(BaseCommand):

@@ -1,0 +1,240 @@
+"""Admin for policies: inlines for conditions, actions and canary stages; dry-run and backtest pages."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.db import models
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils.html import format_html, format_html_join
+
+from control.policies.actions import ACTION_KINDS
+from control.policies.models import (
+    ActionExecution,
+    CanaryStage,
+    GpuPrice,
+    Policy,
+    PolicyAction,
+    PolicyCondition,
+    TriggerEvent,
+)
+from control.policies.services import policy_backtest, policy_dry_run
+from experiments.models import Experiment
+
+CONDITION_HELP = [
+    ("metric", "latest accuracy > 0.9: metric accuracy, aggregate latest, operator >, threshold 0.9"),
+    ("regression", "loss at most 5% worse than production: metric loss, threshold 0.05"),
+    ("not_finite", "loss became NaN/inf: metric loss"),
+    ("divergence", "loss > 3 x its mean over the last 20 points: metric loss, window 20, threshold 3"),
+    (
+        "plateau",
+        "val_loss improved less than 0.001 in 200 steps: metric val_loss, window 200, threshold 0.001",
+    ),
+    ("drift", "drift score > 0.15: operator >, threshold 0.15"),
+    ("older_than", "last retrain older than 24 h: threshold 24"),
+    ("budget / concurrency", "today's spend + estimate <= budget: operator <=; runs in flight < 3"),
+]
+
+
+class PolicyConditionInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = PolicyCondition
+    extra = 0
+    fields = ("role", "order", "kind", "metric", "aggregate", "window", "operator", "threshold", "better")
+    verbose_name_plural = "Conditions"
+
+
+class PolicyActionInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = PolicyAction
+    extra = 0
+    fields = ("role", "order", "kind", "params", "enabled")
+    formfield_overrides = {models.JSONField: {"widget": forms.Textarea(attrs={"rows": 2, "cols": 50})}}
+    verbose_name_plural = "Actions"
+
+
+class CanaryStageInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = CanaryStage
+    extra = 0
+    fields = ("order", "name", "traffic_pct", "duration_seconds")
+    verbose_name_plural = "Canary stages"
+
+
+class DryRunForm(forms.Form):
+    """Pick the experiment to check a policy against."""
+
+    experiment = forms.ModelChoiceField(queryset=Experiment.objects.order_by("-created_at"))
+
+
+class BacktestForm(forms.Form):
+    """Pick the experiments whose history to replay."""
+
+    experiments = forms.ModelMultipleChoiceField(
+        queryset=Experiment.objects.filter(points__isnull=False).distinct().order_by("-created_at"),
+        required=False,
+        help_text="Leave empty to replay the 50 most recent experiments with metrics.",
+    )
+
+
+@admin.register(Policy)
+class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("name", "kind", "mode", "enabled", "order", "scope", "tools")
+    list_filter = ("kind", "mode", "enabled")
+    list_editable = ("enabled",)
+    search_fields = ("name", "description")
+    inlines = [PolicyConditionInline, PolicyActionInline, CanaryStageInline]
+    actions = ["enable", "disable"]
+    fieldsets = (
+        (None, {"fields": ("name", "kind", "mode", "enabled", "order", "description")}),
+        ("Scope", {"fields": ("scope_recipes", "scope_tags")}),
+        ("Firing limits", {"fields": ("cooldown_seconds", "max_fires_per_hour", "approval_timeout_seconds")}),
+        ("Canary rollout (canary policies; stages below)", {"fields": ("canary_min_requests",)}),
+        (
+            "Cost-aware scheduling (cost policies)",
+            {"fields": ("daily_budget_usd", "max_concurrent_runs", "priority_by"), "classes": ("collapse",)},
+        ),
+    )
+
+    @admin.display(description="Scope")
+    def scope(self, obj: Policy) -> str:
+        recipes = ", ".join(obj.scope_recipes) or "all recipes"
+        tags = f"; tags {', '.join(obj.scope_tags)}" if obj.scope_tags else ""
+        return recipes + tags
+
+    @admin.display(description="Check")
+    def tools(self, obj: Policy) -> str:
+        return format_html(
+            '<a href="{}">dry-run</a> · <a href="{}">backtest</a>',
+            reverse("admin:control_policy_dryrun", args=[obj.pk]),
+            reverse("admin:control_policy_backtest", args=[obj.pk]),
+        )
+
+    @admin.action(description="Enable the selected policies")
+    def enable(self, request: HttpRequest, queryset: Any) -> None:
+        self.message_user(request, f"Enabled {queryset.update(enabled=True)} policies.", messages.SUCCESS)
+
+    @admin.action(description="Disable the selected policies")
+    def disable(self, request: HttpRequest, queryset: Any) -> None:
+        self.message_user(request, f"Disabled {queryset.update(enabled=False)} policies.", messages.SUCCESS)
+
+    def render_change_form(
+        self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
+    ) -> HttpResponse:
+        """Add the help on conditions and actions (shown above the inlines)."""
+        context["condition_help"] = CONDITION_HELP
+        context["action_help"] = [(kind, spec.help) for kind, spec in ACTION_KINDS.items()]
+        return super().render_change_form(request, context, *args, **kwargs)
+
+    def get_urls(self) -> list[URLPattern]:
+        own = [
+            path(
+                "<int:pk>/dry-run/",
+                self.admin_site.admin_view(self.dry_run_view),
+                name="control_policy_dryrun",
+            ),
+            path(
+                "<int:pk>/backtest/",
+                self.admin_site.admin_view(self.backtest_view),
+                name="control_policy_backtest",
+            ),
+        ]
+        return own + super().get_urls()
+
+    def _context(self, request: HttpRequest, policy: Policy, title: str) -> dict[str, Any]:
+        return {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "original": policy,
+            "policy": policy,
+            "title": title,
+        }
+
+    def dry_run_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Show each condition's value and pass/fail for one experiment; nothing changes."""
+        policy = get_object_or_404(Policy, pk=pk)
+        if not self.has_view_permission(request, policy):
+            return HttpResponse(status=403)
+        form = DryRunForm(request.GET or None)
+        result = None
+        if form.is_valid():
+            result = policy_dry_run(policy=policy, experiment=form.cleaned_data["experiment"])
+        context = {
+            **self._context(request, policy, f"Dry-run of {policy.name}"),
+            "form": form,
+            "result": result,
+        }
+        return TemplateResponse(request, "admin/control/policy/dry_run.html", context)
+
+    def backtest_view(self, request: HttpRequest, pk: int) -> HttpResponse:
+        """Replay the policy over past metric histories and list where it would have fired."""
+        policy = get_object_or_404(Policy, pk=pk)
+        if not self.has_view_permission(request, policy):
+            return HttpResponse(status=403)
+        form = BacktestForm(request.GET or None)
+        hits = None
+        replayed = 0
+        if request.GET and form.is_valid():
+            chosen = list(form.cleaned_data["experiments"]) or list(form.fields["experiments"].queryset[:50])  # type: ignore[attr-defined]
+            replayed = len(chosen)
+            hits = policy_backtest(policy=policy, experiments=chosen)
+        context = {
+            **self._context(request, policy, f"Backtest of {policy.name}"),
+            "form": form,
+            "hits": hits,
+            "replayed": replayed,
+        }
+        return TemplateResponse(request, "admin/control/policy/backtest.html", context)
+
+
+class ActionExecutionInline(admin.TabularInline):  # type: ignore[type-arg]
+    model = ActionExecution
+    extra = 0
+    can_delete = False
+    fields = ("kind", "status", "actor", "attempts", "latency_ms", "error", "result")
+    readonly_fields = fields
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(TriggerEvent)
+class TriggerEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("created_at", "policy", "experiment", "kind", "status", "conditions_passed")
+    list_filter = ("status", "policy", "kind")
+    readonly_fields = (
+        "policy",
+        "experiment",
+        "kind",
+        "conditions_passed",
+        "status",
+        "created_at",
+        "decided_at",
+        "decided_by",
+        "expires_at",
+        "conditions",
+    )
+    exclude = ("snapshot",)
+    inlines = [ActionExecutionInline]
+
+    @admin.display(description="Conditions when it fired")
+    def conditions(self, obj: TriggerEvent) -> str:
+        rows = obj.snapshot.get("conditions", [])
+        return format_html_join(
+            "",
+            "<div>{} {} — {}</div>",
+            (("✔" if c["passed"] else "✘", c["condition"], c["detail"]) for c in rows),
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(GpuPrice)
+class GpuPriceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    list_display = ("gpu_type", "usd_per_hour")

@@ -1,0 +1,125 @@
+"""The seed's example policies (and an early stop) as records: loaded by `manage.py demo`."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+from django.db import transaction
+
+from control.policies.conditions import ConditionKind
+from control.policies.models import (
+    ActionRole,
+    ConditionRole,
+    GpuPrice,
+    Policy,
+    PolicyKind,
+)
+from control.policies.services import policy_create
+
+DEMO_POLICIES: list[dict[str, Any]] = [
+    {
+        "name": "auto_promote",
+        "kind": PolicyKind.AUTO_PROMOTE,
+        "order": 10,
+        "description": "Auto-promote if accuracy > 0.9 and f1 > 0.85 and loss no more than 5% worse than production; "
+        "otherwise hold for review.",
+        "scope_recipes": ["digits", "distill"],
+        "conditions": [
+            {"kind": ConditionKind.METRIC, "metric": "accuracy", "operator": ">", "threshold": 0.9},
+            {"kind": ConditionKind.METRIC, "metric": "f1", "operator": ">", "threshold": 0.85},
+            {"kind": ConditionKind.REGRESSION, "metric": "val_loss", "threshold": 0.05},
+        ],
+        "actions": [{"kind": "promote"}, {"kind": "hold", "role": ActionRole.FALLBACK}],
+    },
+    {
+        "name": "early_stop",
+        "kind": PolicyKind.EARLY_STOP,
+        "order": 5,
+        "description": "A loss that turns NaN stops the run and requeues it from its last good checkpoint with half the "
+        "learning rate (a NaN injected for the demo is cleared).",
+        "cooldown_seconds": 30,
+        "conditions": [{"kind": ConditionKind.NOT_FINITE, "metric": "loss"}],
+        "actions": [
+            {"kind": "requeue", "params": {"lr_factor": 0.5, "config_overrides": {"inject_nan_at_step": -1}}}
+        ],
+    },
+    {
+        "name": "drift_retrain",
+        "kind": PolicyKind.DRIFT_RETRAIN,
+        "order": 20,
+        "description": "Drift score > 0.15 and the last retrain older than 24 h: curate the hard served "
+        "examples into a dataset version and queue a high-priority retrain on it.",
+        "cooldown_seconds": 3600,
+        "scope_recipes": ["digits"],
+        "conditions": [
+            {"kind": ConditionKind.DRIFT, "operator": ">", "threshold": 0.15},
+            {"kind": ConditionKind.OLDER_THAN, "threshold": 24},
+        ],
+        "actions": [
+            {"kind": "curate_dataset", "params": {"strategy": "hard_examples", "count": 1000}},
+            {"kind": "retrain", "params": {"priority_class": "realtime"}},
+        ],
+    },
+    {
+        "name": "canary_deploy",
+        "kind": PolicyKind.CANARY,
+        "order": 30,
+        "description": "Canary stages 10% (1 min), 50% (1 min), then full rollout; roll back when the error rate "
+        "passes 5%, latency p99 passes 500 ms, or feedback accuracy is more than 5% worse than production's on "
+        "the same traffic. The seed's stages are 1% (1 h) and 10% (4 h): lengthen them here for real traffic.",
+        "scope_recipes": ["digits"],
+        "canary_min_requests": 30,
+        "conditions": [
+            {
+                "kind": ConditionKind.METRIC,
+                "metric": "error_rate",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": ConditionRole.ROLLBACK_ON,
+            },
+            {
+                "kind": ConditionKind.METRIC,
+                "metric": "latency_p99_ms",
+                "operator": ">",
+                "threshold": 500,
+                "role": ConditionRole.ROLLBACK_ON,
+            },
+            {
+                "kind": ConditionKind.REGRESSION,
+                "metric": "accuracy",
+                "threshold": 0.05,
+                "role": ConditionRole.ROLLBACK_ON,
+            },
+        ],
+        "stages": [("canary_10pct", 10, 60), ("canary_50pct", 50, 60), ("full_rollout", 100, 0)],
+    },
+    {
+        "name": "cost_aware_schedule",
+        "kind": PolicyKind.COST,
+        "order": 40,
+        "description": "Daily budget of $100 and at most 3 concurrent runs; cheaper runs first within a class.",
+        "daily_budget_usd": Decimal("100"),
+        "max_concurrent_runs": 3,
+        "priority_by": "estimated_cost",
+    },
+]
+
+DEMO_PRICES = {
+    "cpu": Decimal("0.05"),
+    "H100": Decimal("2.50"),
+    "H200": Decimal("3.50"),
+    "A100": Decimal("1.80"),
+}
+
+
+@transaction.atomic
+def demo_policies_ensure() -> list[Policy]:
+    """Create the demo policies and GPU prices that are missing (idempotent; edits are kept)."""
+    for gpu_type, price in DEMO_PRICES.items():
+        GpuPrice.objects.get_or_create(gpu_type=gpu_type, defaults={"usd_per_hour": price})
+    policies = []
+    for definition in DEMO_POLICIES:
+        existing = Policy.objects.filter(name=definition["name"]).first()
+        policies.append(existing or policy_create(**definition))
+    return policies

@@ -1,0 +1,111 @@
+"""Pages of the control loop: the fleet-wide Triggers page, the trigger rows, and decisions on a trigger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_GET, require_POST
+
+import control.policies.services as policy_services
+from control.policies.models import Policy, TriggerEvent, TriggerStatus
+from control.policies.selectors import DECISIONS_BY_STATUS, trigger_list
+
+DECIDE_PERMISSION = "control.change_triggerevent"
+
+_DECIDERS = {
+    "approve": policy_services.trigger_approve,
+    "reject": policy_services.trigger_reject,
+    "execute": policy_services.trigger_execute_now,
+}
+
+
+def _rows_context(request: HttpRequest, triggers: Any, *, show_experiment: bool) -> dict[str, Any]:
+    rows = list(triggers)
+    for trigger in rows:
+        trigger.decisions_now = DECISIONS_BY_STATUS.get(trigger.status, ())
+    return {
+        "triggers": rows,
+        "can_decide": request.user.has_perm(DECIDE_PERMISSION),
+        "show_experiment": show_experiment,
+        "next_url": request.get_full_path(),
+    }
+
+
+@login_required
+@permission_required("control.view_triggerevent", raise_exception=True)
+@require_GET
+def triggers_page(request: HttpRequest) -> HttpResponse:
+    """Every trigger of every policy, newest first, live."""
+    return _render_triggers(request)
+
+
+def _render_triggers(request: HttpRequest, *, http_status: int = 200) -> HttpResponse:
+    status = request.GET.get("status", "")
+    policy = request.GET.get("policy", "")
+    if status and status not in TriggerStatus.values:
+        status = ""
+    context = {
+        **_rows_context(request, trigger_list(status=status, policy=policy), show_experiment=True),
+        "statuses": TriggerStatus.choices,
+        "policies": Policy.objects.order_by("name").values_list("name", flat=True),
+        "status": status,
+        "policy": policy,
+        "section": "triggers",
+    }
+    return render(request, "policies/triggers.html", context, status=http_status)
+
+
+@login_required
+@permission_required("control.view_triggerevent", raise_exception=True)
+@require_GET
+def trigger_rows_fragment(request: HttpRequest) -> HttpResponse:
+    """The trigger rows alone (all, or one experiment's), for live refresh."""
+    raw = request.GET.get("experiment", "")
+    experiment_id = int(raw) if raw.isdigit() else None
+    triggers = trigger_list(
+        experiment_id=experiment_id,
+        status=request.GET.get("status", ""),
+        policy=request.GET.get("policy", ""),
+    )
+    context = _rows_context(request, triggers, show_experiment=experiment_id is None)
+    return render(request, "policies/_trigger_rows.html", context)
+
+
+@login_required
+@require_POST
+def trigger_decide(request: HttpRequest, trigger_id: int, decision: str) -> HttpResponse:
+    """Approve, reject or execute a trigger now; 409 when its status does not allow that."""
+    decide = _DECIDERS.get(decision)
+    if decide is None:
+        raise Http404("unknown decision")
+    if not request.user.has_perm(DECIDE_PERMISSION):
+        raise PermissionDenied("You may not decide on policy triggers.")
+    if not TriggerEvent.objects.filter(pk=trigger_id).exists():
+        raise Http404("no such trigger")
+    wants_json = "application/json" in request.headers.get("Accept", "")
+    try:
+        trigger = decide(trigger_id=trigger_id, user=request.user)
+    except policy_services.TransitionRefusedForTrigger as exc:
+        if wants_json:
+            return JsonResponse({"detail": str(exc)}, status=409)
+        messages.error(request, str(exc))
+        return _render_triggers(request, http_status=409)
+    if wants_json:
+        return JsonResponse({"trigger_id": trigger.pk, "status": trigger.status})
+    messages.success(request, f"Trigger #{trigger.pk} of {trigger.policy.name}: {decision} done.")
+    return _back(request)
+
+
+def _back(request: HttpRequest) -> HttpResponse:
+    """Return to the page the decision was made on (an experiment page or the Triggers page)."""
+    target = request.POST.get("next", "")
+    if not url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        target = reverse("triggers:list")
+    return HttpResponseRedirect(target)

@@ -1,0 +1,321 @@
+"""The GPU-aware priority scheduler: the database is the queue, Celery only carries the run.
+
+Order: priority class, then priority, then age, where waiting earns priority (aging) so
+that nothing starves. A device is leased with a conditional UPDATE, so two schedulers
+(two beat ticks, a tick and a transition hook) never lease the same device.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Q, QuerySet
+from django.utils import timezone
+
+from control.scheduling.models import Device, DeviceKind
+from experiments.actors import Actor
+from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, PriorityClass, State
+from experiments.models import Experiment, Run
+from experiments.runs.services import run_create
+from experiments.services import TransitionRefused, experiment_transition
+
+logger = logging.getLogger(__name__)
+
+# Priorities run 0-10; one class outranks the next by a whole priority span, so with no
+# aging the order is class first, then priority.
+_CLASS_SPAN = 11
+
+
+def experiment_urgency(
+    experiment: Experiment, *, now: datetime, aging_per_minute: float | None = None
+) -> float:
+    """Return the experiment's scheduling score (higher goes first): class, priority, then aging."""
+    aging = settings.SCHEDULER_AGING_PER_MINUTE if aging_per_minute is None else aging_per_minute
+    rank = PRIORITY_CLASS_RANK.get(PriorityClass(experiment.priority_class), len(PRIORITY_CLASS_RANK))
+    waited_min = max(0.0, (now - (experiment.queued_at or experiment.created_at)).total_seconds() / 60.0)
+    return (len(PRIORITY_CLASS_RANK) - rank) * _CLASS_SPAN + experiment.priority + aging * waited_min
+
+
+def queued_in_order(
+    *, now: datetime | None = None, aging_per_minute: float | None = None
+) -> list[Experiment]:
+    """Return the queued experiments, most urgent first (ties: longest waiting first)."""
+    now = now or timezone.now()
+    queued = list(Experiment.objects.filter(state=State.QUEUED))
+    queued.sort(
+        key=lambda e: (
+            -experiment_urgency(e, now=now, aging_per_minute=aging_per_minute),
+            e.queued_at or e.created_at,
+            e.pk,
+        )
+    )
+    return queued
+
+
+def _reserved_by_settings(device: Device) -> bool:
+    names = set(settings.SCHEDULER_RESERVED_DEVICES)
+    if not names:
+        return False
+    return (
+        bool(device.uuid and device.uuid in names)
+        or f"{device.worker.hostname}/{device.kind}{device.index}" in names
+    )
+
+
+def usable_devices(*, now: datetime | None = None) -> QuerySet[Device]:
+    """Return devices of live workers (heart-beating, online), leased or not."""
+    now = now or timezone.now()
+    fresh = now - timedelta(seconds=settings.WORKER_OFFLINE_SECONDS)
+    return Device.objects.select_related("worker", "leased_run").filter(
+        worker__online=True, worker__last_heartbeat__gte=fresh
+    )
+
+
+def device_fits(experiment: Experiment, device: Device) -> bool:
+    """Return True when the device is the kind, type and size the experiment asks for."""
+    if experiment.gpus == 0:
+        return device.kind == DeviceKind.CPU
+    if device.kind != DeviceKind.GPU:
+        return False
+    if experiment.gpu_type and experiment.gpu_type.lower() not in device.name.lower():
+        return False
+    return device.memory_total_gb + 1e-9 >= experiment.memory_gb
+
+
+def _needs(experiment: Experiment) -> str:
+    if experiment.gpus == 0:
+        return "a CPU slot"
+    what = f"{experiment.gpus} GPU{'s' if experiment.gpus > 1 else ''}"
+    if experiment.gpu_type:
+        what += f" of type {experiment.gpu_type}"
+    if experiment.memory_gb:
+        what += f" with ≥ {experiment.memory_gb:g} GiB"
+    return what + (" on one worker" if experiment.gpus > 1 else "")
+
+
+def _pick(experiment: Experiment, free: list[Device]) -> list[Device]:
+    """Return the devices to lease (all on one worker), or [] when none fit."""
+    by_worker: dict[int, list[Device]] = defaultdict(list)
+    for device in free:
+        if device_fits(experiment, device):
+            by_worker[device.worker_id].append(device)
+    wanted = max(1, experiment.gpus)
+    for devices in by_worker.values():
+        if len(devices) >= wanted:
+            # Smallest sufficient GPUs first: keep the big ones for jobs that need them.
+            devices.sort(key=lambda d: (d.memory_total_mb, d.index))
+            return devices[:wanted]
+    return []
+
+
+# fn() -> the most runs that may be live now, or None for no opinion. A cost-aware policy
+# registers one (e.g. 0 once the daily budget is spent); the smallest answer wins.
+_limiters: list[Callable[[], int | None]] = []
+
+
+def concurrency_limiter(fn: Callable[[], int | None]) -> Callable[[], int | None]:
+    """Register fn() returning a cap on live runs (None: no opinion); the scheduler obeys the smallest."""
+    _limiters.append(fn)
+    return fn
+
+
+# fn(experiment, now, cache) -> why it may not start now ("" when it may). The cost-aware
+# policy registers its budget check here; `cache` lives for one scheduling pass, so a
+# check can compute today's spend once rather than per queued experiment.
+AdmissionCheck = Callable[[Experiment, datetime, dict[str, Any]], str]
+_admission_checks: list[AdmissionCheck] = []
+
+
+def admission_check(fn: AdmissionCheck) -> AdmissionCheck:
+    """Register fn(experiment, now, cache) returning the reason an experiment must wait, or ""."""
+    _admission_checks.append(fn)
+    return fn
+
+
+def _admission_refusal(experiment: Experiment, now: datetime, cache: dict[str, Any]) -> str:
+    for check in list(_admission_checks):
+        try:
+            reason = check(experiment, now, cache)
+        except Exception:  # a broken policy must not stop scheduling
+            logger.exception("admission check %r failed", check)
+            continue
+        if reason:
+            return reason
+    return ""
+
+
+def concurrency_limit() -> int | None:
+    """Return the cap on live runs now: settings (0 = none) and every registered limiter; None = no cap."""
+    caps = [settings.SCHEDULER_MAX_CONCURRENT_RUNS] if settings.SCHEDULER_MAX_CONCURRENT_RUNS > 0 else []
+    for limiter in list(_limiters):
+        try:
+            cap = limiter()
+        except Exception:  # a broken policy must not stop scheduling
+            logger.exception("concurrency limiter %r failed", limiter)
+            continue
+        if cap is not None:
+            caps.append(max(0, int(cap)))
+    return min(caps) if caps else None
+
+
+@dataclass
+class Decision:
+    """Where one queued experiment stands: the devices it gets now, or why it waits."""
+
+    experiment: Experiment
+    position: int
+    urgency: float
+    devices: list[Device] = field(default_factory=list)
+    reason: str = ""
+
+
+@dataclass
+class Plan:
+    """A scheduling pass: every queued experiment's decision, and the capacity picture."""
+
+    decisions: list[Decision]
+    running: int
+    limit: int | None  # None: no limit
+    free_devices: list[Device]
+
+
+def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = None) -> Plan:
+    """Decide, without writing, which queued experiments get which free devices, and why the rest wait."""
+    now = now or timezone.now()
+    limit = concurrency_limit() if max_concurrent is None else max_concurrent
+    live = list(Run.objects.filter(status__in=LIVE_RUN_STATUSES).values_list("experiment_id", flat=True))
+    running = len(live)
+    devices = list(usable_devices(now=now))
+    free = [d for d in devices if d.leased_run_id is None and not d.reserved and not _reserved_by_settings(d)]
+    initially_free = list(free)
+    decisions: list[Decision] = []
+    slots_left = None if limit is None else limit - running
+    pass_cache: dict[str, Any] = {}
+    for position, experiment in enumerate(queued_in_order(now=now), start=1):
+        decision = Decision(
+            experiment=experiment, position=position, urgency=experiment_urgency(experiment, now=now)
+        )
+        decisions.append(decision)
+        if experiment.not_before and experiment.not_before > now:
+            decision.reason = f"retry backoff until {experiment.not_before:%H:%M:%S} UTC"
+            continue
+        if experiment.pk in live:
+            # Requeued while its attempt still stops: one attempt at a time trains.
+            decision.reason = "waiting for its previous attempt to stop"
+            continue
+        if slots_left is not None and slots_left <= 0:
+            decision.reason = f"max concurrent runs reached ({running}/{limit})"
+            continue
+        refusal = _admission_refusal(experiment, now, pass_cache)
+        if refusal:
+            decision.reason = refusal
+            continue
+        chosen = _pick(experiment, free)
+        if chosen:
+            decision.devices = chosen
+            free = [d for d in free if d not in chosen]
+            if slots_left is not None:
+                slots_left -= 1
+            continue
+        if any(device_fits(experiment, d) for d in devices):
+            decision.reason = f"waiting for {_needs(experiment)} to free up"
+        else:
+            decision.reason = f"no live worker has {_needs(experiment)}"
+    return Plan(decisions=decisions, running=running, limit=limit, free_devices=initially_free)
+
+
+def device_lease(*, device_ids: list[int], run: Run) -> bool:
+    """Lease every device to the run or none (call inside a transaction); False when one was taken."""
+    now = timezone.now()
+    if Device.objects.filter(pk__in=device_ids, worker__online=False).exists():
+        return False
+    for device_id in device_ids:
+        # The conditional update is the lock: of two schedulers, exactly one matches the row.
+        # Only the device's own columns in the WHERE: a condition on a joined table makes
+        # Django write `WHERE id IN (SELECT ...)`, and PostgreSQL re-checks only the outer
+        # clause after waiting for the other writer, so both would "win".
+        won = Device.objects.filter(pk=device_id, leased_run__isnull=True, reserved=False).update(
+            leased_run=run, leased_at=now
+        )
+        if won != 1:
+            return False
+    return True
+
+
+class _LeaseLost(Exception):
+    """Another scheduler leased one of the devices first."""
+
+
+def _dispatch(run_id: int, queue: str, task_id: str) -> None:
+    from control.scheduling.tasks import train_run
+
+    train_run.apply_async(args=[run_id], queue=queue, task_id=task_id)
+
+
+def experiment_dispatch(*, experiment_id: int, devices: list[Device]) -> Run | None:
+    """Lease the devices, create the run, fire start and (after commit) send it to the worker's queue."""
+    worker = devices[0].worker
+    task_id = str(uuid.uuid4())
+    try:
+        with transaction.atomic():
+            experiment = Experiment.objects.get(pk=experiment_id)
+            run = run_create(
+                experiment=experiment, worker=worker.hostname, device=devices[0].label, task_id=task_id
+            )
+            if not device_lease(device_ids=[d.pk for d in devices], run=run):
+                raise _LeaseLost
+            experiment_transition(
+                experiment_id=experiment_id,
+                event="start",
+                actor=Actor.system("scheduler"),
+                reason=f"attempt {run.attempt} on {worker.hostname} ({', '.join(d.label for d in devices)})",
+            )
+            transaction.on_commit(lambda: _dispatch(run.pk, worker.queue, task_id))
+    except (_LeaseLost, TransitionRefused, IntegrityError) as exc:
+        # Lost a race (device leased, experiment started or cancelled by someone else): the
+        # whole attempt rolled back; the next tick looks again.
+        logger.info("dispatch of experiment %s lost a race: %r", experiment_id, exc)
+        return None
+    return run
+
+
+def scheduler_tick(*, now: datetime | None = None, max_concurrent: int | None = None) -> list[Run]:
+    """Dispatch every queued experiment that fits on a free device now; return the new runs."""
+    # The steady state of a busy cluster: every device leased. Nothing can start, so skip
+    # ordering the whole queue (the queue page plans for itself when someone looks).
+    if not usable_devices(now=now).filter(leased_run__isnull=True, reserved=False).exists():
+        return []
+    plan = scheduler_plan(now=now, max_concurrent=max_concurrent)
+    started: list[Run] = []
+    for decision in plan.decisions:
+        if not decision.devices:
+            continue
+        run = experiment_dispatch(experiment_id=decision.experiment.pk, devices=decision.devices)
+        if run is not None:
+            started.append(run)
+    return started
+
+
+def live_runs() -> QuerySet[Run]:
+    """Return the runs starting or training now, with their experiments and devices."""
+    return (
+        Run.objects.filter(status__in=LIVE_RUN_STATUSES)
+        .select_related("experiment")
+        .prefetch_related("leased_devices")
+        .order_by("started_at", "pk")
+    )
+
+
+def orphan_leases() -> QuerySet[Device]:
+    """Return devices leased by runs that are no longer live (left behind by a crash)."""
+    return Device.objects.filter(leased_run__isnull=False).filter(
+        ~Q(leased_run__status__in=LIVE_RUN_STATUSES)
+    )

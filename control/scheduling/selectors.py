@@ -1,0 +1,60 @@
+"""Reads of the execution side for pages and the API: the inventory and the queue picture."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from django.db.models import Prefetch, QuerySet
+from django.utils import timezone
+
+from control.scheduling.models import Device, Worker
+from control.scheduling.scheduler import Plan, live_runs, scheduler_plan
+from experiments.models import Run
+
+
+def workers_with_devices() -> QuerySet[Worker]:
+    """Return every worker, online first, with its devices and what each device is running."""
+    devices = Device.objects.select_related("leased_run__experiment").order_by("kind", "index")
+    return Worker.objects.prefetch_related(Prefetch("devices", queryset=devices)).order_by(
+        "-online", "hostname"
+    )
+
+
+def device_stats(device: Device, *, worker: Worker | None = None) -> dict[str, Any]:
+    """Return one device's live numbers (the GPU page and its websocket events share this shape)."""
+    run = device.leased_run
+    return {
+        "id": device.pk,
+        "worker": (worker or device.worker).hostname,
+        "kind": device.kind,
+        "index": device.index,
+        "name": device.name,
+        "uuid": device.uuid,
+        "memory_total_mb": device.memory_total_mb,
+        "memory_used_mb": device.memory_used_mb,
+        "utilization_pct": device.utilization_pct,
+        "temperature_c": device.temperature_c,
+        "power_w": device.power_w,
+        "reserved": device.reserved,
+        "leased_run_id": run.pk if run else None,
+        "experiment_id": run.experiment_id if run else None,
+        "experiment_name": run.experiment.name if run else None,
+        "updated_at": device.updated_at,
+    }
+
+
+@dataclass(frozen=True)
+class QueueView:
+    """The scheduler's picture: who waits (and why), who runs, what is free."""
+
+    plan: Plan
+    running: list[Run]
+    now: datetime
+
+
+def scheduler_queue() -> QueueView:
+    """Return the queue with positions and reasons, the live runs and the free devices."""
+    now = timezone.now()
+    return QueueView(plan=scheduler_plan(now=now), running=list(live_runs()), now=now)

@@ -1,0 +1,148 @@
+"""Writes of the control layer's execution side: lease release, cancel with hard revoke, the watchdog."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from control.scheduling.inventory import workers_mark_offline
+from control.scheduling.models import Device
+from control.scheduling.scheduler import orphan_leases
+from experiments.choices import RunStatus, State
+from experiments.models import Run
+from experiments.runs.services import run_end, run_fail, run_request_cancel
+
+logger = logging.getLogger(__name__)
+
+
+def leases_release(*, run_id: int) -> int:
+    """Free every device the run leased; return how many."""
+    return Device.objects.filter(leased_run_id=run_id).update(leased_run=None, leased_at=None)
+
+
+def send_tick(*, countdown: float = 0.0) -> None:
+    """Ask a worker for a scheduler tick; a broker outage is logged, never raised (beat ticks anyway)."""
+    from control.scheduling.tasks import scheduler_tick
+
+    try:
+        scheduler_tick.apply_async(countdown=max(0.0, countdown), retry=False)
+    except Exception:
+        logger.warning("could not send a scheduler tick; the beat tick will catch up", exc_info=True)
+
+
+def tick_after_commit(*, countdown: float = 0.0) -> None:
+    """Ask for a scheduler tick once the current transaction commits (capacity or work changed)."""
+    transaction.on_commit(lambda: send_tick(countdown=countdown))
+
+
+def hard_revoke(*, task_id: str) -> None:
+    """Kill the pool process running the task (after the cooperative grace period ran out)."""
+    from crucible_ui.celery import app
+
+    app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+
+
+def experiment_request_cancel(*, experiment_id: int) -> list[Run]:
+    """Ask the live runs to stop cooperatively, and schedule a hard revoke after the grace period."""
+    from control.scheduling.tasks import cancel_revoke
+
+    runs = run_request_cancel(experiment_id=experiment_id)
+
+    def schedule_revoke(run_id: int) -> None:
+        try:
+            cancel_revoke.apply_async(args=[run_id], countdown=settings.CANCEL_GRACE_SECONDS, retry=False)
+        except Exception:  # the watchdog still ends a run that stops heart-beating
+            logger.warning("could not schedule the hard revoke of run %s", run_id, exc_info=True)
+
+    for run in runs:
+        transaction.on_commit(lambda run_id=run.pk: schedule_revoke(run_id))  # type: ignore[misc]
+    return runs
+
+
+def run_force_stop(*, run_id: int) -> bool:
+    """End a run that ignored its cancel past the grace period: revoke its task hard; True if it did."""
+    run = Run.objects.filter(pk=run_id).first()
+    if run is None or run.status not in (RunStatus.STARTING, RunStatus.RUNNING):
+        return False
+    if run.task_id:
+        try:
+            hard_revoke(task_id=run.task_id)
+        except Exception:
+            logger.warning("hard revoke of run %s failed", run_id, exc_info=True)
+    return run_end(
+        run_id=run_id, status=RunStatus.CANCELLED, error="stopped hard after the cancel grace period"
+    )
+
+
+@dataclass
+class SweepReport:
+    """What one watchdog sweep did."""
+
+    workers_offline: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    timed_out: list[int] = field(default_factory=list)
+    leases_freed: int = 0
+
+
+def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
+    """Fail (and retry) runs whose heartbeat stopped, that never started, or ran out of time; free stray leases."""
+    now = now or timezone.now()
+    report = SweepReport(workers_offline=workers_mark_offline(now=now))
+    beat_cutoff = now - timedelta(seconds=settings.HEARTBEAT_TIMEOUT_SECONDS)
+    start_cutoff = now - timedelta(seconds=settings.RUN_START_TIMEOUT_SECONDS)
+    stale = Run.objects.filter(
+        Q(status=RunStatus.RUNNING, heartbeat_at__lt=beat_cutoff)
+        | Q(status=RunStatus.STARTING, created_at__lt=start_cutoff)
+        | Q(status__in=(RunStatus.STARTING, RunStatus.RUNNING), leased_devices__worker__online=False)
+    ).distinct()
+    for run in stale:
+        if run.status == RunStatus.STARTING:
+            why = "no worker started it"
+        elif run.heartbeat_at and run.heartbeat_at < beat_cutoff:
+            why = f"no heartbeat for {(now - run.heartbeat_at).total_seconds():.0f} s"
+        else:
+            why = "its worker went offline"
+        if run_fail(run_id=run.pk, error=f"run lost: {why}", status=RunStatus.LOST, component="watchdog"):
+            report.lost.append(run.pk)
+            if run.task_id:
+                _revoke_quietly(run.task_id)
+    # The worker stops a run at its timeout itself; this catches a loop that stopped listening.
+    grace = timedelta(seconds=settings.CANCEL_GRACE_SECONDS)
+    overdue = Run.objects.filter(status=RunStatus.RUNNING, experiment__state=State.RUNNING).select_related(
+        "experiment"
+    )
+    for run in overdue.filter(started_at__lt=now - grace).only("pk", "started_at", "task_id", "experiment"):
+        limit = timedelta(seconds=run.experiment.timeout_seconds) + grace
+        if (
+            run.started_at
+            and now - run.started_at > limit
+            and run_fail(
+                run_id=run.pk,
+                error=f"timed out after {run.experiment.timeout_seconds} s",
+                component="watchdog",
+            )
+        ):
+            report.timed_out.append(run.pk)
+            if run.task_id:
+                _revoke_quietly(run.task_id)
+    report.leases_freed = orphan_leases().update(leased_run=None, leased_at=None)
+    return report
+
+
+def _revoke_quietly(task_id: str) -> None:
+    try:
+        hard_revoke(task_id=task_id)
+    except Exception:
+        logger.warning("revoke of task %s failed", task_id, exc_info=True)
+
+
+# Used by the admin's reserve toggle.
+def device_set_reserved(*, device_id: int, reserved: bool) -> int:
+    """Reserve a device (the scheduler skips it) or release the reservation; return rows changed."""
+    return Device.objects.filter(pk=device_id).exclude(reserved=reserved).update(reserved=reserved)

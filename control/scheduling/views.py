@@ -1,0 +1,27 @@
+"""The GPU page: every worker and device, what runs where, the queue; live numbers over /ws/gpus/."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+
+from control.scheduling.selectors import scheduler_queue, workers_with_devices
+
+
+@login_required
+@permission_required("control.view_device", raise_exception=True)
+def gpus(request: HttpRequest) -> HttpResponse:
+    """Show the worker inventory, leases and the scheduler queue."""
+    return render(
+        request,
+        "control/gpus.html",
+        {"workers": list(workers_with_devices()), "queue": scheduler_queue()},
+    )
+
+
+@login_required
+@permission_required("control.view_device", raise_exception=True)
+def gpu_rows(request: HttpRequest) -> HttpResponse:
+    """Return the device rows alone (the page reloads them when a new device appears)."""
+    return render(request, "control/_gpu_rows.html", {"workers": list(workers_with_devices())})

@@ -1,0 +1,201 @@
+"""The experiments JSON API: create, list, read, and fire lifecycle events (thin: services decide)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.models import Count, QuerySet
+from django.http import Http404, HttpRequest
+from ninja import Query, Router, Status
+from ninja.errors import ValidationError
+
+from experiments.actors import Actor
+from experiments.api.schemas import (
+    ActionIn,
+    ErrorOut,
+    ExperimentDetail,
+    ExperimentFilters,
+    ExperimentIn,
+    ExperimentList,
+    TransitionRefusedOut,
+    UnknownEventOut,
+    ValidationErrorOut,
+)
+from experiments.choices import State
+from experiments.models import EVENT_PERMISSIONS, Experiment
+from experiments.recipes import ConfigError, get_spec
+from experiments.services import (
+    TransitionRefused,
+    experiment_create,
+    experiment_retrain,
+    experiment_transition,
+)
+
+router = Router(tags=["experiments"])
+
+_AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut}
+# Reading needs the same permission as the live view and the metric history.
+VIEW_PERMISSION = "experiments.view_experiment"
+
+
+def field_errors(errors: dict[str, list[str]], *, prefix: tuple[str, ...] = ("body",)) -> ValidationError:
+    """Return the API's 422 error for Django-style errors keyed by model field."""
+    detail: list[dict[str, Any]] = []
+    for field, messages in errors.items():
+        loc = list(prefix) if field == NON_FIELD_ERRORS else [*prefix, field]
+        detail.extend({"loc": loc, "msg": msg, "type": "value_error"} for msg in messages)
+    return ValidationError(detail)
+
+
+def _config_errors(exc: ConfigError) -> ValidationError:
+    """Return the 422 error for a refused config: each parameter at body.config.<key>."""
+    detail: list[dict[str, Any]] = []
+    for key, msg in exc.errors.items():
+        loc = ["body", key] if key in ("recipe", "config") else ["body", "config", key]
+        detail.append({"loc": loc, "msg": msg, "type": "value_error"})
+    return ValidationError(detail)
+
+
+def _require_perm(request: HttpRequest, perm: str, doing: str) -> Any:
+    """Return the authenticated caller, or raise PermissionDenied (403) saying what they may not do."""
+    user = request.auth  # type: ignore[attr-defined]
+    if not user.has_perm(perm):
+        raise PermissionDenied(f"You may not {doing}.")
+    return user
+
+
+def _detail(experiment_id: int, user: Any) -> Experiment:
+    """Return the experiment, read afresh, with its lineage, history and the user's next events."""
+    experiment = Experiment.objects.select_related("owner").filter(pk=experiment_id).first()
+    if experiment is None:
+        raise Http404(f"No experiment #{experiment_id}")
+    # Attributes the ExperimentDetail schema reads; the model has no fields of these names.
+    experiment.children_ids = list(  # type: ignore[attr-defined]
+        experiment.children.order_by("id").values_list("id", flat=True)
+    )
+    experiment.available_events_now = experiment.available_events(user)  # type: ignore[attr-defined]
+    return experiment
+
+
+def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
+    """Return experiments matching every filter but state (the per-state counts use it)."""
+    qs = Experiment.objects.all()
+    if filters.recipe:
+        qs = qs.filter(recipe=filters.recipe)
+    if filters.q:
+        qs = qs.filter(name__icontains=filters.q)
+    return qs
+
+
+@router.get(
+    "",
+    response={200: ExperimentList, **_AUTH_ERRORS, 422: ValidationErrorOut},
+    summary="List experiments",
+    description="Needs `experiments.view_experiment`. Filter by state (repeatable), recipe and name "
+    "search; page with limit/offset. `counts` gives, per state, the experiments that match the other filters.",
+)
+def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> dict[str, Any]:
+    """Return one page of experiments and the counts per state."""
+    _require_perm(request, VIEW_PERMISSION, "view experiments")
+    base = _filtered(filters)
+    counts = {state.value: 0 for state in State}
+    for row in base.order_by().values("state").annotate(n=Count("id")):
+        counts[row["state"]] = row["n"]
+    qs = base.filter(state__in=filters.state) if filters.state else base
+    tiebreak = "-id" if filters.ordering.startswith("-") else "id"
+    page = qs.select_related("owner").order_by(filters.ordering, tiebreak)
+    return {
+        "count": qs.count(),
+        "limit": filters.limit,
+        "offset": filters.offset,
+        "counts": counts,
+        "items": list(page[filters.offset : filters.offset + filters.limit]),
+    }
+
+
+@router.post(
+    "",
+    response={201: ExperimentDetail, **_AUTH_ERRORS, 422: ValidationErrorOut},
+    summary="Create an experiment",
+    description="Needs `experiments.add_experiment`. The config is checked against the recipe's "
+    'declared parameters: each refused key comes back at `["body", "config", <key>]` (422).',
+)
+def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Status[Any]:
+    """Create a pending experiment owned by the caller."""
+    user = _require_perm(request, "experiments.add_experiment", "create experiments")
+    data = payload.model_dump()
+    # Check the config first so that each parameter gets its own path; the model's own
+    # clean() folds them into one "config" message for forms.
+    try:
+        data["config"] = get_spec(data["recipe"]).clean(data["config"])
+    except ConfigError as exc:
+        raise _config_errors(exc) from None
+    try:
+        experiment = experiment_create(owner=user, **data)
+    except DjangoValidationError as exc:
+        raise field_errors(exc.message_dict) from None
+    return Status(201, _detail(experiment.pk, user))
+
+
+@router.get(
+    "/{experiment_id}",
+    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+    summary="Read an experiment",
+    description="Needs `experiments.view_experiment`. Includes `available_events`: the events the "
+    "requesting user may fire now, the audited transitions and the lineage (parent, children).",
+)
+def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
+    """Return one experiment with its history and lineage."""
+    user = _require_perm(request, VIEW_PERMISSION, "view experiments")
+    return _detail(experiment_id, user)
+
+
+@router.post(
+    "/{experiment_id}/actions/{event}",
+    response={
+        200: ExperimentDetail,
+        201: ExperimentDetail,
+        400: UnknownEventOut,
+        **_AUTH_ERRORS,
+        404: ErrorOut,
+        409: TransitionRefusedOut,
+        422: ValidationErrorOut,
+    },
+    summary="Fire a lifecycle event",
+    description="Events: " + ", ".join(EVENT_PERMISSIONS) + ". Each needs its transition permission "
+    '(403 otherwise). The optional body `{"reason": "..."}` goes into the audit log. Answers 200 with the experiment in its '
+    "new state; `retrain` answers 201 with the queued child. 409 when the current state does not "
+    "allow the event (e.g. another request fired it first), with the state it is in.",
+)
+def experiment_action(
+    request: HttpRequest, experiment_id: int, event: str, payload: ActionIn | None = None
+) -> Status[Any]:
+    """Fire one event on an experiment as the calling user (audited with the reason)."""
+    if event not in EVENT_PERMISSIONS:
+        known = list(EVENT_PERMISSIONS)
+        return Status(
+            400,
+            {"detail": f"Unknown event {event!r}; known events: {', '.join(known)}", "known_events": known},
+        )
+    user = request.auth  # type: ignore[attr-defined]
+    actor = Actor.for_user(user)
+    reason = payload.reason if payload else ""
+    try:
+        if event == "retrain":
+            child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
+            return Status(201, _detail(child.pk, user))
+        experiment = experiment_transition(
+            experiment_id=experiment_id, event=event, actor=actor, reason=reason
+        )
+    except Experiment.DoesNotExist:
+        raise Http404(f"No experiment #{experiment_id}") from None
+    except TransitionRefused as exc:
+        return Status(409, {"detail": exc.message, "state": str(exc.experiment.state)})
+    except DjangoValidationError as exc:
+        raise field_errors(exc.message_dict) from None
+    return Status(200, _detail(experiment.pk, user))
+
+
+__all__ = ["field_errors", "router"]

@@ -1,0 +1,190 @@
+"""Shapes of the experiments JSON API (ninja Schemas): what comes in, what goes out."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+from ninja import Field, Schema
+from pydantic import ConfigDict, StrictStr
+
+from experiments.choices import PriorityClass, State
+from experiments.models import Experiment
+
+Ordering = Literal[
+    "created_at",
+    "-created_at",
+    "updated_at",
+    "-updated_at",
+    "state_changed_at",
+    "-state_changed_at",
+    "name",
+    "-name",
+    "priority",
+    "-priority",
+    "state",
+    "-state",
+    "id",
+    "-id",
+]
+ORDERINGS: tuple[str, ...] = get_args(Ordering)
+
+
+class ExperimentIn(Schema):
+    """A new experiment; config is checked against the recipe's declared parameters."""
+
+    # Strict numbers and strings: a JSON API that reads "5" or true as a priority hides
+    # client bugs; unknown fields are refused rather than silently dropped.
+    model_config = ConfigDict(extra="forbid")
+
+    name: StrictStr = Field(..., min_length=1, max_length=200)
+    recipe: StrictStr = Field(..., description="Recipe name: digits, charlm or distill.")
+    config: dict[str, Any] = Field(
+        default_factory=dict, description="Recipe hyper-parameters; omitted ones take their defaults."
+    )
+    description: StrictStr = ""
+    priority_class: PriorityClass = PriorityClass.BATCH
+    priority: int = Field(5, strict=True, ge=0, le=10, description="0-10 within the class; higher first.")
+    gpus: int = Field(0, strict=True, ge=0, le=8, description="GPUs wanted; 0 runs on a CPU slot.")
+    gpu_type: StrictStr = Field("", max_length=64, description="e.g. H100; empty takes any.")
+    memory_gb: float = Field(0.0, strict=True, ge=0.0, description="GPU memory needed, in GiB.")
+    max_attempts: int = Field(3, strict=True, ge=1, le=20)
+    timeout_seconds: int = Field(3600, strict=True, ge=1, le=7 * 24 * 3600)
+    tags: list[StrictStr] = Field(default_factory=list)
+
+
+class ActionIn(Schema):
+    """Optional body of an action: why it was taken (written to the audit log)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: StrictStr = Field("", max_length=2000)
+
+
+class ExperimentFilters(Schema):
+    """Query parameters of the experiment list."""
+
+    state: list[State] = Field(default_factory=list, description="Repeat to match any of several states.")
+    recipe: str | None = None
+    q: str | None = Field(None, description="Case-insensitive search in the name.")
+    ordering: Ordering = "-created_at"
+    limit: int = Field(50, ge=1, le=200)
+    offset: int = Field(0, ge=0)
+
+
+class TransitionOut(Schema):
+    """One audited transition."""
+
+    event: str
+    source_state: str
+    target_state: str
+    actor: str
+    reason: str
+    created_at: datetime
+
+
+class ExperimentSummary(Schema):
+    """An experiment as the list shows it."""
+
+    id: int
+    name: str
+    recipe: str
+    state: str
+    priority_class: str
+    priority: int
+    gpus: int
+    gpu_type: str
+    owner: str | None
+    parent_id: int | None
+    tags: list[str]
+    created_at: datetime
+    state_changed_at: datetime
+
+    @staticmethod
+    def resolve_owner(obj: Experiment) -> str | None:
+        """Return the owner's username (None for system-made experiments)."""
+        return obj.owner.get_username() if obj.owner else None
+
+
+class ExperimentDetail(ExperimentSummary):
+    """One experiment with everything a client needs to decide its next action."""
+
+    description: str
+    config: dict[str, Any]
+    memory_gb: float
+    max_attempts: int
+    timeout_seconds: int
+    queued_at: datetime | None
+    updated_at: datetime
+    children_ids: list[int]
+    available_events: list[str] = Field(..., description="Events the requesting user may fire now.")
+    transitions: list[TransitionOut] = Field(..., description="Audited transitions, oldest first.")
+
+    @staticmethod
+    def resolve_available_events(obj: Experiment) -> list[str]:
+        """Return the events computed for the requesting user (the API view sets them)."""
+        events: list[str] = obj.available_events_now  # type: ignore[attr-defined]
+        return events
+
+
+class ExperimentList(Schema):
+    """One page of experiments, with the total and the counts per state."""
+
+    count: int = Field(..., description="Experiments matching all filters.")
+    limit: int
+    offset: int
+    counts: dict[str, int] = Field(
+        ..., description="Per state, experiments matching the other filters (recipe, q)."
+    )
+    items: list[ExperimentSummary]
+
+
+class FieldError(Schema):
+    """One refused input, located by its path (e.g. ["body", "config", "epochs"])."""
+
+    loc: list[str | int]
+    msg: str
+    type: str = "value_error"
+
+
+class ValidationErrorOut(Schema):
+    """422: the request was well-formed but some fields were refused."""
+
+    detail: list[FieldError]
+
+
+class ErrorOut(Schema):
+    """Any other error: a sentence a person can act on."""
+
+    detail: str
+
+
+class TransitionRefusedOut(Schema):
+    """409: the event cannot fire from the current state (or another request fired first)."""
+
+    detail: str
+    state: str
+
+
+class UnknownEventOut(Schema):
+    """400: no such event."""
+
+    detail: str
+    known_events: list[str]
+
+
+__all__ = [
+    "ORDERINGS",
+    "ActionIn",
+    "ErrorOut",
+    "ExperimentDetail",
+    "ExperimentFilters",
+    "ExperimentIn",
+    "ExperimentList",
+    "ExperimentSummary",
+    "FieldError",
+    "TransitionOut",
+    "TransitionRefusedOut",
+    "UnknownEventOut",
+    "ValidationErrorOut",
+]

@@ -1,0 +1,134 @@
+"""Metric history over HTTP: GET /api/experiments/{id}/metrics.
+
+Mounted at /experiments in crucible_ui/api.py; authentication is the API's own (the
+browser session or a bearer token).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from ninja import Router
+
+from experiments.live.downsample import MIN_POINTS
+from experiments.live.series import metric_series
+from experiments.models import Experiment
+
+router = Router(tags=["metrics"])
+
+# A whole long run in one response is fine; more than this is a mistake, not a chart.
+MAX_POINTS_LIMIT = 1_000_000
+VIEW_PERMISSION = "experiments.view_experiment"
+
+
+class BadParameter(Exception):
+    """A query parameter a person can fix; the message names it."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def _int_param(request: HttpRequest, field: str, *, minimum: int, maximum: int | None = None) -> int | None:
+    """Return the integer query parameter `field`, None when absent or blank."""
+    raw = request.GET.get(field)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise BadParameter(field, f"{field} must be an integer, not {raw!r}") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f"between {minimum} and {maximum}" if maximum is not None else f"at least {minimum}"
+        raise BadParameter(field, f"{field} must be {bounds}, not {value}")
+    return value
+
+
+def _names_param(request: HttpRequest) -> list[str] | None:
+    """Return the comma-separated metric names, None when the parameter is absent (all metrics)."""
+    if "names" not in request.GET:
+        return None
+    names = [n.strip() for n in request.GET.get("names", "").split(",") if n.strip()]
+    if not names:
+        raise BadParameter("names", "names must list at least one metric name, e.g. names=loss,val_loss")
+    too_long = [n for n in names if len(n) > 64]
+    if too_long:
+        raise BadParameter("names", f"metric names are at most 64 characters: {too_long[0][:80]!r}")
+    return names
+
+
+def _error(status: int, message: str, field: str | None = None) -> JsonResponse:
+    body: dict[str, Any] = {"detail": message}
+    if field:
+        body["field"] = field
+    return JsonResponse(body, status=status)
+
+
+@router.get(
+    "/{experiment_id}/metrics",
+    summary="Metric history of an experiment, downsampled to a point budget",
+    response={200: Any, 400: Any, 403: Any, 404: Any},
+)
+def experiment_metrics(
+    request: HttpRequest,
+    experiment_id: int,
+    names: str | None = None,
+    max_points: str | None = None,
+    since_step: str | None = None,
+    start_step: str | None = None,
+    end_step: str | None = None,
+) -> HttpResponse:
+    """Return {"experiment_id", "series": {name: {steps, values, downsampled, total_points}}, "last_step"}.
+
+    names: comma-separated metrics (all when absent); max_points: budget per series,
+    kept with a min/max-preserving method; since_step: only steps after it (a page
+    catching up after a reconnect); start_step/end_step: a zoomed range, inclusive.
+    Values are null where the run logged NaN or infinity.
+    """
+    # The parameters are declared for the docs only and parsed here, so that a bad one is
+    # a 400 naming it (ninja's own validation would answer 422).
+    user: Any = request.user
+    if not user.has_perm(VIEW_PERMISSION):
+        return _error(403, "You may not view experiments.")
+    try:
+        names_list = _names_param(request)
+        budget = _int_param(request, "max_points", minimum=MIN_POINTS, maximum=MAX_POINTS_LIMIT)
+        since = _int_param(request, "since_step", minimum=0)
+        start = _int_param(request, "start_step", minimum=0)
+        end = _int_param(request, "end_step", minimum=0)
+        if start is not None and end is not None and end < start:
+            raise BadParameter("end_step", f"end_step ({end}) must not be before start_step ({start})")
+    except BadParameter as exc:
+        return _error(400, exc.message, exc.field)
+    if not Experiment.objects.filter(pk=experiment_id).exists():
+        return _error(404, f"No experiment #{experiment_id}.")
+
+    result = metric_series(
+        experiment_id=experiment_id,
+        names=names_list,
+        since_step=since,
+        start_step=start,
+        end_step=end,
+        max_points=budget,
+    )
+    body = {
+        "experiment_id": experiment_id,
+        "series": {
+            name: {
+                "steps": s.steps,
+                "values": s.values,
+                "downsampled": s.downsampled,
+                "total_points": s.total_points,
+            }
+            for name, s in result.series.items()
+        },
+        "last_step": result.last_step,
+    }
+    # Serialised here, not by ninja's schema layer: a 100k-point history is two flat lists,
+    # and validating each number would cost more than reading them.
+    return HttpResponse(
+        json.dumps(body, separators=(",", ":"), allow_nan=False), content_type="application/json"
+    )

@@ -1,0 +1,86 @@
+"""Reads for the Fleet and Compare pages: active experiments with progress and a loss sparkline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from django.db.models import Prefetch
+
+from experiments.choices import State
+from experiments.live.series import Series, metric_series
+from experiments.models import Experiment, MetricPoint, Run
+
+# The fleet shows what is moving or about to: waiting, training, being judged, rolling out.
+FLEET_STATES = (State.QUEUED, State.RUNNING, State.EVALUATING, State.PROMOTING)
+SPARKLINE_POINTS = 60
+# The most experiments one Compare chart overlays: beyond that the lines cannot be told apart.
+COMPARE_LIMIT = 10
+
+
+@dataclass(frozen=True)
+class FleetRow:
+    """One active experiment on the Fleet page."""
+
+    experiment: Experiment
+    run: Run | None
+    metric: str
+    sparkline: Series
+
+    @property
+    def last_value(self) -> float | None:
+        """Return the latest value of the sparkline's metric (None: nothing logged, or NaN)."""
+        return self.sparkline.values[-1] if self.sparkline.values else None
+
+
+def sparkline_metric(*, experiment_id: int) -> str:
+    """Return the metric a sparkline shows: "loss" when logged, else the first *loss, else "loss"."""
+    names = list(
+        MetricPoint.objects.filter(experiment_id=experiment_id, name__endswith="loss")
+        .order_by("name")
+        .values_list("name", flat=True)
+        .distinct()[:20]
+    )
+    if "loss" in names or not names:
+        return "loss"
+    return names[0]
+
+
+def fleet_rows(*, limit: int = 200) -> list[FleetRow]:
+    """Return the active experiments, most urgent state first, each with its current run and sparkline."""
+    latest_runs = Prefetch("runs", queryset=Run.objects.order_by("-attempt"), to_attr="runs_latest_first")
+    experiments = list(
+        Experiment.objects.filter(state__in=FLEET_STATES)
+        .select_related("owner")
+        .prefetch_related(latest_runs)
+        .order_by("-state_changed_at", "-id")[:limit]
+    )
+    rows = []
+    for experiment in experiments:
+        runs: list[Run] = getattr(experiment, "runs_latest_first", [])
+        metric = sparkline_metric(experiment_id=experiment.pk)
+        series = metric_series(
+            experiment_id=experiment.pk, names=[metric], max_points=SPARKLINE_POINTS
+        ).series[metric]
+        rows.append(
+            FleetRow(experiment=experiment, run=runs[0] if runs else None, metric=metric, sparkline=series)
+        )
+    # Running first, then evaluating, promoting, queued: what moves is on top.
+    order = {State.RUNNING: 0, State.EVALUATING: 1, State.PROMOTING: 2, State.QUEUED: 3}
+    rows.sort(key=lambda r: order.get(State(r.experiment.state), 9))
+    return rows
+
+
+def compare_candidates(*, limit: int = 50) -> list[Experiment]:
+    """Return recent experiments a person may pick for comparison."""
+    return list(Experiment.objects.order_by("-created_at", "-id")[:limit])
+
+
+def compare_metric_names(*, experiment_ids: Sequence[int]) -> list[str]:
+    """Return the metric names logged by any of the experiments, sorted."""
+    return list(
+        MetricPoint.objects.filter(experiment_id__in=list(experiment_ids))
+        .order_by("name")
+        .values_list("name", flat=True)
+        .distinct()
+    )

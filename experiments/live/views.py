@@ -1,0 +1,81 @@
+"""The Fleet and Compare pages of the live view (thin: selectors read, templates and JS draw)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.decorators import login_required, permission_required
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_GET
+
+from experiments.live.fleet import COMPARE_LIMIT, compare_candidates, compare_metric_names, fleet_rows
+from experiments.models import Experiment
+
+VIEW_PERMISSION = "experiments.view_experiment"
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+@require_GET
+def fleet(request: HttpRequest) -> HttpResponse:
+    """Show every active experiment with its state, progress and a live loss sparkline."""
+    return render(request, "live/fleet.html", {"rows": fleet_rows()})
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+@require_GET
+def fleet_rows_fragment(request: HttpRequest) -> HttpResponse:
+    """Return only the fleet table's rows, for the page to refresh when experiments come and go."""
+    return render(request, "live/_fleet_rows.html", {"rows": fleet_rows()})
+
+
+def _parse_ids(raw: str) -> tuple[list[int], str]:
+    """Return (ids, error) from "1,2,3"; the error is empty when the ids are fine."""
+    ids: list[int] = []
+    for part in raw.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if not part.isdigit():
+            return [], f"ids must be experiment numbers separated by commas, e.g. 1,2 (got {part[:20]!r})"
+        if int(part) not in ids:
+            ids.append(int(part))
+    if len(ids) > COMPARE_LIMIT:
+        return [], f"compare at most {COMPARE_LIMIT} experiments at once (got {len(ids)})"
+    return ids, ""
+
+
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+@require_GET
+def compare(request: HttpRequest) -> HttpResponse:
+    """Overlay one metric of several experiments: /compare/?ids=1,2&metric=loss."""
+    errors: dict[str, str] = {}
+    # The form's multi-select sends ids=1&ids=2; a shared link sends ids=1,2. Both work.
+    ids, ids_error = _parse_ids(",".join(request.GET.getlist("ids")))
+    if ids_error:
+        errors["ids"] = ids_error
+    metric = request.GET.get("metric", "loss").strip() or "loss"
+    if len(metric) > 64:
+        errors["metric"] = "metric names are at most 64 characters"
+        metric = "loss"
+    found = {e.pk: e for e in Experiment.objects.filter(pk__in=ids)}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        errors["ids"] = "no experiment " + ", ".join(f"#{i}" for i in missing)
+    chosen = [found[i] for i in ids if i in found]
+    context: dict[str, Any] = {
+        "chosen": chosen,
+        "chosen_ids": {e.pk for e in chosen},
+        "candidates": compare_candidates(),
+        "metric": metric,
+        "metric_names": compare_metric_names(experiment_ids=[e.pk for e in chosen]) if chosen else [],
+        "errors": errors,
+        # Read by compare.js through json_script.
+        "series_config": [{"id": e.pk, "name": e.name, "state": e.state} for e in chosen]
+        if not errors
+        else [],
+    }
+    return render(request, "live/compare.html", context, status=400 if errors else 200)

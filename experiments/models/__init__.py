@@ -1,0 +1,45 @@
+"""Every model of the experiments app, for Django and for importers.
+
+The lifecycle (experiments, their audit log, runs, metric points, API tokens) lives in
+`experiment.py`; the model registry (versions, served requests, curated datasets, drift
+checks) in `registry.py`. Both are the bottom layer of the app: they import no service.
+"""
+
+from experiments.models.experiment import (
+    CONFIRM_EVENTS,
+    EVENT_LABELS,
+    EVENT_PERMISSIONS,
+    ApiToken,
+    Experiment,
+    MetricPoint,
+    Run,
+    TransitionLog,
+)
+from experiments.models.experiment import (
+    _default_tags as _default_tags,  # referenced by migration 0001
+)
+from experiments.models.registry import (
+    DatasetVersion,
+    DriftCheck,
+    ModelStage,
+    ModelVersion,
+    ServedRequest,
+    ServingStats,
+)
+
+__all__ = [
+    "CONFIRM_EVENTS",
+    "EVENT_LABELS",
+    "EVENT_PERMISSIONS",
+    "ApiToken",
+    "DatasetVersion",
+    "DriftCheck",
+    "Experiment",
+    "MetricPoint",
+    "ModelStage",
+    "ModelVersion",
+    "Run",
+    "ServedRequest",
+    "ServingStats",
+    "TransitionLog",
+]

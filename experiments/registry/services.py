@@ -1,0 +1,243 @@
+"""Writes of the model registry: register a run's checkpoint, promote, roll back; FSM hooks."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from django.core.exceptions import PermissionDenied
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from experiments.actors import Actor
+from experiments.choices import RunStatus, State
+from experiments.models import Experiment, ModelStage, ModelVersion, Run, ServingStats
+from experiments.services import experiment_transition, on_transition
+
+logger = logging.getLogger(__name__)
+
+
+class RegistryError(Exception):
+    """A registry action that cannot be done, with a message for people."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def _last_checkpointed_run(experiment: Experiment) -> Run | None:
+    return (
+        experiment.runs.filter(status=RunStatus.SUCCEEDED)
+        .exclude(checkpoint_path="")
+        .exclude(checkpoint_sha256="")
+        .order_by("-attempt")
+        .first()
+    )
+
+
+def model_version_register(
+    *, experiment_id: int, model_name: str = "", stage: str = ModelStage.NONE
+) -> ModelVersion:
+    """Register the checkpoint of the experiment's last succeeded run as the model's next version.
+
+    Registering the same run again returns its existing version (hooks may fire twice).
+    """
+    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    if experiment is None:
+        raise RegistryError(f"No experiment #{experiment_id}.")
+    run = _last_checkpointed_run(experiment)
+    if run is None:
+        raise RegistryError(
+            f"Experiment {experiment.name!r} has no succeeded run with a checkpoint to register."
+        )
+    name = model_name or experiment.recipe
+    for _ in range(3):
+        try:
+            with transaction.atomic():
+                existing = ModelVersion.objects.filter(model_name=name, run=run).first()
+                if existing is not None:
+                    return existing
+                last = ModelVersion.objects.filter(model_name=name).aggregate(n=Max("version"))["n"] or 0
+                version = ModelVersion.objects.create(
+                    model_name=name,
+                    version=last + 1,
+                    recipe=experiment.recipe,
+                    experiment=experiment,
+                    run=run,
+                    checkpoint_path=run.checkpoint_path,
+                    checkpoint_sha256=run.checkpoint_sha256,
+                    checkpoint_size=run.checkpoint_size,
+                    metrics=dict(run.final_metrics or {}),
+                    stage=stage,
+                    dataset_version_id=experiment.dataset_version_id,
+                )
+                ServingStats.objects.create(version=version)
+                return version
+        except IntegrityError:
+            # Another registration took this number first: count again.
+            continue
+    raise RegistryError(f"Could not number a new version of {name!r}: too many concurrent registrations.")
+
+
+def model_version_set_stage(*, version_id: int, stage: str, actor: Actor) -> ModelVersion:
+    """Move a version to a non-production stage (staging, canary, archived, none)."""
+    if stage == ModelStage.PRODUCTION:
+        return model_version_promote(version_id=version_id, actor=actor)
+    if stage not in ModelStage.values:
+        raise RegistryError(f"Unknown stage {stage!r}.")
+    with transaction.atomic():
+        version = ModelVersion.objects.select_for_update().get(pk=version_id)
+        version.stage = stage
+        version.promoted_by = actor.label
+        version.promoted_at = timezone.now()
+        version.save(update_fields=["stage", "promoted_by", "promoted_at"])
+    return version
+
+
+@contextmanager
+def _production_change() -> Iterator[None]:
+    """Turn a lost race for the one production slot (the unique constraint) into a clear refusal."""
+    try:
+        yield
+    except IntegrityError:
+        raise RegistryError(
+            "Another promotion or rollback of this model happened at the same moment; try again."
+        ) from None
+
+
+def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
+    """Make the version production; the previous production is archived and becomes its parent."""
+    with _production_change(), transaction.atomic():
+        version = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
+        if version is None:
+            raise RegistryError(f"No model version #{version_id}.")
+        if version.serve_error:
+            raise RegistryError(
+                f"{version.model_name} v{version.version} cannot be served: {version.serve_error}"
+            )
+        if version.stage == ModelStage.PRODUCTION:
+            return version
+        current = (
+            ModelVersion.objects.select_for_update()
+            .filter(model_name=version.model_name, stage=ModelStage.PRODUCTION)
+            .first()
+        )
+        if current is not None:
+            # Archive first: the one-production constraint is checked row by row.
+            current.stage = ModelStage.ARCHIVED
+            current.save(update_fields=["stage"])
+            version.parent = current
+        version.stage = ModelStage.PRODUCTION
+        version.promoted_by = actor.label
+        version.promoted_at = timezone.now()
+        version.save(update_fields=["stage", "parent", "promoted_by", "promoted_at"])
+    logger.info("%s v%s promoted to production by %s", version.model_name, version.version, actor.label)
+    return version
+
+
+def model_rollback(*, model_name: str, actor: Actor) -> ModelVersion:
+    """Restore the version the current production replaced; the current one is archived."""
+    with _production_change(), transaction.atomic():
+        current = (
+            ModelVersion.objects.select_for_update()
+            .filter(model_name=model_name, stage=ModelStage.PRODUCTION)
+            .first()
+        )
+        if current is None:
+            raise RegistryError(f"Model {model_name!r} has no production version to roll back.")
+        previous = current.parent
+        if previous is None:
+            raise RegistryError(
+                f"{model_name} v{current.version} replaced no earlier version: there is nothing to restore."
+            )
+        if previous.serve_error:
+            raise RegistryError(
+                f"The previous version v{previous.version} cannot be served: {previous.serve_error}"
+            )
+        current.stage = ModelStage.ARCHIVED
+        current.save(update_fields=["stage"])
+        previous.stage = ModelStage.PRODUCTION
+        previous.promoted_by = actor.label
+        previous.promoted_at = timezone.now()
+        previous.save(update_fields=["stage", "promoted_by", "promoted_at"])
+    logger.info(
+        "%s rolled back from v%s to v%s by %s", model_name, current.version, previous.version, actor.label
+    )
+    return previous
+
+
+def registry_rollback(*, model_name: str, actor: Actor, reason: str = "") -> ModelVersion:
+    """Roll the model back (the registry page's button) and, when its experiment is live, audit it.
+
+    The experiment's rollback transition is fired in the same transaction, so the history shows
+    who rolled back; its hook then finds the version already archived and does nothing.
+    """
+    if actor.is_person and not actor.user.has_perm("experiments.rollback_experiment"):
+        raise PermissionDenied("You may not roll back deployments.")
+    with transaction.atomic():
+        current = ModelVersion.objects.filter(model_name=model_name, stage=ModelStage.PRODUCTION).first()
+        restored = model_rollback(model_name=model_name, actor=actor)
+        assert current is not None
+        experiment = current.experiment
+        if experiment is not None and experiment.state in (State.DEPLOYED, State.PROMOTING):
+            experiment_transition(
+                experiment_id=experiment.pk,
+                event="rollback",
+                actor=actor,
+                reason=reason or f"{model_name} rolled back to v{restored.version} from the registry",
+            )
+    return restored
+
+
+def _experiment_version(experiment: Experiment) -> ModelVersion | None:
+    return ModelVersion.objects.filter(experiment=experiment).order_by("-version").first()
+
+
+# --- the experiment lifecycle drives the registry (hooks run after the transition commits) ---
+
+
+@on_transition("promote")
+def _register_on_promote(experiment: Experiment, actor: Actor) -> None:
+    """A promoted experiment's checkpoint becomes the model's canary version."""
+    try:
+        version = model_version_register(experiment_id=experiment.pk)
+        if version.stage in (ModelStage.NONE, ModelStage.STAGING):
+            model_version_set_stage(version_id=version.pk, stage=ModelStage.CANARY, actor=actor)
+    except RegistryError as exc:
+        logger.warning("promote of experiment %s registered no model version: %s", experiment.pk, exc.message)
+    except Exception:
+        logger.exception("registering a model version for experiment %s failed", experiment.pk)
+
+
+@on_transition("deploy")
+def _production_on_deploy(experiment: Experiment, actor: Actor) -> None:
+    """A deployed experiment's version serves all traffic."""
+    try:
+        version = _experiment_version(experiment) or model_version_register(experiment_id=experiment.pk)
+        model_version_promote(version_id=version.pk, actor=actor)
+    except RegistryError as exc:
+        logger.warning("deploy of experiment %s changed no model version: %s", experiment.pk, exc.message)
+    except Exception:
+        logger.exception("promoting the model version of experiment %s failed", experiment.pk)
+
+
+@on_transition("rollback")
+def _restore_on_rollback(experiment: Experiment, actor: Actor) -> None:
+    """A rolled-back experiment's version leaves serving; production goes back to its parent."""
+    try:
+        version = _experiment_version(experiment)
+        if version is None:
+            return
+        if version.stage == ModelStage.PRODUCTION and version.parent_id is not None:
+            model_rollback(model_name=version.model_name, actor=actor)
+            return
+        # A canary, or a production version with nothing earlier to restore: it stops serving
+        # rather than keep answering with a rolled-back model.
+        if version.stage != ModelStage.ARCHIVED:
+            model_version_set_stage(version_id=version.pk, stage=ModelStage.ARCHIVED, actor=actor)
+    except RegistryError as exc:
+        logger.warning("rollback of experiment %s changed no model version: %s", experiment.pk, exc.message)
+    except Exception:
+        logger.exception("restoring the previous model version for experiment %s failed", experiment.pk)

@@ -1,0 +1,389 @@
+"""Serving of registered model versions: load (sha256-verified, cached per version) and predict."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from django.db.models import F
+
+from experiments.models import ModelStage, ModelVersion, ServedRequest, ServingStats
+
+# More instances in one request than this is a batch job, not a prediction call.
+MAX_INSTANCES = 256
+# Recent requests kept per version (latency percentiles, feedback, drift windows).
+KEEP_REQUESTS = 5000
+PRUNE_CHANCE = 1 / 200
+LATENCY_SAMPLE = 1000
+# Rows of a request's inputs kept for drift checks: a big batch must not bloat the window.
+STORED_ROWS = 32
+
+
+class ServingError(Exception):
+    """A request that cannot be answered, with the HTTP status and a message for the caller."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class InjectedFault(RuntimeError):
+    """A failure the model was trained to rehearse (serve_error_rate): counts as a served error."""
+
+
+@dataclass
+class LoadedModel:
+    """A version ready to predict: n_features inputs in, class probabilities out.
+
+    `reference` holds the raw inputs it was trained on: the distribution drift is measured against.
+    """
+
+    version_id: int
+    version: int
+    n_features: int
+    predict_proba: Callable[[np.ndarray], np.ndarray]
+    reference: np.ndarray | None = None
+
+
+def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
+    import torch
+
+    from experiments.recipes.classify import MLP, NUM_CLASSES, digits_scaler, training_inputs
+
+    if state.get("recipe") != "digits":
+        raise ValueError(f"checkpoint is from recipe {state.get('recipe')!r}, not 'digits'")
+    arch = state["arch"]
+    seed, val_fraction = int(arch["seed"]), float(arch["val_fraction"])
+    mean, std = digits_scaler(seed, val_fraction)
+    n_features = int(mean.shape[0])
+    model = MLP(n_features, int(arch["hidden"]), NUM_CLASSES)
+    model.load_state_dict(state["model"])
+    model.eval()
+    behaviour = state.get("serving") or {}
+    error_rate = float(behaviour.get("error_rate", 0.0))
+    delay_s = float(behaviour.get("delay_ms", 0.0)) / 1000
+    extra_data = str(behaviour.get("extra_data", ""))
+    try:
+        reference: np.ndarray | None = training_inputs(seed, val_fraction, extra_data)
+    except ValueError:
+        # The curated file is gone: still serve, measured against the recipe's own data.
+        reference = training_inputs(seed, val_fraction)
+
+    def predict_proba(x: np.ndarray) -> np.ndarray:
+        if delay_s:
+            time.sleep(delay_s)
+        if error_rate and random.random() < error_rate:
+            raise InjectedFault("injected serving fault (serve_error_rate)")
+        with torch.no_grad():
+            logits = model(torch.from_numpy(((x - mean) / std).astype(np.float32)))
+            return torch.softmax(logits.float(), dim=1).numpy()
+
+    return LoadedModel(version.pk, version.version, n_features, predict_proba, reference)
+
+
+# How each recipe's checkpoint becomes a predictor.
+LOADERS: dict[str, Callable[[ModelVersion, dict[str, Any]], LoadedModel]] = {"digits": _load_digits}
+
+_cache: dict[int, LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def _verify_and_load(version: ModelVersion) -> LoadedModel:
+    import torch
+
+    from experiments.runs.execution import file_sha256
+
+    loader = LOADERS.get(version.recipe)
+    if loader is None:
+        raise ValueError(f"recipe {version.recipe!r} has no serving loader")
+    path = Path(version.checkpoint_path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} is missing")
+    if version.checkpoint_size is not None and path.stat().st_size != version.checkpoint_size:
+        raise ValueError(
+            f"checkpoint {path} has {path.stat().st_size} bytes, registered {version.checkpoint_size}"
+        )
+    if file_sha256(path) != version.checkpoint_sha256:
+        raise ValueError(f"checkpoint {path} does not match its registered sha256")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return loader(version, state)
+
+
+def load_version(version: ModelVersion) -> LoadedModel:
+    """Return the version's predictor, loading it once; a failure marks the version unservable."""
+    loaded = _cache.get(version.pk)
+    if loaded is not None:
+        return loaded
+    with _cache_lock:
+        loaded = _cache.get(version.pk)
+        if loaded is not None:
+            return loaded
+        try:
+            loaded = _verify_and_load(version)
+        except Exception as exc:
+            message = str(exc) or exc.__class__.__name__
+            # Recorded on the row, so every process stops routing to it, and people see why.
+            ModelVersion.objects.filter(pk=version.pk).update(serve_error=message[:2000])
+            raise ServingError(
+                503, f"{version.model_name} v{version.version} cannot be served: {message}"
+            ) from None
+        _cache[version.pk] = loaded
+        return loaded
+
+
+def clear_cache() -> None:
+    """Forget every loaded model (tests; a process that wants to reload)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
+    """Return the version that answers this request: the canary by its traffic share, else production.
+
+    draw (0-100, random when None) decides the split; with no servable production, a servable
+    canary takes every request.
+    """
+    candidates = list(
+        ModelVersion.objects.filter(
+            model_name=model_name, stage__in=[ModelStage.PRODUCTION, ModelStage.CANARY], serve_error=""
+        ).order_by("-promoted_at", "-id")
+    )
+    production = next((v for v in candidates if v.stage == ModelStage.PRODUCTION), None)
+    canary = next((v for v in candidates if v.stage == ModelStage.CANARY and v.traffic_pct > 0), None)
+    if canary is not None:
+        roll = random.uniform(0, 100) if draw is None else draw
+        if production is None or roll < canary.traffic_pct:
+            return canary
+    if production is not None:
+        return production
+    if not ModelVersion.objects.filter(model_name=model_name).exists():
+        raise ServingError(404, f"Unknown model {model_name!r}.")
+    raise ServingError(503, f"Model {model_name!r} has no servable production version.")
+
+
+def _routed_and_loaded(model_name: str) -> tuple[ModelVersion, LoadedModel]:
+    """Route, and load; a canary that fails to load gives the request to production instead."""
+    version = route(model_name)
+    try:
+        return version, load_version(version)
+    except ServingError:
+        if version.stage != ModelStage.CANARY:
+            raise
+        # load_version marked it unservable: routing now skips it.
+        version = route(model_name)
+        return version, load_version(version)
+
+
+def parse_body(body: bytes) -> dict[str, Any]:
+    """Return the JSON object of a request body, or a 400 naming what is wrong."""
+    try:
+        payload = json.loads(body or b"")
+    except (ValueError, UnicodeDecodeError):
+        raise ServingError(400, "body: not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise ServingError(400, "body: must be a JSON object")
+    return payload
+
+
+def _row(value: Any, field: str, n_features: int) -> list[float]:
+    if not isinstance(value, list):
+        raise ServingError(400, f"{field}: must be a list of {n_features} numbers")
+    if len(value) != n_features:
+        raise ServingError(400, f"{field}: must have {n_features} numbers, got {len(value)}")
+    for i, v in enumerate(value):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ServingError(400, f"{field}[{i}]: must be a finite number, got {json.dumps(v)[:40]}")
+    return [float(v) for v in value]
+
+
+def parse_instances(payload: dict[str, Any], n_features: int) -> tuple[list[list[float]], bool]:
+    """Return the instances of a predict payload and whether it was a single `features` row."""
+    if "features" in payload and "instances" in payload:
+        raise ServingError(400, "features: send either features or instances, not both")
+    if "features" in payload:
+        return [_row(payload["features"], "features", n_features)], True
+    if "instances" not in payload:
+        raise ServingError(400, f"features: required (a list of {n_features} numbers), or instances")
+    instances = payload["instances"]
+    if not isinstance(instances, list) or not instances:
+        raise ServingError(400, "instances: must be a non-empty list of rows")
+    if len(instances) > MAX_INSTANCES:
+        raise ServingError(400, f"instances: at most {MAX_INSTANCES} rows per request")
+    return [_row(row, f"instances[{i}]", n_features) for i, row in enumerate(instances)], False
+
+
+def _record(version: ModelVersion, *, ok: bool, latency_ms: float, **fields: Any) -> ServedRequest:
+    ServingStats.objects.filter(version_id=version.pk).update(
+        request_count=F("request_count") + 1, error_count=F("error_count") + (0 if ok else 1)
+    )
+    served = ServedRequest.objects.create(version=version, ok=ok, latency_ms=latency_ms, **fields)
+    if random.random() < PRUNE_CHANCE:
+        _prune(version.pk)
+    return served
+
+
+def _prune(version_id: int) -> None:
+    """Keep only the newest KEEP_REQUESTS served requests of a version."""
+    cutoff = (
+        ServedRequest.objects.filter(version_id=version_id)
+        .order_by("-created_at", "-id")
+        .values_list("id", flat=True)[KEEP_REQUESTS : KEEP_REQUESTS + 1]
+    )
+    last = list(cutoff)
+    if last:
+        ServedRequest.objects.filter(version_id=version_id, id__lte=last[0]).delete()
+
+
+def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Answer one predict request with the production version; record its count and latency."""
+    started = time.perf_counter()
+    version, loaded = _routed_and_loaded(model_name)
+    rows, _single = parse_instances(payload, loaded.n_features)
+    try:
+        probs = loaded.predict_proba(np.asarray(rows, dtype=np.float32))
+        predictions = [int(p) for p in probs.argmax(axis=1)]
+    except Exception as exc:
+        _record(version, ok=False, latency_ms=(time.perf_counter() - started) * 1000, instances=len(rows))
+        raise ServingError(503, f"{model_name} v{version.version} failed to predict: {exc}") from None
+    latency_ms = (time.perf_counter() - started) * 1000
+    served = _record(
+        version,
+        ok=True,
+        latency_ms=latency_ms,
+        instances=len(rows),
+        predictions=predictions,
+        confidence=float(probs.max(axis=1).min()),
+        inputs=rows[:STORED_ROWS],
+    )
+    return {
+        "request_id": str(served.request_id),
+        "model": model_name,
+        "version": version.version,
+        "predictions": predictions,
+        "probabilities": [[round(float(p), 6) for p in row] for row in probs],
+        "latency_ms": round(latency_ms, 3),
+    }
+
+
+def feedback(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Record the true label of a served single-row request; counts toward its version's accuracy."""
+    raw_id = payload.get("request_id")
+    if not isinstance(raw_id, str):
+        raise ServingError(400, "request_id: required (the request_id a prediction answered with)")
+    try:
+        request_id = uuid.UUID(raw_id)
+    except ValueError:
+        raise ServingError(400, "request_id: not a valid request id") from None
+    label = payload.get("label")
+    if isinstance(label, bool) or not isinstance(label, int) or label < 0:
+        raise ServingError(400, "label: must be a non-negative integer class")
+    served = (
+        ServedRequest.objects.select_related("version")
+        .filter(request_id=request_id, version__model_name=model_name)
+        .first()
+    )
+    if served is None:
+        raise ServingError(404, f"request_id: no served request {raw_id} of model {model_name!r}")
+    if len(served.predictions) != 1:
+        raise ServingError(400, "request_id: feedback takes a single-row (features) request")
+    # Only the first label counts: a resent feedback must not count twice.
+    correct = served.predictions[0] == label
+    updated = ServedRequest.objects.filter(pk=served.pk, label__isnull=True).update(
+        label=label, correct=correct
+    )
+    if updated:
+        ServingStats.objects.filter(version_id=served.version_id).update(
+            feedback_count=F("feedback_count") + 1,
+            feedback_correct=F("feedback_correct") + (1 if correct else 0),
+        )
+    return {
+        "request_id": raw_id,
+        "version": served.version.version,
+        "correct": correct,
+        "counted": bool(updated),
+    }
+
+
+def version_summary(version: ModelVersion) -> dict[str, Any]:
+    """Return a version's request and error counts, latency p50/p99 (ms) and feedback accuracy."""
+    stats = ServingStats.objects.filter(version=version).first()
+    latencies = list(
+        ServedRequest.objects.filter(version=version, ok=True)
+        .order_by("-created_at")
+        .values_list("latency_ms", flat=True)[:LATENCY_SAMPLE]
+    )
+    p50 = float(np.percentile(latencies, 50)) if latencies else None
+    p99 = float(np.percentile(latencies, 99)) if latencies else None
+    requests = stats.request_count if stats else 0
+    errors = stats.error_count if stats else 0
+    fb = stats.feedback_count if stats else 0
+    return {
+        "requests": requests,
+        "errors": errors,
+        "error_rate": errors / requests if requests else None,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "feedback": fb,
+        "accuracy": (stats.feedback_correct / fb) if stats and fb else None,
+    }
+
+
+# z of a two-sided 95% interval (one-sided 97.5%).
+Z_95 = 1.959964
+
+
+def wilson_interval(hits: int, n: int, z: float = Z_95) -> tuple[float, float]:
+    """Return the Wilson score interval of a proportion hits/n (sound for small n and rates near 0)."""
+    if n <= 0:
+        raise ValueError("n must be positive")
+    p = hits / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def last_request_id() -> int:
+    """Return the id of the newest served request: a window starting now takes larger ids."""
+    return ServedRequest.objects.order_by("-id").values_list("id", flat=True).first() or 0
+
+
+def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, float | None]:
+    """Return the version's served traffic after a request id: what canary conditions are judged on.
+
+    requests, error_rate, latency_p50_ms / latency_p99_ms (answered requests), and accuracy
+    over the requests that got a feedback label (None where there is nothing to measure), with
+    the 95% Wilson bounds error_rate_lower_95 and accuracy_upper_95.
+    """
+    rows = list(
+        ServedRequest.objects.filter(version=version, id__gt=after_request).values_list(
+            "ok", "latency_ms", "correct"
+        )
+    )
+    requests = len(rows)
+    errors = sum(1 for ok, _, _ in rows if not ok)
+    latencies = [lat for ok, lat, _ in rows if ok]
+    judged = [c for _, _, c in rows if c is not None]
+    return {
+        "requests": float(requests),
+        "errors": float(errors),
+        "error_rate": errors / requests if requests else None,
+        # Bounds that a few unlucky requests cannot push past a threshold: a rollback condition
+        # on them fires only once the window makes the breach statistically clear.
+        "error_rate_lower_95": wilson_interval(errors, requests)[0] if requests else None,
+        "accuracy_upper_95": wilson_interval(sum(judged), len(judged))[1] if judged else None,
+        "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
+        "feedback": float(len(judged)),
+        "accuracy": sum(judged) / len(judged) if judged else None,
+    }

@@ -1,0 +1,283 @@
+"""The worker side of a run: a RunContext backed by the database, and the loop that drives a recipe.
+
+Runs inside a Celery pool process (never the worker's parent: CUDA must start in the child).
+The training thread never waits on the network: metrics go through the reporter's buffer,
+and a monitor thread heart-beats and watches for a cancel request every CANCEL_POLL_SECONDS.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+import time
+import traceback as tb
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+
+from experiments.choices import RunStatus, State
+from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
+from experiments.models import Run
+from experiments.recipes import get_spec
+from experiments.runs.reporting import MetricReporter
+from experiments.runs.services import (
+    run_end,
+    run_fail,
+    run_heartbeat,
+    run_record_checkpoint,
+    run_record_resume,
+    run_start,
+    run_succeed,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def checkpoint_dir(*, experiment_id: int, run_id: int) -> Path:
+    """Return the folder of one run's checkpoints under ARTIFACTS_ROOT."""
+    return Path(settings.ARTIFACTS_ROOT) / "checkpoints" / f"experiment-{experiment_id}" / f"run-{run_id}"
+
+
+def file_sha256(path: Path) -> str:
+    """Return the hex SHA-256 of a file."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class StopReason:
+    """Why the monitor asked the loop to stop."""
+
+    status: str  # RunStatus.CANCELLED, RunStatus.FAILED (timeout) or "" when taken away
+    message: str
+
+
+class DbRunContext:
+    """The RunContext of a run on a worker: metrics via the reporter, checkpoints as files, cancel via the DB."""
+
+    def __init__(self, *, run: Run, reporter: MetricReporter, timeout_seconds: float) -> None:
+        self.run = run
+        self.device = run.device or "cpu"
+        self.seed = int(run.config.get("seed", 0) or 0)
+        self.reporter = reporter
+        self.timeout_seconds = timeout_seconds
+        self.started = time.monotonic()
+        self._stop = threading.Event()
+        self.stop_reason: StopReason | None = None
+        self.fraction = 0.0
+        self._resumed_fraction: float | None = None
+        self._resumed_at = self.started
+        self.last_step = 0
+        self._last_file: Path | None = None
+
+    # --- RunContext ---
+
+    def log(self, name: str, step: int, value: float) -> None:
+        """Queue one metric point (no I/O here)."""
+        self.reporter.log(name, step, value)
+        if step > self.last_step:
+            self.last_step = step
+
+    def progress(self, fraction: float) -> None:
+        """Remember how far the run is; the monitor thread reports it with the heartbeat."""
+        self.fraction = max(0.0, min(1.0, float(fraction)))
+        if self._resumed_fraction is None:
+            # ETA counts from the first progress report of this attempt (a resumed run starts past 0).
+            self._resumed_fraction = self.fraction
+            self._resumed_at = time.monotonic()
+
+    def should_stop(self) -> bool:
+        """Return True once a cancel was seen, the run was taken away, or it ran out of time."""
+        if not self._stop.is_set() and time.monotonic() - self.started > self.timeout_seconds:
+            self.request_stop(RunStatus.FAILED, f"timed out after {self.timeout_seconds:.0f} s")
+        return self._stop.is_set()
+
+    def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
+        """Write state atomically, flush metrics up to it, then record path, sha256 and size on the run."""
+        import torch
+
+        folder = checkpoint_dir(experiment_id=self.run.experiment_id, run_id=self.run.pk)
+        folder.mkdir(parents=True, exist_ok=True)
+        final = folder / f"step-{step:09d}.pt"
+        tmp = folder / f".{final.name}.tmp"
+        torch.save(state, tmp)
+        with tmp.open("rb") as fh:
+            os.fsync(fh.fileno())
+        tmp.replace(final)
+        # Points logged up to this step must be durable before the checkpoint is: a later
+        # attempt resumes after it and never logs them again.
+        self.reporter.flush()
+        run_record_checkpoint(
+            run_id=self.run.pk,
+            path=str(final),
+            sha256=file_sha256(final),
+            size=final.stat().st_size,
+            step=step,
+        )
+        if self._last_file is not None and self._last_file != final:
+            self._last_file.unlink(missing_ok=True)
+        self._last_file = final
+
+    def load_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
+        """Return the newest intact checkpoint of an earlier attempt of this experiment, or None."""
+        import torch
+
+        earlier = (
+            Run.objects.filter(experiment_id=self.run.experiment_id, attempt__lt=self.run.attempt)
+            .exclude(checkpoint_path="")
+            .order_by("-attempt")
+        )
+        for prev in earlier:
+            path = Path(prev.checkpoint_path)
+            if not path.exists() or path.stat().st_size != prev.checkpoint_size:
+                logger.warning("checkpoint %s of run %s is missing or truncated", path, prev.pk)
+                continue
+            if file_sha256(path) != prev.checkpoint_sha256:
+                logger.warning("checkpoint %s of run %s does not match its sha256", path, prev.pk)
+                continue
+            # Our own file, verified against the digest we recorded when writing it.
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            step = int(prev.checkpoint_step or 0)
+            run_record_resume(run_id=self.run.pk, step=step)
+            self.last_step = step
+            return step, state
+        return None
+
+    # --- for the monitor ---
+
+    def request_stop(self, status: str, message: str) -> None:
+        """Ask the loop to stop at its next step, remembering why (the first reason wins)."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason(status=status, message=message)
+        self._stop.set()
+
+    def eta_seconds(self) -> float | None:
+        """Return the seconds left, extrapolated from this attempt's pace so far."""
+        if self._resumed_fraction is None:
+            return None
+        done = self.fraction - self._resumed_fraction
+        if done <= 0:
+            return None
+        elapsed = time.monotonic() - self._resumed_at
+        return elapsed / done * (1.0 - self.fraction)
+
+
+class RunMonitor(threading.Thread):
+    """Heart-beat the run and look for a cancel request (or loss of the run) while the loop trains."""
+
+    def __init__(self, ctx: DbRunContext) -> None:
+        super().__init__(name=f"monitor-run-{ctx.run.pk}", daemon=True)
+        self.ctx = ctx
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        """Poll every CANCEL_POLL_SECONDS; heart-beat every HEARTBEAT_SECONDS."""
+        poll = float(settings.CANCEL_POLL_SECONDS)
+        every = float(settings.HEARTBEAT_SECONDS)
+        last_beat = 0.0
+        try:
+            while not self.done.wait(poll):
+                try:
+                    self._check()
+                    if time.monotonic() - last_beat >= every:
+                        self._beat()
+                        last_beat = time.monotonic()
+                except Exception:  # a hiccup of the DB must not kill the monitor
+                    logger.warning("monitor of run %s: check failed", self.ctx.run.pk, exc_info=True)
+        finally:
+            connection.close()
+
+    def _check(self) -> None:
+        row = (
+            Run.objects.filter(pk=self.ctx.run.pk)
+            .values("status", "cancel_requested_at", "experiment__state")
+            .first()
+        )
+        if row is None or row["status"] != RunStatus.RUNNING:
+            self.ctx.request_stop("", "the run was ended elsewhere (watchdog)")
+        elif row["cancel_requested_at"] is not None or row["experiment__state"] != State.RUNNING:
+            self.ctx.request_stop(RunStatus.CANCELLED, "cancel requested")
+
+    def _beat(self) -> None:
+        ctx = self.ctx
+        eta = ctx.eta_seconds()
+        alive = run_heartbeat(
+            run_id=ctx.run.pk, progress=ctx.fraction, eta_seconds=eta, last_step=ctx.last_step
+        )
+        if not alive:
+            ctx.request_stop("", "the run was ended elsewhere (watchdog)")
+            return
+        payload: Progress = {
+            "type": "run.progress",
+            "experiment_id": ctx.run.experiment_id,
+            "run_id": ctx.run.pk,
+            "progress": ctx.fraction,
+            "eta_seconds": eta,
+            "step": ctx.last_step,
+        }
+        send_to_groups([experiment_group(ctx.run.experiment_id), FLEET_GROUP], dict(payload))
+
+
+def run_execute(*, run_id: int, worker: str) -> str:
+    """Claim the run and train its recipe to the end, a stop or an error; return the run's final status."""
+    run = run_start(run_id=run_id, worker=worker)
+    if run is None:
+        return "skipped"
+    experiment = run.experiment
+    reporter = MetricReporter(experiment_id=experiment.pk, run_id=run.pk).start()
+    ctx = DbRunContext(run=run, reporter=reporter, timeout_seconds=float(experiment.timeout_seconds))
+    monitor = RunMonitor(ctx)
+    monitor.start()
+    try:
+        recipe = get_spec(experiment.recipe).load()
+        result = recipe.train(ctx, dict(run.config))
+    except BaseException as exc:
+        monitor.done.set()
+        monitor.join(5)
+        _close_quietly(reporter)
+        run_fail(
+            run_id=run.pk,
+            error=f"{type(exc).__name__}: {exc}",
+            traceback=tb.format_exc(),
+            component="worker",
+        )
+        if not isinstance(exc, Exception):
+            raise  # SystemExit, KeyboardInterrupt: let the worker handle them
+        return RunStatus.FAILED
+    monitor.done.set()
+    monitor.join(5)
+    # Every point must be in the database before the run (and experiment) say "done".
+    reporter.close()
+    reason = ctx.stop_reason
+    if reason is not None and result.stopped:
+        if reason.status == RunStatus.CANCELLED:
+            run_end(
+                run_id=run.pk,
+                status=RunStatus.CANCELLED,
+                error=reason.message,
+                final_metrics=result.final_metrics,
+                progress=ctx.fraction,
+                last_step=ctx.last_step,
+            )
+            return RunStatus.CANCELLED
+        if reason.status == RunStatus.FAILED:
+            run_fail(run_id=run.pk, error=reason.message, component="worker")
+            return RunStatus.FAILED
+        return "taken away"
+    run_succeed(run_id=run.pk, final_metrics=result.final_metrics, last_step=max(ctx.last_step, result.steps))
+    return RunStatus.SUCCEEDED
+
+
+def _close_quietly(reporter: MetricReporter) -> None:
+    try:
+        reporter.close()
+    except Exception:
+        logger.warning("final metric flush of run %s failed", reporter.run_id, exc_info=True)

@@ -1,0 +1,195 @@
+"""The metric reporter: the training loop logs into memory; a background thread writes and publishes.
+
+`log()` only appends to a deque, so a slow database or channel layer never stalls training.
+The flusher writes each batch with one bulk insert that ignores conflicts on the unique
+(run, name, step): a batch written twice (retried after an error) is harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from django.conf import settings
+from django.db import close_old_connections, connection, transaction
+
+from experiments.events import FLEET_GROUP, MetricBatch, MetricPointPayload, experiment_group, send_messages
+from experiments.models import MetricPoint
+
+logger = logging.getLogger(__name__)
+
+# Should the database stay away for long, keep at most this many points (oldest dropped):
+# training must go on, and memory must not grow without bound.
+MAX_BUFFERED_POINTS = 1_000_000
+
+MetricsHook = Callable[[int, int, list[MetricPointPayload]], None]
+
+# fn(experiment_id, run_id, points) runs after each flushed batch commits. The control
+# engine registers its trigger evaluation here, so this module needs no import of it.
+_flushed_hooks: list[MetricsHook] = []
+
+
+def on_metrics_flushed(fn: MetricsHook) -> MetricsHook:
+    """Register fn(experiment_id, run_id, points) to run after every flushed batch commits."""
+    _flushed_hooks.append(fn)
+    return fn
+
+
+def finite_or_none(value: float) -> float | None:
+    """Return value as a float, or None for NaN/inf (stored as NULL; JSON has no NaN)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+# A websocket frame must stay well below Daphne's 1 MiB message limit (a point is ~80
+# bytes of JSON): a flusher that fell behind sends its backlog as several frames.
+MAX_POINTS_PER_FRAME = 2000
+# The fleet page draws short sparklines: it gets only the newest points of each metric.
+FLEET_POINTS_PER_METRIC = 200
+
+
+def _frame(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> dict[str, Any]:
+    payload: MetricBatch = {
+        "type": "metrics.batch",
+        "experiment_id": experiment_id,
+        "run_id": run_id,
+        "points": points,
+    }
+    return dict(payload)
+
+
+def publish_metric_batch(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
+    """Send one flushed batch to the experiment's page (in frames) and its newest points to the fleet."""
+    page = experiment_group(experiment_id)
+    messages = [
+        (page, _frame(experiment_id, run_id, points[start : start + MAX_POINTS_PER_FRAME]))
+        for start in range(0, len(points), MAX_POINTS_PER_FRAME)
+    ]
+    newest: dict[str, list[MetricPointPayload]] = {}
+    for point in points:
+        newest.setdefault(point["name"], []).append(point)
+    fleet_points = [p for series in newest.values() for p in series[-FLEET_POINTS_PER_METRIC:]]
+    messages.append((FLEET_GROUP, _frame(experiment_id, run_id, fleet_points)))
+    send_messages(messages)
+
+
+def _insert_sql() -> str:
+    table = connection.ops.quote_name(MetricPoint._meta.db_table)
+    # SQLite (3.24+) and PostgreSQL both take ON CONFLICT on the unique (run, name, step).
+    return (
+        f"INSERT INTO {table} (run_id, experiment_id, name, step, value, wall_time) "
+        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name, step) DO NOTHING"
+    )
+
+
+def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
+    """Insert points in one transaction (duplicates ignored), then publish and run hooks after commit.
+
+    One prepared INSERT run with executemany: the ORM's bulk_create spent most of a flush
+    building SQL, and this is the hot path of every training run.
+    """
+    if not points:
+        return
+    rows = [(run_id, experiment_id, p["name"], p["step"], p["value"], p["wall_time"]) for p in points]
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.executemany(_insert_sql(), rows)
+        transaction.on_commit(lambda: _after_flush(experiment_id=experiment_id, run_id=run_id, points=points))
+
+
+def _after_flush(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
+    publish_metric_batch(experiment_id=experiment_id, run_id=run_id, points=points)
+    for hook in list(_flushed_hooks):
+        try:
+            hook(experiment_id, run_id, points)
+        except Exception:  # one broken consumer must not stop metrics from flowing
+            logger.exception("metrics hook %r failed", hook)
+
+
+class MetricReporter:
+    """Buffer metric points of one run and flush them from a background thread."""
+
+    def __init__(self, *, experiment_id: int, run_id: int, flush_seconds: float | None = None) -> None:
+        self.experiment_id = experiment_id
+        self.run_id = run_id
+        self.flush_seconds = float(settings.METRIC_FLUSH_SECONDS if flush_seconds is None else flush_seconds)
+        # deque.append is atomic under the GIL: the training thread never takes a lock.
+        self._buffer: deque[MetricPointPayload] = deque(maxlen=MAX_BUFFERED_POINTS)
+        self._pending: list[MetricPointPayload] = []  # a batch whose write failed, retried first
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closing = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.points_written = 0
+
+    def start(self) -> MetricReporter:
+        """Start the flusher thread; return self."""
+        self._thread = threading.Thread(target=self._loop, name=f"metrics-run-{self.run_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def log(self, name: str, step: int, value: float) -> None:
+        """Queue one point; returns at once (no I/O, no lock)."""
+        self._buffer.append(
+            {"name": str(name), "step": int(step), "value": finite_or_none(value), "wall_time": time.time()}
+        )
+
+    def flush(self) -> int:
+        """Write everything buffered now, in the caller's thread; return how many points were written."""
+        with self._flush_lock:
+            batch = self._pending
+            self._pending = []
+            while self._buffer:
+                batch.append(self._buffer.popleft())
+            if not batch:
+                return 0
+            try:
+                metrics_write(experiment_id=self.experiment_id, run_id=self.run_id, points=batch)
+            except Exception:
+                # Keep the batch for the next flush: the insert ignores rows already there.
+                self._pending = batch
+                raise
+            self.points_written += len(batch)
+            return len(batch)
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the flusher and write what is left (call before the run is marked finished)."""
+        self._closing.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self.flush()
+
+    def _loop(self) -> None:
+        try:
+            # Flushes start every flush_seconds (not flush_seconds after the last one
+            # ended), so a point waits at most one interval plus one write.
+            next_flush = time.monotonic() + self.flush_seconds
+            while not self._closing.is_set():
+                self._wake.wait(max(0.0, next_flush - time.monotonic()))
+                self._wake.clear()
+                next_flush = time.monotonic() + self.flush_seconds
+                try:
+                    self.flush()
+                except Exception:
+                    logger.warning("metric flush for run %s failed; will retry", self.run_id, exc_info=True)
+                    close_old_connections()
+                    time.sleep(min(1.0, self.flush_seconds * 5))
+        finally:
+            # This thread opened its own connection; give it back.
+            connection.close()
+
+    def __enter__(self) -> MetricReporter:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
