@@ -18,7 +18,7 @@ BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 2>/dev/null || \
 help:
 	@echo "make run        create .venv, install, migrate, load the demo and start everything on http://127.0.0.1:8000"
 	@echo "make test       ruff, mypy, manage.py check, makemigrations --check, pytest (what CI runs)"
-	@echo "make lint       ruff check + ruff format --check"
+	@echo "make lint       ruff check + ruff format --check + lint-imports (layer contracts)"
 	@echo "make types      mypy"
 	@echo "make migrate    apply database migrations"
 	@echo "make demo       create the demo login and demo experiments (idempotent)"
@@ -56,6 +56,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 	@echo "== ruff format --check"
 	$(VENV)/bin/ruff format --check .
+	@echo "== lint-imports (layers and no cycles: the contracts in pyproject.toml)"
+	$(VENV)/bin/lint-imports
 
 types: install
 	@echo "== mypy"

@@ -162,7 +162,7 @@ def evaluating_experiment(checkpoint: Checkpoint, *, name: str, tag: str) -> Any
 
 def make_policies(conditions: list[dict[str, Any]]) -> None:
     """The canary policy (experiments tagged "canary") and the all-at-once baseline ("all-at-once")."""
-    from control.policies.services import policy_create
+    from control.policies.authoring import policy_create
 
     common: dict[str, Any] = {"kind": "canary", "canary_min_requests": MIN_REQUESTS, "scope_recipes": [MODEL]}
     policy_create(

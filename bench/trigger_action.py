@@ -30,17 +30,11 @@ THRESHOLD = 10.0
 
 def engine_hooked() -> str | None:
     """Return None when the engine evaluates policies on metric flushes, else why it does not."""
-    try:
-        import control.policies.engine  # noqa: F401
-    except ImportError:
-        return "the policies engine (control.policies.engine) does not exist yet"
-    import experiments.runs.reporting as reporting
+    from control.policies.listeners import policies_evaluate_on_metrics
+    from experiments.effects import effects_installed
 
-    if not reporting._flushed_hooks:
-        return (
-            "the policies engine exists but is not wired to metric flushes yet "
-            "(no experiments.runs.reporting.on_metrics_flushed hook is registered)"
-        )
+    if policies_evaluate_on_metrics not in effects_installed().metrics_flushed:
+        return "the effect table does not hand metric batches to the policies engine"
     return None
 
 

@@ -12,7 +12,10 @@ class ControlConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        """Register transition hooks and Celery worker signals."""
-        import control.canary.rollouts
-        import control.policies.signals
-        import control.scheduling.signals  # noqa: F401
+        """Install the effect table of lifecycle events and connect the Celery worker signals."""
+        # Imported here: both import models, which Django allows only once the apps are loaded.
+        import control.scheduling.signals  # noqa: F401  (connects to Celery's worker signals)
+        from control.lifecycle import EFFECTS
+        from experiments.effects import effects_install
+
+        effects_install(EFFECTS)

@@ -18,6 +18,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from crucible_ui.celery import app
+
 # Seconds each probe may take; a dead part must not hold the health check up.
 REDIS_TIMEOUT_SECONDS = 1.0
 CELERY_PING_TIMEOUT_SECONDS = 1.0
@@ -59,8 +61,6 @@ def celery_status(*, broker_reachable: bool) -> dict[str, Any]:
     if not broker_reachable:
         # Publishing to a dead broker would retry for far longer than a health check may take.
         return {"ok": False, "workers": [], "error": "broker unreachable"}
-    from crucible_ui.celery import app
-
     started = time.perf_counter()
     try:
         with app.connection_for_write() as conn:

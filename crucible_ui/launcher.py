@@ -61,6 +61,8 @@ def __getattr__(name: str) -> Any:
 
 def _static_serving_application() -> Any:
     """Return the project's ASGI app, with /static/ served by Django's handler when wanted."""
+    # Imported here: the launcher supervises the other processes without loading Django;
+    # only a web child, started with its environment set, reaches this.
     from django.conf import settings
 
     from crucible_ui.asgi import application

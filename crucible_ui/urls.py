@@ -15,6 +15,7 @@ urlpatterns = [
     path("", include("control.scheduling.urls")),
     path("", include("control.policies.urls")),
     path("", include("experiments.registry.urls")),
+    path("", include("control.canary.urls")),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),

@@ -6,11 +6,7 @@ from django.apps import AppConfig
 
 
 class ExperimentsConfig(AppConfig):
-    """Experiments, runs, metrics and the audit log."""
+    """Experiments, runs, metrics, the model registry and the audit log."""
 
     name = "experiments"
     default_auto_field = "django.db.models.BigAutoField"
-
-    def ready(self) -> None:
-        """Register the model registry's transition hooks."""
-        import experiments.registry.services  # noqa: F401

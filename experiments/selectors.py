@@ -9,6 +9,7 @@ from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 
 from experiments.choices import PRIORITY_CLASS_RANK, State
 from experiments.models import Experiment, ModelVersion, Run, TransitionLog
+from experiments.recipes import RECIPES
 
 # Sort keys offered on the list page, with the ordering each stands for.
 SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -105,8 +106,6 @@ def experiment_runs(*, experiment: Experiment) -> QuerySet[Run]:
 
 def experiment_config_rows(*, experiment: Experiment) -> list[dict[str, Any]]:
     """Return the config as rows (name, value, default, help), declared parameters first."""
-    from experiments.recipes import RECIPES
-
     spec = RECIPES.get(experiment.recipe)
     config = experiment.config or {}
     rows: list[dict[str, Any]] = []

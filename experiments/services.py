@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
+from experiments import events
 from experiments.actors import Actor
 from experiments.choices import PriorityClass, State
+from experiments.effects import Transitioned, transition_effects_schedule
 from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
 
 logger = logging.getLogger(__name__)
@@ -39,24 +40,6 @@ class TransitionRefused(Exception):
         self.experiment = experiment
         self.event = event
         self.message = message
-
-
-# Effects run after the transition commits, keyed by event. Other apps (the control
-# layer) register theirs at import time, so this module needs no import of them.
-_after_commit_hooks: dict[str, list[Callable[[Experiment, Actor], None]]] = {}
-
-
-def on_transition(
-    *events: str,
-) -> Callable[[Callable[[Experiment, Actor], None]], Callable[[Experiment, Actor], None]]:
-    """Register fn(experiment, actor) to run after commit of any of these events."""
-
-    def register(fn: Callable[[Experiment, Actor], None]) -> Callable[[Experiment, Actor], None]:
-        for event in events:
-            _after_commit_hooks.setdefault(event, []).append(fn)
-        return fn
-
-    return register
 
 
 def experiment_create(
@@ -154,23 +137,19 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
         user=actor.user,
         reason=reason,
     )
-    for hook in _after_commit_hooks.get(event, []):
-        transaction.on_commit(lambda hook=hook: hook(experiment, actor))  # type: ignore[misc]
-    _publish_state_change(experiment, event, source, actor)
+    # What follows (registry, canary, policies, scheduler, the open pages) runs after commit,
+    # in the order of the effect table (control/lifecycle.py).
+    transition_effects_schedule(Transitioned(experiment=experiment, event=event, source=source, actor=actor))
 
 
-def _publish_state_change(experiment: Experiment, event: str, source: str, actor: Actor) -> None:
-    """After commit, tell every open page about the new state (the live view listens)."""
-    from experiments import events
-
-    transaction.on_commit(
-        lambda: events.publish_state_change(
-            experiment_id=experiment.pk,
-            event=event,
-            source=source,
-            target=str(experiment.state),
-            actor=actor.label,
-        )
+def state_change_publish(done: Transitioned) -> None:
+    """Tell every open page about the new state (the live view listens)."""
+    events.publish_state_change(
+        experiment_id=done.experiment.pk,
+        event=done.event,
+        source=done.source,
+        target=str(done.experiment.state),
+        actor=done.actor.label,
     )
 
 

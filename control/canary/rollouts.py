@@ -37,10 +37,11 @@ from control.policies.engine import Evaluation, arm_allows_firing, trigger_fire
 from control.policies.models import ConditionRole, Policy, PolicyKind, PolicyMode, TriggerEvent, TriggerStatus
 from experiments.actors import Actor
 from experiments.choices import State
+from experiments.effects import Transitioned
 from experiments.models import Experiment, ModelStage, ModelVersion
 from experiments.registry.services import RegistryError, model_version_register, model_version_set_stage
 from experiments.registry.serving import last_request_id, window_stats
-from experiments.services import TransitionRefused, experiment_transition, on_transition
+from experiments.services import TransitionRefused, experiment_transition
 
 logger = logging.getLogger(__name__)
 
@@ -388,15 +389,15 @@ def canary_sweep(*, now: datetime | None = None) -> dict[str, str]:
     return outcomes
 
 
-# --- the experiment lifecycle drives rollouts (hooks run after the transition commits) ---
+# --- effects of lifecycle events on rollouts (listed in control/lifecycle.py, run after commit) ---
 
 
-@on_transition("promote")
-def _start_on_promote(experiment: Experiment, actor: Actor) -> None:
+def rollout_start_on_promote(done: Transitioned) -> None:
+    """A promoted experiment's canary starts (or queues behind the model's rollout under way)."""
     try:
-        rollout_start(experiment=experiment, actor=actor)
+        rollout_start(experiment=done.experiment, actor=done.actor)
     except Exception:
-        logger.exception("starting the canary of experiment %s failed", experiment.pk)
+        logger.exception("starting the canary of experiment %s failed", done.experiment.pk)
 
 
 def _end_live(experiment: Experiment, status: str, outcome: str, actor: Actor) -> None:
@@ -410,19 +411,22 @@ def _end_live(experiment: Experiment, status: str, outcome: str, actor: Actor) -
                 _archive_candidate(rollout, actor)
 
 
-@on_transition("rollback")
-def _end_on_rollback(experiment: Experiment, actor: Actor) -> None:
-    _end_live(experiment, RolloutStatus.ROLLED_BACK, f"rolled back by {actor.label}", actor)
+def rollout_end_on_rollback(done: Transitioned) -> None:
+    """A rolled-back experiment's rollout ends as rolled back."""
+    _end_live(done.experiment, RolloutStatus.ROLLED_BACK, f"rolled back by {done.actor.label}", done.actor)
 
 
-@on_transition("cancel")
-def _end_on_cancel(experiment: Experiment, actor: Actor) -> None:
-    _end_live(experiment, RolloutStatus.CANCELLED, f"cancelled by {actor.label}", actor)
+def rollout_end_on_cancel(done: Transitioned) -> None:
+    """A cancelled experiment's rollout ends; its candidate stops serving."""
+    _end_live(done.experiment, RolloutStatus.CANCELLED, f"cancelled by {done.actor.label}", done.actor)
 
 
-@on_transition("deploy")
-def _end_on_deploy(experiment: Experiment, actor: Actor) -> None:
-    if experiment.state == State.DEPLOYED:
+def rollout_end_on_deploy(done: Transitioned) -> None:
+    """Deployed before the last stage (by a person): the rollout ends as deployed."""
+    if done.experiment.state == State.DEPLOYED:
         _end_live(
-            experiment, RolloutStatus.DEPLOYED, f"deployed by {actor.label} before the last stage", actor
+            done.experiment,
+            RolloutStatus.DEPLOYED,
+            f"deployed by {done.actor.label} before the last stage",
+            done.actor,
         )

@@ -14,6 +14,8 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from control.policies.actions import ACTION_KINDS
+from control.policies.authoring import policy_backtest, policy_dry_run
+from control.policies.conditions import CONDITION_KINDS
 from control.policies.models import (
     ActionExecution,
     CanaryStage,
@@ -23,22 +25,16 @@ from control.policies.models import (
     PolicyCondition,
     TriggerEvent,
 )
-from control.policies.services import policy_backtest, policy_dry_run
 from experiments.models import Experiment
 
-CONDITION_HELP = [
-    ("metric", "latest accuracy > 0.9: metric accuracy, aggregate latest, operator >, threshold 0.9"),
-    ("regression", "loss at most 5% worse than production: metric loss, threshold 0.05"),
-    ("not_finite", "loss became NaN/inf: metric loss"),
-    ("divergence", "loss > 3 x its mean over the last 20 points: metric loss, window 20, threshold 3"),
-    (
-        "plateau",
-        "val_loss improved less than 0.001 in 200 steps: metric val_loss, window 200, threshold 0.001",
-    ),
-    ("drift", "drift score > 0.15: operator >, threshold 0.15"),
-    ("older_than", "last retrain older than 24 h: threshold 24"),
-    ("budget / concurrency", "today's spend + estimate <= budget: operator <=; runs in flight < 3"),
-]
+
+def condition_help() -> list[dict[str, str]]:
+    """Return each registered condition kind's name, label, help and example, in registry order."""
+    # Read from the registry at render time, so a new kind documents itself here.
+    return [
+        {"name": unit.name, "label": unit.label, "help": unit.help, "example": unit.example_text()}
+        for unit in CONDITION_KINDS.values()
+    ]
 
 
 class PolicyConditionInline(admin.TabularInline):  # type: ignore[type-arg]
@@ -124,7 +120,7 @@ class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         self, request: HttpRequest, context: dict[str, Any], *args: Any, **kwargs: Any
     ) -> HttpResponse:
         """Add the help on conditions and actions (shown above the inlines)."""
-        context["condition_help"] = CONDITION_HELP
+        context["condition_help"] = condition_help()
         context["action_help"] = [(kind, spec.help) for kind, spec in ACTION_KINDS.items()]
         return super().render_change_form(request, context, *args, **kwargs)
 

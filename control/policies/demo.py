@@ -7,6 +7,7 @@ from typing import Any
 
 from django.db import transaction
 
+from control.policies.authoring import policy_create
 from control.policies.conditions import ConditionKind
 from control.policies.models import (
     ActionRole,
@@ -15,7 +16,6 @@ from control.policies.models import (
     Policy,
     PolicyKind,
 )
-from control.policies.services import policy_create
 
 DEMO_POLICIES: list[dict[str, Any]] = [
     {

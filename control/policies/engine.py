@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+import control.policies.triggers as triggers
 from control.policies.conditions import ConditionResult, EvaluationContext, evaluate_all
 from control.policies.models import (
     ActionRole,
@@ -168,8 +169,6 @@ def trigger_fire(
     context joins the snapshot (what the trigger saw besides its conditions; a "builtin" list
     of [kind, params] names actions carried out before the policy's own).
     """
-    import control.policies.services as policy_services
-
     now = now or timezone.now()
     policy = evaluation.policy
     if policy.mode == PolicyMode.DRY_RUN:
@@ -195,8 +194,8 @@ def trigger_fire(
         else None,
     )
     if status == TriggerStatus.FIRED:
-        policy_services.trigger_queue_actions(trigger=trigger)
-    policy_services.publish_trigger(trigger)
+        triggers.trigger_queue_actions(trigger=trigger)
+    triggers.publish_trigger(trigger)
     return trigger
 
 

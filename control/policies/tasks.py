@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from celery import shared_task
 
-import control.policies.services as policy_services
+import control.policies.triggers as triggers
+from control.policies.drift import drift_sweep
 from control.policies.engine import engine_on_metrics, engine_on_transition
 
 
 @shared_task(name="control.action_execute", acks_late=True, queue="control")
 def action_execute_task(execution_id: int) -> str:
     """Carry out one policy action (idempotent: a second delivery does nothing)."""
-    return str(policy_services.action_execute(execution_id=execution_id).status)
+    return str(triggers.action_execute(execution_id=execution_id).status)
 
 
 @shared_task(name="control.engine_on_transition", queue="control")
@@ -29,28 +30,10 @@ def engine_on_metrics_task(experiment_id: int) -> int:
 @shared_task(name="control.triggers_expire", queue="control")
 def triggers_expire_task() -> int:
     """Expire approvals past their timeout; return how many."""
-    return policy_services.triggers_expire()
-
-
-@shared_task(name="control.checkpoints_cleanup", queue="control")
-def checkpoints_cleanup_task() -> int:
-    """Delete checkpoints of ended experiments past retention; return how many."""
-    from control.scheduling.maintenance import checkpoints_cleanup
-
-    return checkpoints_cleanup()
-
-
-@shared_task(name="control.canary_sweep", queue="control")
-def canary_sweep_task() -> dict[str, str]:
-    """Judge every live canary rollout: roll back, move to the next stage, or deploy."""
-    from control.canary.rollouts import canary_sweep
-
-    return canary_sweep()
+    return triggers.triggers_expire()
 
 
 @shared_task(name="control.drift_sweep", queue="control")
 def drift_sweep_task() -> list[dict[str, object]]:
     """Measure drift of every production model; drift policies may retrain."""
-    from control.policies.drift import drift_sweep
-
     return drift_sweep()

@@ -13,16 +13,16 @@ from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
-import control.policies.services as policy_services
+import control.policies.triggers as triggers
 from control.policies.models import Policy, TriggerEvent, TriggerStatus
 from control.policies.selectors import DECISIONS_BY_STATUS, trigger_list
 
 DECIDE_PERMISSION = "control.change_triggerevent"
 
 _DECIDERS = {
-    "approve": policy_services.trigger_approve,
-    "reject": policy_services.trigger_reject,
-    "execute": policy_services.trigger_execute_now,
+    "approve": triggers.trigger_approve,
+    "reject": triggers.trigger_reject,
+    "execute": triggers.trigger_execute_now,
 }
 
 
@@ -92,7 +92,7 @@ def trigger_decide(request: HttpRequest, trigger_id: int, decision: str) -> Http
     wants_json = "application/json" in request.headers.get("Accept", "")
     try:
         trigger = decide(trigger_id=trigger_id, user=request.user)
-    except policy_services.TransitionRefusedForTrigger as exc:
+    except triggers.TransitionRefusedForTrigger as exc:
         if wants_json:
             return JsonResponse({"detail": str(exc)}, status=409)
         messages.error(request, str(exc))

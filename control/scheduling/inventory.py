@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
 
+import pynvml
 from celery.utils import worker_direct
 from django.conf import settings
 from django.db import connection, transaction
@@ -50,8 +51,6 @@ class Inventory:
 
 def _maybe(fn: object, *args: object) -> float | None:
     """Return an optional NVML reading, or None where the device does not support it."""
-    import pynvml
-
     try:
         return float(fn(*args))  # type: ignore[operator]
     except pynvml.NVMLError:
@@ -60,7 +59,6 @@ def _maybe(fn: object, *args: object) -> float | None:
 
 def read_gpus() -> Inventory:
     """Read every GPU through NVML; when NVML is absent, say why (expected on CPU hosts)."""
-    import pynvml
 
     try:
         pynvml.nvmlInit()

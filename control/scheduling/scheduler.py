@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -20,6 +19,8 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+import control.scheduling.cost as cost
+from control.dispatch import task_send
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, PriorityClass, State
@@ -116,53 +117,25 @@ def _pick(experiment: Experiment, free: list[Device]) -> list[Device]:
     return []
 
 
-# fn() -> the most runs that may be live now, or None for no opinion. A cost-aware policy
-# registers one (e.g. 0 once the daily budget is spent); the smallest answer wins.
-_limiters: list[Callable[[], int | None]] = []
-
-
-def concurrency_limiter(fn: Callable[[], int | None]) -> Callable[[], int | None]:
-    """Register fn() returning a cap on live runs (None: no opinion); the scheduler obeys the smallest."""
-    _limiters.append(fn)
-    return fn
-
-
-# fn(experiment, now, cache) -> why it may not start now ("" when it may). The cost-aware
-# policy registers its budget check here; `cache` lives for one scheduling pass, so a
-# check can compute today's spend once rather than per queued experiment.
-AdmissionCheck = Callable[[Experiment, datetime, dict[str, Any]], str]
-_admission_checks: list[AdmissionCheck] = []
-
-
-def admission_check(fn: AdmissionCheck) -> AdmissionCheck:
-    """Register fn(experiment, now, cache) returning the reason an experiment must wait, or ""."""
-    _admission_checks.append(fn)
-    return fn
-
-
 def _admission_refusal(experiment: Experiment, now: datetime, cache: dict[str, Any]) -> str:
-    for check in list(_admission_checks):
-        try:
-            reason = check(experiment, now, cache)
-        except Exception:  # a broken policy must not stop scheduling
-            logger.exception("admission check %r failed", check)
-            continue
-        if reason:
-            return reason
-    return ""
+    """Return why the experiment must wait (a cost policy's daily budget), or ""."""
+    try:
+        return cost.admission_reason(experiment, now=now, cache=cache)
+    except Exception:  # a broken policy must not stop scheduling
+        logger.exception("the budget check of experiment %s failed", experiment.pk)
+        return ""
 
 
 def concurrency_limit() -> int | None:
-    """Return the cap on live runs now: settings (0 = none) and every registered limiter; None = no cap."""
+    """Return the cap on live runs now: settings (0 = none) and a cost policy's; None = no cap."""
     caps = [settings.SCHEDULER_MAX_CONCURRENT_RUNS] if settings.SCHEDULER_MAX_CONCURRENT_RUNS > 0 else []
-    for limiter in list(_limiters):
-        try:
-            cap = limiter()
-        except Exception:  # a broken policy must not stop scheduling
-            logger.exception("concurrency limiter %r failed", limiter)
-            continue
-        if cap is not None:
-            caps.append(max(0, int(cap)))
+    try:
+        cap = cost.concurrency_cap()
+    except Exception:  # a broken policy must not stop scheduling
+        logger.exception("the cost policy's concurrency cap failed")
+        cap = None
+    if cap is not None:
+        caps.append(max(0, int(cap)))
     return min(caps) if caps else None
 
 
@@ -255,9 +228,7 @@ class _LeaseLost(Exception):
 
 
 def _dispatch(run_id: int, queue: str, task_id: str) -> None:
-    from control.scheduling.tasks import train_run
-
-    train_run.apply_async(args=[run_id], queue=queue, task_id=task_id)
+    task_send("control.train_run", args=[run_id], queue=queue, task_id=task_id)
 
 
 def experiment_dispatch(*, experiment_id: int, devices: list[Device]) -> Run | None:

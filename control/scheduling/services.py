@@ -11,10 +11,12 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from control.dispatch import task_revoke, task_send
 from control.scheduling.inventory import workers_mark_offline
 from control.scheduling.models import Device
 from control.scheduling.scheduler import orphan_leases
 from experiments.choices import RunStatus, State
+from experiments.effects import Transitioned
 from experiments.models import Run
 from experiments.runs.services import run_end, run_fail, run_request_cancel
 
@@ -28,10 +30,8 @@ def leases_release(*, run_id: int) -> int:
 
 def send_tick(*, countdown: float = 0.0) -> None:
     """Ask a worker for a scheduler tick; a broker outage is logged, never raised (beat ticks anyway)."""
-    from control.scheduling.tasks import scheduler_tick
-
     try:
-        scheduler_tick.apply_async(countdown=max(0.0, countdown), retry=False)
+        task_send("control.scheduler_tick", countdown=max(0.0, countdown), retry=False)
     except Exception:
         logger.warning("could not send a scheduler tick; the beat tick will catch up", exc_info=True)
 
@@ -43,20 +43,18 @@ def tick_after_commit(*, countdown: float = 0.0) -> None:
 
 def hard_revoke(*, task_id: str) -> None:
     """Kill the pool process running the task (after the cooperative grace period ran out)."""
-    from crucible_ui.celery import app
-
-    app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+    task_revoke(task_id)
 
 
 def experiment_request_cancel(*, experiment_id: int) -> list[Run]:
     """Ask the live runs to stop cooperatively, and schedule a hard revoke after the grace period."""
-    from control.scheduling.tasks import cancel_revoke
-
     runs = run_request_cancel(experiment_id=experiment_id)
 
     def schedule_revoke(run_id: int) -> None:
         try:
-            cancel_revoke.apply_async(args=[run_id], countdown=settings.CANCEL_GRACE_SECONDS, retry=False)
+            task_send(
+                "control.cancel_revoke", args=[run_id], countdown=settings.CANCEL_GRACE_SECONDS, retry=False
+            )
         except Exception:  # the watchdog still ends a run that stops heart-beating
             logger.warning("could not schedule the hard revoke of run %s", run_id, exc_info=True)
 
@@ -146,3 +144,26 @@ def _revoke_quietly(task_id: str) -> None:
 def device_set_reserved(*, device_id: int, reserved: bool) -> int:
     """Reserve a device (the scheduler skips it) or release the reservation; return rows changed."""
     return Device.objects.filter(pk=device_id).exclude(reserved=reserved).update(reserved=reserved)
+
+
+# --- effects of lifecycle events on the scheduler (listed in control/lifecycle.py) ---
+
+
+def scheduler_tick_on_new_work(done: Transitioned) -> None:
+    """Work entered the queue: look for a device now, or when its retry backoff ends."""
+    wait = 0.0
+    if done.experiment.not_before is not None:
+        wait = max(0.0, (done.experiment.not_before - timezone.now()).total_seconds())
+    send_tick(countdown=wait)
+
+
+def runs_stop_on_cancel(done: Transitioned) -> None:
+    """Ask the experiment's running attempt to stop (cooperatively, then hard after the grace)."""
+    with transaction.atomic():
+        experiment_request_cancel(experiment_id=done.experiment.pk)
+
+
+def leases_release_on_run_end(run: Run) -> None:
+    """A run ended: free its devices and let the scheduler use them."""
+    leases_release(run_id=run.pk)
+    tick_after_commit()

@@ -9,6 +9,7 @@ from celery import shared_task
 import control.scheduling.scheduler as scheduler
 import control.scheduling.services as services
 from control.scheduling.inventory import worker_heartbeat as inventory_heartbeat
+from control.scheduling.maintenance import checkpoints_cleanup
 from experiments.runs.execution import run_execute
 
 
@@ -55,3 +56,9 @@ def watchdog_sweep() -> dict[str, Any]:
 def cancel_revoke(run_id: int) -> bool:
     """After the grace period, stop a run that has not honoured its cancel."""
     return services.run_force_stop(run_id=run_id)
+
+
+@shared_task(name="control.checkpoints_cleanup", queue="control")
+def checkpoints_cleanup_task() -> int:
+    """Delete checkpoints of ended experiments past retention; return how many."""
+    return checkpoints_cleanup()

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from django.urls import path
 
-import experiments.live.views as live_views
+from experiments.live import views
 
 app_name = "live"
 urlpatterns = [
-    path("fleet/", live_views.fleet, name="fleet"),
-    path("fleet/rows/", live_views.fleet_rows_fragment, name="fleet_rows"),
-    path("compare/", live_views.compare, name="compare"),
+    path("fleet/", views.fleet, name="fleet"),
+    path("fleet/rows/", views.fleet_rows_fragment, name="fleet_rows"),
+    path("compare/", views.compare, name="compare"),
 ]

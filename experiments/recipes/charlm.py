@@ -23,15 +23,14 @@ from .base import Recipe, RecipeResult, RunContext
 from .catalog import get_spec
 from .runtime import (
     autocast,
-    check_checkpoint,
     inject_nan,
     make_optimizer,
     resolve_device,
-    restore_rng_state,
+    resume_checkpoint,
     rng_state,
     save_checkpoint,
     seed_everything,
-    set_hyperparams,
+    start_run,
     step_delay,
 )
 from .schema import ParamValue
@@ -268,10 +267,7 @@ class CharLMRecipe:
 
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) the LM, logging loss each step, val_loss and tokens_per_s each eval."""
-        config = SPEC.clean(config)
-        device = resolve_device(ctx.device)
-        seed = int(config["seed"])
-        seed_everything(seed, device)
+        config, device, seed = start_run(SPEC, ctx, config)
         train, val = corpus_split(device)
         model = build_model(config, device)
         lr, wd = float(config["lr"]), float(config["weight_decay"])
@@ -280,16 +276,19 @@ class CharLMRecipe:
         done = 0  # optimiser steps finished, across attempts
 
         metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
-        loaded = ctx.load_checkpoint()
-        if loaded is not None:
-            _, state = loaded
-            check_checkpoint(state, recipe=self.name, arch=arch)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            set_hyperparams(optimizer, lr=lr, weight_decay=wd)
-            done = int(state["step"])
-            restore_rng_state(state["rng"], device)
-            metrics.update(state["metrics"])
+        resumed = resume_checkpoint(
+            ctx,
+            recipe=self.name,
+            arch=arch,
+            device=device,
+            models={"model": model},
+            optimizers={"optimizer": optimizer},
+            lr=lr,
+            weight_decay=wd,
+            metrics=metrics,
+        )
+        if resumed is not None:
+            done = int(resumed["step"])
 
         steps, eval_every = int(config["steps"]), int(config["eval_every"])
         batch_size, context = int(config["batch_size"]), int(config["context"])

@@ -17,16 +17,7 @@ from .classify import (
     run_epochs,
     steps_per_epoch,
 )
-from .runtime import (
-    check_checkpoint,
-    make_optimizer,
-    resolve_device,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_hyperparams,
-)
+from .runtime import make_optimizer, resume_checkpoint, rng_state, save_checkpoint, start_run
 from .schema import ParamValue
 
 SPEC = get_spec("digits")
@@ -42,10 +33,7 @@ class DigitsRecipe:
 
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) the classifier, logging through ctx; see the catalog for config."""
-        config = SPEC.clean(config)
-        device = resolve_device(ctx.device)
-        seed = int(config["seed"])
-        seed_everything(seed, device)
+        config, device, seed = start_run(SPEC, ctx, config)
         data = load_digits_split(seed, float(config["val_fraction"]), device, str(config["extra_data"]))
         model = MLP(data.x_train.shape[1], int(config["hidden"]), NUM_CLASSES).to(device)
         lr, wd = float(config["lr"]), float(config["weight_decay"])
@@ -54,16 +42,19 @@ class DigitsRecipe:
         arch = arch_of(config, ARCH)
 
         metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
-        loaded = ctx.load_checkpoint()
-        if loaded is not None:
-            _, state = loaded
-            check_checkpoint(state, recipe=self.name, arch=arch)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            set_hyperparams(optimizer, lr=lr, weight_decay=wd)
-            pos = Position(**state["position"])
-            restore_rng_state(state["rng"], device)
-            metrics.update(state["metrics"])
+        resumed = resume_checkpoint(
+            ctx,
+            recipe=self.name,
+            arch=arch,
+            device=device,
+            models={"model": model},
+            optimizers={"optimizer": optimizer},
+            lr=lr,
+            weight_decay=wd,
+            metrics=metrics,
+        )
+        if resumed is not None:
+            pos = Position(**resumed["position"])
 
         epochs = int(config["epochs"])
         total = epochs * steps_per_epoch(data.x_train.shape[0], int(config["batch_size"]))

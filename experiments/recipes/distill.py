@@ -21,17 +21,7 @@ from .classify import (
     run_epochs,
     steps_per_epoch,
 )
-from .runtime import (
-    autocast,
-    check_checkpoint,
-    make_optimizer,
-    resolve_device,
-    restore_rng_state,
-    rng_state,
-    save_checkpoint,
-    seed_everything,
-    set_hyperparams,
-)
+from .runtime import autocast, make_optimizer, resume_checkpoint, rng_state, save_checkpoint, start_run
 from .schema import ParamValue
 
 SPEC = get_spec("distill")
@@ -78,10 +68,7 @@ class DistillRecipe:
 
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) teacher then student, logging `teacher_*` and the student's metrics."""
-        config = SPEC.clean(config)
-        device = resolve_device(ctx.device)
-        seed = int(config["seed"])
-        seed_everything(seed, device)
+        config, device, seed = start_run(SPEC, ctx, config)
         data = load_digits_split(seed, float(config["val_fraction"]), device)
         n_in = data.x_train.shape[1]
         teacher = MLP(n_in, int(config["teacher_hidden"]), NUM_CLASSES).to(device)
@@ -94,20 +81,20 @@ class DistillRecipe:
         arch = arch_of(config, ARCH)
 
         metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
-        loaded = ctx.load_checkpoint()
-        if loaded is not None:
-            _, state = loaded
-            check_checkpoint(state, recipe=self.name, arch=arch)
-            phase = state["phase"]
-            teacher.load_state_dict(state["teacher"])
-            student.load_state_dict(state["student"])
-            t_opt.load_state_dict(state["teacher_optimizer"])
-            s_opt.load_state_dict(state["student_optimizer"])
-            for opt in (t_opt, s_opt):
-                set_hyperparams(opt, lr=lr, weight_decay=0.0)
-            pos = Position(**state["position"])
-            restore_rng_state(state["rng"], device)
-            metrics.update(state["metrics"])
+        resumed = resume_checkpoint(
+            ctx,
+            recipe=self.name,
+            arch=arch,
+            device=device,
+            models={"teacher": teacher, "student": student},
+            optimizers={"teacher_optimizer": t_opt, "student_optimizer": s_opt},
+            lr=lr,
+            weight_decay=0.0,
+            metrics=metrics,
+        )
+        if resumed is not None:
+            phase = resumed["phase"]
+            pos = Position(**resumed["position"])
 
         per_epoch = steps_per_epoch(data.x_train.shape[0], int(config["batch_size"]))
         teacher_epochs, student_epochs = int(config["teacher_epochs"]), int(config["epochs"])

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import RunContext
+from .catalog import RecipeSpec
 from .schema import ParamValue
 
 
@@ -46,6 +47,18 @@ def seed_everything(seed: int, device: torch.device) -> None:
         torch.backends.cudnn.benchmark = False
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+
+
+def start_run(
+    spec: RecipeSpec, ctx: RunContext, config: dict[str, ParamValue]
+) -> tuple[dict[str, ParamValue], torch.device, int]:
+    """Return (clean config, ctx's device, config's seed), every RNG seeded from that seed."""
+    config = spec.clean(config)
+    device = resolve_device(ctx.device)
+    seed = int(config["seed"])
+    # Before the caller builds its data and models: their initial weights follow from the seed.
+    seed_everything(seed, device)
+    return config, device, seed
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:
@@ -149,6 +162,37 @@ def check_checkpoint(state: dict[str, Any], *, recipe: str, arch: dict[str, Any]
     if diff:
         detail = ", ".join(f"{k}: checkpoint {old!r}, config {new!r}" for k, (old, new) in diff.items())
         raise CheckpointMismatchError(f"checkpoint does not fit this config ({detail})")
+
+
+def resume_checkpoint(
+    ctx: RunContext,
+    *,
+    recipe: str,
+    arch: dict[str, Any],
+    device: torch.device,
+    models: dict[str, nn.Module],
+    optimizers: dict[str, torch.optim.Optimizer],
+    lr: float,
+    weight_decay: float,
+    metrics: dict[str, float],
+) -> dict[str, Any] | None:
+    """Load ctx's last checkpoint into models, optimisers, RNGs and metrics; return it, or None."""
+    # models and optimizers are keyed as in the saved state; the caller reads its own position
+    # (step, phase …) from the state returned.
+    loaded = ctx.load_checkpoint()
+    if loaded is None:
+        return None
+    _, state = loaded
+    check_checkpoint(state, recipe=recipe, arch=arch)
+    for key, model in models.items():
+        model.load_state_dict(state[key])
+    for key, optimizer in optimizers.items():
+        optimizer.load_state_dict(state[key])
+        # The checkpoint holds the old lr/weight decay; a requeue may have changed them.
+        set_hyperparams(optimizer, lr=lr, weight_decay=weight_decay)
+    restore_rng_state(state["rng"], device)
+    metrics.update(state["metrics"])
+    return state
 
 
 def finite_or_none(value: float) -> float | None:

@@ -13,8 +13,9 @@ from django.utils import timezone
 
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
+from experiments.effects import Transitioned
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, ServingStats
-from experiments.services import experiment_transition, on_transition
+from experiments.services import experiment_transition
 
 logger = logging.getLogger(__name__)
 
@@ -195,12 +196,12 @@ def _experiment_version(experiment: Experiment) -> ModelVersion | None:
     return ModelVersion.objects.filter(experiment=experiment).order_by("-version").first()
 
 
-# --- the experiment lifecycle drives the registry (hooks run after the transition commits) ---
+# --- effects of lifecycle events on the registry (listed in control/lifecycle.py, run after commit) ---
 
 
-@on_transition("promote")
-def _register_on_promote(experiment: Experiment, actor: Actor) -> None:
+def version_register_on_promote(done: Transitioned) -> None:
     """A promoted experiment's checkpoint becomes the model's canary version."""
+    experiment, actor = done.experiment, done.actor
     try:
         version = model_version_register(experiment_id=experiment.pk)
         if version.stage in (ModelStage.NONE, ModelStage.STAGING):
@@ -211,9 +212,9 @@ def _register_on_promote(experiment: Experiment, actor: Actor) -> None:
         logger.exception("registering a model version for experiment %s failed", experiment.pk)
 
 
-@on_transition("deploy")
-def _production_on_deploy(experiment: Experiment, actor: Actor) -> None:
+def version_serve_on_deploy(done: Transitioned) -> None:
     """A deployed experiment's version serves all traffic."""
+    experiment, actor = done.experiment, done.actor
     try:
         version = _experiment_version(experiment) or model_version_register(experiment_id=experiment.pk)
         model_version_promote(version_id=version.pk, actor=actor)
@@ -223,9 +224,9 @@ def _production_on_deploy(experiment: Experiment, actor: Actor) -> None:
         logger.exception("promoting the model version of experiment %s failed", experiment.pk)
 
 
-@on_transition("rollback")
-def _restore_on_rollback(experiment: Experiment, actor: Actor) -> None:
+def version_restore_on_rollback(done: Transitioned) -> None:
     """A rolled-back experiment's version leaves serving; production goes back to its parent."""
+    experiment, actor = done.experiment, done.actor
     try:
         version = _experiment_version(experiment)
         if version is None:

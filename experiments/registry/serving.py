@@ -17,6 +17,7 @@ import numpy as np
 from django.db.models import F
 
 from experiments.models import ModelStage, ModelVersion, ServedRequest, ServingStats
+from experiments.runs.execution import file_sha256
 
 # More instances in one request than this is a batch job, not a prediction call.
 MAX_INSTANCES = 256
@@ -56,6 +57,8 @@ class LoadedModel:
 
 
 def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
+    # torch (and the recipe that needs it) load when a model is first served: the web
+    # process starts, and serves every page, without them.
     import torch
 
     from experiments.recipes.classify import MLP, NUM_CLASSES, digits_scaler, training_inputs
@@ -99,9 +102,7 @@ _cache_lock = threading.Lock()
 
 
 def _verify_and_load(version: ModelVersion) -> LoadedModel:
-    import torch
-
-    from experiments.runs.execution import file_sha256
+    import torch  # see _load_digits: only once a model is served
 
     loader = LOADERS.get(version.recipe)
     if loader is None:

@@ -25,9 +25,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
+from django.contrib.auth import get_user_model
 
-from experiments.models import ApiToken
+from experiments.api.tokens import api_token_create
+from experiments.models import ApiToken, ModelStage, ModelVersion
 from experiments.registry.drift import shift_inputs
+from experiments.registry.views import SERVE_PERMISSION
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 # Seed and val_fraction of the digits recipe when the serving experiment does not say.
@@ -114,7 +117,7 @@ def held_out_digits(*, model_name: str) -> HeldOutDigits:
     production); without either, or an experiment config that names them, the recipe's
     defaults are used; an unknown model is left for the server to refuse.
     """
-    from experiments.models import ModelStage, ModelVersion
+    # The digits split needs torch: only a traffic run that sends digits loads it.
     from experiments.recipes.classify import raw_split
 
     version = (
@@ -136,11 +139,6 @@ def held_out_digits(*, model_name: str) -> HeldOutDigits:
 
 def traffic_token_create(*, username: str) -> tuple[ApiToken, str]:
     """Create an API token for a user who may use served models; return it with its raw secret."""
-    from django.contrib.auth import get_user_model
-
-    from experiments.api.tokens import api_token_create
-    from experiments.registry.views import SERVE_PERMISSION
-
     user_model = get_user_model()
     user = user_model.objects.filter(**{user_model.USERNAME_FIELD: username}).first()
     if user is None:

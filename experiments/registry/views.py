@@ -1,4 +1,7 @@
-"""HTTP side of the registry: predict/feedback endpoints, the registry and deployment pages (thin views)."""
+"""HTTP side of the registry: predict/feedback endpoints, the registry page, production rollback (thin views).
+
+A model's deployment page (canary rollouts) belongs to the control layer: control/canary/views.py.
+"""
 
 from __future__ import annotations
 
@@ -8,19 +11,18 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
-from django.views.decorators.http import require_GET, require_POST
+from django.views.decorators.http import require_POST
 from ninja.utils import check_csrf
 
-import experiments.registry.selectors as selectors_serving
 import experiments.registry.serving as serving
 from experiments.actors import Actor
 from experiments.api.tokens import api_token_user
-from experiments.models import Experiment, ModelStage, ModelVersion
+from experiments.models import ModelVersion
 from experiments.registry.services import RegistryError, registry_rollback
-from experiments.services import TransitionRefused, experiment_transition
+from experiments.services import TransitionRefused
 
 SERVE_PERMISSION = "experiments.view_experiment"
 VIEW_PERMISSION = "experiments.view_experiment"
@@ -123,98 +125,5 @@ def rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
 def _back(request: HttpRequest, model_name: str) -> HttpResponse:
     """Redirect to the page the form was on: the model's deployment page or the registry."""
     if request.POST.get("return_to") == "model":
-        return redirect("registry:model", model_name=model_name)
+        return redirect("deployments:model", model_name=model_name)
     return redirect("registry:index")
-
-
-@login_required
-@permission_required(VIEW_PERMISSION, raise_exception=True)
-@require_GET
-def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
-    """One model in service: production, the canary rollout, traffic split, live charts, actions."""
-    page = selectors_serving.deployment_page(model_name=model_name)
-    if page is None:
-        raise Http404(f"No model {model_name!r} is registered.")
-    return render(
-        request,
-        "registry/model.html",
-        {
-            **page,
-            "can_promote": request.user.has_perm(PROMOTE_PERMISSION),
-            "can_rollback": request.user.has_perm(ROLLBACK_PERMISSION),
-        },
-    )
-
-
-@login_required
-@permission_required(VIEW_PERMISSION, raise_exception=True)
-@require_GET
-def model_live(request: HttpRequest, model_name: str) -> JsonResponse:
-    """What the deployment page redraws every poll: split, rollout state and chart series."""
-    versions = selectors_serving.model_versions(model_name=model_name)
-    if not selectors_serving.model_exists(model_name=model_name, versions=versions):
-        return JsonResponse({"detail": f"No model {model_name!r} is registered."}, status=404)
-    payload = selectors_serving.deployment_live(model_name=model_name, versions=versions)
-    return JsonResponse(payload, headers={"Cache-Control": "no-store"})
-
-
-def _posted_id(request: HttpRequest, field: str) -> int | None:
-    raw = request.POST.get(field, "").strip()
-    return int(raw) if raw.isdigit() else None
-
-
-@login_required
-@require_POST
-def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
-    """Promote a finished experiment of this model: its canary rollout starts when a policy applies."""
-    if not request.user.has_perm(PROMOTE_PERMISSION):
-        raise PermissionDenied("You may not promote experiments.")
-    experiment_id = _posted_id(request, "experiment_id")
-    experiment = Experiment.objects.filter(pk=experiment_id, recipe=model_name).first()
-    if experiment is None:
-        messages.error(request, f"experiment_id: no experiment of model {model_name!r} with that number.")
-        return redirect("registry:model", model_name=model_name)
-    try:
-        experiment = experiment_transition(
-            experiment_id=experiment.pk,
-            event="promote",
-            actor=Actor.for_user(request.user),
-            reason=request.POST.get("reason", "").strip()[:2000]
-            or f"promoted from the {model_name} deployment page",
-        )
-    except TransitionRefused as exc:
-        messages.error(request, exc.message)
-    else:
-        messages.success(request, selectors_serving.promotion_summary(experiment=experiment))
-    return redirect("registry:model", model_name=model_name)
-
-
-@login_required
-@require_POST
-def canary_rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
-    """Roll back the live canary (confirmed in a dialog): its experiment is rolled back, production stays."""
-    if not request.user.has_perm(ROLLBACK_PERMISSION):
-        raise PermissionDenied("You may not roll back deployments.")
-    rollout = selectors_serving.live_rollout(model_name=model_name)
-    seen = _posted_id(request, "rollout_id")
-    # The person confirmed one canary; if it ended (or another replaced it) meanwhile, do nothing.
-    if rollout is None or (seen is not None and seen != rollout.pk):
-        messages.error(request, f"No canary of {model_name} is under way any more: nothing was rolled back.")
-        return redirect("registry:model", model_name=model_name)
-    reason = request.POST.get("reason", "").strip()[:2000]
-    try:
-        experiment_transition(
-            experiment_id=rollout.experiment_id,
-            event="rollback",
-            actor=Actor.for_user(request.user),
-            reason=reason or f"canary of {model_name} v{rollout.candidate.version} rolled back by hand",
-        )
-    except TransitionRefused as exc:
-        messages.error(request, exc.message)
-    else:
-        production = ModelVersion.objects.filter(model_name=model_name, stage=ModelStage.PRODUCTION).first()
-        keeps = f"v{production.version} serves every request" if production else "nothing else is serving"
-        messages.success(
-            request, f"Canary v{rollout.candidate.version} of {model_name} rolled back: {keeps}."
-        )
-    return redirect("registry:model", model_name=model_name)

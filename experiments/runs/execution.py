@@ -102,6 +102,7 @@ class DbRunContext:
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
         """Write state atomically, flush metrics up to it, then record path, sha256 and size on the run."""
+        # torch only in the worker's pool process that trains: web and beat import this module too.
         import torch
 
         folder = checkpoint_dir(experiment_id=self.run.experiment_id, run_id=self.run.pk)
@@ -128,7 +129,7 @@ class DbRunContext:
 
     def load_checkpoint(self) -> tuple[int, dict[str, Any]] | None:
         """Return the newest intact checkpoint of an earlier attempt of this experiment, or None."""
-        import torch
+        import torch  # see save_checkpoint
 
         earlier = (
             Run.objects.filter(experiment_id=self.run.experiment_id, attempt__lt=self.run.attempt)

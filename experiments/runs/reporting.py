@@ -12,12 +12,12 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
+from experiments.effects import metrics_flushed_effects_run
 from experiments.events import FLEET_GROUP, MetricBatch, MetricPointPayload, experiment_group, send_messages
 from experiments.models import MetricPoint
 
@@ -26,18 +26,6 @@ logger = logging.getLogger(__name__)
 # Should the database stay away for long, keep at most this many points (oldest dropped):
 # training must go on, and memory must not grow without bound.
 MAX_BUFFERED_POINTS = 1_000_000
-
-MetricsHook = Callable[[int, int, list[MetricPointPayload]], None]
-
-# fn(experiment_id, run_id, points) runs after each flushed batch commits. The control
-# engine registers its trigger evaluation here, so this module needs no import of it.
-_flushed_hooks: list[MetricsHook] = []
-
-
-def on_metrics_flushed(fn: MetricsHook) -> MetricsHook:
-    """Register fn(experiment_id, run_id, points) to run after every flushed batch commits."""
-    _flushed_hooks.append(fn)
-    return fn
 
 
 def finite_or_none(value: float) -> float | None:
@@ -66,7 +54,7 @@ def _frame(experiment_id: int, run_id: int, points: list[MetricPointPayload]) ->
     return dict(payload)
 
 
-def publish_metric_batch(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
+def publish_metric_batch(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
     """Send one flushed batch to the experiment's page (in frames) and its newest points to the fleet."""
     page = experiment_group(experiment_id)
     messages = [
@@ -102,16 +90,8 @@ def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPa
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.executemany(_insert_sql(), rows)
-        transaction.on_commit(lambda: _after_flush(experiment_id=experiment_id, run_id=run_id, points=points))
-
-
-def _after_flush(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
-    publish_metric_batch(experiment_id=experiment_id, run_id=run_id, points=points)
-    for hook in list(_flushed_hooks):
-        try:
-            hook(experiment_id, run_id, points)
-        except Exception:  # one broken consumer must not stop metrics from flowing
-            logger.exception("metrics hook %r failed", hook)
+        # Publishing the batch and the policies' look at it are effects of the table (control/lifecycle.py).
+        transaction.on_commit(lambda: metrics_flushed_effects_run(experiment_id, run_id, points))
 
 
 class MetricReporter:

@@ -7,7 +7,6 @@ the system component (scheduler, worker, watchdog) as the audited actor.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,27 +17,12 @@ from django.utils import timezone
 
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, RunStatus, State
+from experiments.effects import run_ended_effects_run
 from experiments.models import Experiment, Run
 from experiments.runs.reporting import finite_or_none
 from experiments.services import TransitionRefused, experiment_transition
 
 logger = logging.getLogger(__name__)
-
-# fn(run) runs inside the transaction that ends a run (succeeded, failed, lost, cancelled).
-# The control layer registers lease release here (and a scheduler tick after commit), so
-# this module needs no import of it.
-_run_ended_hooks: list[Callable[[Run], None]] = []
-
-
-def on_run_ended(fn: Callable[[Run], None]) -> Callable[[Run], None]:
-    """Register fn(run), called inside the transaction that moves a run to a final status."""
-    _run_ended_hooks.append(fn)
-    return fn
-
-
-def _ended(run: Run) -> None:
-    for hook in list(_run_ended_hooks):
-        hook(run)
 
 
 def run_create(*, experiment: Experiment, worker: str, device: str, task_id: str) -> Run:
@@ -163,7 +147,7 @@ def run_end(
         values["final_metrics"] = _json_metrics(final_metrics)
     if Run.objects.filter(pk=run_id, status__in=LIVE_RUN_STATUSES).update(**values) != 1:
         return False
-    _ended(Run.objects.get(pk=run_id))
+    run_ended_effects_run(Run.objects.get(pk=run_id))
     return True
 
 

@@ -1,4 +1,4 @@
-// The deployment page of one model: every few seconds it reads registry:live and redraws the
+// The deployment page of one model: every few seconds it reads deployments:live and redraws the
 // traffic split, the canary rollout and the charts in place (no reload, Plotly.react).
 //
 // Elements say what they show: data-field="rollout.stage" (text), data-show="split.canary"

@@ -7,7 +7,6 @@ called as the beat would call it; the page follows by polling, without a reload.
 from __future__ import annotations
 
 import re
-from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,17 +18,19 @@ from playwright.sync_api import Page, expect
 import experiments.registry.serving as serving
 from control.canary.models import CanaryRollout, RolloutStatus
 from control.canary.rollouts import canary_sweep
-from control.policies.services import policy_create
-from experiments.actors import Actor
 from experiments.choices import State
 from experiments.models import ModelStage, ModelVersion, TransitionLog
-from experiments.services import experiment_transition
-from tests.digits_models import evaluating_digits_experiment, train_digits
+from tests.digits_models import (
+    FEATURES,
+    canary_policy_create,
+    evaluating_digits_experiment,
+    promote_to_production,
+    serve_until,
+    train_digits,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
-SYSTEM = Actor.system("test")
-FEATURES = {"features": [0.0] * 64}
 MIN_REQUESTS = 5
 
 
@@ -60,37 +61,13 @@ def _log_in(page: Page, url: str) -> None:
     page.get_by_role("button", name="Log in").click()
 
 
-def _serve_until_canary_answered(candidate: ModelVersion, needed: int) -> Counter[int]:
-    served: Counter[int] = Counter()
-    for _ in range(5000):
-        served[serving.predict(model_name="digits", payload=FEATURES)["version"]] += 1
-        if served[candidate.version] >= needed:
-            return served
-    pytest.fail(f"the canary answered {served[candidate.version]} of {sum(served.values())} requests")
-
-
 def test_promote_watch_the_canary_grow_and_roll_it_back(
     page: Page, live_server: Any, olga: User, digits_checkpoint: Path
 ) -> None:
     serving.clear_cache()
     baseline = evaluating_digits_experiment("baseline", digits_checkpoint)
-    for event in ("promote", "deploy"):  # before any canary policy: straight to production
-        experiment_transition(experiment_id=baseline.pk, event=event, actor=SYSTEM)
-    policy_create(
-        name="digits-canary",
-        kind="canary",
-        stages=[("c10", 10, 60), ("c50", 50, 60), ("full", 100, 0)],
-        conditions=[
-            {
-                "kind": "metric",
-                "metric": "error_rate",
-                "operator": ">",
-                "threshold": 0.05,
-                "role": "rollback_on",
-            }
-        ],
-        canary_min_requests=MIN_REQUESTS,
-    )
+    promote_to_production(baseline)  # before any canary policy: straight to production
+    canary_policy_create(("c10", 10, 60), ("c50", 50, 60), ("full", 100, 0), min_requests=MIN_REQUESTS)
     candidate = evaluating_digits_experiment("candidate", digits_checkpoint)
 
     _log_in(page, live_server.url + "/registry/digits/")
@@ -111,7 +88,7 @@ def test_promote_watch_the_canary_grow_and_roll_it_back(
     # From here on the page must change by itself: a reload would drop this mark.
     page.evaluate("() => { window.sameDocument = true; }")
 
-    served = _serve_until_canary_answered(rollout.candidate, MIN_REQUESTS)
+    served = serve_until(rollout.candidate, MIN_REQUESTS)
     expect(page.locator('#rollout [data-field="rollout.stage_requests"]').first).to_have_text(
         str(MIN_REQUESTS)
     )

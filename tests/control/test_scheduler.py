@@ -10,10 +10,9 @@ from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 
-from control.models import Device
+from control.models import Device, Policy, PolicyKind
+from control.policies.authoring import policy_create
 from control.scheduling.scheduler import (
-    _limiters,
-    concurrency_limiter,
     device_lease,
     queued_in_order,
     scheduler_plan,
@@ -197,14 +196,12 @@ def test_concurrent_ticks_start_an_experiment_once() -> None:
     assert Device.objects.filter(leased_run__isnull=False).count() == 1
 
 
-def test_a_registered_limiter_such_as_a_spent_budget_holds_the_queue() -> None:
+def test_a_cost_policy_cap_of_zero_holds_the_queue_until_it_is_disabled() -> None:
     make_worker("w1@host", cpu=2)
     queued("over budget")
 
-    limiter = concurrency_limiter(lambda: 0)
-    try:
-        assert scheduler_tick() == []
-        assert scheduler_plan().decisions[0].reason == "max concurrent runs reached (0/0)"
-    finally:
-        _limiters.remove(limiter)
+    policy = policy_create(name="no-runs", kind=PolicyKind.COST, max_concurrent_runs=0)
+    assert scheduler_tick() == []
+    assert scheduler_plan().decisions[0].reason == "max concurrent runs reached (0/0)"
+    Policy.objects.filter(pk=policy.pk).update(enabled=False)
     assert len(scheduler_tick()) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sqlite3
 import threading
@@ -15,9 +16,10 @@ from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection
 
+from experiments.effects import effects_install, effects_installed
 from experiments.events import experiment_group
 from experiments.models import Experiment, MetricPoint, Run
-from experiments.runs.reporting import MetricReporter, _flushed_hooks, metrics_write, on_metrics_flushed
+from experiments.runs.reporting import MetricReporter, metrics_write
 from experiments.services import experiment_create
 from tests.conftest import wait_for
 
@@ -102,7 +104,7 @@ def test_the_flusher_writes_at_least_every_flush_interval(run: Run) -> None:
         assert time.monotonic() - t0 < 1.0
 
 
-def test_flushed_batches_reach_the_registered_hooks(run: Run) -> None:
+def test_flushed_batches_reach_the_effects_of_the_table(run: Run) -> None:
     seen: list[tuple[int, int, int]] = []
     done = threading.Event()
 
@@ -110,13 +112,14 @@ def test_flushed_batches_reach_the_registered_hooks(run: Run) -> None:
         seen.append((experiment_id, run_id, len(points)))
         done.set()
 
-    on_metrics_flushed(hook)
+    table = effects_installed()
+    previous = effects_install(dataclasses.replace(table, metrics_flushed=(*table.metrics_flushed, hook)))
     try:
         with MetricReporter(experiment_id=run.experiment_id, run_id=run.pk) as reporter:
             reporter.log("accuracy", 1, 0.9)
         assert done.wait(5)
     finally:
-        _flushed_hooks.remove(hook)
+        effects_install(previous)
     assert seen == [(run.experiment_id, run.pk, 1)]
 
 

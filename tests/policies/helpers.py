@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from control.policies.authoring import policy_create
 from control.policies.models import (
     ActionExecution,
     ExecutionStatus,
     Policy,
 )
-from control.policies.services import action_execute, policy_create
+from control.policies.triggers import action_execute
 from experiments.actors import Actor
 from experiments.choices import RunStatus
 from experiments.models import Experiment, MetricPoint, Run

@@ -10,12 +10,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from control.policies.conditions import (
+    CONDITION_KINDS,
     ConditionKind,
+    ConditionKindUnit,
+    ConditionResult,
     ConditionSpec,
     EvaluationContext,
+    condition_kind_register,
     evaluate_all,
     evaluate_condition,
     validate_condition,
+    validate_serving_condition,
 )
 
 
@@ -185,3 +190,100 @@ def test_the_evaluator_never_crashes_on_any_series(values: list[float | None]) -
         ConditionSpec(ConditionKind.PLATEAU, metric="loss", window=4, threshold=0.0),
     ):
         evaluate_condition(spec, ctx)
+
+
+BUILT_IN_KINDS = [
+    "metric",
+    "regression",
+    "not_finite",
+    "divergence",
+    "plateau",
+    "drift",
+    "older_than",
+    "budget",
+    "concurrency",
+]
+
+
+def test_every_kind_is_a_registered_unit_with_help_and_a_valid_example() -> None:
+    names = {value for key, value in vars(ConditionKind).items() if key.isupper() and isinstance(value, str)}
+    assert names == set(CONDITION_KINDS) == set(BUILT_IN_KINDS)
+    for name, unit in CONDITION_KINDS.items():
+        assert unit.name == name
+        assert unit.label.strip() and unit.help.strip() and unit.example, name
+        example = unit.example_spec()
+        assert example.kind == name
+        assert validate_condition(example) == {}, name
+        assert unit.example_text().startswith(example.describe()), name
+        evaluate_condition(example, EvaluationContext())  # an empty context never crashes
+
+
+def test_choices_come_from_the_registry_in_the_migrated_order() -> None:
+    # PolicyCondition.kind's choices: a new order or label would be a migration.
+    assert [name for name, _ in ConditionKind.CHOICES] == BUILT_IN_KINDS
+    assert dict(ConditionKind.CHOICES)["metric"] == CONDITION_KINDS["metric"].label
+
+
+def test_only_served_traffic_kinds_may_be_canary_rollback_conditions() -> None:
+    serving = {name for name, unit in CONDITION_KINDS.items() if unit.reads_served_traffic}
+    assert serving == {"metric", "regression"}
+    drift = ConditionSpec(ConditionKind.DRIFT, operator=">", threshold=0.1)
+    assert "kind" in validate_serving_condition(drift)
+    assert "metric" in validate_serving_condition(
+        ConditionSpec(ConditionKind.METRIC, metric="loss", operator=">", threshold=1)
+    )
+    rate = ConditionSpec(ConditionKind.METRIC, metric="error_rate", operator=">", threshold=0.05)
+    assert validate_serving_condition(rate) == {}
+
+
+def test_unknown_kinds_name_the_known_ones_and_are_not_evaluated() -> None:
+    error = validate_condition(ConditionSpec("teleport"))["kind"]
+    assert all(name in error for name in BUILT_IN_KINDS)
+    with pytest.raises(ValueError, match="teleport"):
+        evaluate_condition(ConditionSpec("teleport"), EvaluationContext())
+
+
+def test_a_kind_registered_in_one_place_validates_evaluates_and_describes_itself() -> None:
+    try:
+
+        @condition_kind_register
+        class RunsAtLeast(ConditionKindUnit):
+            name = "runs_at_least"
+            label = "At least N runs in flight"
+            help = "Holds when at least threshold runs are in flight."
+            example = {"threshold": 2}
+
+            def describe(self, spec: ConditionSpec) -> str:
+                return f"at least {spec.threshold:g} runs in flight"
+
+            def evaluate(self, spec: ConditionSpec, ctx: EvaluationContext) -> ConditionResult:
+                assert spec.threshold is not None
+                passed = ctx.runs_in_flight >= spec.threshold
+                return ConditionResult(self.describe(spec), passed, float(ctx.runs_in_flight), "counted")
+
+        spec = ConditionSpec("runs_at_least", threshold=2)
+        assert validate_condition(spec) == {}
+        assert "threshold" in validate_condition(ConditionSpec("runs_at_least"))  # shared checks apply
+        assert "better" in validate_condition(ConditionSpec("runs_at_least", threshold=2, better="up"))
+        ok, results = evaluate_all([spec], EvaluationContext(runs_in_flight=3))
+        assert ok and results[0].as_dict()["condition"] == "at least 2 runs in flight"
+        assert not evaluate_condition(spec, EvaluationContext(runs_in_flight=1)).passed
+        assert ("runs_at_least", "At least N runs in flight") in ConditionKind.CHOICES
+        with pytest.raises(ValueError, match="registered twice"):
+            condition_kind_register(RunsAtLeast)
+    finally:
+        CONDITION_KINDS.pop("runs_at_least", None)
+    assert "kind" in validate_condition(ConditionSpec("runs_at_least", threshold=2))
+    assert [name for name, _ in ConditionKind.CHOICES] == BUILT_IN_KINDS
+
+
+def test_the_policy_admin_lists_every_kind_from_the_registry() -> None:
+    from control.policies.admin import condition_help
+
+    rows = condition_help()
+    assert [row["name"] for row in rows] == BUILT_IN_KINDS
+    metric = rows[0]
+    assert metric["label"] == CONDITION_KINDS["metric"].label
+    assert metric["example"] == (
+        "latest accuracy > 0.9: metric accuracy, aggregate latest, operator >, threshold 0.9"
+    )

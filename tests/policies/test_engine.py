@@ -7,6 +7,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from control.policies.authoring import policy_backtest, policy_dry_run
 from control.policies.engine import engine_on_complete, engine_on_metrics
 from control.policies.models import (
     ActionExecution,
@@ -17,11 +18,9 @@ from control.policies.models import (
     TriggerEvent,
     TriggerStatus,
 )
-from control.policies.services import (
+from control.policies.triggers import (
     TransitionRefusedForTrigger,
     action_execute,
-    policy_backtest,
-    policy_dry_run,
     trigger_approve,
     trigger_reject,
     triggers_expire,

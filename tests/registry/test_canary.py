@@ -15,8 +15,9 @@ from django.utils import timezone
 import experiments.registry.serving as serving
 from control.canary.models import CanaryRollout, RolloutStatus
 from control.canary.rollouts import canary_sweep, rollout_evaluate
+from control.policies.authoring import policy_create
 from control.policies.models import ActionExecution, ExecutionStatus, Policy, PolicyMode, TriggerStatus
-from control.policies.services import action_execute, policy_create, trigger_approve, trigger_reject
+from control.policies.triggers import action_execute, trigger_approve, trigger_reject
 from experiments.actors import Actor
 from experiments.choices import State
 from experiments.models import Experiment, ModelStage, ModelVersion, TransitionLog

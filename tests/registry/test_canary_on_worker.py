@@ -11,9 +11,10 @@ import pytest
 
 import experiments.registry.serving as serving
 from control.canary.models import CanaryRollout, RolloutStatus
+from control.canary.tasks import canary_sweep_task
+from control.policies.authoring import policy_create
 from control.policies.models import ActionExecution, ExecutionStatus, TriggerEvent
-from control.policies.services import policy_create
-from control.policies.tasks import canary_sweep_task, drift_sweep_task
+from control.policies.tasks import drift_sweep_task
 from experiments.actors import Actor
 from experiments.choices import State
 from experiments.models import Experiment, ModelStage, ModelVersion

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 import experiments.registry.serving as serving
+from control.policies.authoring import policy_create
 from control.policies.drift import drift_sweep
 from control.policies.models import ActionExecution, ExecutionStatus, Policy, TriggerEvent
-from control.policies.services import action_execute, policy_create
+from control.policies.triggers import action_execute
 from experiments.actors import Actor
 from experiments.choices import PriorityClass, State
 from experiments.models import DatasetVersion, Experiment, ModelVersion

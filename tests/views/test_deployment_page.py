@@ -5,10 +5,8 @@ Checkpoints are really trained (the digits recipe) and predictions really served
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,29 +17,18 @@ from django.utils import timezone
 import experiments.registry.serving as serving
 from control.canary.models import CanaryRollout, RolloutStatus
 from control.canary.rollouts import canary_sweep
+from control.canary.selectors import BUCKET_SECONDS, WINDOW_SECONDS, deployment_live
 from control.policies.models import Policy
-from control.policies.services import policy_create
-from experiments.actors import Actor
 from experiments.choices import State
 from experiments.models import DriftCheck, Experiment, ModelStage, ModelVersion, ServedRequest, TransitionLog
-from experiments.registry.selectors import BUCKET_SECONDS, WINDOW_SECONDS, deployment_live
 from experiments.services import experiment_create, experiment_transition
-from tests.digits_models import evaluating_digits_experiment, train_digits
+from tests.digits_models import FEATURES, SYSTEM, promote_to_production, serve_until
+from tests.views.conftest import Finished, StartCanary
 
-SYSTEM = Actor.system("test")
 PAGE = "/registry/digits/"
 LIVE = "/registry/digits/live.json"
 PROMOTE = "/registry/digits/promote"
 CANARY_ROLLBACK = "/registry/digits/canary/rollback"
-OPERATOR_PERMS = ("view_experiment", "promote_experiment", "rollback_experiment")
-FEATURES = {"features": [0.0] * 64}
-Finished = Callable[[str], Experiment]
-
-
-@pytest.fixture(scope="session")
-def digits_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, float]]:
-    """Train a small digits MLP with the real recipe once; return its newest checkpoint and metrics."""
-    return train_digits(tmp_path_factory.mktemp("deployment-ckpt"), epochs=4, hidden=16)
 
 
 @pytest.fixture(autouse=True)
@@ -52,70 +39,9 @@ def _fresh_model_cache() -> Iterator[None]:
     serving.clear_cache()
 
 
-@pytest.fixture
-def finished(db: Any, digits_checkpoint: tuple[Path, dict[str, float]]) -> Finished:
-    """Return a factory of evaluating digits experiments whose run left a real checkpoint."""
-    path, metrics = digits_checkpoint
-
-    def make(name: str) -> Experiment:
-        return evaluating_digits_experiment(name, path, metrics=metrics)
-
-    return make
-
-
-@pytest.fixture
-def operator(make_user: Callable[..., User]) -> User:
-    """A person who may see, promote and roll back."""
-    return make_user("olga", OPERATOR_PERMS)
-
-
-@pytest.fixture
-def operator_client(operator: User) -> Client:
-    """A browser session logged in as the operator."""
-    client = Client()
-    client.force_login(operator)
-    return client
-
-
-@pytest.fixture
-def in_production(finished: Finished, django_capture_on_commit_callbacks: Any) -> ModelVersion:
-    """digits v1 serving every request (promoted and deployed before any canary policy existed)."""
-    baseline = finished("baseline")
-    with django_capture_on_commit_callbacks(execute=True):
-        for event in ("promote", "deploy"):
-            experiment_transition(experiment_id=baseline.pk, event=event, actor=SYSTEM)
-    return ModelVersion.objects.get(experiment=baseline, stage=ModelStage.PRODUCTION)
-
-
-def _canary_policy(*stages: tuple[str, float, int], min_requests: int = 50) -> Policy:
-    return policy_create(
-        name="digits-canary",
-        kind="canary",
-        stages=list(stages) or [("c10", 10, 60), ("full", 100, 0)],
-        conditions=[
-            {
-                "kind": "metric",
-                "metric": "error_rate",
-                "operator": ">",
-                "threshold": 0.05,
-                "role": "rollback_on",
-            }
-        ],
-        canary_min_requests=min_requests,
-    )
-
-
 def _promote(client: Client, experiment: Experiment, capture: Any, **extra: Any) -> Any:
     with capture(execute=True):
         return client.post(PROMOTE, {"experiment_id": experiment.pk, **extra})
-
-
-def _live_canary(in_production: ModelVersion, finished: Finished, capture: Any) -> CanaryRollout:
-    """Promote a candidate under the canary policy (as the system): its rollout is at stage c10."""
-    candidate = finished("candidate")
-    with capture(execute=True):
-        experiment_transition(experiment_id=candidate.pk, event="promote", actor=SYSTEM)
-    return CanaryRollout.objects.get(experiment=candidate, status=RolloutStatus.RUNNING)
 
 
 # --- who may see it ----------------------------------------------------------------------
@@ -171,13 +97,9 @@ def test_the_registry_links_each_model_to_its_deployment_page(
 
 
 def test_it_shows_production_the_live_canary_its_stages_and_the_split(
-    operator_client: Client,
-    in_production: ModelVersion,
-    finished: Finished,
-    django_capture_on_commit_callbacks: Any,
+    operator_client: Client, live_canary: CanaryRollout
 ) -> None:
-    _canary_policy()
-    rollout = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+    rollout = live_canary
 
     response = operator_client.get(PAGE)
 
@@ -197,11 +119,7 @@ def test_it_shows_production_the_live_canary_its_stages_and_the_split(
     assert 'id="deployment-live"' in html  # the first drawing needs no round trip
 
 
-def test_a_viewer_sees_no_buttons(
-    viewer: User, in_production: ModelVersion, finished: Finished, django_capture_on_commit_callbacks: Any
-) -> None:
-    _canary_policy()
-    _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+def test_a_viewer_sees_no_buttons(viewer: User, live_canary: CanaryRollout, finished: Finished) -> None:
     finished("next candidate")
     client = Client()
     client.force_login(viewer)
@@ -223,10 +141,10 @@ def test_a_viewer_sees_no_buttons(
 def test_promote_starts_a_canary_when_an_enabled_canary_policy_applies(
     operator_client: Client,
     in_production: ModelVersion,
+    canary_policy: Policy,
     finished: Finished,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    _canary_policy()
     candidate = finished("candidate")
     assert ">Promote</button>" in operator_client.get(PAGE).content.decode()
 
@@ -268,13 +186,9 @@ def test_promote_without_a_canary_policy_registers_a_canary_that_gets_no_traffic
 
 
 def test_a_refused_promote_shows_why_and_changes_nothing(
-    operator_client: Client,
-    in_production: ModelVersion,
-    finished: Finished,
-    django_capture_on_commit_callbacks: Any,
+    operator_client: Client, live_canary: CanaryRollout, django_capture_on_commit_callbacks: Any
 ) -> None:
-    _canary_policy()
-    rollout = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+    rollout = live_canary
 
     response = _promote(operator_client, rollout.experiment, django_capture_on_commit_callbacks)
 
@@ -298,13 +212,9 @@ def test_promote_of_an_experiment_of_another_model_is_refused(
 
 
 def test_roll_back_canary_ends_the_rollout_and_production_keeps_serving(
-    operator_client: Client,
-    in_production: ModelVersion,
-    finished: Finished,
-    django_capture_on_commit_callbacks: Any,
+    operator_client: Client, live_canary: CanaryRollout, django_capture_on_commit_callbacks: Any
 ) -> None:
-    _canary_policy()
-    rollout = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+    rollout = live_canary
 
     with django_capture_on_commit_callbacks(execute=True):
         response = operator_client.post(
@@ -328,12 +238,11 @@ def test_roll_back_canary_ends_the_rollout_and_production_keeps_serving(
 
 def test_roll_back_canary_of_a_rollout_that_already_ended_does_nothing(
     operator_client: Client,
-    in_production: ModelVersion,
+    live_canary: CanaryRollout,
     finished: Finished,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    _canary_policy()
-    old = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+    old = live_canary
     # While the person looked at it, the canary ended and the next promotion's canary started.
     newer = finished("newer")
     with django_capture_on_commit_callbacks(execute=True):
@@ -357,8 +266,7 @@ def test_the_production_rollback_dialog_comes_back_to_the_deployment_page(
 ) -> None:
     second = finished("second")
     with django_capture_on_commit_callbacks(execute=True):
-        for event in ("promote", "deploy"):
-            experiment_transition(experiment_id=second.pk, event=event, actor=SYSTEM)
+        promote_to_production(second)
     assert 'data-dialog-open="confirm-rollback-digits"' in operator_client.get(PAGE).content.decode()
 
     with django_capture_on_commit_callbacks(execute=True):
@@ -372,13 +280,9 @@ def test_the_production_rollback_dialog_comes_back_to_the_deployment_page(
 
 
 def test_the_buttons_need_their_permissions(
-    viewer: User,
-    in_production: ModelVersion,
-    finished: Finished,
-    django_capture_on_commit_callbacks: Any,
+    viewer: User, live_canary: CanaryRollout, finished: Finished
 ) -> None:
-    _canary_policy()
-    rollout = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+    rollout = live_canary
     waiting = finished("waiting")
     client = Client()
     client.force_login(viewer)
@@ -393,12 +297,8 @@ def test_the_buttons_need_their_permissions(
 
 
 def test_the_buttons_refuse_a_post_without_the_csrf_token(
-    operator: User,
-    in_production: ModelVersion,
-    finished: Finished,
-    django_capture_on_commit_callbacks: Any,
+    operator: User, canary_policy: Policy, finished: Finished, django_capture_on_commit_callbacks: Any
 ) -> None:
-    _canary_policy()
     candidate = finished("candidate")
     client = Client(enforce_csrf_checks=True)
     client.force_login(operator)
@@ -423,16 +323,6 @@ def test_the_buttons_refuse_a_post_without_the_csrf_token(
 # --- live.json ---------------------------------------------------------------------------
 
 
-def _serve_until(candidate: ModelVersion, needed: int) -> Counter[int]:
-    """Serve real predictions until the candidate answered `needed` of them; return counts by version."""
-    served: Counter[int] = Counter()
-    for _ in range(5000):
-        served[serving.predict(model_name="digits", payload=FEATURES)["version"]] += 1
-        if served[candidate.version] >= needed:
-            return served
-    pytest.fail(f"the canary answered {served[candidate.version]} of {sum(served.values())} requests")
-
-
 def _served_in_window(payload: dict[str, Any]) -> dict[int, int]:
     return {v["version"]: sum(v["requests"]) for v in payload["traffic"]["versions"]}
 
@@ -440,13 +330,12 @@ def _served_in_window(payload: dict[str, Any]) -> dict[int, int]:
 def test_live_json_follows_the_split_and_the_served_traffic_as_the_canary_advances(
     operator_client: Client,
     in_production: ModelVersion,
-    finished: Finished,
+    start_canary: StartCanary,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    _canary_policy(("c10", 10, 60), ("c50", 50, 60), ("full", 100, 0), min_requests=5)
-    rollout = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
+    rollout = start_canary(("c10", 10, 60), ("c50", 50, 60), ("full", 100, 0), min_requests=5)
     candidate = rollout.candidate
-    served = _serve_until(candidate, 5)
+    served = serve_until(candidate, 5)
     DriftCheck.objects.create(version=in_production, score=0.02, window_rows=200)
     DriftCheck.objects.create(version=in_production, score=0.07, window_rows=200)
 
@@ -483,14 +372,10 @@ def test_live_json_follows_the_split_and_the_served_traffic_as_the_canary_advanc
 
 
 def test_live_json_shows_a_finished_rollout_once_the_canary_is_deployed(
-    operator_client: Client,
-    in_production: ModelVersion,
-    finished: Finished,
-    django_capture_on_commit_callbacks: Any,
+    operator_client: Client, start_canary: StartCanary, django_capture_on_commit_callbacks: Any
 ) -> None:
-    _canary_policy(min_requests=3)
-    rollout = _live_canary(in_production, finished, django_capture_on_commit_callbacks)
-    _serve_until(rollout.candidate, 3)
+    rollout = start_canary(min_requests=3)
+    serve_until(rollout.candidate, 3)
 
     with django_capture_on_commit_callbacks(execute=True):
         canary_sweep(now=rollout.stage_started_at + timedelta(seconds=61))

@@ -10,10 +10,13 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.core.management.base import BaseCommand, CommandParser
 from django.db import connection, transaction
 
+from control.policies.demo import demo_policies_ensure
+from control.policies.models import Policy
 from crucible_ui.launcher import demo_credentials
 from experiments.actors import Actor
 from experiments.choices import PriorityClass
 from experiments.models import Experiment
+from experiments.permissions import researcher_group_ensure
 from experiments.services import experiment_create, experiment_retrain, experiment_transition
 
 DEMO_TAG = "demo"
@@ -120,24 +123,14 @@ def demo_user_ensure(*, username: str, password: str) -> tuple[AbstractBaseUser,
 
 def _join_researchers(user: Any) -> None:
     """Put the demo user in the Researchers group, so it also shows what a researcher sees."""
-    try:
-        from experiments.permissions import researcher_group_ensure
-    except ImportError:
-        return
     user.groups.add(researcher_group_ensure())
 
 
 def _demo_policies_ensure() -> list[Any] | None:
     """Create the seed's example policies (auto-promote, early stop, ...); None while there are none to create.
 
-    The policy layer lives in the control app; its demo records load only once its tables
-    exist (i.e. its migrations are applied).
+    The policy records load only once their tables exist (i.e. the migrations are applied).
     """
-    try:
-        from control.policies.demo import demo_policies_ensure
-        from control.policies.models import Policy
-    except ImportError:
-        return None
     if Policy._meta.db_table not in connection.introspection.table_names():
         return None
     return list(demo_policies_ensure())

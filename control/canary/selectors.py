@@ -119,7 +119,7 @@ class DriftSeries(TypedDict):
 
 
 class DeploymentLive(TypedDict):
-    """The payload of registry:live, redrawn by the page every poll."""
+    """The payload of deployments:live, redrawn by the page every poll."""
 
     type: str
     model: str

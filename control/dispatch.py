@@ -1,0 +1,22 @@
+"""Send Celery tasks by their registered name.
+
+Services start tasks, and tasks call services: a service that imported its tasks module
+would close an import cycle. Naming the task ("control.train_run") keeps the arrow one way;
+where the task is registered in this process, Celery still uses it (eager mode, routing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import current_app
+
+
+def task_send(name: str, *, args: list[Any] | None = None, **options: Any) -> None:
+    """Queue the task called `name` with these positional arguments and apply_async options."""
+    current_app.signature(name, args=args or []).apply_async(**options)
+
+
+def task_revoke(task_id: str) -> None:
+    """Kill the pool process that runs this task (prefork only); the run's lease is then freed."""
+    current_app.control.revoke(task_id, terminate=True, signal="SIGKILL")

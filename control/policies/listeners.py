@@ -1,0 +1,59 @@
+"""How the policies hear of what happens: a committed metric batch, a committed transition.
+
+Both are effects of the table in control/lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from control.dispatch import task_send
+from control.policies.engine import ON_METRICS, engine_on_metrics, engine_on_transition
+from control.policies.models import Policy, PolicyKind
+from experiments.effects import Transitioned
+from experiments.events import MetricPointPayload
+
+logger = logging.getLogger(__name__)
+
+# The flusher calls us up to ten times a second per run: remember for a moment whether
+# any metric-driven policy exists at all, so that runs without one pay one query per second.
+_CACHE_SECONDS = 1.0
+_cache: dict[str, tuple[float, bool]] = {}
+
+
+def _metric_policies_exist() -> bool:
+    now = time.monotonic()
+    cached = _cache.get("metrics")
+    if cached and now - cached[0] < _CACHE_SECONDS:
+        return cached[1]
+    exists = Policy.objects.filter(enabled=True, kind__in=list(ON_METRICS)).exists()
+    _cache["metrics"] = (now, exists)
+    return exists
+
+
+def policies_evaluate_on_metrics(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
+    """Evaluate early-stop (and custom) policies right where the batch was written.
+
+    This runs in the reporter's flusher thread, after commit: the trigger is recorded
+    within milliseconds of the batch, and its actions go to the control queue.
+    """
+    if not _metric_policies_exist():
+        return
+    engine_on_metrics(experiment_id=experiment_id)
+
+
+def policies_evaluate_on_transition(done: Transitioned) -> None:
+    """Hand the transition to the engine on the control queue.
+
+    Completion is decided by the auto-promote policies; custom policies see every event.
+    """
+    experiment_id, event = done.experiment.pk, done.event
+    if event != "complete" and not Policy.objects.filter(enabled=True, kind=PolicyKind.CUSTOM).exists():
+        return
+    try:
+        task_send("control.engine_on_transition", args=[experiment_id, event], queue="control")
+    except Exception:
+        # The broker is away: decide here rather than lose the decision.
+        logger.warning("control queue unavailable; evaluating %s of #%s inline", event, experiment_id)
+        engine_on_transition(experiment_id=experiment_id, event=event)
