@@ -55,21 +55,25 @@ def test_it_sends_held_out_digits_that_the_server_records_with_their_labels(
 
     summary = lines[-1]
     assert summary["event"] == "summary"
+    # A loaded machine may fall behind the schedule: what is due after the run ended is not
+    # sent (and counted as such). Count what was sent, never how much fits in 1.5 s.
     assert summary["planned"] == 45
-    assert summary["sent"] == 45
+    sent = summary["sent"]
+    assert 1 <= sent <= 45
+    assert summary["not_sent"] == 45 - sent
     assert summary["errors"] == 0, summary["last_error"]
-    assert summary["answered"] == 45
-    assert summary["versions"] == {"1": {"answered": 45, "accuracy": summary["accuracy"]}}
+    assert summary["answered"] == sent
+    assert summary["versions"] == {"1": {"answered": sent, "accuracy": summary["accuracy"]}}
     assert summary["accuracy"] > 0.8
     assert [line["event"] for line in lines[:-1]] == ["progress"] * (len(lines) - 1)
     assert len(lines) - 1 >= 1  # at least one progress line in 1.5 s
 
     served = ServedRequest.objects.filter(version=production)
-    assert served.count() == 45
+    assert served.count() == sent
     assert served.filter(label__isnull=True).count() == 0
     # The server's own tally of the feedback agrees with what the generator saw.
-    assert served.filter(correct=True).count() == round(summary["accuracy"] * 45)
-    assert summary["feedback"] == 45
+    assert served.filter(correct=True).count() == round(summary["accuracy"] * sent)
+    assert summary["feedback"] == sent
 
 
 def test_the_digits_come_from_the_validation_split_named_by_the_production_experiment(
@@ -89,7 +93,7 @@ def test_the_digits_come_from_the_validation_split_named_by_the_production_exper
     }
     held_out = {tuple(row) for row in raw_split(3, 0.3)[2].tolist()}
     sent = [tuple(inputs[0]) for inputs in ServedRequest.objects.values_list("inputs", flat=True)]
-    assert len(sent) == 20
+    assert len(sent) == lines[-1]["sent"] >= 1
     assert all(row in held_out for row in sent)
 
 
@@ -106,7 +110,7 @@ def test_it_counts_the_answers_of_each_version_while_a_canary_takes_a_share(
     assert set(versions) == {"1", "2"}
     assert versions["1"]["answered"] == ServedRequest.objects.filter(version=production).count()
     assert versions["2"]["answered"] == ServedRequest.objects.filter(version=canary).count()
-    assert versions["1"]["answered"] + versions["2"]["answered"] == 40
+    assert versions["1"]["answered"] + versions["2"]["answered"] == lines[-1]["sent"]
 
 
 def test_a_shift_brightens_the_inputs_and_lowers_accuracy(
@@ -123,7 +127,8 @@ def test_a_shift_brightens_the_inputs_and_lowers_accuracy(
     shifted_inputs = np.array(
         [r[0] for r in ServedRequest.objects.exclude(pk__in=plain_ids).values_list("inputs", flat=True)]
     )
-    assert len(plain_inputs) == len(shifted_inputs) == 20
+    assert len(plain_inputs) == plain[-1]["sent"] >= 10
+    assert len(shifted_inputs) == shifted[-1]["sent"] >= 10
     # Same seed, same digits: each pixel is 8 levels brighter, up to the 16 ceiling.
     assert shifted_inputs.mean() > plain_inputs.mean() + 4
     assert shifted_inputs.max() <= 16.0
@@ -138,9 +143,9 @@ def test_a_feedback_rate_of_zero_sends_no_labels(
         "--rps", "40", "--duration", "0.5", "--feedback-rate", "0", "--url", live_server.url, "--token", token
     )
 
-    assert lines[-1]["answered"] == 20
+    assert lines[-1]["answered"] == lines[-1]["sent"] >= 1
     assert lines[-1]["feedback"] == 0
-    assert ServedRequest.objects.count() == 20
+    assert ServedRequest.objects.count() == lines[-1]["sent"]
     assert ServedRequest.objects.filter(label__isnull=False).count() == 0
 
 
@@ -151,7 +156,7 @@ def test_without_a_token_it_mints_one_for_the_user_and_revokes_it_after(
         "--rps", "20", "--duration", "0.5", "--url", live_server.url, "--user", viewer.username
     )
 
-    assert lines[-1]["answered"] == 10
+    assert lines[-1]["answered"] == lines[-1]["sent"] >= 1
     assert f"for {viewer.username!r}" in err
     assert not ApiToken.objects.filter(user=viewer).exists()
 
