@@ -4,13 +4,24 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
 from ninja import Router, Schema
 
 from control.scheduling.scheduler import Decision
 from control.scheduling.selectors import device_stats, scheduler_queue, workers_with_devices
+from experiments.api.schemas import ErrorOut
 
 router = Router(tags=["scheduler"])
+
+# The same permission as the GPUs page: the queue names experiments, runs, hosts and queues.
+VIEW_PERMISSION = "control.view_device"
+
+
+def _require_view(request: HttpRequest) -> None:
+    """Refuse (403, JSON) a caller who may not see the GPUs page."""
+    if not request.user.has_perm(VIEW_PERMISSION):
+        raise PermissionDenied("You may not view the scheduler queue or the GPU inventory.")
 
 
 class QueuedOut(Schema):
@@ -123,9 +134,12 @@ def _queued_row(decision: Decision, now: datetime) -> QueuedOut:
     )
 
 
-@router.get("/queue", response=QueueOut, summary="Queue positions, running runs and free slots")
+@router.get(
+    "/queue", response={200: QueueOut, 403: ErrorOut}, summary="Queue positions, running runs and free slots"
+)
 def queue(request: HttpRequest) -> QueueOut:
     """Return every queued experiment in scheduling order with the reason it waits."""
+    _require_view(request)
     view = scheduler_queue()
     running = [
         RunningOut(
@@ -164,9 +178,10 @@ def queue(request: HttpRequest) -> QueueOut:
     )
 
 
-@router.get("/gpus", response=GpusOut, summary="Every worker and its GPUs / CPU slots")
+@router.get("/gpus", response={200: GpusOut, 403: ErrorOut}, summary="Every worker and its GPUs / CPU slots")
 def gpus(request: HttpRequest) -> GpusOut:
     """Return each worker with its devices' live numbers and what runs where."""
+    _require_view(request)
     workers = []
     for w in workers_with_devices():
         devices = [DeviceOut(**device_stats(d, worker=w)) for d in w.devices.all()]

@@ -96,6 +96,21 @@ def test_the_mounted_api_refuses_anonymous_callers(client: Client) -> None:
     assert client.get("/api/scheduler/gpus").status_code == 401
 
 
+@pytest.mark.parametrize("path", ["/api/scheduler/queue", "/api/scheduler/gpus"])
+def test_the_api_refuses_a_logged_in_user_without_the_gpus_permission_and_names_nothing(
+    client: Client, path: str, busy_cluster: Any
+) -> None:
+    nobody = User.objects.create_user("nobody", password="pw-nobody-123")
+    client.force_login(nobody)
+
+    response = client.get(path)
+
+    assert response.status_code == 403
+    assert response["Content-Type"].startswith("application/json")
+    body = response.content.decode()
+    assert "host" not in body and "training on the H100" not in body
+
+
 @pytest.mark.usefixtures("busy_cluster")
 def test_gpu_stats_events_carry_each_devices_numbers() -> None:
     Device.objects.filter(kind="gpu").update(utilization_pct=93.0, temperature_c=61.0, memory_used_mb=40210)
