@@ -69,7 +69,8 @@ class ExperimentFilters(Schema):
     q: str | None = Field(None, description="Case-insensitive search in the name.")
     ordering: Ordering = "-created_at"
     limit: int = Field(50, ge=1, le=200)
-    offset: int = Field(0, ge=0)
+    # Bounded so the database never sees an OFFSET it cannot represent (a 64-bit overflow was a 500).
+    offset: int = Field(0, ge=0, le=2_147_483_647)
 
 
 class TransitionOut(Schema):

@@ -32,6 +32,10 @@ class BadParameter(Exception):
         self.message = message
 
 
+# Steps are stored as PositiveIntegerField: a larger bound would overflow the database query.
+MAX_STEP = 2_147_483_647
+
+
 def _int_param(request: HttpRequest, field: str, *, minimum: int, maximum: int | None = None) -> int | None:
     """Return the integer query parameter `field`, None when absent or blank."""
     raw = request.GET.get(field)
@@ -96,9 +100,9 @@ def experiment_metrics(
     try:
         names_list = _names_param(request)
         budget = _int_param(request, "max_points", minimum=MIN_POINTS, maximum=MAX_POINTS_LIMIT)
-        since = _int_param(request, "since_step", minimum=0)
-        start = _int_param(request, "start_step", minimum=0)
-        end = _int_param(request, "end_step", minimum=0)
+        since = _int_param(request, "since_step", minimum=0, maximum=MAX_STEP)
+        start = _int_param(request, "start_step", minimum=0, maximum=MAX_STEP)
+        end = _int_param(request, "end_step", minimum=0, maximum=MAX_STEP)
         if start is not None and end is not None and end < start:
             raise BadParameter("end_step", f"end_step ({end}) must not be before start_step ({start})")
     except BadParameter as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test import Client
@@ -11,7 +12,7 @@ from django.test.utils import CaptureQueriesContext
 
 from experiments.actors import Actor
 from experiments.models import Experiment
-from experiments.services import experiment_transition
+from experiments.services import experiment_create, experiment_transition
 from tests.api.conftest import ClientFor, MakeExperiment
 
 URL = "/api/experiments"
@@ -131,3 +132,25 @@ def test_reading_needs_the_view_permission(
         response = client.get(url)
         assert response.status_code == 403, url
         assert "view" in response.json()["detail"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    "query",
+    [
+        "experiments?offset=9223372036854775808",
+        "experiments?offset=-1",
+        "experiments/{id}/metrics?since_step=99999999999999999999",
+        "experiments/{id}/metrics?start_step=2147483648",
+    ],
+)
+def test_out_of_range_numbers_are_a_json_client_error_naming_the_field_never_a_500(
+    admin_client: Any, query: str
+) -> None:
+    experiment = experiment_create(name="bounds", recipe="digits")
+
+    response = admin_client.get("/api/" + query.format(id=experiment.pk))
+
+    assert response.status_code in (400, 422), response.content
+    assert response["Content-Type"].startswith("application/json")
+    assert query.split("?")[1].split("=")[0] in response.content.decode()
