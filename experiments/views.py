@@ -185,6 +185,10 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
     """Fire one event through the audited service; 409 when the state no longer allows it."""
     if event not in EVENT_PERMISSIONS:
         raise Http404("No such action.")
+    # An experiment the user may not view answers like a missing one: 403 vs 404 would tell
+    # which ids exist.
+    if not request.user.has_perm("experiments.view_experiment"):
+        raise Http404("No such experiment.")
     _get_experiment(experiment_id)
     actor = Actor.for_user(request.user)
     reason = request.POST.get("reason", "").strip()[:2000]
@@ -204,7 +208,10 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
     except TransitionRefused as exc:
         return _refused(request, experiment_id, exc.message, status=409)
     except PermissionDenied as exc:
-        return _refused(request, experiment_id, str(exc) or "You may not do that.", status=403)
+        # The refusal page names no object: the message says what the person may not do.
+        if _wants_json(request):
+            return JsonResponse({"detail": str(exc) or "You may not do that."}, status=403)
+        raise
     except ValidationError as exc:
         return _refused(request, experiment_id, "; ".join(exc.messages), status=400)
     if _wants_json(request):

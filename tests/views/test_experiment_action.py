@@ -105,11 +105,14 @@ def test_json_client_gets_the_new_state(
 def test_missing_permission_is_403_and_nothing_changes(
     client: Client, make_user: Callable[..., User], make_experiment: Callable[..., Experiment]
 ) -> None:
-    experiment = make_experiment(state="evaluating")
+    experiment = make_experiment("secret-zebra-model", state="evaluating")
     client.force_login(make_user("cat", perms=["view_experiment", "cancel_experiment"]))
     response = client.post(_action(experiment, "promote"))
     assert response.status_code == 403
-    assert "may not promote" in response.content.decode()
+    page = response.content.decode()
+    assert "may not promote" in page
+    # The refusal carries no object data: not the experiment's name, owner or history.
+    assert experiment.name not in page
     experiment.refresh_from_db()
     assert experiment.state == "evaluating"
     assert not TransitionLog.objects.filter(experiment=experiment, event="promote").exists()
@@ -156,5 +159,20 @@ def test_action_by_get_is_not_allowed(
 ) -> None:
     experiment = make_experiment()
     assert researcher_client.get(_action(experiment, "queue")).status_code == 405
+    experiment.refresh_from_db()
+    assert experiment.state == "pending"
+
+
+def test_an_action_on_an_experiment_the_user_may_not_view_answers_404_like_a_missing_one(
+    client: Client, make_user: Callable[..., User], make_experiment: Callable[..., Experiment]
+) -> None:
+    experiment = make_experiment("secret-zebra-model")
+    client.force_login(make_user("nobody", perms=[]))
+
+    existing = client.post(_action(experiment, "queue"))
+    missing = client.post(f"/experiments/{experiment.pk + 1000}/actions/queue/")
+
+    assert existing.status_code == missing.status_code == 404
+    assert experiment.name not in existing.content.decode()
     experiment.refresh_from_db()
     assert experiment.state == "pending"
