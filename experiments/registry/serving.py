@@ -54,6 +54,8 @@ class LoadedModel:
     n_features: int
     predict_proba: Callable[[np.ndarray], np.ndarray]
     reference: np.ndarray | None = None
+    # Feedback labels must name one of these classes (0 .. n_classes-1).
+    n_classes: int = 0
 
 
 def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
@@ -91,7 +93,7 @@ def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
             logits = model(torch.from_numpy(((x - mean) / std).astype(np.float32)))
             return torch.softmax(logits.float(), dim=1).numpy()
 
-    return LoadedModel(version.pk, version.version, n_features, predict_proba, reference)
+    return LoadedModel(version.pk, version.version, n_features, predict_proba, reference, NUM_CLASSES)
 
 
 # How each recipe's checkpoint becomes a predictor.
@@ -191,9 +193,19 @@ def parse_body(body: bytes) -> dict[str, Any]:
         payload = json.loads(body or b"")
     except (ValueError, UnicodeDecodeError):
         raise ServingError(400, "body: not valid JSON") from None
+    except RecursionError:
+        raise ServingError(400, "body: JSON nested too deeply") from None
     if not isinstance(payload, dict):
         raise ServingError(400, "body: must be a JSON object")
     return payload
+
+
+def _finite(v: int | float) -> bool:
+    """Return True for a number a float can hold (an integer like 10**400 cannot: not finite)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 def _row(value: Any, field: str, n_features: int) -> list[float]:
@@ -202,7 +214,7 @@ def _row(value: Any, field: str, n_features: int) -> list[float]:
     if len(value) != n_features:
         raise ServingError(400, f"{field}: must have {n_features} numbers, got {len(value)}")
     for i, v in enumerate(value):
-        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        if isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
             raise ServingError(400, f"{field}[{i}]: must be a finite number, got {json.dumps(v)[:40]}")
     return [float(v) for v in value]
 
@@ -297,6 +309,10 @@ def feedback(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
         raise ServingError(404, f"request_id: no served request {raw_id} of model {model_name!r}")
     if len(served.predictions) != 1:
         raise ServingError(400, "request_id: feedback takes a single-row (features) request")
+    # Labels steer canary accuracy and curated retraining sets: only a class the model has counts.
+    n_classes = load_version(served.version).n_classes
+    if label >= n_classes:
+        raise ServingError(400, f"label: must be a class of model {model_name!r}, 0 to {n_classes - 1}")
     # Only the first label counts: a resent feedback must not count twice.
     correct = served.predictions[0] == label
     updated = ServedRequest.objects.filter(pk=served.pk, label__isnull=True).update(

@@ -152,5 +152,12 @@ def test_drift_on_the_worker_curates_then_retrains_in_order(
     )
     assert child.dataset_version is not None and child.dataset_version.row_count > 0
     trigger = TriggerEvent.objects.get(experiment=experiment, kind="drift")
+    # The child exists inside the retrain action's transaction, a moment before that action
+    # records its end: wait for both ends before reading their order.
+    wait_for(
+        lambda: trigger.executions.filter(finished_at__isnull=False).count() == 2,
+        timeout=10,
+        what="both actions finished",
+    )
     kinds = list(trigger.executions.order_by("finished_at").values_list("kind", flat=True))
     assert kinds == ["curate_dataset", "retrain"]

@@ -13,7 +13,7 @@ from django.test import Client
 from sklearn.datasets import load_digits
 
 from experiments.actors import Actor
-from experiments.models import ModelStage, ModelVersion, ServingStats
+from experiments.models import ModelStage, ModelVersion, ServedRequest, ServingStats
 from experiments.registry.services import (
     RegistryError,
     model_rollback,
@@ -66,6 +66,7 @@ def test_predict_with_a_trained_checkpoint_recognises_digits_and_names_the_versi
         ({"features": [1.0] * 63}, "features: must have 64 numbers, got 63"),
         ({"features": [1.0] * 63 + ["x"]}, "features[63]: must be a finite number"),
         ({"features": [True] * 64}, "features[0]: must be a finite number"),
+        ({"features": [10**400] * 64}, "features[0]: must be a finite number"),
         ({"features": "0,1,2"}, "features: must be a list"),
         ({"instances": [[0.0] * 64, [0.0] * 3]}, "instances[1]: must have 64 numbers"),
         ({"instances": []}, "instances: must be a non-empty list"),
@@ -90,6 +91,34 @@ def test_a_body_that_is_not_json_is_answered_400(
     response = token_client.post("/serve/digits/predict", "features=1,2", content_type="application/json")
     assert response.status_code == 400
     assert response.json()["detail"] == "body: not valid JSON"
+
+
+@pytest.mark.django_db
+def test_a_body_nested_too_deeply_is_answered_400_not_a_server_error(
+    make_experiment: MakeExperiment, token_client: Client
+) -> None:
+    production(make_experiment)
+    deep = "[" * 100_000 + "]" * 100_000
+    response = token_client.post("/serve/digits/predict", deep, content_type="application/json")
+    assert response.status_code == 400
+    assert response.json()["detail"] == "body: JSON nested too deeply"
+
+
+@pytest.mark.django_db
+def test_a_feedback_label_outside_the_models_classes_is_refused_and_not_counted(
+    make_experiment: MakeExperiment, token_client: Client
+) -> None:
+    version = production(make_experiment)
+    answer = post(token_client, "/serve/digits/predict", {"features": load_digits().data[0].tolist()}).json()
+
+    for label in (10, 10**20, 1_000_000):
+        refused = post(
+            token_client, "/serve/digits/feedback", {"request_id": answer["request_id"], "label": label}
+        )
+        assert refused.status_code == 400
+        assert refused.json()["detail"] == "label: must be a class of model 'digits', 0 to 9"
+    assert version_summary(version)["feedback"] == 0
+    assert ServedRequest.objects.get(request_id=answer["request_id"]).label is None
 
 
 @pytest.mark.django_db
