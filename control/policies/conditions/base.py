@@ -142,6 +142,8 @@ class ConditionKindUnit:
     needs_metric: ClassVar[bool] = False
     needs_operator: ClassVar[bool] = False
     needs_threshold: ClassVar[bool] = True
+    # Kinds that read a window of points or steps (divergence, plateau) need it at least 1.
+    needs_window: ClassVar[bool] = False
 
     def validate(self, spec: ConditionSpec) -> dict[str, str]:
         """Return {field: message} for the shared fields this kind reads (empty when valid)."""
@@ -155,6 +157,8 @@ class ConditionKindUnit:
                 errors["threshold"] = "a number is required for this kind of condition"
             elif not math.isfinite(spec.threshold):
                 errors["threshold"] = "must be a finite number"
+        if self.needs_window and (spec.window is None or spec.window < 1):
+            errors["window"] = "give the number of points (divergence) or steps (plateau), at least 1"
         return errors
 
     def describe(self, spec: ConditionSpec) -> str:

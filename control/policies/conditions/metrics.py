@@ -21,7 +21,6 @@ from control.policies.conditions.base import (
 )
 
 # Divergence and plateau share the field and, historically, the message.
-WINDOW_MESSAGE = "give the number of points (divergence) or steps (plateau), at least 1"
 
 
 def _points(spec: ConditionSpec, ctx: EvaluationContext) -> Sequence[Point]:
@@ -177,12 +176,11 @@ class Divergence(ConditionKindUnit):
     )
     example = {"metric": "loss", "window": 20, "threshold": 3}
     needs_metric = True
+    needs_window = True
 
     def validate(self, spec: ConditionSpec) -> dict[str, str]:
-        """Also require the window, and a factor above 1."""
+        """Also require a factor above 1."""
         errors = super().validate(spec)
-        if spec.window is None or spec.window < 1:
-            errors["window"] = WINDOW_MESSAGE
         if spec.threshold is not None and spec.threshold <= 1:
             errors["threshold"] = (
                 "the divergence factor must be greater than 1 (e.g. 3 = three times the average)"
@@ -224,12 +222,11 @@ class Plateau(ConditionKindUnit):
     )
     example = {"metric": "val_loss", "window": 200, "threshold": 0.001}
     needs_metric = True
+    needs_window = True
 
     def validate(self, spec: ConditionSpec) -> dict[str, str]:
-        """Also require the patience, and a minimum improvement that is not negative."""
+        """Also require a minimum improvement that is not negative."""
         errors = super().validate(spec)
-        if spec.window is None or spec.window < 1:
-            errors["window"] = WINDOW_MESSAGE
         if spec.threshold is not None and spec.threshold < 0:
             errors["threshold"] = "cannot be negative"
         return errors
