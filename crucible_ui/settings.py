@@ -153,7 +153,8 @@ CELERY_TASK_ALWAYS_EAGER = envbool("CELERY_TASK_ALWAYS_EAGER", "false")
 
 CHANNEL_LAYERS = {
     "default": {
-        "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+        # Redis pub/sub, plus a "layer.resync" event to open sockets after a Redis reconnection.
+        "BACKEND": "experiments.live.layer.ResyncingPubSubChannelLayer",
         "CONFIG": {"hosts": [REDIS_URL]},
     }
 }

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import os
 import threading
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 from channels.layers import get_channel_layer
 
@@ -42,13 +42,26 @@ class MetricPointPayload(TypedDict):
     wall_time: float
 
 
+class StepRange(TypedDict):
+    """The steps of one metric a frame carries, and the step it follows (None: the first frame seen)."""
+
+    after: int | None
+    first: int
+    last: int
+
+
 class MetricBatch(TypedDict):
-    """Several points that the reporter flushed together."""
+    """Several points that the reporter flushed together.
+
+    ranges (on the experiment page's frames): per metric, the step the frame follows, so
+    that a page detects a missed frame and back-fills it from the history endpoint.
+    """
 
     type: Literal["metrics.batch"]
     experiment_id: int
     run_id: int
     points: list[MetricPointPayload]
+    ranges: NotRequired[dict[str, StepRange]]
 
 
 class Progress(TypedDict):

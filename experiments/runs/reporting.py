@@ -11,14 +11,21 @@ import logging
 import math
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Any
 
 from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
 from experiments.effects import metrics_flushed_effects_run
-from experiments.events import FLEET_GROUP, MetricBatch, MetricPointPayload, experiment_group, send_messages
+from experiments.events import (
+    FLEET_GROUP,
+    MetricBatch,
+    MetricPointPayload,
+    StepRange,
+    experiment_group,
+    send_messages,
+)
 from experiments.models import MetricPoint
 
 logger = logging.getLogger(__name__)
@@ -44,23 +51,69 @@ MAX_POINTS_PER_FRAME = 2000
 FLEET_POINTS_PER_METRIC = 200
 
 
-def _frame(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> dict[str, Any]:
+def _frame(
+    experiment_id: int,
+    run_id: int,
+    points: list[MetricPointPayload],
+    ranges: dict[str, StepRange] | None = None,
+) -> dict[str, Any]:
     payload: MetricBatch = {
         "type": "metrics.batch",
         "experiment_id": experiment_id,
         "run_id": run_id,
         "points": points,
     }
+    if ranges is not None:
+        payload["ranges"] = ranges
     return dict(payload)
+
+
+class _StreamCursor:
+    """The last step published per (run, metric) by this process: each frame says which step it follows.
+
+    A page holding a metric up to step s that receives a frame following step t > s knows
+    it missed (s, t] (a lost frame, a channel-layer outage) and fetches exactly that from
+    the history endpoint. The cursor moves on even when a send fails: the next frame
+    that gets through then shows the hole.
+    """
+
+    MAX_KEYS = 10_000  # (run, metric) pairs remembered; the oldest are forgotten
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._last: OrderedDict[tuple[int, str], int] = OrderedDict()
+
+    def ranges(self, run_id: int, points: list[MetricPointPayload]) -> dict[str, StepRange]:
+        """Return {metric: {after, first, last}} for a frame's points, and move the cursor past them."""
+        spans: dict[str, list[int]] = {}
+        for point in points:
+            span = spans.setdefault(point["name"], [point["step"], point["step"]])
+            span[0] = min(span[0], point["step"])
+            span[1] = max(span[1], point["step"])
+        out: dict[str, StepRange] = {}
+        with self._lock:
+            for name, (first, last) in spans.items():
+                key = (run_id, name)
+                # None: this process has not published this metric of this run before.
+                after = self._last.get(key)
+                out[name] = {"after": after, "first": first, "last": last}
+                self._last[key] = last if after is None else max(after, last)
+                self._last.move_to_end(key)
+            while len(self._last) > self.MAX_KEYS:
+                self._last.popitem(last=False)
+        return out
+
+
+_cursor = _StreamCursor()
 
 
 def publish_metric_batch(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
     """Send one flushed batch to the experiment's page (in frames) and its newest points to the fleet."""
     page = experiment_group(experiment_id)
-    messages = [
-        (page, _frame(experiment_id, run_id, points[start : start + MAX_POINTS_PER_FRAME]))
-        for start in range(0, len(points), MAX_POINTS_PER_FRAME)
-    ]
+    messages = []
+    for start in range(0, len(points), MAX_POINTS_PER_FRAME):
+        chunk = points[start : start + MAX_POINTS_PER_FRAME]
+        messages.append((page, _frame(experiment_id, run_id, chunk, _cursor.ranges(run_id, chunk))))
     newest: dict[str, list[MetricPointPayload]] = {}
     for point in points:
         newest.setdefault(point["name"], []).append(point)

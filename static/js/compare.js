@@ -62,9 +62,15 @@
         const pts = (msg.points || []).filter((p) => p.name === metric);
         append(index, e.id, pts.map((p) => p.step), pts.map((p) => p.value));
       };
-      window.crucibleSocket(url(chart.dataset.wsPath, e.id), {
-        onOpen: async () => {
-          ready = false;
+      // One catch-up at a time; a reconnect, a resync or a hole during one asks for another.
+      let busy = false;
+      let again = false;
+      const catchUp = async () => {
+        if (busy) { again = true; return; }
+        busy = true;
+        ready = false;
+        do {
+          again = false;
           const since = lastSteps.has(e.id) ? { since_step: String(lastSteps.get(e.id)) } : {};
           try {
             const s = await history(e.id, since);
@@ -72,14 +78,29 @@
           } catch (err) {
             chart.dataset.error = err.message;
           }
-          ready = true;
-          const early = waiting;
-          waiting = [];
-          early.forEach(appendBatch);
-        },
+        } while (again);
+        busy = false;
+        ready = true;
+        const early = waiting;
+        waiting = [];
+        early.forEach(onBatch);
+      };
+      // A frame that follows a step this chart never drew: frames were missed.
+      const onBatch = (msg) => {
+        const r = (msg.ranges || {})[metric];
+        const have = lastSteps.has(e.id) ? lastSteps.get(e.id) : null;
+        if (r && r.after !== null && r.after !== undefined && (have === null || r.after > have)) {
+          waiting.push(msg);
+          catchUp();
+          return;
+        }
+        appendBatch(msg);
+      };
+      window.crucibleSocket(url(chart.dataset.wsPath, e.id), {
+        onOpen: catchUp,
         onMessage: (msg) => {
           if (msg.type !== "metrics.batch") return;
-          if (ready) appendBatch(msg);
+          if (ready) onBatch(msg);
           else waiting.push(msg);
         },
       });

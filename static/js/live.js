@@ -2,9 +2,14 @@
 //
 // Finds #live-charts[data-experiment-id][data-ws-path], draws Plotly charts from
 // GET /api/experiments/<id>/metrics (downsampled, spikes kept), then appends every
-// metric batch the worker flushes with Plotly.extendTraces. After a dropped socket it
-// reconnects with backoff and first fetches since_step=<last step seen>, so nothing
-// is lost. Zooming re-fetches the visible step range at full resolution. State
+// metric batch the worker flushes with Plotly.extendTraces. Nothing is lost on the way:
+// - each frame says, per metric, which step it follows (ranges[name].after); a frame
+//   that follows a step this page never drew means frames were missed, and the page
+//   fetches the hole from the history endpoint before drawing the frame;
+// - a {"type": "resync"} frame (the server's channel layer reconnected to Redis) and a
+//   run that stops running make the page fetch everything after the steps it holds;
+// - after a dropped socket it reconnects with jittered exponential backoff and first
+//   fetches what it missed the same way. Zooming re-fetches the visible step range at full resolution. State
 // changes update #state-badge and the action buttons; run.progress moves the
 // progress bar. (The trigger panel is server-rendered rows refreshed by triggers.js.)
 (function () {
@@ -54,6 +59,7 @@
   let reloadTimer = null;
   let stopped = false;
   let actionsRequest = 0;
+  let gapsFilled = 0; // catch-ups done (a number for people and tests to watch)
 
   // --- layout ----------------------------------------------------------------------------
   const status = el("div", { class: "live-status muted small", role: "status" }, "connecting…");
@@ -187,10 +193,19 @@
     if (body.last_step !== null) noteStep(body.last_step);
   }
 
-  // After a reconnect: only what the socket missed, appended like live points.
-  async function fillGap() {
-    if (lastStep === null) return loadAll();
-    const body = await fetchHistory({ since_step: String(lastStep) });
+  // After a reconnect, a resync or a detected hole: only what the page misses, appended
+  // like live points. names: the metrics to fetch (all when absent). Each metric may stop
+  // at another step (validation metrics are logged less often): the fetch starts after
+  // the lowest step held, and points a trace already holds are skipped.
+  async function fillGap(names) {
+    if (lastStep === null && !names) return loadAll();
+    const held = (names || Array.from(traces.keys())).map((n) => traces.get(n));
+    const params = {};
+    if (names) params.names = names.join(",");
+    if (held.length && held.every((t) => t && t.lastStep !== null)) {
+      params.since_step = String(Math.min(...held.map((t) => t.lastStep)));
+    }
+    const body = await fetchHistory(params);
     for (const [name, s] of Object.entries(body.series)) {
       if (s.downsampled) {
         // The gap itself was too long to send in full: redraw from history instead.
@@ -199,6 +214,59 @@
       for (let i = 0; i < s.steps.length; i++) queuePoint(name, s.steps[i], s.values[i]);
     }
     flushPending();
+    gapsFilled += 1;
+    root.dataset.gapsFilled = String(gapsFilled);
+  }
+
+  // Fetch the missing steps, holding live frames back meanwhile (they are drawn after,
+  // in order: a frame drawn before the hole is filled would hide the hole's points). One
+  // catch-up at a time; one asked for during another runs right after it.
+  let catchingUp = null;
+  let again = null; // null: none asked for; {all: bool, names: Set}
+  function catchUp(names) {
+    if (catchingUp) {
+      again = again || { all: false, names: new Set() };
+      if (!names) again.all = true;
+      else for (const n of names) again.names.add(n);
+      return catchingUp;
+    }
+    ready = false;
+    catchingUp = (async () => {
+      try {
+        await fillGap(names);
+      } catch (err) {
+        setStatus("could not load history: " + err.message, "error");
+      }
+      catchingUp = null;
+      if (again) {
+        const next = again.all ? undefined : Array.from(again.names);
+        again = null;
+        return catchUp(next);
+      }
+      ready = true;
+      const early = buffered;
+      buffered = [];
+      for (const batch of early) onBatch(batch);
+      flushPending();
+    })();
+    return catchingUp;
+  }
+
+  // The metrics of a frame whose steps do not follow what this page holds.
+  function holesIn(batch) {
+    const missing = [];
+    for (const [name, r] of Object.entries(batch.ranges || {})) {
+      const trace = traces.get(name);
+      const have = trace ? trace.lastStep : null;
+      if (r.after === null || r.after === undefined) {
+        // The first frame of this metric from its publisher: a hole only if steps are
+        // missing before it that the page never saw (a publisher that restarted).
+        if (have !== null && r.first > have + 1) missing.push(name);
+      } else if (have === null || r.after > have) {
+        missing.push(name);
+      }
+    }
+    return missing;
   }
 
   async function reloadAll() {
@@ -293,6 +361,12 @@
       return;
     }
     lastRunId = batch.run_id;
+    const holes = holesIn(batch);
+    if (holes.length) {
+      buffered.push(batch);
+      catchUp(holes);
+      return;
+    }
     for (const p of points) queuePoint(p.name, p.step, p.value);
     if (!frameRequested) {
       frameRequested = true;
@@ -318,6 +392,9 @@
       onProgress({ progress: 1, eta_seconds: null, step: lastStep });
     }
     flushPending();
+    // A run that stopped sends no more frames: a lost last frame would show no hole, so
+    // the tail is fetched once.
+    if (msg.source === "running") catchUp();
   }
 
   async function refreshActions() {
@@ -385,23 +462,14 @@
     buffered = [];
     ws.onopen = async () => {
       setStatus("live", "live");
-      try {
-        // Subscribed first, then the gap since the last step drawn: what arrives meanwhile
-        // is buffered, and what was flushed before the subscription comes over HTTP.
-        await initialHistory;
-        await fillGap();
-        // State changes are not replayed either: take the current state and buttons fresh.
-        await refreshActions();
-      } catch (err) {
-        setStatus("could not load history: " + err.message, "error");
-      }
+      // Subscribed first, then the gap since the steps drawn: what arrives meanwhile is
+      // buffered, and what was flushed before the subscription comes over HTTP.
+      await initialHistory;
       if (socket !== ws) return;
       attempt = 0;
-      ready = true;
-      const early = buffered;
-      buffered = [];
-      for (const batch of early) onBatch(batch);
-      flushPending();
+      await catchUp();
+      // State changes are not replayed either: take the current state and buttons fresh.
+      await refreshActions();
     };
     ws.onmessage = (event) => {
       let msg;
@@ -410,6 +478,12 @@
         case "metrics.batch": onBatch(msg); break;
         case "state.changed": onStateChanged(msg); break;
         case "run.progress": onProgress(msg); break;
+        case "resync":
+          // The server's channel layer lost its connection: events may be gone. Fetch the
+          // points and take the state and buttons fresh.
+          catchUp();
+          refreshActions();
+          break;
         default: break; // pong, error and future types need nothing here
       }
     };
@@ -435,6 +509,7 @@
     get socket() { return socket; },
     traceLength: (name) => (traces.get(name) ? traces.get(name).chart.el.data[traces.get(name).index].x.length : 0),
     traceSteps: (name) => (traces.get(name) ? Array.from(traces.get(name).chart.el.data[traces.get(name).index].x) : []),
+    get gapsFilled() { return gapsFilled; },
     dropSocket: () => { if (socket) socket.close(); },
     reload: reloadAll,
   };

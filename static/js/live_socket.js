@@ -1,6 +1,9 @@
 // A websocket to the live view that reconnects with exponential backoff (and jitter), and
 // gives up only when the server refused it (4401 not logged in, 4403 no permission, 4404 gone).
 // Used by the Fleet, GPU and Compare pages: window.crucibleSocket(path, handlers).
+// handlers.onOpen(maybeMissed) runs on every open, with true after a reconnect AND when
+// the server sends {"type": "resync"} (its channel layer lost events): the page then
+// takes what it shows fresh over HTTP.
 (function () {
   "use strict";
 
@@ -30,7 +33,8 @@
       ws.onmessage = (event) => {
         let msg;
         try { msg = JSON.parse(event.data); } catch (e) { return; }
-        if (msg && typeof msg.type === "string") h.onMessage(msg);
+        if (msg && msg.type === "resync") h.onOpen(true);
+        else if (msg && typeof msg.type === "string") h.onMessage(msg);
       };
       ws.onclose = (event) => {
         if (socket !== ws) return;
