@@ -44,6 +44,15 @@ SCRIPTS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("gpu.py", ["gpu_charlm_tokens_per_s"]),
+    (
+        "ws_storm.py",
+        [
+            "ws_storm_connected",
+            "ws_storm_connect_p50_ms",
+            "ws_storm_connect_p99_ms",
+            "ws_storm_cpu_ms_per_connection",
+        ],
+    ),
 ]
 # A script gets at most this long, and never more than what is left of the budget.
 SCRIPT_TIMEOUT_SECONDS = 240.0
