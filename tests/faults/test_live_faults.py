@@ -266,3 +266,9 @@ def test_three_redis_outages_lose_no_point_in_the_database_or_on_the_page(
     assert held() == stored
     # The outages really cut the live stream, and the page noticed.
     assert page.resyncs + page.mirror.holes_seen >= OUTAGES
+    # Shown with -s: what the page went through.
+    print(
+        f"{len(logged)} points logged, {len(stored)} stored, {len(held())} on the page; "
+        f"socket opened {page.connects}x, {page.resyncs} resync frames, {page.mirror.holes_seen} holes, "
+        f"{page.mirror.catch_ups} catch-ups"
+    )
