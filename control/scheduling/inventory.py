@@ -227,10 +227,11 @@ def _register_fork_guard() -> None:
 class HeartbeatThread(threading.Thread):
     """Heart-beat this worker's inventory every HEARTBEAT_SECONDS from the worker's parent process."""
 
-    def __init__(self, *, hostname: str, on_online: object = None) -> None:
+    def __init__(self, *, hostname: str, on_online: object = None, on_start: object = None) -> None:
         super().__init__(name="crucible-worker-heartbeat", daemon=True)
         self.hostname = hostname
         self.on_online = on_online
+        self.on_start = on_start  # called once, after the first beat, with the database guarded
         self.stopped = threading.Event()
         # Set (one assignment, from a signal handler) when the worker's shutdown begins.
         self.stopping = False
@@ -239,11 +240,15 @@ class HeartbeatThread(threading.Thread):
     def run(self) -> None:
         """Beat until stopped; a failed beat is logged and tried again next time."""
         _register_fork_guard()
+        first = True
         while True:
             came_online = False
             with _fork_guard:
                 try:
                     _worker, came_online = worker_heartbeat(hostname=self.hostname, stopping=self.stopping)
+                    if first and callable(self.on_start):
+                        self.on_start()
+                    first = False
                 except Exception:
                     logger.warning("worker heartbeat failed", exc_info=True)
                 finally:

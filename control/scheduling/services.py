@@ -144,6 +144,28 @@ def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
     return report
 
 
+def worker_runs_interrupt_stale(*, hostname: str, started_at: datetime) -> list[int]:
+    """Interrupt runs a worker's previous process left running (it was killed); return their ids.
+
+    A worker restarted under the same name knows at once that those runs are gone: their last
+    heartbeat is older than this process, so no watchdog timeout needs to pass. Runs still
+    starting are left alone: this process may be about to take them from its queue.
+    """
+    stale = Run.objects.filter(worker=hostname, status=RunStatus.RUNNING, heartbeat_at__lt=started_at)
+    interrupted = []
+    for run in stale:
+        if run_interrupt(
+            run_id=run.pk,
+            cause=Interruption.WORKER_LOST,
+            error="run lost: its worker was restarted",
+            component="watchdog",
+            progress=run.progress,
+            last_step=run.last_step,
+        ):
+            interrupted.append(run.pk)
+    return interrupted
+
+
 def _revoke_quietly(task_id: str) -> None:
     try:
         hard_revoke(task_id=task_id)

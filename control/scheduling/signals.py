@@ -25,9 +25,10 @@ from celery.signals import (
     worker_shutting_down,
 )
 from django.conf import settings
+from django.utils import timezone
 
 from control.scheduling.inventory import HeartbeatThread
-from control.scheduling.services import send_tick
+from control.scheduling.services import send_tick, worker_runs_interrupt_stale
 from experiments.recipes.catalog import RECIPES
 from experiments.recipes.stop import stop_all, stop_on_signals, stop_reason
 
@@ -39,11 +40,19 @@ _PARENT_EXIT_ALLOWANCE_S = 2.0
 
 _heartbeat: HeartbeatThread | None = None
 _consumer: Any = None
+_started_at = timezone.now()  # reset at worker_init: runs that beat before it belong to an earlier process
 _stop_handlers: dict[str, contextlib.ExitStack] = {}
 
 
 def _tick_now() -> None:
     send_tick()
+
+
+@worker_init.connect
+def _remember_start(sender: Any = None, **kwargs: Any) -> None:
+    """Note when this worker process started (before it can have claimed any run)."""
+    global _started_at
+    _started_at = timezone.now()
 
 
 @worker_init.connect
@@ -75,7 +84,12 @@ def _start_heartbeat(sender: Any = None, **kwargs: Any) -> None:
     hostname = getattr(sender, "hostname", None)
     if not hostname or _heartbeat is not None:
         return
-    _heartbeat = HeartbeatThread(hostname=str(hostname), on_online=_tick_now)
+    name = str(hostname)
+    _heartbeat = HeartbeatThread(
+        hostname=name,
+        on_online=_tick_now,
+        on_start=lambda: worker_runs_interrupt_stale(hostname=name, started_at=_started_at),
+    )
     _heartbeat.start()
 
 

@@ -11,10 +11,10 @@ from django.utils import timezone
 from control.models import Device, DeviceKind, Worker
 from control.scheduling.inventory import GpuReading, Inventory, read_gpus, worker_heartbeat
 from control.scheduling.scheduler import scheduler_tick
-from control.scheduling.services import run_force_stop, watchdog_sweep
+from control.scheduling.services import run_force_stop, watchdog_sweep, worker_runs_interrupt_stale
 from experiments.actors import Actor
 from experiments.choices import Interruption, RunStatus, State
-from experiments.models import Experiment, Run
+from experiments.models import Run
 from experiments.runs.services import run_fail, run_interrupt, run_start
 from experiments.services import experiment_transition
 from tests.control.helpers import make_worker, queued
@@ -248,3 +248,26 @@ def test_a_run_that_ignores_its_cancel_is_stopped_hard_after_the_grace_period() 
     assert run.status == RunStatus.CANCELLED and "grace" in run.error
     assert not Device.objects.filter(leased_run__isnull=False).exists()
     assert run_force_stop(run_id=run.pk) is False  # a second revoke finds nothing to do
+
+
+def test_a_restarted_worker_interrupts_the_runs_its_killed_process_left_running_at_once() -> None:
+    worker = make_worker("w1@host", cpu=2)
+    left_behind = queued("left behind")
+    other = queued("claimed by the new process")
+    [old_run, new_run] = sorted(scheduler_tick(), key=lambda r: r.experiment_id)
+    run_start(run_id=old_run.pk, worker=worker.hostname)
+    restarted_at = timezone.now()
+    Run.objects.filter(pk=old_run.pk).update(heartbeat_at=restarted_at - timedelta(seconds=2))
+    run_start(run_id=new_run.pk, worker=worker.hostname)  # heart-beats after the restart
+
+    assert worker_runs_interrupt_stale(hostname=worker.hostname, started_at=restarted_at) == [old_run.pk]
+
+    old_run.refresh_from_db()
+    new_run.refresh_from_db()
+    assert old_run.status == RunStatus.INTERRUPTED and old_run.interruption == Interruption.WORKER_LOST
+    assert "restarted" in old_run.error
+    assert new_run.status == RunStatus.RUNNING
+    left_behind.refresh_from_db()
+    other.refresh_from_db()
+    assert left_behind.state == State.QUEUED and left_behind.attempts_spent() == 0
+    assert other.state == State.RUNNING
