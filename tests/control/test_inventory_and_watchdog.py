@@ -5,7 +5,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.test import override_settings
+from django.contrib.auth.models import Permission, User
+from django.test import Client, override_settings
 from django.utils import timezone
 
 from control.models import Device, DeviceKind, Worker
@@ -271,3 +272,20 @@ def test_a_restarted_worker_interrupts_the_runs_its_killed_process_left_running_
     other.refresh_from_db()
     assert left_behind.state == State.QUEUED and left_behind.attempts_spent() == 0
     assert other.state == State.RUNNING
+
+
+@override_settings(INTERRUPTIONS_PER_HOUR_MAX=4)
+def test_the_experiment_page_shows_interruptions_against_their_cap_and_attempts_spent(client: Client) -> None:
+    worker = make_worker("w1@host", cpu=1)
+    experiment = queued("shown", max_attempts=3)
+    _lose_the_run(worker)
+    _lose_the_run(worker)
+    viewer = User.objects.create_user("ada", password="pw-for-tests-only")
+    viewer.user_permissions.add(Permission.objects.get(codename="view_experiment"))
+    client.force_login(viewer)
+
+    page = client.get(experiment.get_absolute_url()).content.decode()
+
+    assert "2 in the last hour, cap 4" in page
+    assert "0 of 3 spent" in page
+    assert page.count("Interrupted") >= 2 and "(worker lost)" in page
