@@ -120,12 +120,24 @@ def _signal_pool(pids: list[int], signum: int) -> None:
             os.kill(pid, signum)
 
 
-def _kill_pool_left_over() -> None:
-    """STOP_TIMEOUT_S is up: kill pool processes still training (their runs stay to the watchdog)."""
-    pids = _pool_pids()
-    if pids:
-        logger.warning("pool processes %s did not stop within the stop timeout: killing them", pids)
-        _signal_pool(pids, signal.SIGKILL)
+def _kill_pool_left_over(pids: list[int]) -> None:
+    """STOP_TIMEOUT_S is up: kill the pool processes still there (their runs are left to the watchdog)."""
+    # The pids seen when the stop began: by now the pool may be closing and list none.
+    left = [pid for pid in {*pids, *_pool_pids()} if _is_our_child(pid)]
+    if left:
+        logger.warning("pool processes %s did not stop within the stop timeout: killing them", left)
+        _signal_pool(left, signal.SIGKILL)
+
+
+def _is_our_child(pid: int) -> bool:
+    """Return True when pid is alive and a child of this process (not a reused pid)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            # The fields after the parenthesised command name: state, ppid, ...
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return int(fields[1]) == os.getpid() and fields[0] != "Z"
+    except (OSError, IndexError, ValueError):
+        return False
 
 
 @worker_shutting_down.connect
@@ -138,9 +150,10 @@ def _stop_with_checkpoints(sender: Any = None, **kwargs: Any) -> None:
         _heartbeat.begin_stopping()
     # Runs of a solo or thread pool train in this very process.
     stop_all("the worker is shutting down")
-    _signal_pool(_pool_pids(), signal.SIGTERM)
+    pids = _pool_pids()
+    _signal_pool(pids, signal.SIGTERM)
     delay = max(0.5, float(settings.STOP_TIMEOUT_S) - _PARENT_EXIT_ALLOWANCE_S)
-    timer = threading.Timer(delay, _kill_pool_left_over)
+    timer = threading.Timer(delay, _kill_pool_left_over, args=(pids,))
     timer.daemon = True
     timer.start()
 

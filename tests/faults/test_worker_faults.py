@@ -197,3 +197,37 @@ def test_a_stopped_worker_checkpoints_at_its_step_and_the_next_worker_resumes_fr
         stop_timeout_s=STOP_TIMEOUT_S,
         seconds_to_resume_after_restart=round(recovered_in, 2),
     )
+
+
+@override_settings(HEARTBEAT_TIMEOUT_SECONDS=3, WORKER_OFFLINE_SECONDS=3)
+def test_a_run_that_cannot_stop_in_time_is_killed_at_the_stop_timeout_and_requeued_unspent(
+    start_celery_worker: Any,
+) -> None:
+    stop_timeout = 3.0
+    worker = start_celery_worker(CRUCIBLE_STOP_TIMEOUT_S=str(stop_timeout))
+    # Five seconds between two looks at the stop request: longer than the worker may take.
+    experiment = experiment_create(
+        name="digits slow steps", recipe="digits", config={**CONFIG, "step_delay_ms": 5000}, max_attempts=1
+    )
+    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
+    wait_for(lambda: _training_past(experiment, 1), timeout=90, what="the first step")
+
+    exited_in = worker.terminate(timeout=30)
+
+    def interrupted() -> Run | None:
+        watchdog_sweep()
+        return Run.objects.filter(experiment=experiment, attempt=1, status=RunStatus.INTERRUPTED).first()
+
+    run = wait_for(interrupted, timeout=30, interval=0.25, what="the watchdog to notice the killed run")
+    # Lost, not shut down with a checkpoint: the pool process was killed at the stop timeout
+    # (less the parent's allowance), in the middle of its five-second step. How long the parent
+    # then takes to exit is its interpreter's teardown (reported below).
+    assert run.interruption == Interruption.WORKER_LOST
+    assert "did not stop within the stop timeout: killing them" in worker.logs()
+    assert _state(experiment) == State.QUEUED  # max_attempts=1, and still not spent
+    assert experiment.attempts_spent() == 0
+    _report(
+        "worker SIGTERM, a step longer than the stop timeout",
+        seconds_to_exit=round(exited_in, 2),
+        stop_timeout_s=stop_timeout,
+    )
