@@ -224,5 +224,12 @@ RETRY_BACKOFF_MAX_SECONDS = envfloat("RETRY_BACKOFF_MAX_SECONDS", 600.0)
 # How often a training process looks for a cancel request (cancel is seen within ~2 s).
 CANCEL_POLL_SECONDS = envfloat("CANCEL_POLL_SECONDS", 0.5)
 WATCHDOG_SECONDS = envfloat("WATCHDOG_SECONDS", 10.0)
+# A worker asked to stop (SIGTERM, warm shutdown, Ctrl-C of `make run`) has its runs checkpoint
+# at their next step; pool processes still training after this long are killed. The launcher
+# reads the same variable and waits a little longer before killing the worker.
+STOP_TIMEOUT_S = envfloat("CRUCIBLE_STOP_TIMEOUT_S", 30.0)
+# An attempt the platform ends (shutdown, lost worker, outage) is requeued without spending
+# one of max_attempts; past this many in an hour the experiment fails (a runaway loop).
+INTERRUPTIONS_PER_HOUR_MAX = envint("INTERRUPTIONS_PER_HOUR_MAX", 6)
 # Import recipes (torch) in the worker's parent so each pool process starts warm (no CUDA there).
 WORKER_PRELOAD_RECIPES = envbool("WORKER_PRELOAD_RECIPES", "true")

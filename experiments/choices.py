@@ -67,7 +67,17 @@ class RunStatus(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
-    LOST = "lost", "Lost (no heartbeat)"
+    # Ended by the platform, not by its training: requeued without spending an attempt.
+    INTERRUPTED = "interrupted", "Interrupted"
 
 
 LIVE_RUN_STATUSES = (RunStatus.STARTING, RunStatus.RUNNING)
+
+
+class Interruption(models.TextChoices):
+    """Why the platform ended an attempt that its training did not end (no attempt is spent)."""
+
+    SHUTDOWN = "shutdown", "worker shut down"  # asked to stop: checkpointed at its step
+    WORKER_LOST = "worker_lost", "worker lost"  # killed or unreachable: no heartbeat
+    NOT_STARTED = "not_started", "lease expired"  # dispatched, but no worker took it in time
+    OUTAGE = "outage", "service outage"  # the database or the broker could not be reached

@@ -32,6 +32,8 @@ WORKER_ENV = {
     "WORKER_OFFLINE_SECONDS": "3",
     "CANCEL_POLL_SECONDS": "0.25",
     "CANCEL_GRACE_SECONDS": "10",
+    # A stopped worker's runs checkpoint and its pool is killed after this (the teardown waits 20 s).
+    "CRUCIBLE_STOP_TIMEOUT_S": "10",
     "METRIC_FLUSH_SECONDS": "0.1",
     "RETRY_BACKOFF_SECONDS": "0.5",
     "WORKER_CPU_SLOTS": "1",
@@ -80,6 +82,20 @@ class WorkerHandle:
             os.killpg(self.proc.pid, sig)
             if sig == signal.SIGKILL:
                 self.proc.wait(10)
+
+    def terminate(self, *, timeout: float) -> float:
+        """Send SIGTERM to the worker's main process only (as `make run` does); return the seconds until it exited.
+
+        Fails the test if it is still running after timeout (it is then killed).
+        """
+        asked = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill(signal.SIGKILL)
+            pytest.fail(f"the worker did not exit within {timeout:.0f} s of SIGTERM:\n{self.logs()[-4000:]}")
+        return time.monotonic() - asked
 
     def stop(self) -> None:
         """Stop the worker cleanly (warm shutdown), killing it if it will not go."""

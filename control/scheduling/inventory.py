@@ -100,10 +100,14 @@ def worker_queue_name(hostname: str) -> str:
 
 
 @transaction.atomic
-def worker_heartbeat(*, hostname: str, inventory: Inventory | None = None) -> tuple[Worker, bool]:
+def worker_heartbeat(
+    *, hostname: str, inventory: Inventory | None = None, stopping: bool = False
+) -> tuple[Worker, bool]:
     """Record a worker's heartbeat and its devices; return (worker, came_online).
 
     came_online is True for a new worker or one back from offline: it brings capacity.
+    A stopping worker (its shutdown began) keeps heart-beating until its runs checkpointed,
+    but the scheduler gives it no new run.
     """
     inventory = inventory if inventory is not None else read_gpus()
     now = timezone.now()
@@ -113,7 +117,12 @@ def worker_heartbeat(*, hostname: str, inventory: Inventory | None = None) -> tu
     )
     came_online = created or not worker.online
     Worker.objects.filter(pk=worker.pk).update(
-        last_heartbeat=now, online=True, nvml_error=inventory.nvml_error, queue=worker_queue_name(hostname)
+        last_heartbeat=now,
+        online=True,
+        nvml_error=inventory.nvml_error,
+        queue=worker_queue_name(hostname),
+        # The worker's own word decides: set while it stops, cleared when it (re)starts.
+        stopping_since=(worker.stopping_since or now) if stopping else None,
     )
     worker.refresh_from_db()
     seen: set[tuple[str, int]] = set()
@@ -172,6 +181,13 @@ def gpu_stats_payload(*, hostname: str) -> GpuStats:
     return {"type": "gpus.stats", "worker": hostname, "devices": rows}
 
 
+def worker_mark_stopping(*, hostname: str) -> int:
+    """Mark a worker as shutting down (no new runs for it); return rows changed."""
+    return Worker.objects.filter(hostname=hostname, stopping_since__isnull=True).update(
+        stopping_since=timezone.now()
+    )
+
+
 def worker_offline(*, hostname: str) -> None:
     """Mark a worker offline at once (clean shutdown); its leases go with the next sweep."""
     Worker.objects.filter(hostname=hostname).update(online=False)
@@ -211,20 +227,28 @@ def _register_fork_guard() -> None:
 class HeartbeatThread(threading.Thread):
     """Heart-beat this worker's inventory every HEARTBEAT_SECONDS from the worker's parent process."""
 
-    def __init__(self, *, hostname: str, on_online: object = None) -> None:
+    def __init__(self, *, hostname: str, on_online: object = None, on_start: object = None) -> None:
         super().__init__(name="crucible-worker-heartbeat", daemon=True)
         self.hostname = hostname
         self.on_online = on_online
+        self.on_start = on_start  # called once, after the first beat, with the database guarded
         self.stopped = threading.Event()
+        # Set (one assignment, from a signal handler) when the worker's shutdown begins.
+        self.stopping = False
+        self._wake = threading.Event()
 
     def run(self) -> None:
         """Beat until stopped; a failed beat is logged and tried again next time."""
         _register_fork_guard()
+        first = True
         while True:
             came_online = False
             with _fork_guard:
                 try:
-                    _worker, came_online = worker_heartbeat(hostname=self.hostname)
+                    _worker, came_online = worker_heartbeat(hostname=self.hostname, stopping=self.stopping)
+                    if first and callable(self.on_start):
+                        self.on_start()
+                    first = False
                 except Exception:
                     logger.warning("worker heartbeat failed", exc_info=True)
                 finally:
@@ -235,7 +259,9 @@ class HeartbeatThread(threading.Thread):
                     self.on_online()
                 except Exception:
                     logger.warning("scheduler tick after coming online failed", exc_info=True)
-            if self.stopped.wait(float(settings.HEARTBEAT_SECONDS)):
+            self._wake.wait(float(settings.HEARTBEAT_SECONDS))
+            self._wake.clear()
+            if self.stopped.is_set():
                 break
 
     def _publish_stats(self) -> None:
@@ -251,9 +277,15 @@ class HeartbeatThread(threading.Thread):
         except Exception:
             logger.debug("gpu stats not published", exc_info=True)
 
+    def begin_stopping(self) -> None:
+        """Beat now as a stopping worker, so the scheduler sends it nothing new (signal-safe)."""
+        self.stopping = True
+        self._wake.set()
+
     def stop(self) -> None:
         """Stop beating and mark the worker offline."""
         self.stopped.set()
+        self._wake.set()
         self.join(10)
         with _fork_guard:
             try:

@@ -21,6 +21,11 @@ class Worker(models.Model):
     online = models.BooleanField(
         default=True, help_text="False once heartbeats stopped; its devices are not leased then."
     )
+    stopping_since = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Set while the worker shuts down: its runs checkpoint and it takes no new ones.",
+    )
 
     class Meta:
         ordering = ["hostname"]

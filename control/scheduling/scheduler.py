@@ -72,11 +72,11 @@ def _reserved_by_settings(device: Device) -> bool:
 
 
 def usable_devices(*, now: datetime | None = None) -> QuerySet[Device]:
-    """Return devices of live workers (heart-beating, online), leased or not."""
+    """Return devices of live workers (heart-beating, online, not shutting down), leased or not."""
     now = now or timezone.now()
     fresh = now - timedelta(seconds=settings.WORKER_OFFLINE_SECONDS)
     return Device.objects.select_related("worker", "leased_run").filter(
-        worker__online=True, worker__last_heartbeat__gte=fresh
+        worker__online=True, worker__last_heartbeat__gte=fresh, worker__stopping_since__isnull=True
     )
 
 

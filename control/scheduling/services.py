@@ -12,13 +12,13 @@ from django.db.models import Q
 from django.utils import timezone
 
 from control.dispatch import task_revoke, task_send
-from control.scheduling.inventory import workers_mark_offline
+from control.scheduling.inventory import worker_mark_stopping, workers_mark_offline
 from control.scheduling.models import Device
 from control.scheduling.scheduler import orphan_leases
-from experiments.choices import RunStatus, State
+from experiments.choices import Interruption, RunStatus, State
 from experiments.effects import Transitioned
 from experiments.models import Run
-from experiments.runs.services import run_end, run_fail, run_request_cancel
+from experiments.runs.services import run_end, run_fail, run_interrupt, run_request_cancel
 
 logger = logging.getLogger(__name__)
 
@@ -89,7 +89,10 @@ class SweepReport:
 
 
 def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
-    """Fail (and retry) runs whose heartbeat stopped, that never started, or ran out of time; free stray leases."""
+    """Interrupt (and requeue) runs whose worker is gone or that never started; fail overdue ones; free stray leases.
+
+    A lost worker is the platform's fault, so its run spends no attempt; a timeout is the run's.
+    """
     now = now or timezone.now()
     report = SweepReport(workers_offline=workers_mark_offline(now=now))
     beat_cutoff = now - timedelta(seconds=settings.HEARTBEAT_TIMEOUT_SECONDS)
@@ -100,13 +103,21 @@ def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
         | Q(status__in=(RunStatus.STARTING, RunStatus.RUNNING), leased_devices__worker__online=False)
     ).distinct()
     for run in stale:
+        cause = Interruption.WORKER_LOST
         if run.status == RunStatus.STARTING:
-            why = "no worker started it"
+            cause, why = Interruption.NOT_STARTED, "no worker started it"
         elif run.heartbeat_at and run.heartbeat_at < beat_cutoff:
             why = f"no heartbeat for {(now - run.heartbeat_at).total_seconds():.0f} s"
         else:
             why = "its worker went offline"
-        if run_fail(run_id=run.pk, error=f"run lost: {why}", status=RunStatus.LOST, component="watchdog"):
+        if run_interrupt(
+            run_id=run.pk,
+            cause=cause,
+            error=f"run lost: {why}",
+            component="watchdog",
+            progress=run.progress,
+            last_step=run.last_step,
+        ):
             report.lost.append(run.pk)
             if run.task_id:
                 _revoke_quietly(run.task_id)
@@ -131,6 +142,28 @@ def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
                 _revoke_quietly(run.task_id)
     report.leases_freed = orphan_leases().update(leased_run=None, leased_at=None)
     return report
+
+
+def worker_runs_interrupt_stale(*, hostname: str, started_at: datetime) -> list[int]:
+    """Interrupt runs a worker's previous process left running (it was killed); return their ids.
+
+    A worker restarted under the same name knows at once that those runs are gone: their last
+    heartbeat is older than this process, so no watchdog timeout needs to pass. Runs still
+    starting are left alone: this process may be about to take them from its queue.
+    """
+    stale = Run.objects.filter(worker=hostname, status=RunStatus.RUNNING, heartbeat_at__lt=started_at)
+    interrupted = []
+    for run in stale:
+        if run_interrupt(
+            run_id=run.pk,
+            cause=Interruption.WORKER_LOST,
+            error="run lost: its worker was restarted",
+            component="watchdog",
+            progress=run.progress,
+            last_step=run.last_step,
+        ):
+            interrupted.append(run.pk)
+    return interrupted
 
 
 def _revoke_quietly(task_id: str) -> None:
@@ -164,6 +197,10 @@ def runs_stop_on_cancel(done: Transitioned) -> None:
 
 
 def leases_release_on_run_end(run: Run) -> None:
-    """A run ended: free its devices and let the scheduler use them."""
+    """A run ended: free its devices and let the scheduler use them (unless their worker is stopping)."""
+    if run.status == RunStatus.INTERRUPTED and run.interruption == Interruption.SHUTDOWN and run.worker:
+        # In the transaction that requeues the experiment: the tick that follows must not hand
+        # the run straight back to the worker that is shutting down.
+        worker_mark_stopping(hostname=run.worker)
     leases_release(run_id=run.pk)
     tick_after_commit()

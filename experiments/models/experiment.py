@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -15,6 +16,7 @@ from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transi
 from experiments.choices import (
     CANCELLABLE_STATES,
     RETRAINABLE_STATES,
+    Interruption,
     PriorityClass,
     RunStatus,
     State,
@@ -267,6 +269,20 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         """Leave this experiment as it is; the service creates and queues a child."""
         return str(self.state)
 
+    def attempts_spent(self) -> int:
+        """Return how many attempts failed in their training (interruptions spend none)."""
+        return self.runs.filter(status=RunStatus.FAILED).count()
+
+    def interruptions_last_hour(self) -> int:
+        """Return how many attempts the platform interrupted in the last hour (the runaway cap counts these)."""
+        since = timezone.now() - timedelta(hours=1)
+        return self.runs.filter(status=RunStatus.INTERRUPTED, finished_at__gte=since).count()
+
+    @property
+    def interruption_cap(self) -> int:
+        """Return how many interruptions an hour are requeued; one more fails the experiment."""
+        return int(settings.INTERRUPTIONS_PER_HOUR_MAX)
+
     def available_events(self, user: Any) -> list[str]:
         """Return the events this user may fire now, in lifecycle order."""
         names = {t.name for t in self.get_available_user_state_transitions(user)}  # type: ignore[attr-defined]
@@ -317,6 +333,12 @@ class Run(models.Model):
         null=True, blank=True, help_text="Checkpoint step this attempt resumed from."
     )
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    interruption = models.CharField(
+        max_length=16,
+        choices=Interruption.choices,
+        blank=True,
+        help_text="Why the platform ended this attempt (status interrupted); blank otherwise.",
+    )
     error = models.TextField(blank=True)
     traceback = models.TextField(blank=True)
     checkpoint_path = models.CharField(max_length=500, blank=True)

@@ -3,6 +3,10 @@
 Runs inside a Celery pool process (never the worker's parent: CUDA must start in the child).
 The training thread never waits on the network: metrics go through the reporter's buffer,
 and a monitor thread heart-beats and watches for a cancel request every CANCEL_POLL_SECONDS.
+
+A stop of the worker (experiments.recipes.stop, set from its SIGTERM) makes the loop
+checkpoint at its next step; the run then ends interrupted and its experiment is requeued
+without spending an attempt. So does an outage of the database or the broker under the run.
 """
 
 from __future__ import annotations
@@ -18,17 +22,22 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
+from kombu.exceptions import OperationalError as BrokerError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from experiments.choices import RunStatus, State
+from experiments.choices import Interruption, RunStatus, State
 from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
 from experiments.models import Run
 from experiments.recipes import get_spec
+from experiments.recipes.stop import stop_reason
 from experiments.runs.reporting import MetricReporter
 from experiments.runs.services import (
     run_end,
     run_fail,
     run_heartbeat,
+    run_interrupt,
     run_record_checkpoint,
     run_record_resume,
     run_start,
@@ -56,7 +65,7 @@ def file_sha256(path: Path) -> str:
 class StopReason:
     """Why the monitor asked the loop to stop."""
 
-    status: str  # RunStatus.CANCELLED, RunStatus.FAILED (timeout) or "" when taken away
+    status: str  # RunStatus.CANCELLED, FAILED (timeout), INTERRUPTED (worker stop) or "" when taken away
     message: str
 
 
@@ -95,9 +104,13 @@ class DbRunContext:
             self._resumed_at = time.monotonic()
 
     def should_stop(self) -> bool:
-        """Return True once a cancel was seen, the run was taken away, or it ran out of time."""
-        if not self._stop.is_set() and time.monotonic() - self.started > self.timeout_seconds:
-            self.request_stop(RunStatus.FAILED, f"timed out after {self.timeout_seconds:.0f} s")
+        """Return True once a cancel was seen, the run was taken away, it ran out of time or the worker stops."""
+        if not self._stop.is_set():
+            worker_stop = stop_reason()
+            if worker_stop is not None:
+                self.request_stop(RunStatus.INTERRUPTED, worker_stop)
+            elif time.monotonic() - self.started > self.timeout_seconds:
+                self.request_stop(RunStatus.FAILED, f"timed out after {self.timeout_seconds:.0f} s")
         return self._stop.is_set()
 
     def save_checkpoint(self, step: int, state: dict[str, Any]) -> None:
@@ -244,15 +257,20 @@ def run_execute(*, run_id: int, worker: str) -> str:
         monitor.done.set()
         monitor.join(5)
         _close_quietly(reporter)
-        run_fail(
-            run_id=run.pk,
-            error=f"{type(exc).__name__}: {exc}",
-            traceback=tb.format_exc(),
-            component="worker",
-        )
+        cause = _platform_cause(exc)
+        if cause:
+            # Not the training's fault: the next attempt resumes from the last checkpoint.
+            _interrupt_quietly(run_id=run.pk, cause=cause, error=f"{type(exc).__name__}: {exc}", ctx=ctx)
+        else:
+            run_fail(
+                run_id=run.pk,
+                error=f"{type(exc).__name__}: {exc}",
+                traceback=tb.format_exc(),
+                component="worker",
+            )
         if not isinstance(exc, Exception):
             raise  # SystemExit, KeyboardInterrupt: let the worker handle them
-        return RunStatus.FAILED
+        return RunStatus.INTERRUPTED if cause else RunStatus.FAILED
     monitor.done.set()
     monitor.join(5)
     # Every point must be in the database before the run (and experiment) say "done".
@@ -272,9 +290,49 @@ def run_execute(*, run_id: int, worker: str) -> str:
         if reason.status == RunStatus.FAILED:
             run_fail(run_id=run.pk, error=reason.message, component="worker")
             return RunStatus.FAILED
+        if reason.status == RunStatus.INTERRUPTED:
+            run_interrupt(
+                run_id=run.pk,
+                cause=Interruption.SHUTDOWN,
+                error=f"{reason.message}; checkpoint at step {ctx.last_step}",
+                component="worker",
+                progress=ctx.fraction,
+                last_step=ctx.last_step,
+                final_metrics=result.final_metrics,
+            )
+            return RunStatus.INTERRUPTED
         return "taken away"
     run_succeed(run_id=run.pk, final_metrics=result.final_metrics, last_step=max(ctx.last_step, result.steps))
     return RunStatus.SUCCEEDED
+
+
+# Raised when the database or the broker under a run is unreachable: an outage, not a fault
+# of the training.
+_OUTAGE_ERRORS = (OperationalError, InterfaceError, BrokerError, RedisConnectionError, RedisTimeoutError)
+
+
+def _platform_cause(exc: BaseException) -> str:
+    """Return the interruption an exception stands for, or "" when it is the training's own fault."""
+    if isinstance(exc, (SystemExit, KeyboardInterrupt)):
+        return Interruption.SHUTDOWN  # the pool process was told to exit before the loop could stop
+    if isinstance(exc, _OUTAGE_ERRORS):
+        return Interruption.OUTAGE
+    return ""
+
+
+def _interrupt_quietly(*, run_id: int, cause: str, error: str, ctx: DbRunContext) -> None:
+    """Record the interruption; if the database itself is down, the watchdog records it later."""
+    try:
+        run_interrupt(
+            run_id=run_id,
+            cause=cause,
+            error=error,
+            component="worker",
+            progress=ctx.fraction,
+            last_step=ctx.last_step,
+        )
+    except Exception:
+        logger.warning("could not record the interruption of run %s", run_id, exc_info=True)
 
 
 def _close_quietly(reporter: MetricReporter) -> None:

@@ -1,4 +1,8 @@
-"""Writes of the run lifecycle: create, start, heartbeat, checkpoint, finish, fail, cancel, retry.
+"""Writes of the run lifecycle: create, start, heartbeat, checkpoint, finish, fail, interrupt, cancel, retry.
+
+A failure is the training's own fault (an exception, a timeout) and spends one of the
+experiment's max_attempts; an interruption is the platform's (a worker shut down or lost, an
+outage) and requeues the experiment without spending one, up to INTERRUPTIONS_PER_HOUR_MAX.
 
 Experiment transitions go only through `experiments.services.experiment_transition`, with
 the system component (scheduler, worker, watchdog) as the audited actor.
@@ -16,7 +20,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from experiments.actors import Actor
-from experiments.choices import LIVE_RUN_STATUSES, RunStatus, State
+from experiments.choices import LIVE_RUN_STATUSES, Interruption, RunStatus, State
 from experiments.effects import run_ended_effects_run
 from experiments.models import Experiment, Run
 from experiments.runs.reporting import finite_or_none
@@ -53,7 +57,7 @@ def run_start(*, run_id: int, worker: str) -> Run | None:
 
     The claim is a conditional update (starting → running), so a task delivered twice
     (broker redelivery after a lost ack) trains once. A redelivered task for a run whose
-    heartbeat went stale means its first worker died: the attempt is lost and retried.
+    heartbeat went stale means its first worker died: the attempt is interrupted and requeued.
     """
     now = timezone.now()
     claimed = Run.objects.filter(
@@ -71,10 +75,10 @@ def run_start(*, run_id: int, worker: str) -> Run | None:
         # Cancelled (or the experiment moved on) before any worker began.
         run_end(run_id=run.pk, status=RunStatus.CANCELLED, error="stopped before it started")
     elif run.status == RunStatus.RUNNING and not heartbeat_is_fresh(run, now=now):
-        run_fail(
+        run_interrupt(
             run_id=run.pk,
+            cause=Interruption.WORKER_LOST,
             error="the worker training this run was lost (task delivered again)",
-            status=RunStatus.LOST,
             component="worker",
         )
     else:
@@ -133,9 +137,15 @@ def run_end(
     final_metrics: dict[str, Any] | None = None,
     progress: float | None = None,
     last_step: int | None = None,
+    interruption: str = "",
 ) -> bool:
     """Move a live run to a final status and release what it held; return False if it had ended."""
-    values: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "error": error[:10_000]}
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": timezone.now(),
+        "error": error[:10_000],
+        "interruption": interruption,
+    }
     if progress is not None:
         values["progress"] = max(0.0, min(1.0, progress))
         values["eta_seconds"] = None
@@ -196,7 +206,7 @@ def run_fail(
     component: str = "worker",
     retry: bool = True,
 ) -> bool:
-    """Fail a run (exception, lost heartbeat, timeout), fail its experiment and retry it if attempts remain.
+    """Fail a run (exception, timeout), fail its experiment and retry it if attempts remain.
 
     Retry waits an exponential backoff (the experiment's not_before) and resumes from the
     newest checkpoint. Return False when the run had already ended.
@@ -224,11 +234,71 @@ def run_fail(
     return True
 
 
+def run_interrupt(
+    *,
+    run_id: int,
+    cause: str,
+    error: str,
+    component: str,
+    progress: float | None = None,
+    last_step: int | None = None,
+    final_metrics: dict[str, Any] | None = None,
+) -> bool:
+    """End a run the platform took away and requeue its experiment without spending an attempt.
+
+    Past INTERRUPTIONS_PER_HOUR_MAX interruptions within the hour the experiment fails instead
+    (something keeps taking its runs away; retrying by itself would loop). Return False when
+    the run had already ended.
+    """
+    actor = Actor.system(component)
+    label = Interruption(cause).label
+    with transaction.atomic():
+        if not run_end(
+            run_id=run_id,
+            status=RunStatus.INTERRUPTED,
+            error=error,
+            interruption=cause,
+            progress=progress,
+            last_step=last_step,
+            final_metrics=final_metrics,
+        ):
+            return False
+        run = Run.objects.select_related("experiment").get(pk=run_id)
+        experiment = run.experiment
+        if experiment.state != State.RUNNING or not _is_current_attempt(run):
+            return True  # the experiment has moved on (cancelled, requeued): nothing to requeue
+        recent = experiment.interruptions_last_hour()
+        cap = experiment.interruption_cap
+        what = f"attempt {run.attempt} interrupted ({label}): {error.splitlines()[0] if error else cause}"
+        try:
+            if recent > cap:
+                experiment_transition(
+                    experiment_id=experiment.pk,
+                    event="fail",
+                    actor=actor,
+                    reason=(
+                        f"{what}; {recent} interruptions in the last hour exceed the cap of {cap} "
+                        "(INTERRUPTIONS_PER_HOUR_MAX): check the workers, then retry"
+                    )[:2000],
+                )
+            else:
+                experiment_transition(
+                    experiment_id=experiment.pk,
+                    event="requeue",
+                    actor=actor,
+                    reason=(
+                        f"{what}; requeued without spending an attempt "
+                        f"({recent} of {cap} interruptions allowed in the last hour)"
+                    )[:2000],
+                )
+        except TransitionRefused as exc:
+            logger.info("run %s interrupted but %s", run_id, exc.message)
+    return True
+
+
 def experiment_failures(*, experiment_id: int) -> int:
-    """Return how many attempts of the experiment failed or were lost."""
-    return Run.objects.filter(
-        experiment_id=experiment_id, status__in=(RunStatus.FAILED, RunStatus.LOST)
-    ).count()
+    """Return how many attempts of the experiment failed in their training (interruptions do not count)."""
+    return Run.objects.filter(experiment_id=experiment_id, status=RunStatus.FAILED).count()
 
 
 def experiment_retry_with_backoff(*, experiment_id: int, actor: Actor) -> bool:

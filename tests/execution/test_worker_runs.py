@@ -1,20 +1,19 @@
-"""Through a real Celery worker and Redis: start, train digits, metrics, cancel, crash and resume, failure."""
+"""Through a real Celery worker and Redis: start, train digits, metrics, cancel, failure.
+
+A killed or stopped worker (resume from the checkpoint) is in tests/faults/.
+"""
 
 from __future__ import annotations
 
-import signal
 import time
 from typing import Any
 
 import pytest
-from django.test import override_settings
 
 from control.models import Device
-from control.scheduling.services import watchdog_sweep
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, MetricPoint, Run, TransitionLog
-from experiments.runs.selectors import experiment_metric_series
 from experiments.services import experiment_create, experiment_transition
 from tests.conftest import WorkerHandle, wait_for
 
@@ -85,41 +84,6 @@ def test_cancel_mid_run_stops_within_two_seconds_with_a_checkpoint(celery_worker
     assert not Device.objects.filter(leased_run__isnull=False).exists()
     # It stopped early: far fewer steps than 20 epochs.
     assert run.last_step < 20 * 23 or run.checkpoint_step < 20 * 23
-
-
-@override_settings(HEARTBEAT_TIMEOUT_SECONDS=3, WORKER_OFFLINE_SECONDS=3, RETRY_BACKOFF_SECONDS=0.2)
-def test_a_killed_worker_is_retried_from_its_checkpoint_with_every_step_once(
-    start_celery_worker: Any,
-) -> None:
-    first_worker = start_celery_worker()
-    experiment = _digits("digits crash", epochs=4, step_delay_ms=25)
-    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
-    # Past the first epoch's checkpoint (23 steps) and a few steps into the second.
-    wait_for(lambda: _live_run(experiment, min_step=28), timeout=60, what="the first checkpoint")
-
-    first_worker.kill(signal.SIGKILL)
-    start_celery_worker()
-
-    def swept() -> bool:
-        watchdog_sweep()
-        return Run.objects.filter(experiment=experiment, attempt=1, status=RunStatus.LOST).exists()
-
-    wait_for(swept, timeout=20, interval=0.25, what="the watchdog to notice")
-    wait_for(lambda: _state(experiment) == State.EVALUATING, timeout=60, what="the retry to finish")
-
-    first, second = Run.objects.filter(experiment=experiment).order_by("attempt")
-    assert first.status == RunStatus.LOST
-    assert "heartbeat" in first.error or "offline" in first.error
-    assert second.status == RunStatus.SUCCEEDED
-    assert second.resumed_from_step == first.checkpoint_step
-    assert first.checkpoint_step is not None and first.checkpoint_step >= 23
-    total_steps = 4 * 23
-    loss = experiment_metric_series(experiment_id=experiment.pk, names=["loss"])["loss"]
-    assert [p.step for p in loss] == list(range(1, total_steps + 1))
-    # The second attempt really resumed: it never logged the steps before its checkpoint.
-    assert not MetricPoint.objects.filter(run=second, step__lte=first.checkpoint_step, name="loss").exists()
-    events = [e for (e,) in TransitionLog.objects.filter(experiment=experiment).values_list("event")]
-    assert events == ["queue", "start", "fail", "retry", "start", "complete"]
 
 
 def test_an_exception_fails_the_run_with_its_traceback_and_retries_up_to_max_attempts(
