@@ -16,6 +16,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from experiments.events import FLEET_GROUP, GPUS_GROUP, TRIGGERS_GROUP, experiment_group
 from experiments.models import Experiment
+from experiments.permissions import requires_permission
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +151,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
             logger.warning("live consumer dropped an event of type %r", kind)
 
 
+@requires_permission("experiments.view_experiment")
 class ExperimentConsumer(LiveConsumer):
     """/ws/experiments/<id>/: metric batches, state changes, progress and triggers of one experiment."""
 
@@ -160,6 +162,7 @@ class ExperimentConsumer(LiveConsumer):
         return [experiment_group(experiment_id)] if exists else None
 
 
+@requires_permission("experiments.view_experiment")
 class FleetConsumer(LiveConsumer):
     """/ws/fleet/: every experiment's state changes and latest values."""
 
@@ -168,6 +171,7 @@ class FleetConsumer(LiveConsumer):
         return [FLEET_GROUP]
 
 
+@requires_permission("control.view_device")
 class GpusConsumer(LiveConsumer):
     """/ws/gpus/: the worker inventory's GPU stats."""
 
@@ -178,6 +182,7 @@ class GpusConsumer(LiveConsumer):
         return [GPUS_GROUP]
 
 
+@requires_permission("control.view_triggerevent")
 class TriggersConsumer(LiveConsumer):
     """/ws/triggers/: every policy trigger as it fires, waits for approval and is acted on."""
 
