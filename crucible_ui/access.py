@@ -306,6 +306,9 @@ class DeclaredConsumer:
         await send({"type": "websocket.close", "code": _CLOSE_CODES[decision]})
 
 
-def declared_consumer(consumer_class: type, **initkwargs: Any) -> DeclaredConsumer:
-    """Return the ASGI app of a consumer guarded by its declaration (for websocket routes)."""
+def declared_consumer(consumer_class: type, **initkwargs: Any) -> Any:
+    """Return the ASGI app of a consumer guarded by its declaration (for websocket routes).
+
+    Typed Any like Consumer.as_asgi(): django.urls.path() is typed for HTTP views only.
+    """
     return DeclaredConsumer(consumer_class, **initkwargs)
