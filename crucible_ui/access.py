@@ -30,7 +30,7 @@ from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.urls import URLPattern, URLResolver, get_resolver
 from django.utils.deprecation import MiddlewareMixin
 from ninja import NinjaAPI
-from ninja.errors import AuthenticationError
+from ninja.errors import AuthenticationError, HttpError
 
 from experiments.api.tokens import api_token_user
 from experiments.permissions import Access, Decision, access_of
@@ -216,12 +216,12 @@ class DenyByDefaultMiddleware(MiddlewareMixin):
 
 
 def _refuse_operation(decision: Decision, lacking: list[str]) -> None:
-    """Raise what the API answers for a refusal (its exception handlers give the JSON shape)."""
+    """Raise what the API answers for a refusal: ninja's own errors, JSON in any NinjaAPI."""
     if decision is Decision.LOGIN:
         raise AuthenticationError()
     if decision is Decision.HIDDEN:
-        raise Http404("Not found.")
-    raise PermissionDenied(f"You lack the permission this needs: {', '.join(lacking)}.")
+        raise HttpError(404, "Not found.")
+    raise HttpError(403, f"You lack the permission this needs: {', '.join(lacking)}.")
 
 
 def _operation_guard(operation: Callable[..., Any]) -> Callable[..., Any]:
@@ -233,7 +233,7 @@ def _operation_guard(operation: Callable[..., Any]) -> Callable[..., Any]:
             logger.error(
                 "refused %s %s: API operation %r declares no access", request.method, request.path, operation
             )
-            raise PermissionDenied(UNDECLARED_MESSAGE)
+            raise HttpError(403, UNDECLARED_MESSAGE)
         # request.auth: the user the API authenticated (bearer token or session).
         user = getattr(request, "auth", None) or request.user
         decision = access.decide(user)

@@ -14,19 +14,26 @@ from urllib.parse import urlsplit
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.auth import AuthMiddlewareStack
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpResponse
 from django.shortcuts import resolve_url
 from django.test import Client
-from django.urls import Resolver404, resolve, reverse
+from django.urls import Resolver404, path, resolve, reverse
+from ninja import NinjaAPI
 
 from control.policies.models import Policy, PolicyKind, TriggerEvent, TriggerStatus
-from crucible_ui.access import DeclaredConsumer, route_access_table
+from crucible_ui.access import DeclaredConsumer, api_access_install, declared_consumer, route_access_table
+from crucible_ui.api_auth import API_AUTH
 from crucible_ui.asgi import application
 from crucible_ui.routing import websocket_urlpatterns
+from crucible_ui.urls import urlpatterns as project_urlpatterns
+from experiments.live.consumers import FleetConsumer
 from experiments.models import ModelStage, ModelVersion
-from experiments.permissions import access_of, researcher_group_ensure
+from experiments.permissions import access_of, public, requires_permission, researcher_group_ensure
 from experiments.services import experiment_create
 from tests.security.route_access import (
     ACCEPTED,
@@ -298,3 +305,84 @@ async def test_the_socket_answers_each_role_as_its_row_says(route: str) -> None:
         if got != row.expected(role):
             wrong.append(f"{role}: expected {row.expected(role)}, got {got}")
     assert not wrong, f"{path}:\n" + "\n".join(wrong)
+
+
+# --- fail closed: what declares nothing is refused to everyone, superusers included ------------
+
+
+def _undeclared_page(request: Any) -> HttpResponse:
+    return HttpResponse(f"the page {SECRET_NAME}")
+
+
+_undeclared_api = api_access_install(NinjaAPI(urls_namespace="undeclared_test_api", auth=API_AUTH))
+
+
+@_undeclared_api.get("/thing")
+def _undeclared_operation(request: Any) -> dict[str, str]:
+    return {"name": SECRET_NAME}
+
+
+class _UndeclaredConsumer(FleetConsumer):
+    """Inherits nothing from FleetConsumer's declaration: each consumer declares its own."""
+
+
+# The project's routes and two that declare nothing, for the tests below (pytest.mark.urls).
+urlpatterns = [
+    path("undeclared/", _undeclared_page, name="undeclared"),
+    path("undeclared-api/", _undeclared_api.urls),
+    *project_urlpatterns,
+]
+
+
+@pytest.fixture
+def superuser(db: Any) -> User:
+    """Return someone who holds every permission."""
+    return User.objects.create_superuser("root")
+
+
+@pytest.mark.urls("tests.security.test_route_access")
+def test_a_page_that_declares_nothing_is_refused_to_everyone(superuser: User) -> None:
+    client = Client()
+    assert client.get("/undeclared/").status_code == 403
+    client.force_login(superuser)
+    response = client.get("/undeclared/")
+    assert response.status_code == 403
+    assert SECRET_NAME not in response.content.decode()
+
+
+@pytest.mark.urls("tests.security.test_route_access")
+def test_an_api_operation_that_declares_nothing_is_refused_to_everyone(superuser: User) -> None:
+    client = Client()
+    client.force_login(superuser)
+    response = client.get("/undeclared-api/thing")
+    assert response.status_code == 403
+    assert SECRET_NAME not in response.content.decode()
+    assert "declares no access" in response.json()["detail"]
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_a_consumer_that_declares_nothing_is_refused_to_everyone() -> None:
+    def login() -> str:
+        client = Client()
+        client.force_login(User.objects.create_superuser("root"))
+        return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}"
+
+    cookie = await sync_to_async(login)()
+    app = AuthMiddlewareStack(declared_consumer(_UndeclaredConsumer))
+    headers = [(b"host", b"testserver"), (b"cookie", cookie.encode())]
+    communicator = WebsocketCommunicator(app, "/ws/undeclared/", headers=headers)
+    try:
+        connected, _ = await communicator.connect(timeout=SOCKET_TIMEOUT)
+        assert connected  # accepted only to be closed with a code the page understands
+        message = await communicator.receive_output(timeout=SOCKET_TIMEOUT)
+        assert message == {"type": "websocket.close", "code": 4403}
+    finally:
+        await communicator.disconnect()
+
+
+def test_public_cannot_be_combined_with_another_declaration() -> None:
+    def view(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    with pytest.raises(ImproperlyConfigured):
+        public(requires_permission("experiments.view_experiment")(view))
