@@ -10,7 +10,7 @@ experiments/permissions.py; this module enforces them at the three doors:
 
 Routes whose views we do not write are declared here by route name (THIRD_PARTY_ROUTES), and
 the Django admin keeps its own checks (DELEGATED_NAMESPACES). `route_access_table()` lists
-what every route of the resolver declares: the access test and `manage.py check` read it.
+what every route of the resolver declares; tests/security/test_route_access.py walks it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 
 from experiments.api.tokens import api_token_user
+from experiments.live.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
 from experiments.permissions import Access, Decision, access_of
 
 logger = logging.getLogger(__name__)
@@ -44,8 +45,8 @@ DELEGATED_NAMESPACES: dict[str, str] = {
 
 # Views we do not write, declared by route name ("namespace:name").
 THIRD_PARTY_ROUTES: dict[str, Access] = {
-    # django-ninja's own pages: the schema and the Swagger UI (the API's docs), and /api/,
-    # which redirects to them.
+    # django-ninja's own pages: the schema and the Swagger UI (the API's docs), and /api/
+    # itself (ninja answers 404 there).
     "api:openapi-json": Access(),
     "api:openapi-view": Access(),
     "api:api-root": Access(),
@@ -55,9 +56,6 @@ THIRD_PARTY_ROUTES: dict[str, Access] = {
 _GUARDED_APIS: dict[str, NinjaAPI] = {}
 
 UNDECLARED_MESSAGE = "This address declares no access rule, so it is refused."
-CLOSE_UNAUTHENTICATED = 4401
-CLOSE_FORBIDDEN = 4403
-CLOSE_NOT_FOUND = 4404
 
 
 def _is_ninja_operation(view: Any) -> bool:

@@ -17,7 +17,7 @@ from asgiref.sync import sync_to_async
 from channels.auth import AuthMiddlewareStack
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
-from django.contrib.auth.models import Permission, User
+from django.contrib.auth.models import AnonymousUser, Permission, User
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpResponse
 from django.shortcuts import resolve_url
@@ -33,7 +33,14 @@ from crucible_ui.routing import websocket_urlpatterns
 from crucible_ui.urls import urlpatterns as project_urlpatterns
 from experiments.live.consumers import FleetConsumer
 from experiments.models import ModelStage, ModelVersion
-from experiments.permissions import access_of, public, requires_permission, researcher_group_ensure
+from experiments.permissions import (
+    Decision,
+    access_of,
+    login_only,
+    public,
+    requires_permission,
+    researcher_group_ensure,
+)
 from experiments.services import experiment_create
 from tests.security.route_access import (
     ACCEPTED,
@@ -386,3 +393,29 @@ def test_public_cannot_be_combined_with_another_declaration() -> None:
 
     with pytest.raises(ImproperlyConfigured):
         public(requires_permission("experiments.view_experiment")(view))
+
+
+def test_a_declaration_decides_login_then_hidden_then_forbidden(db: Any) -> None:
+    def view(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    decide = requires_permission("control.change_triggerevent")(
+        requires_permission("control.view_triggerevent", hidden=True)(view)
+    )
+    access = access_of(decide)
+    assert access is not None
+    looker = User.objects.create_user("looker")
+    looker.user_permissions.add(*_perms("control.view_triggerevent"))
+    assert access.decide(AnonymousUser()) is Decision.LOGIN
+    # Without the view permission the caller is told nothing exists, not which permission is missing.
+    assert access.decide(User.objects.create_user("stranger")) is Decision.HIDDEN
+    assert access.decide(looker) is Decision.FORBIDDEN
+    assert access.lacking(User.objects.get(username="looker")) == ["control.change_triggerevent"]
+
+    def page(request: Any) -> HttpResponse:
+        return HttpResponse()
+
+    anyone = access_of(login_only(page))
+    assert anyone is not None
+    assert anyone.decide(AnonymousUser()) is Decision.LOGIN
+    assert anyone.decide(User.objects.get(username="stranger")) is Decision.ALLOWED
