@@ -21,6 +21,7 @@ from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.docs import ABS_TPL_PATH, Swagger
 
 from control.scheduling.api import router as scheduler_router
+from crucible_ui.access import api_access_install
 from crucible_ui.api_auth import API_AUTH
 from experiments.api.routes import router as experiments_router
 from experiments.live.api import router as metrics_router
@@ -73,6 +74,8 @@ api = NinjaAPI(
     docs=LocalSwagger(),
     docs_decorator=login_required,
 )
+# Every operation checks the access it declares (deny by default): crucible_ui/access.py.
+api_access_install(api)
 
 
 @api.exception_handler(ValidationError)

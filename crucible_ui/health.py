@@ -19,6 +19,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from crucible_ui.celery import app
+from experiments.permissions import public
 
 # Seconds each probe may take; a dead part must not hold the health check up.
 REDIS_TIMEOUT_SECONDS = 1.0
@@ -75,6 +76,7 @@ def celery_status(*, broker_reachable: bool) -> dict[str, Any]:
     return status
 
 
+@public
 @never_cache
 @require_GET
 async def healthz(request: HttpRequest) -> JsonResponse:

@@ -6,11 +6,12 @@ from typing import Any
 
 from django.urls import path
 
+from crucible_ui.access import declared_consumer
 from experiments.live.consumers import ExperimentConsumer, FleetConsumer, GpusConsumer, TriggersConsumer
 
 websocket_urlpatterns: list[Any] = [
-    path("ws/experiments/<int:experiment_id>/", ExperimentConsumer.as_asgi()),
-    path("ws/fleet/", FleetConsumer.as_asgi()),
-    path("ws/gpus/", GpusConsumer.as_asgi()),
-    path("ws/triggers/", TriggersConsumer.as_asgi()),
+    path("ws/experiments/<int:experiment_id>/", declared_consumer(ExperimentConsumer)),
+    path("ws/fleet/", declared_consumer(FleetConsumer)),
+    path("ws/gpus/", declared_consumer(GpusConsumer)),
+    path("ws/triggers/", declared_consumer(TriggersConsumer)),
 ]

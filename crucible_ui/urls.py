@@ -8,6 +8,7 @@ from django.urls import include, path
 
 from crucible_ui.api import api
 from crucible_ui.health import healthz
+from experiments.permissions import public
 
 urlpatterns = [
     path("", include("experiments.urls")),
@@ -19,6 +20,6 @@ urlpatterns = [
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
-    path("login/", auth_views.LoginView.as_view(), name="login"),
-    path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("login/", public(auth_views.LoginView.as_view()), name="login"),
+    path("logout/", public(auth_views.LogoutView.as_view()), name="logout"),
 ]

@@ -18,6 +18,7 @@ from experiments.actors import Actor
 from experiments.choices import State
 from experiments.forms import ExperimentCreateForm, recipe_defaults
 from experiments.models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
+from experiments.permissions import requires_permission
 from experiments.recipes import RECIPES
 from experiments.services import (
     TransitionRefused,
@@ -65,6 +66,7 @@ def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, 
     }
 
 
+@requires_permission("experiments.view_experiment")
 @login_required
 @permission_required("experiments.view_experiment", raise_exception=True)
 @require_GET
@@ -92,6 +94,7 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
     return render(request, "experiments/list.html", context)
 
 
+@requires_permission("experiments.add_experiment")
 @login_required
 @permission_required("experiments.add_experiment", raise_exception=True)
 def experiment_create_view(request: HttpRequest) -> HttpResponse:
@@ -152,6 +155,7 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
     }
 
 
+@requires_permission("experiments.view_experiment", hidden=True)
 @login_required
 @permission_required("experiments.view_experiment", raise_exception=True)
 @require_GET
@@ -161,6 +165,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
     return render(request, "experiments/detail.html", _detail_context(request, experiment))
 
 
+@requires_permission("experiments.view_experiment", hidden=True)
 @login_required
 @permission_required("experiments.view_experiment", raise_exception=True)
 @require_GET
@@ -179,6 +184,8 @@ def _refused(request: HttpRequest, experiment_id: int, message: str, status: int
     return render(request, "experiments/detail.html", _detail_context(request, experiment), status=status)
 
 
+# Plus the event's own transition permission, which the service checks (403).
+@requires_permission("experiments.view_experiment", hidden=True)
 @login_required
 @require_POST
 def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> HttpResponse:

@@ -12,10 +12,12 @@ from django.views.decorators.http import require_GET, require_POST
 import control.canary.selectors as selectors
 from experiments.actors import Actor
 from experiments.models import Experiment, ModelStage, ModelVersion
+from experiments.permissions import requires_permission
 from experiments.registry.views import PROMOTE_PERMISSION, ROLLBACK_PERMISSION, VIEW_PERMISSION
 from experiments.services import TransitionRefused, experiment_transition
 
 
+@requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_GET
@@ -35,6 +37,7 @@ def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
     )
 
 
+@requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_GET
@@ -52,6 +55,8 @@ def _posted_id(request: HttpRequest, field: str) -> int | None:
     return int(raw) if raw.isdigit() else None
 
 
+@requires_permission(PROMOTE_PERMISSION)
+@requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
 @require_POST
 def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
@@ -78,6 +83,8 @@ def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
     return redirect("deployments:model", model_name=model_name)
 
 
+@requires_permission(ROLLBACK_PERMISSION)
+@requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
 @require_POST
 def canary_rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:

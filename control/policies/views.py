@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET, require_POST
 import control.policies.triggers as triggers
 from control.policies.models import Policy, TriggerEvent, TriggerStatus
 from control.policies.selectors import DECISIONS_BY_STATUS, trigger_list
+from experiments.permissions import requires_permission
 
 DECIDE_PERMISSION = "control.change_triggerevent"
 
@@ -38,6 +39,7 @@ def _rows_context(request: HttpRequest, triggers: Any, *, show_experiment: bool)
     }
 
 
+@requires_permission("control.view_triggerevent")
 @login_required
 @permission_required("control.view_triggerevent", raise_exception=True)
 @require_GET
@@ -62,6 +64,7 @@ def _render_triggers(request: HttpRequest, *, http_status: int = 200) -> HttpRes
     return render(request, "policies/triggers.html", context, status=http_status)
 
 
+@requires_permission("control.view_triggerevent")
 @login_required
 @permission_required("control.view_triggerevent", raise_exception=True)
 @require_GET
@@ -78,6 +81,8 @@ def trigger_rows_fragment(request: HttpRequest) -> HttpResponse:
     return render(request, "policies/_trigger_rows.html", context)
 
 
+@requires_permission(DECIDE_PERMISSION)
+@requires_permission("control.view_triggerevent", hidden=True)
 @login_required
 @require_POST
 def trigger_decide(request: HttpRequest, trigger_id: int, decision: str) -> HttpResponse:

@@ -11,6 +11,7 @@ from ninja import Router, Schema
 from control.scheduling.scheduler import Decision
 from control.scheduling.selectors import device_stats, scheduler_queue, workers_with_devices
 from experiments.api.schemas import ErrorOut
+from experiments.permissions import requires_permission
 
 router = Router(tags=["scheduler"])
 
@@ -137,6 +138,7 @@ def _queued_row(decision: Decision, now: datetime) -> QueuedOut:
 @router.get(
     "/queue", response={200: QueueOut, 403: ErrorOut}, summary="Queue positions, running runs and free slots"
 )
+@requires_permission(VIEW_PERMISSION)
 def queue(request: HttpRequest) -> QueueOut:
     """Return every queued experiment in scheduling order with the reason it waits."""
     _require_view(request)
@@ -179,6 +181,7 @@ def queue(request: HttpRequest) -> QueueOut:
 
 
 @router.get("/gpus", response={200: GpusOut, 403: ErrorOut}, summary="Every worker and its GPUs / CPU slots")
+@requires_permission(VIEW_PERMISSION)
 def gpus(request: HttpRequest) -> GpusOut:
     """Return each worker with its devices' live numbers and what runs where."""
     _require_view(request)

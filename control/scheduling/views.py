@@ -7,8 +7,10 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from control.scheduling.selectors import scheduler_queue, workers_with_devices
+from experiments.permissions import requires_permission
 
 
+@requires_permission("control.view_device")
 @login_required
 @permission_required("control.view_device", raise_exception=True)
 def gpus(request: HttpRequest) -> HttpResponse:
@@ -20,6 +22,7 @@ def gpus(request: HttpRequest) -> HttpResponse:
     )
 
 
+@requires_permission("control.view_device")
 @login_required
 @permission_required("control.view_device", raise_exception=True)
 def gpu_rows(request: HttpRequest) -> HttpResponse:

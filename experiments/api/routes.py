@@ -25,6 +25,7 @@ from experiments.api.schemas import (
 )
 from experiments.choices import State
 from experiments.models import EVENT_PERMISSIONS, Experiment
+from experiments.permissions import requires_permission
 from experiments.recipes import ConfigError, get_spec
 from experiments.services import (
     TransitionRefused,
@@ -96,6 +97,7 @@ def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
     description="Needs `experiments.view_experiment`. Filter by state (repeatable), recipe and name "
     "search; page with limit/offset. `counts` gives, per state, the experiments that match the other filters.",
 )
+@requires_permission(VIEW_PERMISSION)
 def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> dict[str, Any]:
     """Return one page of experiments and the counts per state."""
     _require_perm(request, VIEW_PERMISSION, "view experiments")
@@ -122,6 +124,7 @@ def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> 
     description="Needs `experiments.add_experiment`. The config is checked against the recipe's "
     'declared parameters: each refused key comes back at `["body", "config", <key>]` (422).',
 )
+@requires_permission("experiments.add_experiment")
 def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Status[Any]:
     """Create a pending experiment owned by the caller."""
     user = _require_perm(request, "experiments.add_experiment", "create experiments")
@@ -146,6 +149,7 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     description="Needs `experiments.view_experiment`. Includes `available_events`: the events the "
     "requesting user may fire now, the audited transitions and the lineage (parent, children).",
 )
+@requires_permission(VIEW_PERMISSION, hidden=True)
 def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
     """Return one experiment with its history and lineage."""
     user = _require_perm(request, VIEW_PERMISSION, "view experiments")
@@ -169,6 +173,8 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
     "new state; `retrain` answers 201 with the queued child. 409 when the current state does not "
     "allow the event (e.g. another request fired it first), with the state it is in.",
 )
+# Plus the event's own transition permission, which the service checks (403).
+@requires_permission(VIEW_PERMISSION, hidden=True)
 def experiment_action(
     request: HttpRequest, experiment_id: int, event: str, payload: ActionIn | None = None
 ) -> Status[Any]:

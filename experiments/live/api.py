@@ -15,6 +15,7 @@ from ninja import Router
 from experiments.live.downsample import MIN_POINTS
 from experiments.live.series import metric_series
 from experiments.models import Experiment
+from experiments.permissions import requires_permission
 
 router = Router(tags=["metrics"])
 
@@ -76,6 +77,7 @@ def _error(status: int, message: str, field: str | None = None) -> JsonResponse:
     summary="Metric history of an experiment, downsampled to a point budget",
     response={200: Any, 400: Any, 403: Any, 404: Any},
 )
+@requires_permission(VIEW_PERMISSION, hidden=True)
 def experiment_metrics(
     request: HttpRequest,
     experiment_id: int,

@@ -32,6 +32,7 @@ from django.contrib import auth
 from experiments.events import FLEET_GROUP, GPUS_GROUP, TRIGGERS_GROUP, experiment_group
 from experiments.live.sessions import SessionRef, sessions_ended
 from experiments.models import Experiment
+from experiments.permissions import requires_permission
 
 logger = logging.getLogger(__name__)
 
@@ -234,6 +235,7 @@ class LiveConsumer(AsyncWebsocketConsumer):
         logger.warning("live consumer dropped an event of type %r", kind)
 
 
+@requires_permission("experiments.view_experiment")
 class ExperimentConsumer(LiveConsumer):
     """/ws/experiments/<id>/: metric batches, state changes, progress and triggers of one experiment."""
 
@@ -244,6 +246,7 @@ class ExperimentConsumer(LiveConsumer):
         return [experiment_group(experiment_id)] if exists else None
 
 
+@requires_permission("experiments.view_experiment")
 class FleetConsumer(LiveConsumer):
     """/ws/fleet/: every experiment's state changes and latest values."""
 
@@ -252,6 +255,7 @@ class FleetConsumer(LiveConsumer):
         return [FLEET_GROUP]
 
 
+@requires_permission("control.view_device")
 class GpusConsumer(LiveConsumer):
     """/ws/gpus/: the worker inventory's GPU stats."""
 
@@ -262,6 +266,7 @@ class GpusConsumer(LiveConsumer):
         return [GPUS_GROUP]
 
 
+@requires_permission("control.view_triggerevent")
 class TriggersConsumer(LiveConsumer):
     """/ws/triggers/: every policy trigger as it fires, waits for approval and is acted on."""
 

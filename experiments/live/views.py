@@ -11,10 +11,12 @@ from django.views.decorators.http import require_GET
 
 from experiments.live.fleet import COMPARE_LIMIT, compare_candidates, compare_metric_names, fleet_rows
 from experiments.models import Experiment
+from experiments.permissions import requires_permission
 
 VIEW_PERMISSION = "experiments.view_experiment"
 
 
+@requires_permission(VIEW_PERMISSION)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_GET
@@ -23,6 +25,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
     return render(request, "live/fleet.html", {"rows": fleet_rows()})
 
 
+@requires_permission(VIEW_PERMISSION)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_GET
@@ -47,6 +50,7 @@ def _parse_ids(raw: str) -> tuple[list[int], str]:
     return ids, ""
 
 
+@requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_GET

@@ -21,6 +21,7 @@ import experiments.registry.serving as serving
 from experiments.actors import Actor
 from experiments.api.tokens import api_token_user
 from experiments.models import ModelVersion
+from experiments.permissions import requires_permission
 from experiments.registry.services import RegistryError, registry_rollback
 from experiments.services import TransitionRefused
 
@@ -65,18 +66,21 @@ def _serve(request: HttpRequest, handler: Callable[..., dict[str, Any]], model_n
 
 
 # CSRF is checked in _caller for session callers; token callers carry no ambient credential.
+@requires_permission(SERVE_PERMISSION, api=True)
 @csrf_exempt
 def predict_view(request: HttpRequest, model_name: str) -> JsonResponse:
     """POST {"features": [...]} or {"instances": [[...], ...]} → predictions and the version."""
     return _serve(request, serving.predict, model_name)
 
 
+@requires_permission(SERVE_PERMISSION, api=True)
 @csrf_exempt
 def feedback_view(request: HttpRequest, model_name: str) -> JsonResponse:
     """POST {"request_id": ..., "label": n}: the true label of a served prediction."""
     return _serve(request, serving.feedback, model_name)
 
 
+@requires_permission(VIEW_PERMISSION)
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 def registry_page(request: HttpRequest) -> HttpResponse:
@@ -103,6 +107,8 @@ def registry_page(request: HttpRequest) -> HttpResponse:
     )
 
 
+@requires_permission(ROLLBACK_PERMISSION)
+@requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
 @require_POST
 def rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:

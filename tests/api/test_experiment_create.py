@@ -121,7 +121,7 @@ def test_a_person_without_the_add_permission_gets_403_and_nothing_is_created(
 ) -> None:
     response = post_json(client_for(viewer), URL, {"name": "x", "recipe": "digits"})
     assert response.status_code == 403
-    assert "create" in response.json()["detail"]
+    assert "experiments.add_experiment" in response.json()["detail"]  # what to ask for
     assert not Experiment.objects.exists()
 
 

@@ -128,10 +128,12 @@ def test_reading_needs_the_view_permission(
 ) -> None:
     experiment = make_experiment()
     client = client_for(stranger)
-    for url in (URL, f"{URL}/{experiment.pk}"):
-        response = client.get(url)
-        assert response.status_code == 403, url
-        assert "view" in response.json()["detail"]
+    response = client.get(URL)
+    assert response.status_code == 403
+    assert "view" in response.json()["detail"]
+    # One experiment answers as a missing one would: its existence is not theirs to learn.
+    assert client.get(f"{URL}/{experiment.pk}").json() == client.get(f"{URL}/{experiment.pk + 1000}").json()
+    assert client.get(f"{URL}/{experiment.pk}").status_code == 404
 
 
 @pytest.mark.django_db

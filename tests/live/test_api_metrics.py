@@ -133,10 +133,14 @@ def test_an_anonymous_caller_must_log_in(trained: Experiment) -> None:
     assert get(Client(), trained.pk).status_code == 401
 
 
-def test_a_person_without_the_view_permission_is_refused(stranger: User, trained: Experiment) -> None:
+def test_a_person_without_the_view_permission_is_answered_as_for_a_missing_experiment(
+    stranger: User, trained: Experiment
+) -> None:
     client = Client()
     client.force_login(stranger)
-    assert get(client, trained.pk).status_code == 403
+    existing, missing = get(client, trained.pk), get(client, trained.pk + 1000)
+    assert existing.status_code == missing.status_code == 404
+    assert existing.json() == missing.json()
 
 
 def test_an_unknown_experiment_is_a_404(client: Client) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from django.urls import path
 from ninja import NinjaAPI
 
+from crucible_ui.access import api_access_install
 from crucible_ui.api_auth import API_AUTH
 from experiments.live.api import router
 
-api = NinjaAPI(urls_namespace="live_test_api", auth=API_AUTH)
+api = api_access_install(NinjaAPI(urls_namespace="live_test_api", auth=API_AUTH))
 api.add_router("/experiments", router)
 
 urlpatterns = [path("api/", api.urls)]

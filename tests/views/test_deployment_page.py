@@ -54,13 +54,14 @@ def test_the_page_and_its_live_feed_need_a_login(client: Client, in_production: 
         assert response["Location"].startswith("/login/?next=")
 
 
-def test_the_page_and_its_live_feed_need_the_view_permission(
+def test_the_page_and_its_live_feed_answer_404_to_someone_who_may_not_view_models(
     make_user: Callable[..., User], in_production: ModelVersion
 ) -> None:
     client = Client()
     client.force_login(make_user("nobody"))
-    assert client.get(PAGE).status_code == 403
-    assert client.get(LIVE).status_code == 403
+    # As for a model that does not exist: whether one does is not theirs to learn.
+    assert client.get(PAGE).status_code == 404
+    assert client.get(LIVE).status_code == 404
 
 
 def test_an_unknown_model_is_not_found(viewer: User) -> None:
