@@ -23,7 +23,6 @@ from inspect import iscoroutinefunction
 from typing import Any
 
 from asgiref.sync import sync_to_async
-from channels.db import database_sync_to_async
 from django.contrib.auth.views import redirect_to_login
 from django.core.exceptions import PermissionDenied
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
@@ -33,7 +32,7 @@ from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 
 from experiments.api.tokens import api_token_user
-from experiments.live.consumers import CLOSE_FORBIDDEN, CLOSE_NOT_FOUND, CLOSE_UNAUTHENTICATED
+from experiments.live.consumers import CLOSE_FORBIDDEN
 from experiments.permissions import Access, Decision, access_of
 
 logger = logging.getLogger(__name__)
@@ -266,12 +265,6 @@ def api_access_install(api: NinjaAPI) -> NinjaAPI:
 
 # --- websockets ------------------------------------------------------------------------------
 
-_CLOSE_CODES = {
-    Decision.LOGIN: CLOSE_UNAUTHENTICATED,
-    Decision.HIDDEN: CLOSE_NOT_FOUND,
-    Decision.FORBIDDEN: CLOSE_FORBIDDEN,
-}
-
 
 class DeclaredConsumer:
     """An ASGI app running a consumer only for callers its class-level declaration admits.
@@ -286,22 +279,19 @@ class DeclaredConsumer:
         self.app = consumer_class.as_asgi(**initkwargs)  # type: ignore[attr-defined]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        """Run the consumer, or refuse the connection."""
-        if self.access is None:
-            logger.error(
-                "refused websocket %s: %s declares no access", scope.get("path"), self.consumer_class
-            )
-            decision = Decision.FORBIDDEN
-        else:
-            decision = await database_sync_to_async(self.access.decide)(scope.get("user"))
-        if decision is Decision.ALLOWED:
+        """Run a declared consumer (it checks its declaration itself), or refuse an undeclared one."""
+        if self.access is not None:
+            # The consumer decides on its declaration in the one database hop that also reads
+            # the session (experiments.live.consumers.LiveConsumer.authorize): a second hop
+            # here would halve what a reconnect storm can admit.
             await self.app(scope, receive, send)
             return
+        logger.error("refused websocket %s: %s declares no access", scope.get("path"), self.consumer_class)
         message = await receive()
         if message.get("type") != "websocket.connect":
             return
         await send({"type": "websocket.accept"})
-        await send({"type": "websocket.close", "code": _CLOSE_CODES[decision]})
+        await send({"type": "websocket.close", "code": CLOSE_FORBIDDEN})
 
 
 def declared_consumer(consumer_class: type, **initkwargs: Any) -> Any:
