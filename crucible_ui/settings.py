@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from datetime import timedelta
 from pathlib import Path
@@ -237,8 +238,6 @@ WORKER_PRELOAD_RECIPES = envbool("WORKER_PRELOAD_RECIPES", "true")
 # settings for anything but loopback, so Daphne exits before it ever listens.
 _bind_host = os.getenv("HOST", "").strip().strip("[]")
 if DEBUG and _bind_host:
-    import ipaddress
-
     try:
         _loopback = _bind_host == "localhost" or ipaddress.ip_address(_bind_host).is_loopback
     except ValueError:  # a host name other than localhost resolves to who knows what
