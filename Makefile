@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 VAR_DIR ?= var
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
+# Development mode for make's commands (run, migrate, demo, checks); DEBUG is off unless set.
+export DEBUG ?= 1
 # python3.11, else python3 when it is 3.11 or newer.
 BOOTSTRAP_PYTHON ?= $(shell command -v python3.11 2>/dev/null || \
 	{ python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && command -v python3; })

@@ -10,15 +10,22 @@ from ninja.errors import AuthenticationError, HttpError
 from ninja.security import APIKeyCookie, HttpBearer
 from ninja.utils import check_csrf
 
-from experiments.api.tokens import api_token_user
+from experiments.api.tokens import TokenLockedOut, api_token_authenticate
 
 
 class TokenAuth(HttpBearer):
     """`Authorization: Bearer <token>`; tokens come from `manage.py api_token <username>`."""
 
     def authenticate(self, request: HttpRequest, token: str) -> Any | None:
-        """Return the token's user; a wrong token is refused outright (401), not passed on."""
-        user = api_token_user(raw=token.strip())
+        """Return the token's user; a wrong token is refused outright (401), not passed on.
+
+        Wrong tokens count as failed logins of the caller's address: once locked out, it is
+        answered 429 (by AxesMiddleware, see crucible_ui.lockout) without looking at the token.
+        """
+        try:
+            user = api_token_authenticate(request=request, raw=token.strip())
+        except TokenLockedOut:
+            raise HttpError(429, "Too many failed logins from this address: try again later") from None
         if user is None:
             # Falling through to session auth would answer a wrong token with a CSRF
             # failure (403) on writes: say plainly that the token is the problem.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
@@ -30,7 +32,8 @@ def envlist(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.getenv(name, default).split(",") if item.strip()]
 
 
-DEBUG = envbool("DEBUG", "true")
+# Off unless asked for: `make run` (the Makefile) and the test suite set DEBUG=1 for development.
+DEBUG = envbool("DEBUG", "false")
 # A production deployment must set SECRET_KEY; the fallback only exists for development.
 SECRET_KEY = os.getenv("SECRET_KEY", "dev-only-insecure-key-change-me-" + "x" * 32)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
@@ -107,6 +110,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
 LANGUAGE_CODE = "en-us"
@@ -183,7 +188,8 @@ if not DEBUG:
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured(
-            "DEBUG is false: set SECRET_KEY (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+            "DEBUG is false: set SECRET_KEY (e.g. python -c 'import secrets; print(secrets.token_urlsafe(50))'),"
+            " or DEBUG=1 for development on this machine"
         )
     SECURE_SSL_REDIRECT = envbool("SECURE_SSL_REDIRECT", "true")
     # Load balancers probe /healthz over plain HTTP inside the network.
@@ -234,3 +240,110 @@ STOP_TIMEOUT_S = envfloat("CRUCIBLE_STOP_TIMEOUT_S", 30.0)
 INTERRUPTIONS_PER_HOUR_MAX = envint("INTERRUPTIONS_PER_HOUR_MAX", 6)
 # Import recipes (torch) in the worker's parent so each pool process starts warm (no CUDA there).
 WORKER_PRELOAD_RECIPES = envbool("WORKER_PRELOAD_RECIPES", "true")
+
+# --- security: login throttling, password hashing, CSP, Permissions-Policy, bind address ---
+# DEBUG's error pages show settings, paths and source code. HOST is the address Daphne binds
+# (the Procfile and `make run` both take it from there): with DEBUG on, refuse to load the
+# settings for anything but loopback, so Daphne exits before it ever listens.
+_bind_host = os.getenv("HOST", "").strip().strip("[]")
+if DEBUG and _bind_host:
+    try:
+        _loopback = _bind_host == "localhost" or ipaddress.ip_address(_bind_host).is_loopback
+    except ValueError:  # a host name other than localhost resolves to who knows what
+        _loopback = False
+    if not _loopback:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured(
+            f"DEBUG is on and HOST={_bind_host} is not a loopback address: DEBUG pages would show settings"
+            " and source code to the network. Serve a network with DEBUG=0 (and SECRET_KEY, ALLOWED_HOSTS),"
+            " or bind HOST=127.0.0.1 for development."
+        )
+
+INSTALLED_APPS += ["axes"]
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1,
+    "django_permissions_policy.PermissionsPolicyMiddleware",
+)
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware"
+)
+# Last, as axes asks: it turns a locked-out request's answer into the lockout response.
+MIDDLEWARE.append("axes.middleware.AxesMiddleware")
+
+# Axes first: a locked-out caller is refused before any password is hashed.
+AUTHENTICATION_BACKENDS = [
+    "crucible_ui.lockout.RequestAxesBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failures count per username and per address (crucible_ui.lockout.lockout_parameters); after
+# AXES_FAILURE_LIMIT of them within the cool-off, logins are refused for AXES_COOLOFF_MINUTES.
+# `manage.py axes_reset_username <name>` / `axes_reset_ip <address>` lift a lockout early.
+AXES_FAILURE_LIMIT = envint("AXES_FAILURE_LIMIT", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=envfloat("AXES_COOLOFF_MINUTES", 15.0))
+AXES_LOCKOUT_PARAMETERS = "crucible_ui.lockout.lockout_parameters"
+AXES_LOCKOUT_CALLABLE = "crucible_ui.lockout.lockout_response"
+# Attempts while locked out do not extend the lockout: it ends when it said it would.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
+# A success does not wipe the failures: it would also wipe those counted against the address,
+# and one valid account would let its owner guess other users' passwords without end.
+AXES_RESET_ON_SUCCESS = False
+# The address is REMOTE_ADDR: behind a reverse proxy, run Daphne with --proxy-headers so that
+# it is the client's (see SECURITY.md); a client-sent X-Forwarded-For is never trusted here.
+AXES_IPWARE_META_PRECEDENCE_ORDER = ["REMOTE_ADDR"]
+# No start-up banner in every command's output; failures and lockouts are still logged (WARNING).
+AXES_VERBOSE = False
+
+# Argon2 (memory-hard) for new and changed passwords; the others verify older hashes, which
+# Django rehashes with Argon2 at the next successful login.
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2SHA1PasswordHasher",
+    "django.contrib.auth.hashers.ScryptPasswordHasher",
+]
+
+# Content-Security-Policy (django-csp): scripts only from our own origin by src, never inline
+# (json_script data blocks are not executed, so they need nothing); no other origin at all.
+# Inline styles stay allowed: plotly.js writes its rules into <style> elements it creates
+# (per chart, so no nonce or hash can name them), and our meters set style attributes.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        # 'unsafe-eval' only because plotly.js's WebGL traces (scattergl, on the live charts)
+        # compile their shaders with Function(); plotly's "strict" bundle would let it go.
+        "script-src": ["'self'", "'unsafe-eval'"],
+        "style-src": ["'self'", "'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "font-src": ["'self'"],
+        # Same-origin fetches and the live websockets (ws:/wss: to this host match 'self').
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+# Permissions-Policy (django-permissions-policy): no page here needs any of these devices.
+PERMISSIONS_POLICY: dict[str, list[str]] = {
+    feature: []
+    for feature in (
+        "accelerometer",
+        "autoplay",
+        "camera",
+        "display-capture",
+        "encrypted-media",
+        "fullscreen",
+        "geolocation",
+        "gyroscope",
+        "magnetometer",
+        "microphone",
+        "midi",
+        "payment",
+        "publickey-credentials-get",
+        "screen-wake-lock",
+        "serial",
+        "usb",
+        "xr-spatial-tracking",
+    )
+}

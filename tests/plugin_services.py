@@ -29,6 +29,9 @@ def pytest_load_initial_conftests(
     _tmp_dir = tempfile.mkdtemp(prefix="crucible-test-")
     os.environ.setdefault("VAR_DIR", _tmp_dir)
     os.environ.setdefault("ARTIFACTS_ROOT", str(Path(_tmp_dir) / "artifacts"))
+    # Development mode, as `make run`: DEBUG is off by default (production); tests that need
+    # production settings start a process of their own with them.
+    os.environ.setdefault("DEBUG", "true")
     if "TEST_REDIS_URL" in os.environ:
         os.environ["REDIS_URL"] = os.environ["TEST_REDIS_URL"]
     else:

@@ -7,7 +7,10 @@ import secrets
 from datetime import timedelta
 from typing import Any
 
+from axes.handlers.proxy import AxesProxyHandler
+from django.contrib.auth.signals import user_login_failed
 from django.db.models import Q
+from django.http import HttpRequest
 from django.utils import timezone
 
 from experiments.models import ApiToken
@@ -49,3 +52,31 @@ def api_token_user(*, raw: str) -> Any | None:
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
         ).update(last_used_at=now)
     return token.user
+
+
+class TokenLockedOut(Exception):
+    """Too many wrong tokens came from this address: it is refused until the lockout ends."""
+
+
+# A token names no user: axes counts its failures against the caller's address only.
+_TOKEN_CREDENTIALS: dict[str, Any] = {"username": None}
+
+
+def api_token_authenticate(*, request: HttpRequest, raw: str) -> Any | None:
+    """Return the token's user, or None for a wrong token, which counts as a failed login.
+
+    Raises TokenLockedOut while the caller's address is locked out (django-axes), before the
+    token is looked up, and when this failure is the one that locks it out. The request is
+    flagged (axes_locked_out) so that AxesMiddleware answers with the lockout response.
+    """
+    if not AxesProxyHandler.is_allowed(request, _TOKEN_CREDENTIALS):
+        request.axes_locked_out = True  # type: ignore[attr-defined]
+        request.axes_credentials = _TOKEN_CREDENTIALS  # type: ignore[attr-defined]
+        raise TokenLockedOut
+    user = api_token_user(raw=raw)
+    if user is None:
+        # The signal Django sends for a failed password: axes records it (and any other listener).
+        user_login_failed.send(sender=__name__, credentials=_TOKEN_CREDENTIALS, request=request)
+        if getattr(request, "axes_locked_out", False):
+            raise TokenLockedOut
+    return user

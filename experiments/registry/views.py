@@ -19,7 +19,7 @@ from ninja.utils import check_csrf
 
 import experiments.registry.serving as serving
 from experiments.actors import Actor
-from experiments.api.tokens import api_token_user
+from experiments.api.tokens import TokenLockedOut, api_token_authenticate
 from experiments.models import ModelVersion
 from experiments.permissions import requires_permission
 from experiments.registry.services import RegistryError, registry_rollback
@@ -38,7 +38,13 @@ def _caller(request: HttpRequest) -> Any:
         scheme, _, raw = header.partition(" ")
         if scheme.lower() != "bearer" or not raw.strip():
             raise serving.ServingError(401, "Authorization: expected 'Bearer <token>'")
-        user = api_token_user(raw=raw.strip())
+        try:
+            user = api_token_authenticate(request=request, raw=raw.strip())
+        except TokenLockedOut:
+            # AxesMiddleware turns this into the lockout answer (429, Retry-After).
+            raise serving.ServingError(
+                429, "Too many failed logins from this address: try again later"
+            ) from None
         if user is None:
             raise serving.ServingError(401, "Authorization: invalid or revoked API token")
     else:

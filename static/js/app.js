@@ -16,6 +16,13 @@
     }
   });
 
+  // A select with data-submit-on-change submits its form when changed (the list's Sort);
+  // here rather than in an onchange attribute, which the Content-Security-Policy refuses.
+  document.addEventListener("change", function (event) {
+    var select = event.target.closest("select[data-submit-on-change]");
+    if (select && select.form) select.form.requestSubmit();
+  });
+
   // A submitted action form disables its button: one press, one request.
   document.addEventListener("submit", function (event) {
     var form = event.target;
