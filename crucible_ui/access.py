@@ -31,7 +31,8 @@ from django.utils.deprecation import MiddlewareMixin
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, HttpError
 
-from experiments.api.tokens import api_token_user
+from crucible_ui.lockout import lockout_response
+from experiments.api.tokens import TokenLockedOut, api_token_authenticate
 from experiments.live.consumers import CLOSE_FORBIDDEN
 from experiments.permissions import Access, Decision, access_of
 
@@ -145,11 +146,15 @@ def route_access_table(urlconf: str | None = None) -> list[RouteAccess]:
 
 
 def _bearer_user(request: HttpRequest) -> tuple[Any, str]:
-    """Return (user, error) for an Authorization header: the token's user, or why it is refused."""
+    """Return (user, error) for an Authorization header: the token's user, or why it is refused.
+
+    A wrong token counts as a failed login of the caller's address (django-axes); raises
+    TokenLockedOut while that address is locked out.
+    """
     scheme, _, raw = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not raw.strip():
         return None, "Authorization: expected 'Bearer <token>'"
-    user = api_token_user(raw=raw.strip())
+    user = api_token_authenticate(request=request, raw=raw.strip())
     if user is None:
         return None, "Authorization: invalid or revoked API token"
     return user, ""
@@ -191,7 +196,10 @@ class DenyByDefaultMiddleware(MiddlewareMixin):
             raise PermissionDenied(UNDECLARED_MESSAGE)
         user = request.user
         if access.api and "Authorization" in request.headers:
-            user, error = _bearer_user(request)
+            try:
+                user, error = _bearer_user(request)
+            except TokenLockedOut:
+                return lockout_response(request)
             if error:
                 return _json_refusal(Decision.LOGIN, error)
         decision = access.decide(user)

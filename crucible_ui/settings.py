@@ -310,9 +310,9 @@ PASSWORD_HASHERS = [
 CONTENT_SECURITY_POLICY = {
     "DIRECTIVES": {
         "default-src": ["'self'"],
-        # 'unsafe-eval' only because plotly.js's WebGL traces (scattergl, on the live charts)
-        # compile their shaders with Function(); plotly's "strict" bundle would let it go.
-        "script-src": ["'self'", "'unsafe-eval'"],
+        # The experiment page alone adds 'unsafe-eval' (csp_update on its view): plotly.js's
+        # WebGL traces (scattergl, its live charts) compile their shaders with Function().
+        "script-src": ["'self'"],
         "style-src": ["'self'", "'unsafe-inline'"],
         "img-src": ["'self'", "data:"],
         "font-src": ["'self'"],

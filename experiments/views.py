@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from csp.decorators import csp_update
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -155,6 +156,9 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
     }
 
 
+# plotly.js's WebGL traces (the live charts' scattergl) compile shaders with Function(): this
+# page alone allows eval; every other page keeps scripts to files of this origin only.
+@csp_update({"script-src": ["'unsafe-eval'"]})
 @requires_permission("experiments.view_experiment", hidden=True)
 @login_required
 @permission_required("experiments.view_experiment", raise_exception=True)

@@ -196,7 +196,7 @@ def test_the_procfile_web_process_serves_production_with_its_security_headers(
     csp = headers["Content-Security-Policy"]
     script_src = re.search(r"script-src ([^;]*)", csp)
     # Scripts by src from this origin only: an injected <script> or onclick= never runs.
-    assert script_src is not None and script_src.group(1).split() == ["'self'", "'unsafe-eval'"]
+    assert script_src is not None and script_src.group(1).split() == ["'self'"]
     assert "frame-ancestors 'none'" in csp and "object-src 'none'" in csp
     for feature in ("camera", "microphone", "geolocation", "usb"):
         assert f"{feature}=()" in headers["Permissions-Policy"]
