@@ -31,7 +31,7 @@ from kombu.transport import redis as kombu_redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]  # kombu ships no type hints
+class Channel(kombu_redis.Channel):
     """A Redis channel that refuses to build a client once its transport was detached."""
 
     def _connparams(self, asynchronous: bool = False) -> dict[str, Any]:
@@ -41,7 +41,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]  # kombu ships no type
         return params
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(kombu_redis.Transport):
     """Kombu's Redis transport with the Channel above."""
 
     Channel = Channel

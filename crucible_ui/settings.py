@@ -150,6 +150,10 @@ if CELERY_BROKER_URL.startswith("redis://"):
     CELERY_BROKER_TRANSPORT = "crucible_ui.broker:Transport"
 # Keep reconnecting through an outage of any length (Celery's default gives up after 100 tries).
 CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Nothing reads task results (the database holds every outcome). A task sent without this
+# makes its sender subscribe to the result's pub/sub channel, and during a Redis outage that
+# subscription retries for 20 s inside the sender: beat stalled on every tick it sent.
+CELERY_TASK_IGNORE_RESULT = True
 # Running tasks go on through an outage: a training run's results are in the database, not in
 # the broker (Celery's future default of cancelling them would throw minutes of training away).
 CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False

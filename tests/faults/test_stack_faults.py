@@ -34,7 +34,13 @@ from tests.launcher.helpers import Launched, health, launcher_environment, start
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.fault]
 
-STEPS_PER_EPOCH = 23  # digits: 1437 training rows in batches of 64
+DIGITS_TRAIN_ROWS = 1437
+
+
+def _steps_per_epoch(batch_size: int) -> int:
+    return -(-DIGITS_TRAIN_ROWS // batch_size)
+
+
 # Quick beats so that a lost or requeued run shows within a test's patience.
 STACK_ENV = {
     "CELERY_CONCURRENCY": "2",
@@ -73,11 +79,13 @@ def _launch(env: dict[str, str], tmp_path: Path, started: list[Launched]) -> Lau
     return launcher
 
 
-def _queued_digits(name: str, *, epochs: int, step_delay_ms: float) -> Experiment:
+def _queued_digits(name: str, *, epochs: int, batch_size: int, step_delay_ms: float) -> Experiment:
+    # Few steps with a pause after each: the run lasts long enough for the fault, yet its
+    # length hardly depends on how loaded the machine is.
     experiment = experiment_create(
         name=name,
         recipe="digits",
-        config={"epochs": epochs, "batch_size": 64, "step_delay_ms": step_delay_ms},
+        config={"epochs": epochs, "batch_size": batch_size, "step_delay_ms": step_delay_ms},
         max_attempts=3,
     )
     experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
@@ -109,13 +117,13 @@ def _report(fault: str, **figures: Any) -> None:
 def test_a_killed_web_process_is_restarted_and_the_run_goes_on_untouched(
     stack_env: dict[str, str], tmp_path: Path, launched: list[Launched]
 ) -> None:
-    epochs = 6
+    epochs, batch_size = 10, 256
     launcher = _launch(stack_env, tmp_path, launched)
     worker_pid = launcher.pid_of("celery -A crucible_ui worker")
     web_pid = launcher.pid_of("daphne")
     assert worker_pid and web_pid
-    experiment = _queued_digits("web killed", epochs=epochs, step_delay_ms=30)
-    wait_for(lambda: _training_past(experiment, 5), timeout=90, interval=0.2, what="training to start")
+    experiment = _queued_digits("web killed", epochs=epochs, batch_size=batch_size, step_delay_ms=150)
+    wait_for(lambda: _training_past(experiment, 3), timeout=90, interval=0.2, what="training to start")
 
     os.kill(web_pid, signal.SIGKILL)
     killed = time.monotonic()
@@ -134,7 +142,7 @@ def test_a_killed_web_process_is_restarted_and_the_run_goes_on_untouched(
     assert launcher.pid_of("celery -A crucible_ui worker") == worker_pid, "the worker was restarted"
     run = Run.objects.get(experiment=experiment)  # one attempt: none spent on the fault
     assert run.status == RunStatus.SUCCEEDED and run.attempt == 1
-    total = epochs * STEPS_PER_EPOCH
+    total = epochs * _steps_per_epoch(batch_size)
     assert _loss_steps(run) == list(range(1, total + 1))
     _report("web SIGKILL", points_lost=0, attempts_spent=1, page_back_after_s=round(back_in, 1))
 
@@ -173,26 +181,39 @@ def external_redis(tmp_path: Path) -> Iterator[ExternalRedis]:
 def test_three_redis_outages_during_a_run_lose_no_point_and_no_queued_task(
     stack_env: dict[str, str], tmp_path: Path, launched: list[Launched], external_redis: ExternalRedis
 ) -> None:
-    epochs, outage_s = 60, 15.0
+    epochs, batch_size, outage_s = 20, 256, 15.0
     stack_env["REDIS_URL"] = external_redis.url
     launcher = _launch(stack_env, tmp_path, launched)
     worker_pid, web_pid = launcher.pid_of("celery -A crucible_ui worker"), launcher.pid_of("daphne")
     assert worker_pid and web_pid
-    experiment = _queued_digits("redis outages", epochs=epochs, step_delay_ms=50)
-    wait_for(lambda: _training_past(experiment, 5), timeout=90, interval=0.2, what="training to start")
+    # 120 steps of at least 0.9 s: still training when the third outage starts.
+    experiment = _queued_digits("redis outages", epochs=epochs, batch_size=batch_size, step_delay_ms=900)
+    wait_for(lambda: _training_past(experiment, 2), timeout=90, interval=0.2, what="training to start")
 
-    # Just before the first outage: a task for the worker, and one for a queue nobody reads
-    # (it must still be there after Redis crashed and came back: the append-only file).
+    # Queued just before Redis crashes, on a queue no worker reads yet: only the append-only
+    # file can bring it back. (A message Redis was already handing to a waiting worker can be
+    # lost in a crash: kombu pops it before it records it as unacknowledged.)
     task_id, probe_queue = f"fault-{uuid.uuid4().hex}", f"fault-probe-{uuid.uuid4().hex[:8]}"
-    with app.connection_for_write(external_redis.url) as conn:
-        app.send_task("control.checkpoints_cleanup", task_id=task_id, queue="control", connection=conn)
-        app.send_task("control.checkpoints_cleanup", queue=probe_queue, connection=conn)
+
+    def queue_a_task_then_crash_redis() -> None:
+        with app.connection_for_write(external_redis.url) as conn:
+            app.send_task(
+                "control.checkpoints_cleanup",
+                task_id=task_id,
+                queue=probe_queue,
+                connection=conn,
+                ignore_result=False,  # its result says it ran
+            )
+        external_redis.kill()
 
     recovered_in: list[float] = []
     running_at_outage: list[bool] = []
-    for _ in range(3):
+    for outage in range(3):
         running_at_outage.append(_training_past(experiment, 1) is not None)
-        external_redis.kill()
+        if outage == 0:
+            queue_a_task_then_crash_redis()
+        else:
+            external_redis.kill()
         down_until = time.monotonic() + outage_s
         statuses = set()
         while time.monotonic() < down_until:
@@ -213,11 +234,16 @@ def test_three_redis_outages_during_a_run_lose_no_point_and_no_queued_task(
     assert all(running_at_outage), f"the run ended before an outage: {running_at_outage}"
     run = Run.objects.get(experiment=experiment)
     assert run.status == RunStatus.SUCCEEDED and run.attempt == 1
-    total = epochs * STEPS_PER_EPOCH
+    total = epochs * _steps_per_epoch(batch_size)
     assert _loss_steps(run) == list(range(1, total + 1))
 
     client = redis.Redis.from_url(external_redis.url)
     try:
+        assert client.llen(probe_queue) == 1, "a task queued before Redis crashed was lost"
+        # Now the worker takes that queue too, and runs the task.
+        with app.connection_for_write(external_redis.url) as conn:
+            replies = app.control.add_consumer(probe_queue, reply=True, timeout=10, connection=conn)
+        assert replies, "the worker did not answer"
         meta = wait_for(
             lambda: client.get(f"celery-task-meta-{task_id}"),
             timeout=60,
@@ -225,7 +251,6 @@ def test_three_redis_outages_during_a_run_lose_no_point_and_no_queued_task(
             what="the queued task",
         )
         assert json.loads(meta)["status"] == "SUCCESS"
-        assert client.llen(probe_queue) == 1, "a message queued before the crash was lost"
     finally:
         client.close()
     _report(
@@ -240,13 +265,13 @@ def test_three_redis_outages_during_a_run_lose_no_point_and_no_queued_task(
 def test_ctrl_c_of_make_run_mid_run_then_a_restart_resumes_from_the_checkpoint(
     stack_env: dict[str, str], tmp_path: Path, launched: list[Launched]
 ) -> None:
-    epochs = 20
+    epochs, batch_size = 20, 256
+    per_epoch = _steps_per_epoch(batch_size)
     first = _launch(stack_env, tmp_path, launched)
-    experiment = _queued_digits("ctrl-c", epochs=epochs, step_delay_ms=60)
+    # 120 steps of at least 0.3 s: the stop lands mid-run whatever the worker does with it.
+    experiment = _queued_digits("ctrl-c", epochs=epochs, batch_size=batch_size, step_delay_ms=300)
     # Past the first epoch's checkpoint and into the second.
-    wait_for(
-        lambda: _training_past(experiment, STEPS_PER_EPOCH + 5), timeout=120, interval=0.2, what="epoch 2"
-    )
+    wait_for(lambda: _training_past(experiment, per_epoch + 2), timeout=120, interval=0.2, what="epoch 2")
     stopping = time.monotonic()
     assert first.stop(timeout=120) == 0, first.log()
     stopped_in = time.monotonic() - stopping
@@ -260,7 +285,7 @@ def test_ctrl_c_of_make_run_mid_run_then_a_restart_resumes_from_the_checkpoint(
 
     runs = list(Run.objects.filter(experiment=experiment).order_by("attempt"))
     last = runs[-1]
-    total = epochs * STEPS_PER_EPOCH
+    total = epochs * per_epoch
     assert last.status == RunStatus.SUCCEEDED
     assert len(runs) >= 2 and last.resumed_from_step, "the run did not resume from a checkpoint"
     series = experiment_metric_series(experiment_id=experiment.pk, names=["loss"])["loss"]
