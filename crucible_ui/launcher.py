@@ -9,7 +9,7 @@ checkpoints its runs within that time.
 
 A child that dies on its own is restarted, loudly, after a backoff that doubles with each
 recent crash; the others keep serving (a dead web process must not take a training run
-with it). Only a crash loop (CRASH_LIMIT deaths of one part within CRASH_WINDOW_S) stops
+with it). Only a crash loop (RestartPolicy: 5 deaths of one part within 60 s) stops
 everything: a part that cannot stay up needs a person, not more restarts.
 
 Daphne serves `crucible_ui.launcher:application`: the project's ASGI application with
