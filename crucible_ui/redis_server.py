@@ -54,9 +54,12 @@ def redis_server_command(*, port: int, data_dir: Path, persist: bool = False) ->
         "--bind", "127.0.0.1",
         "--port", str(port),
         "--dir", str(data_dir),
-        # `make run` keeps the queue across restarts; the test suite's Redis is throwaway.
+        # `make run` keeps the queue across restarts and crashes: every write goes to the
+        # append-only file (fsync'd each second), so a task queued before Redis died is still
+        # queued when it comes back. The test suite's Redis is throwaway.
         "--save", "60 1" if persist else "",
-        "--appendonly", "no",
+        "--appendonly", "yes" if persist else "no",
+        "--appendfsync", "everysec",
         "--daemonize", "no",
         "--loglevel", "warning",
     ]  # fmt: skip

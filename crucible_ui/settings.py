@@ -149,6 +149,20 @@ CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# --- broker outages (README "What survives what") ---
+# Kombu's Redis transport with the reconnect fix of crucible_ui/broker.py (without it a worker
+# running a training run crashes when Redis goes away); only for plain redis:// brokers.
+if CELERY_BROKER_URL.startswith("redis://"):
+    CELERY_BROKER_TRANSPORT = "crucible_ui.broker:Transport"
+# Keep reconnecting through an outage of any length (Celery's default gives up after 100 tries).
+CELERY_BROKER_CONNECTION_MAX_RETRIES = None
+# Nothing reads task results (the database holds every outcome). A task sent without this
+# makes its sender subscribe to the result's pub/sub channel, and during a Redis outage that
+# subscription retries for 20 s inside the sender: beat stalled on every tick it sent.
+CELERY_TASK_IGNORE_RESULT = True
+# Running tasks go on through an outage: a training run's results are in the database, not in
+# the broker (Celery's future default of cancelling them would throw minutes of training away).
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The periodic sweeps (scheduler tick, watchdog, approval timeouts, checkpoint cleanup);
 # control.beat reads only the environment, so importing it here is safe.
