@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, StrictStr
+from pydantic import ConfigDict, StrictBool, StrictStr
 
 from experiments.choices import PriorityClass, State
 from experiments.models import Experiment
@@ -59,6 +59,11 @@ class ActionIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     reason: StrictStr = Field("", max_length=2000)
+    override: StrictBool = Field(
+        False,
+        description="Promote what a policy held: confirms the override (a reason is then required; "
+        'the audit says "override of <policy>: <reason>").',
+    )
 
 
 class ExperimentFilters(Schema):
@@ -160,11 +165,21 @@ class ErrorOut(Schema):
     detail: str
 
 
+class VerdictOut(Schema):
+    """The policy decision a promote would override."""
+
+    policy: str
+    verdict: str
+
+
 class TransitionRefusedOut(Schema):
-    """409: the event cannot fire from the current state (or another request fired first)."""
+    """409: the event cannot fire from the current state (or another request fired first), or a
+    promote would override a policy's hold without `override` (then `held_by` names the verdict)."""
 
     detail: str
     state: str
+    override_required: bool = False
+    held_by: VerdictOut | None = None
 
 
 class UnknownEventOut(Schema):
