@@ -19,6 +19,7 @@ from experiments.api.schemas import (
     ExperimentFilters,
     ExperimentIn,
     ExperimentList,
+    OverrideRequiredOut,
     TransitionRefusedOut,
     UnknownEventOut,
     ValidationErrorOut,
@@ -161,7 +162,8 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
         400: UnknownEventOut,
         **_AUTH_ERRORS,
         404: ErrorOut,
-        409: TransitionRefusedOut,
+        # The fuller answer first: a refusal that names a policy's verdict keeps its fields.
+        409: OverrideRequiredOut | TransitionRefusedOut,
         422: ValidationErrorOut,
     },
     summary="Fire a lifecycle event",

@@ -165,6 +165,13 @@ class ErrorOut(Schema):
     detail: str
 
 
+class TransitionRefusedOut(Schema):
+    """409: the event cannot fire from the current state (or another request fired first)."""
+
+    detail: str
+    state: str
+
+
 class VerdictOut(Schema):
     """The policy decision a promote would override."""
 
@@ -172,14 +179,13 @@ class VerdictOut(Schema):
     verdict: str
 
 
-class TransitionRefusedOut(Schema):
-    """409: the event cannot fire from the current state (or another request fired first), or a
-    promote would override a policy's hold without `override` (then `held_by` names the verdict)."""
+class OverrideRequiredOut(Schema):
+    """409: a policy held the experiment; promote again with `override` and a reason."""
 
     detail: str
     state: str
-    override_required: bool = False
-    held_by: VerdictOut | None = None
+    override_required: bool
+    held_by: VerdictOut
 
 
 class UnknownEventOut(Schema):
@@ -199,8 +205,10 @@ __all__ = [
     "ExperimentList",
     "ExperimentSummary",
     "FieldError",
+    "OverrideRequiredOut",
     "TransitionOut",
     "TransitionRefusedOut",
     "UnknownEventOut",
     "ValidationErrorOut",
+    "VerdictOut",
 ]

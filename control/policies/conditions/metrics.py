@@ -107,9 +107,11 @@ class Regression(ConditionKindUnit):
     name = ConditionKind.REGRESSION
     label = "No regression against the production model (relative)"
     help = (
-        "Passes while the latest value is at most threshold worse than the production model's "
-        "(relative: 0.05 = 5%), and when there is no production model; better sets the direction "
-        "(blank: guessed from the name). Canary rollback: on served traffic."
+        "Passes while the candidate is at most threshold worse than the model in production at the "
+        "moment of the decision (relative: 0.05 = 5%), both measured on the recipe's held-out set "
+        "when they have an evaluation there (else on their runs' last values), and when nothing is "
+        "in production; better sets the direction (blank: guessed from the name). Canary rollback: "
+        "on served traffic."
     )
     example = {"metric": "loss", "threshold": 0.05}
     reads_served_traffic = True
