@@ -33,10 +33,12 @@ def model_version_evaluate(*, version_id: int, again: bool = False) -> VersionEv
 
     Returns the stored evaluation (a succeeded one is reused unless `again`), a failed one with
     the reason when the checkpoint cannot be read, or None when the recipe declares no held-out
-    evaluation. Loading the checkpoint imports torch: call it from a worker (the Celery task
+    evaluation (or the version is gone). Loading the checkpoint imports torch: call it from a worker (the Celery task
     control.evaluate_version, or the control queue's promotion decision).
     """
-    version = ModelVersion.objects.get(pk=version_id)
+    version = ModelVersion.objects.filter(pk=version_id).first()
+    if version is None:
+        return None  # deleted while the job waited on the queue
     if not again:
         existing = version_evaluation(version=version)
         if existing is not None:

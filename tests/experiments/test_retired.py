@@ -66,6 +66,7 @@ def test_rolling_the_newer_experiment_back_reinstates_the_one_it_replaced(
     with django_capture_on_commit_callbacks(execute=True):
         promote_to_production(first)
         promote_to_production(second)
+    assert _state(first) == State.RETIRED
     with django_capture_on_commit_callbacks(execute=True):
         experiment_transition(experiment_id=second.pk, event="rollback", actor=SYSTEM)
 
