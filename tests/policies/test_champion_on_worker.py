@@ -79,8 +79,9 @@ def test_two_candidates_finishing_while_nothing_serves_the_worse_one_never_reach
 
     wait_for(lambda: _settled(better, worse), timeout=180, what="both decisions carried out")
 
-    production = ModelVersion.objects.get(model_name="digits", stage=ModelStage.PRODUCTION)
-    assert production.experiment_id == better.pk
+    production = ModelVersion.objects.filter(model_name="digits", stage=ModelStage.PRODUCTION).first()
+    versions = list(ModelVersion.objects.values_list("version", "stage", "experiment__name"))
+    assert production is not None and production.experiment_id == better.pk, versions
     assert _state(better) == State.DEPLOYED and _state(worse) == State.COMPLETED
     hold = TransitionLog.objects.get(experiment=worse, event="hold")
     assert hold.actor == "policy:auto_promote"
