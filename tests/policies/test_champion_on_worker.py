@@ -25,7 +25,7 @@ from experiments.models import (
 )
 from tests.conftest import WorkerHandle, wait_for
 from tests.digits_models import evaluating_digits_experiment, train_digits
-from tests.policies.helpers import make_policy
+from tests.policies.helpers import add_points, make_policy
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
 
@@ -38,6 +38,16 @@ def better_and_worse(tmp_path_factory: pytest.TempPathFactory) -> tuple[Trained,
     better = train_digits(tmp_path_factory.mktemp("digits-12-epochs"), epochs=12)
     worse = train_digits(tmp_path_factory.mktemp("digits-2-epochs"), epochs=2)
     return better, worse
+
+
+def _finished(name: str, trained: Trained) -> Experiment:
+    """Return an evaluating experiment whose run left this checkpoint and logged its final metrics."""
+    checkpoint, metrics = trained
+    experiment = evaluating_digits_experiment(name, checkpoint, metrics=metrics)
+    run = experiment.runs.get()
+    for metric, value in metrics.items():
+        add_points(run, metric, [value], first_step=1)
+    return experiment
 
 
 def _state(experiment: Experiment) -> str:
@@ -60,7 +70,7 @@ def _settled(*experiments: Experiment) -> bool:
 def test_two_candidates_finishing_while_nothing_serves_the_worse_one_never_reaches_production(
     start_celery_worker: Callable[..., WorkerHandle], better_and_worse: tuple[Trained, Trained]
 ) -> None:
-    (better_ckpt, better_metrics), (worse_ckpt, worse_metrics) = better_and_worse
+    better_trained, worse_trained = better_and_worse
     make_policy(
         "auto_promote",
         PolicyKind.AUTO_PROMOTE,
@@ -73,8 +83,8 @@ def test_two_candidates_finishing_while_nothing_serves_the_worse_one_never_reach
     )
     # Both finish before the worker is up: their decisions wait on the queue side by side, as
     # when two runs complete at the same moment. The better one finished first.
-    better = evaluating_digits_experiment("digits 12 epochs", better_ckpt, metrics=better_metrics)
-    worse = evaluating_digits_experiment("digits 2 epochs", worse_ckpt, metrics=worse_metrics)
+    better = _finished("digits 12 epochs", better_trained)
+    worse = _finished("digits 2 epochs", worse_trained)
     start_celery_worker()
 
     wait_for(lambda: _settled(better, worse), timeout=180, what="both decisions carried out")
