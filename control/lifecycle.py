@@ -20,7 +20,11 @@ from control.canary.rollouts import (
     rollout_end_on_rollback,
     rollout_start_on_promote,
 )
-from control.policies.listeners import policies_evaluate_on_metrics, policies_evaluate_on_transition
+from control.policies.listeners import (
+    evaluation_request_on_promote,
+    policies_evaluate_on_metrics,
+    policies_evaluate_on_transition,
+)
 from control.scheduling.services import (
     leases_release_on_run_end,
     runs_stop_on_cancel,
@@ -51,6 +55,7 @@ EFFECTS = EffectTable(
         "hold": (policies_evaluate_on_transition, state_change_publish),
         "promote": (
             version_register_on_promote,
+            evaluation_request_on_promote,
             rollout_start_on_promote,
             policies_evaluate_on_transition,
             state_change_publish,
@@ -74,6 +79,11 @@ EFFECTS = EffectTable(
             state_change_publish,
         ),
         "retrain": (policies_evaluate_on_transition, state_change_publish),
+        # A queued promotion that lost to production: its rollout ends, its candidate stops.
+        "withdraw": (rollout_end_on_cancel, policies_evaluate_on_transition, state_change_publish),
+        # The registry moved production (the version is already where it belongs).
+        "retire": (policies_evaluate_on_transition, state_change_publish),
+        "reinstate": (policies_evaluate_on_transition, state_change_publish),
     },
     # Inside the transaction that ends the run (the scheduler tick itself waits for commit).
     run_ended=(leases_release_on_run_end,),

@@ -18,12 +18,14 @@ class State(models.TextChoices):
     FAILED = "failed", "Failed"
     CANCELLED = "cancelled", "Cancelled"
     ROLLED_BACK = "rolled_back", "Rolled back"
+    # A newer version of the same model replaced this one in production: it serves no more.
+    RETIRED = "retired", "Retired (replaced in production)"
 
 
 # Work is waiting for or holding capacity in these states.
 ACTIVE_STATES = (State.QUEUED, State.RUNNING)
 # Nothing happens to the experiment by itself any more; only retrain (a child) moves on.
-TERMINAL_STATES = (State.DEPLOYED, State.FAILED, State.CANCELLED, State.ROLLED_BACK)
+TERMINAL_STATES = (State.DEPLOYED, State.FAILED, State.CANCELLED, State.ROLLED_BACK, State.RETIRED)
 CANCELLABLE_STATES = (
     State.PENDING,
     State.QUEUED,
@@ -38,6 +40,7 @@ RETRAINABLE_STATES = (
     State.ROLLED_BACK,
     State.FAILED,
     State.CANCELLED,
+    State.RETIRED,
 )
 
 

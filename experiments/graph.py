@@ -33,12 +33,14 @@ _LAYOUT: dict[str, tuple[float, float]] = {
     State.CANCELLED: (60 + 3 * COL, 30),
     State.FAILED: (60 + 2.5 * COL, MAIN_Y + 120),
     State.ROLLED_BACK: (60 + 5.5 * COL, MAIN_Y + 120),
+    State.RETIRED: (60 + 6 * COL, 30),
 }
 # Edges between states on the same row that skip a node or go backwards bend around
 # the row: +1 below it, -1 above it (chosen so that no edge crosses a node).
 _BEND: dict[tuple[str, str], int] = {
     (State.RUNNING, State.QUEUED): -1,
     (State.EVALUATING, State.PROMOTING): 1,
+    (State.PROMOTING, State.COMPLETED): -1,
 }
 
 

@@ -28,6 +28,7 @@ _STATE_PHRASES = {
     State.FAILED: "already failed",
     State.CANCELLED: "already cancelled",
     State.ROLLED_BACK: "already rolled back",
+    State.RETIRED: "retired (a newer version replaced it)",
     State.PENDING: "still pending",
 }
 
@@ -40,6 +41,20 @@ class TransitionRefused(Exception):
         self.experiment = experiment
         self.event = event
         self.message = message
+
+
+class OverrideRequired(Exception):
+    """A person promotes what a policy held: they must confirm the override, with a reason."""
+
+    def __init__(self, *, experiment: Experiment, hold: TransitionLog) -> None:
+        self.experiment = experiment
+        self.policy = hold.policy_name
+        self.verdict = hold.reason
+        self.message = (
+            f"Policy {self.policy} held {experiment.name!r}: {self.verdict or 'no reason recorded'}. "
+            "Promoting it overrides the policy: confirm, with a reason."
+        )
+        super().__init__(self.message)
 
 
 def experiment_create(
@@ -83,11 +98,15 @@ def experiment_create(
     return experiment
 
 
-def experiment_transition(*, experiment_id: int, event: str, actor: Actor, reason: str = "") -> Experiment:
+def experiment_transition(
+    *, experiment_id: int, event: str, actor: Actor, reason: str = "", override: bool = False
+) -> Experiment:
     """Fire one event on an experiment: transition, save and audit in one transaction.
 
     Raise TransitionRefused when the current state does not allow it (including losing a
     race to a concurrent transition) and PermissionDenied when the person may not fire it.
+    A person promoting what a policy held must pass override=True and a reason (OverrideRequired,
+    or a ValidationError on reason, otherwise); the audit says "override of <policy>: <reason>".
     """
     if event not in EVENT_PERMISSIONS:
         raise ValidationError({"event": f"unknown event {event!r} (known: {', '.join(EVENT_PERMISSIONS)})"})
@@ -98,12 +117,30 @@ def experiment_transition(*, experiment_id: int, event: str, actor: Actor, reaso
     try:
         with transaction.atomic():
             experiment = Experiment.objects.get(pk=experiment_id)
+            if event == "promote" and actor.is_person:
+                reason = _override_reason(experiment, actor, reason, override)
             _fire(experiment, event, actor, reason)
     except ConcurrentTransition:
         # Another request changed the state between our read and our write; the
         # transaction is rolled back, so read what won and say so.
         raise _refusal(Experiment.objects.get(pk=experiment_id), event) from None
     return experiment
+
+
+def _override_reason(experiment: Experiment, actor: Actor, reason: str, override: bool) -> str:
+    """Return the audit reason of a person's promote, refusing an unconfirmed override of a policy."""
+    hold = experiment.policy_hold()
+    if hold is None:
+        return reason
+    if not has_transition_perm(experiment.promote, actor.user):
+        raise PermissionDenied("You may not promote experiments.")
+    if not override:
+        raise OverrideRequired(experiment=experiment, hold=hold)
+    if not reason.strip():
+        raise ValidationError(
+            {"reason": f"Say why you override policy {hold.policy_name}; it goes to the audit."}
+        )
+    return f"override of {hold.policy_name}: {reason.strip()}"
 
 
 def _refusal(experiment: Experiment, event: str) -> TransitionRefused:

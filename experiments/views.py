@@ -22,6 +22,7 @@ from experiments.models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, 
 from experiments.permissions import requires_permission
 from experiments.recipes import RECIPES
 from experiments.services import (
+    OverrideRequired,
     TransitionRefused,
     experiment_create,
     experiment_retrain,
@@ -56,12 +57,16 @@ PRIMARY_EVENTS = ("queue", "retry", "promote", "deploy", "retrain")
 def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
     """Return what the actions block needs: the events this user may fire now, with labels."""
     events = [e for e in experiment.available_events(request.user) if e in PERSON_EVENTS]
+    # Promoting what a policy held overrides it: the button shows the verdict and asks for a reason.
+    hold = experiment.policy_hold() if "promote" in events else None
+    confirm = CONFIRM_EVENTS | ({"promote"} if hold is not None else set())
     primary = next((e for e in PRIMARY_EVENTS if e in events), None)
-    ordered = sorted(events, key=lambda e: (e != primary, e in CONFIRM_EVENTS))  # stable sort
+    ordered = sorted(events, key=lambda e: (e != primary, e in confirm))  # stable sort
     return {
         "experiment": experiment,
+        "policy_hold": hold,
         "actions": [
-            {"event": e, "label": EVENT_LABELS[e], "confirm": e in CONFIRM_EVENTS, "primary": e == primary}
+            {"event": e, "label": EVENT_LABELS[e], "confirm": e in confirm, "primary": e == primary}
             for e in ordered
         ],
     }
@@ -203,6 +208,7 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
     _get_experiment(experiment_id)
     actor = Actor.for_user(request.user)
     reason = request.POST.get("reason", "").strip()[:2000]
+    override = request.POST.get("override") == "1"
     try:
         if event == "retrain":
             child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
@@ -210,12 +216,23 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
             message = f"Retraining as “{child.name}” (#{child.pk}); it is queued."
         else:
             experiment = experiment_transition(
-                experiment_id=experiment_id, event=event, actor=actor, reason=reason
+                experiment_id=experiment_id, event=event, actor=actor, reason=reason, override=override
             )
             target = experiment
             message = (
                 f"{EVENT_LABELS[event]}: “{experiment.name}” is now {experiment.get_state_display().lower()}."
             )
+    except OverrideRequired as exc:
+        if _wants_json(request):
+            return JsonResponse(
+                {
+                    "detail": exc.message,
+                    "override_required": True,
+                    "held_by": {"policy": exc.policy, "verdict": exc.verdict},
+                },
+                status=409,
+            )
+        return _refused(request, experiment_id, exc.message, status=409)
     except TransitionRefused as exc:
         return _refused(request, experiment_id, exc.message, status=409)
     except PermissionDenied as exc:

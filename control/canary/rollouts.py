@@ -33,7 +33,8 @@ from control.policies.conditions import (
     EvaluationContext,
     evaluate_condition,
 )
-from control.policies.engine import Evaluation, arm_allows_firing, trigger_fire
+from control.policies.engine import Evaluation, arm_allows_firing, policies_in_scope, trigger_fire
+from control.policies.gate import promotion_rejudge
 from control.policies.models import ConditionRole, Policy, PolicyKind, PolicyMode, TriggerEvent, TriggerStatus
 from experiments.actors import Actor
 from experiments.choices import State
@@ -133,10 +134,38 @@ def _start_queued(now: datetime) -> list[int]:
         if candidate.stage != ModelStage.CANARY:
             _finish(rollout, RolloutStatus.CANCELLED, f"v{candidate.version} left the canary stage", now)
             continue
+        if not _still_wins(rollout, now):
+            continue
         if _activate(rollout, now):
             started.append(rollout.pk)
         live_models.add(rollout.model_name)
     return started
+
+
+def _still_wins(rollout: CanaryRollout, now: datetime) -> bool:
+    """Judge a queued candidate again against production now; drop it (audited) when it lost.
+
+    Production may have changed while it waited (the canary before it deployed): it is compared
+    by the auto-promote policy in its scope, as when it was promoted. Without one, a person
+    promoted it and it starts as it is.
+    """
+    experiment = rollout.experiment
+    policies = policies_in_scope(experiment=experiment, kinds=(PolicyKind.AUTO_PROMOTE,))
+    if not policies:
+        return True
+    actor = Actor.policy(policies[0].name)
+    with transaction.atomic():
+        evaluation = promotion_rejudge(policy=policies[0], experiment=experiment)
+        if evaluation.passed:
+            return True
+        reason = f"lost to production when its canary was to start: {evaluation.failed_reasons()}"
+        _finish(rollout, RolloutStatus.CANCELLED, f"dropped, not deployed: {reason}", now)
+        _archive_candidate(rollout, actor)
+        try:
+            experiment_transition(experiment_id=experiment.pk, event="withdraw", actor=actor, reason=reason)
+        except TransitionRefused as exc:
+            logger.info("queued canary %s dropped; experiment not withdrawn: %s", rollout.pk, exc.message)
+    return False
 
 
 def _enter_stage(rollout: CanaryRollout, index: int, now: datetime) -> None:

@@ -14,7 +14,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 
 from control.policies.actions import ACTION_KINDS
-from control.policies.authoring import policy_backtest, policy_dry_run
+from control.policies.authoring import policy_backtest_report, policy_dry_run
 from control.policies.conditions import CONDITION_KINDS
 from control.policies.models import (
     ActionExecution,
@@ -171,15 +171,17 @@ class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
             return HttpResponse(status=403)
         form = BacktestForm(request.GET or None)
         hits = None
+        misses = None
         replayed = 0
         if request.GET and form.is_valid():
             chosen = list(form.cleaned_data["experiments"]) or list(form.fields["experiments"].queryset[:50])  # type: ignore[attr-defined]
             replayed = len(chosen)
-            hits = policy_backtest(policy=policy, experiments=chosen)
+            hits, misses = policy_backtest_report(policy=policy, experiments=chosen)
         context = {
             **self._context(request, policy, f"Backtest of {policy.name}"),
             "form": form,
             "hits": hits,
+            "misses": misses,
             "replayed": replayed,
         }
         return TemplateResponse(request, "admin/control/policy/backtest.html", context)

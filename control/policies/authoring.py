@@ -7,7 +7,7 @@ from typing import Any
 
 from django.db import transaction
 
-from control.policies.conditions import EvaluationContext, evaluate_all
+from control.policies.conditions import ConditionSpec, EvaluationContext, condition_shortfall, evaluate_all
 from control.policies.engine import evaluation_context, policy_evaluate
 from control.policies.models import (
     ActionRole,
@@ -65,35 +65,81 @@ class BacktestHit:
     conditions: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class NearMiss:
+    """An experiment the policy never fired for, and the closest each condition came to holding."""
+
+    experiment_id: int
+    experiment_name: str
+    # {condition, value, step, short_by, held}: the value with the smallest shortfall, and where.
+    conditions: list[dict[str, Any]]
+
+
+def _when_specs(policy: Policy) -> list[ConditionSpec]:
+    return [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
+
+
 def policy_dry_run(*, policy: Policy, experiment: Experiment) -> dict[str, Any]:
-    """Return each condition's value and pass/fail against the experiment, changing nothing."""
+    """Return each condition's value, pass/fail and shortfall against the experiment, changing nothing.
+
+    short_by is how far a failing condition's value is from its threshold (the near miss).
+    """
     evaluation = policy_evaluate(policy=policy, experiment=experiment)
     role = ActionRole.THEN if evaluation.passed else ActionRole.FALLBACK
     actions = [str(a) for a in policy.actions.filter(role=role, enabled=True)]
-    return {**evaluation.snapshot(), "would_run": actions, "role": role}
+    snapshot = evaluation.snapshot()
+    for row, spec, result in zip(
+        snapshot["conditions"], _when_specs(policy), evaluation.results, strict=True
+    ):
+        row["short_by"] = condition_shortfall(spec, result)
+    return {**snapshot, "would_run": actions, "role": role}
 
 
 def policy_backtest(
     *, policy: Policy, experiments: list[Experiment], max_hits_per_experiment: int = 1
 ) -> list[BacktestHit]:
     """Replay the policy over past metric histories; list the first step where it would have fired."""
-    specs = [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
+    return policy_backtest_report(
+        policy=policy, experiments=experiments, max_hits_per_experiment=max_hits_per_experiment
+    )[0]
+
+
+def policy_backtest_report(
+    *, policy: Policy, experiments: list[Experiment], max_hits_per_experiment: int = 1
+) -> tuple[list[BacktestHit], list[NearMiss]]:
+    """Replay the policy over past metric histories: where it would have fired, and near misses.
+
+    For each experiment it never fired for, every condition's closest value over the replay
+    (the smallest shortfall from its threshold) and the step it came at.
+    """
+    specs = _when_specs(policy)
     names = [s.metric for s in specs if s.metric]
     hits: list[BacktestHit] = []
+    misses: list[NearMiss] = []
     for experiment in experiments:
-        full = evaluation_context(experiment=experiment, metric_names=names)
+        full, _, _ = evaluation_context(experiment=experiment, metric_names=names)
         steps = sorted({step for points in full.series.values() for step, _ in points})
         found = 0
         armed = True
+        closest: list[dict[str, Any]] = [
+            {"condition": spec.describe(), "value": None, "step": None, "short_by": None, "held": False}
+            for spec in specs
+        ]
         for step in steps:
             ctx = EvaluationContext(
                 series={n: [p for p in pts if p[0] <= step] for n, pts in full.series.items()},
                 production_metrics=full.production_metrics,
+                production_label=full.production_label,
                 last_retrain_at=full.last_retrain_at,
                 now=full.now,
                 runs_in_flight=full.runs_in_flight,
             )
             passed, results = evaluate_all(specs, ctx)
+            for near, spec, result in zip(closest, specs, results, strict=True):
+                short = condition_shortfall(spec, result)
+                near["held"] = near["held"] or result.passed
+                if short is not None and (near["short_by"] is None or short < near["short_by"]):
+                    near.update(value=result.as_dict()["value"], step=step, short_by=short)
             if passed and armed:
                 hits.append(BacktestHit(experiment.pk, experiment.name, step, [r.as_dict() for r in results]))
                 found += 1
@@ -102,4 +148,6 @@ def policy_backtest(
                     break
             elif not passed:
                 armed = True
-    return hits
+        if not found and steps:
+            misses.append(NearMiss(experiment.pk, experiment.name, closest))
+    return hits, misses

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -20,10 +19,9 @@ from django.db.models import QuerySet
 from django.utils import timezone
 
 import control.policies.triggers as triggers
-from control.policies.conditions import ConditionResult, EvaluationContext, evaluate_all
+from control.policies.gate import Evaluation, evaluation_context, policy_evaluate, production_metrics
 from control.policies.models import (
     ActionRole,
-    ConditionRole,
     Policy,
     PolicyArm,
     PolicyKind,
@@ -31,95 +29,27 @@ from control.policies.models import (
     TriggerEvent,
     TriggerStatus,
 )
-from experiments.choices import RunStatus, State
-from experiments.models import Experiment, Run
-from experiments.runs.selectors import experiment_metric_series
+from experiments.choices import State
+from experiments.models import Experiment
 
 logger = logging.getLogger(__name__)
+
+# Re-exported: the canary and the authoring pages judge with the same units.
+__all__ = [
+    "Evaluation",
+    "engine_on_complete",
+    "engine_on_drift",
+    "engine_on_metrics",
+    "engine_on_transition",
+    "evaluation_context",
+    "policy_evaluate",
+    "production_metrics",
+    "trigger_fire",
+]
 
 # Which policies are consulted on which occasion.
 ON_METRICS = (PolicyKind.EARLY_STOP, PolicyKind.CUSTOM)
 ON_COMPLETE = (PolicyKind.AUTO_PROMOTE,)
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """One policy checked against one experiment: all passed?, and each condition's result."""
-
-    policy: Policy
-    experiment: Experiment
-    passed: bool
-    results: list[ConditionResult]
-
-    def snapshot(self) -> dict[str, Any]:
-        """Return the JSON snapshot stored on a trigger."""
-        return {"passed": self.passed, "conditions": [r.as_dict() for r in self.results]}
-
-
-def production_metrics(*, recipe: str, exclude_experiment_id: int | None = None) -> dict[str, float] | None:
-    """Return the final metrics of the model now in production for this recipe, if any.
-
-    Production is the most recently deployed experiment of the recipe; its last successful
-    run holds the metrics the regression guard compares against.
-    """
-    deployed = Experiment.objects.filter(recipe=recipe, state=State.DEPLOYED)
-    if exclude_experiment_id is not None:
-        deployed = deployed.exclude(pk=exclude_experiment_id)
-    current = deployed.order_by("-state_changed_at").first()
-    if current is None:
-        return None
-    run = current.runs.filter(status=RunStatus.SUCCEEDED).order_by("-attempt").first()
-    if run is None:
-        return None
-    return {k: float(v) for k, v in run.final_metrics.items() if isinstance(v, int | float)}
-
-
-def evaluation_context(
-    *,
-    experiment: Experiment,
-    metric_names: Iterable[str],
-    now: datetime | None = None,
-    drift_score: float | None = None,
-) -> EvaluationContext:
-    """Gather the facts a policy's conditions read for one experiment."""
-    names = sorted({n for n in metric_names if n})
-    series: dict[str, list[tuple[int, float | None]]] = {}
-    if names:
-        stitched = experiment_metric_series(experiment_id=experiment.pk, names=names)
-        series = {name: [(p.step, p.value) for p in points] for name, points in stitched.items()}
-    last_retrain = (
-        Experiment.objects.filter(parent=experiment)
-        .order_by("-created_at")
-        .values_list("created_at", flat=True)
-        .first()
-    )
-    if experiment.dataset_version_id is not None and (
-        last_retrain is None or experiment.created_at > last_retrain
-    ):
-        # The experiment is itself a retrain on curated data: its model was retrained when it was
-        # created, so once deployed it does not count as "never retrained" and start the loop again.
-        last_retrain = experiment.created_at
-    return EvaluationContext(
-        series=series,
-        production_metrics=production_metrics(recipe=experiment.recipe, exclude_experiment_id=experiment.pk),
-        last_retrain_at=last_retrain,
-        now=now or timezone.now(),
-        runs_in_flight=Run.objects.filter(status__in=[RunStatus.STARTING, RunStatus.RUNNING]).count(),
-        drift_score=drift_score,
-    )
-
-
-def policy_evaluate(
-    *, policy: Policy, experiment: Experiment, now: datetime | None = None, drift_score: float | None = None
-) -> Evaluation:
-    """Evaluate the policy's "when" conditions against the experiment (reads only)."""
-    rows = [c for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
-    specs = [row.spec() for row in rows]
-    ctx = evaluation_context(
-        experiment=experiment, metric_names=[s.metric for s in specs], now=now, drift_score=drift_score
-    )
-    passed, results = evaluate_all(specs, ctx)
-    return Evaluation(policy=policy, experiment=experiment, passed=passed, results=results)
 
 
 def policies_in_scope(*, experiment: Experiment, kinds: Iterable[str]) -> list[Policy]:
@@ -239,7 +169,9 @@ def engine_on_complete(*, experiment_id: int, now: datetime | None = None) -> li
         return []
     fired = []
     for policy in policies_in_scope(experiment=experiment, kinds=ON_COMPLETE):
-        evaluation = policy_evaluate(policy=policy, experiment=experiment, now=now)
+        # Champion/challenger: the candidate's checkpoint and production's are evaluated on the
+        # recipe's held-out set (here, on the control queue) and compared by the policy's conditions.
+        evaluation = policy_evaluate(policy=policy, experiment=experiment, now=now, decide=True)
         has_fallback = any(a.role == ActionRole.FALLBACK and a.enabled for a in policy.actions.all())
         if not evaluation.passed and not has_fallback:
             continue

@@ -13,6 +13,9 @@ from control.policies.engine import ON_METRICS, engine_on_metrics, engine_on_tra
 from control.policies.models import Policy, PolicyKind
 from experiments.effects import Transitioned
 from experiments.events import MetricPointPayload
+from experiments.models import ModelVersion
+from experiments.recipes import RECIPES
+from experiments.registry.evaluation import version_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -57,3 +60,21 @@ def policies_evaluate_on_transition(done: Transitioned) -> None:
         # The broker is away: decide here rather than lose the decision.
         logger.warning("control queue unavailable; evaluating %s of #%s inline", event, experiment_id)
         engine_on_transition(experiment_id=experiment_id, event=event)
+
+
+def evaluation_request_on_promote(done: Transitioned) -> None:
+    """A promoted version that no decision evaluated yet (a person promoted it) gets its evaluation job.
+
+    It runs on the control queue, where torch is at home; without a broker it waits for the next
+    decision that needs it rather than load a checkpoint in the web process.
+    """
+    version = ModelVersion.objects.filter(experiment=done.experiment).order_by("-version").first()
+    spec = RECIPES.get(done.experiment.recipe)
+    if version is None or spec is None or not spec.evaluator or version_evaluation(version=version):
+        return
+    try:
+        task_send("control.evaluate_version", args=[version.pk], queue="control")
+    except Exception:
+        logger.warning(
+            "control queue unavailable; v%s of %s not evaluated yet", version.version, version.model_name
+        )

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import ObjectDoesNotExist, ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
@@ -22,8 +22,16 @@ from control.policies.conditions import (
     ConditionKind,
     ConditionSpec,
     validate_condition,
+    validate_metric_declared,
     validate_serving_condition,
 )
+from experiments.recipes import RECIPES
+
+
+def declared_metrics(scope_recipes: list[str]) -> dict[str, tuple[str, ...]]:
+    """Return the metric names each recipe in the scope declares (every recipe: an empty scope)."""
+    names = scope_recipes or list(RECIPES)
+    return {name: RECIPES[name].metrics for name in names if name in RECIPES}
 
 
 class PolicyKind(models.TextChoices):
@@ -197,6 +205,15 @@ class PolicyCondition(models.Model):
         errors = validate_condition(self.spec())
         if not errors and self.role == ConditionRole.ROLLBACK_ON:
             errors = validate_serving_condition(self.spec())
+        elif not errors:
+            # A metric no recipe in scope logs could never make the condition hold.
+            try:
+                scope = self.policy.scope_recipes
+            except ObjectDoesNotExist:
+                scope = []
+            errors = validate_metric_declared(
+                self.spec(), declared_metrics(scope if isinstance(scope, list) else [])
+            )
         if errors:
             raise ValidationError(errors)
 

@@ -7,6 +7,7 @@ from celery import shared_task
 import control.policies.triggers as triggers
 from control.policies.drift import drift_sweep
 from control.policies.engine import engine_on_metrics, engine_on_transition
+from experiments.registry.evaluation import model_version_evaluate
 
 
 @shared_task(name="control.action_execute", acks_late=True, queue="control")
@@ -37,3 +38,10 @@ def triggers_expire_task() -> int:
 def drift_sweep_task() -> list[dict[str, object]]:
     """Measure drift of every production model; drift policies may retrain."""
     return drift_sweep()
+
+
+@shared_task(name="control.evaluate_version", queue="control")
+def evaluate_version_task(version_id: int) -> str:
+    """Evaluate one model version on its recipe's held-out set (the evaluation job); return its status."""
+    evaluation = model_version_evaluate(version_id=version_id)
+    return evaluation.status if evaluation is not None else "no held-out evaluation"

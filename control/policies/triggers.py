@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from control.dispatch import task_send
 from control.policies.actions import ACTION_KINDS, ActionContext, ActionFailed, clean_action_params
+from control.policies.gate import promotion_rejudge
 from control.policies.models import (
     ActionExecution,
     ActionRole,
@@ -210,6 +211,16 @@ def _action_context(execution: ActionExecution, trigger: TriggerEvent) -> Action
             .first()
         )
 
+    def rejudge(experiment: Experiment) -> str | None:
+        policy = trigger.policy
+        if policy.kind != PolicyKind.AUTO_PROMOTE:
+            return None
+        evaluation = promotion_rejudge(policy=policy, experiment=experiment)
+        # The trigger shows both judgements: when it fired, and when its promotion ran.
+        trigger.snapshot = {**trigger.snapshot, "rejudged": evaluation.snapshot()}
+        TriggerEvent.objects.filter(pk=trigger.pk).update(snapshot=trigger.snapshot)
+        return None if evaluation.passed else evaluation.failed_reasons()
+
     return ActionContext(
         experiment=trigger.experiment,
         actor=Actor.policy(trigger.policy.name),
@@ -219,6 +230,7 @@ def _action_context(execution: ActionExecution, trigger: TriggerEvent) -> Action
         trigger_payload=lambda: trigger_payload(trigger),
         earlier_result=earlier_result,
         canary_applies=_canary_applies,
+        rejudge=rejudge,
     )
 
 

@@ -19,6 +19,7 @@ from experiments.api.schemas import (
     ExperimentFilters,
     ExperimentIn,
     ExperimentList,
+    OverrideRequiredOut,
     TransitionRefusedOut,
     UnknownEventOut,
     ValidationErrorOut,
@@ -28,6 +29,7 @@ from experiments.models import EVENT_PERMISSIONS, Experiment
 from experiments.permissions import requires_permission
 from experiments.recipes import ConfigError, get_spec
 from experiments.services import (
+    OverrideRequired,
     TransitionRefused,
     experiment_create,
     experiment_retrain,
@@ -164,14 +166,17 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
         400: UnknownEventOut,
         **_AUTH_ERRORS,
         404: ErrorOut,
-        409: TransitionRefusedOut,
+        # The fuller answer first: a refusal that names a policy's verdict keeps its fields.
+        409: OverrideRequiredOut | TransitionRefusedOut,
         422: ValidationErrorOut,
     },
     summary="Fire a lifecycle event",
     description="Events: " + ", ".join(EVENT_PERMISSIONS) + ". Each needs its transition permission "
     '(403 otherwise). The optional body `{"reason": "..."}` goes into the audit log. Answers 200 with the experiment in its '
     "new state; `retrain` answers 201 with the queued child. 409 when the current state does not "
-    "allow the event (e.g. another request fired it first), with the state it is in.",
+    "allow the event (e.g. another request fired it first), with the state it is in. Promoting what "
+    'a policy held needs `{"override": true, "reason": "..."}`: without it 409 with `held_by` (the '
+    "policy and its verdict); without a reason 422 on `reason`.",
 )
 # Plus the event's own transition permission, which the service checks (403).
 @requires_permission(VIEW_PERMISSION, hidden=True)
@@ -188,15 +193,26 @@ def experiment_action(
     user = request.auth  # type: ignore[attr-defined]
     actor = Actor.for_user(user)
     reason = payload.reason if payload else ""
+    override = payload.override if payload else False
     try:
         if event == "retrain":
             child = experiment_retrain(experiment_id=experiment_id, actor=actor, reason=reason)
             return Status(201, _detail(child.pk, user))
         experiment = experiment_transition(
-            experiment_id=experiment_id, event=event, actor=actor, reason=reason
+            experiment_id=experiment_id, event=event, actor=actor, reason=reason, override=override
         )
     except Experiment.DoesNotExist:
         raise Http404(f"No experiment #{experiment_id}") from None
+    except OverrideRequired as exc:
+        return Status(
+            409,
+            {
+                "detail": exc.message,
+                "state": str(exc.experiment.state),
+                "override_required": True,
+                "held_by": {"policy": exc.policy, "verdict": exc.verdict},
+            },
+        )
     except TransitionRefused as exc:
         return Status(409, {"detail": exc.message, "state": str(exc.experiment.state)})
     except DjangoValidationError as exc:

@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from ninja import Field, Schema
-from pydantic import ConfigDict, StrictStr
+from pydantic import ConfigDict, StrictBool, StrictStr
 
 from experiments.choices import PriorityClass, State
 from experiments.models import Experiment
@@ -59,6 +59,11 @@ class ActionIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     reason: StrictStr = Field("", max_length=2000)
+    override: StrictBool = Field(
+        False,
+        description="Promote what a policy held: confirms the override (a reason is then required; "
+        'the audit says "override of <policy>: <reason>").',
+    )
 
 
 class ExperimentFilters(Schema):
@@ -167,6 +172,22 @@ class TransitionRefusedOut(Schema):
     state: str
 
 
+class VerdictOut(Schema):
+    """The policy decision a promote would override."""
+
+    policy: str
+    verdict: str
+
+
+class OverrideRequiredOut(Schema):
+    """409: a policy held the experiment; promote again with `override` and a reason."""
+
+    detail: str
+    state: str
+    override_required: bool
+    held_by: VerdictOut
+
+
 class UnknownEventOut(Schema):
     """400: no such event."""
 
@@ -184,8 +205,10 @@ __all__ = [
     "ExperimentList",
     "ExperimentSummary",
     "FieldError",
+    "OverrideRequiredOut",
     "TransitionOut",
     "TransitionRefusedOut",
     "UnknownEventOut",
     "ValidationErrorOut",
+    "VerdictOut",
 ]

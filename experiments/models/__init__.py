@@ -25,6 +25,8 @@ from experiments.models.registry import (
     ModelVersion,
     ServedRequest,
     ServingStats,
+    VersionEvaluation,
+    VersionEvaluationStatus,
 )
 
 __all__ = [
@@ -42,4 +44,6 @@ __all__ = [
     "ServedRequest",
     "ServingStats",
     "TransitionLog",
+    "VersionEvaluation",
+    "VersionEvaluationStatus",
 ]

@@ -38,6 +38,10 @@ EVENT_PERMISSIONS: dict[str, str] = {
     "rollback": "experiments.rollback_experiment",
     "cancel": "experiments.cancel_experiment",
     "retrain": "experiments.retrain_experiment",
+    # The registry and the promotion gate fire these; no person presses them.
+    "withdraw": "experiments.operate_experiment",
+    "retire": "experiments.operate_experiment",
+    "reinstate": "experiments.operate_experiment",
 }
 
 # Words for the buttons and the "already ..." answer to a lost race.
@@ -54,6 +58,9 @@ EVENT_LABELS: dict[str, str] = {
     "rollback": "Rollback",
     "cancel": "Cancel",
     "retrain": "Retrain",
+    "withdraw": "Withdraw",
+    "retire": "Retire",
+    "reinstate": "Reinstate",
 }
 
 # These ask for a confirmation dialog in the UI: they stop work or undo a deployment.
@@ -240,6 +247,27 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         self._touch()
 
     @transition(
+        field=state, source=State.PROMOTING, target=State.COMPLETED, permission=EVENT_PERMISSIONS["withdraw"]
+    )
+    def withdraw(self) -> None:
+        """A queued promotion lost to the version now in production: held for review instead."""
+        self._touch()
+
+    @transition(
+        field=state, source=State.DEPLOYED, target=State.RETIRED, permission=EVENT_PERMISSIONS["retire"]
+    )
+    def retire(self) -> None:
+        """A newer version replaced this experiment's model in production."""
+        self._touch()
+
+    @transition(
+        field=state, source=State.RETIRED, target=State.DEPLOYED, permission=EVENT_PERMISSIONS["reinstate"]
+    )
+    def reinstate(self) -> None:
+        """A rollback restored this experiment's model to production."""
+        self._touch()
+
+    @transition(
         field=state,
         source=[State.PROMOTING, State.DEPLOYED],
         target=State.ROLLED_BACK,
@@ -283,6 +311,19 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         """Return how many interruptions an hour are requeued; one more fails the experiment."""
         return int(settings.INTERRUPTIONS_PER_HOUR_MAX)
 
+    def policy_hold(self) -> TransitionLog | None:
+        """Return the audit row of a policy's decision that holds this experiment, if one does.
+
+        A held experiment (completed) got there by a hold or a withdrawn promotion; when a policy
+        fired it, promoting it by hand overrides that policy and needs a confirmed reason.
+        """
+        if self.state != State.COMPLETED:
+            return None
+        last = self.transitions.filter(target_state=State.COMPLETED).order_by("-created_at", "-id").first()
+        if last is None or not last.actor.startswith("policy:"):
+            return None
+        return last
+
     def available_events(self, user: Any) -> list[str]:
         """Return the events this user may fire now, in lifecycle order."""
         names = {t.name for t in self.get_available_user_state_transitions(user)}  # type: ignore[attr-defined]
@@ -310,6 +351,11 @@ class TransitionLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.experiment_id}: {self.event} {self.source_state}→{self.target_state} by {self.actor}"
+
+    @property
+    def policy_name(self) -> str:
+        """Return the policy that fired it ("" for a person or the system)."""
+        return self.actor.removeprefix("policy:") if self.actor.startswith("policy:") else ""
 
 
 class Run(models.Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from functools import cached_property
 
 from django.db import models
 from django.db.models import Q
@@ -82,6 +83,47 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} v{self.version} ({self.stage})"
+
+    @cached_property
+    def latest_evaluation(self) -> VersionEvaluation | None:
+        """Return its newest held-out evaluation (prefetch "evaluations" to read many without a query each)."""
+        evaluations = sorted(self.evaluations.all(), key=lambda e: (e.created_at, e.pk), reverse=True)
+        return evaluations[0] if evaluations else None
+
+
+class VersionEvaluationStatus(models.TextChoices):
+    """How an evaluation job ended."""
+
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+
+
+class VersionEvaluation(models.Model):
+    """One version evaluated on its recipe's held-out set by the recipe's own evaluation code.
+
+    Every promotion decision compares a candidate with the production version on the same set,
+    so the two numbers come from the same data and the same code, whatever their runs logged.
+    """
+
+    version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="evaluations")
+    eval_set = models.CharField(max_length=200, help_text="The recipe's held-out set, by name.")
+    status = models.CharField(max_length=16, choices=VersionEvaluationStatus.choices)
+    metrics = models.JSONField(default=dict, blank=True)
+    note = models.CharField(
+        max_length=300, blank=True, help_text="What to know when comparing, e.g. trained on another split."
+    )
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            # One evaluation per version and set: a second job finds the first one's result.
+            models.UniqueConstraint(fields=["version", "eval_set"], name="versionevaluation_unique_set")
+        ]
+
+    def __str__(self) -> str:
+        return f"evaluation of {self.version_id} on {self.eval_set} ({self.status})"
 
 
 class ServingStats(models.Model):

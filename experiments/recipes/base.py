@@ -52,6 +52,15 @@ class RecipeResult:
     stopped: bool = False
 
 
+@dataclass(frozen=True)
+class CheckpointEvaluation:
+    """A checkpoint's metrics on its recipe's held-out set: the number promotions compare."""
+
+    metrics: dict[str, float]
+    eval_set: str  # names the data, so that only evaluations on the same set are compared
+    note: str = ""  # e.g. the model was trained on another split and may have seen some of it
+
+
 class Recipe(Protocol):
     """A training recipe: name, one-line summary, parameters and the loop itself."""
 

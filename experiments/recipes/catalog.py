@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from .schema import ConfigError, Param, ParamValue, validate_config
 
 if TYPE_CHECKING:
-    from .base import Recipe
+    from .base import CheckpointEvaluation, Recipe
 
 COMMON_PARAMS: tuple[Param, ...] = (
     Param(
@@ -55,6 +55,10 @@ class RecipeSpec:
     params: tuple[Param, ...]
     entry: str  # "module:attribute" of the Recipe implementation
     constraints: tuple[Constraint, ...] = ()
+    # The metrics its training loop logs (policy conditions may only name these).
+    metrics: tuple[str, ...] = ()
+    # "module:function" that evaluates a checkpoint on the recipe's held-out set ("" : none).
+    evaluator: str = ""
 
     def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
         """Return config with defaults filled in, or raise ConfigError keyed by parameter."""
@@ -69,6 +73,14 @@ class RecipeSpec:
     def param_names(self) -> set[str]:
         """Return the names of the parameters it accepts."""
         return {p.name for p in self.params}
+
+    def evaluate_checkpoint(self, path: str) -> CheckpointEvaluation:
+        """Evaluate a checkpoint file on the held-out set (imports torch); ValueError without an evaluator."""
+        if not self.evaluator:
+            raise ValueError(f"recipe {self.name!r} has no held-out evaluation")
+        module_name, attr = self.evaluator.split(":")
+        evaluate: Callable[[str], CheckpointEvaluation] = getattr(importlib.import_module(module_name), attr)
+        return evaluate(path)
 
     def load(self) -> Recipe:
         """Import and return the recipe implementation (this imports torch)."""
@@ -116,6 +128,8 @@ RECIPES: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.digits:RECIPE",
+            metrics=("loss", "val_loss", "accuracy", "f1"),
+            evaluator="experiments.recipes.digits:evaluate_checkpoint",
         ),
         RecipeSpec(
             name="charlm",
@@ -137,6 +151,7 @@ RECIPES: dict[str, RecipeSpec] = {
             ),
             entry="experiments.recipes.charlm:RECIPE",
             constraints=(_heads_divide_width,),
+            metrics=("loss", "val_loss", "tokens_per_s"),
         ),
         RecipeSpec(
             name="distill",
@@ -156,6 +171,16 @@ RECIPES: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.distill:RECIPE",
+            metrics=(
+                "loss",
+                "val_loss",
+                "accuracy",
+                "f1",
+                "teacher_loss",
+                "teacher_val_loss",
+                "teacher_accuracy",
+                "teacher_f1",
+            ),
         ),
     )
 }

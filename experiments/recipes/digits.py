@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Recipe, RecipeResult, RunContext
+import torch
+
+from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext
 from .catalog import get_spec
 from .classify import (
     MLP,
@@ -12,8 +14,10 @@ from .classify import (
     Position,
     arch_of,
     cross_entropy_loss,
+    digits_scaler,
     evaluate,
     load_digits_split,
+    raw_split,
     run_epochs,
     steps_per_epoch,
 )
@@ -101,3 +105,33 @@ class DigitsRecipe:
 
 
 RECIPE: Recipe = DigitsRecipe()  # annotated so that mypy checks the protocol
+
+
+# The held-out set every digits checkpoint is judged on: the validation split of the default
+# seed and fraction, which a model trained with the defaults never saw.
+HELD_OUT_SEED = 0
+HELD_OUT_FRACTION = 0.2
+HELD_OUT_SET = f"digits validation split (seed {HELD_OUT_SEED}, {HELD_OUT_FRACTION:.0%})"
+
+
+def evaluate_checkpoint(path: str) -> CheckpointEvaluation:
+    """Load a digits checkpoint and return its val_loss, accuracy and f1 on the held-out set.
+
+    Inputs are scaled with the model's own training statistics, exactly as serving does.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("recipe") != SPEC.name:
+        raise ValueError(f"checkpoint is from recipe {state.get('recipe')!r}, not {SPEC.name!r}")
+    arch = state["arch"]
+    seed, val_fraction = int(arch["seed"]), float(arch["val_fraction"])
+    mean, std = digits_scaler(seed, val_fraction)
+    _, _, x_val, y_val = raw_split(HELD_OUT_SEED, HELD_OUT_FRACTION)
+    model = MLP(int(mean.shape[0]), int(arch["hidden"]), NUM_CLASSES)
+    model.load_state_dict(state["model"])
+    device = torch.device("cpu")
+    x = torch.from_numpy(((x_val - mean) / std).astype("float32"))
+    metrics = evaluate(model, x, torch.from_numpy(y_val), device)
+    note = ""
+    if (seed, val_fraction) != (HELD_OUT_SEED, HELD_OUT_FRACTION):
+        note = f"trained on another split (seed {seed}, {val_fraction:.0%}): it may have seen some of these examples"
+    return CheckpointEvaluation(metrics=metrics, eval_set=HELD_OUT_SET, note=note)

@@ -15,9 +15,12 @@ from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.effects import Transitioned
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, ServingStats
-from experiments.services import experiment_transition
+from experiments.services import TransitionRefused, experiment_transition
 
 logger = logging.getLogger(__name__)
+
+# Who moves an experiment's lifecycle when the registry changes what serves.
+REGISTRY = Actor.system("registry")
 
 
 class RegistryError(Exception):
@@ -134,8 +137,29 @@ def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
         version.promoted_by = actor.label
         version.promoted_at = timezone.now()
         version.save(update_fields=["stage", "parent", "promoted_by", "promoted_at"])
+        if current is not None and current.experiment_id != version.experiment_id:
+            _lifecycle_follow(
+                current.experiment_id,
+                State.DEPLOYED,
+                "retire",
+                f"{version.model_name} v{version.version} replaced v{current.version} in production",
+            )
     logger.info("%s v%s promoted to production by %s", version.model_name, version.version, actor.label)
     return version
+
+
+def _lifecycle_follow(experiment_id: int | None, state: str, event: str, reason: str) -> None:
+    """Move the experiment whose version left (or came back to) production, audited as the registry.
+
+    Exactly one experiment per model reads deployed: the one whose version serves.
+    """
+    if experiment_id is None or not Experiment.objects.filter(pk=experiment_id, state=state).exists():
+        return
+    try:
+        experiment_transition(experiment_id=experiment_id, event=event, actor=REGISTRY, reason=reason)
+    except TransitionRefused as exc:
+        # Someone moved it at the same moment (e.g. rolled it back): their transition stands.
+        logger.info("%s of experiment %s skipped: %s", event, experiment_id, exc.message)
 
 
 def model_rollback(*, model_name: str, actor: Actor) -> ModelVersion:
@@ -163,6 +187,12 @@ def model_rollback(*, model_name: str, actor: Actor) -> ModelVersion:
         previous.promoted_by = actor.label
         previous.promoted_at = timezone.now()
         previous.save(update_fields=["stage", "promoted_by", "promoted_at"])
+        _lifecycle_follow(
+            previous.experiment_id,
+            State.RETIRED,
+            "reinstate",
+            f"{model_name} rolled back from v{current.version} to v{previous.version} by {actor.label}",
+        )
     logger.info(
         "%s rolled back from v%s to v%s by %s", model_name, current.version, previous.version, actor.label
     )

@@ -92,8 +92,10 @@ def feedback_view(request: HttpRequest, model_name: str) -> JsonResponse:
 def registry_page(request: HttpRequest) -> HttpResponse:
     """Every model with its versions, stages, metrics and served traffic."""
     models: dict[str, list[dict[str, Any]]] = {}
-    for version in ModelVersion.objects.select_related("experiment", "parent").order_by(
-        "model_name", "-version"
+    for version in (
+        ModelVersion.objects.select_related("experiment", "parent")
+        .prefetch_related("evaluations")
+        .order_by("model_name", "-version")
     ):
         models.setdefault(version.model_name, []).append(
             {"v": version, "stats": serving.version_summary(version)}

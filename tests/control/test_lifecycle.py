@@ -28,6 +28,7 @@ EXPECTED = {
     "hold": [POLICIES, PUBLISH],
     "promote": [
         "experiments.registry.services.version_register_on_promote",
+        "control.policies.listeners.evaluation_request_on_promote",
         "control.canary.rollouts.rollout_start_on_promote",
         POLICIES,
         PUBLISH,
@@ -46,6 +47,9 @@ EXPECTED = {
     ],
     "cancel": ["control.canary.rollouts.rollout_end_on_cancel", POLICIES, STOP_RUNS, PUBLISH],
     "retrain": [POLICIES, PUBLISH],
+    "withdraw": ["control.canary.rollouts.rollout_end_on_cancel", POLICIES, PUBLISH],
+    "retire": [POLICIES, PUBLISH],
+    "reinstate": [POLICIES, PUBLISH],
 }
 
 

@@ -34,9 +34,12 @@ EDGES: dict[str, tuple[set[str], str | None]] = {
         State.CANCELLED,
     ),
     "retrain": (
-        {State.COMPLETED, State.DEPLOYED, State.ROLLED_BACK, State.FAILED, State.CANCELLED},
+        {State.COMPLETED, State.DEPLOYED, State.ROLLED_BACK, State.FAILED, State.CANCELLED, State.RETIRED},
         None,
     ),
+    "withdraw": ({State.PROMOTING}, State.COMPLETED),
+    "retire": ({State.DEPLOYED}, State.RETIRED),
+    "reinstate": ({State.RETIRED}, State.DEPLOYED),
 }
 
 # A path of system events from pending to each state.
@@ -51,6 +54,7 @@ PATHS: dict[str, list[str]] = {
     State.FAILED: ["queue", "start", "fail"],
     State.CANCELLED: ["cancel"],
     State.ROLLED_BACK: ["queue", "start", "complete", "promote", "rollback"],
+    State.RETIRED: ["queue", "start", "complete", "promote", "deploy", "retire"],
 }
 
 SYSTEM = Actor.system("test")

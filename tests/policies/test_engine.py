@@ -162,7 +162,7 @@ def test_an_action_runs_once_however_often_it_is_delivered() -> None:
 
 
 def test_a_policy_out_of_scope_is_not_consulted() -> None:
-    auto_promote(scope_recipes=["charlm"])
+    auto_promote(scope_recipes=["distill"])
     experiment = trained("digits run", accuracy=0.97, f1=0.96, val_loss=0.1)
     assert engine_on_complete(experiment_id=experiment.pk) == []
 

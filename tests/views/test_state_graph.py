@@ -33,10 +33,11 @@ def test_every_state_is_a_node_and_only_the_current_one_is_highlighted() -> None
         "deploy",
         "rollback",
         "cancel",
+        "withdraw",
     }
 
 
 def test_retrain_which_keeps_the_state_is_explained_not_drawn_as_an_edge() -> None:
     loops = dict(state_graph().loops)
-    assert set(loops["retrain"]) == {"completed", "deployed", "rolled_back", "failed", "cancelled"}
+    assert set(loops["retrain"]) == {"completed", "deployed", "rolled_back", "failed", "cancelled", "retired"}
     assert all(e.event != "retrain" for e in state_graph().edges)

@@ -39,6 +39,9 @@ class ActionContext:
     earlier_result: Callable[[str], dict[str, Any] | None]
     # Whether an enabled canary policy covers the experiment (promote deploys at once otherwise).
     canary_applies: Callable[[Experiment], bool]
+    # Judge a candidate again against production as it is now; the reason it lost, or None.
+    # Holds a lock until the caller's transaction ends (call it inside one).
+    rejudge: Callable[[Experiment], str | None] = lambda experiment: None
 
     def require_experiment(self, kind: str) -> Experiment:
         """Return the trigger's experiment, or fail: this kind acts on one."""

@@ -147,19 +147,31 @@ class Promote(ActionKind):
     help = "Promote the experiment; with no canary policy in scope it is deployed at once. No parameters."
 
     def perform(self, ctx: ActionContext) -> dict[str, Any]:
-        """Fire promote, then deploy when no canary will."""
+        """Judge the candidate again against production now; hold it if it lost, else promote (and deploy)."""
         experiment = ctx.require_experiment(self.name)
-        experiment_transition(
-            experiment_id=experiment.pk, event="promote", actor=ctx.actor, reason=ctx.reason
-        )
-        if not ctx.canary_applies(experiment):
+        with transaction.atomic():
+            # Production may have changed since the trigger fired (another candidate went live):
+            # the decision that counts is the one against the version serving now.
+            lost = ctx.rejudge(experiment)
+            if lost is not None:
+                experiment_transition(
+                    experiment_id=experiment.pk,
+                    event="hold",
+                    actor=ctx.actor,
+                    reason=f"judged again against production when the promotion ran: {lost}",
+                )
+                return {"experiment_id": experiment.pk, "event": "hold", "reason": lost}
             experiment_transition(
-                experiment_id=experiment.pk,
-                event="deploy",
-                actor=ctx.actor,
-                reason="no canary policy in scope: deployed at once",
+                experiment_id=experiment.pk, event="promote", actor=ctx.actor, reason=ctx.reason
             )
-            return {"experiment_id": experiment.pk, "event": "promote+deploy"}
+            if not ctx.canary_applies(experiment):
+                experiment_transition(
+                    experiment_id=experiment.pk,
+                    event="deploy",
+                    actor=ctx.actor,
+                    reason="no canary policy in scope: deployed at once",
+                )
+                return {"experiment_id": experiment.pk, "event": "promote+deploy"}
         return {"experiment_id": experiment.pk, "event": "promote"}
 
 

@@ -24,10 +24,12 @@ from control.policies.conditions.base import (
     EvaluationContext,
     Point,
     condition_kind_register,
+    condition_shortfall,
     default_better,
     evaluate_all,
     evaluate_condition,
     validate_condition,
+    validate_metric_declared,
     validate_serving_condition,
 )
 
@@ -44,9 +46,11 @@ __all__ = [
     "EvaluationContext",
     "Point",
     "condition_kind_register",
+    "condition_shortfall",
     "default_better",
     "evaluate_all",
     "evaluate_condition",
     "validate_condition",
+    "validate_metric_declared",
     "validate_serving_condition",
 ]

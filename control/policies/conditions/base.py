@@ -102,6 +102,10 @@ class EvaluationContext:
 
     series: Mapping[str, Sequence[Point]] = field(default_factory=dict)
     production_metrics: dict[str, float] | None = None
+    # Who production is and where its numbers come from, for the explanation.
+    production_label: str = ""
+    # The candidate's held-out evaluation: "latest" thresholds and the regression read it first.
+    candidate_metrics: dict[str, float] | None = None
     drift_score: float | None = None
     last_retrain_at: datetime | None = None
     now: datetime | None = None
@@ -169,6 +173,13 @@ class ConditionKindUnit:
         """Check one (valid) condition of this kind against the context."""
         raise NotImplementedError
 
+    def shortfall(self, spec: ConditionSpec, result: ConditionResult) -> float | None:
+        """Return how far the result's value is from passing (0 when it passes; None: not measurable).
+
+        The dry-run and backtest show each condition's near miss with it.
+        """
+        return None
+
     def example_spec(self) -> ConditionSpec:
         """Return the example as a condition of this kind."""
         return ConditionSpec(kind=self.name, **self.example)
@@ -230,6 +241,41 @@ def validate_serving_condition(spec: ConditionSpec) -> dict[str, str]:
         known = ", ".join(SERVING_METRICS)
         return {"metric": f"canary conditions read served traffic: one of {known}"}
     return {}
+
+
+def threshold_shortfall(operator_name: str, value: float | None, threshold: float | None) -> float | None:
+    """Return how far value is from satisfying `value <operator> threshold` (0 when it does)."""
+    if value is None or threshold is None or not math.isfinite(value):
+        return None
+    if operator_name in (">", ">="):
+        return max(0.0, threshold - value) if not OPERATORS[operator_name](value, threshold) else 0.0
+    if operator_name in ("<", "<="):
+        return max(0.0, value - threshold) if not OPERATORS[operator_name](value, threshold) else 0.0
+    if operator_name == "==":
+        return abs(value - threshold)
+    return 0.0 if value != threshold else None
+
+
+def condition_shortfall(spec: ConditionSpec, result: ConditionResult) -> float | None:
+    """Return how far one condition's result is from passing (None: unknown kind or no value)."""
+    unit = CONDITION_KINDS.get(spec.kind)
+    return unit.shortfall(spec, result) if unit is not None else None
+
+
+def validate_metric_declared(spec: ConditionSpec, declared: Mapping[str, Sequence[str]]) -> dict[str, str]:
+    """Return {"metric": message} when no recipe in scope logs the condition's metric.
+
+    declared maps each recipe in the policy's scope to the metric names it declares; a condition
+    on a metric none of them logs could never fire.
+    """
+    unit = CONDITION_KINDS.get(spec.kind)
+    if unit is None or not unit.needs_metric or not spec.metric or not declared:
+        return {}
+    if any(spec.metric in names for names in declared.values()):
+        return {}
+    known = sorted({name for names in declared.values() for name in names})
+    recipes = ", ".join(sorted(declared))
+    return {"metric": f"unknown metric {spec.metric!r}: {recipes} log {', '.join(known)}"}
 
 
 def evaluate_condition(spec: ConditionSpec, ctx: EvaluationContext) -> ConditionResult:

@@ -18,6 +18,7 @@ from control.policies.conditions.base import (
     default_better,
     fmt_num,
     fmt_pct,
+    threshold_shortfall,
 )
 
 # Divergence and plateau share the field and, historically, the message.
@@ -33,6 +34,11 @@ def _finite(points: Sequence[Point]) -> list[float]:
 
 def _better_of(spec: ConditionSpec) -> str:
     return spec.better or default_better(spec.metric)
+
+
+def _held_out(spec: ConditionSpec, ctx: EvaluationContext) -> float | None:
+    value = (ctx.candidate_metrics or {}).get(spec.metric)
+    return value if value is not None and math.isfinite(value) else None
 
 
 def _aggregate(spec: ConditionSpec, points: Sequence[Point]) -> float | None:
@@ -78,14 +84,20 @@ class MetricThreshold(ConditionKindUnit):
         return f"{agg} {spec.metric} {spec.operator} {fmt_num(spec.threshold)}"
 
     def evaluate(self, spec: ConditionSpec, ctx: EvaluationContext) -> ConditionResult:
-        """Pass when the aggregated value satisfies the comparison."""
+        """Pass when the aggregated value satisfies the comparison (latest: the held-out evaluation first)."""
         desc = self.describe(spec)
-        value = _aggregate(spec, _points(spec, ctx))
+        held_out = _held_out(spec, ctx) if spec.aggregate == "latest" else None
+        value = held_out if held_out is not None else _aggregate(spec, _points(spec, ctx))
         if value is None:
             return ConditionResult(desc, False, None, f"no finite {spec.metric} logged yet")
         assert spec.threshold is not None
         passed = OPERATORS[spec.operator](value, spec.threshold)
-        return ConditionResult(desc, passed, value, f"{spec.metric} = {value:.6g}")
+        where = " (held-out evaluation)" if held_out is not None else ""
+        return ConditionResult(desc, passed, value, f"{spec.metric} = {value:.6g}{where}")
+
+    def shortfall(self, spec: ConditionSpec, result: ConditionResult) -> float | None:
+        """Return the distance of the value from the threshold, on the failing side."""
+        return threshold_shortfall(spec.operator, result.value, spec.threshold)
 
 
 @condition_kind_register
@@ -95,9 +107,11 @@ class Regression(ConditionKindUnit):
     name = ConditionKind.REGRESSION
     label = "No regression against the production model (relative)"
     help = (
-        "Passes while the latest value is at most threshold worse than the production model's "
-        "(relative: 0.05 = 5%), and when there is no production model; better sets the direction "
-        "(blank: guessed from the name). Canary rollback: on served traffic."
+        "Passes while the candidate is at most threshold worse than the model in production at the "
+        "moment of the decision (relative: 0.05 = 5%), both measured on the recipe's held-out set "
+        "when they have an evaluation there (else on their runs' last values), and when nothing is "
+        "in production; better sets the direction (blank: guessed from the name). Canary rollback: "
+        "on served traffic."
     )
     example = {"metric": "loss", "threshold": 0.05}
     reads_served_traffic = True
@@ -117,7 +131,12 @@ class Regression(ConditionKindUnit):
     def evaluate(self, spec: ConditionSpec, ctx: EvaluationContext) -> ConditionResult:
         """Pass when the relative regression against production is within the margin."""
         desc = self.describe(spec)
-        latest = _aggregate(ConditionSpec(spec.kind, spec.metric, "latest"), _points(spec, ctx))
+        held_out = _held_out(spec, ctx)
+        latest = (
+            held_out
+            if held_out is not None
+            else _aggregate(ConditionSpec(spec.kind, spec.metric, "latest"), _points(spec, ctx))
+        )
         if latest is None:
             return ConditionResult(desc, False, None, f"no finite {spec.metric} logged yet")
         baseline = (ctx.production_metrics or {}).get(spec.metric)
@@ -128,12 +147,17 @@ class Regression(ConditionKindUnit):
         worse_by = (latest - baseline) if lower_is_better else (baseline - latest)
         relative = worse_by / abs(baseline) if baseline else (0.0 if worse_by <= 0 else math.inf)
         passed = relative <= spec.threshold
+        who = f" ({ctx.production_label})" if ctx.production_label else ""
         return ConditionResult(
             desc,
             passed,
             relative,
-            f"{spec.metric} {latest:.6g} vs production {baseline:.6g}: {relative * 100:+.2f}% worse",
+            f"{spec.metric} {latest:.6g} vs production {baseline:.6g}{who}: {relative * 100:+.2f}% worse",
         )
+
+    def shortfall(self, spec: ConditionSpec, result: ConditionResult) -> float | None:
+        """Return how much more relative regression there is than the margin allows."""
+        return threshold_shortfall("<=", result.value, spec.threshold)
 
 
 @condition_kind_register
@@ -209,6 +233,10 @@ class Divergence(ConditionKindUnit):
             f"latest {latest:.6g} is {ratio:.3g} x the mean {average:.6g}",
         )
 
+    def shortfall(self, spec: ConditionSpec, result: ConditionResult) -> float | None:
+        """Return how far the ratio is below the factor."""
+        return threshold_shortfall(">", result.value, spec.threshold)
+
 
 @condition_kind_register
 class Plateau(ConditionKindUnit):
@@ -260,3 +288,7 @@ class Plateau(ConditionKindUnit):
             improvement,
             f"improved by {improvement:.6g} over the last {patience} steps",
         )
+
+    def shortfall(self, spec: ConditionSpec, result: ConditionResult) -> float | None:
+        """Return how far the improvement is above the minimum."""
+        return threshold_shortfall("<", result.value, spec.threshold)
