@@ -135,7 +135,13 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     try:
         experiment = experiment_create(owner=user, **data)
     except DjangoValidationError as exc:
-        raise field_errors(exc.message_dict) from None
+        errors = exc.message_dict
+        # The model's own config checks (e.g. a dataset id that names no dataset) say
+        # "<key>: <message>": each goes to its parameter's path like the checks above.
+        keyed = dict(msg.split(": ", 1) for msg in errors.pop("config", []) if ": " in msg)
+        if keyed:
+            raise _config_errors(ConfigError(keyed)) from None
+        raise field_errors(errors) from None
     return Status(201, _detail(experiment.pk, user))
 
 
