@@ -8,11 +8,12 @@ from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest
-from ninja import Query, Router, Status
+from ninja import Path, Query, Router, Status
 from ninja.errors import ValidationError
 
 from experiments.actors import Actor
 from experiments.api.schemas import (
+    MAX_ID,
     ActionIn,
     ErrorOut,
     ExperimentDetail,
@@ -36,6 +37,9 @@ from experiments.services import (
 router = Router(tags=["experiments"])
 
 _AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut}
+_ID = Path(..., ge=1, le=MAX_ID, description="The experiment's id.")
+# A string, not an enum: an unknown event answers the documented 400 that lists the known ones.
+_EVENT = Path(..., description="A lifecycle event: " + ", ".join(EVENT_PERMISSIONS) + ".")
 # Reading needs the same permission as the live view and the metric history.
 VIEW_PERMISSION = "experiments.view_experiment"
 
@@ -152,7 +156,7 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     description="Needs `experiments.view_experiment`. Includes `available_events`: the events the "
     "requesting user may fire now, the audited transitions and the lineage (parent, children).",
 )
-def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
+def experiment_detail(request: HttpRequest, experiment_id: int = _ID) -> Experiment:
     """Return one experiment with its history and lineage."""
     user = _require_perm(request, VIEW_PERMISSION, "view experiments")
     return _detail(experiment_id, user)
@@ -176,7 +180,10 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
     "allow the event (e.g. another request fired it first), with the state it is in.",
 )
 def experiment_action(
-    request: HttpRequest, experiment_id: int, event: str, payload: ActionIn | None = None
+    request: HttpRequest,
+    experiment_id: int = _ID,
+    event: str = _EVENT,
+    payload: ActionIn | None = None,
 ) -> Status[Any]:
     """Fire one event on an experiment as the calling user (audited with the reason)."""
     if event not in EVENT_PERMISSIONS:
