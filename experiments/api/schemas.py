@@ -12,6 +12,8 @@ from experiments.choices import PriorityClass, State
 from experiments.models import Experiment
 from experiments.recipes import RECIPES
 
+# The recipe names, as an enum in the schema: clients (and fuzzers) see what is accepted.
+_RECIPE_ENUM: dict[str, Any] = {"enum": sorted(RECIPES)}
 # Ids are database integers: the schema says so, so that clients (and fuzzers) keep to them.
 MAX_ID = 2_147_483_647
 
@@ -45,7 +47,7 @@ class ExperimentIn(Schema):
     recipe: StrictStr = Field(
         ...,
         description="Recipe name: digits, charlm or distill.",
-        json_schema_extra={"enum": sorted(RECIPES)},
+        json_schema_extra=_RECIPE_ENUM,
     )
     config: dict[str, Any] = Field(
         default_factory=dict, description="Recipe hyper-parameters; omitted ones take their defaults."
