@@ -8,6 +8,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -51,7 +52,7 @@ class LocalRunContext:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         out: TextIO | None = None,
         keep: int = 2,
-        datasets: dict[int, str | os.PathLike[str]] | None = None,
+        datasets: Mapping[int, str | os.PathLike[str]] | None = None,
     ) -> None:
         self.device = device
         self.seed = seed
