@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,15 @@ from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from experiments.models import DatasetFileError, DatasetVersion, Experiment, Run
+from experiments.models import (
+    DatasetFileError,
+    DatasetVersion,
+    Experiment,
+    ModelVersion,
+    Run,
+    ServedRequest,
+    ServingStats,
+)
 from experiments.runs.execution import DbRunContext, file_sha256
 from experiments.services import experiment_create
 
@@ -114,3 +123,39 @@ def test_the_worker_resolves_a_dataset_id_to_its_verified_file_under_the_data_fo
             ctx.dataset_path(10_000)
     finally:
         path.unlink()
+
+
+@pytest.mark.django_db
+def test_the_migration_names_stored_datasets_by_id_and_stops_counting_unknown_senders() -> None:
+    from django.apps import apps
+
+    migration = importlib.import_module("experiments.migrations.0005_feedback_trust_and_dataset_ids")
+    root = Path(settings.DATASETS_ROOT).resolve()
+    inside = _dataset(str(root / "old.npz"))
+    outside = _dataset("/elsewhere/old.npz")
+    experiment = experiment_create(name="old", recipe="digits", config={})
+    # Rows as an older release stored them (validation then took paths).
+    Experiment.objects.filter(pk=experiment.pk).update(config={"epochs": 2, "extra_data": inside.path})
+    stray = experiment_create(name="stray", recipe="digits", config={})
+    Experiment.objects.filter(pk=stray.pk).update(config={"extra_data": "/etc/passwd"})
+    version = ModelVersion.objects.create(
+        model_name="digits", version=1, recipe="digits", experiment=experiment, checkpoint_path="c.pt",
+        checkpoint_sha256="1" * 64,
+    )  # fmt: skip
+    ServingStats.objects.create(version=version, feedback_count=1, feedback_correct=1)
+    labelled = ServedRequest.objects.create(
+        version=version, latency_ms=1.0, predictions=[3], label=3, correct=True
+    )
+
+    migration.forwards(apps, None)
+
+    inside.refresh_from_db()
+    outside.refresh_from_db()
+    assert (inside.path, outside.path) == ("old.npz", "/elsewhere/old.npz")
+    assert Experiment.objects.get(pk=experiment.pk).config == {"epochs": 2, "extra_data": inside.pk}
+    assert Experiment.objects.get(pk=stray.pk).config == {"extra_data": 0}
+    # Nobody knows who sent the labels stored so far: kept, no longer counted.
+    labelled.refresh_from_db()
+    assert (labelled.label, labelled.label_trusted) == (3, False)
+    stats = ServingStats.objects.get(version=version)
+    assert (stats.feedback_count, stats.feedback_correct, stats.feedback_untrusted) == (0, 0, 1)
