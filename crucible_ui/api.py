@@ -3,16 +3,21 @@
 Errors share two shapes, documented on every operation:
 - 422 `{"detail": [{"loc": ["body", "config", "epochs"], "msg": "...", "type": "..."}]}` when
   fields were refused (ninja's own type checks and our domain checks alike);
-- any other status `{"detail": "<a sentence>"}` (400 malformed JSON, 401, 403, 404, 409).
+- any other status `{"detail": "<a sentence>"}` (400 malformed JSON, 401, 403, 404, 405, 409,
+  413 body too big, 415 body not JSON, 500) — also where Django answers before the API runs
+  (crucible_ui/api_errors.py).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+from collections.abc import Callable
+from functools import wraps
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.template import Context, Engine
@@ -22,9 +27,12 @@ from ninja.openapi.docs import ABS_TPL_PATH, Swagger
 
 from control.scheduling.api import router as scheduler_router
 from crucible_ui.access import api_access_install
-from crucible_ui.api_auth import API_AUTH
+from crucible_ui.api_auth import API_AUTH, TokenAuth
+from experiments.api.bodies import MAX_JSON_BODY_BYTES
 from experiments.api.routes import router as experiments_router
 from experiments.live.api import router as metrics_router
+
+logger = logging.getLogger("crucible_ui.api")
 
 # ninja puts the view's parameter name in error paths (["body", "payload", "name"]), but
 # clients know fields, not Python arguments. Operations therefore name a body schema
@@ -60,6 +68,29 @@ class LocalSwagger(Swagger):
         return HttpResponse(html)
 
 
+def docs_login_required(view: Callable[..., HttpResponse]) -> Callable[..., HttpResponse]:
+    """Let the docs and the schema through for a bearer token (as the API) or a logged-in session.
+
+    A wrong token answers 401 in JSON; a caller with neither goes to the login page.
+    """
+    token_auth = TokenAuth()
+    with_login = login_required(view)
+
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        if not request.headers.get("Authorization"):
+            return with_login(request, *args, **kwargs)
+        try:
+            user = token_auth(request)
+        except AuthenticationError as exc:
+            return authentication_error(request, exc)
+        if user is None:
+            return authentication_error(request, AuthenticationError())
+        return view(request, *args, **kwargs)
+
+    return wrapped
+
+
 api = NinjaAPI(
     title="Crucible Control API",
     version="1",
@@ -72,7 +103,7 @@ api = NinjaAPI(
     urls_namespace="api",
     auth=API_AUTH,
     docs=LocalSwagger(),
-    docs_decorator=login_required,
+    docs_decorator=docs_login_required,
 )
 # Every operation checks the access it declares (deny by default): crucible_ui/access.py.
 api_access_install(api)
@@ -113,6 +144,19 @@ def not_found(request: HttpRequest, exc: Http404) -> HttpResponse:
 def permission_denied(request: HttpRequest, exc: PermissionDenied) -> HttpResponse:
     """Answer 403 with the reason."""
     return api.create_response(request, {"detail": str(exc) or "Permission denied"}, status=403)
+
+
+@api.exception_handler(RequestDataTooBig)
+def body_too_big(request: HttpRequest, exc: RequestDataTooBig) -> HttpResponse:
+    """Answer 413: a body Django stopped reading at its bound (one sent without Content-Length)."""
+    return api.create_response(request, {"detail": f"body: at most {MAX_JSON_BODY_BYTES} bytes"}, status=413)
+
+
+@api.exception_handler(Exception)
+def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
+    """Answer 500 in the API's shape, naming nothing internal; the traceback goes to the log."""
+    logger.error("API error on %s %s", request.method, request.path, exc_info=exc)
+    return api.create_response(request, {"detail": "Internal server error: it has been logged."}, status=500)
 
 
 # --- routers: one line per area; this list is the whole API ---------------------------------

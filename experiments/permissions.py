@@ -23,6 +23,9 @@ RESEARCHER_PERMISSIONS: tuple[str, ...] = (
     "rollback_experiment",
     "retrain_experiment",
     "retry_experiment",
+    # Researchers label served predictions, and their labels count (canaries, curated datasets).
+    "give_feedback",
+    "give_trusted_feedback",
 )
 
 

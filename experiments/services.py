@@ -201,8 +201,8 @@ def experiment_retrain(
 ) -> Experiment:
     """Create a child experiment (lineage to this one) with the same recipe, and queue it.
 
-    A dataset version (curated examples) is recorded on the child and passed to the recipe
-    as its extra_data.
+    A dataset version (curated examples) is recorded on the child and named by id in its
+    config (extra_data).
     """
     with transaction.atomic():
         parent = Experiment.objects.select_for_update().get(pk=experiment_id)
@@ -214,7 +214,8 @@ def experiment_retrain(
             config={
                 **parent.config,
                 **(config_overrides or {}),
-                **({"extra_data": dataset_version.path} if dataset_version is not None else {}),
+                # By id: the worker resolves it to a file under its data folder.
+                **({"extra_data": dataset_version.pk} if dataset_version is not None else {}),
             },
             owner=actor.user or parent.owner,
             description=reason or f"Retrain of #{parent.pk}",

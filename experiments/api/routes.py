@@ -8,11 +8,12 @@ from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest
-from ninja import Query, Router, Status
+from ninja import Path, Query, Router, Status
 from ninja.errors import ValidationError
 
 from experiments.actors import Actor
 from experiments.api.schemas import (
+    MAX_ID,
     ActionIn,
     ErrorOut,
     ExperimentDetail,
@@ -39,6 +40,9 @@ from experiments.services import (
 router = Router(tags=["experiments"])
 
 _AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut}
+_ID = Path(..., ge=1, le=MAX_ID, description="The experiment's id.")
+# A string, not an enum: an unknown event answers the documented 400 that lists the known ones.
+_EVENT = Path(..., description="A lifecycle event: " + ", ".join(EVENT_PERMISSIONS) + ".")
 # Reading needs the same permission as the live view and the metric history.
 VIEW_PERMISSION = "experiments.view_experiment"
 
@@ -140,7 +144,13 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     try:
         experiment = experiment_create(owner=user, **data)
     except DjangoValidationError as exc:
-        raise field_errors(exc.message_dict) from None
+        errors = exc.message_dict
+        # The model's own config checks (e.g. a dataset id that names no dataset) say
+        # "<key>: <message>": each goes to its parameter's path like the checks above.
+        keyed = dict(msg.split(": ", 1) for msg in errors.pop("config", []) if ": " in msg)
+        if keyed:
+            raise _config_errors(ConfigError(keyed)) from None
+        raise field_errors(errors) from None
     return Status(201, _detail(experiment.pk, user))
 
 
@@ -152,7 +162,7 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     "requesting user may fire now, the audited transitions and the lineage (parent, children).",
 )
 @requires_permission(VIEW_PERMISSION, hidden=True)
-def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
+def experiment_detail(request: HttpRequest, experiment_id: int = _ID) -> Experiment:
     """Return one experiment with its history and lineage."""
     user = _require_perm(request, VIEW_PERMISSION, "view experiments")
     return _detail(experiment_id, user)
@@ -181,7 +191,10 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> Experiment:
 # Plus the event's own transition permission, which the service checks (403).
 @requires_permission(VIEW_PERMISSION, hidden=True)
 def experiment_action(
-    request: HttpRequest, experiment_id: int, event: str, payload: ActionIn | None = None
+    request: HttpRequest,
+    experiment_id: int = _ID,
+    event: str = _EVENT,
+    payload: ActionIn | None = None,
 ) -> Status[Any]:
     """Fire one event on an experiment as the calling user (audited with the reason)."""
     if event not in EVENT_PERMISSIONS:

@@ -10,6 +10,12 @@ from pydantic import ConfigDict, StrictBool, StrictStr
 
 from experiments.choices import PriorityClass, State
 from experiments.models import Experiment
+from experiments.recipes import RECIPES
+
+# The recipe names, as an enum in the schema: clients (and fuzzers) see what is accepted.
+_RECIPE_ENUM: dict[str, Any] = {"enum": sorted(RECIPES)}
+# Ids are database integers: the schema says so, so that clients (and fuzzers) keep to them.
+MAX_ID = 2_147_483_647
 
 Ordering = Literal[
     "created_at",
@@ -38,7 +44,11 @@ class ExperimentIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     name: StrictStr = Field(..., min_length=1, max_length=200)
-    recipe: StrictStr = Field(..., description="Recipe name: digits, charlm or distill.")
+    recipe: StrictStr = Field(
+        ...,
+        description="Recipe name: digits, charlm or distill.",
+        json_schema_extra=_RECIPE_ENUM,
+    )
     config: dict[str, Any] = Field(
         default_factory=dict, description="Recipe hyper-parameters; omitted ones take their defaults."
     )
@@ -47,7 +57,7 @@ class ExperimentIn(Schema):
     priority: int = Field(5, strict=True, ge=0, le=10, description="0-10 within the class; higher first.")
     gpus: int = Field(0, strict=True, ge=0, le=8, description="GPUs wanted; 0 runs on a CPU slot.")
     gpu_type: StrictStr = Field("", max_length=64, description="e.g. H100; empty takes any.")
-    memory_gb: float = Field(0.0, strict=True, ge=0.0, description="GPU memory needed, in GiB.")
+    memory_gb: float = Field(0.0, strict=True, ge=0.0, le=4096.0, description="GPU memory needed, in GiB.")
     max_attempts: int = Field(3, strict=True, ge=1, le=20)
     timeout_seconds: int = Field(3600, strict=True, ge=1, le=7 * 24 * 3600)
     tags: list[StrictStr] = Field(default_factory=list)

@@ -10,7 +10,7 @@ import json
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse
-from ninja import Router
+from ninja import Path, Router
 
 from experiments.live.downsample import MIN_POINTS
 from experiments.live.series import metric_series
@@ -75,12 +75,13 @@ def _error(status: int, message: str, field: str | None = None) -> JsonResponse:
 @router.get(
     "/{experiment_id}/metrics",
     summary="Metric history of an experiment, downsampled to a point budget",
-    response={200: Any, 400: Any, 403: Any, 404: Any},
+    response={200: Any, 400: Any, 401: Any, 403: Any, 404: Any, 422: Any},
 )
 @requires_permission(VIEW_PERMISSION, hidden=True)
 def experiment_metrics(
     request: HttpRequest,
-    experiment_id: int,
+    # Bounded in the schema: a database integer (a larger id would overflow the query).
+    experiment_id: int = Path(..., ge=1, le=MAX_STEP),
     names: str | None = None,
     max_points: str | None = None,
     since_step: str | None = None,

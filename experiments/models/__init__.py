@@ -19,6 +19,7 @@ from experiments.models.experiment import (
     _default_tags as _default_tags,  # referenced by migration 0001
 )
 from experiments.models.registry import (
+    DatasetFileError,
     DatasetVersion,
     DriftCheck,
     ModelStage,
@@ -34,6 +35,7 @@ __all__ = [
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
     "ApiToken",
+    "DatasetFileError",
     "DatasetVersion",
     "DriftCheck",
     "Experiment",

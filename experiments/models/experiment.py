@@ -21,6 +21,7 @@ from experiments.choices import (
     RunStatus,
     State,
 )
+from experiments.models.registry import DatasetVersion
 from experiments.recipes import ConfigError, get_spec
 
 # Events a person can fire from the UI or API, with the permission each needs.
@@ -172,8 +173,19 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
                 else:
                     field_errors.setdefault("config", []).append(f"{key}: {msg}")
             raise ValidationError(field_errors) from None
+        self._clean_dataset()
         if not isinstance(self.tags, list) or not all(isinstance(t, str) for t in self.tags):
             raise ValidationError({"tags": "must be a list of strings"})
+
+    def _clean_dataset(self) -> None:
+        """Check that a config's dataset id (extra_data) names a curated dataset, and record it."""
+        dataset_id = self.config.get("extra_data")
+        if not isinstance(dataset_id, int) or isinstance(dataset_id, bool) or dataset_id <= 0:
+            return
+        if not DatasetVersion.objects.filter(pk=dataset_id).exists():
+            raise ValidationError({"config": [f"extra_data: no curated dataset #{dataset_id}"]})
+        # The lineage link follows the config: pages show which curated data an experiment used.
+        self.dataset_version_id = dataset_id
 
     # --- transitions: local bookkeeping only; services add audit and side effects ---
 

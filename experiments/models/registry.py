@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import uuid
 from functools import cached_property
+from pathlib import Path
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -132,8 +134,12 @@ class ServingStats(models.Model):
     version = models.OneToOneField(ModelVersion, on_delete=models.CASCADE, related_name="stats")
     request_count = models.PositiveBigIntegerField(default=0)
     error_count = models.PositiveBigIntegerField(default=0)
+    # Trusted feedback only: what accuracy, canary judging and curation rest on.
     feedback_count = models.PositiveBigIntegerField(default=0)
     feedback_correct = models.PositiveBigIntegerField(default=0)
+    feedback_untrusted = models.PositiveBigIntegerField(
+        default=0, help_text="Labels from callers without trusted feedback: kept apart, counted for nothing."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:
@@ -153,10 +159,21 @@ class ServedRequest(models.Model):
     inputs = models.JSONField(default=list, blank=True, help_text="The features served (for drift checks).")
     label = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Feedback label, when sent.")
     correct = models.BooleanField(null=True, blank=True, help_text="Prediction matched the feedback label.")
+    label_source = models.CharField(
+        max_length=200, blank=True, help_text="Who sent the label: 'session:<user>' or 'token:<user>'."
+    )
+    label_trusted = models.BooleanField(
+        default=False,
+        help_text="The label's sender may give trusted feedback: only such labels count anywhere.",
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
         indexes = [models.Index(fields=["version", "created_at"], name="served_version_time_idx")]
+        permissions = [
+            ("give_feedback", "Can send feedback labels on served predictions"),
+            ("give_trusted_feedback", "Can send feedback that counts toward canaries and curated datasets"),
+        ]
 
     def __str__(self) -> str:
         return f"request {self.request_id} → v{self.version_id}"
@@ -176,7 +193,9 @@ class DatasetVersion(models.Model):
         related_name="curated_datasets",
         help_text="The served model whose traffic the rows came from.",
     )
-    path = models.CharField(max_length=500, help_text=".npz with x (inputs) and y (labels).")
+    path = models.CharField(
+        max_length=500, help_text=".npz with x (inputs) and y (labels), relative to DATASETS_ROOT."
+    )
     sha256 = models.CharField(max_length=64)
     size = models.PositiveBigIntegerField()
     row_count = models.PositiveIntegerField()
@@ -192,6 +211,28 @@ class DatasetVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} dataset v{self.version} ({self.row_count} rows)"
+
+    def file_path(self) -> Path:
+        """Return the dataset's file, which must lie under DATASETS_ROOT; raise DatasetFileError if not.
+
+        `path` is relative to DATASETS_ROOT. An absolute path, `..`, or a symlink that leads out of
+        the folder is refused: training data comes from curated files only, never from anywhere
+        on the server a config names.
+        """
+        root = Path(settings.DATASETS_ROOT).resolve()
+        relative = Path(self.path)
+        if not self.path or relative.is_absolute() or ".." in relative.parts:
+            raise DatasetFileError(f"dataset #{self.pk}: its path must be relative to the data folder")
+        resolved = (root / relative).resolve()
+        if not resolved.is_relative_to(root):
+            raise DatasetFileError(f"dataset #{self.pk}: its file leads out of the data folder")
+        if not resolved.is_file():
+            raise DatasetFileError(f"dataset #{self.pk}: its file {self.path} is missing")
+        return resolved
+
+
+class DatasetFileError(ValueError):
+    """A dataset version whose file cannot be used (outside the data folder, or missing)."""
 
 
 class DriftCheck(models.Model):

@@ -42,6 +42,13 @@ class RunContext(Protocol):
         A resumed run continues at step + 1 and logs exactly what an uninterrupted run would have.
         """
 
+    def dataset_path(self, dataset_id: int) -> str:
+        """Return the file of a curated dataset version, or raise ValueError if it cannot be used.
+
+        Configs name datasets by id only; where the file lies is the runner's business (a worker
+        reads only under its data folder).
+        """
+
 
 @dataclass(frozen=True)
 class RecipeResult:

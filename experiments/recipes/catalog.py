@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .schema import ConfigError, Param, ParamValue, validate_config
+from .schema import ConfigError, DatasetParam, Param, ParamValue, validate_config
 
 if TYPE_CHECKING:
     from .base import CheckpointEvaluation, Recipe
@@ -103,11 +103,9 @@ RECIPES: dict[str, RecipeSpec] = {
                 Param("hidden", int, 128, "Width of the hidden layers.", 8, 4096),
                 Param("weight_decay", float, 0.0, "AdamW weight decay.", 0.0, 1.0),
                 Param("val_fraction", float, 0.2, "Share of the data held out for validation.", 0.05, 0.5),
-                Param(
+                DatasetParam(
                     "extra_data",
-                    str,
-                    "",
-                    "A curated dataset (.npz with x: raw 64-pixel rows, y: labels) added to the training split.",
+                    help="Id of a curated dataset version whose rows join the training split (0: none).",
                 ),
                 Param(
                     "serve_error_rate",

@@ -47,6 +47,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--checkpoint-dir", default=None, help="save checkpoints here and resume from the newest"
     )
+    run.add_argument(
+        "--dataset", dest="datasets", action="append", default=[], metavar="ID=PATH",
+        help="the .npz file of curated dataset ID (configs name datasets by id); repeatable",
+    )  # fmt: skip
     bench = sub.add_parser(
         "bench", help="charlm's tokens/s in the recipe against a bare loop of the same model and batch"
     )
@@ -116,6 +120,20 @@ def _config(spec: RecipeSpec, overrides: list[str], seed: int | None) -> dict[st
         raise UsageError("; ".join(f"parameter {key!r}: {msg}" for key, msg in exc.errors.items())) from None
 
 
+def _datasets(items: list[str], config: dict[str, ParamValue]) -> dict[int, str]:
+    """Return the --dataset ID=PATH files, or raise UsageError; the config's dataset id needs one."""
+    files: dict[int, str] = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        if not sep or not key.strip().isdigit() or not path:
+            raise UsageError(f"--dataset {item!r}: expected ID=PATH")
+        files[int(key)] = path
+    wanted = int(config.get("extra_data", 0) or 0)
+    if wanted and wanted not in files:
+        raise UsageError(f"parameter 'extra_data': dataset {wanted} needs --dataset {wanted}=PATH")
+    return files
+
+
 def _device(name: str) -> torch.device:
     # torch only now: `list` and argument errors stay fast.
     from .runtime import resolve_device
@@ -133,13 +151,18 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         return _fail(exc.errors["recipe"])
     try:
         config = _config(spec, args.overrides, args.seed)
+        datasets = _datasets(args.datasets, config)
         device = _device(args.device)
     except UsageError as exc:
         return _fail(str(exc))
     from .local import LocalRunContext
 
     ctx = LocalRunContext(
-        device=str(device), seed=int(config["seed"]), checkpoint_dir=args.checkpoint_dir, out=out
+        device=str(device),
+        seed=int(config["seed"]),
+        checkpoint_dir=args.checkpoint_dir,
+        out=out,
+        datasets=datasets,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

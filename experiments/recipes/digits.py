@@ -38,7 +38,9 @@ class DigitsRecipe:
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) the classifier, logging through ctx; see the catalog for config."""
         config, device, seed = start_run(SPEC, ctx, config)
-        data = load_digits_split(seed, float(config["val_fraction"]), device, str(config["extra_data"]))
+        dataset_id = int(config["extra_data"])
+        extra_path = ctx.dataset_path(dataset_id) if dataset_id else ""
+        data = load_digits_split(seed, float(config["val_fraction"]), device, extra_path)
         model = MLP(data.x_train.shape[1], int(config["hidden"]), NUM_CLASSES).to(device)
         lr, wd = float(config["lr"]), float(config["weight_decay"])
         optimizer = make_optimizer(model.parameters(), lr=lr, weight_decay=wd, device=device)
@@ -76,7 +78,8 @@ class DigitsRecipe:
                 "serving": {
                     "error_rate": float(config["serve_error_rate"]),
                     "delay_ms": float(config["serve_delay_ms"]),
-                    "extra_data": str(config["extra_data"]),
+                    # The id, not the file: the serving side resolves it under its own data folder.
+                    "extra_data": dataset_id,
                 },
             }
             save_checkpoint(ctx, pos.step, state, model)

@@ -8,6 +8,7 @@ import math
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +39,7 @@ def metric_json(name: str, step: int, value: float) -> str:
 class LocalRunContext:
     """Run context of the CLI and the tests: keeps points, echoes JSON lines, saves checkpoints.
 
+    Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path}.
     With checkpoint_dir, checkpoints are torch.save files `step-NNNNNNNNN.pt` (the newest `keep`
     are kept) and load_checkpoint() resumes from the newest; without it they stay in memory.
     """
@@ -50,12 +52,14 @@ class LocalRunContext:
         checkpoint_dir: str | os.PathLike[str] | None = None,
         out: TextIO | None = None,
         keep: int = 2,
+        datasets: Mapping[int, str | os.PathLike[str]] | None = None,
     ) -> None:
         self.device = device
         self.seed = seed
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
         self.out = out
         self.keep = max(1, keep)
+        self.datasets = {int(k): str(v) for k, v in (datasets or {}).items()}
         self.points: list[MetricPoint] = []
         self.fraction = 0.0
         self.saved_steps: list[int] = []
@@ -110,6 +114,12 @@ class LocalRunContext:
         match = _CKPT.match(newest.name)
         assert match is not None
         return int(match.group(1)), torch.load(newest, map_location="cpu", weights_only=True)
+
+    def dataset_path(self, dataset_id: int) -> str:
+        """Return the file the caller gave for this dataset id."""
+        if dataset_id not in self.datasets:
+            raise ValueError(f"dataset #{dataset_id}: no file given for it to this run")
+        return self.datasets[dataset_id]
 
     # --- helpers for callers ---
 

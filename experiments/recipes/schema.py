@@ -86,6 +86,30 @@ class Param:
         return value
 
 
+@dataclass(frozen=True)
+class DatasetParam(Param):
+    """A curated dataset version named by its id (0: none), never by a file path.
+
+    Whoever runs the recipe resolves the id to a file (RunContext.dataset_path): a worker only
+    under its data folder, so a config can never point training or serving at a server file.
+    """
+
+    type: type[int] | type[float] | type[str] | type[bool] = int
+    default: ParamValue = 0
+    minimum: float | None = 0
+    maximum: float | None = 2**31 - 1
+
+    def coerce(self, raw: Any) -> ParamValue:
+        """Return the dataset id, or raise ValueError saying to name a curated dataset by id."""
+        try:
+            return super().coerce(raw)
+        except ValueError:
+            raise ValueError(DATASET_BY_ID) from None
+
+
+DATASET_BY_ID = "refer to a curated dataset by id (a whole number; 0 for none), not a file path"
+
+
 def _fmt(number: float) -> str:
     return str(int(number)) if float(number).is_integer() else str(number)
 

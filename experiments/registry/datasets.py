@@ -27,25 +27,28 @@ class CurationError(Exception):
 
 
 def _hard_examples(model_name: str, count: int, max_confidence: float) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Return the newest labelled served rows the model got wrong or was unsure of, up to count.
+    """Return the newest trusted-labelled served rows the model got wrong or was unsure of, up to count.
 
-    Only rows with a feedback label can be trained on; unsure rows still waiting for a label are
-    counted in the summary, so people see what more labelling would add.
+    Only rows with a trusted feedback label are trained on: one untrusted sender must not be able
+    to write a retraining set. Unsure rows still waiting for a (trusted) label are counted in the
+    summary, so people see what more labelling would add.
     """
     hard = Q(correct=False) | Q(confidence__lt=max_confidence)
     served = ServedRequest.objects.filter(hard, version__model_name=model_name, instances=1)
     labelled = list(
-        served.filter(label__isnull=False)
+        served.filter(label__isnull=False, label_trusted=True)
         .order_by("-created_at", "-id")
         .values_list("inputs", "label", "correct")[:count]
     )
     unlabelled = served.filter(label__isnull=True).count()
+    untrusted = served.filter(label__isnull=False, label_trusted=False).count()
     xs = [inputs[0] for inputs, _, _ in labelled if inputs]
     ys = [label for inputs, label, _ in labelled if inputs]
     summary = {
         "wrong": sum(1 for _, _, c in labelled if c is False),
         "unsure_but_right": sum(1 for _, _, c in labelled if c is True),
         "unlabelled_skipped": unlabelled,
+        "untrusted_skipped": untrusted,
         "max_confidence": max_confidence,
     }
     return np.asarray(xs, dtype=np.float32), np.asarray(ys, dtype=np.int64), summary
@@ -67,14 +70,16 @@ def dataset_curate(
     if len(y) == 0:
         raise CurationError(
             f"no labelled hard examples of {model_name!r} yet: nothing served was wrong or below "
-            f"{max_confidence:g} confidence with a feedback label"
+            f"{max_confidence:g} confidence with a trusted feedback label"
         )
     buffer = io.BytesIO()
     np.savez_compressed(buffer, x=x, y=y)
     root = Path(settings.DATASETS_ROOT)
     root.mkdir(parents=True, exist_ok=True)
-    # A unique file name: a concurrent curation can never overwrite this file.
-    path = root / f"{model_name}-{uuid.uuid4().hex[:12]}.npz"
+    # A unique file name: a concurrent curation can never overwrite this file. The row keeps
+    # the name relative to the data folder, the only place a dataset file may be read from.
+    name = f"{model_name}-{uuid.uuid4().hex[:12]}.npz"
+    path = root / name
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(buffer.getvalue())
     os.replace(tmp, path)
@@ -89,7 +94,7 @@ def dataset_curate(
                     version=number,
                     strategy=strategy,
                     source_version=source_version,
-                    path=str(path),
+                    path=name,
                     sha256=file_sha256(path),
                     size=path.stat().st_size,
                     row_count=len(y),

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from django.db import transaction
 from django.db.models import F
 
-from experiments.models import ModelStage, ModelVersion, ServedRequest, ServingStats
+from experiments.models import DatasetVersion, ModelStage, ModelVersion, ServedRequest, ServingStats
 from experiments.runs.execution import file_sha256
 
 # More instances in one request than this is a batch job, not a prediction call.
@@ -25,6 +26,9 @@ MAX_INSTANCES = 256
 KEEP_REQUESTS = 5000
 PRUNE_CHANCE = 1 / 200
 LATENCY_SAMPLE = 1000
+# Inputs are pixel intensities (0-16 for digits); far beyond this is not an input but an
+# attack on float32 (inf, then NaN probabilities that no JSON parser accepts).
+MAX_ABS_FEATURE = 1e6
 # Rows of a request's inputs kept for drift checks: a big batch must not bloat the window.
 STORED_ROWS = 32
 
@@ -77,9 +81,10 @@ def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
     behaviour = state.get("serving") or {}
     error_rate = float(behaviour.get("error_rate", 0.0))
     delay_s = float(behaviour.get("delay_ms", 0.0)) / 1000
-    extra_data = str(behaviour.get("extra_data", ""))
     try:
-        reference: np.ndarray | None = training_inputs(seed, val_fraction, extra_data)
+        reference: np.ndarray | None = training_inputs(
+            seed, val_fraction, _dataset_file(behaviour.get("extra_data"))
+        )
     except ValueError:
         # The curated file is gone: still serve, measured against the recipe's own data.
         reference = training_inputs(seed, val_fraction)
@@ -94,6 +99,18 @@ def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
             return torch.softmax(logits.float(), dim=1).numpy()
 
     return LoadedModel(version.pk, version.version, n_features, predict_proba, reference, NUM_CLASSES)
+
+
+def _dataset_file(ref: Any) -> str:
+    """Return the file of the curated dataset a checkpoint was trained with ("" for none).
+
+    Checkpoints name it by id, resolved under DATASETS_ROOT only. An older checkpoint that
+    recorded a file path gets no curated rows: a path is never opened as given.
+    """
+    if isinstance(ref, bool) or not isinstance(ref, int) or ref <= 0:
+        return ""
+    dataset = DatasetVersion.objects.filter(pk=ref).first()
+    return str(dataset.file_path()) if dataset is not None else ""
 
 
 # How each recipe's checkpoint becomes a predictor.
@@ -216,6 +233,10 @@ def _row(value: Any, field: str, n_features: int) -> list[float]:
     for i, v in enumerate(value):
         if isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
             raise ServingError(400, f"{field}[{i}]: must be a finite number, got {json.dumps(v)[:40]}")
+        if abs(v) > MAX_ABS_FEATURE:
+            raise ServingError(
+                400, f"{field}[{i}]: must be between -{MAX_ABS_FEATURE:g} and {MAX_ABS_FEATURE:g}"
+            )
     return [float(v) for v in value]
 
 
@@ -288,8 +309,28 @@ def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def feedback(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Record the true label of a served single-row request; counts toward its version's accuracy."""
+@dataclass(frozen=True)
+class FeedbackSource:
+    """Who sent a feedback label, and whether that sender's labels may count."""
+
+    label: str
+    trusted: bool
+
+
+# Code of this project calling feedback() in process (tests, benchmarks): no outside caller.
+SYSTEM_FEEDBACK = FeedbackSource("system", trusted=True)
+
+
+def feedback(
+    *, model_name: str, payload: dict[str, Any], source: FeedbackSource = SYSTEM_FEEDBACK
+) -> dict[str, Any]:
+    """Record the true label of a served single-row request, with its sender.
+
+    Only trusted labels count toward the version's accuracy (canary judging, curated datasets);
+    an untrusted one is kept apart and counted as such. The first trusted label of a request
+    is final; a trusted label replaces an untrusted one, so that nobody can block the real
+    label by sending a wrong one first.
+    """
     raw_id = payload.get("request_id")
     if not isinstance(raw_id, str):
         raise ServingError(400, "request_id: required (the request_id a prediction answered with)")
@@ -313,26 +354,43 @@ def feedback(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
     n_classes = load_version(served.version).n_classes
     if label >= n_classes:
         raise ServingError(400, f"label: must be a class of model {model_name!r}, 0 to {n_classes - 1}")
-    # Only the first label counts: a resent feedback must not count twice.
     correct = served.predictions[0] == label
-    updated = ServedRequest.objects.filter(pk=served.pk, label__isnull=True).update(
-        label=label, correct=correct
-    )
-    if updated:
-        ServingStats.objects.filter(version_id=served.version_id).update(
-            feedback_count=F("feedback_count") + 1,
-            feedback_correct=F("feedback_correct") + (1 if correct else 0),
-        )
+    recorded = _label_record(served.pk, served.version_id, label=label, correct=correct, source=source)
     return {
         "request_id": raw_id,
         "version": served.version.version,
         "correct": correct,
-        "counted": bool(updated),
+        "counted": recorded and source.trusted,
+        "trusted": source.trusted,
     }
 
 
+def _label_record(pk: int, version_id: int, *, label: int, correct: bool, source: FeedbackSource) -> bool:
+    """Store the label unless the request already has one that outranks it; return whether stored."""
+    with transaction.atomic():
+        # Locked: two labels of one request at once must not both adjust the counters.
+        row = ServedRequest.objects.select_for_update().get(pk=pk)
+        if row.label is not None and (row.label_trusted or not source.trusted):
+            return False
+        replaces_untrusted = row.label is not None
+        ServedRequest.objects.filter(pk=pk).update(
+            label=label, correct=correct, label_source=source.label[:200], label_trusted=source.trusted
+        )
+        if source.trusted:
+            ServingStats.objects.filter(version_id=version_id).update(
+                feedback_count=F("feedback_count") + 1,
+                feedback_correct=F("feedback_correct") + (1 if correct else 0),
+                feedback_untrusted=F("feedback_untrusted") - (1 if replaces_untrusted else 0),
+            )
+        else:
+            ServingStats.objects.filter(version_id=version_id).update(
+                feedback_untrusted=F("feedback_untrusted") + 1
+            )
+    return True
+
+
 def version_summary(version: ModelVersion) -> dict[str, Any]:
-    """Return a version's request and error counts, latency p50/p99 (ms) and feedback accuracy."""
+    """Return a version's request and error counts, latency p50/p99 (ms) and trusted feedback accuracy."""
     stats = ServingStats.objects.filter(version=version).first()
     latencies = list(
         ServedRequest.objects.filter(version=version, ok=True)
@@ -345,6 +403,7 @@ def version_summary(version: ModelVersion) -> dict[str, Any]:
     errors = stats.error_count if stats else 0
     fb = stats.feedback_count if stats else 0
     return {
+        "feedback_untrusted": stats.feedback_untrusted if stats else 0,
         "requests": requests,
         "errors": errors,
         "error_rate": errors / requests if requests else None,
@@ -379,18 +438,21 @@ def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, 
     """Return the version's served traffic after a request id: what canary conditions are judged on.
 
     requests, error_rate, latency_p50_ms / latency_p99_ms (answered requests), and accuracy
-    over the requests that got a feedback label (None where there is nothing to measure), with
-    the 95% Wilson bounds error_rate_lower_95 and accuracy_upper_95.
+    over the requests that got a trusted feedback label (None where there is nothing to
+    measure), with the 95% Wilson bounds error_rate_lower_95 and accuracy_upper_95.
+    feedback_untrusted counts the labels left out because their sender is not trusted.
     """
     rows = list(
         ServedRequest.objects.filter(version=version, id__gt=after_request).values_list(
-            "ok", "latency_ms", "correct"
+            "ok", "latency_ms", "correct", "label_trusted"
         )
     )
     requests = len(rows)
-    errors = sum(1 for ok, _, _ in rows if not ok)
-    latencies = [lat for ok, lat, _ in rows if ok]
-    judged = [c for _, _, c in rows if c is not None]
+    errors = sum(1 for ok, _, _, _ in rows if not ok)
+    latencies = [lat for ok, lat, _, _ in rows if ok]
+    # One viewer's labels must not steer a rollout: only trusted ones are judged.
+    judged = [c for _, _, c, trusted in rows if c is not None and trusted]
+    untrusted = sum(1 for _, _, c, trusted in rows if c is not None and not trusted)
     return {
         "requests": float(requests),
         "errors": float(errors),
@@ -402,5 +464,6 @@ def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, 
         "latency_p50_ms": float(np.percentile(latencies, 50)) if latencies else None,
         "latency_p99_ms": float(np.percentile(latencies, 99)) if latencies else None,
         "feedback": float(len(judged)),
+        "feedback_untrusted": float(untrusted),
         "accuracy": sum(judged) / len(judged) if judged else None,
     }

@@ -10,7 +10,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.exceptions import PermissionDenied
+from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
@@ -19,6 +19,7 @@ from ninja.utils import check_csrf
 
 import experiments.registry.serving as serving
 from experiments.actors import Actor
+from experiments.api.bodies import MAX_JSON_BODY_BYTES, json_body_refusal
 from experiments.api.tokens import TokenLockedOut, api_token_authenticate
 from experiments.models import ModelVersion
 from experiments.permissions import requires_permission
@@ -26,13 +27,17 @@ from experiments.registry.services import RegistryError, registry_rollback
 from experiments.services import TransitionRefused
 
 SERVE_PERMISSION = "experiments.view_experiment"
+# Labels steer canary judging and curated retraining sets: sending them is its own permission,
+# and only a sender with the trusted one has labels that count.
+FEEDBACK_PERMISSION = "experiments.give_feedback"
+TRUSTED_FEEDBACK_PERMISSION = "experiments.give_trusted_feedback"
 VIEW_PERMISSION = "experiments.view_experiment"
 PROMOTE_PERMISSION = "experiments.promote_experiment"
 ROLLBACK_PERMISSION = "experiments.rollback_experiment"
 
 
-def _caller(request: HttpRequest) -> Any:
-    """Return the calling user: a bearer token (no CSRF: no cookie rides along) or the session (CSRF)."""
+def _caller(request: HttpRequest) -> tuple[Any, str]:
+    """Return the calling user and how it came: a bearer token (no CSRF: no cookie rides along) or the session (CSRF)."""
     header = request.headers.get("Authorization", "")
     if header:
         scheme, _, raw = header.partition(" ")
@@ -47,6 +52,7 @@ def _caller(request: HttpRequest) -> Any:
             ) from None
         if user is None:
             raise serving.ServingError(401, "Authorization: invalid or revoked API token")
+        via = "token"
     else:
         if not request.user.is_authenticated:
             raise serving.ServingError(401, "Log in, or send an API token as 'Authorization: Bearer <token>'")
@@ -55,18 +61,39 @@ def _caller(request: HttpRequest) -> Any:
                 403, "CSRF check failed: send the X-CSRFToken header with the csrftoken cookie"
             )
         user = request.user
+        via = "session"
     if not user.has_perm(SERVE_PERMISSION):
         raise serving.ServingError(403, "You may not use served models.")
-    return user
+    return user, via
 
 
-def _serve(request: HttpRequest, handler: Callable[..., dict[str, Any]], model_name: str) -> JsonResponse:
+def _payload(request: HttpRequest) -> dict[str, Any]:
+    """Return the request's JSON object: JSON only (415), bounded in size (413), well-formed (400)."""
+    refusal = json_body_refusal(request)
+    if refusal is not None:
+        raise serving.ServingError(*refusal)
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        # A body sent without Content-Length: Django stops reading it at its own bound.
+        raise serving.ServingError(413, f"body: at most {MAX_JSON_BODY_BYTES} bytes") from None
+    return serving.parse_body(body)
+
+
+def _serve(
+    request: HttpRequest,
+    answer: Callable[[Any, str, dict[str, Any]], dict[str, Any]],
+    *,
+    also_needs: tuple[str, str] | None = None,
+) -> JsonResponse:
+    """Authenticate, check also_needs (permission, refusal), read the JSON body, and answer."""
     if request.method != "POST":
         return JsonResponse({"detail": "POST only"}, status=405, headers={"Allow": "POST"})
     try:
-        _caller(request)
-        payload = serving.parse_body(request.body)
-        return JsonResponse(handler(model_name=model_name, payload=payload))
+        user, via = _caller(request)
+        if also_needs is not None and not user.has_perm(also_needs[0]):
+            raise serving.ServingError(403, also_needs[1])
+        return JsonResponse(answer(user, via, _payload(request)))
     except serving.ServingError as exc:
         return JsonResponse({"detail": exc.message}, status=exc.status)
 
@@ -76,14 +103,21 @@ def _serve(request: HttpRequest, handler: Callable[..., dict[str, Any]], model_n
 @csrf_exempt
 def predict_view(request: HttpRequest, model_name: str) -> JsonResponse:
     """POST {"features": [...]} or {"instances": [[...], ...]} → predictions and the version."""
-    return _serve(request, serving.predict, model_name)
+    return _serve(request, lambda user, via, payload: serving.predict(model_name=model_name, payload=payload))
 
 
-@requires_permission(SERVE_PERMISSION, api=True)
+@requires_permission(SERVE_PERMISSION, FEEDBACK_PERMISSION, api=True)
 @csrf_exempt
 def feedback_view(request: HttpRequest, model_name: str) -> JsonResponse:
-    """POST {"request_id": ..., "label": n}: the true label of a served prediction."""
-    return _serve(request, serving.feedback, model_name)
+    """POST {"request_id": ..., "label": n}: the true label of a served prediction (its own permission)."""
+
+    def answer(user: Any, via: str, payload: dict[str, Any]) -> dict[str, Any]:
+        source = serving.FeedbackSource(
+            f"{via}:{user.get_username()}", trusted=user.has_perm(TRUSTED_FEEDBACK_PERMISSION)
+        )
+        return serving.feedback(model_name=model_name, payload=payload, source=source)
+
+    return _serve(request, answer, also_needs=(FEEDBACK_PERMISSION, "You may not send feedback labels."))
 
 
 @requires_permission(VIEW_PERMISSION)

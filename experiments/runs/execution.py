@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from experiments.choices import Interruption, RunStatus, State
 from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
-from experiments.models import Run
+from experiments.models import DatasetVersion, Run
 from experiments.recipes import get_spec
 from experiments.recipes.stop import stop_reason
 from experiments.runs.reporting import MetricReporter
@@ -164,6 +164,16 @@ class DbRunContext:
             self.last_step = step
             return step, state
         return None
+
+    def dataset_path(self, dataset_id: int) -> str:
+        """Return the verified file of a curated dataset version, found under DATASETS_ROOT only."""
+        dataset = DatasetVersion.objects.filter(pk=dataset_id).first()
+        if dataset is None:
+            raise ValueError(f"dataset #{dataset_id} does not exist")
+        path = dataset.file_path()
+        if file_sha256(path) != dataset.sha256:
+            raise ValueError(f"dataset #{dataset_id}: its file does not match its registered sha256")
+        return str(path)
 
     # --- for the monitor ---
 

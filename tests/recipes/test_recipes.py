@@ -214,6 +214,9 @@ def test_the_cli_refuses_a_bad_set_with_exit_2_naming_the_key() -> None:
         (["run", "digits", "--set", "epochs"], "KEY=VALUE"),
         (["run", "charlm", "--set", "n_heads=3"], "'n_heads'"),
         (["run", "nope"], "unknown recipe"),
+        (["run", "digits", "--set", "extra_data=/etc/passwd"], "curated dataset by id"),
+        (["run", "digits", "--set", "extra_data=3"], "--dataset 3=PATH"),
+        (["run", "digits", "--dataset", "data.npz"], "ID=PATH"),
     ],
 )
 def test_the_cli_names_what_is_wrong(

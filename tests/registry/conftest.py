@@ -86,9 +86,15 @@ def operator(db: Any) -> User:
 
 
 @pytest.fixture
-def token(viewer: User) -> str:
-    """A raw API token of the viewer."""
-    return api_token_create(user=viewer, name="serving tests")[1]
+def labeller(db: Any) -> User:
+    """A person who may use served models and label their answers, with labels that count."""
+    return _user("lara", "view_experiment", "give_feedback", "give_trusted_feedback")
+
+
+@pytest.fixture
+def token(labeller: User) -> str:
+    """A raw API token of the labeller."""
+    return api_token_create(user=labeller, name="serving tests")[1]
 
 
 @pytest.fixture

@@ -128,8 +128,10 @@ def test_shifted_traffic_fires_drift_curates_hard_examples_and_queues_a_retrain_
         version.pk,
         "policy:drift_retrain",
     )
-    assert file_sha256(Path(dataset.path)) == dataset.sha256
-    with np.load(dataset.path) as data:
+    # Stored relative to the data folder and read only from there.
+    assert not Path(dataset.path).is_absolute()
+    assert file_sha256(dataset.file_path()) == dataset.sha256
+    with np.load(dataset.file_path()) as data:
         x, y = data["x"], data["y"]
     assert len(x) == len(y) == dataset.row_count > 0
     # Every curated row was served shifted and is a hard one: wrong, or answered unsure.
@@ -139,7 +141,7 @@ def test_shifted_traffic_fires_drift_curates_hard_examples_and_queues_a_retrain_
     child = Experiment.objects.get(pk=retrain.result["child_experiment_id"])
     assert (child.parent_id, child.dataset_version_id) == (version.experiment_id, dataset.pk)
     assert (child.state, child.priority_class) == (State.QUEUED, PriorityClass.REALTIME)
-    assert child.config["extra_data"] == dataset.path
+    assert child.config["extra_data"] == dataset.pk  # by id, never a path
 
     # The second sweep finds the policy disarmed (it fires once per drift episode).
     assert drift_sweep()[0]["triggers"] == []
@@ -169,21 +171,21 @@ def test_the_digits_recipe_trains_on_curated_rows_and_its_checkpoint_names_them(
     x = shift_inputs(X_VAL[:100], 0.25)
     path = tmp_path / "curated.npz"
     np.savez(path, x=x, y=Y_VAL[:100])
-    ctx = LocalRunContext(checkpoint_dir=tmp_path / "ckpt", keep=1)
-    result = RECIPE.train(ctx, {"epochs": 2, "hidden": 16, "extra_data": str(path)})
+    ctx = LocalRunContext(checkpoint_dir=tmp_path / "ckpt", keep=1, datasets={7: path})
+    result = RECIPE.train(ctx, {"epochs": 2, "hidden": 16, "extra_data": 7})
     assert result.final_metrics["accuracy"] > 0.5
     import torch
 
     state = torch.load(sorted((tmp_path / "ckpt").glob("step-*.pt"))[-1], weights_only=True)
-    assert state["serving"]["extra_data"] == str(path)
+    assert state["serving"]["extra_data"] == 7  # the id: serving resolves it under its data folder
 
 
 def test_a_curated_file_that_is_not_digits_is_refused_with_its_reason(tmp_path: Path) -> None:
     path = tmp_path / "bad.npz"
     np.savez(path, x=np.zeros((3, 10)), y=np.zeros(3))
-    ctx = LocalRunContext(checkpoint_dir=tmp_path / "ckpt", keep=1)
+    ctx = LocalRunContext(checkpoint_dir=tmp_path / "ckpt", keep=1, datasets={1: path})
     with pytest.raises(ExtraDataError, match="64 columns"):
-        RECIPE.train(ctx, {"epochs": 1, "extra_data": str(path)})
+        RECIPE.train(ctx, {"epochs": 1, "extra_data": 1})
 
 
 @pytest.mark.django_db
@@ -192,7 +194,7 @@ def test_a_deployed_retrain_on_curated_data_counts_as_retrained_so_drift_does_no
 ) -> None:
     version = _deployed(make_experiment, django_capture_on_commit_callbacks)
     dataset = DatasetVersion.objects.create(
-        model_name="digits", version=1, strategy="hard_examples", path="/nowhere.npz", sha256="0" * 64,
+        model_name="digits", version=1, strategy="hard_examples", path="nowhere.npz", sha256="0" * 64,
         size=1, row_count=1, created_by="policy:drift_retrain",
     )  # fmt: skip
     Experiment.objects.filter(pk=version.experiment_id).update(

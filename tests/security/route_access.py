@@ -90,7 +90,7 @@ ROUTES: dict[str, Route] = {
     "deployments:canary_rollback": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
     # --- serving (programs; bearer tokens too): a body that is not JSON is a 400 once admitted ---
     "registry:predict": Route("POST", UNAUTHORIZED, FORBIDDEN, ALLOWED, ALLOWED, raw="not json"),
-    "registry:feedback": Route("POST", UNAUTHORIZED, FORBIDDEN, ALLOWED, ALLOWED, raw="not json"),
+    "registry:feedback": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, raw="not json"),
     # --- the JSON API ---------------------------------------------------------------------
     # /api/ itself has nothing to show (ninja's docs live at /api/docs): 404 once logged in.
     "api:api-root": Route("GET", LOGIN, HIDDEN, HIDDEN, HIDDEN),

@@ -176,7 +176,7 @@ def test_lineage_names_the_curated_dataset_and_the_registered_model_versions(
 
     parent = make_experiment("base", state="failed")
     dataset = DatasetVersion.objects.create(
-        model_name="digits", version=3, strategy="hard_examples", path="/data/d.npz", sha256="0" * 64,
+        model_name="digits", version=3, strategy="hard_examples", path="d.npz", sha256="0" * 64,
         size=10, row_count=42, created_by="policy:drift_retrain",
     )  # fmt: skip
     child = experiment_retrain(
@@ -189,5 +189,5 @@ def test_lineage_names_the_curated_dataset_and_the_registered_model_versions(
     html = _detail(researcher_client, child)
     assert "digits dataset v3" in html and "42 curated hard_examples rows" in html
     assert 'href="/registry/digits/"' in html and "digits v7" in html
-    assert child.config["extra_data"] == "/data/d.npz"
+    assert child.config["extra_data"] == dataset.pk
     assert "none: promoting registers its checkpoint" in _detail(researcher_client, parent)

@@ -25,4 +25,4 @@ def test_ensuring_the_group_twice_changes_nothing(db: Any) -> None:
     count = first.permissions.count()
     second = researcher_group_ensure()
     assert first.pk == second.pk and second.name == RESEARCHERS_GROUP
-    assert second.permissions.count() == count == 8
+    assert second.permissions.count() == count == 10  # eight on experiments, two on feedback
