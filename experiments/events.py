@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any, Literal, NotRequired, TypedDict
 
 from channels.layers import get_channel_layer
@@ -114,6 +115,48 @@ _publisher = _PublisherLoop()
 SEND_TIMEOUT_SECONDS = 5.0
 
 
+class _SendFailureLog:
+    """Logs an outage of the channel layer once, not once per send.
+
+    During a Redis outage every metric flush fails (about ten a second): a traceback each
+    would bury the log lines that matter. The first failure of an outage is logged with its
+    traceback, then at most one line a minute with how many sends failed, and one line when
+    a send gets through again.
+    """
+
+    REPEAT_SECONDS = 60.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.failed = 0  # sends failed since the outage began (0: no outage)
+        self._last_logged = 0.0
+
+    def failure(self, kinds: str) -> None:
+        with self._lock:
+            self.failed += 1
+            now = time.monotonic()
+            first = self.failed == 1
+            if not first and now - self._last_logged < self.REPEAT_SECONDS:
+                return
+            self._last_logged = now
+            failed = self.failed
+        if first:
+            logger.warning("channel layer send failed for %s (live views miss events)", kinds, exc_info=True)
+        else:
+            logger.warning("channel layer still unreachable: %d sends failed so far", failed)
+
+    def success(self) -> None:
+        if not self.failed:  # the common case: no lock taken
+            return
+        with self._lock:
+            failed, self.failed = self.failed, 0
+        if failed:
+            logger.warning("channel layer reachable again after %d failed sends", failed)
+
+
+_send_failures = _SendFailureLog()
+
+
 def send_messages(messages: list[tuple[str, dict[str, Any]]]) -> None:
     """Send (group, payload) pairs in one hop to the publisher loop; failures are logged, never raised."""
     layer = get_channel_layer()
@@ -129,8 +172,9 @@ def send_messages(messages: list[tuple[str, dict[str, Any]]]) -> None:
         future = asyncio.run_coroutine_threadsafe(send_all(), _publisher.loop())
         future.result(timeout=SEND_TIMEOUT_SECONDS)
     except Exception:  # the live view is best effort; never break the caller's write
-        kinds = sorted({str(p.get("type")) for _, p in messages})
-        logger.warning("channel layer send failed for %s", ", ".join(kinds), exc_info=True)
+        _send_failures.failure(", ".join(sorted({str(p.get("type")) for _, p in messages})))
+    else:
+        _send_failures.success()
 
 
 def publish_state_change(*, experiment_id: int, event: str, source: str, target: str, actor: str) -> None:
