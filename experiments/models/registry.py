@@ -111,6 +111,9 @@ class ServedRequest(models.Model):
     inputs = models.JSONField(default=list, blank=True, help_text="The features served (for drift checks).")
     label = models.PositiveSmallIntegerField(null=True, blank=True, help_text="Feedback label, when sent.")
     correct = models.BooleanField(null=True, blank=True, help_text="Prediction matched the feedback label.")
+    cold = models.BooleanField(
+        default=False, help_text="It waited for its process to load the model: latency checks leave it out."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:
