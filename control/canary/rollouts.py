@@ -420,7 +420,7 @@ def rollout_evaluate(*, rollout_id: int, now: datetime | None = None) -> str:
         stats, verdicts = _judge(rollout, policy, now)
         enough = (stats["requests"] or 0) >= rollout.min_requests
         # A rate test that says "worse" is already sure; a plain threshold waits for min_requests.
-        broken = [v.result for v in verdicts if v.sure or (v.result.passed and enough)]
+        broken = [v for v in verdicts if v.sure or (v.result.passed and enough)]
         if broken and policy is not None:
             return _on_broken(rollout, policy, stats, broken, now)
         stage = rollout.stage
@@ -455,9 +455,10 @@ def _on_broken(
     rollout: CanaryRollout,
     policy: Policy,
     stats: dict[str, Any],
-    broken: list[ConditionResult],
+    verdicts: list[Verdict],
     now: datetime,
 ) -> str:
+    broken = [v.result for v in verdicts]
     if policy.mode == PolicyMode.DRY_RUN:
         # Record it once per breach (the arm re-arms once the conditions clear), keep rolling out.
         if arm_allows_firing(policy, rollout.experiment, True, now):
@@ -475,7 +476,7 @@ def _on_broken(
             "started_at": rollout.stage_started_at.isoformat(),
             "ended_at": now.isoformat(),
             "window": stats,
-            "conditions": [r.as_dict() for r in broken],
+            "conditions": [v.as_dict() for v in verdicts],
             "result": "failed",
         },
     ]

@@ -168,19 +168,27 @@ def paired_comparison(*, a: list[bool], b: list[bool], alpha: float, margin: flo
 
     The effect is A's rate minus B's over the pairs; its interval is the confidence sequence's
     (valid at every look). "a_better"/"b_better" when the interval excludes 0 (two equal versions
-    get one with probability <= alpha); "equivalent" when it lies within ± margin.
+    get one with probability <= alpha); "equivalent" when it lies within +/- margin.
     """
+    pairs = min(len(a), len(b))
+    a_only = sum(1 for i in range(pairs) if a[i] and not b[i])
+    b_only = sum(1 for i in range(pairs) if b[i] and not a[i])
+    return paired_test(pairs=pairs, a_only=a_only, b_only=b_only, alpha=alpha, margin=margin)
+
+
+def paired_test(*, pairs: int, a_only: int, b_only: int, alpha: float, margin: float) -> PairedTest:
+    """Return paired_comparison's verdict from the counts: pairs, and the discordant ones of each side."""
     _check_level("alpha", alpha)
     if not 0 < margin < 1:
         raise ValueError(f"margin must be between 0 and 1, got {margin}")
-    pairs = min(len(a), len(b))
-    a_only = sum(1 for i in range(pairs) if a[i] and not b[i])
-    discordant = a_only + sum(1 for i in range(pairs) if b[i] and not a[i])
+    if a_only < 0 or b_only < 0 or a_only + b_only > pairs:
+        raise ValueError(f"need 0 <= a_only + b_only <= pairs, got {a_only} + {b_only} of {pairs}")
+    discordant = a_only + b_only
     if pairs == 0:
         return PairedTest("continue", 0, 0, 0, 0.0, -1.0, 1.0, alpha, margin)
     q_low, q_high = mixture_interval(successes=a_only, n=discordant, alpha=alpha)
     share = discordant / pairs
-    effect = (2 * a_only - discordant) / pairs
+    effect = (a_only - b_only) / pairs
     low, high = share * (2 * q_low - 1), share * (2 * q_high - 1)
     decision: ABDecision = "continue"
     if discordant and q_low > 0.5:

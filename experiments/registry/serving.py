@@ -222,10 +222,10 @@ def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
     raise ServingError(503, f"Model {model_name!r} has no servable production version.")
 
 
-def _routed_and_loaded(model_name: str) -> tuple[ModelVersion, LoadedModel, bool]:
+def _routed_and_loaded(model_name: str, draw: float | None) -> tuple[ModelVersion, LoadedModel, bool]:
     """Route, and load (True when this request waited for the load); a canary that fails to load
     gives the request to production instead."""
-    version = route(model_name)
+    version = route(model_name, draw=draw)
     try:
         return version, *_load(version)
     except ServingError:
@@ -306,10 +306,13 @@ def _prune(version_id: int) -> None:
         ServedRequest.objects.filter(version_id=version_id, id__lte=last[0]).delete()
 
 
-def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Answer one predict request with the production version; record its count and latency."""
+def predict(*, model_name: str, payload: dict[str, Any], draw: float | None = None) -> dict[str, Any]:
+    """Answer one predict request with its routed version; record its count and latency.
+
+    draw: the routing draw (see route); random when None, given by simulations that decide it.
+    """
     started = time.perf_counter()
-    version, loaded, cold = _routed_and_loaded(model_name)
+    version, loaded, cold = _routed_and_loaded(model_name, draw)
     rows, _single = parse_instances(payload, loaded.n_features)
     try:
         probs = loaded.predict_proba(np.asarray(rows, dtype=np.float32))

@@ -250,7 +250,13 @@ def test_a_stage_does_not_pass_before_its_minimum_of_requests_even_once_its_test
         canary_min_requests=1000,
         stages=[("canary_50pct", 50, 60), ("full_rollout", 100, 0)],
         conditions=[
-            {"kind": "metric", "metric": "error_rate", "operator": ">", "threshold": 0.05, "role": "rollback_on"}
+            {
+                "kind": "metric",
+                "metric": "error_rate",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": "rollback_on",
+            }
         ],
     )
     rollout = promote(make_experiment("v2"), django_capture_on_commit_callbacks)
