@@ -209,14 +209,20 @@ class Traffic:
     def serve(self, *, seconds: float) -> None:
         """Serve the requests arriving in the next `seconds` of the simulated clock."""
         import experiments.registry.serving as serving
-        from experiments.models import ModelStage
+        from experiments.models import ModelStage, ModelVersion
 
+        # The split holds still between sweeps: read the canary's share once per interval.
+        share = (
+            ModelVersion.objects.filter(model_name=MODEL, stage=ModelStage.CANARY, traffic_pct__gt=0)
+            .values_list("traffic_pct", flat=True)
+            .first()
+        ) or 0.0
         for _ in range(round(RATE_RPS * seconds)):
             i = self.rng.randrange(len(self.rows))
             draw = self.rng.uniform(0, 100)
-            if self.canary_only and serving.route(MODEL, draw=draw).stage == ModelStage.PRODUCTION:
-                # --canary-only: the request production would answer is drawn, not served (the
-                # canary's conditions read only its own requests here).
+            if self.canary_only and draw >= share:
+                # --canary-only: the request production would answer (route's split, same draw) is
+                # drawn, not served: the canary's conditions read only its own requests here.
                 self.skipped += 1
                 continue
             try:

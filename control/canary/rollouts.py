@@ -280,7 +280,10 @@ def _rate_bounds(
         if production is None:
             return None
         key, p0 = "wrong", 1 - production * (1 - spec.threshold)
-        wording = f"accuracy worse than production ({production:.3f}) by more than {spec.threshold * 100:g}%"
+        wording = (
+            f"accuracy worse than production by more than {spec.threshold * 100:g}% "
+            f"(production {production:.3f} in the same window)"
+        )
     else:
         return None
     if not 0 < p0 < 1:
@@ -339,7 +342,10 @@ def _judge(
         now=now,
     )
     specs = [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.ROLLBACK_ON]
-    bounds = [_rate_bounds(spec, baseline, policy.canary_margin) for spec in specs]
+    # Production's accuracy is plugged in as the reference: only once it rests on min_requests
+    # labels of its own (a handful of lucky answers would make any candidate look worse).
+    reference = baseline if baseline and (baseline["feedback"] or 0) >= rollout.min_requests else None
+    bounds = [_rate_bounds(spec, reference, policy.canary_margin) for spec in specs]
     # Bonferroni: every (stage, rate condition) test gets its share of the stated alpha.
     rate_conditions = sum(1 for spec in specs if _is_rate(spec))
     tests = judged_stage_count(rollout.stages) * max(1, rate_conditions)
