@@ -43,6 +43,7 @@ SCRIPTS: list[tuple[str, list[str]]] = [
             "canary_detect_sim_s",
         ],
     ),
+    ("ab.py", ["ab_equal_winner_share", "ab_correct_share", "ab_decision_requests"]),
     ("gpu.py", ["gpu_charlm_tokens_per_s"]),
     (
         "ws_storm.py",

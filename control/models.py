@@ -4,7 +4,7 @@ Each concern keeps its models in its own package (scheduling, policies, canary);
 inside the app imports them from there, so this module is never part of an import cycle.
 """
 
-from control.canary.models import LIVE_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
+from control.canary.models import LIVE_ROLLOUT_STATUSES, ABTest, ABTestStatus, CanaryRollout, RolloutStatus
 from control.policies.models import (
     ActionExecution,
     ActionRole,
@@ -25,6 +25,8 @@ from control.scheduling.models import Device, DeviceKind, Worker
 
 __all__ = [
     "LIVE_ROLLOUT_STATUSES",
+    "ABTest",
+    "ABTestStatus",
     "ActionExecution",
     "ActionRole",
     "CanaryRollout",

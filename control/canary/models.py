@@ -64,6 +64,9 @@ class CanaryRollout(models.Model):
     trigger = models.ForeignKey(
         "control.TriggerEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    warmup_ms = models.FloatField(
+        null=True, blank=True, help_text="Loading and one warm-up prediction, before any traffic."
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
@@ -90,3 +93,57 @@ class CanaryRollout(models.Model):
     def is_live(self) -> bool:
         """Return True while the rollout still decides traffic."""
         return self.status in LIVE_ROLLOUT_STATUSES
+
+
+class ABTestStatus(models.TextChoices):
+    """Where an A/B test stands."""
+
+    RUNNING = "running", "Running"
+    DECIDED = "decided", "Decided: the winner was promoted"
+    NO_WINNER = "no_winner", "No difference that matters: production kept"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class ABTest(models.Model):
+    """Two or more candidate versions of a model sharing its traffic, compared by a sequential test.
+
+    Each arm is a version in the canary stage with an equal share of the requests (production,
+    when it is not an arm, serves none of them while the test runs). Arms are compared pairwise
+    on the policy's served metric; a beaten arm is dropped (archived), the last one standing is
+    promoted to production, and when the rest are shown equivalent the test ends with no winner.
+    """
+
+    model_name = models.CharField(max_length=64, db_index=True)
+    policy = models.ForeignKey(
+        "control.Policy", null=True, blank=True, on_delete=models.SET_NULL, related_name="ab_tests"
+    )
+    arms = models.JSONField(default=list, help_text="Version ids still in the test, in start order.")
+    dropped = models.JSONField(default=list, blank=True, help_text="[{version, beaten_by, test}, ...]")
+    metric = models.CharField(max_length=16, default="accuracy")
+    after_request = models.PositiveBigIntegerField(
+        default=0, help_text="The test's window: served requests with a larger id."
+    )
+    status = models.CharField(
+        max_length=16, choices=ABTestStatus.choices, default=ABTestStatus.RUNNING, db_index=True
+    )
+    winner = models.ForeignKey(
+        "experiments.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    outcome = models.TextField(blank=True)
+    trigger = models.ForeignKey(
+        "control.TriggerEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    started_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-started_at", "-id"]
+        constraints = [
+            # Two tests of one model would split the same traffic between them.
+            models.UniqueConstraint(
+                fields=["model_name"], condition=Q(status="running"), name="abtest_one_running_per_model"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_name} A/B test of {len(self.arms)} arms ({self.status})"

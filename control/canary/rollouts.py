@@ -2,30 +2,44 @@
 rolled back on its own the moment its served traffic breaks a rollback_on condition.
 
 Lifecycle: promote (button or auto-promote policy) → `rollout_start` registers the version as
-the canary and gives it the first stage's traffic share (or queues it behind the model's
+the canary, loads and warms it (checkpoint verified, one warm-up prediction: a version that
+fails to load is rolled back at once, "checkpoint failed to load: …") and only then gives it
+the first stage's traffic share (or queues it behind the model's
 canary under way: one at a time, in promotion order) → `canary_sweep` (Celery beat, every
 CANARY_SWEEP_SECONDS) judges each live rollout on the requests its candidate served in the
 current stage → a broken condition fires a "canary" trigger whose rollback action rolls the
 experiment back (the registry hook archives the candidate; production never stopped serving);
 a stage that lasted its duration with enough requests and no broken condition moves on; after
 the last stage the experiment is deployed and the candidate becomes production.
+
+Rate conditions (error_rate above a threshold, accuracy below one, accuracy regressed against
+production) are judged by Wald's SPRT (control/canary/sequential.py) with the policy's stated
+error rates: a version is rolled back as soon as it is worse than the threshold with confidence
+1 - alpha, and a stage passes only once the test says it is not worse by the margin or more
+(wrong at most beta of the time). alpha is split between the judged stages and the rate
+conditions, so it bounds the chance of rolling back a good version over the whole rollout; a
+bad version is deployed only if every stage passed it, so beta bounds that. Other conditions
+(latency, on warm requests only) are plain thresholds judged once min_requests are in.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from control.canary.ab import ab_sweep
 from control.canary.models import (
     LIVE_ROLLOUT_STATUSES,
     UNFINISHED_ROLLOUT_STATUSES,
     CanaryRollout,
     RolloutStatus,
 )
+from control.canary.sequential import RateTest, sprt_rate
 from control.policies.conditions import (
     ConditionKind,
     ConditionResult,
@@ -41,7 +55,7 @@ from experiments.choices import State
 from experiments.effects import Transitioned
 from experiments.models import Experiment, ModelStage, ModelVersion
 from experiments.registry.services import RegistryError, model_version_register, model_version_set_stage
-from experiments.registry.serving import last_request_id, window_stats
+from experiments.registry.serving import ServingError, last_request_id, version_warm, window_stats
 from experiments.services import TransitionRefused, experiment_transition
 
 logger = logging.getLogger(__name__)
@@ -113,6 +127,15 @@ def _activate(rollout: CanaryRollout, now: datetime) -> bool:
     if not claimed:
         return False
     rollout.refresh_from_db()
+    # Loaded and warmed before it gets a request: no judged request waits for the load, and a
+    # checkpoint that cannot load never meets traffic.
+    try:
+        rollout.warmup_ms = version_warm(rollout.candidate)
+    except ServingError:
+        rollout.refresh_from_db()  # load_version recorded serve_error on the candidate
+        _rollback_unservable(rollout, now)
+        return True
+    rollout.save(update_fields=["warmup_ms"])
     if not rollout.stages:
         _deploy(rollout, now, "the canary policy has no stages: deployed at once")
     else:
@@ -218,15 +241,124 @@ def _deploy(rollout: CanaryRollout, now: datetime, reason: str) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """One rollback_on condition judged on the stage's window.
+
+    `result.passed` means "this rollback condition holds". `test` is the SPRT of a rate
+    condition (it holds as soon as the test says "worse", whatever the request count; the stage
+    passes only once it says "not_worse"); a plain threshold has none and is judged once the
+    stage has min_requests.
+    """
+
+    result: ConditionResult
+    test: RateTest | None = None
+    # A rate condition that cannot be tested yet (production has no labelled answer to compare).
+    pending: bool = False
+
+    @property
+    def sure(self) -> bool:
+        """Return True when the condition holds for sure: a test said "worse" (no request minimum)."""
+        return self.result.passed and self.test is not None
+
+    @property
+    def settled(self) -> bool:
+        """Return True when the condition lets the stage pass: its test said "not_worse"."""
+        if self.test is not None:
+            return self.test.decision == "not_worse"
+        return not self.pending
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the condition's result with its test, for the rollout's history."""
+        out = self.result.as_dict()
+        if self.test is not None:
+            out["test"] = self.test.as_dict()
+        return out
+
+
+def judged_stage_count(stages: list[dict[str, Any]]) -> int:
+    """Return how many stages are judged: all but a final full rollout with no duration."""
+    last = stages[-1] if stages else None
+    final_free = last is not None and float(last["traffic_pct"]) >= 100 and int(last["duration_seconds"]) == 0
+    return max(1, len(stages) - (1 if final_free else 0))
+
+
+def _is_rate(spec: ConditionSpec) -> bool:
+    """Return True for the conditions the SPRT judges (see _rate_bounds)."""
+    return _rate_bounds(spec, {"accuracy": 0.5}, 0.01) is not None
+
+
+def _rate_bounds(
+    spec: ConditionSpec, baseline: dict[str, Any] | None, margin: float
+) -> tuple[str, float, float, str] | None:
+    """Return (failure count key, p0, p1, wording) when the condition is a rate the SPRT judges.
+
+    p0 is the worst acceptable failure rate the condition states, p1 = p0 + margin the rate
+    that is surely bad. error_rate > t: failures are failed requests, p0 = t. accuracy < t:
+    failures are wrong answers, p0 = 1 - t. Accuracy regressed by more than x against
+    production: p0 = 1 - production's accuracy in the same window x (1 - x).
+    """
+    if spec.threshold is None:
+        return None
+    if spec.kind == ConditionKind.METRIC and spec.metric == "error_rate" and spec.operator in (">", ">="):
+        key, p0, wording = "errors", spec.threshold, f"error_rate above {spec.threshold:g}"
+    elif spec.kind == ConditionKind.METRIC and spec.metric == "accuracy" and spec.operator in ("<", "<="):
+        key, p0, wording = "wrong", 1 - spec.threshold, f"accuracy below {spec.threshold:g}"
+    elif spec.kind == ConditionKind.REGRESSION and spec.metric == "accuracy":
+        production = (baseline or {}).get("accuracy")
+        if production is None:
+            return None
+        key, p0 = "wrong", 1 - production * (1 - spec.threshold)
+        wording = (
+            f"accuracy worse than production by more than {spec.threshold * 100:g}% "
+            f"(production {production:.3f} in the same window)"
+        )
+    else:
+        return None
+    if not 0 < p0 < 1:
+        return None
+    p1 = p0 + margin if p0 + margin < 1 else (p0 + 1) / 2
+    return key, p0, p1, wording
+
+
+def _sequential(
+    spec: ConditionSpec,
+    bounds: tuple[str, float, float, str],
+    stats: dict[str, Any],
+    *,
+    alpha: float,
+    beta: float,
+) -> Verdict:
+    key, p0, p1, wording = bounds
+    n = int(stats["requests"] if key == "errors" else stats["feedback"] or 0)
+    failures = int(stats[key] or 0)
+    test = sprt_rate(failures=failures, n=n, p0=p0, p1=p1, alpha=alpha, beta=beta)
+    rate = failures / n if n else None
+    verdict = {
+        "worse": "worse with confidence",
+        "not_worse": "not worse by the margin",
+        "continue": "undecided",
+    }
+    detail = (
+        f"{failures} of {n} ({rate:.3f}); SPRT {p0:.3f} vs {p1:.3f}: {verdict[test.decision]} "
+        f"(llr {test.llr:.2f}, worse at {test.reject_at:.2f}, passed at {test.accept_at:.2f}; "
+        f"alpha {alpha:.2g}, beta {beta:.2g})"
+        if rate is not None
+        else f"nothing measured yet; SPRT {p0:.3f} vs {p1:.3f}"
+    )
+    result = ConditionResult(description=wording, passed=test.decision == "worse", value=rate, detail=detail)
+    return Verdict(result, test)
+
+
 def _judge(
     rollout: CanaryRollout, policy: Policy | None, now: datetime
-) -> tuple[dict[str, Any], list[ConditionResult]]:
-    """Return the candidate's stage window and each rollback_on condition's result on it.
+) -> tuple[dict[str, Any], list[Verdict]]:
+    """Return the candidate's stage window and each rollback_on condition's verdict on it.
 
-    A result's `passed` means "this rollback condition holds". A threshold holds when it is
-    crossed; a regression condition (no worse than production by more than x) holds when it
-    is *broken*, judged against production's own requests in the same window, so that both
-    models are compared on the same traffic (after drift, both may be below any fixed bar).
+    A threshold holds when it is crossed; a regression condition (no worse than production by
+    more than x) holds when it is *broken*, judged against production's own requests in the
+    same window, so that both models are compared on the same traffic (after drift, both may be
+    below any fixed bar). Rate conditions go through the SPRT (see the module docstring).
     """
     after = rollout.stage_after_request
     stats = window_stats(rollout.candidate, after_request=after)
@@ -239,7 +371,28 @@ def _judge(
         now=now,
     )
     specs = [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.ROLLBACK_ON]
-    return stats, [_rollback_holds(spec, evaluate_condition(spec, ctx)) for spec in specs]
+    # Production's accuracy is plugged in as the reference: only once it rests on min_requests
+    # labels of its own (a handful of lucky answers would make any candidate look worse).
+    reference = baseline if baseline and (baseline["feedback"] or 0) >= rollout.min_requests else None
+    bounds = [_rate_bounds(spec, reference, policy.canary_margin) for spec in specs]
+    # Bonferroni: every (stage, rate condition) test gets its share of the stated alpha.
+    rate_conditions = sum(1 for spec in specs if _is_rate(spec))
+    tests = judged_stage_count(rollout.stages) * max(1, rate_conditions)
+    verdicts = []
+    for spec, bound in zip(specs, bounds, strict=True):
+        if bound is not None:
+            verdicts.append(
+                _sequential(spec, bound, stats, alpha=policy.canary_alpha / tests, beta=policy.canary_beta)
+            )
+        elif spec.kind == ConditionKind.REGRESSION and spec.metric == "accuracy":
+            # Production has no labelled answer in the window yet: nothing to compare with.
+            waiting = ConditionResult(
+                spec.describe(), False, None, "production has no labelled answer in the window yet"
+            )
+            verdicts.append(Verdict(waiting, pending=True))
+        else:
+            verdicts.append(Verdict(_rollback_holds(spec, evaluate_condition(spec, ctx))))
+    return stats, verdicts
 
 
 def _rollback_holds(spec: ConditionSpec, result: ConditionResult) -> ConditionResult:
@@ -299,13 +452,19 @@ def rollout_evaluate(*, rollout_id: int, now: datetime | None = None) -> str:
             _finish(rollout, RolloutStatus.CANCELLED, f"v{candidate.version} left the canary stage", now)
             return "cancelled"
         policy = rollout.policy
-        stats, results = _judge(rollout, policy, now)
+        stats, verdicts = _judge(rollout, policy, now)
         enough = (stats["requests"] or 0) >= rollout.min_requests
-        broken = [r for r in results if r.passed]
-        if enough and broken and policy is not None:
+        # A rate test that says "worse" is already sure; a plain threshold waits for min_requests.
+        broken = [v for v in verdicts if v.sure or (v.result.passed and enough)]
+        if broken and policy is not None:
             return _on_broken(rollout, policy, stats, broken, now)
         stage = rollout.stage
-        if not enough or now - rollout.stage_started_at < timedelta(seconds=int(stage["duration_seconds"])):
+        undecided = [v for v in verdicts if not v.settled]
+        if (
+            not enough
+            or undecided
+            or now - rollout.stage_started_at < timedelta(seconds=int(stage["duration_seconds"]))
+        ):
             return "waiting"
         rollout.history = [
             *rollout.history,
@@ -315,7 +474,7 @@ def rollout_evaluate(*, rollout_id: int, now: datetime | None = None) -> str:
                 "started_at": rollout.stage_started_at.isoformat(),
                 "ended_at": now.isoformat(),
                 "window": stats,
-                "conditions": [r.as_dict() for r in results],
+                "conditions": [v.as_dict() for v in verdicts],
                 "result": "passed",
             },
         ]
@@ -331,9 +490,10 @@ def _on_broken(
     rollout: CanaryRollout,
     policy: Policy,
     stats: dict[str, Any],
-    broken: list[ConditionResult],
+    verdicts: list[Verdict],
     now: datetime,
 ) -> str:
+    broken = [v.result for v in verdicts]
     if policy.mode == PolicyMode.DRY_RUN:
         # Record it once per breach (the arm re-arms once the conditions clear), keep rolling out.
         if arm_allows_firing(policy, rollout.experiment, True, now):
@@ -351,7 +511,7 @@ def _on_broken(
             "started_at": rollout.stage_started_at.isoformat(),
             "ended_at": now.isoformat(),
             "window": stats,
-            "conditions": [r.as_dict() for r in broken],
+            "conditions": [v.as_dict() for v in verdicts],
             "result": "failed",
         },
     ]
@@ -389,9 +549,9 @@ def _resolve_pause(rollout: CanaryRollout, now: datetime) -> str:
 def _rollback_unservable(rollout: CanaryRollout, now: datetime) -> str:
     candidate = rollout.candidate
     policy = rollout.policy
-    reason = f"v{candidate.version} cannot be served: {candidate.serve_error}"
+    reason = f"checkpoint failed to load: {candidate.serve_error} (v{candidate.version})"
     if policy is not None:
-        result = ConditionResult("checkpoint servable", True, None, reason)
+        result = ConditionResult("checkpoint loads", True, None, reason)
         rollout.trigger = _fire_rollback(
             rollout, policy, window_stats(candidate, after_request=rollout.stage_after_request), [result], now
         )
@@ -404,7 +564,10 @@ def _rollback_unservable(rollout: CanaryRollout, now: datetime) -> str:
 
 
 def canary_sweep(*, now: datetime | None = None) -> dict[str, str]:
-    """Start queued rollouts whose turn came, judge every live one; return {rollout id: what happened}."""
+    """Start queued rollouts whose turn came, judge every live one and every running A/B test.
+
+    Return {rollout id: what happened, "ab:<test id>": what happened}.
+    """
     now = now or timezone.now()
     outcomes = {str(pk): "started" for pk in _start_queued(now)}
     for rollout_id in CanaryRollout.objects.filter(status__in=LIVE_ROLLOUT_STATUSES).values_list(
@@ -415,6 +578,7 @@ def canary_sweep(*, now: datetime | None = None) -> dict[str, str]:
         except Exception:  # one broken rollout must not stop the others being judged
             logger.exception("judging canary rollout %s failed", rollout_id)
             outcomes[str(rollout_id)] = "error"
+    outcomes.update(ab_sweep(now=now))
     return outcomes
 
 

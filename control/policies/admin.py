@@ -87,7 +87,10 @@ class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         (None, {"fields": ("name", "kind", "mode", "enabled", "order", "description")}),
         ("Scope", {"fields": ("scope_recipes", "scope_tags")}),
         ("Firing limits", {"fields": ("cooldown_seconds", "max_fires_per_hour", "approval_timeout_seconds")}),
-        ("Canary rollout (canary policies; stages below)", {"fields": ("canary_min_requests",)}),
+        (
+            "Canary rollout and A/B tests (stages below)",
+            {"fields": ("canary_min_requests", "canary_alpha", "canary_beta", "canary_margin", "ab_metric")},
+        ),
         (
             "Cost-aware scheduling (cost policies)",
             {"fields": ("daily_budget_usd", "max_concurrent_runs", "priority_by"), "classes": ("collapse",)},

@@ -43,6 +43,7 @@ class PolicyKind(models.TextChoices):
     CANARY = "canary", "Canary rollout (stages and rollback conditions)"
     COST = "cost", "Cost-aware scheduling (admission to the queue)"
     CUSTOM = "custom", "Custom (every metric batch and every transition)"
+    AB_TEST = "ab_test", "A/B test (split traffic between candidates, promote the winner)"
 
 
 class PolicyMode(models.TextChoices):
@@ -108,6 +109,31 @@ class Policy(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Canary: requests the new version must serve in a stage before it is judged or moves on.",
     )
+    # The sequential tests' stated error rates (control/canary/sequential.py).
+    canary_alpha = models.FloatField(
+        default=0.01,
+        help_text="Canary: the chance that a version as good as a rollback condition's threshold is "
+        "rolled back anyway, over the whole rollout (split between its judged stages and rate "
+        "conditions). A/B: the chance of declaring a winner between equal versions. 0-0.5.",
+    )
+    canary_beta = models.FloatField(
+        default=0.01,
+        help_text="Canary: the chance that a version worse than a threshold by the margin or more "
+        "passes a stage (and so is deployed). 0-0.5.",
+    )
+    canary_margin = models.FloatField(
+        default=0.05,
+        help_text="Rates (error_rate, accuracy): how much worse than the threshold a version must be "
+        "to count as surely bad (0.05 = 5 points); a stage passes once the version is shown to be "
+        "better than threshold + margin. A/B: a difference smaller than this is no difference.",
+    )
+    ab_metric = models.CharField(
+        max_length=16,
+        blank=True,
+        default="accuracy",
+        choices=[("accuracy", "accuracy (feedback labels)"), ("error_rate", "error rate (failed requests)")],
+        help_text="A/B: the served metric the arms are compared on.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -132,6 +158,15 @@ class Policy(models.Model):
             raise ValidationError(
                 {"daily_budget_usd": "a cost policy needs a daily budget or a concurrency limit"}
             )
+        errors = {}
+        for field in ("canary_alpha", "canary_beta"):
+            value = getattr(self, field)
+            if value is None or not 0 < value < 0.5:
+                errors[field] = "an error rate between 0 and 0.5 (exclusive), e.g. 0.01 for 1%"
+        if self.canary_margin is None or not 0 < self.canary_margin < 1:
+            errors["canary_margin"] = "a difference of rates between 0 and 1 (exclusive), e.g. 0.05"
+        if errors:
+            raise ValidationError(errors)
 
     def applies_to(self, *, recipe: str, tags: list[str]) -> bool:
         """Return True when an experiment with this recipe and tags is in scope."""

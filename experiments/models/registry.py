@@ -166,6 +166,9 @@ class ServedRequest(models.Model):
         default=False,
         help_text="The label's sender may give trusted feedback: only such labels count anywhere.",
     )
+    cold = models.BooleanField(
+        default=False, help_text="It waited for its process to load the model: latency checks leave it out."
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

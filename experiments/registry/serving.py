@@ -81,6 +81,10 @@ def _load_digits(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
     behaviour = state.get("serving") or {}
     error_rate = float(behaviour.get("error_rate", 0.0))
     delay_s = float(behaviour.get("delay_ms", 0.0)) / 1000
+    # A slow load rehearsed by the checkpoint (a big model, a cold disk): what warm-up is for.
+    load_delay_s = float(behaviour.get("load_delay_ms", 0.0)) / 1000
+    if load_delay_s:
+        time.sleep(load_delay_s)
     try:
         reference: np.ndarray | None = training_inputs(
             seed, val_fraction, _dataset_file(behaviour.get("extra_data"))
@@ -141,13 +145,18 @@ def _verify_and_load(version: ModelVersion) -> LoadedModel:
 
 def load_version(version: ModelVersion) -> LoadedModel:
     """Return the version's predictor, loading it once; a failure marks the version unservable."""
+    return _load(version)[0]
+
+
+def _load(version: ModelVersion) -> tuple[LoadedModel, bool]:
+    """Return the version's predictor and whether this call had to load it (a cold request)."""
     loaded = _cache.get(version.pk)
     if loaded is not None:
-        return loaded
+        return loaded, False
     with _cache_lock:
         loaded = _cache.get(version.pk)
         if loaded is not None:
-            return loaded
+            return loaded, False
         try:
             loaded = _verify_and_load(version)
         except Exception as exc:
@@ -158,7 +167,7 @@ def load_version(version: ModelVersion) -> LoadedModel:
                 503, f"{version.model_name} v{version.version} cannot be served: {message}"
             ) from None
         _cache[version.pk] = loaded
-        return loaded
+        return loaded, True
 
 
 def clear_cache() -> None:
@@ -167,11 +176,40 @@ def clear_cache() -> None:
         _cache.clear()
 
 
-def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
-    """Return the version that answers this request: the canary by its traffic share, else production.
+def version_warm(version: ModelVersion) -> float:
+    """Load the version (checkpoint verified) and answer one warm-up prediction; return the ms it took.
 
-    draw (0-100, random when None) decides the split; with no servable production, a servable
-    canary takes every request.
+    Run before a version gets traffic, so that no judged request waits for the load. A load
+    failure is a ServingError (and marks the version unservable, as load_version does).
+    """
+    started = time.perf_counter()
+    loaded = load_version(version)
+    row = (
+        loaded.reference[:1]
+        if loaded.reference is not None and len(loaded.reference)
+        else np.zeros((1, loaded.n_features))
+    )
+    for _ in range(5):
+        try:
+            loaded.predict_proba(np.asarray(row, dtype=np.float32))
+            break
+        except InjectedFault:
+            continue  # a rehearsed per-request fault, not a broken model: warm again
+        except Exception as exc:
+            message = f"warm-up prediction failed: {exc}"
+            ModelVersion.objects.filter(pk=version.pk).update(serve_error=message[:2000])
+            raise ServingError(
+                503, f"{version.model_name} v{version.version} cannot be served: {message}"
+            ) from None
+    return (time.perf_counter() - started) * 1000
+
+
+def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
+    """Return the version that answers this request: the canaries by their traffic shares, else production.
+
+    draw (0-100, random when None) decides the split: canaries with traffic take consecutive
+    slices of 0-100 (oldest first: one canary, or the arms of an A/B test), production the
+    rest. With no servable production, the servable canaries share every request.
     """
     candidates = list(
         ModelVersion.objects.filter(
@@ -179,11 +217,21 @@ def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
         ).order_by("-promoted_at", "-id")
     )
     production = next((v for v in candidates if v.stage == ModelStage.PRODUCTION), None)
-    canary = next((v for v in candidates if v.stage == ModelStage.CANARY and v.traffic_pct > 0), None)
-    if canary is not None:
+    canaries = sorted(
+        (v for v in candidates if v.stage == ModelStage.CANARY and v.traffic_pct > 0), key=lambda v: v.pk
+    )
+    if canaries:
         roll = random.uniform(0, 100) if draw is None else draw
-        if production is None or roll < canary.traffic_pct:
-            return canary
+        if production is None:
+            # Nothing takes the rest: scale the shares up to all the traffic.
+            roll *= sum(v.traffic_pct for v in canaries) / 100
+        edge = 0.0
+        for canary in canaries:
+            edge += canary.traffic_pct
+            if roll < edge:
+                return canary
+        if production is None:
+            return canaries[-1]
     if production is not None:
         return production
     if not ModelVersion.objects.filter(model_name=model_name).exists():
@@ -191,17 +239,18 @@ def route(model_name: str, *, draw: float | None = None) -> ModelVersion:
     raise ServingError(503, f"Model {model_name!r} has no servable production version.")
 
 
-def _routed_and_loaded(model_name: str) -> tuple[ModelVersion, LoadedModel]:
-    """Route, and load; a canary that fails to load gives the request to production instead."""
-    version = route(model_name)
+def _routed_and_loaded(model_name: str, draw: float | None) -> tuple[ModelVersion, LoadedModel, bool]:
+    """Route, and load (True when this request waited for the load); a canary that fails to load
+    gives the request to production instead."""
+    version = route(model_name, draw=draw)
     try:
-        return version, load_version(version)
+        return version, *_load(version)
     except ServingError:
         if version.stage != ModelStage.CANARY:
             raise
         # load_version marked it unservable: routing now skips it.
         version = route(model_name)
-        return version, load_version(version)
+        return version, *_load(version)
 
 
 def parse_body(body: bytes) -> dict[str, Any]:
@@ -278,16 +327,25 @@ def _prune(version_id: int) -> None:
         ServedRequest.objects.filter(version_id=version_id, id__lte=last[0]).delete()
 
 
-def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
-    """Answer one predict request with the production version; record its count and latency."""
+def predict(*, model_name: str, payload: dict[str, Any], draw: float | None = None) -> dict[str, Any]:
+    """Answer one predict request with its routed version; record its count and latency.
+
+    draw: the routing draw (see route); random when None, given by simulations that decide it.
+    """
     started = time.perf_counter()
-    version, loaded = _routed_and_loaded(model_name)
+    version, loaded, cold = _routed_and_loaded(model_name, draw)
     rows, _single = parse_instances(payload, loaded.n_features)
     try:
         probs = loaded.predict_proba(np.asarray(rows, dtype=np.float32))
         predictions = [int(p) for p in probs.argmax(axis=1)]
     except Exception as exc:
-        _record(version, ok=False, latency_ms=(time.perf_counter() - started) * 1000, instances=len(rows))
+        _record(
+            version,
+            ok=False,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            instances=len(rows),
+            cold=cold,
+        )
         raise ServingError(503, f"{model_name} v{version.version} failed to predict: {exc}") from None
     latency_ms = (time.perf_counter() - started) * 1000
     served = _record(
@@ -298,6 +356,7 @@ def predict(*, model_name: str, payload: dict[str, Any]) -> dict[str, Any]:
         predictions=predictions,
         confidence=float(probs.max(axis=1).min()),
         inputs=rows[:STORED_ROWS],
+        cold=cold,
     )
     return {
         "request_id": str(served.request_id),
@@ -437,22 +496,23 @@ def last_request_id() -> int:
 def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, float | None]:
     """Return the version's served traffic after a request id: what canary conditions are judged on.
 
-    requests, error_rate, latency_p50_ms / latency_p99_ms (answered requests), and accuracy
+    requests, error_rate, latency_p50_ms / latency_p99_ms (answered warm requests: one that
+    waited for its process to load the model says nothing of the model's speed), and accuracy
     over the requests that got a trusted feedback label (None where there is nothing to
     measure), with the 95% Wilson bounds error_rate_lower_95 and accuracy_upper_95.
     feedback_untrusted counts the labels left out because their sender is not trusted.
     """
     rows = list(
         ServedRequest.objects.filter(version=version, id__gt=after_request).values_list(
-            "ok", "latency_ms", "correct", "label_trusted"
+            "ok", "latency_ms", "correct", "label_trusted", "cold"
         )
     )
     requests = len(rows)
-    errors = sum(1 for ok, _, _, _ in rows if not ok)
-    latencies = [lat for ok, lat, _, _ in rows if ok]
+    errors = sum(1 for ok, *_ in rows if not ok)
+    latencies = [lat for ok, lat, _, _, cold in rows if ok and not cold]
     # One viewer's labels must not steer a rollout: only trusted ones are judged.
-    judged = [c for _, _, c, trusted in rows if c is not None and trusted]
-    untrusted = sum(1 for _, _, c, trusted in rows if c is not None and not trusted)
+    judged = [c for _, _, c, trusted, _ in rows if c is not None and trusted]
+    untrusted = sum(1 for _, _, c, trusted, _ in rows if c is not None and not trusted)
     return {
         "requests": float(requests),
         "errors": float(errors),
@@ -466,4 +526,22 @@ def window_stats(version: ModelVersion, *, after_request: int = 0) -> dict[str, 
         "feedback": float(len(judged)),
         "feedback_untrusted": float(untrusted),
         "accuracy": sum(judged) / len(judged) if judged else None,
+        "wrong": float(len(judged) - sum(judged)),
+        "cold_requests": float(sum(1 for *_, cold in rows if cold)),
     }
+
+
+def window_outcomes(version: ModelVersion, *, after_request: int, metric: str) -> list[bool]:
+    """Return the version's served outcomes after a request id, oldest first: what an A/B test pairs.
+
+    accuracy: whether each labelled answer was right; error_rate: whether each request was
+    answered (True is the good outcome either way).
+    """
+    served = ServedRequest.objects.filter(version=version, id__gt=after_request).order_by("id")
+    if metric == "accuracy":
+        # Only trusted labels decide (as in window_stats): a viewer's labels steer nothing.
+        labelled = served.filter(correct__isnull=False, label_trusted=True)
+        return [bool(c) for c in labelled.values_list("correct", flat=True)]
+    if metric == "error_rate":
+        return list(served.values_list("ok", flat=True))
+    raise ValueError(f"an A/B test compares accuracy or error_rate, not {metric!r}")

@@ -38,7 +38,7 @@ FIGURE_KEYS = {
 
 
 def test_the_canary_bench_rolls_back_the_bad_version_and_prints_every_figure() -> None:
-    from bench.canary import MIN_REQUESTS
+    from bench.canary import ALPHA, BETA, MIN_REQUESTS
     from bench.common import run_bounded
 
     code, out, err = run_bounded(
@@ -59,6 +59,9 @@ def test_the_canary_bench_rolls_back_the_bad_version_and_prints_every_figure() -
     assert caught["rollback_actions"] == {"succeeded": 2}
     assert lines["canary_good_deployed_share"]["good_versions"] == 1
     detect = lines["canary_detect_requests"]
-    # No verdict on fewer than min_requests; a 10% canary reaches them with fewer requests in all.
-    assert MIN_REQUESTS <= detect["median"] < detect["baseline"]["median"]
+    # The sequential test rolls a failing version back once it is sure, at any request count; a
+    # 10% canary gets there having served fewer requests than an all-at-once deploy.
+    assert 0 < detect["median"] < detect["baseline"]["median"]
+    policy = caught["policy"]
+    assert (policy["alpha"], policy["beta"], policy["min_requests"]) == (ALPHA, BETA, MIN_REQUESTS)
     assert lines["canary_detect_sim_s"]["median"] > lines["canary_detect_sim_s"]["baseline"]["median"] > 0

@@ -23,6 +23,7 @@ from experiments.choices import State
 from experiments.models import Experiment, ModelStage, ModelVersion, TransitionLog
 from experiments.recipes.classify import raw_split
 from experiments.registry.services import model_version_promote, model_version_register
+from experiments.runs.execution import file_sha256
 from tests.registry.conftest import MakeExperiment
 
 pytestmark = pytest.mark.django_db
@@ -106,6 +107,22 @@ def serve_until_candidate(rollout: CanaryRollout, requests: int) -> None:
     raise AssertionError("the candidate never got its share of traffic")
 
 
+def serve_until_judged(rollout: CanaryRollout, *, stage_over: bool = False) -> str:
+    """Serve batches of labelled requests until the canary's judge decides; return what it said.
+
+    Rate conditions are sequential tests: how many requests they need depends on the draws.
+    stage_over: judge as if the stage had lasted its duration (else now: too early to pass).
+    """
+    for _ in range(150):
+        serve(40)
+        rollout.refresh_from_db()
+        now = rollout.stage_started_at + timedelta(seconds=61) if stage_over else None
+        outcome = canary_sweep(now=now)[str(rollout.pk)]
+        if outcome != "waiting":
+            return outcome
+    raise AssertionError("the canary's tests never settled")
+
+
 def run_pending_actions(rollout: CanaryRollout) -> list[ActionExecution]:
     """Carry out the trigger's actions in order, as the control queue's worker would."""
     executions = list(ActionExecution.objects.filter(trigger=rollout.trigger).order_by("id"))
@@ -152,25 +169,28 @@ def test_a_good_version_passes_every_stage_on_served_traffic_and_is_deployed(
     rollout = promote(make_experiment("v2"), django_capture_on_commit_callbacks)
 
     serve_until_candidate(rollout, 20)
-    # Enough requests, but the stage has not lasted its minute yet.
+    # Enough requests, but the stage has not lasted its minute yet (nor are its tests settled).
     assert rollout_evaluate(rollout_id=rollout.pk) == "waiting"
-    later = rollout.stage_started_at + timedelta(seconds=61)
-    assert rollout_evaluate(rollout_id=rollout.pk, now=later) == "advanced"
+    assert serve_until_judged(rollout, stage_over=True) == "advanced"
     rollout.refresh_from_db()
     assert (rollout.stage["name"], ModelVersion.objects.get(pk=rollout.candidate_id).traffic_pct) == (
         "canary_50pct",
         50.0,
     )
 
-    serve_until_candidate(rollout, 20)
     with django_capture_on_commit_callbacks(execute=True):
-        outcome = canary_sweep(now=rollout.stage_started_at + timedelta(seconds=61))
-    assert outcome == {str(rollout.pk): "deployed"}
+        assert serve_until_judged(rollout, stage_over=True) == "deployed"
 
     rollout.refresh_from_db()
     assert rollout.status == RolloutStatus.DEPLOYED
     assert [h["stage"] for h in rollout.history] == ["canary_10pct", "canary_50pct"]
     assert all(h["result"] == "passed" and h["window"]["requests"] >= 20 for h in rollout.history)
+    # Each stage passed because both rate tests said "not worse by the margin", with the
+    # policy's alpha split between the 2 judged stages and the 2 rate conditions.
+    for stage in rollout.history:
+        tests = [c["test"] for c in stage["conditions"] if "test" in c]
+        assert [t["decision"] for t in tests] == ["not_worse", "not_worse"]
+        assert all(t["llr"] <= t["accept_at"] for t in tests)
     candidate = ModelVersion.objects.get(pk=rollout.candidate_id)
     v1.refresh_from_db()
     assert (candidate.stage, candidate.parent_id, v1.stage) == (
@@ -195,9 +215,8 @@ def test_a_version_that_fails_requests_is_rolled_back_on_its_own_at_the_first_st
     bad = make_experiment("flaky v2", checkpoint=flaky_digits_checkpoint[0])
     rollout = promote(bad, django_capture_on_commit_callbacks)
 
-    serve_until_candidate(rollout, 20)
-    # Judged as soon as it has its requests: a failing canary does not wait out the stage.
-    assert canary_sweep() == {str(rollout.pk): "rolled_back"}
+    # Judged as soon as its test is sure: a failing canary does not wait out the stage.
+    assert serve_until_judged(rollout) == "rolled_back"
     rollout.refresh_from_db()
     candidate = ModelVersion.objects.get(pk=rollout.candidate_id)
     assert rollout.status == RolloutStatus.ROLLED_BACK
@@ -221,7 +240,35 @@ def test_a_version_that_fails_requests_is_rolled_back_on_its_own_at_the_first_st
     assert set(serve(30, feedback=False)) == {v1.version}
 
 
-def test_a_stage_is_not_judged_or_passed_before_its_minimum_of_requests(
+def test_a_stage_does_not_pass_before_its_minimum_of_requests_even_once_its_tests_settled(
+    make_experiment: MakeExperiment, django_capture_on_commit_callbacks: Any
+) -> None:
+    production(make_experiment)
+    policy_create(
+        name="canary",
+        kind="canary",
+        canary_min_requests=1000,
+        stages=[("canary_50pct", 50, 60), ("full_rollout", 100, 0)],
+        conditions=[
+            {
+                "kind": "metric",
+                "metric": "error_rate",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": "rollback_on",
+            }
+        ],
+    )
+    rollout = promote(make_experiment("v2"), django_capture_on_commit_callbacks)
+    serve(600)  # about 300 for the candidate: its error-rate test settles within ~100
+    stats = serving.window_stats(rollout.candidate, after_request=rollout.stage_after_request)
+    assert 150 < (stats["requests"] or 0) < 1000 and stats["errors"] == 0
+    assert rollout_evaluate(rollout_id=rollout.pk, now=timezone.now() + timedelta(hours=1)) == "waiting"
+    rollout.refresh_from_db()
+    assert (rollout.status, rollout.stage_index, rollout.history) == (RolloutStatus.RUNNING, 0, [])
+
+
+def test_a_failing_version_is_rolled_back_before_the_minimum_once_its_test_is_sure(
     make_experiment: MakeExperiment,
     flaky_digits_checkpoint: tuple[Path, dict[str, float]],
     django_capture_on_commit_callbacks: Any,
@@ -231,10 +278,12 @@ def test_a_stage_is_not_judged_or_passed_before_its_minimum_of_requests(
     rollout = promote(
         make_experiment("flaky", checkpoint=flaky_digits_checkpoint[0]), django_capture_on_commit_callbacks
     )
-    serve(200)
-    assert rollout_evaluate(rollout_id=rollout.pk, now=timezone.now() + timedelta(hours=1)) == "waiting"
+    assert serve_until_judged(rollout) == "rolled_back"
     rollout.refresh_from_db()
-    assert (rollout.status, rollout.stage_index) == (RolloutStatus.RUNNING, 0)
+    stats = rollout.history[-1]["window"]
+    assert stats["requests"] < 1000
+    broken = rollout.history[-1]["conditions"][0]
+    assert broken["test"]["decision"] == "worse" and broken["test"]["llr"] >= broken["test"]["reject_at"]
 
 
 def test_approval_mode_stops_the_canary_traffic_and_follows_the_decision(
@@ -248,8 +297,7 @@ def test_approval_mode_stops_the_canary_traffic_and_follows_the_decision(
     rollout = promote(
         make_experiment("flaky", checkpoint=flaky_digits_checkpoint[0]), django_capture_on_commit_callbacks
     )
-    serve_until_candidate(rollout, 20)
-    assert canary_sweep() == {str(rollout.pk): "paused"}
+    assert serve_until_judged(rollout) == "paused"
     rollout.refresh_from_db()
     assert rollout.trigger is not None and rollout.trigger.status == TriggerStatus.PENDING_APPROVAL
     assert ModelVersion.objects.get(pk=rollout.candidate_id).traffic_pct == 0.0
@@ -260,9 +308,7 @@ def test_approval_mode_stops_the_canary_traffic_and_follows_the_decision(
     assert ModelVersion.objects.get(pk=rollout.candidate_id).traffic_pct == 10.0
 
     # Broken again, and approved this time: the rollback action runs.
-    rollout.refresh_from_db()
-    serve_until_candidate(rollout, 20)
-    assert canary_sweep() == {str(rollout.pk): "paused"}
+    assert serve_until_judged(rollout) == "paused"
     rollout.refresh_from_db()
     with django_capture_on_commit_callbacks(execute=True):
         trigger_approve(trigger_id=rollout.trigger.pk, user=admin_user)
@@ -281,8 +327,7 @@ def test_dry_run_mode_records_the_breach_once_and_keeps_rolling_out(
     rollout = promote(
         make_experiment("flaky", checkpoint=flaky_digits_checkpoint[0]), django_capture_on_commit_callbacks
     )
-    serve_until_candidate(rollout, 20)
-    assert canary_sweep() == {str(rollout.pk): "dry_run"}
+    assert serve_until_judged(rollout) == "dry_run"
     assert canary_sweep() == {str(rollout.pk): "waiting"}
     rollout.refresh_from_db()
     assert rollout.status == RolloutStatus.RUNNING
@@ -313,7 +358,7 @@ def test_a_person_rolling_back_or_cancelling_mid_canary_ends_it_and_production_s
     assert set(serve(30, feedback=False)) == {v1.version}
 
 
-def test_a_canary_whose_checkpoint_is_corrupt_gets_no_request_and_is_rolled_back(
+def test_a_canary_whose_checkpoint_fails_to_load_is_rolled_back_before_any_request(
     make_experiment: MakeExperiment,
     digits_checkpoint: tuple[Path, dict[str, float]],
     django_capture_on_commit_callbacks: Any,
@@ -323,17 +368,21 @@ def test_a_canary_whose_checkpoint_is_corrupt_gets_no_request_and_is_rolled_back
     canary_policy()
     copy = tmp_path / "copy.pt"
     shutil.copy(digits_checkpoint[0], copy)
-    rollout = promote(make_experiment("v2", checkpoint=copy), django_capture_on_commit_callbacks)
-    ModelVersion.objects.filter(pk=rollout.candidate_id).update(traffic_pct=100.0)
-    with copy.open("r+b") as fh:  # the file changes on disk after registration
+    experiment = make_experiment("v2", checkpoint=copy, sha256=file_sha256(digits_checkpoint[0]))
+    with copy.open("r+b") as fh:  # the file changes on disk after its run recorded it
         fh.seek(200)
         fh.write(b"corrupt!")
 
+    # The warm-up at the start of the rollout finds it: no stage, no traffic, a reason of its own.
+    rollout = promote(experiment, django_capture_on_commit_callbacks)
+    assert rollout.status == RolloutStatus.ROLLED_BACK
+    assert rollout.outcome.startswith("checkpoint failed to load: ") and "sha256" in rollout.outcome
+    assert rollout.warmup_ms is None and rollout.history == []
+    candidate = ModelVersion.objects.get(pk=rollout.candidate_id)
+    assert candidate.traffic_pct == 0.0 and "sha256" in candidate.serve_error
+    trigger = rollout.trigger
+    assert trigger is not None and trigger.snapshot["conditions"][0]["detail"].startswith("checkpoint failed")
     assert set(serve(5, feedback=False)) == {v1.version}
-    assert "sha256" in ModelVersion.objects.get(pk=rollout.candidate_id).serve_error
-    assert canary_sweep() == {str(rollout.pk): "rolled_back"}
-    rollout.refresh_from_db()
-    assert "cannot be served" in rollout.outcome
 
 
 def test_a_second_promotion_waits_for_the_canary_under_way_and_starts_when_it_ends(
@@ -394,8 +443,7 @@ def test_a_less_accurate_version_is_rolled_back_by_comparison_with_production_on
     rollout = promote(
         make_experiment("weak", checkpoint=weak_digits_checkpoint[0]), django_capture_on_commit_callbacks
     )
-    serve_until_candidate(rollout, 40)
-    assert canary_sweep() == {str(rollout.pk): "rolled_back"}
+    assert serve_until_judged(rollout) == "rolled_back"
     rollout.refresh_from_db()
     assert "accuracy worse than production by more than 5%" in rollout.outcome
 
@@ -415,9 +463,7 @@ def test_a_more_accurate_version_is_not_rolled_back_even_below_any_fixed_bar(
     serve_until_candidate(rollout, 40)
     assert rollout_evaluate(rollout_id=rollout.pk) == "waiting"
     with django_capture_on_commit_callbacks(execute=True):
-        assert (
-            rollout_evaluate(rollout_id=rollout.pk, now=timezone.now() + timedelta(seconds=61)) == "deployed"
-        )
+        assert serve_until_judged(rollout, stage_over=True) == "deployed"
 
 
 @pytest.mark.parametrize(
