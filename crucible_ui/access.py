@@ -195,7 +195,9 @@ class DenyByDefaultMiddleware(MiddlewareMixin):
             logger.error("refused %s %s: its view %r declares no access", request.method, request.path, view)
             raise PermissionDenied(UNDECLARED_MESSAGE)
         user = request.user
-        if access.api and "Authorization" in request.headers:
+        # A bearer token is judged wherever it is sent: API routes, and the schema and docs
+        # (ninja's views, which take a token too); a wrong one is a JSON 401.
+        if "Authorization" in request.headers:
             try:
                 user, error = _bearer_user(request)
             except TokenLockedOut:

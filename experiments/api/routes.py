@@ -125,7 +125,8 @@ def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> 
 
 @router.post(
     "",
-    response={201: ExperimentDetail, **_AUTH_ERRORS, 422: ValidationErrorOut},
+    # 400: a body that is not JSON at all (ninja's parser refuses it before any field is read).
+    response={201: ExperimentDetail, 400: ErrorOut, **_AUTH_ERRORS, 422: ValidationErrorOut},
     summary="Create an experiment",
     description="Needs `experiments.add_experiment`. The config is checked against the recipe's "
     'declared parameters: each refused key comes back at `["body", "config", <key>]` (422).',
@@ -173,7 +174,9 @@ def experiment_detail(request: HttpRequest, experiment_id: int = _ID) -> Experim
     response={
         200: ExperimentDetail,
         201: ExperimentDetail,
-        400: UnknownEventOut,
+        # A body that is not JSON at all is ninja's 400 {"detail"}; an unknown event also names
+        # the known ones.
+        400: UnknownEventOut | ErrorOut,
         **_AUTH_ERRORS,
         404: ErrorOut,
         # The fuller answer first: a refusal that names a policy's verdict keeps its fields.

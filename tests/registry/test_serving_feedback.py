@@ -59,7 +59,9 @@ def test_a_viewer_may_predict_but_not_send_feedback(make_experiment: MakeExperim
     refused = post(client, "/serve/digits/feedback", {"request_id": request_id, "label": label})
 
     assert refused.status_code == 403
-    assert refused.json() == {"detail": "You may not send feedback labels."}
+    assert refused.json() == {
+        "detail": "Your account lacks the permission this needs: experiments.give_feedback."
+    }
     assert ServedRequest.objects.get(request_id=request_id).label is None
     assert version_summary(version)["feedback_untrusted"] == 0
 
