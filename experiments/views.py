@@ -163,7 +163,8 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
 
 # plotly.js's WebGL traces (the live charts' scattergl) compile shaders with Function(): this
 # page alone allows eval; every other page keeps scripts to files of this origin only.
-@csp_update({"script-src": ["'unsafe-eval'"]})
+# (django-csp types its decorators for views without URL arguments.)
+@csp_update({"script-src": ["'unsafe-eval'"]})  # type: ignore[arg-type]
 @requires_permission("experiments.view_experiment", hidden=True)
 @login_required
 @permission_required("experiments.view_experiment", raise_exception=True)

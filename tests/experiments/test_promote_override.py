@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -81,7 +82,7 @@ def test_the_api_answers_409_naming_the_verdict_then_422_without_a_reason(promot
     client = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
     url = f"/api/experiments/{experiment.pk}/actions/promote"
 
-    def post(body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    def post(body: dict[str, object]) -> tuple[int, Any]:
         answer = client.post(url, json.dumps(body), content_type="application/json")
         return answer.status_code, answer.json()
 

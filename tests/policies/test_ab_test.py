@@ -188,7 +188,7 @@ def test_a_test_that_cannot_run_is_refused_and_changes_nothing(
     ],
 )
 def test_error_rates_and_margin_outside_their_range_are_refused_by_field(
-    fields: dict[str, float], field: str
+    fields: dict[str, Any], field: str
 ) -> None:
     with pytest.raises(ValidationError) as info:
         policy_create(name="bad", kind="canary", **fields)

@@ -127,7 +127,7 @@ def test_dry_run_and_backtest_show_how_close_each_condition_came() -> None:
     client = Client()
     client.force_login(admin)
     page = client.get(
-        f"/admin/control/policy/{policy.pk}/backtest/", {"experiments": [experiment.pk], "run": "1"}
+        f"/admin/control/policy/{policy.pk}/backtest/", {"experiments": [str(experiment.pk)], "run": "1"}
     )
     assert "Near misses" in page.content.decode() and "0.04" in page.content.decode()
     page = client.get(f"/admin/control/policy/{policy.pk}/dry-run/", {"experiment": experiment.pk})
