@@ -52,10 +52,13 @@ def _fresh_model_cache() -> Iterator[None]:
 
 @pytest.fixture
 def user_client(db: Any) -> Client:
-    """A session of a person who may use served models (CSRF enforced, as in a browser)."""
+    """A session of a person who may use served models and whose labels count (CSRF enforced, as in a browser)."""
     user = User.objects.create_user("sam", password="pw-sam-123")
     user.user_permissions.add(
-        Permission.objects.get(content_type__app_label="experiments", codename="view_experiment")
+        *Permission.objects.filter(
+            content_type__app_label="experiments",
+            codename__in=["view_experiment", "give_feedback", "give_trusted_feedback"],
+        )
     )
     client = Client()
     client.force_login(user)
