@@ -145,6 +145,13 @@ def test_the_more_accurate_arm_wins_is_promoted_and_the_trigger_says_by_how_much
     assert pair["pairs"] >= 20 and pair["requests"] >= 2 * pair["pairs"]
     assert set(serve(user_client, 20, start=sent)) == {v2.version}
 
+    # The admin shows the decision as the trigger recorded it.
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", password="pw-root-123"))
+    page = admin.get(f"/admin/control/abtest/{test.pk}/change/").content.decode()
+    effect = f"{pair['effect']:+.4f} in [{pair['low']:+.4f}, {pair['high']:+.4f}] over {pair['pairs']} pairs"
+    assert f"v{v2.version} - v{v3.version}: {effect} (a better)" in page
+
 
 def test_routing_splits_the_traffic_equally_between_the_arms(
     checkpoints: dict[str, Path], django_capture_on_commit_callbacks: Any
