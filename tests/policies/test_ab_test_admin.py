@@ -19,12 +19,19 @@ from django.urls import reverse
 
 import experiments.registry.serving as serving
 from control.canary.ab import ab_test_start
-from control.canary.models import ABTest, ABTestStatus
+from control.canary.models import ABTest, ABTestStatus, CanaryRollout, RolloutStatus
 from control.policies.authoring import policy_create
 from control.policies.models import Policy
 from experiments.models import ModelStage, ModelVersion
 from experiments.registry.services import model_version_register
-from tests.digits_models import SYSTEM, evaluating_digits_experiment, promote_to_production, train_digits
+from experiments.services import experiment_transition
+from tests.digits_models import (
+    SYSTEM,
+    canary_policy_create,
+    evaluating_digits_experiment,
+    promote_to_production,
+    train_digits,
+)
 
 pytestmark = pytest.mark.django_db
 ADD = "/admin/control/abtest/add/"
@@ -144,6 +151,8 @@ def test_a_person_starts_an_ab_test_and_the_start_is_audited(
         ("another model's version", "version_ids", "of model 'digits'"),
         ("not an A/B policy", "policy", "not an A/B test"),
         ("one already running", "model_name", "already has an A/B test running"),
+        ("a canary under way", "model_name", "has a canary rollout under way"),
+        ("a checkpoint that does not load", "version_ids", "checkpoint failed to load"),
     ],
 )
 def test_each_refusal_is_a_field_error_and_starts_nothing(
@@ -151,6 +160,7 @@ def test_each_refusal_is_a_field_error_and_starts_nothing(
     checkpoint: Path,
     digits: tuple[ModelVersion, ...],
     ab_policy: Policy,
+    django_capture_on_commit_callbacks: Any,
     case: str,
     field: str,
     says: str,
@@ -166,8 +176,19 @@ def test_each_refusal_is_a_field_error_and_starts_nothing(
         data["version_ids"] = [v2.pk, other.pk]
     elif case == "not an A/B policy":
         data["policy"] = policy_create(name="a-canary", kind="canary").pk
-    else:
+    elif case == "one already running":
         ab_test_start(model_name="digits", version_ids=[v2.pk, v3.pk], policy=ab_policy, actor=SYSTEM)
+    elif case == "a canary under way":
+        canary_policy_create()
+        with django_capture_on_commit_callbacks(execute=True):
+            experiment_transition(
+                experiment_id=evaluating_digits_experiment("v4", checkpoint).pk, event="promote", actor=SYSTEM
+            )
+        assert CanaryRollout.objects.filter(status=RolloutStatus.RUNNING).exists()
+    else:
+        # Its recorded checksum is not the file's: serving refuses to load it.
+        broken = evaluating_digits_experiment("broken", checkpoint, sha256="0" * 64)
+        data["version_ids"] = [v2.pk, model_version_register(experiment_id=broken.pk).pk]
     tests_before, serving_before = ABTest.objects.count(), _serving_state()
 
     response = _post(starter, data)
