@@ -219,10 +219,10 @@ def traffic_split(versions: list[ModelVersion]) -> TrafficSplit:
     canary_pct = 0.0
     if canary is not None:
         canary_pct = 100.0 if production is None else min(max(canary.traffic_pct, 0.0), 100.0)
+    # Production answers what every canary leaves: during an A/B test the arms take all or most.
+    taken = min(sum(min(max(v.traffic_pct, 0.0), 100.0) for v in canaries), 100.0)
     return {
-        "production": {"version": production.version, "pct": round(100.0 - canary_pct, 2)}
-        if production
-        else None,
+        "production": {"version": production.version, "pct": round(100.0 - taken, 2)} if production else None,
         "canary": {"version": canary.version, "pct": round(canary_pct, 2)} if canary else None,
     }
 

@@ -95,6 +95,7 @@ def test_a_running_ab_test_shows_arms_shares_requests_and_the_current_interval(
         )
         assert row in html
     assert "<td>v1</td><td>Production (not an arm)</td><td>0%</td>" in html
+    assert 'id="split-production" data-pct="0"' in html  # the split bar agrees: the arms take it all
     expected = paired_comparison(a=_outcomes(good), b=_outcomes(flaky), alpha=ALPHA, margin=MARGIN)
     assert expected.pairs == 16 and expected.effect > 0  # the sound arm answered more of the pairs
     shown = (
