@@ -60,6 +60,12 @@ class ABTestStartForm(forms.Form):
             grouped.setdefault(v.model_name, []).append((v.pk, _version_label(v)))
         self.fields["version_ids"].choices = list(grouped.items())  # type: ignore[attr-defined]
         self.fields["policy"].queryset = policies  # type: ignore[attr-defined]
+        # The mode says whether the winner is promoted (auto) or only recorded.
+        self.fields["policy"].label_from_instance = _policy_label  # type: ignore[attr-defined]
+
+
+def _policy_label(policy: Policy) -> str:
+    return f"{policy.name} (mode {policy.mode}; compares {policy.ab_metric or 'accuracy'})"
 
 
 @admin.register(ABTest)

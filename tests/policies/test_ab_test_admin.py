@@ -106,6 +106,7 @@ def test_the_form_offers_the_models_versions_and_the_ab_policies_only(
     assert offered == {v.pk for v in digits}
     assert list(form.fields["policy"].queryset) == [ab_policy]
     text = page.content.decode()
+    assert f"{ab_policy.name} (mode {ab_policy.mode}; compares accuracy)" in text
     assert f"v{digits[0].version} (production)" in text and f"v{digits[2].version} (none)" in text
 
 
