@@ -8,6 +8,7 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+import control.canary.admin  # registers the A/B test admin
 import control.policies.admin  # noqa: F401  (registers the policy admin)
 from control.canary.models import CanaryRollout
 from control.scheduling.models import Device, Worker

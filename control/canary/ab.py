@@ -70,6 +70,7 @@ def ab_test_start(*, model_name: str, version_ids: list[int], policy: Policy, ac
                 arms=ids,
                 metric=policy.ab_metric or "accuracy",
                 after_request=last_request_id(),
+                started_by=actor.label,
             )
             for pk in ids:
                 version = versions[pk]
@@ -88,6 +89,11 @@ def ab_test_start(*, model_name: str, version_ids: list[int], policy: Policy, ac
 
 def _pairs_tested(arms: int) -> int:
     return max(1, arms * (arms - 1) // 2)
+
+
+def ab_pair_alpha(*, test: ABTest, policy: Policy) -> float:
+    """Return the error rate each pairwise comparison is held to: the policy's alpha split between the pairs."""
+    return policy.canary_alpha / _pairs_tested(len(test.arms) + len(test.dropped))
 
 
 def _drop(version_id: int, actor: Actor, *, archive: bool) -> None:
@@ -136,7 +142,7 @@ def ab_test_evaluate(*, ab_test_id: int, now: datetime | None = None) -> str:
         }
         if min(len(o) for o in outcomes.values()) < policy.canary_min_requests:
             return "waiting"
-        alpha = policy.canary_alpha / _pairs_tested(len(test.arms) + len(test.dropped))
+        alpha = ab_pair_alpha(test=test, policy=policy)
         verdicts: list[tuple[int, int, PairedTest]] = [
             (a, b, paired_comparison(a=outcomes[a], b=outcomes[b], alpha=alpha, margin=policy.canary_margin))
             for a, b in itertools.combinations(test.arms, 2)

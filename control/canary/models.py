@@ -133,6 +133,9 @@ class ABTest(models.Model):
     trigger = models.ForeignKey(
         "control.TriggerEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    started_by = models.CharField(
+        max_length=150, blank=True, help_text="Who started it: user:<username>, policy:<name> or system."
+    )
     started_at = models.DateTimeField(auto_now_add=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 

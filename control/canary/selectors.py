@@ -13,11 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
 import numpy as np
-from django.db.models import Exists, OuterRef, Prefetch
+from django.db.models import Count, Exists, OuterRef, Prefetch
 from django.utils import timezone
 
 import experiments.registry.serving as serving
-from control.canary.models import LIVE_ROLLOUT_STATUSES, CanaryRollout, RolloutStatus
+from control.canary.ab import ab_pair_alpha
+from control.canary.models import LIVE_ROLLOUT_STATUSES, ABTest, ABTestStatus, CanaryRollout, RolloutStatus
+from control.canary.sequential import paired_comparison
+from control.policies.models import Policy
 from experiments.choices import RunStatus, State
 from experiments.models import DriftCheck, Experiment, ModelStage, ModelVersion, Run, ServedRequest
 from experiments.recipes import RECIPES
@@ -132,6 +135,53 @@ class DeploymentLive(TypedDict):
     drift: list[DriftSeries]
 
 
+class ABArm(TypedDict):
+    """One arm of an A/B test: its share of requests and what it served since the test began."""
+
+    version: int
+    version_id: int
+    stage: str
+    share_pct: float
+    requests: int
+    judged: int
+
+
+class ABPair(TypedDict):
+    """One pairwise comparison: the effect (a minus b on the metric) and its confidence interval."""
+
+    a: str
+    b: str
+    decision: str
+    effect: float
+    low: float
+    high: float
+    pairs: int
+
+
+class ABTestState(TypedDict):
+    """An A/B test as the deployment page and the admin show it."""
+
+    id: int
+    running: bool
+    status: str
+    status_label: str
+    model_name: str
+    metric: str
+    policy: str
+    min_requests: int
+    alpha: float | None
+    margin: float | None
+    arms: list[ABArm]
+    production: SplitPart | None
+    pairs: list[ABPair]
+    dropped: list[dict[str, Any]]
+    winner: int | None
+    outcome: str
+    started_by: str
+    started_at: str
+    finished_at: str | None
+
+
 def _stamp(moment: datetime) -> str:
     """Return a wall-clock time Plotly reads as a date (it ignores offsets: local time, no zone)."""
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S")
@@ -169,10 +219,10 @@ def traffic_split(versions: list[ModelVersion]) -> TrafficSplit:
     canary_pct = 0.0
     if canary is not None:
         canary_pct = 100.0 if production is None else min(max(canary.traffic_pct, 0.0), 100.0)
+    # Production answers what every canary leaves: during an A/B test the arms take all or most.
+    taken = min(sum(min(max(v.traffic_pct, 0.0), 100.0) for v in canaries), 100.0)
     return {
-        "production": {"version": production.version, "pct": round(100.0 - canary_pct, 2)}
-        if production
-        else None,
+        "production": {"version": production.version, "pct": round(100.0 - taken, 2)} if production else None,
         "canary": {"version": canary.version, "pct": round(canary_pct, 2)} if canary else None,
     }
 
@@ -365,6 +415,132 @@ def deployment_live(
     }
 
 
+def running_ab_test(*, model_name: str) -> ABTest | None:
+    """Return the model's running A/B test, if one is."""
+    return (
+        ABTest.objects.select_related("policy")
+        .filter(model_name=model_name, status=ABTestStatus.RUNNING)
+        .first()
+    )
+
+
+def _ab_shares(
+    arms: list[ModelVersion], production: ModelVersion | None
+) -> tuple[dict[int, float], float | None]:
+    """Return each arm's share of requests, and production's (None when it is an arm), as serving.route splits them."""
+    canaries = [v for v in arms if v.stage == ModelStage.CANARY and v.traffic_pct > 0 and not v.serve_error]
+    canary_total = sum(v.traffic_pct for v in canaries)
+    rest = max(0.0, 100.0 - canary_total) if production is not None else 0.0
+    shares: dict[int, float] = {}
+    for v in arms:
+        if v in canaries:
+            # With no servable production the arms' slices are scaled up to all the traffic.
+            shares[v.pk] = v.traffic_pct if production is not None else 100.0 * v.traffic_pct / canary_total
+        else:
+            shares[v.pk] = rest if production is not None and v.pk == production.pk else 0.0
+    production_share = None if production is None or production.pk in shares else rest
+    return {pk: round(share, 2) for pk, share in shares.items()}, production_share
+
+
+def ab_test_state(test: ABTest) -> ABTestState:
+    """Return the test's arms (share, requests served in its window) and its pairwise effects.
+
+    A running test's effects are computed now, as the sweep would judge them (read only); a
+    finished one shows what its deciding trigger recorded.
+    """
+    policy: Policy | None = test.policy
+    running = test.status == ABTestStatus.RUNNING
+    by_id = {v.pk: v for v in ModelVersion.objects.filter(pk__in=test.arms)}
+    arms_in_order = [by_id[pk] for pk in test.arms if pk in by_id]
+    production = (
+        ModelVersion.objects.filter(model_name=test.model_name, stage=ModelStage.PRODUCTION, serve_error="")
+        .only("pk", "version")
+        .first()
+    )
+    shares, production_share = _ab_shares(arms_in_order, production) if running else ({}, None)
+    served = dict(
+        ServedRequest.objects.filter(version_id__in=list(by_id), id__gt=test.after_request)
+        .values("version_id")
+        .annotate(n=Count("id"))
+        .values_list("version_id", "n")
+    )
+    outcomes = {
+        pk: serving.window_outcomes(v, after_request=test.after_request, metric=test.metric)
+        for pk, v in by_id.items()
+    }
+    arms: list[ABArm] = [
+        {
+            "version": v.version,
+            "version_id": v.pk,
+            "stage": v.get_stage_display(),
+            "share_pct": shares.get(v.pk, 0.0),
+            "requests": served.get(v.pk, 0),
+            "judged": len(outcomes[v.pk]),
+        }
+        for v in arms_in_order
+    ]
+    alpha = ab_pair_alpha(test=test, policy=policy) if policy is not None else None
+    pairs: list[ABPair] = []
+    if running and policy is not None and alpha is not None:
+        for i, a in enumerate(arms_in_order):
+            for b in arms_in_order[i + 1 :]:
+                verdict = paired_comparison(
+                    a=outcomes[a.pk], b=outcomes[b.pk], alpha=alpha, margin=policy.canary_margin
+                )
+                pairs.append(
+                    {
+                        "a": f"v{a.version}",
+                        "b": f"v{b.version}",
+                        "decision": verdict.decision,
+                        "effect": round(verdict.effect, 4),
+                        "low": round(verdict.low, 4),
+                        "high": round(verdict.high, 4),
+                        "pairs": verdict.pairs,
+                    }
+                )
+    elif test.trigger is not None:
+        pairs = [
+            {
+                "a": str(t["a"]),
+                "b": str(t["b"]),
+                "decision": str(t["decision"]),
+                "effect": float(t["effect"]),
+                "low": float(t["low"]),
+                "high": float(t["high"]),
+                "pairs": int(t["pairs"]),
+            }
+            for t in test.trigger.snapshot.get("tests", [])
+        ]
+    winner = (
+        ModelVersion.objects.filter(pk=test.winner_id).values_list("version", flat=True).first()
+        if test.winner_id is not None
+        else None
+    )
+    return {
+        "id": test.pk,
+        "running": running,
+        "status": test.status,
+        "status_label": test.get_status_display(),
+        "model_name": test.model_name,
+        "metric": test.metric,
+        "policy": policy.name if policy is not None else "",
+        "min_requests": policy.canary_min_requests if policy is not None else 0,
+        "alpha": alpha,
+        "margin": policy.canary_margin if policy is not None else None,
+        "arms": arms,
+        "production": {"version": production.version, "pct": production_share}
+        if production is not None and production_share is not None
+        else None,
+        "pairs": pairs,
+        "dropped": list(test.dropped or []),
+        "winner": winner,
+        "outcome": test.outcome,
+        "started_by": test.started_by,
+        "started_at": _stamp(test.started_at),
+        "finished_at": _stamp(test.finished_at) if test.finished_at else None,
+    }
+
+
 def past_rollouts(*, model_name: str) -> list[CanaryRollout]:
     """Return the model's newest PAST_ROLLOUTS rollouts (live ones included), newest first."""
     return list(
@@ -420,6 +596,7 @@ def deployment_page(*, model_name: str, now: datetime | None = None) -> dict[str
         "rollout": live["rollout"],
         "past_rollouts": past_rollouts(model_name=model_name),
         "candidates": promotion_candidates(model_name=model_name),
+        "ab_test": ab_test_state(ab) if (ab := running_ab_test(model_name=model_name)) else None,
         "window_minutes": WINDOW_SECONDS // 60,
         "bucket_seconds": BUCKET_SECONDS,
     }

@@ -16,6 +16,8 @@ from experiments.permissions import requires_permission
 from experiments.registry.views import PROMOTE_PERMISSION, ROLLBACK_PERMISSION, VIEW_PERMISSION
 from experiments.services import TransitionRefused, experiment_transition
 
+AB_TEST_ADD_PERMISSION = "control.add_abtest"
+
 
 @requires_permission(VIEW_PERMISSION, hidden=True)
 @login_required
@@ -33,6 +35,8 @@ def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
             **page,
             "can_promote": request.user.has_perm(PROMOTE_PERMISSION),
             "can_rollback": request.user.has_perm(ROLLBACK_PERMISSION),
+            # A/B tests are started in the admin, so the link is for staff who may add one.
+            "can_start_ab_test": request.user.is_staff and request.user.has_perm(AB_TEST_ADD_PERMISSION),
         },
     )
 

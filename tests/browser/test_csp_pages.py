@@ -90,6 +90,8 @@ def test_the_main_pages_and_their_charts_run_with_no_csp_violation(
         "/registry/",
         "/admin/",
         "/admin/control/policy/add/",
+        "/admin/control/abtest/",
+        "/admin/control/abtest/add/",
         "/api/docs",
     ):
         page.goto(base + path)

@@ -52,10 +52,13 @@ def _fresh_model_cache() -> Iterator[None]:
 
 @pytest.fixture
 def user_client(db: Any) -> Client:
-    """A session of a person who may use served models (CSRF enforced, as in a browser)."""
+    """A session of a person who may use served models and whose labels count (CSRF enforced, as in a browser)."""
     user = User.objects.create_user("sam", password="pw-sam-123")
     user.user_permissions.add(
-        Permission.objects.get(content_type__app_label="experiments", codename="view_experiment")
+        *Permission.objects.filter(
+            content_type__app_label="experiments",
+            codename__in=["view_experiment", "give_feedback", "give_trusted_feedback"],
+        )
     )
     client = Client()
     client.force_login(user)
@@ -141,6 +144,13 @@ def test_the_more_accurate_arm_wins_is_promoted_and_the_trigger_says_by_how_much
     assert 0 < pair["low"] <= pair["effect"] <= pair["high"]
     assert pair["pairs"] >= 20 and pair["requests"] >= 2 * pair["pairs"]
     assert set(serve(user_client, 20, start=sent)) == {v2.version}
+
+    # The admin shows the decision as the trigger recorded it.
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("root", password="pw-root-123"))
+    page = admin.get(f"/admin/control/abtest/{test.pk}/change/").content.decode()
+    effect = f"{pair['effect']:+.4f} in [{pair['low']:+.4f}, {pair['high']:+.4f}] over {pair['pairs']} pairs"
+    assert f"v{v2.version} - v{v3.version}: {effect} (a better)" in page
 
 
 def test_routing_splits_the_traffic_equally_between_the_arms(

@@ -1,0 +1,162 @@
+"""Admin of A/B tests: a form that starts one (through ab_test_start), and each test's decisions, read only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+
+import control.canary.selectors as selectors
+from control.canary.ab import ABTestError, ab_test_start
+from control.canary.models import ABTest
+from control.policies.models import Policy, PolicyKind
+from experiments.actors import Actor
+from experiments.models import ModelVersion
+
+
+def _version_label(version: ModelVersion) -> str:
+    accuracy = (version.metrics or {}).get("accuracy")
+    measured = f" · accuracy {accuracy:.4f}" if isinstance(accuracy, int | float) else ""
+    return f"v{version.version} ({version.get_stage_display().lower()}){measured}"
+
+
+class ABTestStartForm(forms.Form):
+    """What an A/B test needs: the model, two or more of its versions, and the A/B policy that judges them."""
+
+    model_name = forms.ChoiceField(label="Model")
+    version_ids = forms.TypedMultipleChoiceField(
+        label="Versions (arms)",
+        coerce=int,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Two or more versions of the model. Each takes an equal share of its requests; "
+        "production, when it is not an arm, serves none of them until the test ends.",
+    )
+    policy = forms.ModelChoiceField(
+        queryset=Policy.objects.none(),
+        help_text="An A/B test policy: its metric, minimum requests, error rate (alpha) and margin decide.",
+    )
+
+    def __init__(self, *args: Any, model_name: str = "", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        versions = ModelVersion.objects.order_by("model_name", "-version")
+        names = sorted(set(versions.values_list("model_name", flat=True)))
+        self.fields["model_name"].choices = [(n, n) for n in names]  # type: ignore[attr-defined]
+        # The page offers one model's versions and A/B policies only; a submitted choice outside
+        # them goes on to ab_test_start, whose refusal names the field and says what is wrong.
+        policies = Policy.objects.order_by("name")
+        if not self.is_bound:
+            policies = policies.filter(kind=PolicyKind.AB_TEST)
+            if model_name in names:
+                versions = versions.filter(model_name=model_name)
+                self.initial.setdefault("model_name", model_name)
+        grouped: dict[str, list[tuple[int, str]]] = {}
+        for v in versions:
+            grouped.setdefault(v.model_name, []).append((v.pk, _version_label(v)))
+        self.fields["version_ids"].choices = list(grouped.items())  # type: ignore[attr-defined]
+        self.fields["policy"].queryset = policies  # type: ignore[attr-defined]
+        # The mode says whether the winner is promoted (auto) or only recorded.
+        self.fields["policy"].label_from_instance = _policy_label  # type: ignore[attr-defined]
+
+
+def _policy_label(policy: Policy) -> str:
+    return f"{policy.name} (mode {policy.mode}; compares {policy.ab_metric or 'accuracy'})"
+
+
+@admin.register(ABTest)
+class ABTestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """A/B tests: started here by a person with control.add_abtest; their decisions are the sweep's."""
+
+    list_display = (
+        "id",
+        "model_name",
+        "arm_versions",
+        "metric",
+        "status",
+        "started_by",
+        "started_at",
+        "finished_at",
+    )
+    list_filter = ("status", "model_name")
+    search_fields = ("model_name", "started_by", "outcome")
+    list_select_related = ("policy",)
+    readonly_fields = (
+        "model_name", "policy", "arm_versions", "metric", "status", "winner", "outcome", "decisions",
+        "dropped", "after_request", "trigger", "started_by", "started_at", "finished_at",
+    )  # fmt: skip
+    fields = readonly_fields
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """The test moves by the sweep's decisions only."""
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """A test is a record of decisions taken on served traffic."""
+        return False
+
+    @admin.display(description="Arms")
+    def arm_versions(self, obj: ABTest) -> str:
+        labels = dict(ModelVersion.objects.filter(pk__in=obj.arms).values_list("pk", "version"))
+        return ", ".join(f"v{labels[pk]}" if pk in labels else f"#{pk}" for pk in obj.arms)
+
+    @admin.display(description="Effects (a - b on the metric, confidence interval, pairs)")
+    def decisions(self, obj: ABTest) -> str:
+        state = selectors.ab_test_state(obj)
+        arms = format_html_join(
+            "",
+            "<li>v{}: {}% of requests, {} served, {} judged</li>",
+            ((a["version"], a["share_pct"], a["requests"], a["judged"]) for a in state["arms"]),
+        )
+        pairs = format_html_join(
+            "",
+            "<li>{} - {}: {} in [{}, {}] over {} pairs ({})</li>",
+            (
+                (p["a"], p["b"], f"{p['effect']:+.4f}", f"{p['low']:+.4f}", f"{p['high']:+.4f}", p["pairs"],
+                 p["decision"].replace("_", " "))
+                for p in state["pairs"]
+            ),
+        )  # fmt: skip
+        return format_html('<ul class="ab-arms">{}</ul><ul class="ab-pairs">{}</ul>', arms, pairs or "—")
+
+    def add_view(
+        self, request: HttpRequest, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        """Start an A/B test through ab_test_start as the admin user; each refusal is its field's error."""
+        if not self.has_add_permission(request):
+            raise PermissionDenied
+        form = ABTestStartForm(request.POST or None, model_name=request.GET.get("model_name", ""))
+        if request.method == "POST" and form.is_valid():
+            data = form.cleaned_data
+            try:
+                test = ab_test_start(
+                    model_name=data["model_name"],
+                    version_ids=data["version_ids"],
+                    policy=data["policy"],
+                    actor=Actor.for_user(request.user),
+                )
+            except ABTestError as exc:
+                form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+            else:
+                self.log_addition(request, test, [{"added": {}}])
+                arms = self.arm_versions(test)
+                self.message_user(
+                    request,
+                    f"A/B test #{test.pk} of {test.model_name} started: {arms} share its requests equally, "
+                    f"judged on {test.metric} by policy {data['policy'].name}.",
+                    messages.SUCCESS,
+                )
+                return HttpResponseRedirect(reverse("admin:control_abtest_change", args=[test.pk]))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.model._meta,
+            "title": "Start an A/B test",
+            "form": form,
+            "has_ab_policy": Policy.objects.filter(kind=PolicyKind.AB_TEST).exists(),
+            **(extra_context or {}),
+        }
+        return TemplateResponse(request, "admin/control/abtest/start.html", context)
