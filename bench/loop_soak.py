@@ -18,7 +18,7 @@ digits (canary by its share, else production) at 20 requests per simulated secon
 every 5 simulated seconds, and the rollbacks it decides run on the worker.
 
 Kinds (config → what the loop should do): good (→ deployed), good with 1% serving errors
-(→ deployed), worse than production (trains to accuracy ≈ 0.92 with val_loss ≈ 4× production's
+(→ deployed), worse than production (trains to accuracy ≈ 0.92 with val_loss about 4 times production's
 → held by the regression guard), under-trained (accuracy ≈ 0.5 → held), diverging (NaN loss
 from step 10 → early stop, retrained, then judged like any other), failing when served (30%
 of predictions fail → rolled back) and slow to serve (600 ms a prediction → rolled back).
@@ -81,6 +81,9 @@ MIX = {
     "failing_when_served": 8,
     "slow_to_serve": 4,
 }
+# `make bench` runs a short soak (~2-3 min); BENCHMARKS.md's figures come from --n 50.
+DEFAULT_N = 10
+# --quick: one experiment down each path (held, rolled back, early-stopped, deployed).
 QUICK_PLAN = ["worse_than_production", "failing_when_served", "diverging", "good"]
 # Bounded waits (real seconds) for what the worker does, and simulated seconds for a rollout.
 TRAIN_WAIT_SECONDS = 240.0
@@ -224,14 +227,18 @@ def held_out(version: Any) -> dict[str, float]:
     return {k: round(float(v), 4) for k, v in evaluation.metrics.items() if isinstance(v, int | float)}
 
 
-def outcome_of(index: int, kind: str, experiment_id: int, replaced: dict[str, float], rollout: str) -> Outcome:
+def outcome_of(
+    index: int, kind: str, experiment_id: int, replaced: dict[str, float], rollout: str
+) -> Outcome:
     """Read where the experiment ended and which policy decisions got it there."""
     from control.policies.models import TriggerEvent, TriggerStatus
     from experiments.choices import State
     from experiments.models import Experiment, ModelVersion
 
     experiment = Experiment.objects.get(pk=experiment_id)
-    triggers = list(TriggerEvent.objects.filter(experiment=experiment).select_related("policy").order_by("id"))
+    triggers = list(
+        TriggerEvent.objects.filter(experiment=experiment).select_related("policy").order_by("id")
+    )
     decided_by = [f"{t.policy.name}:{t.status}" for t in triggers]
     acted = [t for t in triggers if t.status == TriggerStatus.ACTED]
     state = str(experiment.state)
@@ -248,9 +255,10 @@ def outcome_of(index: int, kind: str, experiment_id: int, replaced: dict[str, fl
     worse = False
     if state == State.DEPLOYED:
         bad_when_served = KINDS[kind][2] and KINDS[kind][1] == "rolled_back"
-        lower = bool(numbers and replaced) and numbers.get("accuracy", 1.0) < replaced.get(
-            "accuracy", 0.0
-        ) - WORSE_TOLERANCE
+        lower = (
+            bool(numbers and replaced)
+            and numbers.get("accuracy", 1.0) < replaced.get("accuracy", 0.0) - WORSE_TOLERANCE
+        )
         worse = bad_when_served or lower or (KINDS[kind][2] and not numbers)
     last = triggers[-1] if triggers else None
     reason = ""
@@ -288,13 +296,17 @@ def trigger_action_times() -> dict[str, list[float]]:
     out: dict[str, list[float]] = {}
     for trigger in TriggerEvent.objects.select_related("policy").order_by("id"):
         executions = list(ActionExecution.objects.filter(trigger=trigger).order_by("id"))
-        if not executions or any(e.status != ExecutionStatus.SUCCEEDED or e.finished_at is None for e in executions):
+        if not executions or any(
+            e.status != ExecutionStatus.SUCCEEDED or e.finished_at is None for e in executions
+        ):
             continue
         done = max(e.finished_at for e in executions if e.finished_at is not None)
         if trigger.kind == "transition:complete":
             # The observation is the run's completion; the decision includes the held-out evaluations.
             completed = (
-                TransitionLog.objects.filter(experiment=trigger.experiment, event="complete", created_at__lte=done)
+                TransitionLog.objects.filter(
+                    experiment=trigger.experiment, event="complete", created_at__lte=done
+                )
                 .order_by("-created_at")
                 .values_list("created_at", flat=True)
                 .first()
@@ -420,10 +432,15 @@ def plan_for(n: int, seed: int) -> list[str]:
 def main() -> None:
     """Run the experiments through the loop one after another; print the figures."""
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--n", type=int, default=None, help="experiments (default 50; --quick: 4, one per path)")
+    parser.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help=f"experiments (default {DEFAULT_N}, what `make bench` runs; the soak is --n 50; --quick: 4)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="order of the experiments, routing and faults")
     args = parser.parse_args()
-    plan = list(QUICK_PLAN) if args.quick and args.n is None else plan_for(args.n or 50, args.seed)
+    plan = list(QUICK_PLAN) if args.quick and args.n is None else plan_for(args.n or DEFAULT_N, args.seed)
     random.seed(args.seed)
     import torch
 
@@ -444,7 +461,9 @@ def main() -> None:
         for index, kind in enumerate(plan, start=1):
             config = dict(KINDS[kind][0])
             replaced = production_held_out()
-            experiment = experiment_create(name=f"{kind} #{index}", recipe=MODEL, config=config, tags=["soak"])
+            experiment = experiment_create(
+                name=f"{kind} #{index}", recipe=MODEL, config=config, tags=["soak"]
+            )
             experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("bench"))
             settled = wait_until_settled(experiment.pk, TRAIN_WAIT_SECONDS)
             rollout = drive_rollout(experiment.pk, traffic) if settled else "not reached"
