@@ -81,8 +81,8 @@ MIX = {
     "failing_when_served": 8,
     "slow_to_serve": 4,
 }
-# `make bench` runs a short soak (~2-3 min); BENCHMARKS.md's figures come from --n 50.
-DEFAULT_N = 10
+# `make bench` runs a short soak (~2.5 min on a loaded 2-core machine); BENCHMARKS.md's figures come from --n 50.
+DEFAULT_N = 8
 # --quick: one experiment down each path (held, rolled back, early-stopped, deployed).
 QUICK_PLAN = ["worse_than_production", "failing_when_served", "diverging", "good"]
 # Bounded waits (real seconds) for what the worker does, and simulated seconds for a rollout.
