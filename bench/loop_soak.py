@@ -46,7 +46,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.canary import miss_rate_upper_95
 from bench.common import Goal, base_parser, bench_env, emit, emit_failure, figure, note, percentile
+
+# The project's modules are imported inside the functions: bench_env() must point Django at
+# the fresh database and Redis before anything imports its settings.
 
 FIGURES = (
     "soak_worse_deployed",
@@ -360,6 +364,10 @@ def emit_figures(outcomes: list[Outcome], times: dict[str, list[float]], extra: 
             extra={
                 "good_versions": len(good),
                 "good_deployed": sum(o.state == "deployed" for o in good),
+                # 0 of 20 bounds the rate only by 14%: the one-sided 95% upper bound says how far.
+                "rolled_back_upper_95": miss_rate_upper_95(len(good_rolled_back), len(good))
+                if good
+                else None,
                 "good_held": [asdict_short(o) for o in good if o.state == "completed"],
                 "rolled_back": [asdict_short(o) for o in good_rolled_back],
             },
