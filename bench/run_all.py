@@ -44,6 +44,15 @@ SCRIPTS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("ab.py", ["ab_equal_winner_share", "ab_correct_share", "ab_decision_requests"]),
+    (
+        "loop_soak.py",
+        [
+            "soak_worse_deployed",
+            "soak_good_rolled_back_share",
+            "soak_needed_person_share",
+            "soak_trigger_action_ms",
+        ],
+    ),
     ("gpu.py", ["gpu_charlm_tokens_per_s"]),
     (
         "ws_storm.py",

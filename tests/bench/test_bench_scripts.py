@@ -7,6 +7,7 @@ end to end. MLflow is not needed: its baselines are left out here (BENCH_NO_MLFL
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -49,11 +50,25 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
         {"scheduler_idle_gap_s"},
     ),
     "gpu.py": (["gpu_charlm_tokens_per_s"], {"gpu_charlm_tokens_per_s"}),
+    "loop_soak.py": (
+        [
+            "soak_worse_deployed",
+            "soak_good_rolled_back_share",
+            "soak_needed_person_share",
+            "soak_trigger_action_ms",
+        ],
+        set(),
+    ),
 }
 
 
+# Figures that count wrong decisions: zero is their goal, not a sign that nothing was measured.
+ZERO_IS_A_RESULT = {"soak_worse_deployed", "soak_good_rolled_back_share", "soak_needed_person_share"}
+
+
+@functools.cache
 def run_quick(script: str) -> tuple[list[dict[str, Any]], str]:
-    """Run one bench script with --quick; return its JSON lines and its stderr."""
+    """Run one bench script with --quick (once per session); return its JSON lines and its stderr."""
     from bench.common import run_bounded
 
     env = {**os.environ, "BENCH_NO_MLFLOW": "1"}
@@ -79,11 +94,31 @@ def test_each_bench_script_prints_every_figure_as_a_json_line(script: str) -> No
         assert set(line) >= FIGURE_KEYS, f"{name} lacks {FIGURE_KEYS - set(line)}"
         assert line["repetitions"] >= 1
         assert line["min"] <= line["median"] <= line["max"]
-        assert line["median"] > 0
+        assert line["median"] > 0 or name in ZERO_IS_A_RESULT
         assert line["machine"]["cpu_count"] >= 1
         if line["baseline"] is not None:
             assert line["baseline"]["median"] > 0
             assert line["ratio"] is not None and line["ratio"] > 0
+
+
+def test_the_soak_sends_each_quick_experiment_down_its_path_of_the_loop() -> None:
+    lines, stderr = run_quick("loop_soak.py")
+    by_name = {line["figure"]: line for line in lines}
+    worse = by_name["soak_worse_deployed"]
+    # One experiment per path: the regression guard holds the worse one, the canary rolls back
+    # the failing one, the early stop requeues the diverging one (a second run), the good one ships.
+    assert worse["experiments"] == 4, stderr[-2000:]
+    ended = worse["ended_by_kind"]
+    assert ended["worse_than_production"] == {"completed": 1}
+    assert ended["failing_when_served"] == {"rolled_back": 1}
+    assert ended["good"] == {"deployed": 1}
+    assert worse["median"] == 0 and worse["worse"] == []
+    assert by_name["soak_good_rolled_back_share"]["good_deployed"] == 1
+    assert by_name["soak_needed_person_share"]["needed"] == []
+    timed = by_name["soak_trigger_action_ms"]["by_policy"]
+    # Every decision was carried out by the worker: early stop, the gate (4 completions), the rollback.
+    assert timed["early_stop"]["n"] == 1 and timed["auto_promote"]["n"] >= 4
+    assert timed["canary_deploy"]["n"] == 1
 
 
 def test_a_missing_mlflow_venv_is_a_skipped_baseline_in_quick_mode_not_an_install(
