@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.bench.helpers import FIGURE_KEYS, ROOT
+
 pytestmark = [
     pytest.mark.bench,
     # The scripts always build their own SQLite database: a second suite pass on
@@ -26,13 +28,6 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-FIGURE_KEYS = {
-    "figure", "unit", "median", "min", "max", "repetitions", "baseline", "ratio", "goal", "meets_goal",
-    "machine", "date",
-}  # fmt: skip
 
 # script -> (figures it prints, figures that may be skipped here: no CUDA, no engine hook, --quick)
 SCRIPTS: dict[str, tuple[list[str], set[str]]] = {

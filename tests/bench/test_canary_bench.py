@@ -7,12 +7,11 @@ canary_sweep on the simulated clock, and the rollback carried out by a Celery wo
 
 from __future__ import annotations
 
-import json
 import os
-import sys
-from pathlib import Path
 
 import pytest
+
+from tests.bench.helpers import quick_figures
 
 pytestmark = [
     pytest.mark.bench,
@@ -22,35 +21,18 @@ pytestmark = [
     ),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 FIGURES = [
     "canary_bad_caught_share",
     "canary_good_deployed_share",
     "canary_detect_requests",
     "canary_detect_sim_s",
 ]
-FIGURE_KEYS = {
-    "figure", "unit", "median", "min", "max", "repetitions", "baseline", "ratio", "goal", "meets_goal",
-    "machine", "date",
-}  # fmt: skip
 
 
 def test_the_canary_bench_rolls_back_the_bad_version_and_prints_every_figure() -> None:
     from bench.canary import ALPHA, BETA, MIN_REQUESTS
-    from bench.common import run_bounded
 
-    code, out, err = run_bounded(
-        [sys.executable, str(ROOT / "bench" / "canary.py"), "--quick"], timeout=240, env={**os.environ}
-    )
-
-    assert code == 0, err[-3000:]
-    lines = {line["figure"]: line for line in map(json.loads, out.splitlines()) if line}
-    assert list(lines) == FIGURES, err[-2000:]
-    for line in lines.values():
-        assert set(line) >= FIGURE_KEYS, f"{line['figure']} lacks {FIGURE_KEYS - set(line)}"
-        assert line["quick"] is True and line["meets_goal"] is None
+    lines = quick_figures("canary.py", FIGURES, timeout=240)
     caught = lines["canary_bad_caught_share"]
     # The quick bad version fails half of its predictions: both policies must roll it back.
     assert (caught["bad_versions"], caught["caught"], caught["median"]) == (1, 1, 1.0)
