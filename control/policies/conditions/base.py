@@ -148,6 +148,9 @@ class ConditionKindUnit:
     needs_threshold: ClassVar[bool] = True
     # Kinds that read a window of points or steps (divergence, plateau) need it at least 1.
     needs_window: ClassVar[bool] = False
+    # Kinds whose threshold is a size (a margin, an improvement, an age) refuse a negative one
+    # with this message; None: any sign is meaningful.
+    negative_threshold_error: ClassVar[str | None] = None
 
     def validate(self, spec: ConditionSpec) -> dict[str, str]:
         """Return {field: message} for the shared fields this kind reads (empty when valid)."""
@@ -161,6 +164,8 @@ class ConditionKindUnit:
                 errors["threshold"] = "a number is required for this kind of condition"
             elif not math.isfinite(spec.threshold):
                 errors["threshold"] = "must be a finite number"
+        if self.negative_threshold_error and spec.threshold is not None and spec.threshold < 0:
+            errors["threshold"] = self.negative_threshold_error
         if self.needs_window and (spec.window is None or spec.window < 1):
             errors["window"] = "give the number of points (divergence) or steps (plateau), at least 1"
         return errors

@@ -116,13 +116,7 @@ class Regression(ConditionKindUnit):
     example = {"metric": "loss", "threshold": 0.05}
     reads_served_traffic = True
     needs_metric = True
-
-    def validate(self, spec: ConditionSpec) -> dict[str, str]:
-        """Also refuse a negative margin."""
-        errors = super().validate(spec)
-        if spec.threshold is not None and spec.threshold < 0:
-            errors["threshold"] = "the allowed relative regression cannot be negative (0.05 = 5%)"
-        return errors
+    negative_threshold_error = "the allowed relative regression cannot be negative (0.05 = 5%)"
 
     def describe(self, spec: ConditionSpec) -> str:
         """Return e.g. "loss no worse than production by more than 5%"."""
@@ -251,13 +245,7 @@ class Plateau(ConditionKindUnit):
     example = {"metric": "val_loss", "window": 200, "threshold": 0.001}
     needs_metric = True
     needs_window = True
-
-    def validate(self, spec: ConditionSpec) -> dict[str, str]:
-        """Also require a minimum improvement that is not negative."""
-        errors = super().validate(spec)
-        if spec.threshold is not None and spec.threshold < 0:
-            errors["threshold"] = "cannot be negative"
-        return errors
+    negative_threshold_error = "cannot be negative"
 
     def describe(self, spec: ConditionSpec) -> str:
         """Return e.g. "val_loss has not improved by 0.001 in 200 steps"."""

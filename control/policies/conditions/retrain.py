@@ -51,13 +51,7 @@ class OlderThan(ConditionKindUnit):
     label = "Time since the last retrain exceeds N hours"
     help = "Holds when the last retrain is more than threshold hours ago, or there was none."
     example = {"threshold": 24}
-
-    def validate(self, spec: ConditionSpec) -> dict[str, str]:
-        """Also refuse a negative age."""
-        errors = super().validate(spec)
-        if spec.threshold is not None and spec.threshold < 0:
-            errors["threshold"] = "cannot be negative"
-        return errors
+    negative_threshold_error = "cannot be negative"
 
     def describe(self, spec: ConditionSpec) -> str:
         """Return e.g. "last retrain older than 24 h"."""
