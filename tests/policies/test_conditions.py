@@ -287,3 +287,24 @@ def test_the_policy_admin_lists_every_kind_from_the_registry() -> None:
     assert metric["example"] == (
         "latest accuracy > 0.9: metric accuracy, aggregate latest, operator >, threshold 0.9"
     )
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "message"),
+    [
+        (ConditionKind.REGRESSION, {"metric": "loss"}, "the allowed relative regression cannot be negative"),
+        (ConditionKind.PLATEAU, {"metric": "val_loss", "window": 10}, "cannot be negative"),
+        (ConditionKind.OLDER_THAN, {}, "cannot be negative"),
+    ],
+)
+def test_a_negative_margin_improvement_or_age_is_a_threshold_error(
+    kind: str, fields: dict[str, object], message: str
+) -> None:
+    assert validate_condition(ConditionSpec(kind, threshold=0.0, **fields)) == {}  # type: ignore[arg-type]
+    errors = validate_condition(ConditionSpec(kind, threshold=-0.01, **fields))  # type: ignore[arg-type]
+    assert list(errors) == ["threshold"] and errors["threshold"].startswith(message)
+
+
+def test_a_metric_threshold_may_be_negative() -> None:
+    spec = ConditionSpec(ConditionKind.METRIC, metric="reward", operator=">", threshold=-5.0)
+    assert validate_condition(spec) == {}
