@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from .schema import Param, ParamValue, validate_config
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class RunContext(Protocol):
@@ -69,7 +73,11 @@ class CheckpointEvaluation:
 
 
 class Recipe(Protocol):
-    """A training recipe: name, one-line summary, parameters and the loop itself."""
+    """A training recipe: name, one-line summary, parameters and the loop itself.
+
+    A plug-in may also declare `metrics` (a tuple of Metric: the names its loop logs and which
+    way is better); the catalog reads it when present.
+    """
 
     name: str
     summary: str
@@ -77,6 +85,34 @@ class Recipe(Protocol):
 
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Run the training loop described by config, reporting through ctx."""
+
+
+@dataclass(frozen=True)
+class Predictor:
+    """A checkpoint made ready to answer requests: rows of n_features numbers in, class probabilities out.
+
+    predict_proba takes a float32 array of shape (batch, n_features) and returns one of shape
+    (batch, n_classes) whose rows sum to 1: the served label is the most probable class and its
+    probability the confidence. reference, when given, holds inputs the model was trained on:
+    the distribution that drift of the served inputs is measured against.
+    """
+
+    n_features: int
+    n_classes: int
+    predict_proba: Callable[[np.ndarray], np.ndarray]
+    reference: np.ndarray | None = None
+
+
+@runtime_checkable
+class ServableRecipe(Protocol):
+    """A recipe whose checkpoints can be served: promoted, canaried and rolled back.
+
+    state is the checkpoint the run saved last (RunContext.save_checkpoint), read back with
+    torch.load(..., weights_only=True, map_location="cpu").
+    """
+
+    def load_predictor(self, state: dict[str, Any]) -> Predictor:
+        """Build the model from a checkpoint's state; raise ValueError if it is not this recipe's."""
 
 
 def clean_config(recipe: Recipe, config: dict[str, Any]) -> dict[str, ParamValue]:

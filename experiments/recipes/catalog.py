@@ -1,16 +1,24 @@
-"""Every recipe's name, summary and declared parameters, importable without torch."""
+"""Every recipe's name, summary and declared parameters, importable without torch.
+
+The catalog is the built-ins below plus the plug-ins (see plugins.py), merged on first use. The
+web process, the workers and the CLI build it the same way, from the same installed packages and
+the same CRUCIBLE_RECIPES, so all three see the same recipes.
+"""
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+import logging
+import os
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 
-from .schema import ConfigError, DatasetParam, Param, ParamValue, validate_config
+from .plugins import ENV_VAR, PluginProblem, declared_entry_points, declared_refs, merge, parse_refs
+from .schema import ConfigError, DatasetParam, Metric, Param, ParamValue
+from .spec import Constraint, RecipeSpec, metric_fields
 
-if TYPE_CHECKING:
-    from .base import CheckpointEvaluation, Recipe
+__all__ = ["BUILTINS", "RECIPES", "Catalog", "Constraint", "RecipeSpec", "get_spec"]
+
+logger = logging.getLogger(__name__)
 
 COMMON_PARAMS: tuple[Param, ...] = (
     Param(
@@ -35,8 +43,10 @@ COMMON_PARAMS: tuple[Param, ...] = (
 )
 
 
-# A rule spanning several parameters: returns {param: message} for what it refuses.
-Constraint = Callable[[dict[str, ParamValue]], dict[str, str]]
+LOSS = Metric("loss", "lower", "Training loss of the last step.")
+VAL_LOSS = Metric("val_loss", "lower", "Loss on the validation split.")
+ACCURACY = Metric("accuracy", "higher", "Share of the validation split classified right.")
+F1 = Metric("f1", "higher", "Macro F1 on the validation split.")
 
 
 def _heads_divide_width(config: dict[str, ParamValue]) -> dict[str, str]:
@@ -46,51 +56,7 @@ def _heads_divide_width(config: dict[str, ParamValue]) -> dict[str, str]:
     return {}
 
 
-@dataclass(frozen=True)
-class RecipeSpec:
-    """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
-
-    name: str
-    summary: str
-    params: tuple[Param, ...]
-    entry: str  # "module:attribute" of the Recipe implementation
-    constraints: tuple[Constraint, ...] = ()
-    # The metrics its training loop logs (policy conditions may only name these).
-    metrics: tuple[str, ...] = ()
-    # "module:function" that evaluates a checkpoint on the recipe's held-out set ("" : none).
-    evaluator: str = ""
-
-    def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
-        """Return config with defaults filled in, or raise ConfigError keyed by parameter."""
-        clean = validate_config(self.params, config)
-        errors: dict[str, str] = {}
-        for constraint in self.constraints:
-            errors.update(constraint(clean))
-        if errors:
-            raise ConfigError(errors)
-        return clean
-
-    def param_names(self) -> set[str]:
-        """Return the names of the parameters it accepts."""
-        return {p.name for p in self.params}
-
-    def evaluate_checkpoint(self, path: str) -> CheckpointEvaluation:
-        """Evaluate a checkpoint file on the held-out set (imports torch); ValueError without an evaluator."""
-        if not self.evaluator:
-            raise ValueError(f"recipe {self.name!r} has no held-out evaluation")
-        module_name, attr = self.evaluator.split(":")
-        evaluate: Callable[[str], CheckpointEvaluation] = getattr(importlib.import_module(module_name), attr)
-        return evaluate(path)
-
-    def load(self) -> Recipe:
-        """Import and return the recipe implementation (this imports torch)."""
-        module_name, attr = self.entry.split(":")
-        module = importlib.import_module(module_name)
-        recipe: Recipe = getattr(module, attr)
-        return recipe
-
-
-RECIPES: dict[str, RecipeSpec] = {
+BUILTINS: dict[str, RecipeSpec] = {
     spec.name: spec
     for spec in (
         RecipeSpec(
@@ -126,8 +92,10 @@ RECIPES: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.digits:RECIPE",
-            metrics=("loss", "val_loss", "accuracy", "f1"),
+            **metric_fields(LOSS, VAL_LOSS, ACCURACY, F1),
             evaluator="experiments.recipes.digits:evaluate_checkpoint",
+            # Served by experiments/registry/serving.py's own loader (curated data, rehearsed faults).
+            servable=True,
         ),
         RecipeSpec(
             name="charlm",
@@ -149,7 +117,7 @@ RECIPES: dict[str, RecipeSpec] = {
             ),
             entry="experiments.recipes.charlm:RECIPE",
             constraints=(_heads_divide_width,),
-            metrics=("loss", "val_loss", "tokens_per_s"),
+            **metric_fields(LOSS, VAL_LOSS, Metric("tokens_per_s", "higher", "Training throughput.")),
         ),
         RecipeSpec(
             name="distill",
@@ -169,19 +137,86 @@ RECIPES: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.distill:RECIPE",
-            metrics=(
-                "loss",
-                "val_loss",
-                "accuracy",
-                "f1",
-                "teacher_loss",
-                "teacher_val_loss",
-                "teacher_accuracy",
-                "teacher_f1",
+            **metric_fields(
+                LOSS,
+                VAL_LOSS,
+                ACCURACY,
+                F1,
+                *(
+                    Metric(f"teacher_{m.name}", m.better, f"The teacher's {m.name}.")
+                    for m in (LOSS, VAL_LOSS, ACCURACY, F1)
+                ),
             ),
         ),
     )
 }
+
+
+class Catalog(Mapping[str, RecipeSpec]):
+    """The built-in recipes and the plug-ins, merged the first time anyone reads it.
+
+    Lazy on purpose: a plug-in module imports `experiments.recipes` (for Param, RecipeResult), so
+    the catalog cannot import plug-ins while that package is still being imported. A plug-in that
+    reads the catalog while it is being built sees the built-ins.
+    """
+
+    def __init__(self, builtins: Mapping[str, RecipeSpec]) -> None:
+        self._builtins = dict(builtins)
+        self._specs: dict[str, RecipeSpec] | None = None
+        self._problems: list[PluginProblem] = []
+        self._refs: list[str] | None = None  # None: read CRUCIBLE_RECIPES from the environment
+        self._lock = threading.RLock()
+        self._loading = False
+
+    def _loaded(self) -> dict[str, RecipeSpec]:
+        specs = self._specs
+        if specs is not None:
+            return specs
+        with self._lock:
+            if self._specs is not None:
+                return self._specs
+            if self._loading:
+                return self._builtins
+            self._loading = True
+            try:
+                refs = self._refs if self._refs is not None else parse_refs(os.environ.get(ENV_VAR, ""))
+                specs, problems = merge(self._builtins, [*declared_entry_points(), *declared_refs(refs)])
+            finally:
+                self._loading = False
+            for problem in problems:
+                logger.warning("recipe plug-in refused: %s", problem)
+            self._specs, self._problems = specs, problems
+            return specs
+
+    def __getitem__(self, name: str) -> RecipeSpec:
+        return self._loaded()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._loaded())
+
+    def __len__(self) -> int:
+        return len(self._loaded())
+
+    def problems(self) -> list[PluginProblem]:
+        """Return the plug-ins that were refused, each with a message naming it."""
+        self._loaded()
+        return list(self._problems)
+
+    def configure(self, refs: str | Iterable[str] | None) -> None:
+        """Use these CRUCIBLE_RECIPES references (None: the environment's) and build the catalog again."""
+        with self._lock:
+            self._refs = None if refs is None else parse_refs(refs)
+            self._specs = None
+            self._problems = []
+
+    def reload(self) -> None:
+        """Forget what was discovered: the next read looks at installed packages again."""
+        with self._lock:
+            self._specs = None
+            self._problems = []
+
+
+RECIPES = Catalog(BUILTINS)
 
 
 def get_spec(name: str) -> RecipeSpec:
@@ -189,6 +224,8 @@ def get_spec(name: str) -> RecipeSpec:
     try:
         return RECIPES[name]
     except KeyError:
-        raise ConfigError(
-            {"recipe": f"unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})"}
-        ) from None
+        pass
+    refused = [p for p in RECIPES.problems() if p.name == name]
+    if refused:
+        raise ConfigError({"recipe": f"recipe {name!r} is not available: {refused[0]}"})
+    raise ConfigError({"recipe": f"unknown recipe {name!r} (known: {', '.join(sorted(RECIPES))})"})

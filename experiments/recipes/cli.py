@@ -73,16 +73,30 @@ def _list(as_json: bool, out: TextIO) -> int:
             described = {
                 "name": spec.name,
                 "summary": spec.summary,
+                "source": spec.source,
+                "servable": spec.servable,
+                "metrics": [{"name": m, "better": spec.better.get(m)} for m in spec.metrics],
                 "params": [p.describe() for p in spec.params],
             }
             out.write(json.dumps(described) + "\n")
             continue
-        out.write(f"{spec.name}: {spec.summary}\n")
+        out.write(f"{spec.name} [{spec.source}]: {spec.summary}\n")
         for p in spec.params:
             bounds = ""
             if p.minimum is not None or p.maximum is not None:
                 bounds = f" [{_num(p.minimum)}..{_num(p.maximum)}]"
             out.write(f"  {p.name} ({p.type.__name__}, default {p.default}){bounds}: {p.help}\n")
+        if spec.metrics:
+            shown = (f"{m} ({spec.better[m]} is better)" if m in spec.better else m for m in spec.metrics)
+            out.write(f"  metrics: {', '.join(shown)}\n")
+        out.write(f"  serving: {'yes' if spec.servable else 'no (trained and compared, not promoted)'}\n")
+    # A refused plug-in is listed, never fatal: the other recipes stay usable.
+    for problem in RECIPES.problems():
+        if as_json:
+            refused = {"source": problem.source, "ref": problem.ref, "name": problem.name}
+            out.write(json.dumps({"problem": {**refused, "message": problem.message}}) + "\n")
+        else:
+            out.write(f"REFUSED {problem}\n")
     return 0
 
 

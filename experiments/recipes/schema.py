@@ -144,3 +144,71 @@ def validate_config(params: tuple[Param, ...], config: dict[str, Any]) -> dict[s
     if errors:
         raise ConfigError(errors)
     return clean
+
+
+BETTER = ("higher", "lower")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric a recipe logs, and which way is better (policies compare and pick "best" by it)."""
+
+    name: str
+    better: str = "higher"  # "higher" (accuracy, f1) or "lower" (loss, error)
+    help: str = ""
+
+
+def metric_problems(metrics: Any) -> list[str]:
+    """Return what is wrong with a metric declaration (Metric objects or plain names), or []."""
+    if not isinstance(metrics, tuple | list):
+        return [f"metrics must be a tuple of Metric or names, not {type(metrics).__name__}"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for item in metrics:
+        name = item.name if isinstance(item, Metric) else item
+        if not isinstance(name, str) or not name.strip():
+            problems.append(f"metric {item!r}: must be a Metric or a non-empty name")
+            continue
+        if isinstance(item, Metric) and item.better not in BETTER:
+            problems.append(f"metric {name!r}: better must be 'higher' or 'lower', not {item.better!r}")
+        if name in seen:
+            problems.append(f"metric {name!r} is declared twice")
+        seen.add(name)
+    return problems
+
+
+PARAM_TYPES = (int, float, str, bool)
+
+
+def param_problems(params: Any) -> list[str]:
+    """Return what is wrong with a parameter declaration (a plug-in's), or [] when it is sound.
+
+    Each Param must have a name, one of the four types, and a default its own coerce() accepts:
+    a config made of nothing but defaults must validate.
+    """
+    if not isinstance(params, tuple | list):
+        return [f"params must be a tuple of Param, not {type(params).__name__}"]
+    problems: list[str] = []
+    seen: set[str] = set()
+    for index, param in enumerate(params):
+        if not isinstance(param, Param):
+            problems.append(f"params[{index}] is a {type(param).__name__}, not a Param")
+            continue
+        label = f"parameter {param.name!r}"
+        if not isinstance(param.name, str) or not param.name.isidentifier():
+            problems.append(f"params[{index}]: name {param.name!r} must be a Python identifier")
+            continue
+        if param.name in seen:
+            problems.append(f"{label} is declared twice")
+        seen.add(param.name)
+        if param.type not in PARAM_TYPES:
+            problems.append(f"{label}: type must be int, float, str or bool, not {param.type!r}")
+            continue
+        if param.minimum is not None and param.maximum is not None and param.minimum > param.maximum:
+            problems.append(f"{label}: minimum {param.minimum} is above maximum {param.maximum}")
+            continue
+        try:
+            param.coerce(param.default)
+        except ValueError as exc:
+            problems.append(f"{label}: default {param.default!r} {exc}")
+    return problems

@@ -1,0 +1,102 @@
+"""A recipe as the catalog knows it: declared parameters and metrics, the loop imported on demand."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .schema import ConfigError, Metric, Param, ParamValue, validate_config
+
+if TYPE_CHECKING:
+    from .base import CheckpointEvaluation, Recipe
+
+# A rule spanning several parameters: returns {param: message} for what it refuses.
+Constraint = Callable[[dict[str, ParamValue]], dict[str, str]]
+
+BUILT_IN = "built-in"
+
+
+def import_object(ref: str) -> Any:
+    """Return the object a "module:attribute" reference names (attribute may be dotted).
+
+    Raise ValueError for a reference of the wrong shape; whatever the import raises propagates.
+    """
+    module_name, sep, attr = ref.strip().partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"{ref!r} is not of the form module:OBJECT")
+    obj: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def recipe_instance(obj: Any) -> Any:
+    """Return obj, or an instance of it when it is a class (a plug-in may name either)."""
+    return obj() if isinstance(obj, type) else obj
+
+
+def metric_fields(*metrics: Metric) -> dict[str, Any]:
+    """Return RecipeSpec's metrics and better fields for a declaration of Metric objects."""
+    return {"metrics": tuple(m.name for m in metrics), "better": {m.name: m.better for m in metrics}}
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
+
+    name: str
+    summary: str
+    params: tuple[Param, ...]
+    entry: str  # "module:attribute" of the Recipe implementation
+    constraints: tuple[Constraint, ...] = ()
+    # The metrics its training loop logs (policy conditions may only name these).
+    metrics: tuple[str, ...] = ()
+    # "module:function" that evaluates a checkpoint on the recipe's held-out set ("" : none).
+    evaluator: str = ""
+    # Which way is better for each declared metric ("higher" or "lower"); absent: guessed from the name.
+    better: dict[str, str] = field(default_factory=dict)
+    # Where it comes from: "built-in", "entry point <name> (<distribution>)" or "CRUCIBLE_RECIPES".
+    source: str = BUILT_IN
+    # Whether its checkpoints can be served (the recipe implements load_predictor).
+    servable: bool = False
+
+    def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
+        """Return config with defaults filled in, or raise ConfigError keyed by parameter."""
+        clean = validate_config(self.params, config)
+        errors: dict[str, str] = {}
+        for constraint in self.constraints:
+            errors.update(constraint(clean))
+        if errors:
+            raise ConfigError(errors)
+        return clean
+
+    def param_names(self) -> set[str]:
+        """Return the names of the parameters it accepts."""
+        return {p.name for p in self.params}
+
+    def evaluate_checkpoint(self, path: str) -> CheckpointEvaluation:
+        """Evaluate a checkpoint file on the held-out set (imports torch); ValueError without an evaluator."""
+        if not self.evaluator:
+            raise ValueError(f"recipe {self.name!r} has no held-out evaluation")
+        evaluate: Callable[[str], CheckpointEvaluation] = import_object(self.evaluator)
+        return evaluate(path)
+
+    def load(self) -> Recipe:
+        """Import and return the recipe implementation (this imports torch)."""
+        recipe: Recipe = recipe_instance(import_object(self.entry))
+        return recipe
+
+    def not_servable_reason(self) -> str:
+        """Return why this recipe's models cannot be served, or "" when they can."""
+        if self.servable:
+            return ""
+        return (
+            f"recipe {self.name!r} ({self.source}) cannot serve its models: it implements no "
+            "load_predictor (load a checkpoint, predict a batch with confidences); it can be trained "
+            "and compared, not promoted"
+        )
