@@ -20,6 +20,7 @@ from django.views.decorators.http import require_GET
 
 from crucible_ui.celery import app
 from experiments.permissions import public
+from experiments.recipes import RECIPES
 
 # Seconds each probe may take; a dead part must not hold the health check up.
 REDIS_TIMEOUT_SECONDS = 1.0
@@ -76,6 +77,16 @@ def celery_status(*, broker_reachable: bool) -> dict[str, Any]:
     return status
 
 
+def recipes_status() -> dict[str, Any]:
+    """Return how many recipes the catalog holds and which plug-ins it refused (never fatal).
+
+    A refused plug-in leaves every other recipe usable, so it does not make the answer 503; the
+    reasons (which may name files) are on the GPU page, behind a login.
+    """
+    refused = [problem.name or problem.ref for problem in RECIPES.problems()]
+    return {"ok": not refused, "count": len(RECIPES), "refused": refused}
+
+
 @public
 @never_cache
 @require_GET
@@ -92,5 +103,11 @@ async def healthz(request: HttpRequest) -> JsonResponse:
         broker_reachable=redis_part["ok"] or not broker_is_redis_url
     )
     ok = database["ok"] and redis_part["ok"] and celery["ok"]
-    body = {"status": "ok" if ok else "degraded", "database": database, "redis": redis_part, "celery": celery}
+    body = {
+        "status": "ok" if ok else "degraded",
+        "database": database,
+        "redis": redis_part,
+        "celery": celery,
+        "recipes": await sync_to_async(recipes_status, thread_sensitive=False)(),
+    }
     return JsonResponse(body, status=200 if ok else 503)

@@ -256,6 +256,9 @@ STOP_TIMEOUT_S = envfloat("CRUCIBLE_STOP_TIMEOUT_S", 30.0)
 INTERRUPTIONS_PER_HOUR_MAX = envint("INTERRUPTIONS_PER_HOUR_MAX", 6)
 # Import recipes (torch) in the worker's parent so each pool process starts warm (no CUDA there).
 WORKER_PRELOAD_RECIPES = envbool("WORKER_PRELOAD_RECIPES", "true")
+# Recipe plug-ins that are not installed packages: comma-separated module:OBJECT (docs/recipes.md).
+# Installed packages join through the `crucible_control.recipes` entry points without it.
+CRUCIBLE_RECIPES = envlist("CRUCIBLE_RECIPES", "")
 
 # --- security: login throttling, password hashing, CSP, Permissions-Policy, bind address ---
 # DEBUG's error pages show settings, paths and source code. HOST is the address Daphne binds

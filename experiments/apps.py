@@ -10,3 +10,11 @@ class ExperimentsConfig(AppConfig):
 
     name = "experiments"
     default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        """Point the recipe catalog at the CRUCIBLE_RECIPES setting (web and worker read the same one)."""
+        from django.conf import settings
+
+        from experiments.recipes import RECIPES
+
+        RECIPES.configure(getattr(settings, "CRUCIBLE_RECIPES", None))

@@ -14,6 +14,7 @@ from experiments.actors import Actor
 from experiments.choices import PriorityClass, State
 from experiments.effects import Transitioned, transition_effects_schedule
 from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
+from experiments.recipes import RECIPES
 
 logger = logging.getLogger(__name__)
 
@@ -153,6 +154,19 @@ def _refusal(experiment: Experiment, event: str) -> TransitionRefused:
     )
 
 
+def experiment_serving_refusal(experiment: Experiment) -> str:
+    """Return why the experiment's model cannot be promoted (its recipe cannot serve), or ""."""
+    spec = RECIPES.get(experiment.recipe)
+    if spec is None:
+        return (
+            f"Cannot promote {experiment.name!r}: recipe {experiment.recipe!r} is not in the catalog "
+            "(a plug-in that is no longer installed or was refused), so its model cannot be served."
+        )
+    if not spec.servable:
+        return f"Cannot promote {experiment.name!r}: {spec.not_servable_reason()}."
+    return ""
+
+
 def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None:
     """Apply the transition inside the caller's transaction and write the audit row."""
     method = getattr(experiment, event)
@@ -160,6 +174,9 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
         raise _refusal(experiment, event)
     if actor.is_person and not has_transition_perm(method, actor.user):
         raise PermissionDenied(f"You may not {EVENT_LABELS[event].lower()} experiments.")
+    if event == "promote" and (why := experiment_serving_refusal(experiment)):
+        # A person, the API and a policy all land here: nothing is registered or canaried.
+        raise TransitionRefused(experiment=experiment, event=event, message=why)
     source = experiment.state
     method()
     # ConcurrentTransitionMixin turns this into UPDATE ... WHERE state = <source>: of two

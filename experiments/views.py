@@ -26,6 +26,7 @@ from experiments.services import (
     TransitionRefused,
     experiment_create,
     experiment_retrain,
+    experiment_serving_refusal,
     experiment_transition,
 )
 
@@ -62,11 +63,19 @@ def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, 
     confirm = CONFIRM_EVENTS | ({"promote"} if hold is not None else set())
     primary = next((e for e in PRIMARY_EVENTS if e in events), None)
     ordered = sorted(events, key=lambda e: (e != primary, e in confirm))  # stable sort
+    # A recipe that cannot serve keeps its Promote button, disabled, saying why.
+    refusals = {"promote": experiment_serving_refusal(experiment)} if "promote" in events else {}
     return {
         "experiment": experiment,
         "policy_hold": hold,
         "actions": [
-            {"event": e, "label": EVENT_LABELS[e], "confirm": e in confirm, "primary": e == primary}
+            {
+                "event": e,
+                "label": EVENT_LABELS[e],
+                "confirm": e in confirm,
+                "primary": e == primary,
+                "refusal": refusals.get(e, ""),
+            }
             for e in ordered
         ],
     }

@@ -8,6 +8,7 @@ from django.shortcuts import render
 
 from control.scheduling.selectors import scheduler_queue, workers_with_devices
 from experiments.permissions import requires_permission
+from experiments.recipes import RECIPES
 
 
 @requires_permission("control.view_device")
@@ -18,7 +19,12 @@ def gpus(request: HttpRequest) -> HttpResponse:
     return render(
         request,
         "control/gpus.html",
-        {"workers": list(workers_with_devices()), "queue": scheduler_queue()},
+        {
+            "workers": list(workers_with_devices()),
+            "queue": scheduler_queue(),
+            # A refused plug-in is the reason a team's recipe is missing from the Start form.
+            "recipe_problems": RECIPES.problems(),
+        },
     )
 
 

@@ -17,6 +17,7 @@ import re
 import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .schema import Metric, metric_problems, param_problems
@@ -137,6 +138,13 @@ def spec_from_object(obj: Any, *, entry: str, source: str, expected_name: str = 
     )
 
 
+_HERE = str(Path(__file__).resolve().parent)
+
+
+def _plugin_frame(filename: str) -> bool:
+    return not filename.startswith("<") and "/importlib/" not in filename and not filename.startswith(_HERE)
+
+
 def load_declared(declared: Declared) -> RecipeSpec:
     """Import one plug-in and return its spec; raise PluginError with a message for people."""
     try:
@@ -147,11 +155,7 @@ def load_declared(declared: Declared) -> RecipeSpec:
         raise PluginError(f"bad reference: {exc}") from None
     except Exception as exc:  # an import error is the plug-in's, whatever its class
         # Where in the plug-in's own code it broke (importlib's frames say nothing to its author).
-        frames = [
-            f
-            for f in traceback.extract_tb(exc.__traceback__)
-            if not f.filename.startswith("<") and "/importlib/" not in f.filename
-        ]
+        frames = [f for f in traceback.extract_tb(exc.__traceback__) if _plugin_frame(f.filename)]
         where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
         raise PluginError(f"import failed: {type(exc).__name__}: {exc}{where}") from None
     try:

@@ -18,6 +18,7 @@ from django.db import transaction
 from django.db.models import F
 
 from experiments.models import DatasetVersion, ModelStage, ModelVersion, ServedRequest, ServingStats
+from experiments.recipes import RECIPES, Predictor, ServableRecipe
 from experiments.runs.execution import file_sha256
 
 # More instances in one request than this is a batch job, not a prediction call.
@@ -117,7 +118,54 @@ def _dataset_file(ref: Any) -> str:
     return str(dataset.file_path()) if dataset is not None else ""
 
 
-# How each recipe's checkpoint becomes a predictor.
+def _load_plugin(version: ModelVersion, state: dict[str, Any]) -> LoadedModel:
+    """Build a predictor with the recipe's own load_predictor (the serving protocol of plug-ins)."""
+    spec = RECIPES.get(version.recipe)
+    if spec is None:
+        raise ValueError(f"recipe {version.recipe!r} is not in the catalog (a plug-in no longer installed?)")
+    if not spec.servable:
+        raise ValueError(spec.not_servable_reason())
+    recipe = spec.load()
+    if not isinstance(recipe, ServableRecipe):
+        raise ValueError(spec.not_servable_reason())
+    predictor = recipe.load_predictor(state)
+    if not isinstance(predictor, Predictor):
+        raise ValueError(
+            f"load_predictor of {spec.name!r} returned a {type(predictor).__name__}, not a Predictor"
+        )
+    n_features, n_classes = predictor.n_features, predictor.n_classes
+    if not (isinstance(n_features, int) and n_features > 0 and isinstance(n_classes, int) and n_classes > 1):
+        raise ValueError(
+            f"load_predictor of {spec.name!r}: n_features must be positive and n_classes at least 2 "
+            f"(got {n_features!r}, {n_classes!r})"
+        )
+    own = predictor.predict_proba
+
+    def predict_proba(x: np.ndarray) -> np.ndarray:
+        # Someone else's code: an answer of the wrong shape is its failure, said plainly,
+        # rather than a wrong label or a NaN confidence passed on to the caller.
+        probs = np.asarray(own(x), dtype=np.float64)
+        if probs.shape != (x.shape[0], n_classes):
+            raise ValueError(
+                f"predict_proba returned shape {probs.shape}, expected {(x.shape[0], n_classes)}"
+            )
+        if (
+            not np.isfinite(probs).all()
+            or (probs < 0).any()
+            or not np.allclose(probs.sum(axis=1), 1, atol=1e-3)
+        ):
+            raise ValueError("predict_proba returned rows that are not probabilities (finite, >= 0, sum 1)")
+        return probs
+
+    reference = predictor.reference
+    if reference is not None:
+        reference = np.asarray(reference, dtype=np.float32)
+        if reference.ndim != 2 or reference.shape[1] != n_features:
+            reference = None  # drift is then not measured for this version; serving goes on
+    return LoadedModel(version.pk, version.version, n_features, predict_proba, reference, n_classes)
+
+
+# How each built-in recipe's checkpoint becomes a predictor; plug-ins bring load_predictor.
 LOADERS: dict[str, Callable[[ModelVersion, dict[str, Any]], LoadedModel]] = {"digits": _load_digits}
 
 _cache: dict[int, LoadedModel] = {}
@@ -127,9 +175,7 @@ _cache_lock = threading.Lock()
 def _verify_and_load(version: ModelVersion) -> LoadedModel:
     import torch  # see _load_digits: only once a model is served
 
-    loader = LOADERS.get(version.recipe)
-    if loader is None:
-        raise ValueError(f"recipe {version.recipe!r} has no serving loader")
+    loader = LOADERS.get(version.recipe, _load_plugin)
     path = Path(version.checkpoint_path)
     if not path.is_file():
         raise ValueError(f"checkpoint {path} is missing")
