@@ -133,6 +133,7 @@ def policy_backtest_report(
                 last_retrain_at=full.last_retrain_at,
                 now=full.now,
                 runs_in_flight=full.runs_in_flight,
+                metric_better=full.metric_better,
             )
             passed, results = evaluate_all(specs, ctx)
             for near, spec, result in zip(closest, specs, results, strict=True):

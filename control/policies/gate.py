@@ -20,6 +20,7 @@ from control.policies.conditions import ConditionKind, ConditionResult, Evaluati
 from control.policies.models import ConditionRole, Policy, PolicyKind
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, VersionEvaluation
+from experiments.recipes import RECIPES
 from experiments.registry.evaluation import model_version_evaluate, version_evaluation
 from experiments.registry.services import RegistryError, model_version_register
 from experiments.runs.selectors import experiment_metric_series
@@ -223,8 +224,15 @@ def evaluation_context(
         now=now or timezone.now(),
         runs_in_flight=Run.objects.filter(status__in=[RunStatus.STARTING, RunStatus.RUNNING]).count(),
         drift_score=drift_score,
+        metric_better=recipe_better(experiment.recipe),
     )
     return ctx, champion_dict, candidate_dict
+
+
+def recipe_better(recipe: str) -> dict[str, str]:
+    """Return which way is better for each metric the recipe declares ({} for an unknown recipe)."""
+    spec = RECIPES.get(recipe)
+    return dict(spec.better) if spec is not None else {}
 
 
 def policy_evaluate(

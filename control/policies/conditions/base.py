@@ -113,6 +113,8 @@ class EvaluationContext:
     estimated_cost: float = 0.0
     daily_budget: float | None = None
     runs_in_flight: int = 0
+    # Which way is better for each metric, as the experiment's recipe declares it (Metric.better).
+    metric_better: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,9 @@ def _finite(points: Sequence[Point]) -> list[float]:
     return [v for _, v in points if v is not None and math.isfinite(v)]
 
 
-def _better_of(spec: ConditionSpec) -> str:
-    return spec.better or default_better(spec.metric)
+def _better_of(spec: ConditionSpec, ctx: EvaluationContext) -> str:
+    # The policy's own choice first, then what the recipe declares (Metric.better), then the name.
+    return spec.better or ctx.metric_better.get(spec.metric) or default_better(spec.metric)
 
 
 def _held_out(spec: ConditionSpec, ctx: EvaluationContext) -> float | None:
@@ -41,12 +42,12 @@ def _held_out(spec: ConditionSpec, ctx: EvaluationContext) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def _aggregate(spec: ConditionSpec, points: Sequence[Point]) -> float | None:
+def _aggregate(spec: ConditionSpec, points: Sequence[Point], ctx: EvaluationContext) -> float | None:
     values = _finite(points)
     if not values:
         return None
     if spec.aggregate == "best":
-        return min(values) if _better_of(spec) == "lower" else max(values)
+        return min(values) if _better_of(spec, ctx) == "lower" else max(values)
     if spec.aggregate == "mean":
         window = values[-(spec.window or 1) :]
         return sum(window) / len(window)
@@ -87,7 +88,7 @@ class MetricThreshold(ConditionKindUnit):
         """Pass when the aggregated value satisfies the comparison (latest: the held-out evaluation first)."""
         desc = self.describe(spec)
         held_out = _held_out(spec, ctx) if spec.aggregate == "latest" else None
-        value = held_out if held_out is not None else _aggregate(spec, _points(spec, ctx))
+        value = held_out if held_out is not None else _aggregate(spec, _points(spec, ctx), ctx)
         if value is None:
             return ConditionResult(desc, False, None, f"no finite {spec.metric} logged yet")
         assert spec.threshold is not None
@@ -129,7 +130,7 @@ class Regression(ConditionKindUnit):
         latest = (
             held_out
             if held_out is not None
-            else _aggregate(ConditionSpec(spec.kind, spec.metric, "latest"), _points(spec, ctx))
+            else _aggregate(ConditionSpec(spec.kind, spec.metric, "latest"), _points(spec, ctx), ctx)
         )
         if latest is None:
             return ConditionResult(desc, False, None, f"no finite {spec.metric} logged yet")
@@ -137,7 +138,7 @@ class Regression(ConditionKindUnit):
         if baseline is None:
             return ConditionResult(desc, True, latest, "no production model to regress against")
         assert spec.threshold is not None
-        lower_is_better = _better_of(spec) == "lower"
+        lower_is_better = _better_of(spec, ctx) == "lower"
         worse_by = (latest - baseline) if lower_is_better else (baseline - latest)
         relative = worse_by / abs(baseline) if baseline else (0.0 if worse_by <= 0 else math.inf)
         passed = relative <= spec.threshold
@@ -263,7 +264,7 @@ class Plateau(ConditionKindUnit):
             return ConditionResult(
                 desc, False, None, f"only {last_step - finite[0][0]} steps logged, patience {patience}"
             )
-        lower = _better_of(spec) == "lower"
+        lower = _better_of(spec, ctx) == "lower"
         min_delta = spec.threshold or 0.0
         before = [v for s, v in finite if s <= last_step - patience]
         recent = [v for s, v in finite if s > last_step - patience]
