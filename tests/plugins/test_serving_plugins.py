@@ -4,6 +4,7 @@ one without is trained and compared, and every way of promoting it says why it c
 from __future__ import annotations
 
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,8 @@ from django.test import Client
 from django.urls import reverse
 
 import experiments.registry.serving as serving
+from control.canary.models import CanaryRollout, RolloutStatus
+from control.policies.authoring import policy_create
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, TransitionLog
@@ -223,3 +226,51 @@ def test_a_version_whose_plugin_is_gone_cannot_be_served_and_says_so(
     assert "recipe 'spiral' is not in the catalog" in failed.value.message
     version.refresh_from_db()
     assert "not in the catalog" in version.serve_error
+
+
+def test_a_plugin_version_is_canaried_on_served_traffic_and_rolled_back(
+    spiral: Path, tmp_path: Path, django_capture_on_commit_callbacks: Any
+) -> None:
+    import crucible_spiral  # the installed example: its own held-out points and labels
+
+    _, _, x_val, y_val = crucible_spiral.split({"seed": 0, "points": 600, "noise": 0.15})
+    first = _trained("spiral", tmp_path / "a", "spiral v1", epochs=12)
+    with django_capture_on_commit_callbacks(execute=True):
+        for event in ("promote", "deploy"):
+            experiment_transition(experiment_id=first.pk, event=event, actor=SYSTEM)
+    policy_create(
+        name="canary",
+        kind="canary",
+        canary_min_requests=20,
+        stages=[("canary_10pct", 10, 60), ("canary_50pct", 50, 60), ("full_rollout", 100, 0)],
+        conditions=[
+            {
+                "kind": "metric",
+                "metric": "error_rate",
+                "operator": ">",
+                "threshold": 0.05,
+                "role": "rollback_on",
+            }
+        ],
+    )
+    second = _trained("spiral", tmp_path / "b", "spiral v2", epochs=12, seed=0, hidden=16)
+    with django_capture_on_commit_callbacks(execute=True):
+        experiment_transition(experiment_id=second.pk, event="promote", actor=SYSTEM)
+    rollout = CanaryRollout.objects.get(experiment=second)
+    assert rollout.candidate.recipe == "spiral"
+
+    answered: Counter[int] = Counter()
+    for i in range(300):
+        j = i % len(y_val)
+        answer = serving.predict(model_name="spiral", payload={"features": x_val[j].tolist()})
+        serving.feedback(
+            model_name="spiral", payload={"request_id": answer["request_id"], "label": int(y_val[j])}
+        )
+        answered[answer["version"]] += 1
+    assert set(answered) == {1, 2} and answered[2] < answered[1]  # the canary gets its share
+
+    with django_capture_on_commit_callbacks(execute=True):
+        experiment_transition(experiment_id=second.pk, event="rollback", actor=SYSTEM)
+    rollout.refresh_from_db()
+    assert rollout.status == RolloutStatus.ROLLED_BACK
+    assert {serving.predict(model_name="spiral", payload=ARMS)["version"] for _ in range(20)} == {1}
