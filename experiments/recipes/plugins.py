@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .schema import Metric, metric_problems, param_problems
-from .spec import RecipeSpec, import_object, recipe_instance
+from .spec import BadReference, RecipeSpec, import_object, recipe_instance
 
 ENTRY_POINT_GROUP = "crucible_control.recipes"
 ENV_VAR = "CRUCIBLE_RECIPES"
@@ -149,11 +149,9 @@ def load_declared(declared: Declared) -> RecipeSpec:
     """Import one plug-in and return its spec; raise PluginError with a message for people."""
     try:
         obj = import_object(declared.ref)
-    except PluginError:
-        raise
-    except ValueError as exc:  # a reference of the wrong shape, a missing attribute
+    except BadReference as exc:
         raise PluginError(f"bad reference: {exc}") from None
-    except Exception as exc:  # an import error is the plug-in's, whatever its class
+    except Exception as exc:  # an import error is the plug-in's, whatever its class (ValueError too)
         # Where in the plug-in's own code it broke (importlib's frames say nothing to its author).
         frames = [f for f in traceback.extract_tb(exc.__traceback__) if _plugin_frame(f.filename)]
         where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""

@@ -18,20 +18,25 @@ Constraint = Callable[[dict[str, ParamValue]], dict[str, str]]
 BUILT_IN = "built-in"
 
 
+class BadReference(ValueError):
+    """A "module:OBJECT" reference of the wrong shape, or naming an attribute the module lacks."""
+
+
 def import_object(ref: str) -> Any:
     """Return the object a "module:attribute" reference names (attribute may be dotted).
 
-    Raise ValueError for a reference of the wrong shape; whatever the import raises propagates.
+    Raise BadReference for a reference of the wrong shape or a missing attribute; whatever the
+    module's import raises propagates.
     """
     module_name, sep, attr = ref.strip().partition(":")
     if not sep or not module_name or not attr:
-        raise ValueError(f"{ref!r} is not of the form module:OBJECT")
+        raise BadReference(f"{ref!r} is not of the form module:OBJECT")
     obj: Any = importlib.import_module(module_name)
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+            raise BadReference(f"module {module_name!r} has no attribute {attr!r}") from None
     return obj
 
 

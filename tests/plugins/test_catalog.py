@@ -54,6 +54,15 @@ def test_a_plugin_that_fails_to_import_is_refused_and_the_others_still_work(plug
     assert "broken_recipe.py:1" in message  # where, in the plug-in's own file
 
 
+def test_a_plugin_raising_value_error_at_import_is_an_import_failure_not_a_bad_reference(
+    plugin_dir: Path,
+) -> None:
+    write_module(plugin_dir, "picky", "raise ValueError('CUDA_HOME is not set')\n")
+    RECIPES.configure("picky:RECIPE")
+
+    assert _refusals()["picky:RECIPE"].startswith("import failed: ValueError: CUDA_HOME is not set (at ")
+
+
 @pytest.mark.parametrize(
     ("ref", "needle"),
     [
