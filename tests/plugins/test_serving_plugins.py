@@ -16,6 +16,8 @@ from django.urls import reverse
 import experiments.registry.serving as serving
 from control.canary.models import CanaryRollout, RolloutStatus
 from control.policies.authoring import policy_create
+from control.policies.engine import engine_on_complete
+from control.policies.models import ExecutionStatus, PolicyKind
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, TransitionLog
@@ -24,6 +26,7 @@ from experiments.recipes.local import LocalRunContext
 from experiments.registry.services import model_rollback, model_version_promote, model_version_register
 from experiments.runs.execution import file_sha256
 from experiments.services import TransitionRefused, experiment_create, experiment_transition
+from tests.policies.helpers import experiment_through, make_policy, record_run, run_pending_actions
 
 from .helpers import EXAMPLE_MODULE, write_module, write_recipe
 
@@ -274,3 +277,29 @@ def test_a_plugin_version_is_canaried_on_served_traffic_and_rolled_back(
     rollout.refresh_from_db()
     assert rollout.status == RolloutStatus.ROLLED_BACK
     assert {serving.predict(model_name="spiral", payload=ARMS)["version"] for _ in range(20)} == {1}
+
+
+def test_a_policy_promoting_a_recipe_that_cannot_serve_records_why_and_changes_nothing(
+    plugin_dir: Path,
+) -> None:
+    RECIPES.configure(write_recipe(plugin_dir, "trainonly", "trainonly"))
+    make_policy(
+        "auto_promote",
+        PolicyKind.AUTO_PROMOTE,
+        [{"kind": "metric", "metric": "score", "operator": ">", "threshold": 0.9}],
+        [{"kind": "promote"}],
+    )
+    experiment = experiment_through(
+        "queue", "start", "complete", name="good but unservable", recipe="trainonly"
+    )
+    record_run(experiment, {"score": [0.5, 0.95]})
+
+    [trigger] = engine_on_complete(experiment_id=experiment.pk)
+    [execution] = run_pending_actions()
+
+    assert trigger.conditions_passed
+    assert execution.status == ExecutionStatus.FAILED
+    assert "recipe 'trainonly' (CRUCIBLE_RECIPES) cannot serve its models" in execution.error
+    experiment.refresh_from_db()
+    assert experiment.state == State.EVALUATING
+    assert not ModelVersion.objects.exists()
