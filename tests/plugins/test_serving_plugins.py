@@ -28,7 +28,7 @@ from experiments.runs.execution import file_sha256
 from experiments.services import TransitionRefused, experiment_create, experiment_transition
 from tests.policies.helpers import experiment_through, make_policy, record_run, run_pending_actions
 
-from .helpers import EXAMPLE_MODULE, write_module, write_recipe
+from .helpers import EXAMPLE_MODULE, write_entry_points, write_module, write_recipe
 
 pytestmark = pytest.mark.django_db
 SYSTEM = Actor.system("test")
@@ -303,3 +303,23 @@ def test_a_policy_promoting_a_recipe_that_cannot_serve_records_why_and_changes_n
     experiment.refresh_from_db()
     assert experiment.state == State.EVALUATING
     assert not ModelVersion.objects.exists()
+
+
+def test_creating_an_experiment_of_a_refused_plugin_is_a_422_on_recipe_naming_the_reason(
+    plugin_dir: Path, admin_client: Client
+) -> None:
+    write_entry_points(plugin_dir, "half-installed", {"half": "half_installed:RECIPE"})
+    RECIPES.reload()
+
+    response = admin_client.post(
+        "/api/experiments", {"name": "x", "recipe": "half", "config": {}}, content_type="application/json"
+    )
+
+    assert response.status_code == 422, response.content
+    [error] = response.json()["detail"]
+    assert error["loc"][-1] == "recipe"
+    assert error["msg"] == (
+        "recipe 'half' is not available: entry point 'half' of half-installed 1.0 (half_installed:RECIPE): "
+        "import failed: ModuleNotFoundError: No module named 'half_installed'"
+    )
+    assert not Experiment.objects.exists()
