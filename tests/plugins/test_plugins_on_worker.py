@@ -82,8 +82,13 @@ def test_an_installed_plugin_trains_live_is_promoted_by_a_policy_and_serves(
         MetricPoint.objects.filter(experiment=experiment, name="accuracy").values_list("step", flat=True)
     )
     assert len(steps) == 15  # one validation point per epoch, each stored once
-    version = ModelVersion.objects.get(model_name="spiral")
-    assert version.stage == ModelStage.PRODUCTION and version.recipe == "spiral"
+    # The registry serves the version in the deploy's after-commit effects, just after the state.
+    version = wait_for(
+        lambda: ModelVersion.objects.filter(model_name="spiral", stage=ModelStage.PRODUCTION).first(),
+        timeout=30,
+        what="the deployed version in production",
+    )
+    assert version.recipe == "spiral" and version.experiment_id == experiment.pk
     serving.clear_cache()
     answer = serving.predict(model_name="spiral", payload={"instances": [[0.0, 0.3], [0.4, -0.6]]})
     assert answer["version"] == 1 and all(p in (0, 1, 2) for p in answer["predictions"])
