@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .schema import ConfigError, DatasetParam, Param, ParamValue, validate_config
+from .script import SCRIPT_CONSTRAINTS, SCRIPT_PARAMS
 
 if TYPE_CHECKING:
     from .base import CheckpointEvaluation, Recipe
@@ -179,6 +180,13 @@ RECIPES: dict[str, RecipeSpec] = {
                 "teacher_accuracy",
                 "teacher_f1",
             ),
+        ),
+        RecipeSpec(
+            name="script",
+            summary="Run an existing training script unchanged (argv, a folder under SCRIPT_ROOTS, env).",
+            params=SCRIPT_PARAMS,
+            entry="experiments.recipes.script:RECIPE",
+            constraints=SCRIPT_CONSTRAINTS,
         ),
     )
 }
