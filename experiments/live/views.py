@@ -90,7 +90,7 @@ def compare(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required(VIEW_PERMISSION, raise_exception=True)
 @require_GET
-def run_log(request: HttpRequest, experiment_id: int, run_id: int) -> HttpResponse:
+def run_log(request: HttpRequest, experiment_id: int, run_id: int) -> HttpResponse | StreamingHttpResponse:
     """Download one run's stdout/stderr (every rotated file, oldest first); ?tail=N: only the last N lines."""
     run = Run.objects.filter(pk=run_id, experiment_id=experiment_id).first()
     if run is None:
