@@ -8,6 +8,7 @@
   const note = document.getElementById("run-log-note");
   const attemptLabel = document.getElementById("run-log-attempt");
   const download = document.getElementById("run-log-download");
+  const downloadWrap = document.getElementById("run-log-download-wrap");
   const MAX_LINES = 2000; // the page keeps this many; the download has everything
   let runId = Number(pre.dataset.runId);
   let lastLine = 0; // number of the last line shown (frames say where they start)
@@ -36,6 +37,7 @@
   }
 
   function loadTail() {
+    if (!runId) return Promise.resolve(); // no run yet: the first frame starts the log
     if (loading) return loading;
     loading = fetch(urlFor(runId) + "?tail=" + pre.dataset.tailLines, { credentials: "same-origin" })
       .then((r) => (r.ok ? r.text() : Promise.reject(new Error(String(r.status)))))
@@ -60,7 +62,8 @@
       pre.textContent = "";
       pre.dataset.runId = String(runId);
       if (download) download.href = urlFor(runId);
-      if (attemptLabel) attemptLabel.textContent = "run " + runId;
+      if (downloadWrap) downloadWrap.hidden = false;
+      if (attemptLabel) attemptLabel.textContent = " (a new attempt)";
       lastLine = 0;
     }
     let lines = msg.lines || [];
