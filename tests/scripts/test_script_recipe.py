@@ -248,7 +248,7 @@ def test_a_script_that_ignores_sigterm_is_killed_after_the_grace(tmp_path: Path)
         """,
     )
     ctx = ScriptTestContext([tmp_path])
-    threading.Thread(target=lambda: (_wait_for_point(ctx), ctx.stop.set()), daemon=True).start()
+    threading.Thread(target=_stop_after_first_point, args=(ctx,), daemon=True).start()
     result = _run(ctx, tmp_path, ["python", "stubborn.py"], stop_grace_seconds=0.5)
 
     assert result.stopped
@@ -275,7 +275,7 @@ def test_a_stopped_script_that_forked_children_leaves_none_behind(tmp_path: Path
         """,
     )
     ctx = ScriptTestContext([tmp_path])
-    threading.Thread(target=lambda: (_wait_for_point(ctx), ctx.stop.set()), daemon=True).start()
+    threading.Thread(target=_stop_after_first_point, args=(ctx,), daemon=True).start()
     result = _run(ctx, tmp_path, ["python", "forks.py"], stop_grace_seconds=2)
 
     assert result.stopped
@@ -309,10 +309,11 @@ def test_children_left_running_by_a_script_that_exits_are_killed_too(tmp_path: P
     assert not _alive(pid)
 
 
-def _wait_for_point(ctx: ScriptTestContext, timeout: float = 30.0) -> None:
+def _stop_after_first_point(ctx: ScriptTestContext, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not ctx.points and time.monotonic() < deadline:
         time.sleep(0.02)
+    ctx.stop.set()
 
 
 def test_python_means_the_interpreter_running_the_recipe(tmp_path: Path) -> None:
