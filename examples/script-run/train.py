@@ -66,16 +66,19 @@ def main() -> int:
     signal.signal(signal.SIGTERM, on_sigterm)
 
     torch.manual_seed(args.seed)
+    # The GPU the worker leased (CUDA_VISIBLE_DEVICES shows only that one), or the CPU on a CPU slot.
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     generator = torch.Generator().manual_seed(args.seed)
     x_train, y_train = spirals(2048, generator)
     x_val, y_val = spirals(512, generator)
+    x_train, y_train, x_val, y_val = (t.to(device) for t in (x_train, y_train, x_val, y_val))
     model = nn.Sequential(
         nn.Linear(2, args.hidden),
         nn.Tanh(),
         nn.Linear(args.hidden, args.hidden),
         nn.Tanh(),
         nn.Linear(args.hidden, 2),
-    )
+    ).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
     checkpoint_dir = os.environ.get("CRUCIBLE_CHECKPOINT_DIR", "")
@@ -83,7 +86,7 @@ def main() -> int:
 
     resume = os.environ.get("CRUCIBLE_RESUME_FROM", "")
     if resume:
-        state = torch.load(resume, map_location="cpu", weights_only=True)
+        state = torch.load(resume, map_location=device, weights_only=True)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start = int(state["step"]) + 1
@@ -102,7 +105,7 @@ def main() -> int:
         f"training {sum(p.numel() for p in model.parameters())} parameters, lr {args.lr}, steps {args.steps}"
     )
     for step in range(start, args.steps + 1):
-        index = torch.randint(0, len(x_train), (args.batch_size,), generator=generator)
+        index = torch.randint(0, len(x_train), (args.batch_size,), generator=generator).to(device)
         loss = loss_fn(model(x_train[index]), y_train[index])
         optimizer.zero_grad()
         loss.backward()
