@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Protocol, cast, runtime_checkable
 
 from .base import RecipeResult, RunContext
-from .schema import ConfigError, Param, ParamValue
+from .schema import ConfigError, Param, ParamValue, validate_config
 
 SCRIPT_RECIPE = "script"
 STDERR_TAIL_LINES = 50
@@ -336,6 +336,13 @@ class ScriptRecipe:
 
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Run the script to its end or a stop; raise ScriptError or ConfigError when it cannot run or fails."""
+        # Checked again here: the config may come from anywhere (an old row, the CLI).
+        config = validate_config(SCRIPT_PARAMS, config)
+        errors: dict[str, str] = {}
+        for constraint in SCRIPT_CONSTRAINTS:
+            errors.update(constraint(config))
+        if errors:
+            raise ConfigError(errors)
         argv = [str(a) for a in cast(list[str], config["argv"])]
         extra_env = {str(k): str(v) for k, v in cast(dict[str, str], config.get("env") or {}).items()}
         grace = float(config.get("stop_grace_seconds", 5.0))

@@ -267,6 +267,20 @@ class _TeeStream(io.TextIOBase):
         """Flush the original stream."""
         self.original.flush()
 
+    # Code that inspects the stream (progress bars, faulthandler) sees the original's answers.
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        """Return the original stream's encoding."""
+        return str(getattr(self.original, "encoding", None) or "utf-8")
+
+    def isatty(self) -> bool:
+        """Return whether the original stream is a terminal."""
+        return bool(self.original.isatty())
+
+    def fileno(self) -> int:
+        """Return the original stream's file descriptor (raises where it has none)."""
+        return self.original.fileno()
+
     def finish(self) -> None:
         """Write a last line that had no newline."""
         if self._partial:
