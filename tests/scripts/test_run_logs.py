@@ -115,3 +115,14 @@ def test_a_run_token_speaks_for_its_run_only_and_cannot_be_altered() -> None:
     )
     assert run_token_verify("cru_" + token[4:], max_age_seconds=60) is None
     assert run_token_verify(token, max_age_seconds=-1) is None  # expired
+
+
+def test_the_page_shows_malformed_lines_and_the_whole_stderr_of_a_failed_script(run: Run) -> None:
+    RunLog.objects.create(run=run, path="unused", malformed_lines=3)
+    stderr_tail = "\n".join(f"Traceback line {i}" for i in range(50))
+    Run.objects.filter(pk=run.pk).update(error=f"ScriptError: the script exited with status 1; {stderr_tail}")
+    response = _viewer().get(f"/experiments/{run.experiment_id}/")
+    page = response.content.decode()
+    assert "3 malformed metric lines" in page
+    assert "Traceback line 49" in page  # the whole message, not only the first 120 characters
+    assert f'href="/experiments/{run.experiment_id}/runs/{run.pk}/log/"' in page
