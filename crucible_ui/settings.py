@@ -254,6 +254,15 @@ STOP_TIMEOUT_S = envfloat("CRUCIBLE_STOP_TIMEOUT_S", 30.0)
 # An attempt the platform ends (shutdown, lost worker, outage) is requeued without spending
 # one of max_attempts; past this many in an hour the experiment fails (a runaway loop).
 INTERRUPTIONS_PER_HOUR_MAX = envint("INTERRUPTIONS_PER_HOUR_MAX", 6)
+# Script runs (the `script` recipe): the folders a script may run in. Empty (the default) turns
+# script runs off; an administrator lists trusted folders, comma-separated.
+SCRIPT_ROOTS = envlist("SCRIPT_ROOTS", "")
+# The address scripts are told to reach this dashboard at (CRUCIBLE_API_URL); empty: not passed.
+CRUCIBLE_API_URL = os.getenv("CRUCIBLE_API_URL", "")
+# Every run's stdout/stderr: one file per run, rotated at RUN_LOG_MAX_BYTES, RUN_LOG_BACKUPS kept.
+RUN_LOGS_ROOT = Path(os.getenv("RUN_LOGS_ROOT", str(VAR_DIR / "runlogs")))
+RUN_LOG_MAX_BYTES = envint("RUN_LOG_MAX_BYTES", 1024 * 1024)
+RUN_LOG_BACKUPS = envint("RUN_LOG_BACKUPS", 3)
 # Import recipes (torch) in the worker's parent so each pool process starts warm (no CUDA there).
 WORKER_PRELOAD_RECIPES = envbool("WORKER_PRELOAD_RECIPES", "true")
 # Recipe plug-ins that are not installed packages: comma-separated module:OBJECT (docs/recipes.md).

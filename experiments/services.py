@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -15,8 +16,19 @@ from experiments.choices import PriorityClass, State
 from experiments.effects import Transitioned, transition_effects_schedule
 from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
 from experiments.recipes import RECIPES
+from experiments.recipes.script import SCRIPT_RECIPE
 
 logger = logging.getLogger(__name__)
+
+# Running a script runs arbitrary code on the workers: it takes its own permission, which the
+# Researchers group does not hold unless an administrator grants it.
+RUN_SCRIPT_PERMISSION = "experiments.run_script"
+SCRIPT_REFUSED = (
+    "You may not run scripts: it needs the permission 'Can run scripts on the workers' "
+    "(experiments.run_script), which an administrator grants."
+)
+# The events that make a script run (again).
+SCRIPT_RUN_EVENTS = frozenset({"queue", "retry", "requeue"})
 
 # Past participles for the answer to a refused transition ("already promoting").
 _STATE_PHRASES = {
@@ -77,6 +89,8 @@ def experiment_create(
     dataset_version: Any = None,
 ) -> Experiment:
     """Validate and create a pending experiment; raise ValidationError keyed by field."""
+    if recipe == SCRIPT_RECIPE and owner is not None and not owner.has_perm(RUN_SCRIPT_PERMISSION):
+        raise ValidationError({"recipe": SCRIPT_REFUSED})
     experiment = Experiment(
         name=name,
         recipe=recipe,
@@ -177,6 +191,11 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
     if event == "promote" and (why := experiment_serving_refusal(experiment)):
         # A person, the API and a policy all land here: nothing is registered or canaried.
         raise TransitionRefused(experiment=experiment, event=event, message=why)
+    if experiment.recipe == SCRIPT_RECIPE and event in SCRIPT_RUN_EVENTS:
+        if actor.is_person and not actor.user.has_perm(RUN_SCRIPT_PERMISSION):
+            raise PermissionDenied(SCRIPT_REFUSED)
+        # The audit says exactly what will run: the person (or policy) answers for this argv.
+        reason = f"{reason}; {script_audit_text(experiment)}" if reason else script_audit_text(experiment)
     source = experiment.state
     method()
     # ConcurrentTransitionMixin turns this into UPDATE ... WHERE state = <source>: of two
@@ -194,6 +213,14 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
     # What follows (registry, canary, policies, scheduler, the open pages) runs after commit,
     # in the order of the effect table (control/lifecycle.py).
     transition_effects_schedule(Transitioned(experiment=experiment, event=event, source=source, actor=actor))
+
+
+def script_audit_text(experiment: Experiment) -> str:
+    """Return what a script experiment runs, for its audit rows: argv, folder and extra variables."""
+    config = experiment.config or {}
+    env_names = sorted((config.get("env") or {}).keys()) if isinstance(config.get("env"), dict) else []
+    text = f"script argv={json.dumps(config.get('argv', []))} in {config.get('workdir', '')!r}"
+    return text + (f" env={','.join(env_names)}" if env_names else "")
 
 
 def state_change_publish(done: Transitioned) -> None:

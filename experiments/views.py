@@ -164,7 +164,8 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
         "children": selectors.experiment_children(experiment=experiment),
         "model_versions": selectors.experiment_model_versions(experiment=experiment),
         "history": history,
-        "runs": selectors.experiment_runs(experiment=experiment),
+        "runs": selectors.experiment_runs(experiment=experiment).select_related("log"),
+        "log_run": selectors.experiment_runs(experiment=experiment).select_related("log").last(),
         "visited_states": visited,
         "recipe_summary": RECIPES[experiment.recipe].summary if experiment.recipe in RECIPES else "",
     }

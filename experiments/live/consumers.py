@@ -213,6 +213,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         """A run reported how far it has come."""
         await self.forward(event)
 
+    async def run_log(self, event: dict[str, Any]) -> None:
+        """New lines of a run's stdout/stderr (the experiment page's live log tail)."""
+        await self.forward(event)
+
     async def layer_resync(self, event: dict[str, Any]) -> None:
         """The channel layer reconnected to Redis: events may have been lost, the page catches up."""
         await self.send(text_data=json.dumps({"type": "resync", "reason": "live events may have been lost"}))

@@ -5,13 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
 from experiments.live.fleet import COMPARE_LIMIT, compare_candidates, compare_metric_names, fleet_rows
-from experiments.models import Experiment
+from experiments.models import Experiment, Run
 from experiments.permissions import requires_permission
+from experiments.runs.logs import TAIL_LINES, run_log_chunks, run_log_path, run_log_tail
 
 VIEW_PERMISSION = "experiments.view_experiment"
 
@@ -83,3 +84,30 @@ def compare(request: HttpRequest) -> HttpResponse:
         else [],
     }
     return render(request, "live/compare.html", context, status=400 if errors else 200)
+
+
+@requires_permission(VIEW_PERMISSION, hidden=True)
+@login_required
+@permission_required(VIEW_PERMISSION, raise_exception=True)
+@require_GET
+def run_log(request: HttpRequest, experiment_id: int, run_id: int) -> HttpResponse | StreamingHttpResponse:
+    """Download one run's stdout/stderr (every rotated file, oldest first); ?tail=N: only the last N lines."""
+    run = Run.objects.filter(pk=run_id, experiment_id=experiment_id).first()
+    if run is None:
+        raise Http404("No such run.")
+    path = run_log_path(experiment_id=experiment_id, run_id=run_id)
+    raw_tail = request.GET.get("tail", "")
+    if raw_tail:
+        try:
+            count = max(1, min(TAIL_LINES * 5, int(raw_tail)))
+        except ValueError:
+            return HttpResponse(
+                "tail: must be a whole number of lines", status=400, content_type="text/plain"
+            )
+        lines = run_log_tail(path, lines=count)
+        return HttpResponse("".join(line + "\n" for line in lines), content_type="text/plain; charset=utf-8")
+    response = StreamingHttpResponse(run_log_chunks(path), content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = (
+        f'attachment; filename="experiment-{experiment_id}-run-{run.attempt}.log"'
+    )
+    return response

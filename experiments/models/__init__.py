@@ -29,6 +29,7 @@ from experiments.models.registry import (
     VersionEvaluation,
     VersionEvaluationStatus,
 )
+from experiments.models.runlog import RunLog
 
 __all__ = [
     "CONFIRM_EVENTS",
@@ -43,6 +44,7 @@ __all__ = [
     "ModelStage",
     "ModelVersion",
     "Run",
+    "RunLog",
     "ServedRequest",
     "ServingStats",
     "TransitionLog",

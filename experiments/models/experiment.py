@@ -23,6 +23,7 @@ from experiments.choices import (
 )
 from experiments.models.registry import DatasetVersion
 from experiments.recipes import ConfigError, get_spec
+from experiments.recipes.script import SCRIPT_RECIPE, resolve_workdir
 
 # Events a person can fire from the UI or API, with the permission each needs.
 # start/complete/fail/requeue belong to the scheduler and workers ("operate").
@@ -142,6 +143,8 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
             ("retrain_experiment", "Can retrain an experiment"),
             ("retry_experiment", "Can retry a failed experiment"),
             ("operate_experiment", "Can drive runs (scheduler and workers)"),
+            # Separate from add/queue: a script runs arbitrary code on the workers.
+            ("run_script", "Can run scripts on the workers (the script recipe)"),
         ]
 
     def __str__(self) -> str:
@@ -173,9 +176,19 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
                 else:
                     field_errors.setdefault("config", []).append(f"{key}: {msg}")
             raise ValidationError(field_errors) from None
+        self._clean_script()
         self._clean_dataset()
         if not isinstance(self.tags, list) or not all(isinstance(t, str) for t in self.tags):
             raise ValidationError({"tags": "must be a list of strings"})
+
+    def _clean_script(self) -> None:
+        """Refuse a script run whose folder is not under SCRIPT_ROOTS (or when script runs are off)."""
+        if self.recipe != SCRIPT_RECIPE:
+            return
+        try:
+            resolve_workdir(str(self.config.get("workdir", "")), settings.SCRIPT_ROOTS)
+        except ConfigError as exc:
+            raise ValidationError({"config": [f"{k}: {m}" for k, m in exc.errors.items()]}) from None
 
     def _clean_dataset(self) -> None:
         """Check that a config's dataset id (extra_data) names a curated dataset, and record it."""

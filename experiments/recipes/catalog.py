@@ -14,6 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 from .plugins import ENV_VAR, PluginProblem, declared_entry_points, declared_refs, merge, parse_refs
 from .schema import ConfigError, DatasetParam, Metric, Param, ParamValue
+from .script import SCRIPT_CONSTRAINTS, SCRIPT_PARAMS
 from .spec import Constraint, RecipeSpec, metric_fields
 
 __all__ = ["BUILTINS", "RECIPES", "Catalog", "Constraint", "RecipeSpec", "get_spec"]
@@ -147,6 +148,13 @@ BUILTINS: dict[str, RecipeSpec] = {
                     for m in (LOSS, VAL_LOSS, ACCURACY, F1)
                 ),
             ),
+        ),
+        RecipeSpec(
+            name="script",
+            summary="Run an existing training script unchanged (argv, a folder under SCRIPT_ROOTS, env).",
+            params=SCRIPT_PARAMS,
+            entry="experiments.recipes.script:RECIPE",
+            constraints=SCRIPT_CONSTRAINTS,
         ),
     )
 }

@@ -31,7 +31,9 @@ from experiments.choices import Interruption, RunStatus, State
 from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
 from experiments.models import DatasetVersion, Run
 from experiments.recipes import get_spec
+from experiments.recipes.script import SCRIPT_RECIPE, cuda_visible_devices
 from experiments.recipes.stop import stop_reason
+from experiments.runs.logs import RunLogWriter, RunOutputCapture
 from experiments.runs.reporting import MetricReporter
 from experiments.runs.services import (
     run_end,
@@ -43,6 +45,7 @@ from experiments.runs.services import (
     run_start,
     run_succeed,
 )
+from experiments.runs.tokens import run_token_mint
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +89,7 @@ class DbRunContext:
         self._resumed_at = self.started
         self.last_step = 0
         self._last_file: Path | None = None
+        self.log_writer: RunLogWriter | None = None
 
     # --- RunContext ---
 
@@ -175,6 +179,21 @@ class DbRunContext:
             raise ValueError(f"dataset #{dataset_id}: its file does not match its registered sha256")
         return str(path)
 
+    # --- for the script recipe (experiments.recipes.script.ScriptHost) ---
+
+    def script_roots(self) -> list[str]:
+        """Return the folders scripts may run in, from this worker's settings."""
+        return [str(root) for root in settings.SCRIPT_ROOTS]
+
+    def script_env(self) -> dict[str, str]:
+        """Return the lease, the run's identity and token, and its checkpoint folders as variables."""
+        return run_script_env(run=self.run, timeout_seconds=self.timeout_seconds)
+
+    def output(self, stream: str, line: str) -> None:
+        """Append one line of the script's output to the run log."""
+        if self.log_writer is not None:
+            self.log_writer.write(stream, line)
+
     # --- for the monitor ---
 
     def request_stop(self, status: str, message: str) -> None:
@@ -192,6 +211,60 @@ class DbRunContext:
             return None
         elapsed = time.monotonic() - self._resumed_at
         return elapsed / done * (1.0 - self.fraction)
+
+
+def latest_checkpoint_file(*, run: Run) -> Path | None:
+    """Return the newest file an earlier attempt of the run's experiment left in its checkpoint folder."""
+    earlier = Run.objects.filter(experiment_id=run.experiment_id, attempt__lt=run.attempt).order_by(
+        "-attempt"
+    )
+    for prev in earlier:
+        folder = checkpoint_dir(experiment_id=run.experiment_id, run_id=prev.pk)
+        files = [p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")]
+        if files:
+            return max(files, key=lambda p: p.stat().st_mtime)
+    return None
+
+
+def run_script_env(*, run: Run, timeout_seconds: float) -> dict[str, str]:
+    """Return the CRUCIBLE_* variables (and the lease as CUDA_VISIBLE_DEVICES) of a script run."""
+    folder = checkpoint_dir(experiment_id=run.experiment_id, run_id=run.pk)
+    folder.mkdir(parents=True, exist_ok=True)
+    resume = latest_checkpoint_file(run=run)
+    device = run.device or "cpu"
+    env = {
+        "CUDA_VISIBLE_DEVICES": cuda_visible_devices(device),
+        "CRUCIBLE_RUN_ID": str(run.pk),
+        "CRUCIBLE_EXPERIMENT_ID": str(run.experiment_id),
+        "CRUCIBLE_ATTEMPT": str(run.attempt),
+        "CRUCIBLE_DEVICE": device,
+        # Valid while the run may last (its timeout) plus a margin; endpoints also check it runs.
+        "CRUCIBLE_TOKEN": run_token_mint(run_id=run.pk, experiment_id=run.experiment_id),
+        "CRUCIBLE_TOKEN_MAX_AGE": str(int(timeout_seconds) + 3600),
+        "CRUCIBLE_CHECKPOINT_DIR": str(folder),
+        "CRUCIBLE_RESUME_FROM": str(resume) if resume is not None else "",
+    }
+    if settings.CRUCIBLE_API_URL:
+        env["CRUCIBLE_API_URL"] = str(settings.CRUCIBLE_API_URL)
+    return env
+
+
+def _record_script_checkpoint(ctx: DbRunContext) -> None:
+    """Record the newest file a script left in its checkpoint folder on the run (path, sha256, size)."""
+    folder = checkpoint_dir(experiment_id=ctx.run.experiment_id, run_id=ctx.run.pk)
+    files = (
+        [p for p in folder.glob("*") if p.is_file() and not p.name.startswith(".")] if folder.exists() else []
+    )
+    if not files:
+        return
+    newest = max(files, key=lambda p: p.stat().st_mtime)
+    run_record_checkpoint(
+        run_id=ctx.run.pk,
+        path=str(newest),
+        sha256=file_sha256(newest),
+        size=newest.stat().st_size,
+        step=ctx.last_step,
+    )
 
 
 class RunMonitor(threading.Thread):
@@ -258,15 +331,21 @@ def run_execute(*, run_id: int, worker: str) -> str:
     experiment = run.experiment
     reporter = MetricReporter(experiment_id=experiment.pk, run_id=run.pk).start()
     ctx = DbRunContext(run=run, reporter=reporter, timeout_seconds=float(experiment.timeout_seconds))
+    log_writer = RunLogWriter(experiment_id=experiment.pk, run_id=run.pk).start()
+    ctx.log_writer = log_writer
     monitor = RunMonitor(ctx)
     monitor.start()
     try:
         recipe = get_spec(experiment.recipe).load()
-        result = recipe.train(ctx, dict(run.config))
+        with RunOutputCapture(log_writer):
+            result = recipe.train(ctx, dict(run.config))
+        if experiment.recipe == SCRIPT_RECIPE:
+            _record_script_checkpoint(ctx)
     except BaseException as exc:
         monitor.done.set()
         monitor.join(5)
         _close_quietly(reporter)
+        _close_log_quietly(log_writer)
         cause = _platform_cause(exc)
         if cause:
             # Not the training's fault: the next attempt resumes from the last checkpoint.
@@ -285,6 +364,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
     monitor.join(5)
     # Every point must be in the database before the run (and experiment) say "done".
     reporter.close()
+    _close_log_quietly(log_writer, malformed_lines=getattr(result, "malformed_lines", 0))
     reason = ctx.stop_reason
     if reason is not None and result.stopped:
         if reason.status == RunStatus.CANCELLED:
@@ -343,6 +423,13 @@ def _interrupt_quietly(*, run_id: int, cause: str, error: str, ctx: DbRunContext
         )
     except Exception:
         logger.warning("could not record the interruption of run %s", run_id, exc_info=True)
+
+
+def _close_log_quietly(writer: RunLogWriter, *, malformed_lines: int = 0) -> None:
+    try:
+        writer.close(malformed_lines=malformed_lines)
+    except Exception:
+        logger.warning("closing the log of run %s failed", writer.run_id, exc_info=True)
 
 
 def _close_quietly(reporter: MetricReporter) -> None:

@@ -470,10 +470,13 @@
       await catchUp();
       // State changes are not replayed either: take the current state and buttons fresh.
       await refreshActions();
+      document.dispatchEvent(new CustomEvent("crucible:live-open"));
     };
     ws.onmessage = (event) => {
       let msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
+      // Other panels of the page (the run log) read this one socket instead of opening their own.
+      document.dispatchEvent(new CustomEvent("crucible:live", { detail: msg }));
       switch (msg.type) {
         case "metrics.batch": onBatch(msg); break;
         case "state.changed": onStateChanged(msg); break;

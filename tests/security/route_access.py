@@ -75,6 +75,7 @@ ROUTES: dict[str, Route] = {
     "live:fleet": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "live:fleet_rows": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "live:compare": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
+    "live:run_log": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
     # --- pages: control -------------------------------------------------------------------
     "control:gpus": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
     "control:gpu_rows": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),

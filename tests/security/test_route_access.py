@@ -32,7 +32,7 @@ from crucible_ui.asgi import application
 from crucible_ui.routing import websocket_urlpatterns
 from crucible_ui.urls import urlpatterns as project_urlpatterns
 from experiments.live.consumers import FleetConsumer
-from experiments.models import ModelStage, ModelVersion
+from experiments.models import ModelStage, ModelVersion, Run
 from experiments.permissions import (
     Decision,
     access_of,
@@ -105,7 +105,8 @@ def _objects() -> dict[str, Any]:
         conditions_passed=True,
         status=TriggerStatus.FIRED,
     )
-    return {**URL_VALUES, "experiment_id": experiment.pk, "trigger_id": trigger.pk}
+    run = Run.objects.create(experiment=experiment, attempt=1)
+    return {**URL_VALUES, "experiment_id": experiment.pk, "trigger_id": trigger.pk, "run_id": run.pk}
 
 
 def _url_of(name: str, route: str, values: dict[str, Any]) -> str:
