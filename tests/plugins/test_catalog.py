@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from experiments.recipes import RECIPES, ConfigError, get_spec
+from experiments.recipes.catalog import BUILTINS
 from experiments.recipes.cli import main
 
 from .helpers import ROOT, write_entry_points, write_module, write_recipe
@@ -76,7 +77,7 @@ def test_a_bad_reference_is_refused_with_what_is_wrong(plugin_dir: Path, ref: st
     RECIPES.configure(ref)
 
     assert needle in _refusals()[ref]
-    assert set(RECIPES) == {"digits", "charlm", "distill"}
+    assert set(RECIPES) == set(BUILTINS)
 
 
 def test_a_bad_entry_point_value_is_refused_naming_the_entry_point(plugin_dir: Path) -> None:
@@ -195,7 +196,7 @@ def test_the_same_plugin_installed_and_listed_counts_once(plugin_dir: Path) -> N
 def test_an_unknown_recipe_is_refused_listing_the_known_ones() -> None:
     with pytest.raises(ConfigError) as refused:
         get_spec("nope")
-    assert refused.value.errors["recipe"] == "unknown recipe 'nope' (known: charlm, digits, distill)"
+    assert refused.value.errors["recipe"] == "unknown recipe 'nope' (known: charlm, digits, distill, script)"
 
 
 def test_list_shows_each_recipe_with_its_source_and_the_refused_plugins(
