@@ -54,9 +54,9 @@ from experiments.services import TransitionRefused, experiment_transition
 
 # Who may cancel a running test (the admin's action and the deployment page's button).
 AB_TEST_CANCEL_PERMISSION = "control.change_abtest"
-# An arm's experiment in these states has an attempt under way: its lifecycle belongs to the run,
-# so it could not follow the registry if its version won.
-_BUSY_STATES = (State.PENDING, State.QUEUED, State.RUNNING)
+# An arm's experiment in these states could not follow the registry if its version won: an
+# attempt is under way (its lifecycle belongs to the run), or its training failed.
+_BUSY_STATES = (State.PENDING, State.QUEUED, State.RUNNING, State.FAILED)
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def ab_test_start(*, model_name: str, version_ids: list[int], policy: Policy, ac
         raise ABTestError(
             "version_ids",
             f"v{version.version}'s experiment #{experiment.pk} is {experiment.state}: "
-            "an attempt is under way, wait until it finished",
+            "only a finished experiment's version can be an arm",
         )
     for pk in ids:
         try:
