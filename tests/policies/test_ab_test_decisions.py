@@ -295,3 +295,25 @@ def test_promote_to_production_helper_keeps_one_deployed_experiment(
         promote_to_production(second)
     assert deployed_experiments() == [second.pk] and state(first) == State.RETIRED
     assert not TransitionLog.objects.filter(event="adopt").exists()
+
+
+def test_an_arm_whose_experiment_failed_is_refused_and_nothing_starts(
+    checkpoints: dict[str, Path], django_capture_on_commit_callbacks: Any
+) -> None:
+    from control.canary.ab import ABTestError
+
+    with django_capture_on_commit_callbacks(execute=True):
+        deployed("v1", checkpoints["good"])
+    failed, failed_version = evaluating("failed", checkpoints["good"])
+    experiment_transition(experiment_id=failed.pk, event="fail", actor=SYSTEM, reason="marked failed")
+    _weak, weak_version = evaluating("weak", checkpoints["weak"])
+    with pytest.raises(ABTestError) as info:
+        ab_test_start(
+            model_name="digits",
+            version_ids=[failed_version.pk, weak_version.pk],
+            policy=ab_policy(),
+            actor=SYSTEM,
+        )
+    assert info.value.field == "version_ids" and f"experiment #{failed.pk} is failed" in info.value.message
+    assert not ABTest.objects.exists()
+    assert stages(failed_version, weak_version) == [(NONE, 0.0), (NONE, 0.0)]
