@@ -85,8 +85,9 @@ def ab_test_start(*, model_name: str, version_ids: list[int], policy: Policy, ac
         raise ABTestError("model_name", f"{model_name} has a canary rollout under way: it splits the traffic")
     busy = Experiment.objects.filter(
         pk__in=[v.experiment_id for v in versions.values()], state__in=_BUSY_STATES
-    )
-    for experiment in busy:
+    ).first()
+    if busy is not None:
+        experiment = busy
         version = next(v for v in versions.values() if v.experiment_id == experiment.pk)
         raise ABTestError(
             "version_ids",
