@@ -84,6 +84,7 @@ EFFECTS = EffectTable(
         # The registry moved production (the version is already where it belongs).
         "retire": (policies_evaluate_on_transition, state_change_publish),
         "reinstate": (policies_evaluate_on_transition, state_change_publish),
+        "adopt": (policies_evaluate_on_transition, state_change_publish),
     },
     # Inside the transaction that ends the run (the scheduler tick itself waits for commit).
     run_ended=(leases_release_on_run_end,),

@@ -34,6 +34,17 @@ CANCELLABLE_STATES = (
     State.COMPLETED,
     State.PROMOTING,
 )
+# An experiment whose registered version the registry may make production by itself (an A/B
+# test's winner): it moves to deployed ("adopt", by system:registry) so that the lifecycle says
+# what serves. Promoting goes by its own deploy; an experiment that failed or has an attempt
+# under way (pending, queued, running) cannot be an A/B test's arm.
+ADOPTABLE_STATES = (
+    State.EVALUATING,
+    State.COMPLETED,
+    State.RETIRED,
+    State.ROLLED_BACK,
+    State.CANCELLED,
+)
 RETRAINABLE_STATES = (
     State.COMPLETED,
     State.DEPLOYED,

@@ -19,6 +19,7 @@ NODE_H = 34
 WIDTH = 1110
 COL = 165
 MAIN_Y = 170
+PARALLEL_GAP = 12
 
 # Where each state sits: the happy path left to right, the ways out of it around it.
 # Only placement lives here; which edges exist is read from the model's transitions.
@@ -41,6 +42,10 @@ _BEND: dict[tuple[str, str], int] = {
     (State.RUNNING, State.QUEUED): -1,
     (State.EVALUATING, State.PROMOTING): 1,
     (State.PROMOTING, State.COMPLETED): -1,
+    # adopt (an A/B test's winner): from the held-for-review side below the row, clear of
+    # evaluating → promoting's arc; from cancelled over the top, clear of promoting's edges.
+    (State.EVALUATING, State.DEPLOYED): 2,
+    (State.CANCELLED, State.DEPLOYED): -1,
 }
 
 
@@ -141,6 +146,20 @@ def render_state_graph(*, current: str = "", visited: Iterable[str] = ()) -> Saf
 
     labelled = {min(group, key=length) for group in groups.values()}
 
+    # Edges between the same two states (retire, reinstate and adopt between deployed and
+    # retired) are drawn side by side, PARALLEL_GAP apart, not on top of each other.
+    def bend_of(e: Edge) -> int | None:
+        (sx, sy), (tx, ty) = pos[e.source], pos[e.target]
+        bend = _BEND.get((e.source, e.target))
+        if bend is None and sy == ty and abs(tx - sx) > COL + 1:
+            bend = 1
+        return bend
+
+    between: dict[frozenset[str], list[Edge]] = defaultdict(list)
+    for edge in graph.edges:
+        if not bend_of(edge):
+            between[frozenset((edge.source, edge.target))].append(edge)
+
     edge_parts: list[str] = []
     label_parts: list[str] = []
     for edge in graph.edges:
@@ -148,9 +167,8 @@ def render_state_graph(*, current: str = "", visited: Iterable[str] = ()) -> Saf
         is_next = edge.source == current
         cls = "sg-edge next" if is_next else "sg-edge"
         marker = "sg-arrow-next" if is_next else "sg-arrow"
-        bend = _BEND.get((edge.source, edge.target))
-        if bend is None and sy == ty and abs(tx - sx) > COL + 1:
-            bend = 1
+        bend = bend_of(edge)
+        anchor = "middle"
         if bend:
             # A quadratic curve around the row; its control point sits off the midpoint.
             mx, my = (sx + tx) / 2, (sy + ty) / 2
@@ -162,21 +180,32 @@ def render_state_graph(*, current: str = "", visited: Iterable[str] = ()) -> Saf
             # The label sits inside the arc, between it and the row, clear of other edges.
             ly += -6 if bend > 0 else 14
         else:
-            x1, y1 = _clip(sx, sy, tx, ty)
-            x2, y2 = _clip(tx, ty, sx, sy)
+            siblings = between[frozenset((edge.source, edge.target))]
+            index, spread = siblings.index(edge), (len(siblings) - 1) / 2
+            # Shifted across the line, the same way whichever direction the edge points.
+            (ax, ay), (bx, by) = sorted((pos[edge.source], pos[edge.target]))
+            norm = math.hypot(bx - ax, by - ay) or 1.0
+            shift = (index - spread) * PARALLEL_GAP
+            ox, oy = shift * (by - ay) / norm, -shift * (bx - ax) / norm
+            x1, y1 = _clip(sx + ox, sy + oy, tx + ox, ty + oy)
+            x2, y2 = _clip(tx + ox, ty + oy, sx + ox, sy + oy)
             d = f"M{x1:.1f},{y1:.1f} L{x2:.1f},{y2:.1f}"
             lx, ly = (x1 + x2) / 2, (y1 + y2) / 2
             if y1 == y2:
                 ly -= 6
             else:
-                lx += 6
+                # Beside the outermost of its siblings, one line of text per sibling; on the left
+                # near the right edge, where the text would be cut off.
+                outside = (spread * PARALLEL_GAP - abs(shift)) * abs(by - ay) / norm + 6
+                left = lx + 80 > WIDTH
+                lx, anchor = (lx - outside - 2 * abs(shift), "end") if left else (lx + outside, "start")
+                ly += (index - spread) * 14
         edge_parts.append(
             f'<path class="{cls}" d="{d}" marker-end="url(#{marker})" data-event="{escape(edge.event)}">'
             f"<title>{escape(edge.event)}: {escape(_label(edge.source))} → {escape(_label(edge.target))}</title>"
             "</path>"
         )
         if edge in labelled:
-            anchor = "middle" if (y1 == y2 or bend) else "start"
             label_parts.append(
                 f'<text class="sg-edge-label{" next" if is_next else ""}" x="{lx:.1f}" y="{ly:.1f}" '
                 f'text-anchor="{anchor}">{escape(edge.event)}</text>'

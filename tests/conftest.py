@@ -153,9 +153,33 @@ def start_worker(
     raise RuntimeError(f"celery worker did not heart-beat within {timeout:.0f} s:\n{handle.logs()[-4000:]}")
 
 
+def purge_stale_control_messages() -> int:
+    """Drop what earlier tests left for a worker on the session's broker; return how many messages.
+
+    Tests without a worker still send tasks after commit (an evaluation job on promote, the
+    engine on complete, a scheduler tick on queue) and nobody consumes them; their rows are
+    rolled back afterwards and the ids reused. A worker started later would take them for the
+    new test's experiments and versions (a second decision for one experiment, an evaluation of
+    the wrong checkpoint). Messages a killed worker held unacknowledged would come back the same way.
+    """
+    from crucible_ui.celery import app
+
+    with app.connection_for_write() as conn:
+        channel: Any = conn.default_channel
+        dropped = int(channel.queue_purge(settings.CELERY_TASK_DEFAULT_QUEUE) or 0)
+        dropped += int(channel.client.hlen(channel.unacked_key) or 0)
+        channel.client.delete(channel.unacked_key, channel.unacked_index_key, channel.unacked_mutex_key)
+    return dropped
+
+
 @pytest.fixture
 def start_celery_worker(transactional_db: Any, tmp_path: Path) -> Iterator[Callable[..., WorkerHandle]]:
-    """Return a function that starts another worker (e.g. to replace a killed one); all stop at teardown."""
+    """Return a function that starts another worker (e.g. to replace a killed one); all stop at teardown.
+
+    The control queue starts empty: what earlier tests left there is not this test's work (the
+    test's own messages, sent before it starts a worker, are kept).
+    """
+    purge_stale_control_messages()
     started: list[WorkerHandle] = []
 
     def start(**extra_env: str) -> WorkerHandle:

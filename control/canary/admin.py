@@ -6,14 +6,16 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.core.exceptions import PermissionDenied
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 import control.canary.selectors as selectors
-from control.canary.ab import ABTestError, ab_test_start
+from control.canary.ab import ABTestError, ab_test_cancel, ab_test_start
 from control.canary.models import ABTest
 from control.policies.models import Policy, PolicyKind
 from experiments.actors import Actor
@@ -64,6 +66,17 @@ class ABTestStartForm(forms.Form):
         self.fields["policy"].label_from_instance = _policy_label  # type: ignore[attr-defined]
 
 
+class ABTestCancelForm(forms.Form):
+    """Why the selected tests are cancelled: the reason goes into each test's outcome."""
+
+    reason = forms.CharField(
+        max_length=2000,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        error_messages={"required": "Say why the test is cancelled: it is kept in the test's outcome."},
+        help_text="Kept in each test's outcome, with your name.",
+    )
+
+
 def _policy_label(policy: Policy) -> str:
     return f"{policy.name} (mode {policy.mode}; compares {policy.ab_metric or 'accuracy'})"
 
@@ -90,10 +103,58 @@ class ABTestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         "dropped", "after_request", "trigger", "started_by", "started_at", "finished_at",
     )  # fmt: skip
     fields = readonly_fields
+    actions = ["cancel_selected"]
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """The test moves by the sweep's decisions only."""
-        return False
+        """No field is edited (the test moves by the sweep's decisions); the change permission cancels."""
+        return obj is None and super().has_change_permission(request)
+
+    @admin.action(
+        permissions=["change"], description="Cancel the selected A/B tests (traffic back to production)…"
+    )
+    def cancel_selected(self, request: HttpRequest, queryset: QuerySet[ABTest]) -> HttpResponse | None:
+        """Ask for a reason, then cancel each open test through ab_test_cancel; one not open is an error message."""
+        open_tests = []
+        for test in queryset.order_by("pk"):
+            if test.is_open:
+                open_tests.append(test)
+            else:
+                self.message_user(
+                    request,
+                    f"A/B test #{test.pk} is {test.get_status_display().lower()}: only a running test can "
+                    "be cancelled; it was left as it is.",
+                    messages.ERROR,
+                )
+        if not open_tests:
+            return None
+        form = ABTestCancelForm(request.POST if "confirm" in request.POST else None)
+        if not form.is_valid():
+            context = {
+                **self.admin_site.each_context(request),
+                "opts": self.model._meta,
+                "title": "Cancel A/B tests",
+                "form": form,
+                "tests": [(t, self.arm_versions(t)) for t in open_tests],
+                "action": "cancel_selected",
+                "selected": [str(t.pk) for t in open_tests],
+                "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+            }
+            return TemplateResponse(request, "admin/control/abtest/cancel.html", context)
+        actor = Actor.for_user(request.user)
+        for test in open_tests:
+            try:
+                ab_test_cancel(test=test, actor=actor, reason=form.cleaned_data["reason"])
+            except ABTestError as exc:
+                self.message_user(request, exc.message, messages.ERROR)
+                continue
+            self.log_change(request, test, f"Cancelled: {form.cleaned_data['reason']}")
+            self.message_user(
+                request,
+                f"A/B test #{test.pk} of {test.model_name} cancelled: production serves alone, the arms are "
+                "back in the stages they had before it.",
+                messages.SUCCESS,
+            )
+        return None
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """A test is a record of decisions taken on served traffic."""

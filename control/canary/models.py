@@ -99,9 +99,17 @@ class ABTestStatus(models.TextChoices):
     """Where an A/B test stands."""
 
     RUNNING = "running", "Running"
+    # approve mode: the winner is known, its promotion waits for a person (the trigger).
+    AWAITING_APPROVAL = "awaiting_approval", "Winner found: promotion awaiting approval"
     DECIDED = "decided", "Decided: the winner was promoted"
-    NO_WINNER = "no_winner", "No difference that matters: production kept"
+    NO_WINNER = "no_winner", "Ended with no winner: production kept"
+    # dry_run mode: what it would have promoted is recorded; nothing changed.
+    DRY_RUN = "dry_run", "Dry run: the winner was recorded, nothing promoted"
     CANCELLED = "cancelled", "Cancelled"
+
+
+# The test still holds the model's traffic (its arms serve): one such test per model.
+OPEN_AB_STATUSES = (ABTestStatus.RUNNING, ABTestStatus.AWAITING_APPROVAL)
 
 
 class ABTest(models.Model):
@@ -124,7 +132,7 @@ class ABTest(models.Model):
         default=0, help_text="The test's window: served requests with a larger id."
     )
     status = models.CharField(
-        max_length=16, choices=ABTestStatus.choices, default=ABTestStatus.RUNNING, db_index=True
+        max_length=20, choices=ABTestStatus.choices, default=ABTestStatus.RUNNING, db_index=True
     )
     winner = models.ForeignKey(
         "experiments.ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
@@ -132,6 +140,11 @@ class ABTest(models.Model):
     outcome = models.TextField(blank=True)
     trigger = models.ForeignKey(
         "control.TriggerEvent", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    stages_before = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="{version id: stage} when the test started: where an arm goes back when nothing is decided.",
     )
     started_by = models.CharField(
         max_length=150, blank=True, help_text="Who started it: user:<username>, policy:<name> or system."
@@ -144,9 +157,16 @@ class ABTest(models.Model):
         constraints = [
             # Two tests of one model would split the same traffic between them.
             models.UniqueConstraint(
-                fields=["model_name"], condition=Q(status="running"), name="abtest_one_running_per_model"
+                fields=["model_name"],
+                condition=Q(status__in=["running", "awaiting_approval"]),
+                name="abtest_one_running_per_model",
             )
         ]
 
     def __str__(self) -> str:
         return f"{self.model_name} A/B test of {len(self.arms)} arms ({self.status})"
+
+    @property
+    def is_open(self) -> bool:
+        """Return True while the test still holds traffic (running, or its winner awaits approval)."""
+        return self.status in OPEN_AB_STATUSES

@@ -18,7 +18,14 @@ from django.utils import timezone
 
 import experiments.registry.serving as serving
 from control.canary.ab import ab_pair_alpha
-from control.canary.models import LIVE_ROLLOUT_STATUSES, ABTest, ABTestStatus, CanaryRollout, RolloutStatus
+from control.canary.models import (
+    LIVE_ROLLOUT_STATUSES,
+    OPEN_AB_STATUSES,
+    ABTest,
+    ABTestStatus,
+    CanaryRollout,
+    RolloutStatus,
+)
 from control.canary.sequential import paired_comparison
 from control.policies.models import Policy
 from experiments.choices import RunStatus, State
@@ -163,6 +170,8 @@ class ABTestState(TypedDict):
 
     id: int
     running: bool
+    # Running or awaiting approval: it still holds traffic and can be cancelled.
+    open: bool
     status: str
     status_label: str
     model_name: str
@@ -416,10 +425,10 @@ def deployment_live(
 
 
 def running_ab_test(*, model_name: str) -> ABTest | None:
-    """Return the model's running A/B test, if one is."""
+    """Return the model's open A/B test (running, or its winner awaiting approval), if one is."""
     return (
         ABTest.objects.select_related("policy")
-        .filter(model_name=model_name, status=ABTestStatus.RUNNING)
+        .filter(model_name=model_name, status__in=OPEN_AB_STATUSES)
         .first()
     )
 
@@ -450,6 +459,8 @@ def ab_test_state(test: ABTest) -> ABTestState:
     """
     policy: Policy | None = test.policy
     running = test.status == ABTestStatus.RUNNING
+    # Awaiting approval, the winner still serves its share: the split is shown, the effects are recorded.
+    serving_now = test.is_open
     by_id = {v.pk: v for v in ModelVersion.objects.filter(pk__in=test.arms)}
     arms_in_order = [by_id[pk] for pk in test.arms if pk in by_id]
     production = (
@@ -457,7 +468,7 @@ def ab_test_state(test: ABTest) -> ABTestState:
         .only("pk", "version")
         .first()
     )
-    shares, production_share = _ab_shares(arms_in_order, production) if running else ({}, None)
+    shares, production_share = _ab_shares(arms_in_order, production) if serving_now else ({}, None)
     served = dict(
         ServedRequest.objects.filter(version_id__in=list(by_id), id__gt=test.after_request)
         .values("version_id")
@@ -519,6 +530,7 @@ def ab_test_state(test: ABTest) -> ABTestState:
     return {
         "id": test.pk,
         "running": running,
+        "open": serving_now,
         "status": test.status,
         "status_label": test.get_status_display(),
         "model_name": test.model_name,

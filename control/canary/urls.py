@@ -13,4 +13,5 @@ urlpatterns = [
     path("registry/<slug:model_name>/live.json", views.model_live, name="live"),
     path("registry/<slug:model_name>/promote", views.promote_view, name="promote"),
     path("registry/<slug:model_name>/canary/rollback", views.canary_rollback_view, name="canary_rollback"),
+    path("registry/<slug:model_name>/ab/cancel", views.ab_test_cancel_view, name="ab_cancel"),
 ]

@@ -10,6 +10,8 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 
 import control.canary.selectors as selectors
+from control.canary.ab import AB_TEST_CANCEL_PERMISSION, ABTestError, ab_test_cancel
+from control.canary.models import ABTest
 from experiments.actors import Actor
 from experiments.models import Experiment, ModelStage, ModelVersion
 from experiments.permissions import requires_permission
@@ -37,6 +39,7 @@ def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
             "can_rollback": request.user.has_perm(ROLLBACK_PERMISSION),
             # A/B tests are started in the admin, so the link is for staff who may add one.
             "can_start_ab_test": request.user.is_staff and request.user.has_perm(AB_TEST_ADD_PERMISSION),
+            "can_cancel_ab_test": request.user.has_perm(AB_TEST_CANCEL_PERMISSION),
         },
     )
 
@@ -117,4 +120,33 @@ def canary_rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
         messages.success(
             request, f"Canary v{rollout.candidate.version} of {model_name} rolled back: {keeps}."
         )
+    return redirect("deployments:model", model_name=model_name)
+
+
+@requires_permission(AB_TEST_CANCEL_PERMISSION)
+@requires_permission(VIEW_PERMISSION, hidden=True)
+@login_required
+@require_POST
+def ab_test_cancel_view(request: HttpRequest, model_name: str) -> HttpResponse:
+    """Cancel the model's open A/B test (confirmed in a dialog, with a reason): production serves alone."""
+    if not request.user.has_perm(AB_TEST_CANCEL_PERMISSION):
+        raise PermissionDenied("You may not cancel A/B tests.")
+    test_id = _posted_id(request, "ab_test_id")
+    test = ABTest.objects.filter(pk=test_id, model_name=model_name).first() if test_id is not None else None
+    reason = request.POST.get("reason", "").strip()[:2000]
+    if test is None:
+        messages.error(request, f"ab_test_id: no A/B test of {model_name} with that number.")
+    elif not reason:
+        messages.error(request, "reason: say why the test is cancelled; nothing was cancelled.")
+    else:
+        try:
+            ab_test_cancel(test=test, actor=Actor.for_user(request.user), reason=reason)
+        except ABTestError as exc:
+            messages.error(request, f"{exc.message}; nothing was cancelled.")
+        else:
+            messages.success(
+                request,
+                f"A/B test #{test.pk} of {model_name} cancelled: production serves every request, the arms "
+                "are back in the stages they had before it.",
+            )
     return redirect("deployments:model", model_name=model_name)

@@ -14,6 +14,7 @@ from django.utils import timezone
 from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transition
 
 from experiments.choices import (
+    ADOPTABLE_STATES,
     CANCELLABLE_STATES,
     RETRAINABLE_STATES,
     Interruption,
@@ -44,6 +45,7 @@ EVENT_PERMISSIONS: dict[str, str] = {
     "withdraw": "experiments.operate_experiment",
     "retire": "experiments.operate_experiment",
     "reinstate": "experiments.operate_experiment",
+    "adopt": "experiments.operate_experiment",
 }
 
 # Words for the buttons and the "already ..." answer to a lost race.
@@ -63,6 +65,7 @@ EVENT_LABELS: dict[str, str] = {
     "withdraw": "Withdraw",
     "retire": "Retire",
     "reinstate": "Reinstate",
+    "adopt": "Adopt into production",
 }
 
 # These ask for a confirmation dialog in the UI: they stop work or undo a deployment.
@@ -290,6 +293,16 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     )
     def reinstate(self) -> None:
         """A rollback restored this experiment's model to production."""
+        self._touch()
+
+    @transition(
+        field=state,
+        source=list(ADOPTABLE_STATES),
+        target=State.DEPLOYED,
+        permission=EVENT_PERMISSIONS["adopt"],
+    )
+    def adopt(self) -> None:
+        """The registry made this experiment's version production outside a canary (an A/B test's winner)."""
         self._touch()
 
     @transition(

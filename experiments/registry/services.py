@@ -12,7 +12,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from experiments.actors import Actor
-from experiments.choices import RunStatus, State
+from experiments.choices import ADOPTABLE_STATES, RunStatus, State
 from experiments.effects import Transitioned
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, ServingStats
 from experiments.services import TransitionRefused, experiment_transition
@@ -111,8 +111,13 @@ def _production_change() -> Iterator[None]:
         ) from None
 
 
-def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
-    """Make the version production; the previous production is archived and becomes its parent."""
+def model_version_promote(*, version_id: int, actor: Actor, adopt_experiment: bool = False) -> ModelVersion:
+    """Make the version production; the previous production is archived and becomes its parent.
+
+    adopt_experiment: the promotion comes from outside the experiment's own lifecycle (an A/B
+    test's winner), so its experiment is moved into deployed too. A deploy's own effect leaves it
+    out: the experiment is deployed already, or a person rolled it back meanwhile and that stands.
+    """
     with _production_change(), transaction.atomic():
         version = ModelVersion.objects.select_for_update().filter(pk=version_id).first()
         if version is None:
@@ -137,12 +142,17 @@ def model_version_promote(*, version_id: int, actor: Actor) -> ModelVersion:
         version.promoted_by = actor.label
         version.promoted_at = timezone.now()
         version.save(update_fields=["stage", "parent", "promoted_by", "promoted_at"])
+        replaced = f" replaced v{current.version}" if current is not None else ""
         if current is not None and current.experiment_id != version.experiment_id:
             _lifecycle_follow(
                 current.experiment_id,
                 State.DEPLOYED,
                 "retire",
-                f"{version.model_name} v{version.version} replaced v{current.version} in production",
+                f"{version.model_name} v{version.version}{replaced} in production",
+            )
+        if adopt_experiment:
+            _lifecycle_follow_production(
+                version, f"{version.model_name} v{version.version}{replaced} in production"
             )
     logger.info("%s v%s promoted to production by %s", version.model_name, version.version, actor.label)
     return version
@@ -160,6 +170,29 @@ def _lifecycle_follow(experiment_id: int | None, state: str, event: str, reason:
     except TransitionRefused as exc:
         # Someone moved it at the same moment (e.g. rolled it back): their transition stands.
         logger.info("%s of experiment %s skipped: %s", event, experiment_id, exc.message)
+
+
+def _lifecycle_follow_production(version: ModelVersion, reason: str) -> None:
+    """Move the experiment of a version the registry made production into deployed, if it is not there.
+
+    A version made production at registry level (an A/B test's winner) brings its experiment
+    along: a promoting one by its deploy, a finished one by adopt, both audited as the registry.
+    """
+    experiment = Experiment.objects.filter(pk=version.experiment_id).values_list("state", flat=True).first()
+    if experiment is None or experiment == State.DEPLOYED:
+        return
+    if experiment == State.PROMOTING:
+        _lifecycle_follow(version.experiment_id, State.PROMOTING, "deploy", reason)
+    elif experiment in ADOPTABLE_STATES:
+        _lifecycle_follow(version.experiment_id, str(experiment), "adopt", reason)
+    else:
+        logger.warning(
+            "%s v%s serves but its experiment #%s is %s: its lifecycle cannot follow",
+            version.model_name,
+            version.version,
+            version.experiment_id,
+            experiment,
+        )
 
 
 def model_rollback(*, model_name: str, actor: Actor) -> ModelVersion:

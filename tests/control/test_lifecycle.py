@@ -50,6 +50,7 @@ EXPECTED = {
     "withdraw": ["control.canary.rollouts.rollout_end_on_cancel", POLICIES, PUBLISH],
     "retire": [POLICIES, PUBLISH],
     "reinstate": [POLICIES, PUBLISH],
+    "adopt": [POLICIES, PUBLISH],
 }
 
 

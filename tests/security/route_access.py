@@ -89,6 +89,8 @@ ROUTES: dict[str, Route] = {
     "deployments:live": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
     "deployments:promote": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
     "deployments:canary_rollback": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
+    # Cancelling an A/B test needs control.change_abtest, which no role here holds.
+    "deployments:ab_cancel": Route("POST", LOGIN, HIDDEN, FORBIDDEN, FORBIDDEN),
     # --- serving (programs; bearer tokens too): a body that is not JSON is a 400 once admitted ---
     "registry:predict": Route("POST", UNAUTHORIZED, FORBIDDEN, ALLOWED, ALLOWED, raw="not json"),
     "registry:feedback": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, raw="not json"),
