@@ -8,7 +8,7 @@ with CSRF). Every metric batch and heartbeat answers the run's control state
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -52,6 +52,11 @@ START_PERMISSION = "experiments.queue_experiment"
 CREATE_PERMISSION = "experiments.add_experiment"
 _AUTH_ERRORS: dict[int, Any] = {401: ErrorOut, 403: ErrorOut}
 _RUN_ID = Path(..., ge=1, le=MAX_ID, description="The run's id.")
+# An experiment by id or by name.
+ExperimentRef = (
+    Annotated[int, Field(strict=True, ge=1, le=MAX_ID)]
+    | Annotated[str, Field(strict=True, min_length=1, max_length=200)]
+)
 # A scalar parameter or tag value, as MLflow and most trackers keep them.
 Scalar = StrictStr | int | float | bool | None
 MAX_KEYS = 1000
@@ -65,15 +70,10 @@ class RunStartIn(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment_id: int | None = Field(
-        None, strict=True, ge=1, le=MAX_ID, description="An existing experiment."
-    )
-    experiment: StrictStr | None = Field(
-        None,
-        min_length=1,
-        max_length=200,
-        description="An experiment's name: the newest external one of that name that can take a run, "
-        "or a new one.",
+    experiment: ExperimentRef = Field(
+        ...,
+        description="An experiment's id (an integer), or its name (a string): by name, the newest external "
+        "experiment of that name that can take a run, or a new one.",
     )
     recipe: StrictStr = Field(
         "",
@@ -117,9 +117,9 @@ class PointIn(Schema):
     model_config = ConfigDict(extra="forbid")
 
     name: StrictStr = Field(..., min_length=1, max_length=MAX_METRIC_NAME)
-    step: int = Field(..., strict=True, ge=0, le=MAX_STEP)
+    step: int = Field(..., ge=0, le=MAX_STEP)  # lax: 614.0 is an integer in JSON
     value: float | None
-    wall_time: float | None = None
+    wall_time: float | None = Field(None, allow_inf_nan=False, description="Unix seconds; null: now.")
 
 
 class MetricsIn(Schema):
@@ -229,22 +229,12 @@ def _config_errors(exc: ConfigError) -> ValidationError:
 
 def _experiment_for(payload: RunStartIn, user: Any) -> Experiment:
     """Return the experiment the run joins: by id, or by name (a new external one when none can take it)."""
-    if (payload.experiment_id is None) == (payload.experiment is None):
-        raise ValidationError(
-            [
-                {
-                    "loc": ["body", "experiment"],
-                    "msg": "give experiment_id or experiment (a name), not both",
-                    "type": "value_error",
-                }
-            ]
-        )
-    if payload.experiment_id is not None:
-        experiment = Experiment.objects.filter(pk=payload.experiment_id).first()
+    if isinstance(payload.experiment, int):
+        experiment = Experiment.objects.filter(pk=payload.experiment).first()
         if experiment is None:
-            raise Http404(f"No experiment #{payload.experiment_id}")
+            raise Http404(f"No experiment #{payload.experiment}")
         return experiment
-    name = payload.experiment or ""
+    name = payload.experiment
     existing = (
         Experiment.objects.filter(name=name, executor=Executor.EXTERNAL, state__in=STARTABLE_STATES)
         .order_by("-created_at", "-id")
@@ -288,7 +278,7 @@ def _experiment_for(payload: RunStartIn, user: Any) -> Experiment:
     },
     summary="Start an external run",
     description=f"Needs `{START_PERMISSION}` (and `{CREATE_PERMISSION}` when a new experiment is made). "
-    "Names the experiment by `experiment_id` or by name (`experiment`): by name, the newest external "
+    "Names the experiment by id or by name (`experiment`): by name, the newest external "
     "experiment of that name that can take a run (pending, queued, failed or running), else a new one. "
     "The experiment is queued and started without a lease, audited; a running one's live run is "
     "interrupted (its client started again). The config is checked against the recipe's declared "

@@ -66,19 +66,25 @@ def test_the_config_is_checked_against_the_recipe_naming_each_field(
     assert not Experiment.objects.exists()
 
 
-def test_neither_or_both_experiment_fields_is_refused_on_the_field(
-    operator: User, token_for: TokenFor
-) -> None:
-    for body in ({}, {"experiment": "x", "experiment_id": 1}):
+def test_a_run_without_an_experiment_is_refused_on_the_field(operator: User, token_for: TokenFor) -> None:
+    for body in ({}, {"experiment": ""}, {"experiment": 1.5}):
         response = _post(Client(), "/api/runs", body, token_for(operator))
         assert response.status_code == 422
-        assert response.json()["detail"][0]["loc"] == ["body", "experiment"]
+        assert response.json()["detail"][0]["loc"][:2] == ["body", "experiment"]
+
+
+def test_a_run_joins_an_experiment_named_by_id(operator: User, token_for: TokenFor) -> None:
+    experiment = experiment_create(name="by id", recipe="", executor=Executor.EXTERNAL)
+
+    response = _post(Client(), "/api/runs", {"experiment": experiment.pk}, token_for(operator))
+
+    assert response.status_code == 201 and response.json()["experiment_id"] == experiment.pk
 
 
 def test_a_worker_experiment_takes_no_client_run(operator: User, token_for: TokenFor) -> None:
     experiment = experiment_create(name="digits", recipe="digits")
 
-    response = _post(Client(), "/api/runs", {"experiment_id": experiment.pk}, token_for(operator))
+    response = _post(Client(), "/api/runs", {"experiment": experiment.pk}, token_for(operator))
 
     assert response.status_code == 409 and "executor external" in response.json()["detail"]
     assert not Run.objects.exists()
@@ -99,7 +105,9 @@ def test_a_batch_sent_twice_is_stored_once_and_answers_the_control_state(
     assert MetricPoint.objects.filter(run_id=started["id"]).count() == 500
     history = Client()
     history.force_login(operator)
-    body = history.get(f"/api/experiments/{started['experiment_id']}/metrics?names=loss&max_points=1000").json()
+    body = history.get(
+        f"/api/experiments/{started['experiment_id']}/metrics?names=loss&max_points=1000"
+    ).json()
     assert body["series"]["loss"]["steps"] == list(range(500))
     assert body["series"]["loss"]["total_points"] == 500
 
