@@ -205,5 +205,6 @@ class StopRun(ActionKind):
                 f"stop_run acts on external runs; #{experiment.pk} is trained by a worker "
                 "(use requeue or cancel)"
             )
-        runs = external_run_request_stop(experiment_id=experiment.pk, reason=ctx.reason or ctx.policy_name)
+        reason = f"early stop by policy {ctx.policy_name}: {ctx.reason}" if ctx.reason else ctx.policy_name
+        runs = external_run_request_stop(experiment_id=experiment.pk, reason=reason)
         return {"experiment_id": experiment.pk, "runs": [r.pk for r in runs]}
