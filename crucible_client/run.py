@@ -78,6 +78,8 @@ class Run:
         self._stop = bool(info.get("stop", False))
         self.stop_reason: str | None = info.get("reason")
         self.errors: list[str] = []  # batches the server refused for good (never expected)
+        # What delivery cost: batches acknowledged, attempts sent again, points that went to the spool.
+        self.stats = {"batches": 0, "retries": 0, "spooled": 0}
         self.finished: dict[str, Any] | None = None
         self._last_contact = time.monotonic()
         self._closing = threading.Event()
@@ -144,6 +146,7 @@ class Run:
             with self._spill_lock:
                 self._spilling = True
                 self._spool.append([point])
+                self.stats["spooled"] += 1
         else:
             self._buffer.append(point)
 
@@ -267,6 +270,7 @@ class Run:
                 body,
                 deadline=self._give_up_at,
                 stopped=lambda: self._give_up_at is not None and time.monotonic() > self._give_up_at,
+                on_retry=self._count_retry,
             )
         except TransientError:
             return False
@@ -282,6 +286,10 @@ class Run:
             self._control(answer)
         return True
 
+    def _count_retry(self, exc: Exception) -> None:
+        self.stats["retries"] += 1
+        logger.info("crucible run %s: sending again (%s)", self.id, exc)
+
     def _acknowledge(self, count: int) -> None:
         if self._inflight_from_spool:
             self._spool.ack(self._inflight_from_spool)
@@ -290,6 +298,7 @@ class Run:
         with self._spill_lock:
             if self._spilling and self._spool.count == 0:
                 self._spilling = False
+        self.stats["batches"] += 1
         with self._progress:
             self._acked += count
             self._progress.notify_all()

@@ -130,6 +130,7 @@ def request_with_retry(
     *,
     deadline: float | None = None,
     stopped: Callable[[], bool] = lambda: False,
+    on_retry: Callable[[TransientError], None] = lambda exc: None,
 ) -> Any:
     """Send until it succeeds, waiting with backoff between attempts; raise TransientError past deadline.
 
@@ -140,8 +141,9 @@ def request_with_retry(
     while True:
         try:
             return transport.request(method, path, body)
-        except TransientError:
+        except TransientError as exc:
             wait = delay()
             if stopped() or (deadline is not None and time.monotonic() + wait > deadline):
                 raise
+            on_retry(exc)
             time.sleep(wait)
