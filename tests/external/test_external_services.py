@@ -222,3 +222,15 @@ def test_a_quiet_client_is_lost_after_the_external_timeout_not_the_worker_one() 
     assert experiment.state == State.QUEUED and experiment.attempts_spent() == 0
     requeue = TransitionLog.objects.filter(experiment=experiment, event="requeue").get()
     assert requeue.actor == "system:watchdog" and "client lost" in requeue.reason
+
+
+def test_the_experiment_page_says_stop_requested_with_the_policys_reason(client: Any) -> None:
+    user = User.objects.create_superuser("root", email="")
+    client.force_login(user)
+    run = external_run_start(experiment=_external("page"), actor=Actor.system("test"))
+    external_run_request_stop(experiment_id=run.experiment_id, reason="early stop by policy plateau: loss flat")
+
+    page = client.get(f"/experiments/{run.experiment_id}/").content.decode()
+
+    assert "stop requested" in page and "early stop by policy plateau: loss flat" in page
+    assert "External client" in page
