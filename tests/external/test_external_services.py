@@ -228,7 +228,9 @@ def test_the_experiment_page_says_stop_requested_with_the_policys_reason(client:
     user = User.objects.create_superuser("root", email="")
     client.force_login(user)
     run = external_run_start(experiment=_external("page"), actor=Actor.system("test"))
-    external_run_request_stop(experiment_id=run.experiment_id, reason="early stop by policy plateau: loss flat")
+    external_run_request_stop(
+        experiment_id=run.experiment_id, reason="early stop by policy plateau: loss flat"
+    )
 
     page = client.get(f"/experiments/{run.experiment_id}/").content.decode()
 
