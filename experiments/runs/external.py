@@ -28,7 +28,7 @@ from django.utils import timezone
 from experiments.actors import Actor
 from experiments.choices import Executor, Interruption, RunStatus, State
 from experiments.events import MetricPointPayload
-from experiments.models import Experiment, MetricPoint, Run
+from experiments.models import Experiment, MetricPoint, Run, TransitionLog
 from experiments.recipes import ConfigError, get_spec
 from experiments.runs.reporting import finite_or_none, metrics_write
 from experiments.runs.services import run_create, run_end, run_fail, run_interrupt, run_succeed
@@ -97,9 +97,10 @@ def run_control_state(*, run: Run) -> ControlState:
     if row["stop_requested_at"] is not None:
         return ControlState(stop=True, reason=row["stop_reason"] or "stop requested")
     if row["cancel_requested_at"] is not None or row["experiment__state"] != State.RUNNING:
-        return ControlState(
-            stop=True, reason=f"cancel requested (the experiment is {row['experiment__state']})"
-        )
+        # Say who moved the experiment on and why (a person's cancel, a policy's requeue).
+        last = TransitionLog.objects.filter(experiment_id=run.experiment_id).order_by("-created_at", "-id").first()
+        why = f": {last.event} by {last.actor}" + (f" ({last.reason})" if last.reason else "") if last else ""
+        return ControlState(stop=True, reason=f"the experiment is {row['experiment__state']}{why}"[:500])
     return ControlState(stop=False, reason=None)
 
 

@@ -119,7 +119,11 @@ class Requeue(ActionKind):
             experiment = Experiment.objects.select_for_update().get(pk=experiment_id)
             old_lr = float(experiment.config.get("lr", 0.0))
             new_lr = old_lr * factor
-            config = get_spec(experiment.recipe).clean({**experiment.config, **overrides, "lr": new_lr})
+            config = {**experiment.config, **overrides}
+            if experiment.recipe or "lr" in experiment.config:
+                config["lr"] = new_lr
+            if experiment.recipe:  # an external experiment may declare no recipe: its config is its own
+                config = dict(get_spec(experiment.recipe).clean(config))
             Experiment.objects.filter(pk=experiment_id).update(config=config)
             experiment_transition(
                 experiment_id=experiment_id,
