@@ -282,3 +282,14 @@ def test_a_stop_run_policy_sets_the_stop_state_naming_the_policy() -> None:
     assert execution.status == ExecutionStatus.SUCCEEDED
     state = external_run_heartbeat(run=external)
     assert state.stop and state.reason and state.reason.startswith("early stop by policy stopper:")
+
+
+def test_a_live_external_run_takes_no_concurrency_slot_from_worker_experiments() -> None:
+    make_worker("w@host", cpu=1)
+    external_run_start(experiment=_external(), actor=Actor.system("test"))
+    queued = experiment_create(name="digits", recipe="digits")
+    experiment_transition(experiment_id=queued.pk, event="queue", actor=Actor.system("test"))
+
+    [started] = scheduler_tick(max_concurrent=1)
+
+    assert started.experiment_id == queued.pk
