@@ -208,6 +208,19 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
             decision.reason = f"waiting for {_needs(experiment)} to free up"
         else:
             decision.reason = f"no live worker has {_needs(experiment)}"
+    # Shown in the queue, last and never given a device: their client starts their runs.
+    waiting_clients = Experiment.objects.filter(state=State.QUEUED, executor=Executor.EXTERNAL).order_by(
+        "queued_at", "pk"
+    )
+    for position, experiment in enumerate(waiting_clients, start=len(decisions) + 1):
+        decisions.append(
+            Decision(
+                experiment=experiment,
+                position=position,
+                urgency=experiment_urgency(experiment, now=now),
+                reason="external: waiting for its client to start a run (no device is leased)",
+            )
+        )
     return Plan(decisions=decisions, running=running, limit=limit, free_devices=initially_free)
 
 

@@ -14,7 +14,7 @@ from django.utils import timezone
 from control.models import Device
 from control.policies.engine import engine_on_metrics
 from control.policies.models import ExecutionStatus, PolicyKind
-from control.scheduling.scheduler import queued_in_order, scheduler_tick
+from control.scheduling.scheduler import queued_in_order, scheduler_plan, scheduler_tick
 from control.scheduling.services import watchdog_sweep
 from experiments.actors import Actor
 from experiments.choices import Executor, Interruption, RunStatus, State
@@ -97,6 +97,9 @@ def test_the_scheduler_never_leases_a_device_for_an_external_experiment() -> Non
 
     assert experiment not in queued_in_order()
     assert scheduler_tick() == []
+    [decision] = scheduler_plan().decisions
+    assert decision.experiment == experiment and not decision.devices
+    assert decision.reason.startswith("external: waiting for its client")
     experiment.refresh_from_db()
     assert experiment.state == State.QUEUED
 
