@@ -23,7 +23,7 @@ import control.scheduling.cost as cost
 from control.dispatch import task_send
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
-from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, PriorityClass, State
+from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
 from experiments.models import Experiment, Run
 from experiments.runs.services import run_create
 from experiments.services import TransitionRefused, experiment_transition
@@ -50,7 +50,8 @@ def queued_in_order(
 ) -> list[Experiment]:
     """Return the queued experiments, most urgent first (ties: longest waiting first)."""
     now = now or timezone.now()
-    queued = list(Experiment.objects.filter(state=State.QUEUED))
+    # An external experiment waits for its client to start a run: no device is ever leased for it.
+    queued = list(Experiment.objects.filter(state=State.QUEUED).exclude(executor=Executor.EXTERNAL))
     queued.sort(
         key=lambda e: (
             -experiment_urgency(e, now=now, aging_per_minute=aging_per_minute),
@@ -164,7 +165,12 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     """Decide, without writing, which queued experiments get which free devices, and why the rest wait."""
     now = now or timezone.now()
     limit = concurrency_limit() if max_concurrent is None else max_concurrent
-    live = list(Run.objects.filter(status__in=LIVE_RUN_STATUSES).values_list("experiment_id", flat=True))
+    # External runs train on their client's hardware: they hold no slot of ours.
+    live = list(
+        Run.objects.filter(status__in=LIVE_RUN_STATUSES)
+        .exclude(experiment__executor=Executor.EXTERNAL)
+        .values_list("experiment_id", flat=True)
+    )
     running = len(live)
     devices = list(usable_devices(now=now))
     free = [d for d in devices if d.leased_run_id is None and not d.reserved and not _reserved_by_settings(d)]
@@ -202,6 +208,19 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
             decision.reason = f"waiting for {_needs(experiment)} to free up"
         else:
             decision.reason = f"no live worker has {_needs(experiment)}"
+    # Shown in the queue, last and never given a device: their client starts their runs.
+    waiting_clients = Experiment.objects.filter(state=State.QUEUED, executor=Executor.EXTERNAL).order_by(
+        "queued_at", "pk"
+    )
+    for position, experiment in enumerate(waiting_clients, start=len(decisions) + 1):
+        decisions.append(
+            Decision(
+                experiment=experiment,
+                position=position,
+                urgency=experiment_urgency(experiment, now=now),
+                reason="external: waiting for its client to start a run (no device is leased)",
+            )
+        )
     return Plan(decisions=decisions, running=running, limit=limit, free_devices=initially_free)
 
 

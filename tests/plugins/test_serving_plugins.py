@@ -211,7 +211,11 @@ def test_refused_plugins_are_on_the_gpu_page_and_in_healthz_without_breaking_eit
     assert "import failed: RuntimeError: no GPU driver here" in html
 
     health = admin_client.get("/healthz").json()
-    assert health["recipes"] == {"ok": False, "count": len(BUILTINS) + 1, "refused": ["crashes_on_import:RECIPE"]}
+    assert health["recipes"] == {
+        "ok": False,
+        "count": len(BUILTINS) + 1,
+        "refused": ["crashes_on_import:RECIPE"],
+    }
 
 
 def test_a_version_whose_plugin_is_gone_cannot_be_served_and_says_so(

@@ -54,6 +54,8 @@ class Route:
     json: dict[str, Any] | None = None  # sent as application/json
     data: dict[str, Any] = field(default_factory=dict)  # sent as a form
     raw: str | None = None  # sent as is, as application/json
+    # URL parameters that take another object than the default: parameter -> key of the objects.
+    url_values: dict[str, str] = field(default_factory=dict)
 
     def expected(self, role: str) -> str:
         """Return the outcome this role should get."""
@@ -75,7 +77,8 @@ ROUTES: dict[str, Route] = {
     "live:fleet": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "live:fleet_rows": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "live:compare": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
-    "live:run_log": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
+    # run_id: a worker run of the experiment (the default run_id is an external run's, for /api/runs).
+    "live:run_log": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED, url_values={"run_id": "worker_run_id"}),
     # --- pages: control -------------------------------------------------------------------
     "control:gpus": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
     "control:gpu_rows": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
@@ -113,6 +116,18 @@ ROUTES: dict[str, Route] = {
         "POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={"reason": "tried by the access test"}
     ),
     "api:experiment_metrics": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
+    # External runs: starting and writing to runs is the Start button's permission (queue_experiment).
+    "api:run_start_view": Route(
+        "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"experiment": "made by the access test"}
+    ),
+    "api:run_detail_view": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
+    "api:run_metrics_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"points": []}),
+    "api:run_heartbeat_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={}),
+    "api:run_finish_view": Route(
+        "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"status": "completed"}
+    ),
+    "api:run_params_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"params": {}}),
+    "api:run_tags_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"tags": {}}),
     "api:queue": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     "api:gpus": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     # --- open to all ----------------------------------------------------------------------

@@ -31,6 +31,8 @@ from crucible_ui.api_auth import API_AUTH
 from crucible_ui.asgi import application
 from crucible_ui.routing import websocket_urlpatterns
 from crucible_ui.urls import urlpatterns as project_urlpatterns
+from experiments.actors import Actor
+from experiments.choices import Executor
 from experiments.live.consumers import FleetConsumer
 from experiments.models import ModelStage, ModelVersion, Run
 from experiments.permissions import (
@@ -41,6 +43,7 @@ from experiments.permissions import (
     requires_permission,
     researcher_group_ensure,
 )
+from experiments.runs.external import external_run_start
 from experiments.services import experiment_create
 from tests.security.route_access import (
     ACCEPTED,
@@ -105,8 +108,16 @@ def _objects() -> dict[str, Any]:
         conditions_passed=True,
         status=TriggerStatus.FIRED,
     )
-    run = Run.objects.create(experiment=experiment, attempt=1)
-    return {**URL_VALUES, "experiment_id": experiment.pk, "trigger_id": trigger.pk, "run_id": run.pk}
+    worker_run = Run.objects.create(experiment=experiment, attempt=1)
+    notebook = experiment_create(name=SECRET_NAME + " (external)", recipe="", executor=Executor.EXTERNAL)
+    run = external_run_start(experiment=notebook, actor=Actor.system("test"))
+    return {
+        **URL_VALUES,
+        "experiment_id": experiment.pk,
+        "trigger_id": trigger.pk,
+        "run_id": run.pk,
+        "worker_run_id": worker_run.pk,
+    }
 
 
 def _url_of(name: str, route: str, values: dict[str, Any]) -> str:
@@ -216,6 +227,7 @@ def test_every_websocket_route_declares_who_may_use_it() -> None:
 def _check_route(name: str, row: Route, route: str) -> None:
     people = _people()
     values = _objects()
+    values.update({param: values[key] for param, key in row.url_values.items()})
     url = _url_of(name, route, values)
     wrong = []
     for role in ROLES:
