@@ -27,7 +27,16 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("ingest.py", ["ingest_points_per_s"]),
     ("log_call.py", ["log_call_p50_us", "log_call_p99_us"]),
     ("history.py", ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"]),
-    ("live.py", ["live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s"]),
+    (
+        "live.py",
+        [
+            "live_latency_p50_ms",
+            "live_latency_p99_ms",
+            "live_quiet_latency_p50_ms",
+            "live_quiet_latency_p99_ms",
+            "live_throughput_points_per_s",
+        ],
+    ),
     ("actions.py", ["actions_p50_ms", "actions_p99_ms"]),
     ("trigger_action.py", ["trigger_action_ms"]),
     (

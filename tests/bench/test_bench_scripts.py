@@ -37,7 +37,16 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
         ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"],
         set(),
     ),
-    "live.py": (["live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s"], set()),
+    "live.py": (
+        [
+            "live_latency_p50_ms",
+            "live_latency_p99_ms",
+            "live_quiet_latency_p50_ms",
+            "live_quiet_latency_p99_ms",
+            "live_throughput_points_per_s",
+        ],
+        set(),
+    ),
     "actions.py": (["actions_p50_ms", "actions_p99_ms"], set()),
     "trigger_action.py": (["trigger_action_ms"], set()),
     "scheduler.py": (
