@@ -31,7 +31,9 @@ class PlotlyFinder(BaseFinder):
 
     def find(self, path: str, find_all: bool = False, **kwargs: Any) -> Any:  # type: ignore[override]
         if path != PLOTLY_STATIC_NAME:
-            return [] if find_all else ""
+            # No match is [] either way, as Django's own finders answer: anything else (an empty
+            # string) would be collected by finders.find() as a match named "".
+            return []
         match = str(plotly_js_path())
         return [match] if find_all else match
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
 from django.db import connection
 from django.templatetags.static import static
@@ -49,6 +50,13 @@ def test_collected_static_files_are_linked_by_hashed_name_and_served_gzipped_for
     assert re.fullmatch(r"/static/css/app\.[0-9a-f]{12}\.css", css), css
     plain = Client().get(css)
     assert plain.status_code == 200 and "Content-Encoding" not in plain
+
+
+def test_a_name_no_finder_has_is_no_match_not_an_empty_path() -> None:
+    # WhiteNoise (in DEBUG) asks the finders for every hashed name it is sent; a "" match
+    # from the plotly finder made those requests fail with a 500.
+    assert finders.find("vendor/plotly.min.0123456789ab.js") is None
+    assert finders.find("vendor/plotly.min.js") == str(plotly_js_path())
 
 
 def test_without_collectstatic_pages_link_plain_names_that_are_still_served(
