@@ -16,6 +16,7 @@ Goals: warm <= 1 s, cold <= 2 s.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -61,11 +62,38 @@ FIRST_POINT_PROBE = """
 """
 
 
-def first_point_ms(page: Any, url: str) -> float:
+# Where the time went, in the page's clock: the HTML received, the deferred scripts (plotly.js,
+# live.js) run (DOMContentLoaded), plotly.js's own download.
+PHASES = """
+(() => {
+  const nav = performance.getEntriesByType("navigation")[0];
+  const plotly = performance.getEntriesByType("resource").find((r) => r.name.includes("plotly"));
+  return {
+    html_ms: nav.responseEnd,
+    scripts_run_ms: nav.domContentLoadedEventEnd,
+    plotly_download_ms: plotly ? plotly.responseEnd - plotly.startTime : null,
+    plotly_bytes: plotly ? plotly.transferSize : null,
+  };
+})()
+"""
+
+
+def first_point_ms(page: Any, url: str, phases: list[dict[str, Any]] | None = None) -> float:
     """Navigate to url and return the page's own time to its first drawn chart point (ms)."""
     page.goto(url, wait_until="commit")
     page.wait_for_function("window.__firstPointMs !== undefined", timeout=60_000)
+    if phases is not None:
+        phases.append(page.evaluate(PHASES))
     return float(page.evaluate("window.__firstPointMs"))
+
+
+def median_phases(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Return the median of each phase over the loads (None where the browser gave none)."""
+    out: dict[str, Any] = {}
+    for key in rows[0] if rows else ():
+        values = [r[key] for r in rows if r.get(key) is not None]
+        out[key] = round(statistics.median(values), 1) if values else None
+    return out
 
 
 def main() -> None:
@@ -113,6 +141,8 @@ def main() -> None:
             cold: list[float] = []
             warm: list[float] = []
             plain: list[float] = []
+            cold_phases: list[dict[str, Any]] = []
+            warm_phases: list[dict[str, Any]] = []
             try:
                 note(
                     f"page_load: {repetitions} cold, warm and uncompressed loads ({processes} web processes)"
@@ -122,8 +152,8 @@ def main() -> None:
                     context.add_cookies(jar)  # type: ignore[arg-type]
                     context.add_init_script(FIRST_POINT_PROBE)
                     page = context.new_page()
-                    cold_ms = first_point_ms(page, url)
-                    warm_ms = first_point_ms(page, url)
+                    cold_ms = first_point_ms(page, url, cold_phases if i else None)
+                    warm_ms = first_point_ms(page, url, warm_phases if i else None)
                     context.close()
 
                     context = browser.new_context(extra_http_headers={"Accept-Encoding": "identity"})
@@ -161,7 +191,7 @@ def main() -> None:
             higher_is_better=False,
             baseline_name=baseline,
             baseline_samples=plain,
-            extra=extra,
+            extra={**extra, "phases_median": median_phases(warm_phases)},
         )
     )
     emit(
@@ -173,7 +203,7 @@ def main() -> None:
             higher_is_better=False,
             baseline_name=baseline,
             baseline_samples=plain,
-            extra=extra,
+            extra={**extra, "phases_median": median_phases(cold_phases)},
         )
     )
 
