@@ -87,9 +87,11 @@
   }
 
   function addStylesheet() {
-    const script = document.currentScript || document.querySelector('script[src*="js/live.js"]');
-    if (!script || document.querySelector('link[href*="css/live.css"]')) return;
-    const href = script.src.replace(/js\/live\.js(\?.*)?$/, "css/live.css");
+    // Names may carry collectstatic's content hash (js/live.0123456789ab.js).
+    const script = document.currentScript || document.querySelector('script[src*="js/live."]');
+    if (!script || document.querySelector('link[href*="css/live."]')) return;
+    const href = script.src.replace(/js\/live(\.[0-9a-f]{12})?\.js(\?.*)?$/, "css/live.css");
+    if (href === script.src) return;
     document.head.append(el("link", { rel: "stylesheet", href: href }));
   }
 

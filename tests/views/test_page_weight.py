@@ -52,6 +52,23 @@ def test_collected_static_files_are_linked_by_hashed_name_and_served_gzipped_for
     assert plain.status_code == 200 and "Content-Encoding" not in plain
 
 
+def test_after_collectstatic_the_experiment_page_links_only_hashed_static_files(
+    settings: Any, tmp_path: Path, researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    settings.STATIC_ROOT = tmp_path / "static"
+    call_command("collectstatic", "--noinput", verbosity=0)
+    experiment = make_experiment("hashed", state="pending")
+
+    html = researcher_client.get(reverse("experiments:detail", args=[experiment.pk])).content.decode()
+    linked = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+    names = {Path(url).name for url in linked}
+    # The live view's script, its stylesheet, plotly.js and the history prefetch among them.
+    for stem, ext in (("live.", ".js"), ("live.", ".css"), ("live_prefetch.", ".js"), ("plotly.min.", ".js")):
+        assert any(name.startswith(stem) and name.endswith(ext) for name in names), (stem, ext, names)
+    unhashed = [url for url in linked if not re.search(r"\.[0-9a-f]{12}\.(js|css)$", url)]
+    assert unhashed == [], unhashed
+
+
 def test_a_name_no_finder_has_is_no_match_not_an_empty_path() -> None:
     # WhiteNoise (in DEBUG) asks the finders for every hashed name it is sent; a "" match
     # from the plotly finder made those requests fail with a 500.
