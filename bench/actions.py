@@ -1,20 +1,30 @@
-"""Figure 5 — action latency: N concurrent logged-in clients pressing transitions over HTTP against a real Daphne.
+"""Figure 5 — action latency and list throughput under concurrent clients, with 1 and with N web processes.
 
 Each of N clients (default 32) holds its own browser session and its own pending
 experiments, and presses Start then Cancel on each of them through the page's action
 endpoint (POST /experiments/<id>/actions/<event>/ with the CSRF token, as the buttons
 do), each press sent as soon as the previous answered: the audited transition service,
 its after-commit effects (scheduler tick sent to Celery, live-view publish) and all.
-p50/p99 of the press-to-answer time per repetition.
-Baseline, in the same run and with the same N clients: GET of a trivial page (/login/).
-Goal: p99 <= 50 ms at 32 clients.
+p50/p99 of the press-to-answer time per repetition. Then 50 clients GET the experiment
+list at once (each its next GET as soon as the last answered): p99 and requests/s.
+
+Every figure is measured against the servers `make run` starts: WEB_CONCURRENCY Daphne
+processes (the CPU count, at least 2 here) sharing one listening socket; the same rounds
+against one Daphne process are the baseline of the scaling figures, and N uvicorn
+processes are measured beside Daphne for the record (when uvicorn is installed).
+Baselines, in the same run: GET of a trivial page (/login/) by the same clients; one web
+process; Daphne for uvicorn.
+Goals: actions p99 <= 50 ms at 32 clients; list p99 <= 100 ms at 50 clients.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import statistics
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +42,17 @@ from bench.common import (
     note,
     percentile,
     session_cookie,
+    skipped,
+    time_for,
 )
 
-FIGURES = ("actions_p50_ms", "actions_p99_ms")
+FIGURES = (
+    "actions_p50_ms",
+    "actions_p99_ms",
+    "actions_p99_n_processes_ms",
+    "list_p99_ms",
+    "actions_p99_uvicorn_ms",
+)
 PERMISSIONS = [
     "experiments.view_experiment",
     "experiments.queue_experiment",
@@ -115,53 +133,223 @@ def make_work(users: list[Any], *, per_client: int, rounds: int) -> list[list[li
     return out
 
 
+async def list_round(port: int, sessions: list[dict[str, str]], requests: int) -> tuple[list[float], float]:
+    """Every client GETs the experiment list `requests` times at once; return latencies (ms) and requests/s."""
+
+    async def one_client(cookies: dict[str, str]) -> list[float]:
+        client = HttpClient(port, cookies=cookies)
+        timings: list[float] = []
+        try:
+            for _ in range(requests):
+                started = time.perf_counter()
+                status, body = await client.request("GET", "/")
+                timings.append((time.perf_counter() - started) * 1000)
+                if status != 200:
+                    raise RuntimeError(f"GET / answered {status}: {body[:200]!r}")
+        finally:
+            await client.close()
+        return timings
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(one_client(c) for c in sessions))
+    elapsed = time.perf_counter() - started
+    timings = [t for r in results for t in r]
+    return timings, len(timings) / elapsed
+
+
+@dataclass
+class Measured:
+    """Per repetition (warm-up dropped): press latencies, trivial-page latencies, list latencies and rates."""
+
+    presses: list[list[float]] = field(default_factory=list)
+    login: list[list[float]] = field(default_factory=list)
+    lists: list[list[float]] = field(default_factory=list)
+    list_rates: list[float] = field(default_factory=list)
+    solo: list[float] = field(default_factory=list)
+
+    def p(self, rows: list[list[float]], q: float) -> list[float]:
+        return [percentile(r, q) for r in rows]
+
+
+def measure(
+    port: int,
+    *,
+    sessions: list[dict[str, str]],
+    list_sessions: list[dict[str, str]],
+    work: list[list[list[int]]],
+    presses: int,
+    list_requests: int,
+    solo_work: list[list[int]] | None,
+    later_rounds: int = 0,
+) -> Measured:
+    """Run the warm-up round and the measured ones against the servers on port."""
+    out = Measured()
+    for i, round_work in enumerate(work):  # the first round is a warm-up
+        round_started = time.monotonic()
+        login = asyncio.run(page_round(port, sessions, presses))
+        pressed = asyncio.run(press_round(port, sessions, round_work))
+        listed, rate = (
+            asyncio.run(list_round(port, list_sessions, list_requests)) if list_sessions else ([], 0.0)
+        )
+        if i == 0:
+            continue
+        out.login.append(login)
+        out.presses.append(pressed)
+        if listed:
+            out.lists.append(listed)
+            out.list_rates.append(rate)
+        # On a slow machine fewer repetitions: the next one, and a warm-up and one measured round
+        # of each server still to come, must fit the script's budget.
+        more = len(work) - 1 - i
+        if i >= 1 and more and not time_for((time.monotonic() - round_started) * (1 + later_rounds)):
+            note(f"actions: {i} repetition(s) instead of {len(work) - 1}, to stay within the budget")
+            break
+    if solo_work is not None:
+        # One client alone: the service time of a press, without anyone queued in front of it.
+        out.solo = asyncio.run(press_round(port, sessions[:1], solo_work))
+    return out
+
+
+def uvicorn_installed() -> bool:
+    """Return True when uvicorn can be imported (a dev dependency; optional for this comparison)."""
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def main() -> None:
-    """Run alternating baseline and action rounds; print the p50 and p99 figures."""
+    """Run the rounds against 1 and N Daphne processes (and N uvicorn); print the figures."""
+    from crucible_ui.launcher import web_concurrency
+
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--clients", type=int, default=None)
     parser.add_argument("--experiments", type=int, default=None, help="experiments per client per repetition")
+    parser.add_argument("--list-clients", type=int, default=None, help="clients GETting the list at once")
+    parser.add_argument(
+        "--processes", type=int, default=None, help="web processes (default: WEB_CONCURRENCY)"
+    )
     args = parser.parse_args()
     clients = args.clients or (4 if args.quick else 32)
     per_client = args.experiments or (2 if args.quick else 5)
-    repetitions = args.repetitions or (2 if args.quick else 5)
+    list_clients = args.list_clients or (5 if args.quick else 50)
+    list_requests = 2 if args.quick else 3
+    repetitions = args.repetitions or (2 if args.quick else 3)
+    # As `make run` would: WEB_CONCURRENCY, else the CPU count; at least two, to compare with one.
+    processes = max(2, args.processes or web_concurrency(dict(os.environ)))
+    servers = [("daphne", 1), ("daphne", processes)]
+    if uvicorn_installed():
+        servers.append(("uvicorn", processes))
+    else:
+        note("actions: uvicorn is not installed; the server comparison is skipped")
 
     with bench_env() as env:
         users = [make_user(f"presser-{i:02d}", permissions=PERMISSIONS) for i in range(clients)]
         sessions = [session_cookie(u) for u in users]
-        work = make_work(users, per_client=per_client, rounds=repetitions + 1)
+        viewer = make_user("list-viewer", permissions=["experiments.view_experiment"])
+        list_sessions = [session_cookie(viewer) for _ in range(list_clients)]
+        # Every experiment is created before the first round: each server sees the same list.
+        works = {key: make_work(users, per_client=per_client, rounds=repetitions + 1) for key in servers}
         solo_work = make_work(users[:1], per_client=10, rounds=1)[0]
-        port = env.start_daphne()
-        note(f"actions: {clients} clients x {per_client * 2} presses, {repetitions} repetitions")
-        ours: list[list[float]] = []
-        base: list[list[float]] = []
-        for round_work in work:  # the first round is a warm-up
-            base.append(asyncio.run(page_round(port, sessions, per_client * 2)))
-            ours.append(asyncio.run(press_round(port, sessions, round_work)))
-        ours, base = ours[1:], base[1:]
-        # One client alone: the service time of a press, without anyone queued in front of it.
-        solo = asyncio.run(press_round(port, sessions[:1], solo_work))
+        measured: dict[tuple[str, int], Measured] = {}
+        for position, (server, count) in enumerate(servers):
+            note(
+                f"actions: {server} x{count}: {clients} clients x {per_client * 2} presses, "
+                f"{list_clients} clients x {list_requests} list GETs, {repetitions} repetitions"
+            )
+            with env.web_processes(processes=count, server=server) as port:
+                measured[(server, count)] = measure(
+                    port,
+                    sessions=sessions,
+                    list_sessions=list_sessions if server == "daphne" else [],
+                    work=works[(server, count)],
+                    presses=per_client * 2,
+                    list_requests=list_requests,
+                    solo_work=solo_work if (server, count) == ("daphne", processes) else None,
+                    later_rounds=2 * (len(servers) - 1 - position),
+                )
 
+    one, many = measured[("daphne", 1)], measured[("daphne", processes)]
     extra = {
         "clients": clients,
         "presses_per_client_per_repetition": per_client * 2,
         "events": "queue then cancel, each client on its own experiments",
-        "server": "one Daphne process, SQLite (WAL)",
-        "single_client_p50_ms": round(percentile(solo, 50), 1),
-        "single_client_p99_ms": round(percentile(solo, 99), 1),
+        "server": f"{processes} Daphne processes on one socket (WEB_CONCURRENCY), SQLite (WAL)",
+        "web_processes": processes,
+        "single_client_p50_ms": round(percentile(many.solo, 50), 1),
+        "single_client_p99_ms": round(percentile(many.solo, 99), 1),
+        "one_process_p50_ms": round(statistics.median(one.p(one.presses, 50)), 1),
+        "one_process_p99_ms": round(statistics.median(one.p(one.presses, 99)), 1),
     }
     for name, q in ((FIGURES[0], 50), (FIGURES[1], 99)):
         emit(
             figure(
                 name=name,
                 unit="ms",
-                samples=[percentile(r, q) for r in ours],
+                samples=many.p(many.presses, q),
                 goal=Goal("p99 <= 50 ms at 32 clients", median_max=50.0)
                 if q == 99
                 else Goal("(p50; the goal is on p99 <= 50 ms)"),
                 higher_is_better=False,
-                baseline_name=f"GET /login/ (trivial page), same clients, p{q}",
-                baseline_samples=[percentile(r, q) for r in base],
+                baseline_name=f"GET /login/ (trivial page), same clients and servers, p{q}",
+                baseline_samples=many.p(many.login, q),
                 extra=extra,
+            )
+        )
+    emit(
+        figure(
+            name=FIGURES[2],
+            unit="ms",
+            samples=many.p(many.presses, 99),
+            goal=Goal("(N processes faster than one: ratio > 1)"),
+            higher_is_better=False,
+            baseline_name="the same presses against one Daphne process, p99",
+            baseline_samples=one.p(one.presses, 99),
+            extra={**extra, "measure": "actions p99 with N web processes; the baseline is one process"},
+        )
+    )
+    emit(
+        figure(
+            name=FIGURES[3],
+            unit="ms",
+            samples=many.p(many.lists, 99),
+            goal=Goal(f"p99 <= 100 ms at {list_clients} clients", median_max=100.0),
+            higher_is_better=False,
+            baseline_name="the same GETs against one Daphne process, p99",
+            baseline_samples=one.p(one.lists, 99),
+            extra={
+                "clients": list_clients,
+                "gets_per_client_per_repetition": list_requests,
+                "web_processes": processes,
+                "requests_per_s": round(statistics.median(many.list_rates), 1),
+                "one_process_requests_per_s": round(statistics.median(one.list_rates), 1),
+                "p50_ms": round(statistics.median(many.p(many.lists, 50)), 1),
+                "one_process_p50_ms": round(statistics.median(one.p(one.lists, 50)), 1),
+                "experiments_in_the_list": clients * per_client * (repetitions + 1) * len(servers) + 10,
+            },
+        )
+    )
+    uv = measured.get(("uvicorn", processes))
+    if uv is None:
+        emit(skipped(FIGURES[4], "uvicorn is not installed (pip install uvicorn: a dev dependency)"))
+    else:
+        emit(
+            figure(
+                name=FIGURES[4],
+                unit="ms",
+                samples=uv.p(uv.presses, 99),
+                goal=Goal("(for the record: Daphne stays the server)"),
+                higher_is_better=False,
+                baseline_name=f"the same presses against {processes} Daphne processes, p99",
+                baseline_samples=many.p(many.presses, 99),
+                extra={
+                    "web_processes": processes,
+                    "p50_ms": round(statistics.median(uv.p(uv.presses, 50)), 1),
+                    "daphne_p50_ms": round(statistics.median(many.p(many.presses, 50)), 1),
+                    "login_p99_ms": round(statistics.median(uv.p(uv.login, 99)), 1),
+                    "daphne_login_p99_ms": round(statistics.median(many.p(many.login, 99)), 1),
+                },
             )
         )
 

@@ -86,6 +86,16 @@ def repeat(fn: Callable[[], float], *, repetitions: int, warmup: int = 1) -> lis
     return [float(fn()) for _ in range(repetitions)]
 
 
+def time_for(seconds: float, *, reserve: float = 20.0) -> bool:
+    """Return True when `seconds` more work fits before this script's deadline, with `reserve` to stop its servers.
+
+    run_all.py sets BENCH_DEADLINE (epoch seconds) from the script's budget; a script run by
+    hand has none, and everything fits.
+    """
+    raw = os.getenv("BENCH_DEADLINE")
+    return not raw or time.time() + seconds + reserve < float(raw)
+
+
 def machine() -> dict[str, Any]:
     """Return what the figures were measured on."""
     try:
@@ -265,6 +275,54 @@ class BenchEnv:
         proc = self._spawn(argv, log)
         wait_for_port(port, proc=proc, what="daphne", log=log)
         return port
+
+    @contextmanager
+    def web_processes(self, *, processes: int = 1, server: str = "daphne") -> Iterator[int]:
+        """Serve the project from `processes` servers sharing one listening socket, as `make run` does; yield the port.
+
+        server: "daphne" (the product's) or "uvicorn" (for comparison). Each process is up
+        once its log says it listens; they are stopped on leaving.
+        """
+        from crucible_ui.launcher import listening_socket
+
+        listener = listening_socket(HOST, 0)
+        port, fd = listener.getsockname()[1], listener.fileno()
+        if server == "daphne":
+            argv = [sys.executable, "-m", "daphne", "--fd", str(fd), "crucible_ui.asgi:application"]
+            ready = "Listening on"
+        elif server == "uvicorn":
+            argv = [sys.executable, "-m", "uvicorn", "--fd", str(fd), "--no-access-log",
+                    "--log-level", "info", "crucible_ui.asgi:application"]  # fmt: skip
+            ready = "Uvicorn running on"
+        else:
+            raise ValueError(f"unknown server {server!r}")
+        # INFO: the servers say when they listen (the bench reads nothing else from their logs).
+        env = {**self.env, "LOG_LEVEL": "INFO"}
+        procs: list[tuple[subprocess.Popen[bytes], Path]] = []
+        try:
+            for i in range(processes):
+                log = self.tmp / f"{server}-{port}-{i}.log"
+                with log.open("wb") as out:
+                    proc = subprocess.Popen(
+                        argv, cwd=BASE_DIR, env=env, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True, pass_fds=(fd,),
+                    )  # fmt: skip
+                self.children.append(proc)
+                procs.append((proc, log))
+            deadline = time.monotonic() + SERVER_START_TIMEOUT
+            for proc, log in procs:
+                while ready not in log.read_text(errors="replace"):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        tail = log.read_text(errors="replace")[-2000:]
+                        raise RuntimeError(f"{server} did not start (status {proc.poll()}):\n{tail}")
+                    time.sleep(0.05)
+            yield port
+        finally:
+            for proc, _log in procs:
+                stop_process(proc)
+                if proc in self.children:
+                    self.children.remove(proc)
+            listener.close()
 
     def start_celery_worker(
         self, *, name: str = "bench", queues: Sequence[str] = (), pool: str = "prefork", concurrency: int = 1

@@ -4,13 +4,16 @@ A training loop (this process) logs through the project's `MetricReporter` (back
 flusher: bulk insert into a fresh SQLite database, then channel-layer publish through a
 private Redis); a websocket client in another process, logged in with a session cookie,
 receives the `metrics.batch` events the way the browser does.
+- Quiet latency: one point every 50 ms (a slow run); the reporter writes a point logged
+  while nothing is pending at once, so it should not wait for the flush interval.
 - Latency: the loop logs at a steady rate; each point carries the time it was logged
   (`wall_time`), the client takes the time it received it; p50/p99 per repetition,
   reported beside the flush interval (a point waits up to one interval in the buffer).
 - Throughput: the loop logs at a steady rate above the goal (60k points/s by default)
   for a while; points/s from the first point logged until the last one received, with
   the count of points that never arrived (and why, when the server closed the socket).
-Goals: p99 <= flush interval + 10 ms; >= 50k points/s to one client with no drops.
+Goals: quiet p50 <= 5 ms and p99 <= 20 ms; busy p99 <= flush interval + 10 ms; >= 50k
+points/s to one client with no drops.
 Baseline: the flush interval itself for latency (the floor a batching reporter sets);
 none for throughput (the goal is absolute).
 """
@@ -42,7 +45,15 @@ from bench.common import (
     session_cookie,
 )
 
-FIGURES = ("live_latency_p50_ms", "live_latency_p99_ms", "live_throughput_points_per_s")
+FIGURES = (
+    "live_latency_p50_ms",
+    "live_latency_p99_ms",
+    "live_quiet_latency_p50_ms",
+    "live_quiet_latency_p99_ms",
+    "live_throughput_points_per_s",
+)
+# A slow run: one point every 50 ms.
+QUIET_RATE = 20.0
 
 
 # --------------------------------------------------------------------------- the client process
@@ -126,7 +137,9 @@ def main() -> None:
     per_rep = int(rate * (0.5 if args.quick else 2.0))
     stream_rate = args.stream_rate or (10_000.0 if args.quick else 60_000.0)
     burst = int(stream_rate * (args.stream_seconds or (0.25 if args.quick else 1.5)))
-    latency_steps = per_rep * (repetitions + 1)  # the first repetition is a warm-up
+    quiet_per_rep = 10 if args.quick else 40
+    quiet_steps = quiet_per_rep * (repetitions + 1)  # the first repetition is a warm-up
+    latency_steps = quiet_steps + per_rep * (repetitions + 1)
     expect = latency_steps + burst * (repetitions + 1)
 
     with bench_env() as env:
@@ -171,11 +184,18 @@ def main() -> None:
             assert client.stdout is not None
             if client.stdout.readline().strip() != "ready":
                 raise RuntimeError("the websocket client did not connect")
-            note(f"live: latency at {rate:.0f} points/s, flush every {flush_ms:.0f} ms")
+            note(f"live: quiet latency at {QUIET_RATE:.0f} points/s, then at {rate:.0f} points/s")
             with MetricReporter(experiment_id=experiment.pk, run_id=run.pk) as reporter:
                 step = 0
                 started = time.time()
-                for i in range(latency_steps):
+                for i in range(quiet_steps):
+                    pause = started + i / QUIET_RATE - time.time()
+                    if pause > 0:
+                        time.sleep(pause)
+                    reporter.log("loss", step, 0.5)
+                    step += 1
+                started = time.time()
+                for i in range(latency_steps - quiet_steps):
                     target = started + i / rate
                     pause = target - time.time()
                     if pause > 0:
@@ -206,11 +226,19 @@ def main() -> None:
     latencies = dict((int(s), float(ms)) for s, ms in seen["latencies"])
     p50s: list[float] = []
     p99s: list[float] = []
+    quiet_p50s: list[float] = []
+    quiet_p99s: list[float] = []
     for rep in range(1, repetitions + 1):
-        values = [latencies[s] for s in range(rep * per_rep, (rep + 1) * per_rep) if s in latencies]
+        first = quiet_steps + rep * per_rep
+        values = [latencies[s] for s in range(first, first + per_rep) if s in latencies]
         if values:
             p50s.append(percentile(values, 50))
             p99s.append(percentile(values, 99))
+        first = rep * quiet_per_rep
+        values = [latencies[s] for s in range(first, first + quiet_per_rep) if s in latencies]
+        if values:
+            quiet_p50s.append(percentile(values, 50))
+            quiet_p99s.append(percentile(values, 99))
     lost_latency = latency_steps - len(latencies)
     rates: list[float] = []
     drops = 0
@@ -245,9 +273,24 @@ def main() -> None:
                 extra=extra,
             )
         )
+    for name, samples, limit in ((FIGURES[2], quiet_p50s, 5.0), (FIGURES[3], quiet_p99s, 20.0)):
+        if not samples:
+            raise RuntimeError(f"the client received none of the {quiet_steps} quiet points")
+        emit(
+            figure(
+                name=name,
+                unit="ms",
+                samples=samples,
+                goal=Goal(f"<= {limit:.0f} ms at one point every 50 ms", median_max=limit),
+                higher_is_better=False,
+                baseline_name="the flush interval (what a point waited before quiet flushes)",
+                baseline_samples=[flush_ms] * len(samples),
+                extra={**extra, "log_rate_points_per_s": QUIET_RATE, "points_per_repetition": quiet_per_rep},
+            )
+        )
     closed = seen.get("closed") or ""
     line = figure(
-        name=FIGURES[2],
+        name=FIGURES[4],
         unit="points/s",
         samples=rates,
         goal=Goal(">= 50k points/s to one client, no drops", median_min=50_000),

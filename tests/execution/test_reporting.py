@@ -196,3 +196,43 @@ def test_a_large_backlog_reaches_the_page_in_frames_and_the_fleet_gets_only_the_
     fleet_loss = [p["step"] for p in fleet["points"] if p["name"] == "loss"]
     assert fleet_loss == list(range(5001 - FLEET_POINTS_PER_METRIC, 5001))
     assert [p["step"] for p in fleet["points"] if p["name"] == "accuracy"] == [5000]
+
+
+def test_a_point_logged_while_nothing_is_pending_is_written_at_once_not_at_the_interval(run: Run) -> None:
+    # An interval of an hour: only the quiet path can write these points while the test waits.
+    with MetricReporter(experiment_id=run.experiment_id, run_id=run.pk, flush_seconds=3600) as reporter:
+        reporter.log("loss", 1, 1.0)
+        wait_for(lambda: MetricPoint.objects.filter(run=run).count() == 1, timeout=30, what="the first point")
+        reporter.log("loss", 2, 0.5)  # the run went quiet again: this one goes at once too
+        wait_for(
+            lambda: MetricPoint.objects.filter(run=run).count() == 2, timeout=30, what="the second point"
+        )
+        assert reporter.flushes == 2
+
+
+def test_points_that_arrive_during_a_write_wait_for_the_interval_and_go_as_one_batch(run: Run) -> None:
+    batches: list[int] = []
+
+    def hook(experiment_id: int, run_id: int, points: list[Any]) -> None:
+        batches.append(len(points))
+
+    table = effects_installed()
+    previous = effects_install(dataclasses.replace(table, metrics_flushed=(*table.metrics_flushed, hook)))
+    reporter = MetricReporter(experiment_id=run.experiment_id, run_id=run.pk, flush_seconds=3600).start()
+    try:
+        with database_write_lock():
+            reporter.log("loss", 1, 1.0)
+            # The flusher took the first point and is writing it (held up by the lock) ...
+            wait_for(lambda: not reporter._buffer, timeout=30, what="the flusher to take the point")
+            for step in range(2, 101):  # ... while the run logs on: it is busy
+                reporter.log("loss", step, 1.0 / step)
+        wait_for(lambda: MetricPoint.objects.filter(run=run).count() == 1, timeout=30, what="the first write")
+        time.sleep(0.5)
+        # Busy: the 99 wait for the interval (an hour here) instead of a write each.
+        assert MetricPoint.objects.filter(run=run).count() == 1
+        assert batches == [1]
+    finally:
+        reporter.close()
+        effects_install(previous)
+    assert MetricPoint.objects.filter(run=run).count() == 100
+    assert batches == [1, 99]

@@ -107,6 +107,8 @@ def launcher_environment(tmp_path: Path, **overrides: str) -> dict[str, str]:
             "PORT": str(free_port()),
             "REDIS_PORT": str(free_port()),
             "CELERY_CONCURRENCY": "1",
+            # One web process unless a test asks for more: the fault tests kill "the" web process.
+            "WEB_CONCURRENCY": "1",
             "STOP_TIMEOUT": "10",
             "NO_COLOR": "1",
             "LOG_LEVEL": "WARNING",
