@@ -180,6 +180,11 @@ class MetricReporter:
         self.points_written = 0
         self.flushes = 0
 
+    @property
+    def idle(self) -> bool:
+        """True while the flusher waits with nothing pending (the next point is written at once)."""
+        return self._idle
+
     def start(self) -> MetricReporter:
         """Start the flusher thread; return self."""
         self._thread = threading.Thread(target=self._loop, name=f"metrics-run-{self.run_id}", daemon=True)

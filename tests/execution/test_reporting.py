@@ -203,11 +203,15 @@ def test_a_point_logged_while_nothing_is_pending_is_written_at_once_not_at_the_i
     with MetricReporter(experiment_id=run.experiment_id, run_id=run.pk, flush_seconds=3600) as reporter:
         reporter.log("loss", 1, 1.0)
         wait_for(lambda: MetricPoint.objects.filter(run=run).count() == 1, timeout=30, what="the first point")
+        # The point is visible once its write commits, a moment before the flusher counts it and
+        # waits again; a point logged in that moment counts as "busy" and waits for the interval.
+        wait_for(lambda: reporter.flushes == 1 and reporter.idle, timeout=30, what="the flusher idle again")
         reporter.log("loss", 2, 0.5)  # the run went quiet again: this one goes at once too
         wait_for(
             lambda: MetricPoint.objects.filter(run=run).count() == 2, timeout=30, what="the second point"
         )
-        assert reporter.flushes == 2
+        wait_for(lambda: reporter.flushes == 2, timeout=30, what="the second write counted")
+        assert reporter.points_written == 2
 
 
 def test_points_that_arrive_during_a_write_wait_for_the_interval_and_go_as_one_batch(run: Run) -> None:
