@@ -27,6 +27,7 @@ from experiments.events import (
     send_messages,
 )
 from experiments.models import MetricPoint
+from experiments.runs.rollups import rollups_add
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def _insert_sql() -> str:
 
 
 def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
-    """Insert points in one transaction (duplicates ignored), then publish and run hooks after commit.
+    """Insert points and fold them into the roll-ups in one transaction (duplicates ignored), then publish and run hooks after commit.
 
     One prepared INSERT run with executemany: the ORM's bulk_create spent most of a flush
     building SQL, and this is the hot path of every training run.
@@ -143,6 +144,14 @@ def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPa
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.executemany(_insert_sql(), rows)
+            # The chart's roll-ups change with the points, never apart from them. A short
+            # count means the insert ignored some (a retried batch): rebuild what they touch.
+            rollups_add(
+                cursor,
+                run_id=run_id,
+                points=[(p["name"], p["step"], p["value"]) for p in points],
+                all_new=cursor.rowcount == len(rows),
+            )
         # Publishing the batch and the policies' look at it are effects of the table (control/lifecycle.py).
         transaction.on_commit(lambda: metrics_flushed_effects_run(experiment_id, run_id, points))
 
