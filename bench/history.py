@@ -43,6 +43,7 @@ def load_points(*, experiment_id: int, run_id: int, count: int) -> None:
     from django.db import connection, transaction
 
     from experiments.models import MetricPoint
+    from experiments.runs.rollups import rollups_rebuild
 
     table = MetricPoint._meta.db_table
     sql = f"INSERT INTO {table} (run_id, experiment_id, name, step, value, wall_time) VALUES (%s, %s, %s, %s, %s, %s)"
@@ -55,6 +56,8 @@ def load_points(*, experiment_id: int, run_id: int, count: int) -> None:
                 for s in range(start, min(count, start + chunk))
             ]
             cursor.executemany(sql, rows)
+        # What metrics_write keeps at ingest, built once for the whole series.
+        rollups_rebuild(cursor, run_id=run_id, name=METRIC)
 
 
 def fetch_ms(

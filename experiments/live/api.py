@@ -6,9 +6,9 @@ browser session or a bearer token).
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from ninja import Path, Router
 
@@ -135,7 +135,7 @@ def experiment_metrics(
         "last_step": result.last_step,
     }
     # Serialised here, not by ninja's schema layer: a 100k-point history is two flat lists,
-    # and validating each number would cost more than reading them.
-    return HttpResponse(
-        json.dumps(body, separators=(",", ":"), allow_nan=False), content_type="application/json"
-    )
+    # and validating each number would cost more than reading them. orjson writes them in C
+    # (json.dumps spent longer on float reprs than the database on reading the rows);
+    # values are finite or None, stored that way.
+    return HttpResponse(orjson.dumps(body), content_type="application/json")
