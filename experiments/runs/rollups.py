@@ -42,6 +42,35 @@ assert all(ROLLUP_WIDTHS[level] == _FACTOR**level for level in _LEVELS)
 _SHIFT = 4  # log2(_FACTOR)
 
 
+# PostgreSQL takes at most 65,535 parameters in one statement.
+_MAX_PARAMS = 60_000
+
+
+def insert_many(cursor: Any, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> int:
+    """Run `head VALUES (...) tail` for every row; return how many rows it wrote.
+
+    On PostgreSQL one statement carries many rows: executemany there costs a round trip
+    per row, most of a batch's time. SQLite runs its prepared statement per row in
+    process, which is faster than parsing a long statement.
+    """
+    if not rows:
+        return 0
+    width = len(rows[0])
+    one = "(" + ", ".join(["%s"] * width) + ")"
+    if cursor.db.vendor != "postgresql":
+        cursor.executemany(f"{head} VALUES {one} {tail}", rows)
+        return int(cursor.rowcount)
+    written = 0
+    per_statement = max(1, _MAX_PARAMS // width)
+    for start in range(0, len(rows), per_statement):
+        chunk = rows[start : start + per_statement]
+        cursor.execute(
+            f"{head} VALUES {', '.join([one] * len(chunk))} {tail}", [v for row in chunk for v in row]
+        )
+        written += int(cursor.rowcount)
+    return written
+
+
 def fold_points(points: Iterable[tuple[str, int, float | None]]) -> Folded:
     """Return the level-1 buckets of (name, step, value) points, keyed (name, bucket)."""
     acc: Folded = {}
@@ -113,11 +142,16 @@ def fold_levels(points: Iterable[tuple[str, int, float | None]]) -> Iterator[tup
         below = above
 
 
-def _upsert_sql(quote: Any) -> str:
-    """Return the INSERT that adds a folded bucket to its stored row (SQLite 3.24+ and PostgreSQL)."""
+_NAMES = ("run_id", "name", "level", "bucket", *COLUMNS)
+
+
+def _insert_head(quote: Any) -> str:
+    return f"INSERT INTO {quote(ROLLUP_TABLE)} ({', '.join(_NAMES)})"
+
+
+def _upsert_tail(quote: Any) -> str:
+    """Return the ON CONFLICT clause that adds a folded bucket to its stored row (SQLite 3.24+ and PostgreSQL)."""
     t = quote(ROLLUP_TABLE)
-    names = ("run_id", "name", "level", "bucket", *COLUMNS)
-    placeholders = ", ".join(["%s"] * len(names))
 
     def smaller(value: str, step: str) -> str:
         # The incoming bucket's extreme replaces the stored one when it is lower (ties: earlier step).
@@ -153,10 +187,7 @@ def _upsert_sql(quote: Any) -> str:
         pick(high, "max_value"),
         pick(gap, "gap_step"),
     ]
-    return (
-        f"INSERT INTO {t} ({', '.join(names)}) VALUES ({placeholders}) "
-        f"ON CONFLICT (run_id, name, level, bucket) DO UPDATE SET {', '.join(sets)}"
-    )
+    return f"ON CONFLICT (run_id, name, level, bucket) DO UPDATE SET {', '.join(sets)}"
 
 
 _SQL_CACHE: dict[str, str] = {}
@@ -187,10 +218,10 @@ def rollups_add(
         for name, (low, high) in spans.items():
             rollups_rebuild(cursor, run_id=run_id, name=name, low=low, high=high)
         return
-    sql = _SQL_CACHE.get(connection.vendor)
-    if sql is None:
-        sql = _SQL_CACHE[connection.vendor] = _upsert_sql(connection.ops.quote_name)
-    cursor.executemany(sql, _rows(run_id, fold_levels(points)))
+    tail = _SQL_CACHE.get(connection.vendor)
+    if tail is None:
+        tail = _SQL_CACHE[connection.vendor] = _upsert_tail(connection.ops.quote_name)
+    insert_many(cursor, _insert_head(connection.ops.quote_name), _rows(run_id, fold_levels(points)), tail)
 
 
 def rollups_rebuild(cursor: Any, *, run_id: int, name: str, low: int = 0, high: int | None = None) -> None:
@@ -218,13 +249,7 @@ def rollups_rebuild(cursor: Any, *, run_id: int, name: str, low: int = 0, high: 
             clause += " AND bucket <= %s"
             bounds.append(last // width)
         cursor.execute(f"DELETE FROM {quote(ROLLUP_TABLE)} WHERE {clause}", bounds)
-    names = ("run_id", "name", "level", "bucket", *COLUMNS)
-    rows = _rows(run_id, levels)
-    if rows:
-        cursor.executemany(
-            f"INSERT INTO {quote(ROLLUP_TABLE)} ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})",
-            rows,
-        )
+    insert_many(cursor, _insert_head(quote), _rows(run_id, levels))
 
 
 def _fetch_in_chunks(cursor: Any, size: int = 20_000) -> Iterator[tuple[str, int, float | None]]:
