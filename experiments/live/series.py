@@ -35,6 +35,16 @@ class Series:
     values: list[float | None]
     downsampled: bool
     total_points: int
+    # Set instead of steps and values when the database wrote them as JSON arrays already
+    # (a full-resolution read for the history API on PostgreSQL): (steps, values, last step).
+    encoded: tuple[str, str, int | None] | None = None
+
+    @property
+    def last_step(self) -> int | None:
+        """Return the last step of the series, None when it is empty."""
+        if self.encoded is not None:
+            return self.encoded[2]
+        return self.steps[-1] if self.steps else None
 
 
 @dataclass(frozen=True)
@@ -64,8 +74,12 @@ def metric_series(
     start_step: int | None = None,
     end_step: int | None = None,
     max_points: int | None = None,
+    encoded: bool = False,
 ) -> SeriesSet:
     """Return the named series (all metrics when names is None) within the step window.
+
+    encoded: the caller writes JSON and takes a full-resolution series as JSON text where
+    the database can write it (Series.encoded).
 
     since_step keeps steps after it (the gap a reconnecting page missed); start_step and
     end_step (inclusive) bound a zoomed range. Each series is downsampled to max_points
@@ -79,7 +93,9 @@ def metric_series(
     series: dict[str, Series] = {}
     if len(run_ids) == 1:
         for name in dict.fromkeys(names) if names is not None else _run_metric_names(run_ids[0]):
-            series[name] = run_series(run_id=run_ids[0], name=name, low=low, high=high, max_points=budget)
+            series[name] = run_series(
+                run_id=run_ids[0], name=name, low=low, high=high, max_points=budget, encoded=encoded
+            )
         return SeriesSet(experiment_id=experiment_id, series=series, last_step=_last_step(series))
     if run_ids:
         raw = _read_stitched(experiment_id=experiment_id, names=names, low=low, high=high)
@@ -94,7 +110,7 @@ def metric_series(
 
 
 def _last_step(series: dict[str, Series]) -> int | None:
-    ends = [s.steps[-1] for s in series.values() if s.steps]
+    ends = [end for s in series.values() if (end := s.last_step) is not None]
     return max(ends) if ends else None
 
 
@@ -137,7 +153,9 @@ def points_at_most(pieces: list[Piece]) -> int:
     return sum((end - start + 1) * (POINTS_PER_BUCKET if level else 1) for level, start, end in pieces)
 
 
-def run_series(*, run_id: int, name: str, low: int, high: int | None, max_points: int) -> Series:
+def run_series(
+    *, run_id: int, name: str, low: int, high: int | None, max_points: int, encoded: bool = False
+) -> Series:
     """Return one metric of one run within steps low..high, within max_points, reading as few rows as it can.
 
     At most max_points points in the range: all of them, read as two columns. More: the
@@ -180,6 +198,23 @@ def run_series(*, run_id: int, name: str, low: int, high: int | None, max_points
             return total
 
         total = count(decompose(low, high, top))
+        if total <= max_points and encoded and connection.vendor == "postgresql":
+            # PostgreSQL writes the two arrays itself (floats in their shortest exact form):
+            # no row, tuple or float object is built for a 100k-point answer.
+            cursor.execute(
+                f"SELECT COALESCE(json_agg(step ORDER BY step)::text, '[]'), "
+                f"COALESCE(json_agg(value ORDER BY step)::text, '[]'), MAX(step) FROM {points} "
+                "WHERE run_id = %s AND name = %s AND step BETWEEN %s AND %s",
+                [run_id, name, low, high],
+            )
+            steps_json, values_json, end = cursor.fetchone()
+            return Series(
+                steps=[],
+                values=[],
+                downsampled=False,
+                total_points=total,
+                encoded=(steps_json, values_json, end),
+            )
         if total <= max_points:
             cursor.execute(
                 f"SELECT step, value FROM {points} WHERE run_id = %s AND name = %s AND step BETWEEN %s AND %s "
