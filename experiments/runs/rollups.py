@@ -42,33 +42,27 @@ assert all(ROLLUP_WIDTHS[level] == _FACTOR**level for level in _LEVELS)
 _SHIFT = 4  # log2(_FACTOR)
 
 
-# PostgreSQL takes at most 65,535 parameters in one statement.
-_MAX_PARAMS = 60_000
+def insert_many(
+    cursor: Any, head: str, rows: list[tuple[Any, ...]], tail: str = "", *, pg_types: tuple[str, ...]
+) -> int:
+    """Run `head <rows> tail` for every row; return how many rows it wrote.
 
-
-def insert_many(cursor: Any, head: str, rows: list[tuple[Any, ...]], tail: str = "") -> int:
-    """Run `head VALUES (...) tail` for every row; return how many rows it wrote.
-
-    On PostgreSQL one statement carries many rows: executemany there costs a round trip
-    per row, most of a batch's time. SQLite runs its prepared statement per row in
-    process, which is faster than parsing a long statement.
+    On PostgreSQL the rows go as one array per column through unnest() (pg_types names
+    the array types): executemany there cost a round trip per row, and a multi-row VALUES
+    cost the driver longer to split than the server to run. SQLite runs its prepared
+    statement per row in process, the fastest there.
     """
     if not rows:
         return 0
-    width = len(rows[0])
-    one = "(" + ", ".join(["%s"] * width) + ")"
-    if cursor.db.vendor != "postgresql":
-        cursor.executemany(f"{head} VALUES {one} {tail}", rows)
-        return int(cursor.rowcount)
-    written = 0
-    per_statement = max(1, _MAX_PARAMS // width)
-    for start in range(0, len(rows), per_statement):
-        chunk = rows[start : start + per_statement]
+    if cursor.db.vendor == "postgresql":
+        arrays = ", ".join(f"%s::{kind}[]" for kind in pg_types)
         cursor.execute(
-            f"{head} VALUES {', '.join([one] * len(chunk))} {tail}", [v for row in chunk for v in row]
+            f"{head} SELECT * FROM unnest({arrays}) {tail}", [list(col) for col in zip(*rows, strict=True)]
         )
-        written += int(cursor.rowcount)
-    return written
+        return int(cursor.rowcount)
+    one = "(" + ", ".join(["%s"] * len(rows[0])) + ")"
+    cursor.executemany(f"{head} VALUES {one} {tail}", rows)
+    return int(cursor.rowcount)
 
 
 def fold_points(points: Iterable[tuple[str, int, float | None]]) -> Folded:
@@ -143,6 +137,8 @@ def fold_levels(points: Iterable[tuple[str, int, float | None]]) -> Iterator[tup
 
 
 _NAMES = ("run_id", "name", "level", "bucket", *COLUMNS)
+_PG_TYPES = ("bigint", "text", "int", "bigint", "bigint", "bigint", "float8", "bigint", "float8")
+_PG_TYPES += ("bigint", "float8", "bigint", "float8", "bigint")
 
 
 def _insert_head(quote: Any) -> str:
@@ -221,7 +217,8 @@ def rollups_add(
     tail = _SQL_CACHE.get(connection.vendor)
     if tail is None:
         tail = _SQL_CACHE[connection.vendor] = _upsert_tail(connection.ops.quote_name)
-    insert_many(cursor, _insert_head(connection.ops.quote_name), _rows(run_id, fold_levels(points)), tail)
+    head = _insert_head(connection.ops.quote_name)
+    insert_many(cursor, head, _rows(run_id, fold_levels(points)), tail, pg_types=_PG_TYPES)
 
 
 def rollups_rebuild(cursor: Any, *, run_id: int, name: str, low: int = 0, high: int | None = None) -> None:
@@ -249,7 +246,7 @@ def rollups_rebuild(cursor: Any, *, run_id: int, name: str, low: int = 0, high: 
             clause += " AND bucket <= %s"
             bounds.append(last // width)
         cursor.execute(f"DELETE FROM {quote(ROLLUP_TABLE)} WHERE {clause}", bounds)
-    insert_many(cursor, _insert_head(quote), _rows(run_id, levels))
+    insert_many(cursor, _insert_head(quote), _rows(run_id, levels), pg_types=_PG_TYPES)
 
 
 def _fetch_in_chunks(cursor: Any, size: int = 20_000) -> Iterator[tuple[str, int, float | None]]:
