@@ -137,8 +137,8 @@ def fold_levels(points: Iterable[tuple[str, int, float | None]]) -> Iterator[tup
 
 
 _NAMES = ("run_id", "name", "level", "bucket", *COLUMNS)
-_PG_TYPES = ("bigint", "text", "int", "bigint", "bigint", "bigint", "float8", "bigint", "float8")
-_PG_TYPES += ("bigint", "float8", "bigint", "float8", "bigint")
+# run_id, name, level, bucket, then COLUMNS: (count, step, value, step, value, ...), gap_step.
+_PG_TYPES = ("bigint", "text", "int", "bigint", "bigint", *(("bigint", "float8") * 4), "bigint")
 
 
 def _insert_head(quote: Any) -> str:

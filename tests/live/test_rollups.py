@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -28,7 +29,7 @@ def _new_run() -> Run:
     return Run.objects.create(experiment=experiment, attempt=1)
 
 
-def _write(run: Run, batch: list[tuple[int, float | None]], name: str = "loss") -> None:
+def _write(run: Run, batch: Sequence[tuple[int, float | None]], name: str = "loss") -> None:
     points: Any = [{"name": name, "step": s, "value": v, "wall_time": 0.0} for s, v in batch]
     metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=points)
 
