@@ -403,6 +403,7 @@ def bench_env(*, database: str = "sqlite", **settings_env: str) -> Iterator[Benc
     database_url = f"sqlite:///{tmp / 'bench.sqlite3'}"
     if database == "postgres":
         database_url, pg_name = _postgres_bench_url()
+        note(f"PostgreSQL database {pg_name} (dropped at the end)")
     redis_port = free_port()
     redis_proc = start_redis(port=redis_port, data_dir=tmp / "redis")
     redis_url = f"redis://{HOST}:{redis_port}/0"
