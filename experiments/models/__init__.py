@@ -29,18 +29,21 @@ from experiments.models.registry import (
     VersionEvaluation,
     VersionEvaluationStatus,
 )
+from experiments.models.rollup import ROLLUP_WIDTHS, MetricRollup
 from experiments.models.runlog import RunLog
 
 __all__ = [
     "CONFIRM_EVENTS",
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
+    "ROLLUP_WIDTHS",
     "ApiToken",
     "DatasetFileError",
     "DatasetVersion",
     "DriftCheck",
     "Experiment",
     "MetricPoint",
+    "MetricRollup",
     "ModelStage",
     "ModelVersion",
     "Run",
