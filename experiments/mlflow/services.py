@@ -1,0 +1,322 @@
+"""Writes of the MLflow API: experiments (groups), runs (external Crucible experiments), metrics, params, tags.
+
+Each MLflow run becomes one external Crucible experiment with one attempt, started through
+the external-run services, so the lifecycle, the audit, the live pages and the policies
+treat it like any client's run (docs/mlflow.md says why).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from typing import Any
+
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.db import IntegrityError, transaction
+
+from experiments.actors import Actor
+from experiments.choices import Executor
+from experiments.mlflow.errors import MlflowError, invalid
+from experiments.mlflow.selectors import (
+    DEFAULT_EXPERIMENT_ID,
+    mlflow_experiment_get,
+    mlflow_run_get,
+)
+from experiments.models import Experiment, MlflowExperiment, MlflowRun, Run
+from experiments.recipes import ConfigError
+from experiments.runs.external import (
+    ControlState,
+    ExternalRunRefused,
+    Point,
+    PointsInvalid,
+    external_metrics_ingest,
+    external_run_finish,
+    external_run_log_params,
+    external_run_set_tags,
+    external_run_start,
+)
+
+# MLflow's own limits (mlflow.utils.validation), which its client also keeps to.
+MAX_PARAM_VALUE_LENGTH = 6000
+MAX_TAG_VALUE_LENGTH = 8000
+MAX_KEY_LENGTH = 250
+# Where the client may end a run: MLflow's status -> the external run's finish.
+FINISH_OF_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "cancelled"}
+RUN_NAME_TAG = "mlflow.runName"
+
+
+def _text(body: dict[str, Any], field: str, *, required: bool = True, max_length: int = MAX_KEY_LENGTH) -> str:
+    value = body.get(field)
+    if value is None or value == "":
+        if required:
+            raise invalid(f"Missing value for required parameter '{field}'.")
+        return ""
+    if not isinstance(value, str):
+        raise invalid(f"Invalid value {value!r} for parameter '{field}': expected a string.")
+    if len(value) > max_length:
+        raise invalid(f"Invalid value for parameter '{field}': at most {max_length} characters.")
+    return value
+
+
+def _millis(body: dict[str, Any], field: str) -> int | None:
+    value = body.get(field)
+    if value is None or value == "":
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise invalid(f"Invalid value {value!r} for parameter '{field}': expected milliseconds since the epoch.") from None
+    if number < 0:
+        raise invalid(f"Invalid value {value!r} for parameter '{field}': must not be negative.")
+    return number
+
+
+def _key_values(items: Any, field: str, *, max_value: int) -> dict[str, str]:
+    """Return [{"key", "value"}, ...] as a dict, checking each entry; the message names its index."""
+    if items is None:
+        return {}
+    if not isinstance(items, list):
+        raise invalid(f"Invalid value for parameter '{field}': expected a list of {{key, value}}.")
+    out: dict[str, str] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise invalid(f"Invalid value for parameter '{field}[{i}]': expected {{key, value}}.")
+        key = _text(item, "key", max_length=MAX_KEY_LENGTH)
+        value = item.get("value", "")
+        if value is None:
+            value = ""
+        if not isinstance(value, str):
+            value = str(value)
+        if len(value) > max_value:
+            raise invalid(f"Invalid value for parameter '{field}[{i}].value': at most {max_value} characters.")
+        out[key] = value
+    return out
+
+
+def _require(user: Any, *perms: str) -> None:
+    lacking = [p for p in perms if not user.has_perm(p)]
+    if lacking:
+        raise MlflowError("PERMISSION_DENIED", f"Your account lacks the permission this needs: {', '.join(lacking)}.")
+
+
+def _writable_run(user: Any, run_id: str) -> MlflowRun:
+    """Return the MLflow run the caller may write to: their own, or any for holders of change_experiment."""
+    _require(user, "experiments.add_experiment")
+    mlflow_run = mlflow_run_get(run_id)
+    owner_id = mlflow_run.experiment.owner_id
+    if owner_id != user.pk and not user.has_perm("experiments.change_experiment"):
+        raise MlflowError("PERMISSION_DENIED", f"Run '{run_id}' belongs to another user.")
+    return mlflow_run
+
+
+# --- experiments ---------------------------------------------------------------------------------
+
+
+def mlflow_experiment_create(*, user: Any, body: dict[str, Any]) -> MlflowExperiment:
+    """Create a named group of runs; RESOURCE_ALREADY_EXISTS when the name is taken."""
+    _require(user, "experiments.add_experiment")
+    name = _text(body, "name", max_length=MlflowExperiment._meta.get_field("name").max_length or 200)
+    if body.get("artifact_location"):
+        raise invalid("artifact_location: artifacts are not stored by Crucible; leave it out.")
+    tags = _key_values(body.get("tags"), "tags", max_value=MAX_TAG_VALUE_LENGTH)
+    if name == "Default" or MlflowExperiment.objects.filter(name=name).exists():
+        raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment '{name}' already exists.")
+    try:
+        with transaction.atomic():
+            return MlflowExperiment.objects.create(name=name, tags=tags, owner=user)
+    except IntegrityError:
+        raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment '{name}' already exists.") from None
+
+
+def mlflow_experiment_set_tag(*, user: Any, body: dict[str, Any]) -> None:
+    """Set one tag of an experiment (group)."""
+    _require(user, "experiments.add_experiment")
+    group = mlflow_experiment_get(_text(body, "experiment_id"))
+    key = _text(body, "key")
+    value = _text(body, "value", required=False, max_length=MAX_TAG_VALUE_LENGTH)
+    with transaction.atomic():
+        locked = MlflowExperiment.objects.select_for_update().get(pk=group.pk)
+        locked.tags = {**locked.tags, key: value}
+        locked.save(update_fields=["tags", "updated_at"])
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def _crucible_experiment_create(*, group: MlflowExperiment, run_name: str, user: Any, tags: dict[str, str]) -> Experiment:
+    """Create the external Crucible experiment that holds one MLflow run (pending; its start queues it)."""
+    description = tags.get("mlflow.note.content", "")
+    experiment = Experiment(
+        name=f"{group.name} / {run_name}"[: Experiment._meta.get_field("name").max_length or 200],
+        description=f"MLflow run of experiment {group.name!r}." + (f"\n\n{description}" if description else ""),
+        recipe="",
+        executor=Executor.EXTERNAL,
+        config={},
+        owner=user,
+        tags=["mlflow", f"mlflow:{group.name}"[:200]],
+    )
+    try:
+        experiment.full_clean()
+    except ValidationError as exc:
+        raise invalid(f"Cannot create the run: {exc.messages}") from None
+    experiment.save()
+    return experiment
+
+
+def _default_run_name() -> str:
+    # MLflow names unnamed runs with two random words; a short random suffix serves the same end.
+    return f"run-{uuid.uuid4().hex[:8]}"
+
+
+def mlflow_run_create(*, user: Any, body: dict[str, Any]) -> MlflowRun:
+    """Start an MLflow run: an external Crucible experiment, queued and started by the caller."""
+    _require(user, "experiments.add_experiment", "experiments.queue_experiment")
+    group = mlflow_experiment_get(str(body.get("experiment_id") or DEFAULT_EXPERIMENT_ID))
+    tags = _key_values(body.get("tags"), "tags", max_value=MAX_TAG_VALUE_LENGTH)
+    run_name = _text(body, "run_name", required=False) or tags.get(RUN_NAME_TAG) or _default_run_name()
+    tags[RUN_NAME_TAG] = run_name
+    start_time = _millis(body, "start_time") or int(time.time() * 1000)
+    user_id = _text(body, "user_id", required=False) or user.get_username()
+    try:
+        with transaction.atomic():
+            experiment = _crucible_experiment_create(group=group, run_name=run_name, user=user, tags=tags)
+            run = external_run_start(experiment=experiment, actor=Actor.for_user(user), config={})
+            mlflow_run = MlflowRun.objects.create(
+                run_uuid=uuid.uuid4().hex,
+                mlflow_experiment=group,
+                experiment=experiment,
+                run=run,
+                run_name=run_name,
+                user_id=user_id,
+                start_time=start_time,
+            )
+            external_run_set_tags(run=run, tags=tags)
+    except PermissionDenied as exc:
+        raise MlflowError("PERMISSION_DENIED", str(exc) or "You may not start runs.") from None
+    except (ExternalRunRefused, ConfigError) as exc:
+        raise MlflowError("INVALID_STATE", str(exc)) from None
+    return mlflow_run_get(mlflow_run.run_uuid)
+
+
+def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
+    """Rename a run and/or end it (FINISHED, FAILED, KILLED); RUNNING changes nothing."""
+    mlflow_run = _writable_run(user, _text(body, "run_id", required=False) or _text(body, "run_uuid"))
+    status = body.get("status")
+    if status not in (None, "", "RUNNING", "SCHEDULED", *FINISH_OF_STATUS):
+        raise invalid(f"Invalid value {status!r} for parameter 'status': expected RUNNING, FINISHED, FAILED or KILLED.")
+    run_name = _text(body, "run_name", required=False)
+    end_time = _millis(body, "end_time")
+    if run_name and run_name != mlflow_run.run_name:
+        MlflowRun.objects.filter(pk=mlflow_run.pk).update(run_name=run_name)
+        external_run_set_tags(run=mlflow_run.run, tags={RUN_NAME_TAG: run_name})
+    if status in FINISH_OF_STATUS:
+        ended = end_time or int(time.time() * 1000)
+        MlflowRun.objects.filter(pk=mlflow_run.pk, end_time__isnull=True).update(end_time=ended)
+        external_run_finish(run=mlflow_run.run, status=FINISH_OF_STATUS[status])
+    return mlflow_run_get(mlflow_run.run_uuid)
+
+
+def _point(metric: Any, index: int, field: str) -> Point:
+    """Return one MLflow metric ({key, value, timestamp, step}) as an external point (seconds, not ms)."""
+    if not isinstance(metric, dict):
+        raise invalid(f"Invalid value for parameter '{field}[{index}]': expected {{key, value, timestamp, step}}.")
+    key = metric.get("key")
+    if not isinstance(key, str) or not key:
+        raise invalid(f"Missing value for required parameter '{field}[{index}].key'.")
+    raw_value = metric.get("value")
+    if isinstance(raw_value, str) and raw_value in ("NaN", "Infinity", "-Infinity"):
+        value = float(raw_value.replace("Infinity", "inf"))
+    elif isinstance(raw_value, int | float) and not isinstance(raw_value, bool):
+        value = float(raw_value)
+    else:
+        raise invalid(f"Invalid value {raw_value!r} for parameter '{field}[{index}].value': expected a number.")
+    step_raw = metric.get("step", 0)
+    try:
+        step = int(step_raw or 0)
+    except (TypeError, ValueError):
+        raise invalid(f"Invalid value {step_raw!r} for parameter '{field}[{index}].step': expected an integer.") from None
+    timestamp = metric.get("timestamp")
+    wall_time: float | None = None
+    if timestamp not in (None, ""):
+        try:
+            wall_time = int(timestamp) / 1000.0
+        except (TypeError, ValueError):
+            raise invalid(
+                f"Invalid value {timestamp!r} for parameter '{field}[{index}].timestamp': expected milliseconds."
+            ) from None
+        if not math.isfinite(wall_time):
+            wall_time = None
+    return (key, step, value, wall_time)
+
+
+def _ingest(mlflow_run: MlflowRun, points: list[Point], field: str) -> ControlState:
+    try:
+        return external_metrics_ingest(run=mlflow_run.run, points=points)
+    except PointsInvalid as exc:
+        index, name, message = exc.errors[0]
+        where = f"{field}[{index}].{name}" if name != "points" else field
+        more = f" ({len(exc.errors) - 1} more refused)" if len(exc.errors) > 1 else ""
+        raise invalid(f"Invalid value for parameter '{where}': {message}{more}. Nothing of the batch was stored.") from None
+
+
+def _params_check(run: Run, params: dict[str, str], run_id: str) -> dict[str, str]:
+    """Return the params not logged yet; refuse a new value for a logged one (params are write-once in MLflow)."""
+    fresh = {}
+    for key, value in params.items():
+        if key in run.params:
+            if str(run.params[key]) != value:
+                raise invalid(
+                    f"Changing param values is not allowed. Param with key='{key}' was already logged with "
+                    f"value='{run.params[key]}' for run ID='{run_id}'. Attempted logging new value '{value}'."
+                )
+            continue
+        fresh[key] = value
+    return fresh
+
+
+def mlflow_log_batch(*, user: Any, body: dict[str, Any]) -> ControlState:
+    """Log metrics, params and tags of one run at once; the metrics take the external ingest path."""
+    run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
+    mlflow_run = _writable_run(user, run_id)
+    metrics = body.get("metrics") or []
+    if not isinstance(metrics, list):
+        raise invalid("Invalid value for parameter 'metrics': expected a list.")
+    params = _key_values(body.get("params"), "params", max_value=MAX_PARAM_VALUE_LENGTH)
+    tags = _key_values(body.get("tags"), "tags", max_value=MAX_TAG_VALUE_LENGTH)
+    points = [_point(m, i, "metrics") for i, m in enumerate(metrics)]
+    fresh_params = _params_check(mlflow_run.run, params, run_id)
+    state = _ingest(mlflow_run, points, "metrics") if points else ControlState(stop=False, reason=None)
+    if fresh_params:
+        external_run_log_params(run=mlflow_run.run, params=fresh_params)
+    if tags:
+        external_run_set_tags(run=mlflow_run.run, tags=tags)
+    return state
+
+
+def mlflow_log_metric(*, user: Any, body: dict[str, Any]) -> ControlState:
+    """Log one metric point."""
+    run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
+    mlflow_run = _writable_run(user, run_id)
+    point = _point(body, 0, "metric")
+    return _ingest(mlflow_run, [point], "metric")
+
+
+def mlflow_log_param(*, user: Any, body: dict[str, Any]) -> None:
+    """Log one parameter (write-once)."""
+    run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
+    mlflow_run = _writable_run(user, run_id)
+    params = _key_values([{"key": body.get("key"), "value": body.get("value")}], "param", max_value=MAX_PARAM_VALUE_LENGTH)
+    fresh = _params_check(mlflow_run.run, params, run_id)
+    if fresh:
+        external_run_log_params(run=mlflow_run.run, params=fresh)
+
+
+def mlflow_set_tag(*, user: Any, body: dict[str, Any]) -> None:
+    """Set one tag of a run (a later value replaces the earlier)."""
+    run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
+    mlflow_run = _writable_run(user, run_id)
+    tags = _key_values([{"key": body.get("key"), "value": body.get("value")}], "tag", max_value=MAX_TAG_VALUE_LENGTH)
+    external_run_set_tags(run=mlflow_run.run, tags=tags)
+    if RUN_NAME_TAG in tags and tags[RUN_NAME_TAG]:
+        MlflowRun.objects.filter(pk=mlflow_run.pk).update(run_name=tags[RUN_NAME_TAG][:250])
