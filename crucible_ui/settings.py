@@ -241,6 +241,9 @@ WORKER_CPU_SLOTS_WITH_GPUS = envint("WORKER_CPU_SLOTS_WITH_GPUS", 0)
 WORKER_OFFLINE_SECONDS = envfloat("WORKER_OFFLINE_SECONDS", HEARTBEAT_TIMEOUT_SECONDS)
 # A dispatched run that no worker picked up within this time is lost (and retried).
 RUN_START_TIMEOUT_SECONDS = envfloat("RUN_START_TIMEOUT_SECONDS", 120.0)
+# An external run (a client outside the workers) with no metric batch or heartbeat for this
+# long is marked lost by the watchdog and its experiment requeued for the client's next start.
+EXTERNAL_RUN_TIMEOUT = envfloat("EXTERNAL_RUN_TIMEOUT", 600.0)
 # Retry backoff: base * 2**(failures-1), capped.
 RETRY_BACKOFF_SECONDS = envfloat("RETRY_BACKOFF_SECONDS", 10.0)
 RETRY_BACKOFF_MAX_SECONDS = envfloat("RETRY_BACKOFF_MAX_SECONDS", 600.0)

@@ -84,3 +84,16 @@ class Interruption(models.TextChoices):
     WORKER_LOST = "worker_lost", "worker lost"  # killed or unreachable: no heartbeat
     NOT_STARTED = "not_started", "lease expired"  # dispatched, but no worker took it in time
     OUTAGE = "outage", "service outage"  # the database or the broker could not be reached
+    # An external run's client sent no metric batch or heartbeat within EXTERNAL_RUN_TIMEOUT,
+    # or a new run of the same experiment took its place.
+    CLIENT_LOST = "client_lost", "client lost"
+
+
+class Executor(models.TextChoices):
+    """Who trains an experiment's runs."""
+
+    # The scheduler leases a device and a Celery worker trains the recipe.
+    WORKER = "worker", "Crucible worker"
+    # Training code outside Crucible (a notebook, a Slurm job) starts runs and streams metrics
+    # over the API; the scheduler never leases a device for it.
+    EXTERNAL = "external", "External client"

@@ -11,7 +11,7 @@ from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
 from experiments import events
 from experiments.actors import Actor
-from experiments.choices import PriorityClass, State
+from experiments.choices import Executor, PriorityClass, State
 from experiments.effects import Transitioned, transition_effects_schedule
 from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
 
@@ -74,11 +74,13 @@ def experiment_create(
     tags: list[str] | None = None,
     parent: Experiment | None = None,
     dataset_version: Any = None,
+    executor: str = Executor.WORKER,
 ) -> Experiment:
     """Validate and create a pending experiment; raise ValidationError keyed by field."""
     experiment = Experiment(
         name=name,
         recipe=recipe,
+        executor=executor,
         config=config or {},
         owner=owner,
         description=description,
@@ -229,6 +231,7 @@ def experiment_retrain(
             tags=list(parent.tags),
             parent=parent,
             dataset_version=dataset_version,
+            executor=parent.executor,
         )
         _fire(child, "queue", actor, reason or f"Retrain of #{parent.pk}")
     return child

@@ -23,7 +23,7 @@ import control.scheduling.cost as cost
 from control.dispatch import task_send
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
-from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, PriorityClass, State
+from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
 from experiments.models import Experiment, Run
 from experiments.runs.services import run_create
 from experiments.services import TransitionRefused, experiment_transition
@@ -50,7 +50,8 @@ def queued_in_order(
 ) -> list[Experiment]:
     """Return the queued experiments, most urgent first (ties: longest waiting first)."""
     now = now or timezone.now()
-    queued = list(Experiment.objects.filter(state=State.QUEUED))
+    # An external experiment waits for its client to start a run: no device is ever leased for it.
+    queued = list(Experiment.objects.filter(state=State.QUEUED).exclude(executor=Executor.EXTERNAL))
     queued.sort(
         key=lambda e: (
             -experiment_urgency(e, now=now, aging_per_minute=aging_per_minute),

@@ -15,9 +15,10 @@ from control.dispatch import task_revoke, task_send
 from control.scheduling.inventory import worker_mark_stopping, workers_mark_offline
 from control.scheduling.models import Device
 from control.scheduling.scheduler import orphan_leases
-from experiments.choices import Interruption, RunStatus, State
+from experiments.choices import Executor, Interruption, RunStatus, State
 from experiments.effects import Transitioned
 from experiments.models import Run
+from experiments.runs.external import external_runs_sweep
 from experiments.runs.services import run_end, run_fail, run_interrupt, run_request_cancel
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class SweepReport:
     lost: list[int] = field(default_factory=list)
     timed_out: list[int] = field(default_factory=list)
     leases_freed: int = 0
+    clients_lost: list[int] = field(default_factory=list)
 
 
 def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
@@ -97,11 +99,16 @@ def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
     report = SweepReport(workers_offline=workers_mark_offline(now=now))
     beat_cutoff = now - timedelta(seconds=settings.HEARTBEAT_TIMEOUT_SECONDS)
     start_cutoff = now - timedelta(seconds=settings.RUN_START_TIMEOUT_SECONDS)
-    stale = Run.objects.filter(
-        Q(status=RunStatus.RUNNING, heartbeat_at__lt=beat_cutoff)
-        | Q(status=RunStatus.STARTING, created_at__lt=start_cutoff)
-        | Q(status__in=(RunStatus.STARTING, RunStatus.RUNNING), leased_devices__worker__online=False)
-    ).distinct()
+    # External runs have no worker and no lease: their client's silence is judged below.
+    stale = (
+        Run.objects.filter(
+            Q(status=RunStatus.RUNNING, heartbeat_at__lt=beat_cutoff)
+            | Q(status=RunStatus.STARTING, created_at__lt=start_cutoff)
+            | Q(status__in=(RunStatus.STARTING, RunStatus.RUNNING), leased_devices__worker__online=False)
+        )
+        .exclude(experiment__executor=Executor.EXTERNAL)
+        .distinct()
+    )
     for run in stale:
         cause = Interruption.WORKER_LOST
         if run.status == RunStatus.STARTING:
@@ -123,8 +130,12 @@ def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
                 _revoke_quietly(run.task_id)
     # The worker stops a run at its timeout itself; this catches a loop that stopped listening.
     grace = timedelta(seconds=settings.CANCEL_GRACE_SECONDS)
-    overdue = Run.objects.filter(status=RunStatus.RUNNING, experiment__state=State.RUNNING).select_related(
-        "experiment"
+    # An external run's loop is its client's: it is not timed out here (EXTERNAL_RUN_TIMEOUT
+    # catches a client that went away).
+    overdue = (
+        Run.objects.filter(status=RunStatus.RUNNING, experiment__state=State.RUNNING)
+        .exclude(experiment__executor=Executor.EXTERNAL)
+        .select_related("experiment")
     )
     for run in overdue.filter(started_at__lt=now - grace).only("pk", "started_at", "task_id", "experiment"):
         limit = timedelta(seconds=run.experiment.timeout_seconds) + grace
@@ -140,6 +151,7 @@ def watchdog_sweep(*, now: datetime | None = None) -> SweepReport:
             report.timed_out.append(run.pk)
             if run.task_id:
                 _revoke_quietly(run.task_id)
+    report.clients_lost = external_runs_sweep(now=now)
     report.leases_freed = orphan_leases().update(leased_run=None, leased_at=None)
     return report
 

@@ -49,6 +49,7 @@ def watchdog_sweep() -> dict[str, Any]:
         "lost": report.lost,
         "timed_out": report.timed_out,
         "leases_freed": report.leases_freed,
+        "clients_lost": report.clients_lost,
     }
 
 

@@ -16,6 +16,7 @@ from django_fsm import RETURN_VALUE, ConcurrentTransitionMixin, FSMField, transi
 from experiments.choices import (
     CANCELLABLE_STATES,
     RETRAINABLE_STATES,
+    Executor,
     Interruption,
     PriorityClass,
     RunStatus,
@@ -77,7 +78,17 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
 
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
-    recipe = models.CharField(max_length=64, help_text="Training recipe, e.g. digits, charlm, distill.")
+    recipe = models.CharField(
+        max_length=64,
+        blank=True,
+        help_text="Training recipe, e.g. digits, charlm, distill; an external experiment may leave it blank.",
+    )
+    executor = models.CharField(
+        max_length=16,
+        choices=Executor.choices,
+        default=Executor.WORKER,
+        help_text="Who trains its runs: a Crucible worker, or an external client through the API.",
+    )
     config = models.JSONField(default=dict, blank=True, help_text="Recipe hyper-parameters.")
     priority_class = models.CharField(
         max_length=16, choices=PriorityClass.choices, default=PriorityClass.BATCH
@@ -162,6 +173,12 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
 
     def clean(self) -> None:
         """Validate recipe and config against the recipe's declared parameters, keyed by field."""
+        if self.executor == Executor.EXTERNAL and not self.recipe:
+            # External training code declares no parameters here: its config is what it says.
+            if not isinstance(self.config, dict):
+                raise ValidationError({"config": "must be a JSON object"})
+            self._check_tags()
+            return
         try:
             spec = get_spec(self.recipe)
             self.config = spec.clean(self.config or {})
@@ -174,6 +191,14 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
                     field_errors.setdefault("config", []).append(f"{key}: {msg}")
             raise ValidationError(field_errors) from None
         self._clean_dataset()
+        self._check_tags()
+
+    @property
+    def is_external(self) -> bool:
+        """Return True when an external client, not a worker, trains its runs."""
+        return self.executor == Executor.EXTERNAL
+
+    def _check_tags(self) -> None:
         if not isinstance(self.tags, list) or not all(isinstance(t, str) for t in self.tags):
             raise ValidationError({"tags": "must be a list of strings"})
 
@@ -404,6 +429,13 @@ class Run(models.Model):
     checkpoint_size = models.PositiveBigIntegerField(null=True, blank=True)
     checkpoint_step = models.PositiveIntegerField(null=True, blank=True)
     final_metrics = models.JSONField(default=dict, blank=True)
+    # What an external client records about its run (a worker's run has its config instead).
+    params = models.JSONField(default=dict, blank=True, help_text="Parameters the client logged.")
+    tags = models.JSONField(default=dict, blank=True, help_text="Tags the client set (key → value).")
+    # A policy's early stop: the run should end at its next step (the client reads it in the
+    # answer to every metric batch or heartbeat). Unlike a cancel, the experiment stays running.
+    stop_requested_at = models.DateTimeField(null=True, blank=True)
+    stop_reason = models.CharField(max_length=500, blank=True)
 
     class Meta:
         ordering = ["experiment_id", "attempt"]

@@ -166,7 +166,9 @@ def _is_current_attempt(run: Run) -> bool:
     return latest == run.attempt
 
 
-def run_succeed(*, run_id: int, final_metrics: dict[str, Any], last_step: int | None = None) -> bool:
+def run_succeed(
+    *, run_id: int, final_metrics: dict[str, Any], last_step: int | None = None, component: str = "worker"
+) -> bool:
     """Finish a run that trained to the end and move its experiment to evaluating."""
     with transaction.atomic():
         if not run_end(
@@ -183,7 +185,7 @@ def run_succeed(*, run_id: int, final_metrics: dict[str, Any], last_step: int | 
                 experiment_transition(
                     experiment_id=run.experiment_id,
                     event="complete",
-                    actor=Actor.system("worker"),
+                    actor=Actor.system(component),
                     reason=f"attempt {run.attempt} finished training",
                 )
             except TransitionRefused as exc:  # cancelled or requeued at the last moment

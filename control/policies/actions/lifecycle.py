@@ -6,11 +6,12 @@ from typing import Any
 
 from django.db import transaction
 
-from control.policies.actions.base import ActionContext, ActionKind, action_kind_register
+from control.policies.actions.base import ActionContext, ActionFailed, ActionKind, action_kind_register
 from experiments.choices import PriorityClass
 from experiments.models import DatasetVersion, Experiment
 from experiments.recipes import get_spec
 from experiments.recipes.schema import Param
+from experiments.runs.external import external_run_request_stop
 from experiments.services import experiment_create, experiment_retrain, experiment_transition
 
 _PRIORITY = Param(
@@ -182,3 +183,27 @@ class Rollback(_Transition):
     name = "rollback"
     label = "Roll back"
     help = "Roll back the deployment and restore the previous production version."
+
+
+@action_kind_register
+class StopRun(ActionKind):
+    """Early stop of an external run: its client stops at its next should_stop(); the experiment stays running."""
+
+    name = "stop_run"
+    label = "Stop the run (early stop, external runs)"
+    help = (
+        "Ask the experiment's external run to stop: its client sees it in the answer to its next "
+        "metric batch or heartbeat, and finishes the run with what it trained. An MLflow client "
+        "cannot be told: the run is marked stop-requested on the dashboard. No parameters."
+    )
+
+    def perform(self, ctx: ActionContext) -> dict[str, Any]:
+        """Set the stop request on the live external run(s)."""
+        experiment = ctx.require_experiment(self.name)
+        if not experiment.is_external:
+            raise ActionFailed(
+                f"stop_run acts on external runs; #{experiment.pk} is trained by a worker "
+                "(use requeue or cancel)"
+            )
+        runs = external_run_request_stop(experiment_id=experiment.pk, reason=ctx.reason or ctx.policy_name)
+        return {"experiment_id": experiment.pk, "runs": [r.pk for r in runs]}
