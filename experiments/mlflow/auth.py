@@ -83,7 +83,9 @@ def _basic_user(request: HttpRequest, encoded: str) -> Any:
     try:
         decoded = base64.b64decode(encoded.strip(), validate=True).decode("utf-8")
     except (binascii.Error, UnicodeDecodeError):
-        raise _unauthenticated("Authorization: Basic credentials are not base64 of 'username:password'") from None
+        raise _unauthenticated(
+            "Authorization: Basic credentials are not base64 of 'username:password'"
+        ) from None
     username, sep, password = decoded.partition(":")
     if not sep or not username:
         raise _unauthenticated("Authorization: Basic credentials must be 'username:password'")

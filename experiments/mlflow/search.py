@@ -102,7 +102,7 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while pos < len(text):
         match = _TOKEN.match(text, pos)
         if match is None or match.end() == pos:
-            raise invalid(f"filter: cannot parse {text[pos:pos + 30]!r} (at character {pos})")
+            raise invalid(f"filter: cannot parse {text[pos : pos + 30]!r} (at character {pos})")
         kind = match.lastgroup or ""
         out.append((kind, match.group(kind)))
         pos = match.end()
@@ -179,7 +179,9 @@ class _Parser:
                 return "NOT IN"
             if word in ("LIKE", "ILIKE", "IN"):
                 return word
-        raise invalid(f"{self.what}: expected a comparator (=, !=, >, >=, <, <=, LIKE, ILIKE, IN), got {token[1]!r}")
+        raise invalid(
+            f"{self.what}: expected a comparator (=, !=, >, >=, <, <=, LIKE, ILIKE, IN), got {token[1]!r}"
+        )
 
     def value(self, comparator: str) -> Any:
         if comparator in ("IN", "NOT IN"):
@@ -239,7 +241,7 @@ def filter_parse(text: str | None, *, attributes: Mapping[str, str] = RUN_ATTRIB
         if parser.peek() is None:
             return clauses
         if not parser.peek_word("AND"):
-            kind, raw = parser.take()
+            _, raw = parser.take()
             word = raw.upper()
             hint = " (OR is not supported, as in MLflow)" if word == "OR" else ""
             raise invalid(f"filter: expected AND between clauses, got {raw!r}{hint}")
@@ -308,7 +310,9 @@ def _compare(actual: Any, op: str, expected: Any) -> bool:
     return bool(actual <= expected)
 
 
-Row = Mapping[str, Mapping[str, Any]]  # {"attributes": {...}, "metrics": {...}, "params": {...}, "tags": {...}}
+Row = Mapping[
+    str, Mapping[str, Any]
+]  # {"attributes": {...}, "metrics": {...}, "params": {...}, "tags": {...}}
 
 
 def row_matches(row: Row, clauses: Sequence[Clause]) -> bool:

@@ -13,7 +13,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Max
 
 from experiments.choices import RunStatus
-from experiments.mlflow.errors import MlflowError, invalid, missing
+from experiments.mlflow.errors import invalid, missing
 from experiments.mlflow.search import (
     EXPERIMENT_ATTRIBUTES,
     RUN_ATTRIBUTES,
@@ -77,7 +77,9 @@ def mlflow_experiment_get(experiment_id: str) -> MlflowExperiment:
     try:
         pk = int(str(experiment_id))
     except ValueError:
-        raise invalid(f"Invalid value {experiment_id!r} for parameter 'experiment_id': expected an id.") from None
+        raise invalid(
+            f"Invalid value {experiment_id!r} for parameter 'experiment_id': expected an id."
+        ) from None
     found = MlflowExperiment.objects.filter(pk=pk).first() if 0 < pk < 2**31 else None
     if found is None:
         raise missing(f"No Experiment with id={experiment_id} exists")
@@ -334,7 +336,8 @@ def mlflow_runs_search(body: dict[str, Any]) -> dict[str, Any]:
                 "created": r.start_time,
             },
             "metrics": {
-                k: (m.value if m.value is not None else math.nan) for k, m in metrics.get(r.run_id, {}).items()
+                k: (m.value if m.value is not None else math.nan)
+                for k, m in metrics.get(r.run_id, {}).items()
             },
             "params": {str(k): str(v) for k, v in (r.run.params or {}).items()},
             "tags": _tags(r),

@@ -36,6 +36,7 @@ from experiments.runs.external import (
     external_run_set_tags,
     external_run_start,
 )
+from experiments.services import experiment_create
 
 # MLflow's own limits (mlflow.utils.validation), which its client also keeps to.
 MAX_PARAM_VALUE_LENGTH = 6000
@@ -46,7 +47,9 @@ FINISH_OF_STATUS = {"FINISHED": "completed", "FAILED": "failed", "KILLED": "canc
 RUN_NAME_TAG = "mlflow.runName"
 
 
-def _text(body: dict[str, Any], field: str, *, required: bool = True, max_length: int = MAX_KEY_LENGTH) -> str:
+def _text(
+    body: dict[str, Any], field: str, *, required: bool = True, max_length: int = MAX_KEY_LENGTH
+) -> str:
     value = body.get(field)
     if value is None or value == "":
         if required:
@@ -66,7 +69,9 @@ def _millis(body: dict[str, Any], field: str) -> int | None:
     try:
         number = int(value)
     except (TypeError, ValueError):
-        raise invalid(f"Invalid value {value!r} for parameter '{field}': expected milliseconds since the epoch.") from None
+        raise invalid(
+            f"Invalid value {value!r} for parameter '{field}': expected milliseconds since the epoch."
+        ) from None
     if number < 0:
         raise invalid(f"Invalid value {value!r} for parameter '{field}': must not be negative.")
     return number
@@ -89,7 +94,9 @@ def _key_values(items: Any, field: str, *, max_value: int) -> dict[str, str]:
         if not isinstance(value, str):
             value = str(value)
         if len(value) > max_value:
-            raise invalid(f"Invalid value for parameter '{field}[{i}].value': at most {max_value} characters.")
+            raise invalid(
+                f"Invalid value for parameter '{field}[{i}].value': at most {max_value} characters."
+            )
         out[key] = value
     return out
 
@@ -97,7 +104,9 @@ def _key_values(items: Any, field: str, *, max_value: int) -> dict[str, str]:
 def _require(user: Any, *perms: str) -> None:
     lacking = [p for p in perms if not user.has_perm(p)]
     if lacking:
-        raise MlflowError("PERMISSION_DENIED", f"Your account lacks the permission this needs: {', '.join(lacking)}.")
+        raise MlflowError(
+            "PERMISSION_DENIED", f"Your account lacks the permission this needs: {', '.join(lacking)}."
+        )
 
 
 def _writable_run(user: Any, run_id: str) -> MlflowRun:
@@ -144,24 +153,23 @@ def mlflow_experiment_set_tag(*, user: Any, body: dict[str, Any]) -> None:
 # --- runs ----------------------------------------------------------------------------------------
 
 
-def _crucible_experiment_create(*, group: MlflowExperiment, run_name: str, user: Any, tags: dict[str, str]) -> Experiment:
+def _crucible_experiment_create(
+    *, group: MlflowExperiment, run_name: str, user: Any, tags: dict[str, str]
+) -> Experiment:
     """Create the external Crucible experiment that holds one MLflow run (pending; its start queues it)."""
-    description = tags.get("mlflow.note.content", "")
-    experiment = Experiment(
-        name=f"{group.name} / {run_name}"[: Experiment._meta.get_field("name").max_length or 200],
-        description=f"MLflow run of experiment {group.name!r}." + (f"\n\n{description}" if description else ""),
-        recipe="",
-        executor=Executor.EXTERNAL,
-        config={},
-        owner=user,
-        tags=["mlflow", f"mlflow:{group.name}"[:200]],
-    )
+    note = tags.get("mlflow.note.content", "")
     try:
-        experiment.full_clean()
+        return experiment_create(
+            name=f"{group.name} / {run_name}"[: Experiment._meta.get_field("name").max_length or 200],
+            description=f"MLflow run of experiment {group.name!r}." + (f"\n\n{note}" if note else ""),
+            recipe="",
+            executor=Executor.EXTERNAL,
+            owner=user,
+            # Tags of the dashboard's list: find every run of one MLflow experiment.
+            tags=["mlflow", f"mlflow:{group.name}"[:200]],
+        )
     except ValidationError as exc:
-        raise invalid(f"Cannot create the run: {exc.messages}") from None
-    experiment.save()
-    return experiment
+        raise invalid(f"Cannot create the run: {'; '.join(exc.messages)}") from None
 
 
 def _default_run_name() -> str:
@@ -204,7 +212,9 @@ def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
     mlflow_run = _writable_run(user, _text(body, "run_id", required=False) or _text(body, "run_uuid"))
     status = body.get("status")
     if status not in (None, "", "RUNNING", "SCHEDULED", *FINISH_OF_STATUS):
-        raise invalid(f"Invalid value {status!r} for parameter 'status': expected RUNNING, FINISHED, FAILED or KILLED.")
+        raise invalid(
+            f"Invalid value {status!r} for parameter 'status': expected RUNNING, FINISHED, FAILED or KILLED."
+        )
     run_name = _text(body, "run_name", required=False)
     end_time = _millis(body, "end_time")
     if run_name and run_name != mlflow_run.run_name:
@@ -220,7 +230,9 @@ def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
 def _point(metric: Any, index: int, field: str) -> Point:
     """Return one MLflow metric ({key, value, timestamp, step}) as an external point (seconds, not ms)."""
     if not isinstance(metric, dict):
-        raise invalid(f"Invalid value for parameter '{field}[{index}]': expected {{key, value, timestamp, step}}.")
+        raise invalid(
+            f"Invalid value for parameter '{field}[{index}]': expected {{key, value, timestamp, step}}."
+        )
     key = metric.get("key")
     if not isinstance(key, str) or not key:
         raise invalid(f"Missing value for required parameter '{field}[{index}].key'.")
@@ -230,12 +242,16 @@ def _point(metric: Any, index: int, field: str) -> Point:
     elif isinstance(raw_value, int | float) and not isinstance(raw_value, bool):
         value = float(raw_value)
     else:
-        raise invalid(f"Invalid value {raw_value!r} for parameter '{field}[{index}].value': expected a number.")
+        raise invalid(
+            f"Invalid value {raw_value!r} for parameter '{field}[{index}].value': expected a number."
+        )
     step_raw = metric.get("step", 0)
     try:
         step = int(step_raw or 0)
     except (TypeError, ValueError):
-        raise invalid(f"Invalid value {step_raw!r} for parameter '{field}[{index}].step': expected an integer.") from None
+        raise invalid(
+            f"Invalid value {step_raw!r} for parameter '{field}[{index}].step': expected an integer."
+        ) from None
     timestamp = metric.get("timestamp")
     wall_time: float | None = None
     if timestamp not in (None, ""):
@@ -257,7 +273,9 @@ def _ingest(mlflow_run: MlflowRun, points: list[Point], field: str) -> ControlSt
         index, name, message = exc.errors[0]
         where = f"{field}[{index}].{name}" if name != "points" else field
         more = f" ({len(exc.errors) - 1} more refused)" if len(exc.errors) > 1 else ""
-        raise invalid(f"Invalid value for parameter '{where}': {message}{more}. Nothing of the batch was stored.") from None
+        raise invalid(
+            f"Invalid value for parameter '{where}': {message}{more}. Nothing of the batch was stored."
+        ) from None
 
 
 def _params_check(run: Run, params: dict[str, str], run_id: str) -> dict[str, str]:
@@ -306,7 +324,9 @@ def mlflow_log_param(*, user: Any, body: dict[str, Any]) -> None:
     """Log one parameter (write-once)."""
     run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
     mlflow_run = _writable_run(user, run_id)
-    params = _key_values([{"key": body.get("key"), "value": body.get("value")}], "param", max_value=MAX_PARAM_VALUE_LENGTH)
+    params = _key_values(
+        [{"key": body.get("key"), "value": body.get("value")}], "param", max_value=MAX_PARAM_VALUE_LENGTH
+    )
     fresh = _params_check(mlflow_run.run, params, run_id)
     if fresh:
         external_run_log_params(run=mlflow_run.run, params=fresh)
@@ -316,7 +336,9 @@ def mlflow_set_tag(*, user: Any, body: dict[str, Any]) -> None:
     """Set one tag of a run (a later value replaces the earlier)."""
     run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
     mlflow_run = _writable_run(user, run_id)
-    tags = _key_values([{"key": body.get("key"), "value": body.get("value")}], "tag", max_value=MAX_TAG_VALUE_LENGTH)
+    tags = _key_values(
+        [{"key": body.get("key"), "value": body.get("value")}], "tag", max_value=MAX_TAG_VALUE_LENGTH
+    )
     external_run_set_tags(run=mlflow_run.run, tags=tags)
-    if RUN_NAME_TAG in tags and tags[RUN_NAME_TAG]:
+    if tags.get(RUN_NAME_TAG):
         MlflowRun.objects.filter(pk=mlflow_run.pk).update(run_name=tags[RUN_NAME_TAG][:250])

@@ -32,7 +32,9 @@ Handler = Callable[[Any, dict[str, Any]], dict[str, Any]]
 def _json(body: dict[str, Any], status: int = 200) -> HttpResponse:
     # allow_nan stays off: values that are NaN travel as the string "NaN", as in MLflow's JSON.
     return HttpResponse(
-        json.dumps(body, separators=(",", ":"), allow_nan=False), status=status, content_type="application/json"
+        json.dumps(body, separators=(",", ":"), allow_nan=False),
+        status=status,
+        content_type="application/json",
     )
 
 
@@ -62,7 +64,9 @@ def _request_body(request: HttpRequest) -> dict[str, Any]:
     return body
 
 
-def mlflow_endpoint(method: str, *, permission: str = VIEW_PERMISSION) -> Callable[[Handler], Callable[..., HttpResponse]]:
+def mlflow_endpoint(
+    method: str, *, permission: str = VIEW_PERMISSION
+) -> Callable[[Handler], Callable[..., HttpResponse]]:
     """Make a handler an endpoint: the method it takes, the caller's authentication, MLflow's error shape.
 
     `permission` is checked here for reads; writes check theirs in the service (which also
@@ -150,7 +154,11 @@ def runs_create(user: Any, body: dict[str, Any]) -> dict[str, Any]:
 @mlflow_endpoint("GET")
 def runs_get(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     """GET runs/get?run_id= -> {run}."""
-    return {"run": selectors.run_json(selectors.mlflow_run_get(str(body.get("run_id") or body.get("run_uuid") or "")))}
+    return {
+        "run": selectors.run_json(
+            selectors.mlflow_run_get(str(body.get("run_id") or body.get("run_uuid") or ""))
+        )
+    }
 
 
 @mlflow_endpoint("POST", permission="")

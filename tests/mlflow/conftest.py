@@ -59,7 +59,16 @@ def live_server_port(transactional_db: Any, tmp_path: Path) -> Iterator[int]:
     log_path = tmp_path / "daphne.log"
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "crucible_ui.asgi:application"],
+            [
+                sys.executable,
+                "-m",
+                "daphne",
+                "-b",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "crucible_ui.asgi:application",
+            ],
             cwd=ROOT,
             env=env,
             stdout=log,

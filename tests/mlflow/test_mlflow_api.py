@@ -65,7 +65,9 @@ def _start_run(api: Caller, experiment_name: str = "mnist", **extra: Any) -> dic
         experiment_id = api.post("experiments/create", {"name": experiment_name}).json()["experiment_id"]
     else:
         experiment_id = found.json()["experiment"]["experiment_id"]
-    response = api.post("runs/create", {"experiment_id": experiment_id, "start_time": 1_700_000_000_000, **extra})
+    response = api.post(
+        "runs/create", {"experiment_id": experiment_id, "start_time": 1_700_000_000_000, **extra}
+    )
     assert response.status_code == 200, response.content
     return dict(response.json()["run"])
 
@@ -117,12 +119,20 @@ def test_metrics_params_and_tags_are_logged_and_read_back(api: Caller) -> None:
     run_id = _start_run(api)["info"]["run_id"]
     batch = {
         "run_id": run_id,
-        "metrics": [{"key": "loss", "value": 1.0 / (s + 1), "timestamp": 1_700_000_000_000 + s, "step": s} for s in range(50)],
+        "metrics": [
+            {"key": "loss", "value": 1.0 / (s + 1), "timestamp": 1_700_000_000_000 + s, "step": s}
+            for s in range(50)
+        ],
         "params": [{"key": "lr", "value": "0.01"}, {"key": "epochs", "value": "5"}],
         "tags": [{"key": "stage", "value": "dev"}],
     }
     assert api.post("runs/log-batch", batch).status_code == 200
-    assert api.post("runs/log-metric", {"run_id": run_id, "key": "acc", "value": 0.5, "timestamp": 1, "step": 3}).status_code == 200
+    assert (
+        api.post(
+            "runs/log-metric", {"run_id": run_id, "key": "acc", "value": 0.5, "timestamp": 1, "step": 3}
+        ).status_code
+        == 200
+    )
     assert api.post("runs/log-parameter", {"run_id": run_id, "key": "seed", "value": "7"}).status_code == 200
     # A retried batch stores nothing twice.
     assert api.post("runs/log-batch", batch).status_code == 200
@@ -141,7 +151,11 @@ def test_metrics_params_and_tags_are_logged_and_read_back(api: Caller) -> None:
     assert history[0] == {"key": "loss", "value": 1.0, "timestamp": 1_700_000_000_000, "step": 0}
     page = api.get("metrics/get-history", run_id=run_id, metric_key="loss", max_results=20).json()
     second = api.get(
-        "metrics/get-history", run_id=run_id, metric_key="loss", max_results=20, page_token=page["next_page_token"]
+        "metrics/get-history",
+        run_id=run_id,
+        metric_key="loss",
+        max_results=20,
+        page_token=page["next_page_token"],
     ).json()
     assert [m["step"] for m in second["metrics"]] == list(range(20, 40))
 
@@ -150,7 +164,11 @@ def test_a_param_keeps_its_first_value_as_in_mlflow(api: Caller) -> None:
     run_id = _start_run(api)["info"]["run_id"]
     api.post("runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "0.01"})
     assert api.post("runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "0.01"}).status_code == 200
-    message = _error(api.post("runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "0.1"}), 400, "INVALID_PARAMETER_VALUE")
+    message = _error(
+        api.post("runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "0.1"}),
+        400,
+        "INVALID_PARAMETER_VALUE",
+    )
     assert "lr" in message and "0.1" in message
 
 
@@ -163,11 +181,23 @@ def test_bad_metrics_are_refused_naming_the_field_and_nothing_is_stored(api: Cal
         ({"key": "x" * 300, "value": 0.1, "timestamp": 1, "step": 2}, "metrics[1].name"),
         ({"value": 0.1}, "metrics[1].key"),
     ]:
-        message = _error(api.post("runs/log-batch", {"run_id": run_id, "metrics": [good, bad]}), 400, "INVALID_PARAMETER_VALUE")
+        message = _error(
+            api.post("runs/log-batch", {"run_id": run_id, "metrics": [good, bad]}),
+            400,
+            "INVALID_PARAMETER_VALUE",
+        )
         assert field in message, message
     assert not MetricPoint.objects.filter(run__mlflow_run__run_uuid=run_id).exists()
-    _error(api.post("runs/log-batch", {"run_id": "f" * 32, "metrics": [good]}), 404, "RESOURCE_DOES_NOT_EXIST")
-    _error(api.client.post(f"{PREFIX}/runs/log-batch", "{", content_type="application/json", headers=api.headers), 400, "BAD_REQUEST")
+    _error(
+        api.post("runs/log-batch", {"run_id": "f" * 32, "metrics": [good]}), 404, "RESOURCE_DOES_NOT_EXIST"
+    )
+    _error(
+        api.client.post(
+            f"{PREFIX}/runs/log-batch", "{", content_type="application/json", headers=api.headers
+        ),
+        400,
+        "BAD_REQUEST",
+    )
 
 
 def test_nan_is_stored_and_read_back_as_nan(api: Caller) -> None:
@@ -185,7 +215,9 @@ def test_nan_is_stored_and_read_back_as_nan(api: Caller) -> None:
         ("KILLED", RunStatus.CANCELLED, State.CANCELLED),
     ],
 )
-def test_ending_a_run_ends_the_crucible_attempt(api: Caller, status: str, run_status: str, state: str) -> None:
+def test_ending_a_run_ends_the_crucible_attempt(
+    api: Caller, status: str, run_status: str, state: str
+) -> None:
     run_id = _start_run(api)["info"]["run_id"]
     answer = api.post("runs/update", {"run_id": run_id, "status": status, "end_time": 1_700_000_100_000})
     assert answer.status_code == 200, answer.content
@@ -213,14 +245,19 @@ def test_runs_are_searched_by_status_params_metrics_and_ordered(api: Caller) -> 
     ids = []
     for i, (lr, acc) in enumerate([("0.1", 0.7), ("0.01", 0.9), ("0.001", 0.8)]):
         run_id = _start_run(api, run_name=f"r{i}", start_time=1_700_000_000_000 + i)["info"]["run_id"]
-        api.post("runs/log-batch", {
-            "run_id": run_id,
-            "params": [{"key": "lr", "value": lr}],
-            "metrics": [{"key": "acc", "value": acc, "timestamp": 1, "step": 1}],
-        })
+        api.post(
+            "runs/log-batch",
+            {
+                "run_id": run_id,
+                "params": [{"key": "lr", "value": lr}],
+                "metrics": [{"key": "acc", "value": acc, "timestamp": 1, "step": 1}],
+            },
+        )
         ids.append(run_id)
     api.post("runs/update", {"run_id": ids[2], "status": "FINISHED"})
-    experiment_id = api.get("experiments/get-by-name", experiment_name="mnist").json()["experiment"]["experiment_id"]
+    experiment_id = api.get("experiments/get-by-name", experiment_name="mnist").json()["experiment"][
+        "experiment_id"
+    ]
 
     def search(**body: Any) -> list[str]:
         response = api.post("runs/search", {"experiment_ids": [experiment_id], **body})
@@ -231,28 +268,45 @@ def test_runs_are_searched_by_status_params_metrics_and_ordered(api: Caller) -> 
     assert search(filter="metrics.acc > 0.75") == ["r2", "r1"]
     assert search(filter="params.lr = '0.01'") == ["r1"]
     assert search(filter="attributes.status = 'FINISHED'") == ["r2"]
-    assert search(filter="status = 'RUNNING' and metrics.acc >= 0.7", order_by=["metrics.acc DESC"]) == ["r1", "r0"]
+    assert search(filter="status = 'RUNNING' and metrics.acc >= 0.7", order_by=["metrics.acc DESC"]) == [
+        "r1",
+        "r0",
+    ]
     assert search(filter="tags.`mlflow.runName` LIKE 'r%'", order_by=["params.lr ASC"]) == ["r2", "r1", "r0"]
     assert search(filter="params.lr IN ('0.1', '0.001')", order_by=["attributes.run_name"]) == ["r0", "r2"]
     first = api.post("runs/search", {"experiment_ids": [experiment_id], "max_results": 2}).json()
-    rest = api.post("runs/search", {"experiment_ids": [experiment_id], "page_token": first["next_page_token"]}).json()
+    rest = api.post(
+        "runs/search", {"experiment_ids": [experiment_id], "page_token": first["next_page_token"]}
+    ).json()
     assert [r["info"]["run_name"] for r in first["runs"] + rest["runs"]] == ["r2", "r1", "r0"]
-    message = _error(api.post("runs/search", {"experiment_ids": [experiment_id], "filter": "metrics.acc > 'high'"}), 400, "INVALID_PARAMETER_VALUE")
+    message = _error(
+        api.post("runs/search", {"experiment_ids": [experiment_id], "filter": "metrics.acc > 'high'"}),
+        400,
+        "INVALID_PARAMETER_VALUE",
+    )
     assert "metrics.acc" in message
-    _error(api.post("runs/search", {"experiment_ids": [experiment_id], "filter": "a = 1 or b = 2"}), 400, "INVALID_PARAMETER_VALUE")
+    _error(
+        api.post("runs/search", {"experiment_ids": [experiment_id], "filter": "a = 1 or b = 2"}),
+        400,
+        "INVALID_PARAMETER_VALUE",
+    )
 
 
 def test_experiments_are_searched_by_name(api: Caller) -> None:
     for name in ("vision-a", "vision-b", "text"):
         api.post("experiments/create", {"name": name})
-    found = api.post("experiments/search", {"filter": "name LIKE 'vision%'", "order_by": ["name DESC"]}).json()
+    found = api.post(
+        "experiments/search", {"filter": "name LIKE 'vision%'", "order_by": ["name DESC"]}
+    ).json()
     assert [e["name"] for e in found["experiments"]] == ["vision-b", "vision-a"]
 
 
 def test_artifacts_and_other_endpoints_answer_a_clear_error(api: Caller) -> None:
     message = _error(api.get("artifacts/list", run_id="x"), 501, "NOT_IMPLEMENTED")
     assert "Artifacts are not stored" in message
-    response = api.client.put("/api/2.0/mlflow-artifacts/artifacts/0/abc/artifacts/model.pkl", b"x", headers=api.headers)
+    response = api.client.put(
+        "/api/2.0/mlflow-artifacts/artifacts/0/abc/artifacts/model.pkl", b"x", headers=api.headers
+    )
     _error(response, 501, "NOT_IMPLEMENTED")
     _error(api.post("runs/delete", {"run_id": "x"}), 404, "ENDPOINT_NOT_FOUND")
     _error(api.post("runs/get", {"run_id": "x"}), 404, "ENDPOINT_NOT_FOUND")
@@ -281,7 +335,9 @@ def test_a_run_takes_writes_only_from_its_owner(api: Caller) -> None:
     other = User.objects.create_user("otto")
     other.groups.add(researcher_group_ensure())
     message = _error(
-        _token_caller(other).post("runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1, "timestamp": 1}),
+        _token_caller(other).post(
+            "runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1, "timestamp": 1}
+        ),
         403,
         "PERMISSION_DENIED",
     )
@@ -321,3 +377,16 @@ def test_a_changed_password_ends_the_remembered_login(db: Any) -> None:
     user.set_password("second password 2")
     user.save()
     _error(caller.get("experiments/get", experiment_id="0"), 401, "UNAUTHENTICATED")
+
+
+def test_a_policys_early_stop_shows_on_the_run_as_a_tag(api: Caller) -> None:
+    from experiments.runs.external import external_run_request_stop
+
+    run_id = _start_run(api)["info"]["run_id"]
+    mlflow_run = MlflowRun.objects.get(run_uuid=run_id)
+    external_run_request_stop(experiment_id=mlflow_run.experiment_id, reason="policy:early_stop: loss is NaN")
+    run = api.get("runs/get", run_id=run_id).json()["run"]
+    tags = {t["key"]: t["value"] for t in run["data"]["tags"]}
+    # An MLflow client cannot be told to stop: the run stays RUNNING, and says a stop was asked.
+    assert run["info"]["status"] == "RUNNING"
+    assert tags["crucible.stop_requested"] == "policy:early_stop: loss is NaN"

@@ -34,8 +34,9 @@ BATCH = 1_000
 
 # What a user's training script does, unchanged but for MLFLOW_TRACKING_URI (and its credentials)
 # in the environment; then it reads its run back with the client's own calls.
-SCRIPT = textwrap.dedent(
-    """
+SCRIPT = (
+    textwrap.dedent(
+        """
     import json, time
     import mlflow
     from mlflow.entities import Metric
@@ -73,7 +74,10 @@ SCRIPT = textwrap.dedent(
         "tags": ended.data.tags,
     }))
     """
-).replace("POINTS", str(POINTS)).replace("BATCH", str(BATCH))
+    )
+    .replace("POINTS", str(POINTS))
+    .replace("BATCH", str(BATCH))
+)
 
 
 def _researcher(name: str, password: str | None = None) -> User:
@@ -138,7 +142,10 @@ def test_an_unchanged_mlflow_script_streams_into_the_dashboard_and_reads_back(
         out = run_mlflow_script(
             mlflow_python,
             SCRIPT,
-            env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{live_server_port}", "MLFLOW_TRACKING_TOKEN": token},
+            env={
+                "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{live_server_port}",
+                "MLFLOW_TRACKING_TOKEN": token,
+            },
             tmp_path=tmp_path,
         ).result
     finally:
@@ -212,7 +219,8 @@ def test_http_basic_credentials_of_a_django_user_work_with_the_official_client(
     ).result
     assert out["steps"] == [0, 1, 2, 3, 4]
     assert out["experiment_id"] == "0"  # MLflow's Default experiment, as with its own server
-    assert MlflowRun.objects.get(run_uuid=out["run_id"]).experiment.owner.get_username() == "bruno"
+    owner = MlflowRun.objects.get(run_uuid=out["run_id"]).experiment.owner
+    assert owner is not None and owner.get_username() == "bruno"
 
 
 def test_a_wrong_token_fails_the_official_client_with_mlflows_error(
@@ -232,7 +240,10 @@ def test_a_wrong_token_fails_the_official_client_with_mlflows_error(
     out = run_mlflow_script(
         mlflow_python,
         script,
-        env={"MLFLOW_TRACKING_URI": f"http://127.0.0.1:{live_server_port}", "MLFLOW_TRACKING_TOKEN": "cru_wrong"},
+        env={
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{live_server_port}",
+            "MLFLOW_TRACKING_TOKEN": "cru_wrong",
+        },
         tmp_path=tmp_path,
     ).result
     assert out["code"] == "UNAUTHENTICATED"
