@@ -30,6 +30,7 @@ from crucible_ui.access import api_access_install
 from crucible_ui.api_auth import API_AUTH, TokenAuth
 from experiments.api.bodies import MAX_JSON_BODY_BYTES
 from experiments.api.routes import router as experiments_router
+from experiments.api.runs import router as runs_router
 from experiments.live.api import router as metrics_router
 
 logger = logging.getLogger("crucible_ui.api")
@@ -165,3 +166,4 @@ def server_error(request: HttpRequest, exc: Exception) -> HttpResponse:
 api.add_router("/experiments", experiments_router)
 api.add_router("/experiments", metrics_router)  # GET /api/experiments/{id}/metrics
 api.add_router("/scheduler", scheduler_router)  # GET /api/scheduler/queue, /api/scheduler/gpus
+api.add_router("/runs", runs_router)  # external runs: POST /api/runs, /api/runs/{id}/metrics, ...

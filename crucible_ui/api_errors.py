@@ -15,7 +15,7 @@ from http import HTTPStatus
 from django.core.exceptions import PermissionDenied, RequestDataTooBig, SuspiciousOperation
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 
-from experiments.api.bodies import MAX_JSON_BODY_BYTES, json_body_refusal
+from experiments.api.bodies import json_body_refusal, max_body_bytes
 
 logger = logging.getLogger("crucible_ui.api")
 
@@ -53,7 +53,7 @@ class ApiJsonErrorsMiddleware:
         """Answer an /api/ request; other paths pass untouched."""
         if not request.path.startswith(API_PREFIX) or request.path.startswith(MLFLOW_PREFIX):
             return self.get_response(request)
-        refusal = json_body_refusal(request)
+        refusal = json_body_refusal(request, max_bytes=max_body_bytes(request.path))
         if refusal is not None:
             return api_error(*refusal)
         response = self.get_response(request)
@@ -70,7 +70,7 @@ class ApiJsonErrorsMiddleware:
         if not request.path.startswith(API_PREFIX) or request.path.startswith(MLFLOW_PREFIX):
             return None
         if isinstance(exc, RequestDataTooBig):
-            return api_error(413, f"body: at most {MAX_JSON_BODY_BYTES} bytes")
+            return api_error(413, f"body: at most {max_body_bytes(request.path)} bytes")
         if isinstance(exc, Http404 | PermissionDenied | SuspiciousOperation):
             return None  # Django answers these (404, 403, 400); __call__ makes them JSON
         logger.error("API error on %s %s", request.method, request.path, exc_info=exc)

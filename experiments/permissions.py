@@ -65,12 +65,15 @@ class Access:
     `hidden` permissions guard object routes: a caller without one is told the object does not
     exist (404), so that existing and missing ids answer alike. `api` routes are called by
     programs: they accept `Authorization: Bearer <token>` and answer refusals as JSON.
+    `run_token` routes also take a run-scoped token (one that may write to its own run only,
+    handed to an external client); every other route refuses such a token (403).
     """
 
     public: bool = False
     permissions: frozenset[str] = frozenset()
     hidden: frozenset[str] = frozenset()
     api: bool = False
+    run_token: bool = False
 
     def merged(self, other: Access) -> Access:
         """Return both declarations at once (stacked decorators); public cannot be combined."""
@@ -80,6 +83,7 @@ class Access:
             permissions=self.permissions | other.permissions,
             hidden=self.hidden | other.hidden,
             api=self.api or other.api,
+            run_token=self.run_token and other.run_token,
         )
 
     def decide(self, user: Any) -> Decision:
@@ -88,6 +92,8 @@ class Access:
             return Decision.ALLOWED
         if user is None or not user.is_authenticated:
             return Decision.LOGIN
+        if token_run_id(user) is not None and not self.run_token:
+            return Decision.FORBIDDEN
         # Hidden first: a caller who may not see the object must not learn that a
         # stronger permission would be needed for it either.
         if not all(user.has_perm(perm) for perm in sorted(self.hidden)):
@@ -98,6 +104,8 @@ class Access:
 
     def lacking(self, user: Any) -> list[str]:
         """Return the declared permissions this user lacks (to name in a refusal; never object data)."""
+        if token_run_id(user) is not None and not self.run_token:
+            return ["a user's token (this token may only write to its own run)"]
         return [perm for perm in sorted(self.hidden | self.permissions) if not user.has_perm(perm)]
 
     def describe(self) -> str:
@@ -107,7 +115,17 @@ class Access:
         parts = ["login"]
         parts += [f"{perm} (404 without)" for perm in sorted(self.hidden)]
         parts += sorted(self.permissions - self.hidden)
-        return " + ".join(parts) + (" [api]" if self.api else "")
+        return " + ".join(parts) + (" [api]" if self.api else "") + (" [run token]" if self.run_token else "")
+
+
+# The attribute a user authenticated by a run-scoped API token carries: the run's id.
+TOKEN_RUN_ATTR = "api_token_run_id"
+
+
+def token_run_id(user: Any) -> int | None:
+    """Return the run a run-scoped token is limited to, or None (a session or a user's token)."""
+    value = getattr(user, TOKEN_RUN_ATTR, None)
+    return value if isinstance(value, int) else None
 
 
 ACCESS_ATTR = "access_declaration"
@@ -140,17 +158,18 @@ def login_only(target: _Declared) -> _Declared:
 
 
 def requires_permission(
-    *permissions: str, hidden: bool = False, api: bool = False
+    *permissions: str, hidden: bool = False, api: bool = False, run_token: bool = False
 ) -> Callable[[_Declared], _Declared]:
     """Declare the permissions a route needs ("app_label.codename"); stack it to add more.
 
     hidden: refuse with 404, as for a missing object, rather than 403 (object routes).
     api: a route for programs (bearer tokens accepted, JSON refusals).
+    run_token: a run-scoped token is accepted too (the view checks that the run is its own).
     """
     if not permissions or not all(isinstance(p, str) and "." in p for p in permissions):
         raise ImproperlyConfigured(f"permissions are 'app_label.codename' strings, got {permissions!r}")
     perms = frozenset(permissions)
-    access = Access(permissions=perms, hidden=perms if hidden else frozenset(), api=api)
+    access = Access(permissions=perms, hidden=perms if hidden else frozenset(), api=api, run_token=run_token)
 
     def declare(target: _Declared) -> _Declared:
         return _declare(target, access)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from django.http import HttpRequest
 
 # A predict call of MAX_INSTANCES rows of 64 numbers is ~350 kB; an experiment ~2 kB.
 MAX_JSON_BODY_BYTES = 1 << 20
+# A batch of 10,000 metric points of an external run (up to ~200 bytes each with long names):
+# Django's own bound on a body read into memory (DATA_UPLOAD_MAX_MEMORY_SIZE's default).
+MAX_METRICS_BODY_BYTES = 2_621_440
+_METRICS_PATH = re.compile(r"^/api/runs/\d+/metrics$")
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
@@ -28,3 +34,8 @@ def json_body_refusal(
             shown = content_type or "none"
             return 415, f"Content-Type: must be application/json, got {shown}"
     return None
+
+
+def max_body_bytes(path: str) -> int:
+    """Return the largest body an API path takes: metric batches are bigger than the rest."""
+    return MAX_METRICS_BODY_BYTES if _METRICS_PATH.match(path) else MAX_JSON_BODY_BYTES

@@ -105,6 +105,7 @@ class ExperimentSummary(Schema):
     id: int
     name: str
     recipe: str
+    executor: str
     state: str
     priority_class: str
     priority: int

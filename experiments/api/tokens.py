@@ -13,7 +13,8 @@ from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from experiments.models import ApiToken
+from experiments.models import ApiToken, Run
+from experiments.permissions import TOKEN_RUN_ATTR
 
 # Recognisable in logs and secret scanners; the random part carries 256 bits.
 TOKEN_PREFIX = "cru_"
@@ -27,11 +28,15 @@ def token_hash(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def api_token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
-    """Create a token for user and return it with the raw secret, which is never stored."""
+def api_token_create(*, user: Any, name: str, run: Run | None = None) -> tuple[ApiToken, str]:
+    """Create a token for user and return it with the raw secret, which is never stored.
+
+    With a run, the token may only write to that run (an external client's token).
+    """
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         user=user,
+        run=run,
         name=name,
         token_sha256=token_hash(raw),
         prefix=raw[: ApiToken._meta.get_field("prefix").max_length],
@@ -40,7 +45,11 @@ def api_token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
 
 
 def api_token_user(*, raw: str) -> Any | None:
-    """Return the active user a raw token belongs to (and note its use), or None."""
+    """Return the active user a raw token belongs to (and note its use), or None.
+
+    The user of a run-scoped token carries the run's id (experiments.permissions.token_run_id):
+    every route but the run's own refuses it.
+    """
     if not raw or len(raw) > 200:
         return None
     token = ApiToken.objects.select_related("user").filter(token_sha256=token_hash(raw)).first()
@@ -51,6 +60,7 @@ def api_token_user(*, raw: str) -> Any | None:
         ApiToken.objects.filter(pk=token.pk).filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
         ).update(last_used_at=now)
+    setattr(token.user, TOKEN_RUN_ATTR, token.run_id)
     return token.user
 
 

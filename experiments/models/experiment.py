@@ -480,6 +480,8 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=8, help_text="First characters, to recognise the token.")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
+    # A run-scoped token (handed to an external client) writes to this run only.
+    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens")
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

@@ -188,7 +188,7 @@ def _validate(points: Sequence[Point]) -> list[MetricPointPayload]:
         except (TypeError, ValueError):
             errors.append((i, "point", "must be (name, step, value, wall_time)"))
             continue
-        if not isinstance(name, str) or not name.strip() or len(name) > MAX_METRIC_NAME:
+        if not isinstance(name, str) or not name or len(name) > MAX_METRIC_NAME:
             errors.append((i, "name", f"must be a non-empty string of at most {MAX_METRIC_NAME} characters"))
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
             errors.append((i, "step", f"must be an integer from 0 to {MAX_STEP}"))

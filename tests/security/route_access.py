@@ -110,6 +110,18 @@ ROUTES: dict[str, Route] = {
         "POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={"reason": "tried by the access test"}
     ),
     "api:experiment_metrics": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
+    # External runs: starting and writing to runs is the Start button's permission (queue_experiment).
+    "api:run_start_view": Route(
+        "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"experiment": "made by the access test"}
+    ),
+    "api:run_detail_view": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
+    "api:run_metrics_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"points": []}),
+    "api:run_heartbeat_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={}),
+    "api:run_finish_view": Route(
+        "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"status": "completed"}
+    ),
+    "api:run_params_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"params": {}}),
+    "api:run_tags_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"tags": {}}),
     "api:queue": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     "api:gpus": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     # --- the MLflow tracking API (programs): a bearer token or HTTP basic credentials, never the

@@ -51,7 +51,7 @@ def _connection_kept(db: Any) -> Iterator[None]:
 # Every check runs on every operation. Where the API deliberately checks more than a JSON
 # schema can say, a schema-valid request may be refused with the documented status: a
 # recipe's config (422 naming the parameter), an unknown event (400 listing the known ones),
-# hand-parsed metric query parameters (400 naming the field).
+# hand-parsed metric query parameters (400 naming the field), an external run's config and keys.
 _ACCEPTED = ["2xx", "401", "403", "404", "409"]
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -60,6 +60,15 @@ CONFIG = SchemathesisConfig.from_dict(
                 "include-operation-id": "experiments_api_routes_experiment_create_view",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "422"]}},
             },
+            # External runs: a recipe's config (422 naming the parameter), parameter and tag keys
+            # (at most 250 characters, 422 naming the key).
+            *(
+                {
+                    "include-operation-id": f"experiments_api_runs_{name}",
+                    "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "422"]}},
+                }
+                for name in ("run_start_view", "run_params_view", "run_tags_view")
+            ),
             {
                 "include-operation-id": "experiments_api_routes_experiment_action",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "400"]}},

@@ -31,6 +31,8 @@ from crucible_ui.api_auth import API_AUTH
 from crucible_ui.asgi import application
 from crucible_ui.routing import websocket_urlpatterns
 from crucible_ui.urls import urlpatterns as project_urlpatterns
+from experiments.actors import Actor
+from experiments.choices import Executor
 from experiments.live.consumers import FleetConsumer
 from experiments.models import ModelStage, ModelVersion
 from experiments.permissions import (
@@ -41,6 +43,7 @@ from experiments.permissions import (
     requires_permission,
     researcher_group_ensure,
 )
+from experiments.runs.external import external_run_start
 from experiments.services import experiment_create
 from tests.security.route_access import (
     ACCEPTED,
@@ -105,7 +108,9 @@ def _objects() -> dict[str, Any]:
         conditions_passed=True,
         status=TriggerStatus.FIRED,
     )
-    return {**URL_VALUES, "experiment_id": experiment.pk, "trigger_id": trigger.pk}
+    notebook = experiment_create(name=SECRET_NAME + " (external)", recipe="", executor=Executor.EXTERNAL)
+    run = external_run_start(experiment=notebook, actor=Actor.system("test"))
+    return {**URL_VALUES, "experiment_id": experiment.pk, "trigger_id": trigger.pk, "run_id": run.pk}
 
 
 def _url_of(name: str, route: str, values: dict[str, Any]) -> str:
