@@ -213,7 +213,9 @@ def batch_endpoint_repetition(port: int, headers: dict[str, str]) -> Any:
         nonlocal attempt
         attempt += 1
         run = _call(port, "POST", "/api/runs", headers, {"experiment": f"bench http batch {attempt}"})
-        run_id = run["run_id"] if "run_id" in run else run["id"]
+        run_id = run["id"]
+        # The run-scoped token the Crucible client writes with.
+        run_headers = {"Authorization": f"Bearer {run['token']}", "Content-Type": "application/json"}
         bodies = [
             json.dumps(
                 {"points": [{"name": m["key"], "step": m["step"], "value": m["value"]} for m in batch]}
@@ -225,11 +227,17 @@ def batch_endpoint_repetition(port: int, headers: dict[str, str]) -> Any:
                 port,
                 f"/api/runs/{run_id}/metrics",
                 bodies,
-                {**headers, "Content-Type": "application/json"},
+                run_headers,
                 warm_up=f"/api/runs/{run_id}",
             )
         )
-        return sum(len(b) for b in batches) / elapsed
+        from experiments.models import MetricPoint
+
+        points = sum(len(b) for b in batches)
+        stored = MetricPoint.objects.filter(run_id=run_id).count()
+        if stored != points:
+            raise RuntimeError(f"{stored} points stored, {points} logged")
+        return points / elapsed
 
     return one_repetition
 

@@ -9,7 +9,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('experiments', '0009_external_runs'),
+        ('experiments', '0010_run_scoped_tokens'),
         migrations.swappable_dependency(settings.AUTH_USER_MODEL),
     ]
 
