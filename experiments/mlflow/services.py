@@ -17,7 +17,7 @@ from django.db import IntegrityError, transaction
 
 from experiments.actors import Actor
 from experiments.choices import Executor
-from experiments.mlflow.errors import MlflowError, invalid
+from experiments.mlflow.errors import MlflowError, invalid, missing
 from experiments.mlflow.selectors import (
     DEFAULT_EXPERIMENT_ID,
     mlflow_experiment_get,
@@ -109,14 +109,26 @@ def _require(user: Any, *perms: str) -> None:
         )
 
 
-def _writable_run(user: Any, run_id: str) -> MlflowRun:
-    """Return the MLflow run the caller may write to: their own, or any for holders of change_experiment."""
+def _writable_run(user: Any, run_id: str) -> Run:
+    """Return the attempt of an MLflow run the caller may write to: their own, or any with change_experiment.
+
+    Only the attempt's ids are loaded (every metric batch comes through here): the ingest and
+    the run services read and lock what else they need themselves.
+    """
     _require(user, "experiments.add_experiment")
-    mlflow_run = mlflow_run_get(run_id)
-    owner_id = mlflow_run.experiment.owner_id
+    if not run_id:
+        raise invalid("Missing value for required parameter 'run_id'.")
+    row = (
+        MlflowRun.objects.filter(run_uuid=run_id)
+        .values_list("run_id", "experiment_id", "experiment__owner_id")
+        .first()
+    )
+    if row is None:
+        raise missing(f"Run '{run_id}' not found")
+    attempt_id, experiment_id, owner_id = row
     if owner_id != user.pk and not user.has_perm("experiments.change_experiment"):
         raise MlflowError("PERMISSION_DENIED", f"Run '{run_id}' belongs to another user.")
-    return mlflow_run
+    return Run(pk=attempt_id, experiment_id=experiment_id)
 
 
 # --- experiments ---------------------------------------------------------------------------------
@@ -209,7 +221,8 @@ def mlflow_run_create(*, user: Any, body: dict[str, Any]) -> MlflowRun:
 
 def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
     """Rename a run and/or end it (FINISHED, FAILED, KILLED); RUNNING changes nothing."""
-    mlflow_run = _writable_run(user, _text(body, "run_id", required=False) or _text(body, "run_uuid"))
+    run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
+    attempt = _writable_run(user, run_id)
     status = body.get("status")
     if status not in (None, "", "RUNNING", "SCHEDULED", *FINISH_OF_STATUS):
         raise invalid(
@@ -217,14 +230,15 @@ def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
         )
     run_name = _text(body, "run_name", required=False)
     end_time = _millis(body, "end_time")
-    if run_name and run_name != mlflow_run.run_name:
-        MlflowRun.objects.filter(pk=mlflow_run.pk).update(run_name=run_name)
-        external_run_set_tags(run=mlflow_run.run, tags={RUN_NAME_TAG: run_name})
+    if run_name and MlflowRun.objects.filter(run_uuid=run_id).exclude(run_name=run_name).update(
+        run_name=run_name
+    ):
+        external_run_set_tags(run=attempt, tags={RUN_NAME_TAG: run_name})
     if status in FINISH_OF_STATUS:
         ended = end_time or int(time.time() * 1000)
-        MlflowRun.objects.filter(pk=mlflow_run.pk, end_time__isnull=True).update(end_time=ended)
-        external_run_finish(run=mlflow_run.run, status=FINISH_OF_STATUS[status])
-    return mlflow_run_get(mlflow_run.run_uuid)
+        MlflowRun.objects.filter(run_uuid=run_id, end_time__isnull=True).update(end_time=ended)
+        external_run_finish(run=attempt, status=FINISH_OF_STATUS[status])
+    return mlflow_run_get(run_id)
 
 
 def _point(metric: Any, index: int, field: str) -> Point:
@@ -266,9 +280,30 @@ def _point(metric: Any, index: int, field: str) -> Point:
     return (key, step, value, wall_time)
 
 
-def _ingest(mlflow_run: MlflowRun, points: list[Point], field: str) -> ControlState:
+def _points(metrics: list[Any], field: str) -> list[Point]:
+    """Return a batch of MLflow metrics as external points.
+
+    The common shape ({key: str, value: float, timestamp: int, step: int}) takes a tight loop:
+    this runs for every logged point. Anything else goes through `_point`, whose message names
+    the field; the ingest checks names, steps and values again either way.
+    """
+    out: list[Point] = []
+    append = out.append
     try:
-        return external_metrics_ingest(run=mlflow_run.run, points=points)
+        for metric in metrics:
+            value = metric["value"]
+            timestamp = metric["timestamp"]
+            if type(value) is not float or type(timestamp) is not int or type(metric["key"]) is not str:
+                raise TypeError
+            append((metric["key"], int(metric.get("step") or 0), value, timestamp / 1000.0))
+    except (KeyError, TypeError, ValueError):
+        return [_point(m, i, field) for i, m in enumerate(metrics)]
+    return out
+
+
+def _ingest(attempt: Run, points: list[Point], field: str) -> ControlState:
+    try:
+        return external_metrics_ingest(run=attempt, points=points)
     except PointsInvalid as exc:
         index, name, message = exc.errors[0]
         where = f"{field}[{index}].{name}" if name != "points" else field
@@ -278,15 +313,16 @@ def _ingest(mlflow_run: MlflowRun, points: list[Point], field: str) -> ControlSt
         ) from None
 
 
-def _params_check(run: Run, params: dict[str, str], run_id: str) -> dict[str, str]:
+def _params_check(attempt: Run, params: dict[str, str], run_id: str) -> dict[str, str]:
     """Return the params not logged yet; refuse a new value for a logged one (params are write-once in MLflow)."""
+    logged = Run.objects.filter(pk=attempt.pk).values_list("params", flat=True).first() or {}
     fresh = {}
     for key, value in params.items():
-        if key in run.params:
-            if str(run.params[key]) != value:
+        if key in logged:
+            if str(logged[key]) != value:
                 raise invalid(
                     f"Changing param values is not allowed. Param with key='{key}' was already logged with "
-                    f"value='{run.params[key]}' for run ID='{run_id}'. Attempted logging new value '{value}'."
+                    f"value='{logged[key]}' for run ID='{run_id}'. Attempted logging new value '{value}'."
                 )
             continue
         fresh[key] = value
@@ -296,49 +332,49 @@ def _params_check(run: Run, params: dict[str, str], run_id: str) -> dict[str, st
 def mlflow_log_batch(*, user: Any, body: dict[str, Any]) -> ControlState:
     """Log metrics, params and tags of one run at once; the metrics take the external ingest path."""
     run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
-    mlflow_run = _writable_run(user, run_id)
+    attempt = _writable_run(user, run_id)
     metrics = body.get("metrics") or []
     if not isinstance(metrics, list):
         raise invalid("Invalid value for parameter 'metrics': expected a list.")
     params = _key_values(body.get("params"), "params", max_value=MAX_PARAM_VALUE_LENGTH)
     tags = _key_values(body.get("tags"), "tags", max_value=MAX_TAG_VALUE_LENGTH)
-    points = [_point(m, i, "metrics") for i, m in enumerate(metrics)]
-    fresh_params = _params_check(mlflow_run.run, params, run_id)
-    state = _ingest(mlflow_run, points, "metrics") if points else ControlState(stop=False, reason=None)
+    points = _points(metrics, "metrics")
+    fresh_params = _params_check(attempt, params, run_id) if params else {}
+    state = _ingest(attempt, points, "metrics") if points else ControlState(stop=False, reason=None)
     if fresh_params:
-        external_run_log_params(run=mlflow_run.run, params=fresh_params)
+        external_run_log_params(run=attempt, params=fresh_params)
     if tags:
-        external_run_set_tags(run=mlflow_run.run, tags=tags)
+        external_run_set_tags(run=attempt, tags=tags)
     return state
 
 
 def mlflow_log_metric(*, user: Any, body: dict[str, Any]) -> ControlState:
     """Log one metric point."""
     run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
-    mlflow_run = _writable_run(user, run_id)
+    attempt = _writable_run(user, run_id)
     point = _point(body, 0, "metric")
-    return _ingest(mlflow_run, [point], "metric")
+    return _ingest(attempt, [point], "metric")
 
 
 def mlflow_log_param(*, user: Any, body: dict[str, Any]) -> None:
     """Log one parameter (write-once)."""
     run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
-    mlflow_run = _writable_run(user, run_id)
+    attempt = _writable_run(user, run_id)
     params = _key_values(
         [{"key": body.get("key"), "value": body.get("value")}], "param", max_value=MAX_PARAM_VALUE_LENGTH
     )
-    fresh = _params_check(mlflow_run.run, params, run_id)
+    fresh = _params_check(attempt, params, run_id)
     if fresh:
-        external_run_log_params(run=mlflow_run.run, params=fresh)
+        external_run_log_params(run=attempt, params=fresh)
 
 
 def mlflow_set_tag(*, user: Any, body: dict[str, Any]) -> None:
     """Set one tag of a run (a later value replaces the earlier)."""
     run_id = _text(body, "run_id", required=False) or _text(body, "run_uuid")
-    mlflow_run = _writable_run(user, run_id)
+    attempt = _writable_run(user, run_id)
     tags = _key_values(
         [{"key": body.get("key"), "value": body.get("value")}], "tag", max_value=MAX_TAG_VALUE_LENGTH
     )
-    external_run_set_tags(run=mlflow_run.run, tags=tags)
+    external_run_set_tags(run=attempt, tags=tags)
     if tags.get(RUN_NAME_TAG):
-        MlflowRun.objects.filter(pk=mlflow_run.pk).update(run_name=tags[RUN_NAME_TAG][:250])
+        MlflowRun.objects.filter(run_uuid=run_id).update(run_name=tags[RUN_NAME_TAG][:250])
