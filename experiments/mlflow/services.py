@@ -8,6 +8,7 @@ treat it like any client's run (docs/mlflow.md says why).
 from __future__ import annotations
 
 import math
+import threading
 import time
 import uuid
 from typing import Any
@@ -109,26 +110,96 @@ def _require(user: Any, *perms: str) -> None:
         )
 
 
+class _AttemptIds:
+    """Run id -> (attempt id, experiment id, owner id), remembered for a while by this process.
+
+    Every metric batch names its run by MLflow's id; the ids behind it never change, and the
+    owner only through the admin, so a lookup per batch would be a query spent on nothing.
+    An owner changed in the admin takes effect here within OWNER_SECONDS.
+    """
+
+    OWNER_SECONDS = 30.0
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[str, tuple[int, int, int | None, float]] = {}
+
+    def get(self, run_id: str) -> tuple[int, int, int | None] | None:
+        with self._lock:
+            entry = self._entries.get(run_id)
+        if entry is not None and entry[3] > time.monotonic():
+            return entry[0], entry[1], entry[2]
+        row = (
+            MlflowRun.objects.filter(run_uuid=run_id)
+            .values_list("run_id", "experiment_id", "experiment__owner_id")
+            .first()
+        )
+        if row is None:
+            return None
+        with self._lock:
+            if len(self._entries) >= self.MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[run_id] = (row[0], row[1], row[2], time.monotonic() + self.OWNER_SECONDS)
+        return row[0], row[1], row[2]
+
+
+attempt_ids = _AttemptIds()
+
+
+class _WriteGrants:
+    """(user id, run id) pairs found allowed to write, for GRANT_SECONDS.
+
+    Reading a user's permissions costs two queries, and a script sends a batch every few
+    milliseconds: the check is made again after GRANT_SECONDS, so a permission taken away
+    stops a running script's writes within that time (a revoked token or a deactivated user
+    stops them at once: the caller is authenticated on every request).
+    """
+
+    GRANT_SECONDS = 30.0
+    MAX_ENTRIES = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._until: dict[tuple[int, str], float] = {}
+
+    def allowed(self, user_id: int, run_id: str) -> bool:
+        with self._lock:
+            return self._until.get((user_id, run_id), 0.0) > time.monotonic()
+
+    def grant(self, user_id: int, run_id: str) -> None:
+        with self._lock:
+            if len(self._until) >= self.MAX_ENTRIES:
+                self._until.clear()
+            self._until[(user_id, run_id)] = time.monotonic() + self.GRANT_SECONDS
+
+    def clear(self) -> None:
+        with self._lock:
+            self._until.clear()
+
+
+write_grants = _WriteGrants()
+
+
 def _writable_run(user: Any, run_id: str) -> Run:
     """Return the attempt of an MLflow run the caller may write to: their own, or any with change_experiment.
 
     Only the attempt's ids are loaded (every metric batch comes through here): the ingest and
     the run services read and lock what else they need themselves.
     """
-    _require(user, "experiments.add_experiment")
     if not run_id:
         raise invalid("Missing value for required parameter 'run_id'.")
-    row = (
-        MlflowRun.objects.filter(run_uuid=run_id)
-        .values_list("run_id", "experiment_id", "experiment__owner_id")
-        .first()
-    )
-    if row is None:
+    ids = attempt_ids.get(run_id)
+    if not write_grants.allowed(user.pk, run_id):
+        _require(user, "experiments.add_experiment")
+        if ids is None:
+            raise missing(f"Run '{run_id}' not found")
+        if ids[2] != user.pk and not user.has_perm("experiments.change_experiment"):
+            raise MlflowError("PERMISSION_DENIED", f"Run '{run_id}' belongs to another user.")
+        write_grants.grant(user.pk, run_id)
+    if ids is None:
         raise missing(f"Run '{run_id}' not found")
-    attempt_id, experiment_id, owner_id = row
-    if owner_id != user.pk and not user.has_perm("experiments.change_experiment"):
-        raise MlflowError("PERMISSION_DENIED", f"Run '{run_id}' belongs to another user.")
-    return Run(pk=attempt_id, experiment_id=experiment_id)
+    return Run(pk=ids[0], experiment_id=ids[1])
 
 
 # --- experiments ---------------------------------------------------------------------------------

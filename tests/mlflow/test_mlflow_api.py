@@ -390,3 +390,15 @@ def test_a_policys_early_stop_shows_on_the_run_as_a_tag(api: Caller) -> None:
     # An MLflow client cannot be told to stop: the run stays RUNNING, and says a stop was asked.
     assert run["info"]["status"] == "RUNNING"
     assert tags["crucible.stop_requested"] == "policy:early_stop: loss is NaN"
+
+
+def test_a_permission_taken_away_stops_writes_once_the_grant_lapses(api: Caller, researcher: User) -> None:
+    from experiments.mlflow.services import write_grants
+
+    run_id = _start_run(api)["info"]["run_id"]
+    point = {"run_id": run_id, "key": "loss", "value": 1.0, "timestamp": 1, "step": 0}
+    assert api.post("runs/log-metric", point).status_code == 200
+    researcher.groups.clear()
+    # Within the grant (seconds) the running script keeps logging; after it, the check is made again.
+    write_grants.clear()
+    _error(api.post("runs/log-metric", {**point, "step": 1}), 403, "PERMISSION_DENIED")
