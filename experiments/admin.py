@@ -65,16 +65,26 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
     """Experiments with their transition buttons; every button fires the audited service."""
 
     fsm_fields = ["state"]
-    list_display = ("id", "name", "recipe", "state", "priority_class", "priority", "owner", "created_at")
+    list_display = (
+        "id",
+        "name",
+        "recipe",
+        "executor",
+        "state",
+        "priority_class",
+        "priority",
+        "owner",
+        "created_at",
+    )
     list_display_links = ("id", "name")
-    list_filter = ("state", "recipe", "priority_class")
+    list_filter = ("state", "recipe", "executor", "priority_class")
     search_fields = ("name", "description", "tags")
     list_select_related = ("owner",)
     raw_id_fields = ("owner", "parent")
     readonly_fields = ("state_changed_at", "queued_at", "created_at", "updated_at")
     inlines = [TransitionLogInline]
     fieldsets = (
-        (None, {"fields": ("name", "description", "state", "recipe", "config", "tags")}),
+        (None, {"fields": ("name", "description", "state", "recipe", "executor", "config", "tags")}),
         (
             "Scheduling and resources",
             {
@@ -93,6 +103,11 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
         ("Ownership and lineage", {"fields": ("owner", "parent")}),
         ("Times", {"fields": ("state_changed_at", "queued_at", "created_at", "updated_at")}),
     )
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        """Fix the executor once the experiment exists: its runs were started by one or the other."""
+        fields = tuple(super().get_readonly_fields(request, obj))
+        return (*fields, "executor") if obj is not None else fields
 
     def get_fsm_block_label(self, fsm_field_name: str) -> str:  # type: ignore[override]
         return "Actions (recorded in the history)"

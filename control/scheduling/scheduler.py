@@ -165,7 +165,12 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     """Decide, without writing, which queued experiments get which free devices, and why the rest wait."""
     now = now or timezone.now()
     limit = concurrency_limit() if max_concurrent is None else max_concurrent
-    live = list(Run.objects.filter(status__in=LIVE_RUN_STATUSES).values_list("experiment_id", flat=True))
+    # External runs train on their client's hardware: they hold no slot of ours.
+    live = list(
+        Run.objects.filter(status__in=LIVE_RUN_STATUSES)
+        .exclude(experiment__executor=Executor.EXTERNAL)
+        .values_list("experiment_id", flat=True)
+    )
     running = len(live)
     devices = list(usable_devices(now=now))
     free = [d for d in devices if d.leased_run_id is None and not d.reserved and not _reserved_by_settings(d)]

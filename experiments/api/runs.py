@@ -162,7 +162,7 @@ class TagsIn(Schema):
     tags: dict[str, StrictStr]
 
 
-# --- helpers -----------------------------------------------------------------------------------
+# --- lookups and checks ---------------------------------------------------------------------
 
 
 def _state_out(state: ControlState) -> dict[str, Any]:

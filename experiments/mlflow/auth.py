@@ -29,6 +29,7 @@ from django.http import HttpRequest
 
 from experiments.api.tokens import TokenLockedOut, api_token_authenticate
 from experiments.mlflow.errors import MlflowError
+from experiments.permissions import token_run_id
 
 BASIC_AUTH_CACHE_SECONDS = 60.0
 _CACHE_MAX_ENTRIES = 1024
@@ -122,6 +123,14 @@ def mlflow_caller(request: HttpRequest) -> Any:
             raise _locked_out() from None
         if user is None:
             raise _unauthenticated("Authorization: invalid or revoked API token")
+        if token_run_id(user) is not None:
+            # A run token may write to its one run through /api/runs only; here it would act
+            # with all of its user's permissions.
+            raise MlflowError(
+                "PERMISSION_DENIED",
+                "This is a run token (from POST /api/runs): it writes to its own run only. "
+                "The MLflow API takes a user's token (manage.py api_token <user>) or a login.",
+            )
         return user
     if scheme.lower() == "basic" and credentials.strip():
         return _basic_user(request, credentials)

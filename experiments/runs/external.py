@@ -28,7 +28,7 @@ from django.utils import timezone
 from experiments.actors import Actor
 from experiments.choices import Executor, Interruption, RunStatus, State
 from experiments.events import MetricPointPayload
-from experiments.models import Experiment, MetricPoint, Run
+from experiments.models import Experiment, MetricPoint, Run, TransitionLog
 from experiments.recipes import ConfigError, get_spec
 from experiments.runs.reporting import finite_or_none, metrics_write
 from experiments.runs.services import run_create, run_end, run_fail, run_interrupt, run_succeed
@@ -97,9 +97,14 @@ def run_control_state(*, run: Run) -> ControlState:
     if row["stop_requested_at"] is not None:
         return ControlState(stop=True, reason=row["stop_reason"] or "stop requested")
     if row["cancel_requested_at"] is not None or row["experiment__state"] != State.RUNNING:
-        return ControlState(
-            stop=True, reason=f"cancel requested (the experiment is {row['experiment__state']})"
+        # Say who moved the experiment on and why (a person's cancel, a policy's requeue).
+        last = (
+            TransitionLog.objects.filter(experiment_id=run.experiment_id)
+            .order_by("-created_at", "-id")
+            .first()
         )
+        why = f": {last.event} by {last.actor}" + (f" ({last.reason})" if last.reason else "") if last else ""
+        return ControlState(stop=True, reason=f"the experiment is {row['experiment__state']}{why}"[:500])
     return ControlState(stop=False, reason=None)
 
 
@@ -246,13 +251,17 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
             [(MAX_POINTS_PER_BATCH, "points", f"at most {MAX_POINTS_PER_BATCH} points per batch")]
         )
     payloads = _validate(points)
-    fresh = _not_stored(run, payloads)
-    if fresh:
-        metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
     last_step = max((p["step"] for p in payloads), default=0)
-    Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-        heartbeat_at=timezone.now(), last_step=Greatest(F("last_step"), last_step)
-    )
+    with transaction.atomic():
+        # One batch of a run at a time: a retry racing its own first attempt (whose answer was
+        # lost) must not find the same points "not stored" and publish them twice.
+        Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+        fresh = _not_stored(run, payloads)
+        if fresh:
+            metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
+        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+            heartbeat_at=timezone.now(), last_step=Greatest(F("last_step"), last_step)
+        )
     return run_control_state(run=run)
 
 

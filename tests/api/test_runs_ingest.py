@@ -234,3 +234,26 @@ def test_an_unknown_run_is_a_404(operator: User, token_for: TokenFor) -> None:
     response = _post(Client(), "/api/runs/999999/heartbeat", {}, token_for(operator))
 
     assert response.status_code == 404
+
+
+def test_a_metrics_body_over_its_bound_is_a_413_before_it_is_read(
+    operator: User, token_for: TokenFor
+) -> None:
+    started = _start(operator, token_for)
+    name = "n" * 64
+    points = [
+        {"name": name, "step": s, "value": 0.1234567890123, "wall_time": 1764598000.123456}
+        for s in range(9_999)
+    ]
+    body = json.dumps({"points": points, "padding": "x" * 1_200_000})
+
+    response = Client().post(
+        f"/api/runs/{started['id']}/metrics",
+        body,
+        content_type="application/json",
+        headers={"Authorization": f"Bearer {started['token']}"},
+    )
+
+    assert len(body) > 2_621_440
+    assert response.status_code == 413 and response.json()["detail"].startswith("body: at most 2621440 bytes")
+    assert not MetricPoint.objects.exists()

@@ -12,6 +12,8 @@ from django.test import override_settings
 from django.utils import timezone
 
 from control.models import Device
+from control.policies.engine import engine_on_metrics
+from control.policies.models import ExecutionStatus, PolicyKind
 from control.scheduling.scheduler import queued_in_order, scheduler_tick
 from control.scheduling.services import watchdog_sweep
 from experiments.actors import Actor
@@ -31,6 +33,7 @@ from experiments.runs.external import (
 from experiments.runs.selectors import experiment_metric_series
 from experiments.services import experiment_create, experiment_transition
 from tests.control.helpers import make_worker
+from tests.policies.helpers import make_policy, run_pending_actions
 
 pytestmark = pytest.mark.django_db
 
@@ -143,7 +146,7 @@ def test_cancel_and_early_stop_reach_the_client_through_its_control_state() -> N
     other = external_run_start(experiment=_external("second"), actor=Actor.system("test"))
     experiment_transition(experiment_id=other.experiment_id, event="cancel", actor=Actor.system("test"))
     state = external_metrics_ingest(run=other, points=[("loss", 1, 0.5, None)])
-    assert state.stop is True and "cancel" in (state.reason or "")
+    assert state.stop is True and state.reason == "the experiment is cancelled: cancel by system:test"
 
 
 def test_finish_completed_moves_the_experiment_to_evaluation_and_a_repeat_changes_nothing() -> None:
@@ -222,3 +225,71 @@ def test_a_quiet_client_is_lost_after_the_external_timeout_not_the_worker_one() 
     assert experiment.state == State.QUEUED and experiment.attempts_spent() == 0
     requeue = TransitionLog.objects.filter(experiment=experiment, event="requeue").get()
     assert requeue.actor == "system:watchdog" and "client lost" in requeue.reason
+
+
+def test_the_experiment_page_says_stop_requested_with_the_policys_reason(client: Any) -> None:
+    user = User.objects.create_superuser("root", email="")
+    client.force_login(user)
+    run = external_run_start(experiment=_external("page"), actor=Actor.system("test"))
+    external_run_request_stop(
+        experiment_id=run.experiment_id, reason="early stop by policy plateau: loss flat"
+    )
+
+    page = client.get(f"/experiments/{run.experiment_id}/").content.decode()
+
+    assert "stop requested" in page and "early stop by policy plateau: loss flat" in page
+    assert "External client" in page
+
+
+def test_a_nan_requeue_policy_stops_an_external_run_and_says_why() -> None:
+    make_policy(
+        "nan_guard",
+        PolicyKind.EARLY_STOP,
+        [{"kind": "not_finite", "metric": "loss"}],
+        [{"kind": "requeue", "params": {"lr_factor": 0.5}}],
+    )
+    experiment = _external("diverging", config={"lr": 0.2})
+    run = external_run_start(experiment=experiment, actor=Actor.system("test"))
+
+    external_metrics_ingest(run=run, points=[("loss", 1, 0.9, None), ("loss", 2, float("inf"), None)])
+    engine_on_metrics(experiment_id=experiment.pk)
+    run_pending_actions()
+
+    state = external_run_heartbeat(run=run)
+    assert state.stop is True
+    assert state.reason and state.reason.startswith("the experiment is queued: requeue by policy:nan_guard")
+    experiment.refresh_from_db()
+    assert experiment.config == {"lr": 0.1}
+    # The client's next start is the next attempt, with the halved learning rate.
+    external_run_finish(run=run, status="completed")
+    again = external_run_start(experiment=experiment, actor=Actor.system("test"))
+    assert again.attempt == 2 and again.config == {"lr": 0.1}
+
+
+def test_a_stop_run_policy_sets_the_stop_state_naming_the_policy() -> None:
+    make_policy(
+        "stopper",
+        PolicyKind.EARLY_STOP,
+        [{"kind": "metric", "metric": "loss", "aggregate": "latest", "operator": "<", "threshold": 0.5}],
+        [{"kind": "stop_run", "params": {}}],
+    )
+    external = external_run_start(experiment=_external("ext"), actor=Actor.system("test"))
+    external_metrics_ingest(run=external, points=[("loss", 1, 0.1, None)])
+
+    engine_on_metrics(experiment_id=external.experiment_id)
+    [execution] = run_pending_actions()
+
+    assert execution.status == ExecutionStatus.SUCCEEDED
+    state = external_run_heartbeat(run=external)
+    assert state.stop and state.reason and state.reason.startswith("early stop by policy stopper:")
+
+
+def test_a_live_external_run_takes_no_concurrency_slot_from_worker_experiments() -> None:
+    make_worker("w@host", cpu=1)
+    external_run_start(experiment=_external(), actor=Actor.system("test"))
+    queued = experiment_create(name="digits", recipe="digits")
+    experiment_transition(experiment_id=queued.pk, event="queue", actor=Actor.system("test"))
+
+    [started] = scheduler_tick(max_concurrent=1)
+
+    assert started.experiment_id == queued.pk

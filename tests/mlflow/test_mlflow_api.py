@@ -402,3 +402,17 @@ def test_a_permission_taken_away_stops_writes_once_the_grant_lapses(api: Caller,
     # Within the grant (seconds) the running script keeps logging; after it, the check is made again.
     write_grants.clear()
     _error(api.post("runs/log-metric", {**point, "step": 1}), 403, "PERMISSION_DENIED")
+
+
+def test_a_run_token_is_refused_here_it_would_act_as_its_user(api: Caller, researcher: User) -> None:
+    run_id = _start_run(api)["info"]["run_id"]
+    attempt = MlflowRun.objects.get(run_uuid=run_id).run
+    _, raw = api_token_create(user=researcher, name="run token", run=attempt)
+    scoped = Caller(f"Bearer {raw}")
+    message = _error(scoped.post("experiments/create", {"name": "by a run token"}), 403, "PERMISSION_DENIED")
+    assert "run token" in message
+    _error(
+        scoped.post("runs/log-metric", {"run_id": run_id, "key": "loss", "value": 1.0, "timestamp": 1}),
+        403,
+        "PERMISSION_DENIED",
+    )

@@ -119,7 +119,11 @@ class Requeue(ActionKind):
             experiment = Experiment.objects.select_for_update().get(pk=experiment_id)
             old_lr = float(experiment.config.get("lr", 0.0))
             new_lr = old_lr * factor
-            config = get_spec(experiment.recipe).clean({**experiment.config, **overrides, "lr": new_lr})
+            config = {**experiment.config, **overrides}
+            if experiment.recipe or "lr" in experiment.config:
+                config["lr"] = new_lr
+            if experiment.recipe:  # an external experiment may declare no recipe: its config is its own
+                config = dict(get_spec(experiment.recipe).clean(config))
             Experiment.objects.filter(pk=experiment_id).update(config=config)
             experiment_transition(
                 experiment_id=experiment_id,
@@ -205,5 +209,6 @@ class StopRun(ActionKind):
                 f"stop_run acts on external runs; #{experiment.pk} is trained by a worker "
                 "(use requeue or cancel)"
             )
-        runs = external_run_request_stop(experiment_id=experiment.pk, reason=ctx.reason or ctx.policy_name)
+        reason = f"early stop by policy {ctx.policy_name}: {ctx.reason}" if ctx.reason else ctx.policy_name
+        runs = external_run_request_stop(experiment_id=experiment.pk, reason=reason)
         return {"experiment_id": experiment.pk, "runs": [r.pk for r in runs]}
