@@ -21,7 +21,7 @@ logger = logging.getLogger("crucible_ui.api")
 
 API_PREFIX = "/api/"
 # The MLflow tracking API answers every error itself, in MLflow's shape (experiments/mlflow/views.py).
-MLFLOW_PREFIX = "/api/2.0/"
+MLFLOW_PREFIX = "/api/2.0/mlflow"
 # Headers of an error response that tell the client what to do next: kept on the JSON answer.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 

@@ -18,7 +18,7 @@ from django.template.response import TemplateResponse
 # A page answers a lockout with HTML; these callers (and any request carrying a token) get JSON.
 _JSON_PREFIXES = ("/api/", "/serve/")
 # MLflow's clients read its own error shape (experiments/mlflow/errors.py).
-_MLFLOW_PREFIX = "/api/2.0/"
+_MLFLOW_PREFIX = "/api/2.0/mlflow"
 
 
 def lockout_parameters(request: Any, credentials: dict[str, Any] | None = None) -> list[str]:

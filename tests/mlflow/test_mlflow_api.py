@@ -416,3 +416,9 @@ def test_a_run_token_is_refused_here_it_would_act_as_its_user(api: Caller, resea
         403,
         "PERMISSION_DENIED",
     )
+
+
+def test_other_paths_under_api_2_0_keep_the_apis_json_errors(api: Caller) -> None:
+    response = api.client.get("/api/2.0/preview/mlflow/experiments/list", headers=api.headers)
+    assert response.status_code == 404
+    assert "detail" in response.json()
