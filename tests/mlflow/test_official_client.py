@@ -248,3 +248,34 @@ def test_a_wrong_token_fails_the_official_client_with_mlflows_error(
     ).result
     assert out["code"] == "UNAUTHENTICATED"
     assert "invalid or revoked API token" in out["message"]
+
+
+def test_an_artifact_call_of_the_official_client_gets_a_clear_refusal(
+    mlflow_python: Path, live_server_port: int, tmp_path: Path
+) -> None:
+    user = _researcher("ada")
+    _, token = api_token_create(user=user, name="mlflow")
+    script = textwrap.dedent(
+        """
+        import json
+        import mlflow
+        with mlflow.start_run():
+            try:
+                mlflow.log_text("hello", "notes.txt")
+                print(json.dumps({"raised": False}))
+            except Exception as exc:  # the client raises requests' HTTPError, quoting our answer
+                print(json.dumps({"raised": True, "message": str(exc)}))
+        """
+    )
+    out = run_mlflow_script(
+        mlflow_python,
+        script,
+        env={
+            "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{live_server_port}",
+            "MLFLOW_TRACKING_TOKEN": token,
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        },
+        tmp_path=tmp_path,
+    ).result
+    assert out["raised"], "the artifact was written somewhere instead of being refused"
+    assert "501" in out["message"] and "Artifacts are not stored" in out["message"]
