@@ -17,6 +17,8 @@ urlpatterns = [
     path("", include("control.policies.urls")),
     path("", include("experiments.registry.urls")),
     path("", include("control.canary.urls")),
+    # The MLflow tracking API authenticates each call itself (experiments/mlflow/auth.py).
+    path("api/2.0/", include("experiments.mlflow.urls")),
     path("api/", api.urls),
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
