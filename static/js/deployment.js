@@ -168,7 +168,19 @@
     }), CONFIG);
   }
 
+  // What the tables below the charts (candidates, rollouts, versions) depend on: when it
+  // moves, they are taken fresh (live_panels.js), as on a state change from the socket.
+  let tablesKey = null;
+  function followTables(payload) {
+    const r = payload.rollout;
+    const key = JSON.stringify([payload.production, payload.split && payload.split.canary ? payload.split.canary.version : null,
+      r ? [r.id, r.status, r.stage, r.experiment_state] : null]);
+    if (tablesKey !== null && key !== tablesKey && window.crucibleLivePanels) window.crucibleLivePanels.refresh();
+    tablesKey = key;
+  }
+
   function render(payload) {
+    followTables(payload);
     bind(payload);
     drawSplit(payload.split);
     drawStages(payload.rollout);

@@ -381,6 +381,8 @@
     badge.dataset.state = state;
     badge.className = badge.className.replace(/\bstate-\S+/g, "").trim() + " state-" + state;
     badge.textContent = STATE_LABELS[state] || state;
+    // The other panels (graph, runs, "state since") follow the badge (live_panels.js).
+    document.dispatchEvent(new CustomEvent("crucible:state", { detail: { state: state } }));
   }
 
   function onStateChanged(msg) {
@@ -466,14 +468,18 @@
       // buffered, and what was flushed before the subscription comes over HTTP.
       await initialHistory;
       if (socket !== ws) return;
+      const reconnected = attempt > 0;
       attempt = 0;
       await catchUp();
       // State changes are not replayed either: take the current state and buttons fresh.
       await refreshActions();
+      if (reconnected) document.dispatchEvent(new CustomEvent("crucible:live-open"));
     };
     ws.onmessage = (event) => {
       let msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
+      // One socket per page: the other panels (triggers, runs, graph) listen to its frames.
+      if (msg && typeof msg.type === "string") document.dispatchEvent(new CustomEvent("crucible:live", { detail: msg }));
       switch (msg.type) {
         case "metrics.batch": onBatch(msg); break;
         case "state.changed": onStateChanged(msg); break;
