@@ -23,6 +23,16 @@
     if (select && select.form) select.form.requestSubmit();
   });
 
+  // The menu button of narrow screens opens and closes the navigation.
+  document.addEventListener("click", function (event) {
+    var toggle = event.target.closest(".menu-toggle");
+    if (!toggle) return;
+    var bar = toggle.closest(".topbar");
+    var open = !bar.classList.contains("nav-open");
+    bar.classList.toggle("nav-open", open);
+    toggle.setAttribute("aria-expanded", open ? "true" : "false");
+  });
+
   // A submitted action form disables its button: one press, one request.
   document.addEventListener("submit", function (event) {
     var form = event.target;

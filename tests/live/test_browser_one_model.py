@@ -9,8 +9,6 @@ without a reload, and the experiment page holds one websocket, not one per panel
 from __future__ import annotations
 
 import re
-import threading
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -26,6 +24,7 @@ from experiments.events import FLEET_GROUP, experiment_group, send_to_groups
 from experiments.models import Experiment, Run
 from experiments.permissions import researcher_group_ensure
 from experiments.services import experiment_create, experiment_transition
+from tests.browser.helpers import in_thread, log_in, shot
 from tests.digits_models import evaluating_digits_experiment
 
 pytestmark = [
@@ -35,36 +34,11 @@ pytestmark = [
 ]
 
 SYSTEM = Actor.system("test")
-SHOTS = Path(__file__).resolve().parents[2] / "test-results" / "one-live-model"
-
-
-def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run fn outside Playwright's event loop (channel-layer sends refuse to run inside one)."""
-    result: list[Any] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            result.append(fn(*args, **kwargs))
-        except BaseException as exc:  # re-raised in the test's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=target)
-    thread.start()
-    thread.join(30)
-    if errors:
-        raise errors[0]
-    return result[0] if result else None
 
 
 def transition(experiment: Experiment, *events: str) -> None:
     for event in events:
         in_thread(experiment_transition, experiment_id=experiment.pk, event=event, actor=SYSTEM)
-
-
-def shot(page: Page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
 @pytest.fixture
@@ -73,13 +47,6 @@ def researcher(transactional_db: Any) -> User:
     user = User.objects.create_user("rita", password="pw-rita-123")
     user.groups.add(researcher_group_ensure())
     return user
-
-
-def log_in(page: Page, url: str, next_path: str) -> None:
-    page.goto(f"{url}/login/?next={next_path}")
-    page.get_by_label("Username").fill("rita")
-    page.get_by_label("Password").fill("pw-rita-123")
-    page.get_by_role("button", name="Log in").click()
 
 
 def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
@@ -91,7 +58,7 @@ def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
     sockets: list[str] = []
     page.on("websocket", lambda ws: sockets.append(ws.url))
 
-    log_in(page, asgi_server, f"/experiments/{experiment.pk}/")
+    log_in(page, asgi_server, "rita", "pw-rita-123", f"/experiments/{experiment.pk}/")
     expect(page.locator("#live-charts")).to_have_attribute("data-live-status", "live", timeout=20_000)
     expect(page.locator("#state-since")).to_have_text(re.compile(r"3\sdays ago"))
     list_page = page.context.new_page()
@@ -131,7 +98,7 @@ def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
     )
     cell = run_row.locator("[data-run-progress]")
     expect(cell).to_contain_text("50%")
-    shot(page, "experiment-running")
+    shot(page, "one-live-model", "experiment-running")
 
     # The run ends and is held for review: every panel says so.
     Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, progress=1.0)
@@ -142,8 +109,8 @@ def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
     expect(run_row.locator(".badge")).to_have_text("Succeeded")
     expect(page.locator("#experiment-actions button[data-event=promote]").first).to_be_visible()
     expect(row.locator(".badge")).to_have_attribute("data-state", "completed")
-    shot(page, "experiment-completed")
-    shot(list_page, "list-completed")
+    shot(page, "one-live-model", "experiment-completed")
+    shot(list_page, "one-live-model", "list-completed")
 
     assert page.evaluate("window.__sameDocument") is True
     assert list_page.evaluate("window.__sameDocument") is True
@@ -160,7 +127,7 @@ def test_the_deployment_tables_follow_the_promoted_version(
     checkpoint.write_bytes(b"not a real model; this page only lists it")
     experiment = in_thread(evaluating_digits_experiment, "deployed digits", checkpoint)
     transition(experiment, "promote")
-    log_in(page, asgi_server, "/registry/digits/")
+    log_in(page, asgi_server, "rita", "pw-rita-123", "/registry/digits/")
     version_row = page.locator('#versions tr[data-version="1"]')
     expect(version_row).to_have_attribute("data-stage", "canary")
     expect(page.locator("body")).to_have_attribute("data-live-status", "live", timeout=20_000)
@@ -169,5 +136,5 @@ def test_the_deployment_tables_follow_the_promoted_version(
     transition(experiment, "deploy")
     expect(version_row).to_have_attribute("data-stage", "production")
     expect(page.locator("#candidates-table")).to_have_count(0)
-    shot(page, "deployment-after")
+    shot(page, "one-live-model", "deployment-after")
     assert page.evaluate("window.__sameDocument") is True
