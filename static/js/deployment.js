@@ -150,6 +150,15 @@
     });
   }
 
+  // Stamps are wall-clock "YYYY-MM-DD HH:MM:SS" without a zone (as Plotly reads them): shift
+  // them as UTC so that the browser's own zone never moves them.
+  function shiftStamp(stamp, seconds) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})/.exec(stamp);
+    if (!m) return stamp;
+    const t = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) + seconds * 1000;
+    return new Date(t).toISOString().slice(0, 19).replace("T", " ");
+  }
+
   function drawDrift(drift) {
     const el = document.getElementById("chart-drift");
     if (!el) return;
@@ -161,8 +170,16 @@
       text: "No drift check yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
       font: { color: "#667085" },
     }];
+    // One check (or several at the same instant) leaves Plotly no span to pick ticks from: it
+    // zooms into milliseconds ("05:50:17.9995"). Show an hour around it, in minutes.
+    const times = new Set(drift.flatMap((s) => s.t));
+    let xaxis = { type: "date", visible: drift.length > 0 };
+    if (times.size === 1) {
+      const only = Array.from(times)[0];
+      xaxis = { ...xaxis, range: [shiftStamp(only, -1800), shiftStamp(only, 1800)], tickformat: "%H:%M" };
+    }
     Plotly.react(el, traces, layout(el, {
-      xaxis: { type: "date", visible: drift.length > 0 },
+      xaxis: xaxis,
       yaxis: { rangemode: "tozero", visible: drift.length > 0 },
       annotations: annotations,
     }), CONFIG);

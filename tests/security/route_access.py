@@ -116,6 +116,7 @@ ROUTES: dict[str, Route] = {
     "healthz": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     "login": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     "logout": Route("POST", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+    "favicon": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
 }
 
 # The admin site keeps its own checks (active staff, then model permissions): none of the four is
