@@ -6,6 +6,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from playwright.sync_api import Page
 
@@ -33,11 +34,11 @@ def in_thread(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
 
 def log_in(page: Page, url: str, username: str, password: str, next_path: str = "/") -> None:
     """Log in through the login form and land on next_path."""
-    page.goto(f"{url}/login/?next={next_path}")
+    page.goto(f"{url}/login/?next={quote(next_path)}")
     page.get_by_label("Username").fill(username)
     page.get_by_label("Password").fill(password)
     page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"**{next_path}")
+    page.wait_for_url(lambda address: address.endswith(next_path))
 
 
 def shot(page: Page, folder: str, name: str) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, ViewportSize, expect
 
 from experiments.actors import Actor
 from experiments.models import Experiment
@@ -20,7 +20,7 @@ from tests.digits_models import evaluating_digits_experiment
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SYSTEM = Actor.system("test")
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @pytest.fixture

@@ -110,6 +110,7 @@ ROUTES: dict[str, Route] = {
         "POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={"reason": "tried by the access test"}
     ),
     "api:experiment_metrics": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
+    "api:experiment_step_times": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
     "api:queue": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     "api:gpus": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     # --- open to all ----------------------------------------------------------------------
