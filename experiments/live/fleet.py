@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from django.db.models import Prefetch
 
 from experiments.choices import State
 from experiments.live.series import Series, metric_series
 from experiments.models import Experiment, MetricPoint, Run
+from experiments.selectors import experiment_config_rows
 
 # The fleet shows what is moving or about to: waiting, training, being judged, rolling out.
 FLEET_STATES = (State.QUEUED, State.RUNNING, State.EVALUATING, State.PROMOTING)
@@ -84,3 +87,25 @@ def compare_metric_names(*, experiment_ids: Sequence[int]) -> list[str]:
         .values_list("name", flat=True)
         .distinct()
     )
+
+
+def config_diff(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
+    """Return the parameters whose effective value (recipe defaults filled in) differs between the experiments.
+
+    Each row: {"name", "values": [JSON text per experiment, "—" where it has none]}, recipe first.
+    """
+    if len(experiments) < 2:
+        return []
+    per_experiment = [
+        {"recipe": e.recipe, **{row["name"]: row["value"] for row in experiment_config_rows(experiment=e)}}
+        for e in experiments
+    ]
+    names: list[str] = []
+    for config in per_experiment:
+        names += [n for n in config if n not in names]
+    rows = []
+    for name in names:
+        values = [json.dumps(c[name]) if name in c else "—" for c in per_experiment]
+        if len(set(values)) > 1:
+            rows.append({"name": name, "values": values})
+    return rows

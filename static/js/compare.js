@@ -1,11 +1,13 @@
-// The Compare page: one metric of several experiments overlaid, from history, then live.
+// The Compare page: one chart per metric, each overlaying several experiments, from history, then live.
 (function () {
   "use strict";
 
-  const chart = document.getElementById("compare-chart");
   const configEl = document.getElementById("compare-series");
-  if (!chart || !configEl || !window.Plotly) return;
+  if (!configEl || !window.Plotly) return;
   const experiments = JSON.parse(configEl.textContent);
+  document.querySelectorAll(".compare-chart[data-metric]").forEach(compareChart);
+
+  function compareChart(chart) {
   const metric = chart.dataset.metric;
   const MAX_POINTS = 2000;
   const lastSteps = new Map(); // experiment id -> last step drawn
@@ -108,4 +110,5 @@
   }
 
   start();
+  }
 })();
