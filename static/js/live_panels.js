@@ -24,11 +24,12 @@
     return Array.from(document.querySelectorAll("[data-live-panel][id]"));
   }
 
-  // A panel a person is working in (an open dialog, a focused field) is left as it is.
+  // A panel a person is working in (an open dialog, a field being typed in) is left as it is;
+  // ticked boxes are carried over instead (see refresh).
   function busy(el) {
     if (el.querySelector("dialog[open]")) return true;
     const active = document.activeElement;
-    return !!(active && active !== document.body && el.contains(active) && active.matches("input, textarea, select"));
+    return !!(active && active !== document.body && el.contains(active) && active.matches("input:not([type=checkbox]):not([type=radio]), textarea, select"));
   }
 
   async function refresh() {
@@ -45,7 +46,13 @@
       for (const el of panels()) {
         const next = fresh.getElementById(el.id);
         if (!next || busy(el)) continue;
-        el.replaceWith(document.importNode(next, true));
+        const replacement = document.importNode(next, true);
+        // Ticked boxes (experiments chosen to compare) stay ticked across a refresh.
+        for (const box of el.querySelectorAll("input[type=checkbox][name]")) {
+          const twin = replacement.querySelector('input[type=checkbox][name="' + CSS.escape(box.name) + '"][value="' + CSS.escape(box.value) + '"]');
+          if (twin) twin.checked = box.checked;
+        }
+        el.replaceWith(replacement);
       }
       refreshes += 1;
       document.body.dataset.panelsRefreshed = String(refreshes);

@@ -71,6 +71,8 @@ def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
     expect(page.locator("#lifecycle-graph g.current")).to_have_attribute("data-state", "pending")
     expect(page.locator("#runs-panel tr[data-run-id]")).to_have_count(0)
 
+    tick = list_page.get_by_label("Compare one model")
+    tick.check()
     # Queued, then running with an attempt, behind the pages' back (as the worker does it).
     run = Run.objects.create(experiment=experiment, attempt=1, status=RunStatus.RUNNING, worker="w1")
     transition(experiment, "queue", "start")
@@ -109,6 +111,8 @@ def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
     expect(run_row.locator(".badge")).to_have_text("Succeeded")
     expect(page.locator("#experiment-actions button[data-event=promote]").first).to_be_visible()
     expect(row.locator(".badge")).to_have_attribute("data-state", "completed")
+    # The list was redrawn from the server several times: the ticked row is still ticked.
+    expect(tick).to_be_checked()
     shot(page, "one-live-model", "experiment-completed")
     shot(list_page, "one-live-model", "list-completed")
 
