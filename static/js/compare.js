@@ -47,6 +47,11 @@
       yaxis: { title: { text: metric } },
       legend: { orientation: "h", y: -0.2 },
       uirevision: "keep",
+      // The page's own colours (dark mode too); one hover box per step for all experiments.
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      font: { color: getComputedStyle(document.body).color },
+      hovermode: "x unified",
     }, { responsive: true, displaylogo: false });
     experiments.forEach(async (e, index) => {
       try {

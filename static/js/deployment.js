@@ -119,6 +119,10 @@
       legend: { orientation: "h", y: -0.18 },
       // Keeps a zoom or a hidden legend entry across redraws.
       uirevision: "deployment",
+      // The page's own colours (dark mode too).
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      font: { color: getComputedStyle(document.body).color },
       ...extra,
     };
   }

@@ -145,6 +145,12 @@
       Plotly.newPlot(div, [], {
         title: { text: group.title, font: { size: 14 } },
         margin: { l: 50, r: 15, t: 36, b: 36 },
+        // The page's own colours (dark mode too): transparent background, the text colour.
+        paper_bgcolor: "rgba(0,0,0,0)",
+        plot_bgcolor: "rgba(0,0,0,0)",
+        font: { color: getComputedStyle(document.body).color },
+        // One hover box per step listing every series: overlapping lines told apart.
+        hovermode: "x unified",
         height: 300,
         xaxis: { title: { text: xTitle() } },
         yaxis: { type: view.logy ? "log" : "linear" },
