@@ -13,7 +13,12 @@
     pending = window.setTimeout(() => {
       pending = null;
       fetch(panel.dataset.url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
-        .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+        .then((r) => {
+          if (r.ok) return r.text();
+          // Refused for good: say so rather than "Loading…" forever.
+          if (r.status === 403) panel.textContent = "You may not view policy triggers.";
+          return Promise.reject(r.status);
+        })
         .then((html) => {
           panel.innerHTML = html;
           panel.dataset.refreshed = String(Date.now());

@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Permission, User
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
+from control.policies.engine import engine_on_complete
+from control.policies.models import ActionRole, PolicyKind, PolicyMode
 from experiments.actors import Actor
 from experiments.choices import RunStatus
 from experiments.events import FLEET_GROUP, experiment_group, send_to_groups
@@ -26,6 +28,7 @@ from experiments.permissions import researcher_group_ensure
 from experiments.services import experiment_create, experiment_transition
 from tests.browser.helpers import in_thread, log_in, shot
 from tests.digits_models import evaluating_digits_experiment
+from tests.policies.helpers import make_policy, record_run
 
 pytestmark = [
     pytest.mark.e2e,
@@ -46,6 +49,7 @@ def researcher(transactional_db: Any) -> User:
     """Return a person who may view, start, cancel and promote experiments."""
     user = User.objects.create_user("rita", password="pw-rita-123")
     user.groups.add(researcher_group_ensure())
+    user.user_permissions.add(Permission.objects.get(codename="view_triggerevent"))
     return user
 
 
@@ -104,7 +108,21 @@ def test_every_panel_of_the_experiment_page_and_the_list_follow_one_model(
 
     # The run ends and is held for review: every panel says so.
     Run.objects.filter(pk=run.pk).update(status=RunStatus.SUCCEEDED, progress=1.0)
-    transition(experiment, "complete", "hold")
+    transition(experiment, "complete")
+    expect(badge).to_have_attribute("data-state", "evaluating")
+
+    # A policy asks for approval: the triggers panel shows it, over the same socket.
+    make_policy(
+        "auto_promote",
+        PolicyKind.AUTO_PROMOTE,
+        [{"kind": "metric", "metric": "accuracy", "operator": ">", "threshold": 0.9}],
+        [{"kind": "promote"}, {"kind": "hold", "role": ActionRole.FALLBACK}],
+        mode=PolicyMode.APPROVE,
+    )
+    record_run(experiment, {"accuracy": [0.97]}, attempt=2)
+    in_thread(engine_on_complete, experiment_id=experiment.pk)
+    expect(page.locator("#trigger-panel")).to_contain_text("auto_promote")
+    transition(experiment, "hold")
     expect(badge).to_have_attribute("data-state", "completed")
     expect(page.locator("#lifecycle-graph g.current")).to_have_attribute("data-state", "completed")
     expect(cell).to_contain_text("100%")
