@@ -65,6 +65,7 @@ _BOLD_RED = "\033[1;31m"
 # quietly retrying, until something is served.
 DEMO_TRAFFIC_ARGS = (
     "--model", "digits", "--rps", "2", "--duration", "31536000", "--wait", "inf", "--wait-for-model",
+    "--progress-every", "60",
 )  # fmt: skip
 
 

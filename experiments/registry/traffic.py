@@ -79,6 +79,7 @@ class TrafficPlan:
     # unknown (404: nothing registered yet, as in a fresh `make run`).
     wait_s: float = DEFAULT_WAIT_SECONDS
     wait_for_model: bool = False
+    progress_every_s: float = PROGRESS_EVERY_SECONDS
 
     def validate(self) -> None:
         """Raise TrafficError naming the first option that cannot work."""
@@ -94,6 +95,8 @@ class TrafficPlan:
             )
         if not 0.0 <= self.feedback_rate <= 1.0:
             raise TrafficError(f"--feedback-rate: must be between 0 and 1, got {self.feedback_rate:g}")
+        if not (math.isfinite(self.progress_every_s) and self.progress_every_s > 0):
+            raise TrafficError(f"--progress-every: must be above 0 seconds, got {self.progress_every_s:g}")
         if math.isnan(self.wait_s) or self.wait_s < 0:
             raise TrafficError(f"--wait: must be 0 or more seconds (inf: no limit), got {self.wait_s:g}")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
@@ -268,7 +271,7 @@ class TrafficGenerator:
     def run(self) -> dict[str, Any]:
         """Send the traffic; return the summary. Raise TrafficError when the first request shows it is pointless."""
         self._started = time.monotonic()
-        self._next_progress = self._started + PROGRESS_EVERY_SECONDS
+        self._next_progress = self._started + self.plan.progress_every_s
         # The first request is sent alone: a wrong URL, model or token is one clear error, not N.
         self._probe()
         deadline = self._started + self.plan.duration_s + LATE_GRACE_SECONDS
@@ -303,7 +306,7 @@ class TrafficGenerator:
         while True:
             try:
                 status, body = post_json(url, {"features": self._rows[pick]}, token=self.plan.token)
-                why = f"answered {status}: {body.get('detail', '')}"
+                why = f"answered {status}: {str(body.get('detail', '')).rstrip('.')}"
                 again = status in RETRY_STATUSES or (self.plan.wait_for_model and status == 404)
             except ServerUnreachable as exc:
                 status, body, why, again = 0, {}, f"no answer ({exc})", True
@@ -317,7 +320,7 @@ class TrafficGenerator:
             delay = min(RETRY_BACKOFF_MAX_SECONDS, delay * 2)
         # The run's clock starts once the server answers: the wait is not part of --duration.
         self._started = time.monotonic()
-        self._next_progress = self._started + PROGRESS_EVERY_SECONDS
+        self._next_progress = self._started + self.plan.progress_every_s
         if status == 0:
             waited = f" after {self.plan.wait_s:g} s" if self.plan.wait_s else ""
             raise TrafficError(
@@ -357,7 +360,7 @@ class TrafficGenerator:
         if now < self._next_progress:
             return
         while self._next_progress <= now:
-            self._next_progress += PROGRESS_EVERY_SECONDS
+            self._next_progress += self.plan.progress_every_s
         if self.on_progress is not None:
             line = {"event": "progress", "elapsed_s": round(now - self._started, 1), **self.stats.snapshot()}
             self.on_progress(line)

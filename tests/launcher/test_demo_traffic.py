@@ -26,3 +26,5 @@ def test_demo_traffic_targets_the_web_server_make_run_starts_and_waits_for_a_mod
     assert math.isinf(options.wait)
     assert options.wait_for_model is True
     assert options.rps > 0
+    # One progress line a minute: the launcher's output stays readable.
+    assert options.progress_every == 60

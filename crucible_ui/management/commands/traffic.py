@@ -59,6 +59,9 @@ class Command(BaseCommand):
             f"(unreachable, 502-504); inf: no limit (default {DEFAULT_WAIT_SECONDS:g}).",
         )
         parser.add_argument(
+            "--progress-every", type=float, default=1.0, help="Seconds between progress lines (default 1)."
+        )
+        parser.add_argument(
             "--wait-for-model",
             action="store_true",
             help="Also wait while the model is unknown (nothing registered yet), e.g. beside a fresh `make run`.",
@@ -88,6 +91,7 @@ class Command(BaseCommand):
                 url=options["url"] or default_url(),
                 wait_s=options["wait"],
                 wait_for_model=options["wait_for_model"],
+                progress_every_s=options["progress_every"],
                 shift=options["shift"],
                 feedback_rate=options["feedback_rate"],
                 seed=options["seed"],
