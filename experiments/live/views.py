@@ -15,6 +15,7 @@ from experiments.live.fleet import (
     compare_metric_names,
     config_diff,
     fleet_rows,
+    parameter_coordinates,
 )
 from experiments.models import Experiment
 from experiments.permissions import requires_permission
@@ -91,6 +92,8 @@ def compare(request: HttpRequest) -> HttpResponse:
         # A metric none of them logged gets a sentence, not empty axes.
         "unlogged": [m for m in metrics if chosen and m not in logged],
         "config_diff": config_diff(chosen),
+        # Read by compare.js: the parameters that differ against the first metric, as parallel axes.
+        "coordinates": parameter_coordinates(chosen, metric=metric) if not errors else None,
         "chosen": chosen,
         "chosen_ids": {e.pk for e in chosen},
         "candidates": compare_candidates(),

@@ -3,6 +3,7 @@ them, and sends the ticked experiments to Compare, which charts several metrics 
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import timedelta
 from typing import Any
@@ -108,6 +109,20 @@ def test_metric_columns_sort_and_compare_the_ticked_experiments(
     expect(diff.locator('tr[data-param="lr"]')).to_contain_text("0.01")
     expect(diff.locator('tr[data-param="lr"]')).to_contain_text("0.001")
     expect(diff.locator('tr[data-param="epochs"]')).to_have_count(0)
+    # The parameters that differ against the first metric's best value, as parallel axes (a
+    # table where the browser has no WebGL, as headless Chromium here).
+    coordinates = json.loads(page.locator("#compare-coordinates").text_content() or "{}")
+    assert [d["label"] for d in coordinates["dimensions"]] == ["lr", "loss (lowest)"]
+    axes = [d["values"] for d in coordinates["dimensions"]]
+    # Per experiment (in the order chosen): its lr, and its lowest loss.
+    assert sorted(zip(*axes, strict=True)) == [(0.001, pytest.approx(0.55)), (0.01, pytest.approx(0.25))]
+    page.wait_for_function(
+        "document.querySelector('#parcoords-table') !== null"
+        " || (document.getElementById('parcoords').data || []).length === 1"
+    )
+    if page.locator("#parcoords-table").count():
+        expect(page.locator("#parcoords-table")).to_contain_text("0.001")
+        expect(page.locator("#parcoords")).not_to_contain_text("WebGL is not supported")
     shot(page, "list-and-compare", "compare")
 
     # A metric nobody logged says so instead of drawing empty axes.
