@@ -8,6 +8,7 @@ from django.urls import include, path
 
 from crucible_ui.api import api
 from crucible_ui.health import healthz
+from crucible_ui.pages import favicon
 from experiments.permissions import public
 
 urlpatterns = [
@@ -24,4 +25,6 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("login/", public(auth_views.LoginView.as_view()), name="login"),
     path("logout/", public(auth_views.LogoutView.as_view()), name="logout"),
+    # Browsers ask for /favicon.ico on pages that name no icon (the API docs, a JSON answer).
+    path("favicon.ico", favicon, name="favicon"),
 ]

@@ -14,6 +14,7 @@ from ninja import Path, Router
 
 from experiments.live.downsample import MIN_POINTS
 from experiments.live.series import Series, metric_series
+from experiments.live.step_times import step_times
 from experiments.models import Experiment
 from experiments.permissions import requires_permission
 
@@ -155,3 +156,34 @@ def _series_json(series: Series) -> bytes:
     steps, values, _end = series.encoded
     tail = orjson.dumps({"downsampled": series.downsampled, "total_points": series.total_points})
     return b"".join([b'{"steps":', steps.encode(), b',"values":', values.encode(), b",", tail[1:]])
+
+
+@router.get(
+    "/{experiment_id}/step-times",
+    summary="When each step of an experiment was logged (for a time axis)",
+    response={200: Any, 401: Any, 403: Any, 404: Any, 422: Any},
+)
+@requires_permission(VIEW_PERMISSION, hidden=True)
+def experiment_step_times(
+    request: HttpRequest,
+    experiment_id: int = Path(..., ge=1, le=MAX_STEP),
+    name: str | None = None,
+) -> HttpResponse:
+    """Return {"experiment_id", "name", "steps", "wall_times"}: a metric's steps and their Unix times, thinned.
+
+    name: the metric (default: the first by name). The live page labels its step axis with
+    wall-clock or relative time from these.
+    """
+    user: Any = request.user
+    if not user.has_perm(VIEW_PERMISSION):
+        return _error(403, "You may not view experiments.")
+    if not Experiment.objects.filter(pk=experiment_id).exists():
+        return _error(404, f"No experiment #{experiment_id}.")
+    times = step_times(experiment_id=experiment_id, name=(name or "").strip()[:64] or None)
+    body = {
+        "experiment_id": experiment_id,
+        "name": times.name,
+        "steps": times.steps,
+        "wall_times": times.wall_times,
+    }
+    return JsonResponse(body)

@@ -60,7 +60,7 @@ EVENT_LABELS: dict[str, str] = {
     "hold": "Hold for review",
     "promote": "Promote",
     "deploy": "Deploy",
-    "rollback": "Rollback",
+    "rollback": "Roll back",
     "cancel": "Cancel",
     "retrain": "Retrain",
     "withdraw": "Withdraw",

@@ -116,6 +116,7 @@ ROUTES: dict[str, Route] = {
         "POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={"reason": "tried by the access test"}
     ),
     "api:experiment_metrics": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
+    "api:experiment_step_times": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
     # External runs: starting and writing to runs is the Start button's permission (queue_experiment).
     "api:run_start_view": Route(
         "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"experiment": "made by the access test"}
@@ -162,6 +163,7 @@ ROUTES: dict[str, Route] = {
     "healthz": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     "login": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     "logout": Route("POST", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+    "favicon": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
 }
 
 # The admin site keeps its own checks (active staff, then model permissions): none of the four is
