@@ -187,7 +187,7 @@ class DbRunContext:
 
     def script_env(self) -> dict[str, str]:
         """Return the lease, the run's identity and token, and its checkpoint folders as variables."""
-        return run_script_env(run=self.run, timeout_seconds=self.timeout_seconds)
+        return run_script_env(run=self.run)
 
     def output(self, stream: str, line: str) -> None:
         """Append one line of the script's output to the run log."""
@@ -226,7 +226,7 @@ def latest_checkpoint_file(*, run: Run) -> Path | None:
     return None
 
 
-def run_script_env(*, run: Run, timeout_seconds: float) -> dict[str, str]:
+def run_script_env(*, run: Run) -> dict[str, str]:
     """Return the CRUCIBLE_* variables (and the lease as CUDA_VISIBLE_DEVICES) of a script run."""
     folder = checkpoint_dir(experiment_id=run.experiment_id, run_id=run.pk)
     folder.mkdir(parents=True, exist_ok=True)
@@ -238,9 +238,8 @@ def run_script_env(*, run: Run, timeout_seconds: float) -> dict[str, str]:
         "CRUCIBLE_EXPERIMENT_ID": str(run.experiment_id),
         "CRUCIBLE_ATTEMPT": str(run.attempt),
         "CRUCIBLE_DEVICE": device,
-        # Valid while the run may last (its timeout) plus a margin; endpoints also check it runs.
+        # Speaks for this run only, while it runs: /api/runs/<id>/metrics takes the client's batches.
         "CRUCIBLE_TOKEN": run_token_mint(run_id=run.pk, experiment_id=run.experiment_id),
-        "CRUCIBLE_TOKEN_MAX_AGE": str(int(timeout_seconds) + 3600),
         "CRUCIBLE_CHECKPOINT_DIR": str(folder),
         "CRUCIBLE_RESUME_FROM": str(resume) if resume is not None else "",
     }
