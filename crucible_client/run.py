@@ -194,8 +194,14 @@ class Run:
         for name, value in metrics.items():
             self.log(name, value, step, wall_time)
 
-    def should_stop(self) -> bool:
-        """Return True once the server asked the run to stop (cancel, a policy's early stop, run ended)."""
+    def should_stop(self, refresh: bool = False) -> bool:
+        """Return True once the server asked the run to stop (cancel, a policy's early stop, run ended).
+
+        Without I/O: the answer to the last batch or heartbeat. refresh=True asks the server now
+        (one heartbeat), e.g. in a SIGTERM handler's aftermath, to learn why the run is stopping.
+        """
+        if refresh and not self._stop:
+            self._heartbeat()
         return self._stop
 
     @property

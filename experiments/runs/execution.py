@@ -291,6 +291,13 @@ class RunMonitor(threading.Thread):
         finally:
             connection.close()
 
+    def check_now(self) -> None:
+        """Look for a cancel or the run's end once, now (after the loop has returned)."""
+        try:
+            self._check()
+        except Exception:  # the run's own ending path reports a database outage
+            logger.warning("run %s: last stop check failed", self.ctx.run.pk, exc_info=True)
+
     def _check(self) -> None:
         row = (
             Run.objects.filter(pk=self.ctx.run.pk)
@@ -364,8 +371,15 @@ def run_execute(*, run_id: int, worker: str) -> str:
     # Every point must be in the database before the run (and experiment) say "done".
     reporter.close()
     _close_log_quietly(log_writer, malformed_lines=getattr(result, "malformed_lines", 0))
+    stopped = bool(result.stopped)
+    if experiment.recipe == SCRIPT_RECIPE and not stopped:
+        # A script that uses crucible_client hears of a cancel or an early stop in the answer to
+        # its next batch and may exit on its own before the monitor's next poll would SIGTERM it:
+        # look once more, so that the run ends as the script saw it (cancelled), not completed.
+        monitor.check_now()
+        stopped = ctx.stop_reason is not None
     reason = ctx.stop_reason
-    if reason is not None and result.stopped:
+    if reason is not None and stopped:
         if reason.status == RunStatus.CANCELLED:
             run_end(
                 run_id=run.pk,
