@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -64,7 +65,7 @@ def test_a_worker_runs_script_sends_metrics_with_its_token_once_each(db: Any) ->
 
 def test_the_client_does_not_keep_a_worker_run_alive_nor_finish_it(db: Any) -> None:
     run, token = _worker_run()
-    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timezone.timedelta(minutes=5))
+    Run.objects.filter(pk=run.pk).update(heartbeat_at=timezone.now() - timedelta(minutes=5))
     before = Run.objects.get(pk=run.pk).heartbeat_at
 
     beat = _post(f"/api/runs/{run.pk}/heartbeat", {}, token)
@@ -80,7 +81,9 @@ def test_a_cancel_reaches_the_script_through_the_answer(db: Any) -> None:
     run, token = _worker_run()
     Run.objects.filter(pk=run.pk).update(cancel_requested_at=timezone.now())
 
-    answer = _post(f"/api/runs/{run.pk}/metrics", {"points": [{"name": "loss", "step": 0, "value": 1}]}, token)
+    answer = _post(
+        f"/api/runs/{run.pk}/metrics", {"points": [{"name": "loss", "step": 0, "value": 1}]}, token
+    )
 
     assert answer.status_code == 200 and answer.json()["stop"] is True
 

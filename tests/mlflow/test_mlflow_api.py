@@ -11,11 +11,11 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from experiments.api.tokens import api_token_create
-from experiments.runs.tokens import run_token_mint
 from experiments.choices import Executor, RunStatus, State
 from experiments.mlflow.auth import verified_passwords
 from experiments.models import Experiment, MetricPoint, MlflowRun
 from experiments.permissions import researcher_group_ensure
+from experiments.runs.tokens import run_token_mint
 
 PREFIX = "/api/2.0/mlflow"
 
