@@ -293,7 +293,7 @@ def _experiment_for(payload: RunStartIn, user: Any) -> Experiment:
 )
 @requires_permission(START_PERMISSION, api=True)
 def run_start_view(request: HttpRequest, payload: RunStartIn) -> Status[Any]:
-    """Start a run of an external experiment and hand back its run-scoped token."""
+    """Start a run of an external experiment and hand back its run token."""
     user = request.auth  # type: ignore[attr-defined]
     _keys_checked(payload.params, "params")
     _keys_checked(payload.tags, "tags")
@@ -318,7 +318,7 @@ def run_start_view(request: HttpRequest, payload: RunStartIn) -> Status[Any]:
     "/{run_id}",
     response={200: RunOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
     summary="Read an external run",
-    description=f"Needs `{START_PERMISSION}`; a run-scoped token reads its own run only.",
+    description=f"Needs `{START_PERMISSION}`; a run token reads its own run only (a worker's script run too).",
 )
 @requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_detail_view(request: HttpRequest, run_id: int = _RUN_ID) -> dict[str, Any]:
