@@ -17,7 +17,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from experiments.models import ApiToken
-from experiments.runs.tokens import RUN_TOKEN_PREFIX, run_token_user
+from experiments.runs.tokens import RUN_TOKEN_PREFIX, run_token_user, run_token_verify
 
 # Recognisable in logs and secret scanners; the random part carries 256 bits.
 TOKEN_PREFIX = "cru_"
@@ -85,6 +85,10 @@ def api_token_authenticate(*, request: HttpRequest, raw: str) -> Any | None:
         request.axes_credentials = _TOKEN_CREDENTIALS  # type: ignore[attr-defined]
         raise TokenLockedOut
     user = api_token_user(raw=raw)
+    if user is None and run_token_verify(raw) is not None:
+        # Our own signature on a run that has ended: a late batch or a retried finish, not a
+        # guess. Refused (401) without counting toward the lockout of the client's address.
+        return None
     if user is None:
         # The signal Django sends for a failed password: axes records it (and any other listener).
         user_login_failed.send(sender=__name__, credentials=_TOKEN_CREDENTIALS, request=request)

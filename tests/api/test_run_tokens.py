@@ -107,3 +107,16 @@ def test_a_worker_runs_token_speaks_for_that_run_only_and_only_while_it_runs(
     assert person.status_code == 404
     assert ended.status_code == 401
     assert not MetricPoint.objects.exists()
+
+
+def test_an_ended_runs_token_is_refused_without_locking_its_host_out(db: Any) -> None:
+    run, token = _worker_run()
+    Run.objects.filter(pk=run.pk).update(status=RunStatus.CANCELLED)
+    point = {"points": [{"name": "loss", "step": 0, "value": 1.0}]}
+
+    # Far more late requests than the lockout allows wrong tokens: each is a plain 401.
+    answers = [_post(f"/api/runs/{run.pk}/metrics", point, token).status_code for _ in range(12)]
+    forged = _post(f"/api/runs/{run.pk}/metrics", point, token[:-3] + "xyz").status_code
+
+    assert answers == [401] * 12 and forged == 401
+    assert not MetricPoint.objects.exists()
