@@ -556,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     port = int(env.get("PORT", "8000"))
     stop_timeout = float(env.get("STOP_TIMEOUT", STOP_TIMEOUT_SECONDS))
     worker_stop = float(env.get("CRUCIBLE_STOP_TIMEOUT_S", WORKER_STOP_TIMEOUT_DEFAULT_S))
+    # Script runs on the worker reach the dashboard here (crucible_client's Run.from_env()).
+    local_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    env.setdefault(
+        "CRUCIBLE_API_URL", f"http://{'[' + local_host + ']' if ':' in local_host else local_host}:{port}"
+    )
 
     launcher = Launcher(
         env=env,

@@ -124,8 +124,8 @@ def mlflow_caller(request: HttpRequest) -> Any:
         if user is None:
             raise _unauthenticated("Authorization: invalid or revoked API token")
         if token_run_id(user) is not None:
-            # A run token may write to its one run through /api/runs only; here it would act
-            # with all of its user's permissions.
+            # A run token may write to its one run through /api/runs only: the MLflow API names
+            # runs and experiments freely, and a run token speaks for nothing else.
             raise MlflowError(
                 "PERMISSION_DENIED",
                 "This is a run token (from POST /api/runs): it writes to its own run only. "

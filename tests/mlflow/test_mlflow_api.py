@@ -15,6 +15,7 @@ from experiments.choices import Executor, RunStatus, State
 from experiments.mlflow.auth import verified_passwords
 from experiments.models import Experiment, MetricPoint, MlflowRun
 from experiments.permissions import researcher_group_ensure
+from experiments.runs.tokens import run_token_mint
 
 PREFIX = "/api/2.0/mlflow"
 
@@ -407,7 +408,7 @@ def test_a_permission_taken_away_stops_writes_once_the_grant_lapses(api: Caller,
 def test_a_run_token_is_refused_here_it_would_act_as_its_user(api: Caller, researcher: User) -> None:
     run_id = _start_run(api)["info"]["run_id"]
     attempt = MlflowRun.objects.get(run_uuid=run_id).run
-    _, raw = api_token_create(user=researcher, name="run token", run=attempt)
+    raw = run_token_mint(run_id=attempt.pk, experiment_id=attempt.experiment_id)
     scoped = Caller(f"Bearer {raw}")
     message = _error(scoped.post("experiments/create", {"name": "by a run token"}), 403, "PERMISSION_DENIED")
     assert "run token" in message
