@@ -213,7 +213,44 @@ def base_parser(description: str | None) -> argparse.ArgumentParser:
         "--quick", action="store_true", help="tiny sizes: checks the script, measures nothing"
     )
     parser.add_argument("--repetitions", type=int, default=None, help="measured repetitions per figure")
+    parser.add_argument(
+        "--database",
+        choices=DATABASES,
+        default="sqlite",
+        help="sqlite: a fresh file (the default); postgres: a fresh database of its own on "
+        f"{POSTGRES_SERVER_URL} (BENCH_POSTGRES_URL overrides), dropped afterwards",
+    )
     return parser
+
+
+# --------------------------------------------------------------------------- databases
+
+DATABASES = ("sqlite", "postgres")
+# The server the PostgreSQL figures use; each bench run creates (and drops) a database of its own.
+POSTGRES_SERVER_URL = os.getenv("BENCH_POSTGRES_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+
+
+def database_label(database: str) -> str:
+    """Return how a figure names the database it was measured on."""
+    return "sqlite (WAL)" if database == "sqlite" else "postgresql"
+
+
+def _postgres_admin(sql: str) -> None:
+    """Run one statement on the PostgreSQL server's maintenance database (outside a transaction)."""
+    import psycopg
+
+    with psycopg.connect(POSTGRES_SERVER_URL, autocommit=True) as conn:
+        conn.execute(sql)
+
+
+def _postgres_bench_url() -> tuple[str, str]:
+    """Create a fresh database for this bench run; return (its URL, its name)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    name = f"crucible_bench_{os.getpid()}_{secrets.token_hex(3)}"
+    _postgres_admin(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(POSTGRES_SERVER_URL)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment)), name
 
 
 # --------------------------------------------------------------------------- servers
@@ -408,15 +445,23 @@ def run_bounded(
 
 
 @contextmanager
-def bench_env(**settings_env: str) -> Iterator[BenchEnv]:
-    """Start a private Redis, point Django at a fresh SQLite file, migrate it, and clean up after.
+def bench_env(*, database: str = "sqlite", **settings_env: str) -> Iterator[BenchEnv]:
+    """Start a private Redis, point Django at a fresh database, migrate it, and clean up after.
 
-    Must run before anything imports Django settings in this process. Extra keyword
-    arguments become environment variables read by the settings (e.g. METRIC_FLUSH_SECONDS).
+    database: "sqlite" (a fresh file) or "postgres" (a fresh database of its own, dropped
+    afterwards). Must run before anything imports Django settings in this process. Extra
+    keyword arguments become environment variables read by the settings (e.g. METRIC_FLUSH_SECONDS).
     """
     from crucible_ui.redis_server import start_redis
 
+    if database not in DATABASES:
+        raise ValueError(f"database must be one of {DATABASES}, not {database!r}")
     tmp = Path(tempfile.mkdtemp(prefix="crucible-bench-"))
+    pg_name = ""
+    database_url = f"sqlite:///{tmp / 'bench.sqlite3'}"
+    if database == "postgres":
+        database_url, pg_name = _postgres_bench_url()
+        note(f"PostgreSQL database {pg_name} (dropped at the end)")
     redis_port = free_port()
     redis_proc = start_redis(port=redis_port, data_dir=tmp / "redis")
     redis_url = f"redis://{HOST}:{redis_port}/0"
@@ -425,7 +470,7 @@ def bench_env(**settings_env: str) -> Iterator[BenchEnv]:
         "DJANGO_SETTINGS_MODULE": "crucible_ui.settings",
         "VAR_DIR": str(tmp),
         "ARTIFACTS_ROOT": str(tmp / "artifacts"),
-        "DATABASE_URL": f"sqlite:///{tmp / 'bench.sqlite3'}",
+        "DATABASE_URL": database_url,
         "REDIS_URL": redis_url,
         "CELERY_BROKER_URL": redis_url,
         "CELERY_RESULT_BACKEND": redis_url,
@@ -453,6 +498,9 @@ def bench_env(**settings_env: str) -> Iterator[BenchEnv]:
         yield bench
     finally:
         bench.stop()
+        if pg_name:
+            with suppress(Exception):  # a database left behind is named crucible_bench_*
+                _postgres_admin(f'DROP DATABASE IF EXISTS "{pg_name}" WITH (FORCE)')
 
 
 # --------------------------------------------------------------------------- users and sessions

@@ -19,6 +19,7 @@ from bench.common import (
     Goal,
     base_parser,
     bench_env,
+    database_label,
     emit,
     emit_failure,
     figure,
@@ -39,7 +40,7 @@ def main() -> None:
     batches = args.batches or (3 if args.quick else 50)
     repetitions = args.repetitions or (2 if args.quick else 5)
 
-    with bench_env() as _env:
+    with bench_env(database=args.database) as _env:
         from experiments.choices import RunStatus
         from experiments.models import MetricPoint, Run
         from experiments.runs.reporting import MetricReporter
@@ -78,7 +79,11 @@ def main() -> None:
         quick=args.quick,
     )
     goal = Goal("≥ 10x MLflow log_batch", ratio_min=10)
-    extra = {"batch_size": BATCH, "points_per_repetition": batches * BATCH, "database": "sqlite (WAL)"}
+    extra = {
+        "batch_size": BATCH,
+        "points_per_repetition": batches * BATCH,
+        "database": database_label(args.database),
+    }
     if isinstance(base, str):
         line = figure(
             name=FIGURE, unit="points/s", samples=ours, goal=goal, higher_is_better=True, extra=extra

@@ -20,3 +20,10 @@ def task_send(name: str, *, args: list[Any] | None = None, **options: Any) -> No
 def task_revoke(task_id: str) -> None:
     """Kill the pool process that runs this task (prefork only); the run's lease is then freed."""
     current_app.control.revoke(task_id, terminate=True, signal="SIGKILL")
+
+
+def tasks_send(batch: list[tuple[str, list[Any], dict[str, Any]]]) -> None:
+    """Queue several (name, args, apply_async options) tasks over one broker connection, in order."""
+    with current_app.producer_or_acquire() as producer:
+        for name, args, options in batch:
+            current_app.signature(name, args=args).apply_async(producer=producer, **options)

@@ -11,7 +11,12 @@ What a training loop may rely on:
 - each answer carries the run's control state: `should_stop()` returns it without I/O (a cancel
   from the dashboard, a policy's early stop, a run the server has ended);
 - `finish()` (also at the end of a `with` block, and at interpreter exit for a run left open)
-  sends everything logged, then the final status.
+  sends everything logged, then the final status;
+- a script run by a Crucible worker attaches to its own run with `Run.from_env()` (the worker
+  passes CRUCIBLE_API_URL, CRUCIBLE_TOKEN and CRUCIBLE_RUN_ID): its points take the same path,
+  and `should_stop()` turns true on a cancel or an early stop, when the worker also sends the
+  script SIGTERM. Such a run is ended by its worker when the script exits: `finish()` only
+  delivers what was logged.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import atexit
 import logging
 import math
+import os
 import sys
 import threading
 import time
@@ -42,7 +48,7 @@ __all__ = ["CrucibleError", "Run"]
 
 
 class Run:
-    """One run of an external experiment; create it with `Run.start(...)`."""
+    """One run streamed to Crucible: `Run.start(...)` (an external run) or `Run.from_env()` (a worker's script run)."""
 
     def __init__(
         self,
@@ -55,8 +61,11 @@ class Run:
         heartbeat_interval: float = HEARTBEAT_INTERVAL,
         close_timeout: float = CLOSE_TIMEOUT,
         spool_dir: str | None = None,
+        attached: bool = False,
     ) -> None:
         self.id: int = int(info["id"])
+        # Attached to a run its worker executes: the worker, not this client, ends it.
+        self.attached = attached
         self.experiment_id: int = int(info["experiment_id"])
         self.info = info
         self._transport = transport
@@ -129,6 +138,35 @@ class Run:
         _install_exit_hooks()
         return cls(transport.with_token(info["token"]), info, **options)
 
+    @classmethod
+    def from_env(cls, *, start_timeout: float = 60.0, **options: Any) -> Run:
+        """Attach to the run this process belongs to, as the worker that started it describes it.
+
+        Reads CRUCIBLE_API_URL, CRUCIBLE_TOKEN (a token for this one run, valid while it runs) and
+        CRUCIBLE_RUN_ID, which a Crucible worker sets for a `script` run; raises CrucibleError
+        (status 0) naming what is missing. The run is the worker's: `finish()` delivers what was
+        logged and leaves the end of the run to the worker (the script's exit code decides it).
+        Options as for start().
+        """
+        names = ("CRUCIBLE_API_URL", "CRUCIBLE_TOKEN", "CRUCIBLE_RUN_ID")
+        missing = [name for name in names if not os.environ.get(name)]
+        if missing:
+            raise CrucibleError(
+                0,
+                f"{', '.join(missing)} not set: Run.from_env() attaches to a run a Crucible worker "
+                "started (set CRUCIBLE_API_URL on the worker), use Run.start() elsewhere",
+                "environment",
+            )
+        run_id = os.environ["CRUCIBLE_RUN_ID"]
+        if not run_id.isdigit():
+            raise CrucibleError(0, f"CRUCIBLE_RUN_ID must be a run id, got {run_id!r}", "environment")
+        transport = Transport(os.environ["CRUCIBLE_API_URL"], os.environ["CRUCIBLE_TOKEN"])
+        info = request_with_retry(
+            transport, "GET", f"/api/runs/{run_id}", deadline=time.monotonic() + start_timeout
+        )
+        _install_exit_hooks()
+        return cls(transport, info, attached=True, **options)
+
     # --- the training loop's side (no I/O) --------------------------------------------------
 
     def log(self, name: str, value: float, step: int, wall_time: float | None = None) -> None:
@@ -156,8 +194,14 @@ class Run:
         for name, value in metrics.items():
             self.log(name, value, step, wall_time)
 
-    def should_stop(self) -> bool:
-        """Return True once the server asked the run to stop (cancel, a policy's early stop, run ended)."""
+    def should_stop(self, refresh: bool = False) -> bool:
+        """Return True once the server asked the run to stop (cancel, a policy's early stop, run ended).
+
+        Without I/O: the answer to the last batch or heartbeat. refresh=True asks the server now
+        (one heartbeat), e.g. in a SIGTERM handler's aftermath, to learn why the run is stopping.
+        """
+        if refresh and not self._stop:
+            self._heartbeat()
         return self._stop
 
     @property
@@ -213,6 +257,14 @@ class Run:
                 self.pending,
                 self._spool.path,
             )
+        if self.attached:
+            # The worker ends its run from the script's exit code; a finish from here would be refused.
+            self.finished = {"id": self.id, "status": "left to its worker", "delivered": self._acked}
+            _open_runs.discard(self)
+            self._transport.close()
+            if self.pending == 0:
+                self._spool.remove()
+            return self.finished
         body = {
             "status": status,
             "final_metrics": {k: (v if math.isfinite(v) else None) for k, v in (final_metrics or {}).items()},
@@ -223,6 +275,11 @@ class Run:
             )
         except TransientError as exc:
             logger.warning("crucible run %s: could not finish it (%s)", self.id, exc)
+            self.finished = {"id": self.id, "status": "unknown", "error": str(exc)}
+        except CrucibleError as exc:
+            # The run ended on the server first (the watchdog marked it lost, a finish whose answer
+            # was lost): its token ended with it, and there is nothing left to finish.
+            logger.warning("crucible run %s: the server refused the finish (%s)", self.id, exc)
             self.finished = {"id": self.id, "status": "unknown", "error": str(exc)}
         finally:
             _open_runs.discard(self)

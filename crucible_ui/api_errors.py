@@ -20,6 +20,8 @@ from experiments.api.bodies import json_body_refusal, max_body_bytes
 logger = logging.getLogger("crucible_ui.api")
 
 API_PREFIX = "/api/"
+# The MLflow tracking API answers every error itself, in MLflow's shape (experiments/mlflow/views.py).
+MLFLOW_PREFIX = "/api/2.0/mlflow"
 # Headers of an error response that tell the client what to do next: kept on the JSON answer.
 _KEPT_HEADERS = ("Allow", "WWW-Authenticate", "Retry-After")
 
@@ -49,7 +51,7 @@ class ApiJsonErrorsMiddleware:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         """Answer an /api/ request; other paths pass untouched."""
-        if not request.path.startswith(API_PREFIX):
+        if not request.path.startswith(API_PREFIX) or request.path.startswith(MLFLOW_PREFIX):
             return self.get_response(request)
         refusal = json_body_refusal(request, max_bytes=max_body_bytes(request.path))
         if refusal is not None:
@@ -65,7 +67,7 @@ class ApiJsonErrorsMiddleware:
 
     def process_exception(self, request: HttpRequest, exc: Exception) -> HttpResponse | None:
         """Answer an exception of an /api/ view in JSON; Django's own answers are converted above."""
-        if not request.path.startswith(API_PREFIX):
+        if not request.path.startswith(API_PREFIX) or request.path.startswith(MLFLOW_PREFIX):
             return None
         if isinstance(exc, RequestDataTooBig):
             return api_error(413, f"body: at most {max_body_bytes(request.path)} bytes")

@@ -70,6 +70,23 @@ _RESET = "\033[0m"
 _BOLD_RED = "\033[1;31m"
 
 
+# DEMO_TRAFFIC=1: a steady trickle of held-out digits to the served digits model, so that a
+# canary of the demo gets the requests it is judged on without a second terminal. It waits,
+# quietly retrying, until something is served.
+DEMO_TRAFFIC_ARGS = (
+    "--model", "digits", "--rps", "2", "--duration", "31536000", "--wait", "inf", "--wait-for-model",
+    "--progress-every", "60",
+)  # fmt: skip
+
+
+def demo_traffic_argv(env: dict[str, str], manage: list[str], *, host: str, port: int) -> list[str] | None:
+    """Return the demo traffic command when DEMO_TRAFFIC asks for it, else None."""
+    if env.get("DEMO_TRAFFIC", "").strip().lower() not in {"1", "true", "yes", "on"}:
+        return None
+    shown_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    return [*manage, "traffic", *DEMO_TRAFFIC_ARGS, "--url", f"http://{shown_host}:{port}"]
+
+
 def demo_credentials() -> tuple[str, str]:
     """Return the demo admin's username and password (DEMO_USER / DEMO_PASSWORD or the defaults)."""
     return (
@@ -413,6 +430,9 @@ class Launcher:
                  "-s", str(var_dir / "celerybeat-schedule")],
             )  # fmt: skip
             self.start_web(host, port)
+            traffic = demo_traffic_argv(self.env, manage, host=host, port=port)
+            if traffic is not None:
+                self.spawn("traffic", traffic)
             self._announce(host, port)
             return self._supervise()
         except KeyboardInterrupt:
@@ -536,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     port = int(env.get("PORT", "8000"))
     stop_timeout = float(env.get("STOP_TIMEOUT", STOP_TIMEOUT_SECONDS))
     worker_stop = float(env.get("CRUCIBLE_STOP_TIMEOUT_S", WORKER_STOP_TIMEOUT_DEFAULT_S))
+    # Script runs on the worker reach the dashboard here (crucible_client's Run.from_env()).
+    local_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
+    env.setdefault(
+        "CRUCIBLE_API_URL", f"http://{'[' + local_host + ']' if ':' in local_host else local_host}:{port}"
+    )
 
     launcher = Launcher(
         env=env,

@@ -17,6 +17,8 @@ from django.template.response import TemplateResponse
 
 # A page answers a lockout with HTML; these callers (and any request carrying a token) get JSON.
 _JSON_PREFIXES = ("/api/", "/serve/")
+# MLflow's clients read its own error shape (experiments/mlflow/errors.py).
+_MLFLOW_PREFIX = "/api/2.0/mlflow"
 
 
 def lockout_parameters(request: Any, credentials: dict[str, Any] | None = None) -> list[str]:
@@ -51,7 +53,11 @@ def lockout_response(
     """Answer 429: JSON {"detail": ...} for API callers, the lockout page for people; Retry-After set."""
     retry_after = retry_after_seconds(request)
     response: HttpResponse
-    if wants_json(request):
+    if request.path.startswith(_MLFLOW_PREFIX):
+        response = JsonResponse(
+            {"error_code": "REQUEST_LIMIT_EXCEEDED", "message": str(get_lockout_message())}, status=429
+        )
+    elif wants_json(request):
         response = JsonResponse({"detail": str(get_lockout_message())}, status=429)
     else:
         response = TemplateResponse(

@@ -314,6 +314,11 @@ MIDDLEWARE.insert(
 MIDDLEWARE.insert(
     MIDDLEWARE.index("django.middleware.security.SecurityMiddleware") + 1, "csp.middleware.CSPMiddleware"
 )
+# A missing page is the dashboard's own 404 page, also with DEBUG (Django's technical page otherwise).
+MIDDLEWARE.insert(
+    MIDDLEWARE.index("crucible_ui.access.DenyByDefaultMiddleware"),
+    "crucible_ui.pages.FriendlyNotFoundMiddleware",
+)
 # Last, as axes asks: it turns a locked-out request's answer into the lockout response.
 MIDDLEWARE.append("axes.middleware.AxesMiddleware")
 

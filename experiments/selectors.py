@@ -5,10 +5,26 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
+from django.db.models import (
+    Case,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    IntegerField,
+    Max,
+    Min,
+    OuterRef,
+    Q,
+    QuerySet,
+    Subquery,
+    Value,
+    When,
+)
+from django.db.models.functions import Coalesce, Now
 
 from experiments.choices import PRIORITY_CLASS_RANK, State
-from experiments.models import Experiment, ModelVersion, Run, TransitionLog
+from experiments.models import Experiment, MetricPoint, ModelVersion, Run, TransitionLog
 from experiments.recipes import RECIPES
 
 # Sort keys offered on the list page, with the ordering each stands for.
@@ -21,6 +37,67 @@ SORTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "state": ("State", ("state_rank", "-created_at")),
 }
 DEFAULT_SORT = "newest"
+# Sorts on the list's run and metric columns: "progress", "duration", "last:<metric>", "best:<metric>".
+RUN_SORTS = {"progress": "Progress", "duration": "Duration"}
+# At most this many metric columns on the list (each is two subqueries).
+MAX_LIST_METRICS = 4
+
+
+def lower_is_better(metric: str) -> bool:
+    """Return True for losses and error rates, whose best value is the smallest."""
+    name = metric.lower()
+    return "loss" in name or "error" in name or "perplexity" in name
+
+
+def list_sorts(metrics: list[str]) -> list[tuple[str, str]]:
+    """Return every sort the list offers with these metric columns, as (key, label)."""
+    keys = [(key, label) for key, (label, _) in SORTS.items()]
+    keys += list(RUN_SORTS.items())
+    for m in metrics:
+        keys += [(f"last:{m}", f"{m} (last)"), (f"best:{m}", f"{m} (best)")]
+    return keys
+
+
+def _with_run_and_metrics(queryset: QuerySet[Experiment], metrics: list[str]) -> QuerySet[Experiment]:
+    """Annotate the latest attempt's progress and duration, and each metric's last and best value."""
+    latest = Run.objects.filter(experiment=OuterRef("pk")).order_by("-attempt", "-id")
+    queryset = queryset.annotate(
+        run_progress=Subquery(latest.values("progress")[:1]),
+        run_started_at=Subquery(latest.values("started_at")[:1]),
+        run_finished_at=Subquery(latest.values("finished_at")[:1]),
+    ).annotate(
+        # A run under way counts until now.
+        run_duration=ExpressionWrapper(
+            Coalesce(F("run_finished_at"), Now()) - F("run_started_at"), output_field=DurationField()
+        )
+    )
+    for i, m in enumerate(metrics):
+        points = MetricPoint.objects.filter(experiment=OuterRef("pk"), name=m, value__isnull=False)
+        best = Min("value") if lower_is_better(m) else Max("value")
+        queryset = queryset.annotate(
+            **{
+                f"metric_{i}_last": Subquery(points.order_by("-step", "-wall_time").values("value")[:1]),
+                f"metric_{i}_best": Subquery(
+                    points.values("experiment").annotate(best=best).values("best")[:1]
+                ),
+            }
+        )
+    return queryset
+
+
+def _column_order(sort: str, metrics: list[str]) -> tuple[Any, ...] | None:
+    """Return the ordering of a run or metric sort key (empty values last), or None for another key."""
+    if sort == "progress":
+        return (F("run_progress").desc(nulls_last=True), "-created_at")
+    if sort == "duration":
+        return (F("run_duration").desc(nulls_last=True), "-created_at")
+    kind, _, metric = sort.partition(":")
+    if kind in ("last", "best") and metric in metrics:
+        column = F(f"metric_{metrics.index(metric)}_{kind}")
+        # Best first: the smallest loss, the highest accuracy.
+        ordered = column.asc(nulls_last=True) if lower_is_better(metric) else column.desc(nulls_last=True)
+        return (ordered, "-created_at")
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,11 +121,21 @@ def _search(queryset: QuerySet[Experiment], q: str) -> QuerySet[Experiment]:
     return queryset.filter(Q(name__icontains=q) | Q(description__icontains=q))
 
 
-def experiment_list(*, state: str = "", q: str = "", sort: str = DEFAULT_SORT) -> QuerySet[Experiment]:
-    """Return experiments filtered by state and name search, in the asked order (unknown values ignored)."""
+def experiment_list(
+    *, state: str = "", q: str = "", sort: str = DEFAULT_SORT, metrics: list[str] | None = None
+) -> QuerySet[Experiment]:
+    """Return experiments filtered by state and name search, in the asked order (unknown values ignored).
+
+    Each row carries its latest attempt's progress and duration, and each metric's last and best value.
+    """
+    metrics = list(metrics or [])
     queryset = _search(Experiment.objects.select_related("owner"), q)
+    queryset = _with_run_and_metrics(queryset, metrics)
     if state in State.values:
         queryset = queryset.filter(state=state)
+    column_order = _column_order(sort, metrics)
+    if column_order is not None:
+        return queryset.order_by(*column_order)
     ordering = SORTS.get(sort, SORTS[DEFAULT_SORT])[1]
     if "class_rank" in ordering:
         queryset = queryset.annotate(

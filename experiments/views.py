@@ -90,19 +90,35 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
     """List experiments with state chips (counts), name search, sort and pages."""
     state = request.GET.get("state", "")
     q = request.GET.get("q", "").strip()
+    # Metric columns: ?metrics=loss,accuracy (names as the runs log them).
+    metrics_text = request.GET.get("metrics", "loss,accuracy")
+    metrics = [m.strip()[:64] for m in metrics_text.split(",") if m.strip()][: selectors.MAX_LIST_METRICS]
+    sorts = selectors.list_sorts(metrics)
     sort = request.GET.get("sort", selectors.DEFAULT_SORT)
-    if sort not in selectors.SORTS:
+    if sort not in dict(sorts):
         sort = selectors.DEFAULT_SORT
-    queryset = selectors.experiment_list(state=state, q=q, sort=sort)
+    queryset = selectors.experiment_list(state=state, q=q, sort=sort, metrics=metrics)
     page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
+    rows = [
+        {
+            "e": e,
+            "metrics": [
+                (getattr(e, f"metric_{i}_last"), getattr(e, f"metric_{i}_best")) for i in range(len(metrics))
+            ],
+        }
+        for e in page.object_list
+    ]
     counts = selectors.experiment_state_counts(q=q)
     context = {
         "page": page,
         "experiments": page.object_list,
+        "rows": rows,
+        "metrics": metrics,
+        "metrics_text": ",".join(metrics),
         "state": state if state in State.values else "",
         "q": q,
         "sort": sort,
-        "sorts": [(key, label) for key, (label, _) in selectors.SORTS.items()],
+        "sorts": sorts,
         "state_counts": counts,
         "total": sum(c.count for c in counts),
         "can_create": request.user.has_perm("experiments.add_experiment"),

@@ -90,6 +90,8 @@ class RolloutState(TypedDict):
     traffic_pct: float
     stage_requests: int
     min_requests: int
+    # Running, and short of the requests its stage is judged on: the page says how to send some.
+    waiting_for_traffic: bool
     elapsed_seconds: int
     duration_seconds: int
     stages: list[StageRow]
@@ -306,6 +308,8 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
         "traffic_pct": float(stage.get("traffic_pct", 0)),
         "stage_requests": stage_requests,
         "min_requests": rollout.min_requests,
+        "waiting_for_traffic": rollout.status == RolloutStatus.RUNNING
+        and stage_requests < rollout.min_requests,
         # A sweep judged "now" a little ahead starts the next stage in the future: show 0, not less.
         "elapsed_seconds": max(0, int((end - rollout.stage_started_at).total_seconds())),
         "duration_seconds": int(stage.get("duration_seconds", 0)),

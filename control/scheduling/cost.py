@@ -9,14 +9,29 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol
 
 from django.db.models import Avg, F, Q
 from django.utils import timezone
 
 from control.policies.models import GpuPrice, Policy, PolicyKind
 from experiments.choices import RunStatus
-from experiments.models import Experiment, Run
+from experiments.models import Run
+
+
+class CostSubject(Protocol):
+    """What a cost estimate reads of an experiment (a model instance or the scheduler's light row)."""
+
+    @property
+    def recipe(self) -> str: ...
+    @property
+    def tags(self) -> list[str]: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def gpu_type(self) -> str: ...
+    @property
+    def timeout_seconds(self) -> int: ...
 
 
 def price_per_hour(*, gpus: int, gpu_type: str, prices: dict[str, Decimal] | None = None) -> Decimal:
@@ -55,7 +70,7 @@ def spend_today(*, now: datetime | None = None) -> Decimal:
     return total.quantize(Decimal("0.0001"))
 
 
-def expected_hours(experiment: Experiment) -> float:
+def expected_hours(experiment: CostSubject) -> float:
     """Return how long a run of this experiment likely takes: the recipe's past mean, else its timeout."""
     past = (
         Run.objects.filter(
@@ -72,7 +87,7 @@ def expected_hours(experiment: Experiment) -> float:
     return experiment.timeout_seconds / 3600
 
 
-def estimated_cost(experiment: Experiment) -> Decimal:
+def estimated_cost(experiment: CostSubject) -> Decimal:
     """Return the expected USD cost of one run of the experiment."""
     hours = Decimal(str(expected_hours(experiment)))
     return (hours * price_per_hour(gpus=experiment.gpus, gpu_type=experiment.gpu_type)).quantize(
@@ -92,7 +107,7 @@ def concurrency_cap() -> int | None:
 
 
 def admission_reason(
-    experiment: Experiment, *, now: datetime | None = None, cache: dict[str, Any] | None = None
+    experiment: CostSubject, *, now: datetime | None = None, cache: dict[str, Any] | None = None
 ) -> str:
     """Return why the experiment may not start now under the cost policies, or "" when it may.
 

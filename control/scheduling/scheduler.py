@@ -7,20 +7,23 @@ that nothing starves. A device is leased with a conditional UPDATE, so two sched
 
 from __future__ import annotations
 
+import json
 import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q, QuerySet
+from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db.models import Case, ExpressionWrapper, FloatField, Func, Q, QuerySet, Value, When
+from django.db.models.functions import Cast, Coalesce, Greatest
+from django.urls import reverse
 from django.utils import timezone
 
 import control.scheduling.cost as cost
-from control.dispatch import task_send
+from control.dispatch import tasks_send
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
@@ -35,31 +38,174 @@ logger = logging.getLogger(__name__)
 _CLASS_SPAN = 11
 
 
+class _EpochSeconds(Func):
+    """Seconds since 1970 of a datetime column: SQLite stores text, PostgreSQL a timestamp."""
+
+    output_field = FloatField()
+    template = "EXTRACT(EPOCH FROM %(expressions)s)"
+
+    def as_sqlite(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        # julianday() reads Django's 'YYYY-MM-DD HH:MM:SS.ffffff' (UTC); day 2440587.5 is 1970-01-01.
+        return self.as_sql(
+            compiler, connection, template="((julianday(%(expressions)s) - 2440587.5) * 86400.0)", **extra
+        )
+
+
+def _aging(aging_per_minute: float | None) -> float:
+    return float(settings.SCHEDULER_AGING_PER_MINUTE if aging_per_minute is None else aging_per_minute)
+
+
 def experiment_urgency(
-    experiment: Experiment, *, now: datetime, aging_per_minute: float | None = None
+    experiment: Experiment | QueuedExperiment, *, now: datetime, aging_per_minute: float | None = None
 ) -> float:
     """Return the experiment's scheduling score (higher goes first): class, priority, then aging."""
-    aging = settings.SCHEDULER_AGING_PER_MINUTE if aging_per_minute is None else aging_per_minute
+    aging = _aging(aging_per_minute)
     rank = PRIORITY_CLASS_RANK.get(PriorityClass(experiment.priority_class), len(PRIORITY_CLASS_RANK))
     waited_min = max(0.0, (now - (experiment.queued_at or experiment.created_at)).total_seconds() / 60.0)
     return (len(PRIORITY_CLASS_RANK) - rank) * _CLASS_SPAN + experiment.priority + aging * waited_min
 
 
+def urgency_expression(*, now: datetime, aging_per_minute: float | None = None) -> Any:
+    """Return experiment_urgency as a database expression, so the database orders the queue."""
+    aging = _aging(aging_per_minute)
+    class_score = Case(
+        *[
+            When(priority_class=str(cls), then=Value(float((len(PRIORITY_CLASS_RANK) - rank) * _CLASS_SPAN)))
+            for cls, rank in PRIORITY_CLASS_RANK.items()
+        ],
+        default=Value(0.0),
+        output_field=FloatField(),
+    )
+    waited_s = Greatest(
+        Value(0.0),
+        Value(now.timestamp()) - _EpochSeconds(Coalesce("queued_at", "created_at")),
+        output_field=FloatField(),
+    )
+    return ExpressionWrapper(
+        class_score + Cast("priority", FloatField()) + Value(aging / 60.0) * waited_s,
+        output_field=FloatField(),
+    )
+
+
+class QueuedExperiment:
+    """A queued experiment as the scheduler reads it: the columns it decides on, and its score.
+
+    Built from the database's raw row: datetimes (text on SQLite) and tags (JSON text) are
+    decoded only when read, which a pass over a thousand rows mostly never does.
+    """
+
+    __slots__ = (
+        "_created_at",
+        "_not_before",
+        "_queued_at",
+        "_tags",
+        "gpu_type",
+        "gpus",
+        "memory_gb",
+        "name",
+        "pk",
+        "priority",
+        "priority_class",
+        "recipe",
+        "timeout_seconds",
+        "urgency",
+    )
+
+    def __init__(self, *row: Any) -> None:
+        (
+            self.pk,
+            self.name,
+            self.priority_class,
+            self.priority,
+            self.gpus,
+            self.gpu_type,
+            self.memory_gb,
+            self.recipe,
+            self.timeout_seconds,
+            self._tags,
+            self._queued_at,
+            self._created_at,
+            self._not_before,
+            self.urgency,
+        ) = row
+        self.memory_gb = float(self.memory_gb)
+
+    @property
+    def id(self) -> int:
+        return int(self.pk)
+
+    @property
+    def tags(self) -> list[str]:
+        tags = json.loads(self._tags) if isinstance(self._tags, str) else self._tags
+        return list(tags or [])
+
+    @property
+    def queued_at(self) -> datetime | None:
+        return _as_datetime(self._queued_at)
+
+    @property
+    def created_at(self) -> datetime:
+        created = _as_datetime(self._created_at)
+        assert created is not None
+        return created
+
+    @property
+    def not_before(self) -> datetime | None:
+        return None if self._not_before is None else _as_datetime(self._not_before)
+
+    def get_absolute_url(self) -> str:
+        return reverse("experiments:detail", args=[self.pk])
+
+    def get_priority_class_display(self) -> str:
+        return str(PriorityClass(self.priority_class).label)
+
+
+def _as_datetime(raw: Any) -> datetime | None:
+    """Return a column as an aware datetime: PostgreSQL's driver gives one, SQLite naive UTC (or its text)."""
+    if raw is None:
+        return None
+    value = raw if isinstance(raw, datetime) else datetime.fromisoformat(str(raw))
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+_QUEUED_COLUMNS = (
+    "pk",
+    "name",
+    "priority_class",
+    "priority",
+    "gpus",
+    "gpu_type",
+    "memory_gb",
+    "recipe",
+    "timeout_seconds",
+    "tags",
+    "queued_at",
+    "created_at",
+    "not_before",
+)
+
+
 def queued_in_order(
     *, now: datetime | None = None, aging_per_minute: float | None = None
-) -> list[Experiment]:
-    """Return the queued experiments, most urgent first (ties: longest waiting first)."""
+) -> list[QueuedExperiment]:
+    """Return the queued experiments, most urgent first (ties: longest waiting first).
+
+    The database scores and orders them and the rows come back raw: at a thousand queued,
+    building model instances (or converting every column) cost more than the query.
+    """
     now = now or timezone.now()
-    # An external experiment waits for its client to start a run: no device is ever leased for it.
-    queued = list(Experiment.objects.filter(state=State.QUEUED).exclude(executor=Executor.EXTERNAL))
-    queued.sort(
-        key=lambda e: (
-            -experiment_urgency(e, now=now, aging_per_minute=aging_per_minute),
-            e.queued_at or e.created_at,
-            e.pk,
-        )
+    queryset = (
+        Experiment.objects.filter(state=State.QUEUED)
+        # An external experiment waits for its client to start a run: no device is ever leased for it.
+        .exclude(executor=Executor.EXTERNAL)
+        .annotate(urgency=urgency_expression(now=now, aging_per_minute=aging_per_minute))
+        .order_by("-urgency", Coalesce("queued_at", "created_at"), "pk")
+        .values_list(*_QUEUED_COLUMNS, "urgency")
     )
-    return queued
+    sql, params = queryset.query.sql_with_params()
+    with connections[queryset.db].cursor() as cursor:
+        cursor.execute(sql, params)
+        return [QueuedExperiment(*row) for row in cursor.fetchall()]
 
 
 def _reserved_by_settings(device: Device) -> bool:
@@ -81,7 +227,7 @@ def usable_devices(*, now: datetime | None = None) -> QuerySet[Device]:
     )
 
 
-def device_fits(experiment: Experiment, device: Device) -> bool:
+def device_fits(experiment: Experiment | QueuedExperiment, device: Device) -> bool:
     """Return True when the device is the kind, type and size the experiment asks for."""
     if experiment.gpus == 0:
         return device.kind == DeviceKind.CPU
@@ -92,7 +238,7 @@ def device_fits(experiment: Experiment, device: Device) -> bool:
     return device.memory_total_gb + 1e-9 >= experiment.memory_gb
 
 
-def _needs(experiment: Experiment) -> str:
+def _needs(experiment: Experiment | QueuedExperiment) -> str:
     if experiment.gpus == 0:
         return "a CPU slot"
     what = f"{experiment.gpus} GPU{'s' if experiment.gpus > 1 else ''}"
@@ -103,7 +249,7 @@ def _needs(experiment: Experiment) -> str:
     return what + (" on one worker" if experiment.gpus > 1 else "")
 
 
-def _pick(experiment: Experiment, free: list[Device]) -> list[Device]:
+def _pick(experiment: Experiment | QueuedExperiment, free: list[Device]) -> list[Device]:
     """Return the devices to lease (all on one worker), or [] when none fit."""
     by_worker: dict[int, list[Device]] = defaultdict(list)
     for device in free:
@@ -118,7 +264,7 @@ def _pick(experiment: Experiment, free: list[Device]) -> list[Device]:
     return []
 
 
-def _admission_refusal(experiment: Experiment, now: datetime, cache: dict[str, Any]) -> str:
+def _admission_refusal(experiment: QueuedExperiment, now: datetime, cache: dict[str, Any]) -> str:
     """Return why the experiment must wait (a cost policy's daily budget), or ""."""
     try:
         return cost.admission_reason(experiment, now=now, cache=cache)
@@ -144,7 +290,7 @@ def concurrency_limit() -> int | None:
 class Decision:
     """Where one queued experiment stands: the devices it gets now, or why it waits."""
 
-    experiment: Experiment
+    experiment: QueuedExperiment
     position: int
     urgency: float
     devices: list[Device] = field(default_factory=list)
@@ -166,22 +312,25 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     now = now or timezone.now()
     limit = concurrency_limit() if max_concurrent is None else max_concurrent
     # External runs train on their client's hardware: they hold no slot of ours.
-    live = list(
+    live_runs_of = list(
         Run.objects.filter(status__in=LIVE_RUN_STATUSES)
         .exclude(experiment__executor=Executor.EXTERNAL)
         .values_list("experiment_id", flat=True)
     )
-    running = len(live)
+    running = len(live_runs_of)
+    live = set(live_runs_of)
     devices = list(usable_devices(now=now))
     free = [d for d in devices if d.leased_run_id is None and not d.reserved and not _reserved_by_settings(d)]
     initially_free = list(free)
     decisions: list[Decision] = []
     slots_left = None if limit is None else limit - running
     pass_cache: dict[str, Any] = {}
+    # Experiments asking for the same thing get the same answer once nothing fits them: free
+    # devices only go away during a pass. Keyed by (gpus, gpu_type, memory_gb).
+    no_fit: set[tuple[int, str, float]] = set()
+    fits_any: dict[tuple[int, str, float], bool] = {}
     for position, experiment in enumerate(queued_in_order(now=now), start=1):
-        decision = Decision(
-            experiment=experiment, position=position, urgency=experiment_urgency(experiment, now=now)
-        )
+        decision = Decision(experiment=experiment, position=position, urgency=experiment.urgency)
         decisions.append(decision)
         if experiment.not_before and experiment.not_before > now:
             decision.reason = f"retry backoff until {experiment.not_before:%H:%M:%S} UTC"
@@ -197,14 +346,19 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
         if refusal:
             decision.reason = refusal
             continue
-        chosen = _pick(experiment, free)
+        need = (experiment.gpus, experiment.gpu_type, experiment.memory_gb)
+        chosen = [] if need in no_fit or not free else _pick(experiment, free)
         if chosen:
             decision.devices = chosen
-            free = [d for d in free if d not in chosen]
+            taken = {d.pk for d in chosen}
+            free = [d for d in free if d.pk not in taken]
             if slots_left is not None:
                 slots_left -= 1
             continue
-        if any(device_fits(experiment, d) for d in devices):
+        no_fit.add(need)
+        if need not in fits_any:
+            fits_any[need] = any(device_fits(experiment, d) for d in devices)
+        if fits_any[need]:
             decision.reason = f"waiting for {_needs(experiment)} to free up"
         else:
             decision.reason = f"no live worker has {_needs(experiment)}"
@@ -246,12 +400,21 @@ class _LeaseLost(Exception):
     """Another scheduler leased one of the devices first."""
 
 
-def _dispatch(run_id: int, queue: str, task_id: str) -> None:
-    task_send("control.train_run", args=[run_id], queue=queue, task_id=task_id)
+# A train task to send once the dispatch commits: (run id, the worker's queue, task id).
+_Send = tuple[int, str, str]
 
 
-def experiment_dispatch(*, experiment_id: int, devices: list[Device]) -> Run | None:
-    """Lease the devices, create the run, fire start and (after commit) send it to the worker's queue."""
+def _send_train_tasks(sends: list[_Send]) -> None:
+    tasks_send(
+        [
+            ("control.train_run", [run_id], {"queue": queue, "task_id": task_id})
+            for run_id, queue, task_id in sends
+        ]
+    )
+
+
+def _dispatch_one(*, experiment_id: int, devices: list[Device], sends: list[_Send]) -> Run | None:
+    """Lease the devices, create the run and fire start in a savepoint; on a lost race roll back only that."""
     worker = devices[0].worker
     task_id = str(uuid.uuid4())
     try:
@@ -268,13 +431,39 @@ def experiment_dispatch(*, experiment_id: int, devices: list[Device]) -> Run | N
                 actor=Actor.system("scheduler"),
                 reason=f"attempt {run.attempt} on {worker.hostname} ({', '.join(d.label for d in devices)})",
             )
-            transaction.on_commit(lambda: _dispatch(run.pk, worker.queue, task_id))
-    except (_LeaseLost, TransitionRefused, IntegrityError) as exc:
-        # Lost a race (device leased, experiment started or cancelled by someone else): the
-        # whole attempt rolled back; the next tick looks again.
+    except (_LeaseLost, TransitionRefused, IntegrityError, OperationalError) as exc:
+        # Lost a race (device leased, experiment started or cancelled by someone else, or
+        # PostgreSQL broke a lock cycle between two schedulers): this
+        # attempt rolled back to its savepoint; the next tick looks again.
         logger.info("dispatch of experiment %s lost a race: %r", experiment_id, exc)
         return None
+    sends.append((run.pk, worker.queue, task_id))
     return run
+
+
+def experiments_dispatch(plans: list[tuple[int, list[Device]]]) -> list[Run]:
+    """Dispatch (experiment id, devices) pairs in one transaction; return the runs created.
+
+    Each dispatch is a savepoint whose writes are conditional updates (the lease, the
+    state change), so one lost race costs only that experiment; the pass commits once and
+    sends its train tasks together, over one broker connection, after the commit.
+    """
+    sends: list[_Send] = []
+    started: list[Run] = []
+    with transaction.atomic():
+        for experiment_id, devices in plans:
+            run = _dispatch_one(experiment_id=experiment_id, devices=devices, sends=sends)
+            if run is not None:
+                started.append(run)
+        # Registered last: the runs' start effects (pages, policies) are queued before it.
+        transaction.on_commit(lambda: _send_train_tasks(sends))
+    return started
+
+
+def experiment_dispatch(*, experiment_id: int, devices: list[Device]) -> Run | None:
+    """Lease the devices, create the run, fire start and (after commit) send it to the worker's queue."""
+    started = experiments_dispatch([(experiment_id, devices)])
+    return started[0] if started else None
 
 
 def scheduler_tick(*, now: datetime | None = None, max_concurrent: int | None = None) -> list[Run]:
@@ -284,14 +473,8 @@ def scheduler_tick(*, now: datetime | None = None, max_concurrent: int | None = 
     if not usable_devices(now=now).filter(leased_run__isnull=True, reserved=False).exists():
         return []
     plan = scheduler_plan(now=now, max_concurrent=max_concurrent)
-    started: list[Run] = []
-    for decision in plan.decisions:
-        if not decision.devices:
-            continue
-        run = experiment_dispatch(experiment_id=decision.experiment.pk, devices=decision.devices)
-        if run is not None:
-            started.append(run)
-    return started
+    chosen = [(d.experiment.pk, d.devices) for d in plan.decisions if d.devices]
+    return experiments_dispatch(chosen) if chosen else []
 
 
 def live_runs() -> QuerySet[Run]:

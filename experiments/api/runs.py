@@ -1,9 +1,12 @@
-"""The ingest API of external runs: a client outside the workers starts a run, streams metrics, finishes it.
+"""The ingest API of runs: a client outside the workers starts a run, streams metrics, finishes it.
 
-Thin: experiments/runs/external.py decides. `POST /api/runs` answers a run-scoped token that
-may write to that run only; the other operations take it (or a user's token, or the session
-with CSRF). Every metric batch and heartbeat answers the run's control state
-`{"stop": bool, "reason": ...}`: how the client learns of a cancel or a policy's early stop.
+Thin: experiments/runs/external.py decides. `POST /api/runs` answers a run token (signed,
+experiments/runs/tokens.py) that may write to that run only, while it is live; the other
+operations take it (or a user's token, or the session with CSRF). A worker's script run gets
+the same kind of token as CRUCIBLE_TOKEN: its client may send metrics, heartbeats, params and
+tags, but the worker ends the run (finish answers 409). Every metric batch and heartbeat answers
+the run's control state `{"stop": bool, "reason": ...}`: how the client learns of a cancel or a
+policy's early stop.
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from pydantic import ConfigDict, StrictStr
 from experiments.actors import Actor
 from experiments.api.routes import field_errors
 from experiments.api.schemas import MAX_ID, ErrorOut, ValidationErrorOut
-from experiments.api.tokens import api_token_create
 from experiments.choices import Executor
 from experiments.models import Experiment, Run
 from experiments.permissions import requires_permission, token_run_id
@@ -43,6 +45,7 @@ from experiments.runs.external import (
     external_run_start,
     run_control_state,
 )
+from experiments.runs.tokens import run_token_mint
 from experiments.services import experiment_create
 
 router = Router(tags=["runs"])
@@ -188,15 +191,18 @@ def _run_out(run: Run, **extra: Any) -> dict[str, Any]:
 
 
 def _external_run(request: HttpRequest, run_id: int) -> Run:
-    """Return the external run the caller may write to, or refuse (403 another run's token, 404 none)."""
+    """Return the run the caller may write to, or refuse (403 another run's token, 404 none).
+
+    An external run takes its run token, a user's token or a session; a worker's run takes its
+    own run token only (the script's CRUCIBLE_TOKEN): to anyone else it is no run of this API.
+    """
     scoped = token_run_id(request.auth)  # type: ignore[attr-defined]
     if scoped is not None and scoped != run_id:
         raise PermissionDenied(f"This token may only write to run #{scoped}.")
-    run = (
-        Run.objects.select_related("experiment")
-        .filter(pk=run_id, experiment__executor=Executor.EXTERNAL)
-        .first()
-    )
+    runs = Run.objects.select_related("experiment").filter(pk=run_id)
+    if scoped is None:
+        runs = runs.filter(experiment__executor=Executor.EXTERNAL)
+    run = runs.first()
     if run is None:
         raise Http404(f"No external run #{run_id}")
     return run
@@ -287,7 +293,7 @@ def _experiment_for(payload: RunStartIn, user: Any) -> Experiment:
 )
 @requires_permission(START_PERMISSION, api=True)
 def run_start_view(request: HttpRequest, payload: RunStartIn) -> Status[Any]:
-    """Start a run of an external experiment and hand back its run-scoped token."""
+    """Start a run of an external experiment and hand back its run token."""
     user = request.auth  # type: ignore[attr-defined]
     _keys_checked(payload.params, "params")
     _keys_checked(payload.tags, "tags")
@@ -303,7 +309,7 @@ def run_start_view(request: HttpRequest, payload: RunStartIn) -> Status[Any]:
             run = external_run_log_params(run=run, params=payload.params)
         if payload.tags:
             run = external_run_set_tags(run=run, tags=payload.tags)
-        _, raw = api_token_create(user=user, name=f"run #{run.pk} of {experiment.name}"[:100], run=run)
+    raw = run_token_mint(run_id=run.pk, experiment_id=run.experiment_id)
     run = Run.objects.select_related("experiment").get(pk=run.pk)
     return Status(201, _run_out(run, token=raw))
 
@@ -312,7 +318,7 @@ def run_start_view(request: HttpRequest, payload: RunStartIn) -> Status[Any]:
     "/{run_id}",
     response={200: RunOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
     summary="Read an external run",
-    description=f"Needs `{START_PERMISSION}`; a run-scoped token reads its own run only.",
+    description=f"Needs `{START_PERMISSION}`; a run token reads its own run only (a worker's script run too).",
 )
 @requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_detail_view(request: HttpRequest, run_id: int = _RUN_ID) -> dict[str, Any]:
@@ -376,19 +382,36 @@ def run_heartbeat_view(request: HttpRequest, run_id: int = _RUN_ID) -> dict[str,
 
 @router.post(
     "/{run_id}/finish",
-    response={200: RunOut, 400: ErrorOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+    response={
+        200: RunOut,
+        400: ErrorOut,
+        **_AUTH_ERRORS,
+        404: ErrorOut,
+        409: ErrorOut,
+        422: ValidationErrorOut,
+    },
     summary="Finish the run",
     description=f"status: {', '.join(FINISH_STATUSES)}. completed moves the experiment on to evaluation "
     "(the policies decide as for a worker's run); failed spends an attempt (the next start retries); "
-    "cancelled cancels the experiment. Sending it again changes nothing.",
+    "cancelled cancels the experiment. Sending it again with a user's token changes nothing; the "
+    "run's own token ends with the run (401 afterwards). 409 for a worker's script run: its worker "
+    "ends it when the script exits (exit code 0: completed).",
 )
 @requires_permission(START_PERMISSION, api=True, run_token=True)
-def run_finish_view(request: HttpRequest, payload: FinishIn, run_id: int = _RUN_ID) -> dict[str, Any]:
-    """End the run as its client says."""
-    run = external_run_finish(
-        run=_external_run(request, run_id), status=payload.status, final_metrics=payload.final_metrics
-    )
-    return _run_out(Run.objects.select_related("experiment").get(pk=run.pk))
+def run_finish_view(request: HttpRequest, payload: FinishIn, run_id: int = _RUN_ID) -> Status[Any]:
+    """End the run as its client says (external runs only)."""
+    run = _external_run(request, run_id)
+    if run.experiment.executor != Executor.EXTERNAL:
+        return Status(
+            409,
+            {
+                "detail": f"Run #{run.pk} is a script run on a worker: the worker ends it when the "
+                "script exits (exit code 0: completed, else failed). Exit the script instead of "
+                "finishing the run."
+            },
+        )
+    run = external_run_finish(run=run, status=payload.status, final_metrics=payload.final_metrics)
+    return Status(200, _run_out(Run.objects.select_related("experiment").get(pk=run.pk)))
 
 
 @router.post(

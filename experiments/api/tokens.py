@@ -1,4 +1,7 @@
-"""Bearer tokens for the JSON API: create one (shown once), check one; only the SHA-256 is stored."""
+"""Bearer tokens for the JSON API: a user's token (created once, only its SHA-256 stored), or a run token.
+
+Run tokens (`crr_…`, experiments/runs/tokens.py) are signed, not stored, and speak for one live run.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +16,8 @@ from django.db.models import Q
 from django.http import HttpRequest
 from django.utils import timezone
 
-from experiments.models import ApiToken, Run
-from experiments.permissions import TOKEN_RUN_ATTR
+from experiments.models import ApiToken
+from experiments.runs.tokens import RUN_TOKEN_PREFIX, run_token_user, run_token_verify
 
 # Recognisable in logs and secret scanners; the random part carries 256 bits.
 TOKEN_PREFIX = "cru_"
@@ -28,15 +31,11 @@ def token_hash(raw: str) -> str:
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
-def api_token_create(*, user: Any, name: str, run: Run | None = None) -> tuple[ApiToken, str]:
-    """Create a token for user and return it with the raw secret, which is never stored.
-
-    With a run, the token may only write to that run (an external client's token).
-    """
+def api_token_create(*, user: Any, name: str) -> tuple[ApiToken, str]:
+    """Create a token for user and return it with the raw secret, which is never stored."""
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.objects.create(
         user=user,
-        run=run,
         name=name,
         token_sha256=token_hash(raw),
         prefix=raw[: ApiToken._meta.get_field("prefix").max_length],
@@ -47,9 +46,12 @@ def api_token_create(*, user: Any, name: str, run: Run | None = None) -> tuple[A
 def api_token_user(*, raw: str) -> Any | None:
     """Return the active user a raw token belongs to (and note its use), or None.
 
-    The user of a run-scoped token carries the run's id (experiments.permissions.token_run_id):
-    every route but the run's own refuses it.
+    A run token answers its run's caller (experiments.runs.tokens.RunTokenUser) while the run is
+    live: it carries the run's id (experiments.permissions.token_run_id), and every route but the
+    run's own refuses it.
     """
+    if raw.startswith(RUN_TOKEN_PREFIX):
+        return run_token_user(raw)
     if not raw or len(raw) > 200:
         return None
     token = ApiToken.objects.select_related("user").filter(token_sha256=token_hash(raw)).first()
@@ -60,7 +62,6 @@ def api_token_user(*, raw: str) -> Any | None:
         ApiToken.objects.filter(pk=token.pk).filter(
             Q(last_used_at__isnull=True) | Q(last_used_at__lt=now - LAST_USED_RESOLUTION)
         ).update(last_used_at=now)
-    setattr(token.user, TOKEN_RUN_ATTR, token.run_id)
     return token.user
 
 
@@ -84,6 +85,10 @@ def api_token_authenticate(*, request: HttpRequest, raw: str) -> Any | None:
         request.axes_credentials = _TOKEN_CREDENTIALS  # type: ignore[attr-defined]
         raise TokenLockedOut
     user = api_token_user(raw=raw)
+    if user is None and run_token_verify(raw) is not None:
+        # Our own signature on a run that has ended: a late batch or a retried finish, not a
+        # guess. Refused (401) without counting toward the lockout of the client's address.
+        return None
     if user is None:
         # The signal Django sends for a failed password: axes records it (and any other listener).
         user_login_failed.send(sender=__name__, credentials=_TOKEN_CREDENTIALS, request=request)

@@ -98,3 +98,30 @@ def downsample_series(
     if not np.isfinite(kept_values).all():
         out_values = [v if np.isfinite(v) else None for v in out_values]  # type: ignore[arg-type]
     return step_arr.tolist(), out_values, True
+
+
+# A roll-up bucket as read for a chart: (first_step, first_value, last_step, last_value,
+# min_step, min_value, max_step, max_value, gap_step), the columns of MetricRollup.
+RollupBucket = tuple[
+    int, float | None, int, float | None, int | None, float | None, int | None, float | None, int | None
+]
+
+# Points one roll-up bucket can put on a chart: first, min, max, last and a gap marker.
+POINTS_PER_BUCKET = 5
+
+
+def bucket_points(bucket: RollupBucket) -> list[tuple[int, float | None]]:
+    """Return the points a chart draws for one roll-up bucket, in step order, each step once.
+
+    Its first and last point span it, its min and max keep every spike, and the first
+    NULL (NaN/inf logged) marks a gap.
+    """
+    first_step, first_value, last_step, last_value, min_step, min_value, max_step, max_value, gap = bucket
+    points = {first_step: first_value, last_step: last_value}
+    if min_step is not None:
+        points[min_step] = min_value
+    if max_step is not None:
+        points[max_step] = max_value
+    if gap is not None:
+        points[gap] = None
+    return sorted(points.items())

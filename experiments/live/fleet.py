@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from django.db.models import Prefetch
+from django.db.models import Max, Min, Prefetch
 
 from experiments.choices import State
 from experiments.live.series import Series, metric_series
 from experiments.models import Experiment, MetricPoint, Run
+from experiments.selectors import experiment_config_rows, lower_is_better
 
 # The fleet shows what is moving or about to: waiting, training, being judged, rolling out.
 FLEET_STATES = (State.QUEUED, State.RUNNING, State.EVALUATING, State.PROMOTING)
@@ -84,3 +87,62 @@ def compare_metric_names(*, experiment_ids: Sequence[int]) -> list[str]:
         .values_list("name", flat=True)
         .distinct()
     )
+
+
+def config_diff(experiments: Sequence[Experiment]) -> list[dict[str, Any]]:
+    """Return the parameters whose effective value (recipe defaults filled in) differs between the experiments.
+
+    Each row: {"name", "values": [JSON text per experiment, "—" where it has none]}, recipe first.
+    """
+    if len(experiments) < 2:
+        return []
+    per_experiment = [
+        {"recipe": e.recipe, **{row["name"]: row["value"] for row in experiment_config_rows(experiment=e)}}
+        for e in experiments
+    ]
+    names: list[str] = []
+    for config in per_experiment:
+        names += [n for n in config if n not in names]
+    rows = []
+    for name in names:
+        values = [json.dumps(c[name]) if name in c else "—" for c in per_experiment]
+        if len(set(values)) > 1:
+            rows.append({"name": name, "values": values})
+    return rows
+
+
+def parameter_coordinates(experiments: Sequence[Experiment], *, metric: str) -> dict[str, Any] | None:
+    """Return the numeric parameters that differ, and each experiment's best value of the metric, as parallel axes.
+
+    {"metric", "dimensions": [{"label", "values"}...], "names"}: the metric's axis last; None when
+    fewer than two experiments, no numeric parameter differs, or none logged the metric.
+    """
+    if len(experiments) < 2:
+        return None
+    configs = [
+        {row["name"]: row["value"] for row in experiment_config_rows(experiment=e)} for e in experiments
+    ]
+    dimensions: list[dict[str, Any]] = []
+    for name in dict.fromkeys(n for c in configs for n in c):
+        values = [c.get(name) for c in configs]
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in values)
+        if numeric and len(set(values)) > 1:
+            dimensions.append({"label": name, "values": values})
+    lower = lower_is_better(metric)
+    best = {
+        row["experiment_id"]: row["best"]
+        for row in MetricPoint.objects.filter(
+            experiment_id__in=[e.pk for e in experiments], name=metric, value__isnull=False
+        )
+        .values("experiment_id")
+        .annotate(best=Min("value") if lower else Max("value"))
+    }
+    if not dimensions or not best:
+        return None
+    dimensions.append(
+        {
+            "label": f"{metric} ({'lowest' if lower else 'highest'})",
+            "values": [best.get(e.pk) for e in experiments],
+        }
+    )
+    return {"metric": metric, "dimensions": dimensions, "names": [f"#{e.pk} {e.name}" for e in experiments]}

@@ -9,12 +9,21 @@ from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpRespons
 from django.shortcuts import render
 from django.views.decorators.http import require_GET
 
-from experiments.live.fleet import COMPARE_LIMIT, compare_candidates, compare_metric_names, fleet_rows
+from experiments.live.fleet import (
+    COMPARE_LIMIT,
+    compare_candidates,
+    compare_metric_names,
+    config_diff,
+    fleet_rows,
+    parameter_coordinates,
+)
 from experiments.models import Experiment, Run
 from experiments.permissions import requires_permission
 from experiments.runs.logs import TAIL_LINES, run_log_chunks, run_log_path, run_log_tail
 
 VIEW_PERMISSION = "experiments.view_experiment"
+# Charts on one Compare page (each follows every chosen experiment).
+MAX_COMPARE_METRICS = 6
 
 
 @requires_permission(VIEW_PERMISSION)
@@ -62,21 +71,35 @@ def compare(request: HttpRequest) -> HttpResponse:
     ids, ids_error = _parse_ids(",".join(request.GET.getlist("ids")))
     if ids_error:
         errors["ids"] = ids_error
-    metric = request.GET.get("metric", "loss").strip() or "loss"
-    if len(metric) > 64:
+    # Several metrics, one chart each: metric=loss,accuracy or metric=loss&metric=accuracy.
+    metrics = [m.strip() for text in request.GET.getlist("metric") for m in text.split(",") if m.strip()]
+    metrics = list(dict.fromkeys(metrics)) or ["loss"]
+    if any(len(m) > 64 for m in metrics):
         errors["metric"] = "metric names are at most 64 characters"
-        metric = "loss"
+        metrics = ["loss"]
+    elif len(metrics) > MAX_COMPARE_METRICS:
+        errors["metric"] = f"at most {MAX_COMPARE_METRICS} metrics at once"
+        metrics = metrics[:MAX_COMPARE_METRICS]
+    metric = metrics[0]
     found = {e.pk: e for e in Experiment.objects.filter(pk__in=ids)}
     missing = [i for i in ids if i not in found]
     if missing:
         errors["ids"] = "no experiment " + ", ".join(f"#{i}" for i in missing)
     chosen = [found[i] for i in ids if i in found]
+    logged = compare_metric_names(experiment_ids=[e.pk for e in chosen]) if chosen else []
     context: dict[str, Any] = {
+        "metrics": metrics,
+        "metrics_text": ", ".join(metrics),
+        # A metric none of them logged gets a sentence, not empty axes.
+        "unlogged": [m for m in metrics if chosen and m not in logged],
+        "config_diff": config_diff(chosen),
+        # Read by compare.js: the parameters that differ against the first metric, as parallel axes.
+        "coordinates": parameter_coordinates(chosen, metric=metric) if not errors else None,
         "chosen": chosen,
         "chosen_ids": {e.pk for e in chosen},
         "candidates": compare_candidates(),
         "metric": metric,
-        "metric_names": compare_metric_names(experiment_ids=[e.pk for e in chosen]) if chosen else [],
+        "metric_names": logged,
         "errors": errors,
         # Read by compare.js through json_script.
         "series_config": [{"id": e.pk, "name": e.name, "state": e.state} for e in chosen]

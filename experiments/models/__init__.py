@@ -2,7 +2,8 @@
 
 The lifecycle (experiments, their audit log, runs, metric points, API tokens) lives in
 `experiment.py`; the model registry (versions, served requests, curated datasets, drift
-checks) in `registry.py`. Both are the bottom layer of the app: they import no service.
+checks) in `registry.py`; what the MLflow tracking API adds (experiment groups, run ids) in
+`mlflow.py`. Both are the bottom layer of the app: they import no service.
 """
 
 from experiments.models.experiment import (
@@ -18,6 +19,12 @@ from experiments.models.experiment import (
 from experiments.models.experiment import (
     _default_tags as _default_tags,  # referenced by migration 0001
 )
+from experiments.models.mlflow import (
+    MlflowExperiment,
+    MlflowLifecycle,
+    MlflowRun,
+    MlflowRunStatus,
+)
 from experiments.models.registry import (
     DatasetFileError,
     DatasetVersion,
@@ -29,18 +36,25 @@ from experiments.models.registry import (
     VersionEvaluation,
     VersionEvaluationStatus,
 )
+from experiments.models.rollup import ROLLUP_WIDTHS, MetricRollup
 from experiments.models.runlog import RunLog
 
 __all__ = [
     "CONFIRM_EVENTS",
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
+    "ROLLUP_WIDTHS",
     "ApiToken",
     "DatasetFileError",
     "DatasetVersion",
     "DriftCheck",
     "Experiment",
     "MetricPoint",
+    "MetricRollup",
+    "MlflowExperiment",
+    "MlflowLifecycle",
+    "MlflowRun",
+    "MlflowRunStatus",
     "ModelStage",
     "ModelVersion",
     "Run",

@@ -60,7 +60,7 @@ EVENT_LABELS: dict[str, str] = {
     "hold": "Hold for review",
     "promote": "Promote",
     "deploy": "Deploy",
-    "rollback": "Rollback",
+    "rollback": "Roll back",
     "cancel": "Cancel",
     "retrain": "Retrain",
     "withdraw": "Withdraw",
@@ -498,7 +498,7 @@ class MetricPoint(models.Model):
 
 
 class ApiToken(models.Model):
-    """A bearer token for the JSON API; only its SHA-256 is stored."""
+    """A person's bearer token for the JSON API; only its SHA-256 is stored (runs get run tokens, not rows)."""
 
     user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
     name = models.CharField(max_length=100, help_text="What the token is for, e.g. 'CI pipeline'.")
@@ -506,8 +506,6 @@ class ApiToken(models.Model):
     prefix = models.CharField(max_length=8, help_text="First characters, to recognise the token.")
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True)
-    # A run-scoped token (handed to an external client) writes to this run only.
-    run = models.ForeignKey(Run, null=True, blank=True, on_delete=models.CASCADE, related_name="api_tokens")
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import threading
 import time
@@ -33,6 +34,11 @@ from experiments.registry.drift import shift_inputs
 from experiments.registry.views import SERVE_PERMISSION
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# How long the first request keeps trying while the server starts or warms up (--wait).
+DEFAULT_WAIT_SECONDS = 60.0
+# Answers of a server that is starting, restarting or loading the model: worth asking again.
+RETRY_STATUSES = frozenset({502, 503, 504})
+RETRY_BACKOFF_MAX_SECONDS = 5.0
 # Seed and val_fraction of the digits recipe when the serving experiment does not say.
 DEFAULT_SEED = 0
 DEFAULT_VAL_FRACTION = 0.2
@@ -68,6 +74,12 @@ class TrafficPlan:
     feedback_rate: float = 1.0
     seed: int = 0
     concurrency: int = 8
+    # The first request retries for this long (math.inf: until it is answered) while the
+    # server is unreachable or answers 502-504; with wait_for_model also while the model is
+    # unknown (404: nothing registered yet, as in a fresh `make run`).
+    wait_s: float = DEFAULT_WAIT_SECONDS
+    wait_for_model: bool = False
+    progress_every_s: float = PROGRESS_EVERY_SECONDS
 
     def validate(self) -> None:
         """Raise TrafficError naming the first option that cannot work."""
@@ -83,6 +95,10 @@ class TrafficPlan:
             )
         if not 0.0 <= self.feedback_rate <= 1.0:
             raise TrafficError(f"--feedback-rate: must be between 0 and 1, got {self.feedback_rate:g}")
+        if not (math.isfinite(self.progress_every_s) and self.progress_every_s > 0):
+            raise TrafficError(f"--progress-every: must be above 0 seconds, got {self.progress_every_s:g}")
+        if math.isnan(self.wait_s) or self.wait_s < 0:
+            raise TrafficError(f"--wait: must be 0 or more seconds (inf: no limit), got {self.wait_s:g}")
         if not 1 <= self.concurrency <= MAX_CONCURRENCY:
             raise TrafficError(f"--concurrency: must be 1 to {MAX_CONCURRENCY}, got {self.concurrency}")
         parts = urlsplit(self.url)
@@ -97,6 +113,17 @@ class TrafficPlan:
     def endpoint(self, action: str) -> str:
         """Return the URL of the model's predict or feedback endpoint."""
         return f"{self.url.rstrip('/')}/serve/{self.model}/{action}"
+
+
+def default_url(env: dict[str, str] | None = None) -> str:
+    """Return the server `make run` starts with the same environment (HOST, PORT), as a URL."""
+    env = dict(os.environ) if env is None else env
+    host = env.get("HOST", "127.0.0.1") or "127.0.0.1"
+    if host in {"0.0.0.0", "::"}:  # listening everywhere: reach it on the loopback
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{env.get('PORT', '8000') or '8000'}"
 
 
 @dataclass(frozen=True)
@@ -220,8 +247,10 @@ class TrafficGenerator:
         *,
         data: HeldOutDigits,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_wait: Callable[[str], None] | None = None,
     ) -> None:
         plan.validate()
+        self.on_wait = on_wait
         if not plan.token:
             raise TrafficError("--token: an API token is needed (or --user to mint one)")
         if len(data.x) == 0:
@@ -242,7 +271,7 @@ class TrafficGenerator:
     def run(self) -> dict[str, Any]:
         """Send the traffic; return the summary. Raise TrafficError when the first request shows it is pointless."""
         self._started = time.monotonic()
-        self._next_progress = self._started + PROGRESS_EVERY_SECONDS
+        self._next_progress = self._started + self.plan.progress_every_s
         # The first request is sent alone: a wrong URL, model or token is one clear error, not N.
         self._probe()
         deadline = self._started + self.plan.duration_s + LATE_GRACE_SECONDS
@@ -271,13 +300,34 @@ class TrafficGenerator:
         pick, with_feedback = self._draw()
         with self.stats.lock:
             self.stats.sent += 1
-        try:
-            status, body = post_json(url, {"features": self._rows[pick]}, token=self.plan.token)
-        except ServerUnreachable as exc:
+        give_up = time.monotonic() + self.plan.wait_s
+        delay = 0.5
+        said = ""
+        while True:
+            try:
+                status, body = post_json(url, {"features": self._rows[pick]}, token=self.plan.token)
+                why = f"answered {status}: {str(body.get('detail', '')).rstrip('.')}"
+                again = status in RETRY_STATUSES or (self.plan.wait_for_model and status == 404)
+            except ServerUnreachable as exc:
+                status, body, why, again = 0, {}, f"no answer ({exc})", True
+            if not again or time.monotonic() + delay > give_up:
+                break
+            # Said once per kind of answer, not once per try.
+            if why != said and self.on_wait is not None:
+                self.on_wait(f"{self.plan.url} {why}; trying again for up to {self.plan.wait_s:g} s")
+            said = why
+            time.sleep(delay)
+            delay = min(RETRY_BACKOFF_MAX_SECONDS, delay * 2)
+        # The run's clock starts once the server answers: the wait is not part of --duration.
+        self._started = time.monotonic()
+        self._next_progress = self._started + self.plan.progress_every_s
+        if status == 0:
+            waited = f" after {self.plan.wait_s:g} s" if self.plan.wait_s else ""
             raise TrafficError(
-                f"cannot reach {self.plan.url} ({exc}): is the server running there?"
-            ) from None
-        if 400 <= status < 500:
+                f"cannot reach {self.plan.url}{waited} ({why.removeprefix('no answer (').rstrip(')')}): "
+                "is the server running there? (the default follows HOST and PORT, as `make run` does)"
+            )
+        if 400 <= status < 500 or status in RETRY_STATUSES:
             detail = body.get("detail") or json.dumps(body)[:200]
             raise TrafficError(f"POST {url} answered {status}: {detail}")
         self._record(pick, with_feedback, status, body)
@@ -310,7 +360,7 @@ class TrafficGenerator:
         if now < self._next_progress:
             return
         while self._next_progress <= now:
-            self._next_progress += PROGRESS_EVERY_SECONDS
+            self._next_progress += self.plan.progress_every_s
         if self.on_progress is not None:
             line = {"event": "progress", "elapsed_s": round(now - self._started, 1), **self.stats.snapshot()}
             self.on_progress(line)

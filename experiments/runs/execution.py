@@ -187,7 +187,7 @@ class DbRunContext:
 
     def script_env(self) -> dict[str, str]:
         """Return the lease, the run's identity and token, and its checkpoint folders as variables."""
-        return run_script_env(run=self.run, timeout_seconds=self.timeout_seconds)
+        return run_script_env(run=self.run)
 
     def output(self, stream: str, line: str) -> None:
         """Append one line of the script's output to the run log."""
@@ -226,7 +226,7 @@ def latest_checkpoint_file(*, run: Run) -> Path | None:
     return None
 
 
-def run_script_env(*, run: Run, timeout_seconds: float) -> dict[str, str]:
+def run_script_env(*, run: Run) -> dict[str, str]:
     """Return the CRUCIBLE_* variables (and the lease as CUDA_VISIBLE_DEVICES) of a script run."""
     folder = checkpoint_dir(experiment_id=run.experiment_id, run_id=run.pk)
     folder.mkdir(parents=True, exist_ok=True)
@@ -238,9 +238,8 @@ def run_script_env(*, run: Run, timeout_seconds: float) -> dict[str, str]:
         "CRUCIBLE_EXPERIMENT_ID": str(run.experiment_id),
         "CRUCIBLE_ATTEMPT": str(run.attempt),
         "CRUCIBLE_DEVICE": device,
-        # Valid while the run may last (its timeout) plus a margin; endpoints also check it runs.
+        # Speaks for this run only, while it runs: /api/runs/<id>/metrics takes the client's batches.
         "CRUCIBLE_TOKEN": run_token_mint(run_id=run.pk, experiment_id=run.experiment_id),
-        "CRUCIBLE_TOKEN_MAX_AGE": str(int(timeout_seconds) + 3600),
         "CRUCIBLE_CHECKPOINT_DIR": str(folder),
         "CRUCIBLE_RESUME_FROM": str(resume) if resume is not None else "",
     }
@@ -291,6 +290,13 @@ class RunMonitor(threading.Thread):
                     logger.warning("monitor of run %s: check failed", self.ctx.run.pk, exc_info=True)
         finally:
             connection.close()
+
+    def check_now(self) -> None:
+        """Look for a cancel or the run's end once, now (after the loop has returned)."""
+        try:
+            self._check()
+        except Exception:  # the run's own ending path reports a database outage
+            logger.warning("run %s: last stop check failed", self.ctx.run.pk, exc_info=True)
 
     def _check(self) -> None:
         row = (
@@ -365,8 +371,15 @@ def run_execute(*, run_id: int, worker: str) -> str:
     # Every point must be in the database before the run (and experiment) say "done".
     reporter.close()
     _close_log_quietly(log_writer, malformed_lines=getattr(result, "malformed_lines", 0))
+    stopped = bool(result.stopped)
+    if experiment.recipe == SCRIPT_RECIPE and not stopped:
+        # A script that uses crucible_client hears of a cancel or an early stop in the answer to
+        # its next batch and may exit on its own before the monitor's next poll would SIGTERM it:
+        # look once more, so that the run ends as the script saw it (cancelled), not completed.
+        monitor.check_now()
+        stopped = ctx.stop_reason is not None
     reason = ctx.stop_reason
-    if reason is not None and result.stopped:
+    if reason is not None and stopped:
         if reason.status == RunStatus.CANCELLED:
             run_end(
                 run_id=run.pk,

@@ -243,8 +243,8 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
     """Store a batch of points (idempotent on run, name, step), publish the new ones, refresh the heartbeat.
 
     The batch feeds what a worker's flush feeds: the history, the live pages and the policy
-    engine. Points reaching a run that has ended are still stored (they were logged while it
-    ran); the answer then tells the client to stop. Raises PointsInvalid (nothing written).
+    engine. It serves external runs and the client inside a worker's script run alike (the
+    latter's heartbeat stays the worker's). Raises PointsInvalid (nothing written).
     """
     if len(points) > MAX_POINTS_PER_BATCH:
         raise PointsInvalid(
@@ -259,15 +259,27 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
         fresh = _not_stored(run, payloads)
         if fresh:
             metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
-        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-            heartbeat_at=timezone.now(), last_step=Greatest(F("last_step"), last_step)
-        )
+        if _client_driven(run):
+            Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
+                heartbeat_at=timezone.now(), last_step=Greatest(F("last_step"), last_step)
+            )
     return run_control_state(run=run)
 
 
+def _client_driven(run: Run) -> bool:
+    """Return whether the run's client is its executor (external), not a script under a worker.
+
+    A worker's run is heart-beaten, stepped and ended by its worker: a batch or heartbeat from the
+    client inside its script must not keep alive a run whose worker was lost.
+    """
+    executor = Experiment.objects.filter(pk=run.experiment_id).values_list("executor", flat=True).first()
+    return executor == Executor.EXTERNAL
+
+
 def external_run_heartbeat(*, run: Run) -> ControlState:
-    """Record that the run's client is alive; return its control state."""
-    Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
+    """Record that the run's client is alive (external runs; a worker's run is beaten by its worker); return its control state."""
+    if _client_driven(run):
+        Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(heartbeat_at=timezone.now())
     return run_control_state(run=run)
 
 

@@ -32,6 +32,7 @@ from experiments.events import (
     send_messages,
 )
 from experiments.models import MetricPoint
+from experiments.runs.rollups import insert_many, rollups_add
 
 logger = logging.getLogger(__name__)
 
@@ -132,27 +133,41 @@ def publish_metric_batch(experiment_id: int, run_id: int, points: list[MetricPoi
     send_messages(messages)
 
 
-def _insert_sql() -> str:
+# The columns' types as PostgreSQL arrays (the batch goes as one array per column there).
+_POINT_TYPES = ("bigint", "bigint", "text", "bigint", "float8", "float8")
+
+
+def _insert_sql() -> tuple[str, str]:
     table = connection.ops.quote_name(MetricPoint._meta.db_table)
     # SQLite (3.24+) and PostgreSQL both take ON CONFLICT on the unique (run, name, step).
     return (
-        f"INSERT INTO {table} (run_id, experiment_id, name, step, value, wall_time) "
-        "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, name, step) DO NOTHING"
+        f"INSERT INTO {table} (run_id, experiment_id, name, step, value, wall_time)",
+        "ON CONFLICT (run_id, name, step) DO NOTHING",
     )
 
 
 def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
-    """Insert points in one transaction (duplicates ignored), then publish and run hooks after commit.
+    """Insert points and fold them into the roll-ups in one transaction (duplicates ignored), then publish and run hooks after commit.
 
-    One prepared INSERT run with executemany: the ORM's bulk_create spent most of a flush
-    building SQL, and this is the hot path of every training run.
+    One prepared INSERT run with executemany on SQLite, one INSERT of column arrays on
+    PostgreSQL (executemany cost a round trip per row there): the ORM's bulk_create spent
+    most of a flush building SQL, and this is the hot path of every training run.
     """
     if not points:
         return
     rows = [(run_id, experiment_id, p["name"], p["step"], p["value"], p["wall_time"]) for p in points]
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.executemany(_insert_sql(), rows)
+            head, tail = _insert_sql()
+            written = insert_many(cursor, head, rows, tail, pg_types=_POINT_TYPES)
+            # The chart's roll-ups change with the points, never apart from them. A short
+            # count means the insert ignored some (a retried batch): rebuild what they touch.
+            rollups_add(
+                cursor,
+                run_id=run_id,
+                points=[(p["name"], p["step"], p["value"]) for p in points],
+                all_new=written == len(rows),
+            )
         # Publishing the batch and the policies' look at it are effects of the table (control/lifecycle.py).
         transaction.on_commit(lambda: metrics_flushed_effects_run(experiment_id, run_id, points))
 

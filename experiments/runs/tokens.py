@@ -1,19 +1,32 @@
-"""Run-scoped tokens: what a script run gets (CRUCIBLE_TOKEN) to report about its own run and nothing else.
+"""Run tokens: the one credential a run reports with, a worker's script run or an external client's run.
 
-The token is signed (Django's signing with SECRET_KEY and its own salt), not stored: it names the
-run and the experiment and carries its issue time. An endpoint that accepts it checks the
-signature and age with run_token_verify() and must then check that the run it names is the one
-addressed and is still running, so a token leaked after its run ended opens nothing.
+A run token is signed (Django's signing with SECRET_KEY and its own salt), not stored: it names
+the run and its experiment. Nothing about it is kept in the database, so there is neither a
+secret to leak from a backup nor a row to clean up after the run. It speaks for its run only,
+and only while that run is live: every request re-reads the run, and once the run has ended
+(completed, failed, cancelled, interrupted, lost) its token opens nothing. Ending the run is
+how a leaked token is revoked; rotating SECRET_KEY revokes all of them at once.
+
+The caller a valid token authenticates is a `RunTokenUser`: it holds the one permission the
+run's own routes need, and experiments.permissions refuses it on every other route.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from django.core import signing
 
+from experiments.choices import RunStatus
+from experiments.models import Run
+from experiments.permissions import TOKEN_RUN_ATTR
+
 RUN_TOKEN_PREFIX = "crr_"
 _SALT = "crucible.run-token"
+# Writing to one's own run is starting experiments' business (the Start button's permission);
+# experiments.permissions.Access admits a run token to routes that declare run_token=True only.
+RUN_TOKEN_PERMISSIONS = frozenset({"experiments.queue_experiment"})
 
 
 @dataclass(frozen=True)
@@ -25,17 +38,20 @@ class RunTokenClaims:
 
 
 def run_token_mint(*, run_id: int, experiment_id: int) -> str:
-    """Return a token that speaks for this one run."""
+    """Return a token that speaks for this one run while it is live."""
     return RUN_TOKEN_PREFIX + signing.dumps({"run": run_id, "experiment": experiment_id}, salt=_SALT)
 
 
-def run_token_verify(raw: str, *, max_age_seconds: float) -> RunTokenClaims | None:
-    """Return the run a token speaks for, or None when it is not ours, altered or older than max_age."""
+def run_token_verify(raw: str) -> RunTokenClaims | None:
+    """Return the run a token names, or None when it is not a run token of ours or was altered.
+
+    The signature only: whether the run is still live is run_token_user()'s question.
+    """
     if not raw.startswith(RUN_TOKEN_PREFIX) or len(raw) > 500:
         return None
     try:
-        data = signing.loads(raw[len(RUN_TOKEN_PREFIX) :], salt=_SALT, max_age=int(max_age_seconds))
-    except signing.BadSignature:  # SignatureExpired is one too
+        data = signing.loads(raw[len(RUN_TOKEN_PREFIX) :], salt=_SALT)
+    except signing.BadSignature:
         return None
     if not isinstance(data, dict):
         return None
@@ -43,3 +59,47 @@ def run_token_verify(raw: str, *, max_age_seconds: float) -> RunTokenClaims | No
     if not isinstance(run_id, int) or not isinstance(experiment_id, int):
         return None
     return RunTokenClaims(run_id=run_id, experiment_id=experiment_id)
+
+
+class RunTokenUser:
+    """The caller behind a run token: authenticated, allowed to write to its run, to nothing else."""
+
+    is_authenticated = True
+    is_anonymous = False
+    is_active = True
+    is_staff = False
+    is_superuser = False
+    pk = None
+    id = None
+
+    def __init__(self, claims: RunTokenClaims) -> None:
+        self.run_id = claims.run_id
+        self.experiment_id = claims.experiment_id
+        self.username = f"run #{claims.run_id}"
+        setattr(self, TOKEN_RUN_ATTR, claims.run_id)
+
+    def has_perm(self, perm: str, obj: Any = None) -> bool:
+        """Return whether the token holds perm: only what its run's own routes need."""
+        return perm in RUN_TOKEN_PERMISSIONS
+
+    def has_perms(self, perms: Any, obj: Any = None) -> bool:
+        """Return whether the token holds every one of perms."""
+        return all(self.has_perm(perm) for perm in perms)
+
+    def get_username(self) -> str:
+        """Return how logs name this caller."""
+        return self.username
+
+    def __str__(self) -> str:
+        return self.username
+
+
+def run_token_user(raw: str) -> RunTokenUser | None:
+    """Return the caller of a run token whose run is live, or None (not ours, altered, or run ended)."""
+    claims = run_token_verify(raw)
+    if claims is None:
+        return None
+    live = Run.objects.filter(
+        pk=claims.run_id, experiment_id=claims.experiment_id, status=RunStatus.RUNNING
+    ).exists()
+    return RunTokenUser(claims) if live else None

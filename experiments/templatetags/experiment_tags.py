@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django import template
@@ -57,6 +57,19 @@ def state_graph_loops() -> list[dict[str, Any]]:
 def as_json(value: Any) -> str:
     """Return a config value as JSON (true, 0.003, "adamw"), the way it was written."""
     return json.dumps(value)
+
+
+@register.filter
+def duration(value: timedelta | None) -> str:
+    """Return a run's duration as "42 s", "3 min 5 s" or "2 h 10 min" ("" when unknown)."""
+    if value is None:
+        return ""
+    seconds = max(0, int(value.total_seconds()))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60} min"
 
 
 @register.filter

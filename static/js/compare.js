@@ -1,11 +1,61 @@
-// The Compare page: one metric of several experiments overlaid, from history, then live.
+// The Compare page: one chart per metric, each overlaying several experiments, from history, then live.
 (function () {
   "use strict";
 
-  const chart = document.getElementById("compare-chart");
   const configEl = document.getElementById("compare-series");
-  if (!chart || !configEl || !window.Plotly) return;
+  if (!configEl || !window.Plotly) return;
   const experiments = JSON.parse(configEl.textContent);
+  document.querySelectorAll(".compare-chart[data-metric]").forEach(compareChart);
+  drawCoordinates();
+
+  // The parameters that differ, and the metric, as parallel axes: one line per experiment,
+  // coloured by the metric.
+  function drawCoordinates() {
+    const el = document.getElementById("parcoords");
+    const data = document.getElementById("compare-coordinates");
+    if (!el || !data) return;
+    const c = JSON.parse(data.textContent);
+    // Plotly draws parallel axes with WebGL only (and the extensions it needs): without
+    // them it leaves a notice in the box, replaced here by the same numbers as a table.
+    function asTable() {
+      Plotly.purge(el);
+      const table = document.createElement("table");
+      table.className = "table compact";
+      table.id = "parcoords-table";
+      const head = table.createTHead().insertRow();
+      for (const label of ["Experiment", ...c.dimensions.map((d) => d.label)]) {
+        const th = document.createElement("th");
+        th.textContent = label;
+        head.append(th);
+      }
+      const body = table.createTBody();
+      c.names.forEach((name, i) => {
+        const row = body.insertRow();
+        row.insertCell().textContent = name;
+        for (const d of c.dimensions) row.insertCell().textContent = d.values[i] === null ? "—" : String(Number(d.values[i].toPrecision(6)));
+      });
+      const note = document.createElement("p");
+      note.className = "muted small";
+      note.textContent = "Parallel axes need WebGL, which this browser lacks: the same numbers as a table.";
+      el.classList.remove("compare-chart");
+      el.replaceChildren(note, table);
+    }
+    const metricAxis = c.dimensions[c.dimensions.length - 1];
+    Plotly.newPlot(el, [{
+      type: "parcoords",
+      line: { color: metricAxis.values.map((v) => (v === null ? 0 : v)), colorscale: "Viridis", showscale: true },
+      dimensions: c.dimensions.map((d) => ({ label: d.label, values: d.values.map((v) => (v === null ? NaN : v)) })),
+    }], {
+      margin: { l: 60, r: 60, t: 50, b: 30 },
+      height: 380,
+      paper_bgcolor: "rgba(0,0,0,0)",
+      font: { color: getComputedStyle(document.body).color },
+    }, { responsive: true, displaylogo: false }).then(() => {
+      if (/WebGL is not supported/.test(el.textContent)) asTable();
+    });
+  }
+
+  function compareChart(chart) {
   const metric = chart.dataset.metric;
   const MAX_POINTS = 2000;
   const lastSteps = new Map(); // experiment id -> last step drawn
@@ -45,6 +95,11 @@
       yaxis: { title: { text: metric } },
       legend: { orientation: "h", y: -0.2 },
       uirevision: "keep",
+      // The page's own colours (dark mode too); one hover box per step for all experiments.
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      font: { color: getComputedStyle(document.body).color },
+      hovermode: "x unified",
     }, { responsive: true, displaylogo: false });
     experiments.forEach(async (e, index) => {
       try {
@@ -108,4 +163,5 @@
   }
 
   start();
+  }
 })();

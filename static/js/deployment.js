@@ -119,6 +119,10 @@
       legend: { orientation: "h", y: -0.18 },
       // Keeps a zoom or a hidden legend entry across redraws.
       uirevision: "deployment",
+      // The page's own colours (dark mode too).
+      paper_bgcolor: "rgba(0,0,0,0)",
+      plot_bgcolor: "rgba(0,0,0,0)",
+      font: { color: getComputedStyle(document.body).color },
       ...extra,
     };
   }
@@ -150,6 +154,15 @@
     });
   }
 
+  // Stamps are wall-clock "YYYY-MM-DD HH:MM:SS" without a zone (as Plotly reads them): shift
+  // them as UTC so that the browser's own zone never moves them.
+  function shiftStamp(stamp, seconds) {
+    const m = /^(\d{4})-(\d{2})-(\d{2})[ T](\d{2}):(\d{2}):(\d{2})/.exec(stamp);
+    if (!m) return stamp;
+    const t = Date.UTC(+m[1], +m[2] - 1, +m[3], +m[4], +m[5], +m[6]) + seconds * 1000;
+    return new Date(t).toISOString().slice(0, 19).replace("T", " ");
+  }
+
   function drawDrift(drift) {
     const el = document.getElementById("chart-drift");
     if (!el) return;
@@ -161,14 +174,34 @@
       text: "No drift check yet", showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5,
       font: { color: "#667085" },
     }];
+    // One check (or several at the same instant) leaves Plotly no span to pick ticks from: it
+    // zooms into milliseconds ("05:50:17.9995"). Show an hour around it, in minutes.
+    const times = new Set(drift.flatMap((s) => s.t));
+    let xaxis = { type: "date", visible: drift.length > 0 };
+    if (times.size === 1) {
+      const only = Array.from(times)[0];
+      xaxis = { ...xaxis, range: [shiftStamp(only, -1800), shiftStamp(only, 1800)], tickformat: "%H:%M" };
+    }
     Plotly.react(el, traces, layout(el, {
-      xaxis: { type: "date", visible: drift.length > 0 },
+      xaxis: xaxis,
       yaxis: { rangemode: "tozero", visible: drift.length > 0 },
       annotations: annotations,
     }), CONFIG);
   }
 
+  // What the tables below the charts (candidates, rollouts, versions) depend on: when it
+  // moves, they are taken fresh (live_panels.js), as on a state change from the socket.
+  let tablesKey = null;
+  function followTables(payload) {
+    const r = payload.rollout;
+    const key = JSON.stringify([payload.production, payload.split && payload.split.canary ? payload.split.canary.version : null,
+      r ? [r.id, r.status, r.stage, r.experiment_state] : null]);
+    if (tablesKey !== null && key !== tablesKey && window.crucibleLivePanels) window.crucibleLivePanels.refresh();
+    tablesKey = key;
+  }
+
   function render(payload) {
+    followTables(payload);
     bind(payload);
     drawSplit(payload.split);
     drawStages(payload.rollout);

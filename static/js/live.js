@@ -42,6 +42,21 @@
     { key: "quality", title: "Accuracy and F1", test: (n) => /(acc|accuracy|f1|precision|recall|auc)$/i.test(n) },
   ];
 
+  // --- the toolbar's choices, kept in the URL (?smooth=0.6&logy=1&x=relative&hide=f1&panels=metric)
+  const query = new URLSearchParams(window.location.search);
+  const X_MODES = { step: "step", wall: "wall time", relative: "relative time" };
+  const view = {
+    smooth: Math.min(0.99, Math.max(0, parseFloat(query.get("smooth") || "0") || 0)),
+    logy: query.get("logy") === "1",
+    x: X_MODES[query.get("x")] ? query.get("x") : "step",
+    hidden: new Set((query.get("hide") || "").split(",").filter(Boolean)),
+    panels: query.get("panels") === "metric" ? "metric" : "group",
+  };
+  // One colour per metric, the same for its raw and its smoothed line.
+  const PALETTE = ["#4f46e5", "#d97706", "#0891b2", "#15803d", "#dc2626", "#7c3aed", "#475569", "#db2777"];
+  let colours = 0;
+  let stepTimes = null; // {steps: [], times: []} once fetched: labels the step axis in time
+
   // WebGL draws long traces far faster; without it (some headless browsers) SVG still works.
   const TRACE_TYPE = hasWebGL() ? "scattergl" : "scatter";
 
@@ -67,7 +82,8 @@
   const chartsBox = el("div", { class: "live-chart-grid" });
   const empty = el("p", { class: "muted live-empty" }, "No metrics yet: charts appear when the run logs its first points.");
   root.classList.add("card");
-  root.append(el("div", { class: "card-head" }, [el("h2", {}, "Training curves"), status]), progressBox, chartsBox, empty);
+  const toolbar = buildToolbar();
+  root.append(el("div", { class: "card-head" }, [el("h2", {}, "Training curves"), status]), toolbar, progressBox, chartsBox, empty);
   addStylesheet();
 
   function el(tag, attrs, children) {
@@ -114,6 +130,7 @@
 
   // --- charts ----------------------------------------------------------------------------
   function groupOf(name) {
+    if (view.panels === "metric") return { key: "m-" + name, title: name };
     for (const g of GROUPS) if (g.test(name)) return g;
     const prefix = name.includes("/") ? name.split("/")[0] : "other";
     return { key: "g-" + prefix, title: prefix === "other" ? "Other metrics" : prefix };
@@ -130,12 +147,23 @@
       Plotly.newPlot(div, [], {
         title: { text: group.title, font: { size: 14 } },
         margin: { l: 50, r: 15, t: 36, b: 36 },
+        // The page's own colours (dark mode too): transparent background, the text colour.
+        paper_bgcolor: "rgba(0,0,0,0)",
+        plot_bgcolor: "rgba(0,0,0,0)",
+        font: { color: getComputedStyle(document.body).color },
+        // One hover box per step listing every series: overlapping lines told apart.
+        hovermode: "x unified",
         height: 300,
-        xaxis: { title: { text: "step" } },
+        xaxis: { title: { text: xTitle() } },
+        yaxis: { type: view.logy ? "log" : "linear" },
         legend: { orientation: "h", y: -0.2 },
         uirevision: "keep", // user zoom survives data updates
       }, { responsive: true, displaylogo: false });
-      div.on("plotly_relayout", (ev) => onRelayout(chart, ev));
+      div.on("plotly_relayout", (ev) => {
+        onRelayout(chart, ev);
+        // A zoom or autorange moves the visible steps: their time labels follow.
+        if (Object.keys(ev).some((k) => k.startsWith("xaxis.range") || k === "xaxis.autorange")) scheduleView();
+      });
       // A new chart changes the grid's columns: every chart follows its own box's size.
       if (window.ResizeObserver) new ResizeObserver(() => Plotly.Plots.resize(div)).observe(div);
     }
@@ -147,10 +175,17 @@
     if (trace) return trace;
     const chart = chartFor(name);
     chart.names.push(name);
-    trace = { chart: chart, index: chart.names.length - 1, lastStep: null, length: 0 };
+    // Indices never move: smoothed companions are only ever added after, never removed.
+    const colour = PALETTE[colours++ % PALETTE.length];
+    trace = { chart: chart, index: chart.el.data.length, lastStep: null, length: 0, colour: colour, smoothIndex: null };
     traces.set(name, trace);
     // connectgaps false: a NaN the run logged (null here) shows as a gap, never hidden.
-    Plotly.addTraces(chart.el, { x: [], y: [], name: name, mode: "lines", type: TRACE_TYPE, connectgaps: false });
+    Plotly.addTraces(chart.el, {
+      x: [], y: [], name: name, mode: "lines", type: TRACE_TYPE, connectgaps: false, legendgroup: name,
+      line: { color: colour, width: 1.5 }, visible: !view.hidden.has(name),
+    });
+    addMetricChoice(name);
+    scheduleView();
     chart.el.dataset.metrics = chart.names.join(",");
     empty.hidden = true;
     return trace;
@@ -160,6 +195,7 @@
     const trace = ensureTrace(name);
     Plotly.restyle(trace.chart.el, { x: [steps], y: [values] }, [trace.index]);
     trace.length = steps.length;
+    scheduleView();
     if (steps.length) trace.lastStep = Math.max(trace.lastStep ?? -1, steps[steps.length - 1]);
   }
 
@@ -333,8 +369,224 @@
         trace.length = s.steps.length;
       }
       chart.el.dataset.zoomed = params.start_step + "-" + params.end_step;
+      scheduleView();
     } catch (err) {
       setStatus("zoom: " + err.message, "error");
+    }
+  }
+
+  // --- the toolbar: smoothing, log y, x axis, panels, metrics ------------------------------
+  function buildToolbar() {
+    const bar = el("div", { class: "chart-toolbar", id: "chart-toolbar", role: "group", "aria-label": "Chart options" });
+    const smooth = el("input", { type: "range", id: "chart-smooth", min: "0", max: "0.99", step: "0.01", value: String(view.smooth), "aria-label": "Smoothing" });
+    const smoothOut = el("output", { for: "chart-smooth", class: "small" }, view.smooth.toFixed(2));
+    smooth.addEventListener("input", () => {
+      view.smooth = Number(smooth.value);
+      smoothOut.textContent = view.smooth.toFixed(2);
+      saveView();
+      scheduleView(0);
+    });
+    const logy = el("input", { type: "checkbox", id: "chart-logy" });
+    logy.checked = view.logy;
+    logy.addEventListener("change", () => {
+      view.logy = logy.checked;
+      saveView();
+      for (const chart of charts.values()) Plotly.relayout(chart.el, { "yaxis.type": view.logy ? "log" : "linear" });
+    });
+    const xSelect = el("select", { id: "chart-x", "aria-label": "x axis" },
+      Object.entries(X_MODES).map(([v, label]) => el("option", { value: v }, label)));
+    xSelect.value = view.x;
+    xSelect.addEventListener("change", () => {
+      view.x = xSelect.value;
+      saveView();
+      scheduleView(0);
+    });
+    const panels = el("input", { type: "checkbox", id: "chart-panels" });
+    panels.checked = view.panels === "metric";
+    // The charts are laid out once: a new arrangement is a fresh draw of the page.
+    panels.addEventListener("change", () => {
+      view.panels = panels.checked ? "metric" : "group";
+      saveView();
+      window.location.reload();
+    });
+    bar.append(
+      el("label", { class: "inline-label" }, [document.createTextNode("Smoothing "), smooth, smoothOut]),
+      el("label", { class: "inline-label" }, [logy, document.createTextNode(" log y")]),
+      el("label", { class: "inline-label" }, [document.createTextNode("x "), xSelect]),
+      el("label", { class: "inline-label" }, [panels, document.createTextNode(" one panel per metric")]),
+      el("span", { class: "chart-metrics", id: "chart-metrics", role: "group", "aria-label": "Metrics shown" }),
+    );
+    return bar;
+  }
+
+  function addMetricChoice(name) {
+    const box = toolbar.querySelector("#chart-metrics");
+    const input = el("input", { type: "checkbox", "data-metric": name });
+    input.checked = !view.hidden.has(name);
+    input.addEventListener("change", () => {
+      if (input.checked) view.hidden.delete(name); else view.hidden.add(name);
+      saveView();
+      const trace = traces.get(name);
+      const shown = input.checked;
+      Plotly.restyle(trace.chart.el, { visible: shown }, [trace.index]);
+      if (trace.smoothIndex !== null) Plotly.restyle(trace.chart.el, { visible: shown && view.smooth > 0 }, [trace.smoothIndex]);
+    });
+    box.append(el("label", { class: "inline-label metric-choice" }, [input, document.createTextNode(" " + name)]));
+  }
+
+  function saveView() {
+    const q = new URLSearchParams(window.location.search);
+    const set = (key, value, fallback) => (value === fallback ? q.delete(key) : q.set(key, value));
+    set("smooth", view.smooth ? String(view.smooth) : "", "");
+    set("logy", view.logy ? "1" : "", "");
+    set("x", view.x, "step");
+    set("hide", Array.from(view.hidden).sort().join(","), "");
+    set("panels", view.panels, "group");
+    const text = q.toString();
+    window.history.replaceState(window.history.state, "", window.location.pathname + (text ? "?" + text : "") + window.location.hash);
+  }
+
+  function xTitle() {
+    return view.x === "step" ? "step" : X_MODES[view.x] + " (by step)";
+  }
+
+  // Smoothing and the time labels are derived from what the charts hold: recomputed after
+  // the data moved, at most a few times a second.
+  let viewTimer = null;
+  function scheduleView(delay) {
+    if (viewTimer !== null) return;
+    viewTimer = window.setTimeout(() => {
+      viewTimer = null;
+      applySmoothing();
+      applyXAxis();
+    }, delay === undefined ? 250 : delay);
+  }
+
+  // An exponential moving average with TensorBoard's debiasing (early points are not pulled to 0);
+  // a gap (null) stays a gap.
+  function ema(values, weight) {
+    const out = new Array(values.length);
+    let last = 0;
+    let n = 0;
+    for (let i = 0; i < values.length; i++) {
+      const v = values[i];
+      if (v === null || v === undefined || !Number.isFinite(v)) { out[i] = null; continue; }
+      last = last * weight + (1 - weight) * v;
+      n += 1;
+      out[i] = last / (1 - Math.pow(weight, n));
+    }
+    return out;
+  }
+
+  function applySmoothing() {
+    for (const [name, trace] of traces) {
+      const el = trace.chart.el;
+      const shown = !view.hidden.has(name);
+      if (view.smooth <= 0) {
+        if (trace.smoothIndex !== null) {
+          Plotly.restyle(el, { visible: false }, [trace.smoothIndex]);
+          Plotly.restyle(el, { opacity: 1, showlegend: true }, [trace.index]);
+        }
+        continue;
+      }
+      const raw = el.data[trace.index];
+      const xs = Array.from(raw.x || []);
+      const ys = ema(Array.from(raw.y || []), view.smooth);
+      if (trace.smoothIndex === null) {
+        trace.smoothIndex = el.data.length;
+        Plotly.addTraces(el, {
+          x: xs, y: ys, name: name + " (smoothed)", mode: "lines", type: TRACE_TYPE, connectgaps: false,
+          legendgroup: name, line: { color: trace.colour, width: 2 }, visible: shown, hoverinfo: "x+y+name",
+        });
+      } else {
+        Plotly.restyle(el, { x: [xs], y: [ys], visible: shown }, [trace.smoothIndex]);
+      }
+      // The raw series stays, faint, behind its smoothed line.
+      Plotly.restyle(el, { opacity: 0.25, showlegend: false }, [trace.index]);
+    }
+    root.dataset.smooth = String(view.smooth);
+  }
+
+  function noteTime(step, wallTime) {
+    if (!stepTimes || typeof wallTime !== "number") return;
+    const n = stepTimes.steps.length;
+    if (n && step <= stepTimes.steps[n - 1]) return;
+    stepTimes.steps.push(step);
+    stepTimes.times.push(wallTime);
+  }
+
+  let stepTimesLoading = null;
+  function loadStepTimes() {
+    if (stepTimes || stepTimesLoading) return stepTimesLoading;
+    const url = historyUrl.replace(/\/metrics$/, "/step-times");
+    stepTimesLoading = fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
+      .then((r) => (r.ok ? r.json() : Promise.reject(new Error("step times: " + r.status))))
+      .then((body) => {
+        stepTimes = { steps: body.steps, times: body.wall_times };
+        stepTimesLoading = null;
+        scheduleView(0);
+      })
+      .catch((err) => { stepTimesLoading = null; setStatus(err.message, "error"); });
+    return stepTimesLoading;
+  }
+
+  // The Unix time a step was logged, between the two nearest known steps.
+  function timeAt(step) {
+    const s = stepTimes.steps;
+    const t = stepTimes.times;
+    if (!s.length) return null;
+    if (step <= s[0]) return t[0];
+    if (step >= s[s.length - 1]) return t[t.length - 1];
+    let lo = 0;
+    let hi = s.length - 1;
+    while (hi - lo > 1) {
+      const mid = (lo + hi) >> 1;
+      if (s[mid] <= step) lo = mid; else hi = mid;
+    }
+    return t[lo] + ((step - s[lo]) / (s[hi] - s[lo])) * (t[hi] - t[lo]);
+  }
+
+  function formatTime(seconds) {
+    if (view.x === "wall") {
+      const d = new Date(seconds * 1000);
+      return d.toTimeString().slice(0, 8);
+    }
+    const rel = seconds - stepTimes.times[0];
+    return rel < 60 ? Math.round(rel) + " s" : formatDuration(rel);
+  }
+
+  // wall / relative: the axis keeps steps (what every point is keyed by) and labels a few
+  // of them with the time they were logged.
+  function applyXAxis() {
+    root.dataset.xAxis = view.x;
+    for (const chart of charts.values()) {
+      // A panel whose every metric is unticked in the picker is folded away.
+      chart.el.hidden = chart.names.length > 0 && chart.names.every((n) => view.hidden.has(n));
+      if (view.x === "step") {
+        if (chart.el.dataset.xTicks) {
+          delete chart.el.dataset.xTicks;
+          Plotly.relayout(chart.el, { "xaxis.tickmode": "auto", "xaxis.title.text": xTitle() });
+        }
+        continue;
+      }
+      if (!stepTimes) { loadStepTimes(); return; }
+      if (!stepTimes.steps.length) continue;
+      const range = (chart.el.layout && chart.el.layout.xaxis && chart.el.layout.xaxis.range) || [stepTimes.steps[0], stepTimes.steps[stepTimes.steps.length - 1]];
+      const lo = Math.max(0, Math.ceil(range[0]));
+      const hi = Math.max(lo, Math.floor(range[1]));
+      const count = hi > lo ? 6 : 1;
+      const vals = [];
+      for (let i = 0; i < count; i++) {
+        const v = Math.round(lo + ((hi - lo) * i) / Math.max(1, count - 1));
+        if (!vals.includes(v)) vals.push(v);
+      }
+      const text = vals.map((v) => formatTime(timeAt(v)));
+      const key = view.x + ":" + vals.join(",") + ":" + text.join(",");
+      if (chart.el.dataset.xTicks === key) continue;
+      chart.el.dataset.xTicks = key;
+      Plotly.relayout(chart.el, {
+        "xaxis.tickmode": "array", "xaxis.tickvals": vals, "xaxis.ticktext": text, "xaxis.title.text": xTitle(),
+      });
     }
   }
 
@@ -368,6 +620,7 @@
     pending = new Map();
     for (const [chart, c] of byChart) Plotly.extendTraces(chart.el, { x: c.x, y: c.y }, c.idx);
     root.dataset.lastStep = lastStep === null ? "" : String(lastStep);
+    scheduleView();
   }
 
   function onBatch(batch) {
@@ -389,7 +642,10 @@
       catchUp(holes);
       return;
     }
-    for (const p of points) queuePoint(p.name, p.step, p.value);
+    for (const p of points) {
+      queuePoint(p.name, p.step, p.value);
+      noteTime(p.step, p.wall_time);
+    }
     if (!frameRequested) {
       frameRequested = true;
       window.requestAnimationFrame(flushPending);
@@ -403,6 +659,8 @@
     badge.dataset.state = state;
     badge.className = badge.className.replace(/\bstate-\S+/g, "").trim() + " state-" + state;
     badge.textContent = STATE_LABELS[state] || state;
+    // The other panels (graph, runs, "state since") follow the badge (live_panels.js).
+    document.dispatchEvent(new CustomEvent("crucible:state", { detail: { state: state } }));
   }
 
   function onStateChanged(msg) {
@@ -488,6 +746,7 @@
       // buffered, and what was flushed before the subscription comes over HTTP.
       await initialHistory;
       if (socket !== ws) return;
+      const reconnected = attempt > 0;
       attempt = 0;
       await catchUp();
       // State changes are not replayed either: take the current state and buttons fresh.
@@ -497,8 +756,8 @@
     ws.onmessage = (event) => {
       let msg;
       try { msg = JSON.parse(event.data); } catch (e) { return; }
-      // Other panels of the page (the run log) read this one socket instead of opening their own.
-      document.dispatchEvent(new CustomEvent("crucible:live", { detail: msg }));
+      // One socket per page: the other panels (triggers, runs, graph, run log) listen to its frames.
+      if (msg && typeof msg.type === "string") document.dispatchEvent(new CustomEvent("crucible:live", { detail: msg }));
       switch (msg.type) {
         case "metrics.batch": onBatch(msg); break;
         case "state.changed": onStateChanged(msg); break;

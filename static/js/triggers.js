@@ -3,7 +3,7 @@
 (function () {
   "use strict";
   const panel = document.getElementById("trigger-panel");
-  if (!panel || !window.crucibleSocket) return;
+  if (!panel) return;
   const status = document.getElementById("triggers-live");
   let pending = null;
 
@@ -13,7 +13,12 @@
     pending = window.setTimeout(() => {
       pending = null;
       fetch(panel.dataset.url, { credentials: "same-origin", headers: { "X-Requested-With": "fetch" } })
-        .then((r) => (r.ok ? r.text() : Promise.reject(r.status)))
+        .then((r) => {
+          if (r.ok) return r.text();
+          // Refused for good: say so rather than "Loading…" forever.
+          if (r.status === 403) panel.textContent = "You may not view policy triggers.";
+          return Promise.reject(r.status);
+        })
         .then((html) => {
           panel.innerHTML = html;
           panel.dataset.refreshed = String(Date.now());
@@ -34,5 +39,21 @@
     },
   };
   if (status && window.crucibleSocketStatus) handlers.onStatus = window.crucibleSocketStatus(status);
-  window.crucibleSocket(panel.dataset.wsPath, handlers);
+  // On the experiment page the live view already holds a socket to the same group and
+  // re-emits its frames: one socket per page, not one per panel. It is a deferred script,
+  // so whether it runs is known only once the document is parsed.
+  function connect() {
+    const charts = document.getElementById("live-charts");
+    if (window.crucibleLive && charts && charts.dataset.wsPath === panel.dataset.wsPath) {
+      document.addEventListener("crucible:live", (event) => {
+        if (event.detail.type === "resync") handlers.onOpen(true);
+        else handlers.onMessage(event.detail);
+      });
+      document.addEventListener("crucible:live-open", () => handlers.onOpen(true));
+      return;
+    }
+    if (window.crucibleSocket) window.crucibleSocket(panel.dataset.wsPath, handlers);
+  }
+  if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", connect);
+  else connect();
 })();

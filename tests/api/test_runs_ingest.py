@@ -37,7 +37,7 @@ def test_a_run_started_by_name_creates_an_external_experiment_and_answers_a_run_
     assert started["status"] == RunStatus.RUNNING and started["attempt"] == 1
     assert started["config"] == {"lr": 0.1} and started["params"] == {"layers": 4}
     assert started["tags"] == {"host": "slurm-7"}
-    assert started["stop"] is False and started["token"].startswith("cru_")
+    assert started["stop"] is False and started["token"].startswith("crr_")
 
 
 def test_a_second_run_by_name_joins_the_same_experiment_while_it_can_take_one(
@@ -164,11 +164,15 @@ def test_finish_completes_the_run_and_repeating_it_changes_nothing(
     body = {"status": "completed", "final_metrics": {"accuracy": 0.93}}
 
     first = _post(Client(), url, body, started["token"])
-    again = _post(Client(), url, {"status": "failed"}, started["token"])
+    again = _post(Client(), url, {"status": "failed"}, token_for(operator))
+    # The run's own token ended with the run: it opens nothing any more.
+    late = _post(Client(), url, {"status": "failed"}, started["token"])
 
     assert first.status_code == again.status_code == 200
     assert again.json()["status"] == RunStatus.SUCCEEDED
     assert again.json()["final_metrics"] == {"accuracy": 0.93}
+    assert late.status_code == 401
+    assert Run.objects.get(pk=started["id"]).status == RunStatus.SUCCEEDED
     assert Experiment.objects.get(pk=started["experiment_id"]).state == State.EVALUATING
 
 

@@ -32,6 +32,11 @@ pytestmark = [
 # script -> (figures it prints, figures that may be skipped here: no CUDA, no engine hook, --quick)
 SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
     "ingest.py": (["ingest_points_per_s"], set()),
+    # The batch endpoint is skipped by a build without the external-run HTTP API.
+    "ingest_http.py": (
+        ["ingest_mlflow_api_points_per_s", "ingest_http_batch_points_per_s"],
+        {"ingest_http_batch_points_per_s"},
+    ),
     "log_call.py": (["log_call_p50_us", "log_call_p99_us"], set()),
     "history.py": (
         ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"],

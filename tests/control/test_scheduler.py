@@ -13,6 +13,7 @@ from django.utils import timezone
 from control.models import Device, Policy, PolicyKind
 from control.policies.authoring import policy_create
 from control.scheduling.scheduler import (
+    QueuedExperiment,
     device_lease,
     queued_in_order,
     scheduler_plan,
@@ -26,7 +27,7 @@ from tests.control.helpers import A10_MB, H100_MB, make_worker, queued
 pytestmark = pytest.mark.django_db
 
 
-def _names(experiments: list[Experiment]) -> list[str]:
+def _names(experiments: list[QueuedExperiment]) -> list[str]:
     return [e.name for e in experiments]
 
 

@@ -70,3 +70,14 @@ def test_a_start_with_a_wrong_token_fails_at_once_with_the_servers_reason(live_s
         Run.start(str(live_server.url), "cru_not-a-token", experiment="x", start_timeout=5)
 
     assert refused.value.status == 401 and "token" in str(refused.value.detail).lower()
+
+
+def test_from_env_outside_a_worker_run_names_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CRUCIBLE_API_URL", "http://127.0.0.1:9")
+    monkeypatch.delenv("CRUCIBLE_TOKEN", raising=False)
+    monkeypatch.delenv("CRUCIBLE_RUN_ID", raising=False)
+
+    with pytest.raises(CrucibleError) as refused:
+        Run.from_env()
+
+    assert "CRUCIBLE_TOKEN, CRUCIBLE_RUN_ID not set" in str(refused.value.detail)

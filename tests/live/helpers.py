@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.db import connection
+
 from experiments.models import Experiment, MetricPoint, Run
+from experiments.runs.rollups import rollups_rebuild
 
 
 def run_for(experiment: Experiment, *, attempt: int = 1, resumed_from_step: int | None = None) -> Run:
@@ -28,3 +31,6 @@ def log_points(run: Run, name: str, points: Iterable[tuple[int, float | None]]) 
         ],
         batch_size=2000,
     )
+    # Stored around metrics_write: its roll-ups are built the way a retried batch rebuilds them.
+    with connection.cursor() as cursor:
+        rollups_rebuild(cursor, run_id=run.pk, name=name)

@@ -156,3 +156,18 @@ def test_the_history_endpoint_is_part_of_the_api() -> None:
     except Resolver404:
         pytest.skip("crucible_ui/api.py does not mount experiments.live.api.router yet")
     assert match.url_name == experiment_metrics.__name__
+
+
+def test_a_full_resolution_answer_holds_every_stored_value_exactly(
+    client: Client, experiment: Experiment
+) -> None:
+    # On PostgreSQL the database writes these arrays itself: each float must survive the trip.
+    awkward = [0.1, 1 / 3, 5e-324, 1.7976931348623157e308, -0.0, None, 1e-05, 123456789.123456789, 2.0]
+    run = run_for(experiment)
+    log_points(run, "loss", list(enumerate(awkward)))
+    body = get(client, experiment.pk, names="loss", max_points=1000).json()
+    series = body["series"]["loss"]
+    assert series["steps"] == list(range(len(awkward)))
+    assert series["values"] == awkward
+    assert series["downsampled"] is False and series["total_points"] == len(awkward)
+    assert body["last_step"] == len(awkward) - 1

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from io import StringIO
 from typing import Any
 
@@ -200,7 +202,63 @@ def test_an_unreachable_server_is_named(db: Any, token: str) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
 
     with pytest.raises(CommandError, match=f"cannot reach {url}"):
-        traffic("--rps", "10", "--duration", "1", "--url", url, "--token", token)
+        traffic("--rps", "10", "--duration", "1", "--url", url, "--token", token, "--wait", "0")
+
+
+def test_the_default_server_is_the_one_make_run_starts_from_host_and_port(
+    db: Any, token: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = closed_port()
+    monkeypatch.setenv("HOST", "0.0.0.0")
+    monkeypatch.setenv("PORT", str(port))
+
+    with pytest.raises(CommandError, match=rf"cannot reach http://127\.0\.0\.1:{port} "):
+        traffic("--rps", "10", "--duration", "1", "--token", token, "--wait", "0")
+
+
+def test_a_negative_wait_is_refused(db: Any) -> None:
+    with pytest.raises(CommandError, match="--wait: must be 0 or more seconds"):
+        traffic("--rps", "10", "--duration", "1", "--token", "cru_unused", "--wait", "-1")
+
+
+def test_it_waits_while_the_model_is_not_servable_yet_then_sends(
+    make_experiment: MakeExperiment, live_server: Any, token: str
+) -> None:
+    # Registered, not served: the server answers 503 until the version goes to production.
+    version = model_version_register(experiment_id=make_experiment().pk)
+    out, err = StringIO(), StringIO()
+
+    def promote_once_it_waits() -> None:
+        for _ in range(600):
+            if "answered 503" in err.getvalue():
+                model_version_promote(version_id=version.pk, actor=ALICE)
+                return
+            time.sleep(0.05)
+
+    promoter = threading.Thread(target=promote_once_it_waits)
+    promoter.start()
+    call_command(
+        "traffic",
+        *("--rps", "10", "--duration", "0.5", "--url", live_server.url, "--token", token, "--wait", "60"),
+        stdout=out,
+        stderr=err,
+    )
+    promoter.join(5)
+    summary = json.loads(out.getvalue().splitlines()[-1])
+    assert "answered 503: Model 'digits' has no servable production version" in err.getvalue()
+    assert summary["errors"] == 0, summary["last_error"]
+    assert summary["answered"] == summary["sent"] >= 1
+    assert ServedRequest.objects.filter(version=version).count() == summary["sent"]
+
+
+def test_an_unknown_model_is_waited_for_only_when_asked(
+    production: ModelVersion, live_server: Any, token: str
+) -> None:
+    with pytest.raises(CommandError, match=r"answered 404: Unknown model 'nope'"):
+        traffic(
+            *("--model", "nope", "--rps", "10", "--duration", "1", "--url", live_server.url),
+            *("--token", token, "--wait", "1", "--wait-for-model"),
+        )
 
 
 def test_an_unknown_user_is_refused(db: Any) -> None:

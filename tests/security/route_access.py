@@ -64,7 +64,7 @@ class Route:
 
 # Values of the URL parameters, by name: objects the test creates (see test_route_access.py).
 # "event" and "decision" are ones the operator may fire; the others refuse before they matter.
-URL_VALUES = {"event": "queue", "decision": "reject", "model_name": "digits"}
+URL_VALUES = {"event": "queue", "decision": "reject", "model_name": "digits", "rest": "list"}
 
 ROUTES: dict[str, Route] = {
     # --- pages: experiments ---------------------------------------------------------------
@@ -116,6 +116,7 @@ ROUTES: dict[str, Route] = {
         "POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={"reason": "tried by the access test"}
     ),
     "api:experiment_metrics": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
+    "api:experiment_step_times": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
     # External runs: starting and writing to runs is the Start button's permission (queue_experiment).
     "api:run_start_view": Route(
         "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"experiment": "made by the access test"}
@@ -130,10 +131,39 @@ ROUTES: dict[str, Route] = {
     "api:run_tags_view": Route("POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"tags": {}}),
     "api:queue": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
     "api:gpus": Route("GET", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED),
+    # --- the MLflow tracking API (programs): a bearer token or HTTP basic credentials, never the
+    # session cookie (its routes skip CSRF), so every role of this table is refused alike; the
+    # permissions behind the credentials: tests/mlflow/test_mlflow_api.py ---
+    "mlflow:experiments_create": Route(
+        "POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}
+    ),
+    "mlflow:experiments_get": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
+    "mlflow:experiments_get_by_name": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
+    "mlflow:experiments_search": Route(
+        "POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}
+    ),
+    "mlflow:experiments_set_tag": Route(
+        "POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}
+    ),
+    "mlflow:runs_create": Route("POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}),
+    "mlflow:runs_get": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
+    "mlflow:runs_update": Route("POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}),
+    "mlflow:runs_search": Route("POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}),
+    "mlflow:runs_log_metric": Route("POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}),
+    "mlflow:runs_log_batch": Route("POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}),
+    "mlflow:runs_log_parameter": Route(
+        "POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}
+    ),
+    "mlflow:runs_set_tag": Route("POST", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, json={}),
+    "mlflow:metrics_get_history": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
+    "mlflow:artifacts_list": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
+    "mlflow:artifacts": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
+    "mlflow:not_offered": Route("GET", UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED, UNAUTHORIZED),
     # --- open to all ----------------------------------------------------------------------
     "healthz": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     "login": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
     "logout": Route("POST", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+    "favicon": Route("GET", ALLOWED, ALLOWED, ALLOWED, ALLOWED),
 }
 
 # The admin site keeps its own checks (active staff, then model permissions): none of the four is

@@ -1,0 +1,321 @@
+"""Figure 1b — metric ingest over HTTP, points/s: Crucible's MLflow API and its batch endpoint beside MLflow's own server.
+
+All three receive the same 1,000-point batches from the same keep-alive HTTP/1.1 client, one
+request at a time, each on a fresh run:
+- ours, MLflow API: `POST /api/2.0/mlflow/runs/log-batch` of Daphne serving the project
+  (bearer token), into a fresh SQLite database (WAL), live publish and policy hook included;
+- ours, batch endpoint: `POST /api/runs/{id}/metrics` of the external-run API (the
+  Crucible client's path), same server and database;
+- baseline: `mlflow server` (its venv, one worker, a fresh sqlite backend store) answering
+  the very same log-batch bodies.
+Goal: ≥ 10x MLflow's server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    HOST,
+    Goal,
+    HttpClient,
+    base_parser,
+    bench_env,
+    emit,
+    emit_failure,
+    figure,
+    free_port,
+    note,
+    skipped,
+    stop_process,
+)
+
+FIGURE_MLFLOW_API = "ingest_mlflow_api_points_per_s"
+FIGURE_BATCH_ENDPOINT = "ingest_http_batch_points_per_s"
+FIGURES = [FIGURE_MLFLOW_API, FIGURE_BATCH_ENDPOINT]
+BATCH = 1000  # MLflow's per-request limit on metrics, which its client keeps to
+# MLflow's server migrates its sqlite store before it listens: allow for a slow first start.
+MLFLOW_START_TIMEOUT = 180.0
+BASELINE_NAME = "mlflow server (sqlite store, 1 worker), same log-batch bodies"
+GOAL = Goal("≥ 10x MLflow's server", ratio_min=10)
+
+
+def metric_batches(batches: int) -> list[list[dict[str, Any]]]:
+    """Return the batches every server gets: one metric, consecutive steps, MLflow's field names."""
+    now_ms = int(time.time() * 1000)
+    return [
+        [
+            {"key": "loss", "value": 1.0 / (1 + s), "timestamp": now_ms + s, "step": s}
+            for s in range(b * BATCH, (b + 1) * BATCH)
+        ]
+        for b in range(batches)
+    ]
+
+
+async def _post_all(
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], *, warm_up: str
+) -> float:
+    """POST every body in turn on one connection; return the seconds it took; fail on any non-200."""
+    client = HttpClient(port)
+    try:
+        # One request first so that opening the connection is not timed.
+        await client.request("GET", warm_up, headers=headers)
+        started = time.perf_counter()
+        for body in bodies:
+            status, answer = await client.request("POST", path, body=body, headers=headers)
+            if status != 200:
+                raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
+        return time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+def _call(
+    port: int, method: str, path: str, headers: dict[str, str], body: dict[str, Any] | None = None
+) -> Any:
+    request = urllib.request.Request(
+        f"http://{HOST}:{port}{path}",
+        data=json.dumps(body).encode() if body is not None else None,
+        method=method,
+        headers={**headers, "Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as exc:
+        raise RuntimeError(f"{method} {path} answered {exc.code}: {exc.read()[:300]!r}") from exc
+
+
+class MlflowProtocol:
+    """Drives a server that speaks MLflow's REST API (ours or MLflow's): a fresh run per repetition."""
+
+    def __init__(self, port: int, headers: dict[str, str]) -> None:
+        self.port = port
+        self.headers = headers
+        found = _call(
+            port,
+            "POST",
+            "/api/2.0/mlflow/experiments/search",
+            headers,
+            {"filter": "name = 'bench'", "max_results": 10},
+        )
+        if found.get("experiments"):
+            self.experiment_id = found["experiments"][0]["experiment_id"]
+        else:
+            self.experiment_id = _call(
+                port, "POST", "/api/2.0/mlflow/experiments/create", headers, {"name": "bench"}
+            )["experiment_id"]
+
+    def one_repetition(self, batches: list[list[dict[str, Any]]]) -> float:
+        """Log every batch into a new run; return points/s, after checking the run holds them all."""
+        run_id = _call(
+            self.port,
+            "POST",
+            "/api/2.0/mlflow/runs/create",
+            self.headers,
+            {"experiment_id": self.experiment_id},
+        )["run"]["info"]["run_id"]
+        bodies = [json.dumps({"run_id": run_id, "metrics": batch}).encode() for batch in batches]
+        elapsed = asyncio.run(
+            _post_all(
+                self.port,
+                "/api/2.0/mlflow/runs/log-batch",
+                bodies,
+                {**self.headers, "Content-Type": "application/json"},
+                warm_up=f"/api/2.0/mlflow/runs/get?run_id={run_id}",
+            )
+        )
+        history = _call(
+            self.port,
+            "GET",
+            f"/api/2.0/mlflow/metrics/get-history?run_id={run_id}&metric_key=loss",
+            self.headers,
+        )
+        points = sum(len(b) for b in batches)
+        if len(history.get("metrics", [])) != points:
+            raise RuntimeError(f"{len(history.get('metrics', []))} points read back, {points} logged")
+        return points / elapsed
+
+
+def measure(fn: Any, batches: list[list[dict[str, Any]]], repetitions: int) -> list[float]:
+    """Return points/s of repetitions (after one warm-up)."""
+    fn(batches)
+    return [float(fn(batches)) for _ in range(repetitions)]
+
+
+def start_mlflow_server(tmp: Path, *, quick: bool) -> tuple[subprocess.Popen[bytes], int] | str:
+    """Start `mlflow server` from its venv on a fresh sqlite store; return (process, port) or why not."""
+    from bench.mlflow_env import VENV_DIR, ensure_mlflow_venv, mlflow_installed
+
+    if os.getenv("BENCH_NO_MLFLOW"):
+        return "BENCH_NO_MLFLOW is set"
+    if not mlflow_installed():
+        if quick:
+            return f"MLflow venv absent ({VENV_DIR}); build it with `python bench/mlflow_env.py`"
+        note("building the MLflow venv (first run only)...")
+        ensure_mlflow_venv()
+    port = free_port()
+    store = tmp / "mlflow-server"
+    store.mkdir(parents=True, exist_ok=True)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("DJANGO", "PYTHONPATH", "MLFLOW_", "DATABASE_"))
+    }
+    log = store / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [
+                str(VENV_DIR / "bin" / "mlflow"), "server",
+                "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                "--default-artifact-root", str(store / "artifacts"),
+                "--host", HOST, "--port", str(port), "--workers", "1",
+            ],
+            cwd=store, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    deadline = time.monotonic() + MLFLOW_START_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mlflow server exited: {log.read_text(errors='replace')[-2000:]}")
+        try:
+            with urllib.request.urlopen(f"http://{HOST}:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return proc, port
+        except OSError:
+            time.sleep(0.5)
+    stop_process(proc)
+    raise RuntimeError(f"mlflow server did not answer /health within {MLFLOW_START_TIMEOUT:.0f} s")
+
+
+def batch_endpoint_repetition(port: int, headers: dict[str, str]) -> Any:
+    """Return a function logging batches through POST /api/runs/{id}/metrics, or why it cannot run."""
+    try:
+        _call(port, "POST", "/api/runs", headers, {"experiment": "bench http batch"})
+    except RuntimeError as exc:
+        cause = exc.__cause__
+        if isinstance(cause, urllib.error.HTTPError) and cause.code in (404, 405):
+            return "POST /api/runs is not served by this build (the external-run HTTP API)"
+        raise
+    attempt = 0
+
+    def one_repetition(batches: list[list[dict[str, Any]]]) -> float:
+        nonlocal attempt
+        attempt += 1
+        run = _call(port, "POST", "/api/runs", headers, {"experiment": f"bench http batch {attempt}"})
+        run_id = run["id"]
+        # The run-scoped token the Crucible client writes with.
+        run_headers = {"Authorization": f"Bearer {run['token']}", "Content-Type": "application/json"}
+        bodies = [
+            json.dumps(
+                {"points": [{"name": m["key"], "step": m["step"], "value": m["value"]} for m in batch]}
+            ).encode()
+            for batch in batches
+        ]
+        elapsed = asyncio.run(
+            _post_all(
+                port,
+                f"/api/runs/{run_id}/metrics",
+                bodies,
+                run_headers,
+                warm_up=f"/api/runs/{run_id}",
+            )
+        )
+        from experiments.models import MetricPoint
+
+        points = sum(len(b) for b in batches)
+        stored = MetricPoint.objects.filter(run_id=run_id).count()
+        if stored != points:
+            raise RuntimeError(f"{stored} points stored, {points} logged")
+        return points / elapsed
+
+    return one_repetition
+
+
+def main() -> None:
+    """Measure both of our HTTP ingest paths and MLflow's server on the same batches; print two figures."""
+    parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--batches", type=int, default=None, help="1,000-point batches per repetition")
+    args = parser.parse_args()
+    # MLflow's server takes seconds per 1,000-point batch here: 10 batches x 3 keep its side
+    # within run_all's time per script.
+    batches_n = args.batches or (3 if args.quick else 10)
+    repetitions = args.repetitions or (2 if args.quick else 3)
+    batches = metric_batches(batches_n)
+    extra: dict[str, Any] = {
+        "batch_size": BATCH,
+        "points_per_repetition": batches_n * BATCH,
+        "client": "one keep-alive HTTP/1.1 connection, one request at a time",
+        "database": "sqlite (WAL)",
+    }
+
+    with bench_env() as env:
+        from bench.common import make_user
+        from experiments.api.tokens import api_token_create
+        from experiments.permissions import researcher_group_ensure
+
+        user = make_user("bench-mlflow", permissions=[])
+        user.groups.add(researcher_group_ensure())
+        _, token = api_token_create(user=user, name="bench")
+        headers = {"Authorization": f"Bearer {token}"}
+        port = env.start_daphne()
+
+        note(
+            f"ingest over HTTP: {repetitions} x {batches_n} batches of {BATCH} points, Crucible's MLflow API"
+        )
+        ours_mlflow = measure(MlflowProtocol(port, headers).one_repetition, batches, repetitions)
+        batch_fn = batch_endpoint_repetition(port, headers)
+        ours_batch: list[float] | str
+        if isinstance(batch_fn, str):
+            ours_batch = batch_fn
+        else:
+            note("ingest over HTTP: the batch endpoint POST /api/runs/{id}/metrics")
+            ours_batch = measure(batch_fn, batches, repetitions)
+
+        note("ingest over HTTP: MLflow's own server (baseline)")
+        base: list[float] | str
+        started = start_mlflow_server(env.tmp, quick=args.quick)
+        if isinstance(started, str):
+            base = started
+        else:
+            proc, mlflow_port = started
+            try:
+                base = measure(MlflowProtocol(mlflow_port, {}).one_repetition, batches, repetitions)
+            finally:
+                stop_process(proc)
+
+    for name, ours in ((FIGURE_MLFLOW_API, ours_mlflow), (FIGURE_BATCH_ENDPOINT, ours_batch)):
+        if isinstance(ours, str):
+            emit(skipped(name, ours))
+            continue
+        line = figure(
+            name=name,
+            unit="points/s",
+            samples=ours,
+            goal=GOAL,
+            higher_is_better=True,
+            baseline_name=None if isinstance(base, str) else BASELINE_NAME,
+            baseline_samples=None if isinstance(base, str) else base,
+            extra=extra,
+        )
+        if isinstance(base, str):
+            line["baseline_skipped"] = base
+        emit(line)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except Exception as exc:  # a broken figure still prints a line saying why
+        emit_failure(FIGURES, exc)
+        raise
