@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -45,3 +46,17 @@ def shot(page: Page, folder: str, name: str) -> None:
     """Save a full-page screenshot under test-results/<folder>/ (kept as a CI artifact)."""
     (SHOTS / folder).mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / folder / f"{name}.png"), full_page=True)
+
+
+def wait_until(page: Page, predicate: str, *, timeout_s: float = 30.0, what: str = "") -> None:
+    """Wait until a JS arrow function returns true, polled from here.
+
+    Not page.wait_for_function: its polling compiles the predicate with eval(), which a page whose
+    Content-Security-Policy lacks 'unsafe-eval' (every page but the experiment page) refuses once
+    the first check fails. page.evaluate calls the function through the debugger protocol instead.
+    """
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(predicate):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
+        page.wait_for_timeout(100)

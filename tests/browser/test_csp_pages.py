@@ -11,6 +11,7 @@ from django.contrib.auth.models import User
 from playwright.sync_api import ConsoleMessage, Page, expect
 
 from experiments.services import experiment_create
+from tests.browser.helpers import wait_until
 from tests.live.helpers import log_points, run_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -77,8 +78,10 @@ def test_the_main_pages_and_their_charts_run_with_no_csp_violation(
 
     page.goto(f"{base}/compare/?ids={first},{second}&metric=loss")
     expect(page.locator("#compare-chart .main-svg").first).to_be_visible(timeout=30_000)
-    page.wait_for_function(
-        "document.querySelectorAll('#compare-chart .scatterlayer .trace').length === 2", timeout=30_000
+    wait_until(
+        page,
+        "() => document.querySelectorAll('#compare-chart .scatterlayer .trace').length === 2",
+        what="two compared traces",
     )
     assert violations(page, console) == []
 

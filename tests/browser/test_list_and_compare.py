@@ -14,10 +14,11 @@ from django.utils import timezone
 from playwright.sync_api import Page, expect
 
 from experiments.choices import RunStatus
-from experiments.models import Experiment, MetricPoint, Run
+from experiments.models import Experiment, Run
 from experiments.permissions import researcher_group_ensure
 from experiments.services import experiment_create
-from tests.browser.helpers import log_in, shot
+from tests.browser.helpers import log_in, shot, wait_until
+from tests.live.helpers import log_points
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -40,17 +41,13 @@ def _trained(name: str, *, lr: float, final_loss: float, accuracy: float, minute
         started_at=started,
         finished_at=started + timedelta(minutes=minutes),
     )
-    points = []
-    for step in range(10):
-        # The loss dips below its final value at step 5: best and last differ.
-        loss = final_loss - 0.05 if step == 5 else final_loss + (9 - step) * 0.1
-        points.append(
-            MetricPoint(run=run, experiment=experiment, name="loss", step=step, value=loss, wall_time=step)
-        )
-        points.append(
-            MetricPoint(run=run, experiment=experiment, name="accuracy", step=step, value=accuracy * (step + 1) / 10, wall_time=step)
-        )  # fmt: skip
-    MetricPoint.objects.bulk_create(points)
+    # The loss dips below its final value at step 5: best and last differ.
+    log_points(
+        run,
+        "loss",
+        [(step, final_loss - 0.05 if step == 5 else final_loss + (9 - step) * 0.1) for step in range(10)],
+    )
+    log_points(run, "accuracy", [(step, accuracy * (step + 1) / 10) for step in range(10)])
     return experiment
 
 
@@ -102,8 +99,11 @@ def test_metric_columns_sort_and_compare_the_ticked_experiments(
     expect(page.locator(".compare-card")).to_have_count(2)
     expect(page.locator('.compare-card[data-metric="loss"] .js-plotly-plot')).to_be_visible()
     expect(page.locator('.compare-card[data-metric="accuracy"] .js-plotly-plot')).to_be_visible()
-    page.wait_for_function(
-        "document.querySelector('.compare-chart[data-metric=accuracy]').data.every(t => t.x.length === 10)"
+    wait_until(
+        page,
+        "() => { const d = document.querySelector('.compare-chart[data-metric=accuracy]').data;"
+        " return Array.isArray(d) && d.length > 0 && d.every(t => t.x.length === 10); }",
+        what="ten accuracy points per experiment",
     )
     diff = page.locator("#config-diff")
     expect(diff.locator('tr[data-param="lr"]')).to_contain_text("0.01")
@@ -116,9 +116,11 @@ def test_metric_columns_sort_and_compare_the_ticked_experiments(
     axes = [d["values"] for d in coordinates["dimensions"]]
     # Per experiment (in the order chosen): its lr, and its lowest loss.
     assert sorted(zip(*axes, strict=True)) == [(0.001, pytest.approx(0.55)), (0.01, pytest.approx(0.25))]
-    page.wait_for_function(
-        "document.querySelector('#parcoords-table') !== null"
-        " || (document.getElementById('parcoords').data || []).length === 1"
+    wait_until(
+        page,
+        "() => document.querySelector('#parcoords-table') !== null"
+        " || (document.getElementById('parcoords').data || []).length === 1",
+        what="the parallel axes or their table",
     )
     if page.locator("#parcoords-table").count():
         expect(page.locator("#parcoords-table")).to_contain_text("0.001")

@@ -65,7 +65,7 @@ def test_after_collectstatic_the_experiment_page_links_only_hashed_static_files(
     # The live view's script, its stylesheet, plotly.js and the history prefetch among them.
     for stem, ext in (("live.", ".js"), ("live.", ".css"), ("live_prefetch.", ".js"), ("plotly.min.", ".js")):
         assert any(name.startswith(stem) and name.endswith(ext) for name in names), (stem, ext, names)
-    unhashed = [url for url in linked if not re.search(r"\.[0-9a-f]{12}\.(js|css)$", url)]
+    unhashed = [url for url in linked if not re.search(r"\.[0-9a-f]{12}\.\w+$", url)]
     assert unhashed == [], unhashed
 
 
