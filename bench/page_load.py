@@ -118,9 +118,11 @@ def main() -> None:
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with bench_env(SERVE_STATIC="true") as env:
         from django.core.management import call_command
+        from django.db import connection
 
         from experiments.choices import RunStatus
         from experiments.models import MetricPoint, Run
+        from experiments.runs.rollups import rollups_rebuild
         from experiments.services import experiment_create
 
         call_command("collectstatic", "--noinput", verbosity=0)
@@ -133,6 +135,10 @@ def main() -> None:
             for name in ("loss", "val_loss")
             for step in range(1, POINTS // 2 + 1)
         )
+        # Charts read the roll-ups that metrics_write keeps: build them as a retried batch does.
+        with connection.cursor() as cursor:
+            for name in ("loss", "val_loss"):
+                rollups_rebuild(cursor, run_id=run.pk, name=name)
         with env.web_processes(processes=processes) as port, sync_playwright() as playwright:
             base = f"http://127.0.0.1:{port}"
             url = f"{base}/experiments/{experiment.pk}/"
