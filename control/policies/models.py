@@ -26,12 +26,14 @@ from control.policies.conditions import (
     validate_serving_condition,
 )
 from experiments.recipes import RECIPES
+from experiments.runs.system import SYSTEM_METRICS
 
 
 def declared_metrics(scope_recipes: list[str]) -> dict[str, tuple[str, ...]]:
     """Return the metric names each recipe in the scope declares (every recipe: an empty scope)."""
     names = scope_recipes or list(RECIPES)
-    return {name: RECIPES[name].metrics for name in names if name in RECIPES}
+    # Every run on a worker also logs its system metrics (sys/rss_mb, ...): conditions may name them.
+    return {name: (*RECIPES[name].metrics, *SYSTEM_METRICS) for name in names if name in RECIPES}
 
 
 class PolicyKind(models.TextChoices):
