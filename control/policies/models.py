@@ -32,8 +32,7 @@ from experiments.runs.system import SYSTEM_METRICS
 def declared_metrics(scope_recipes: list[str]) -> dict[str, tuple[str, ...]]:
     """Return the metric names each recipe in the scope declares (every recipe: an empty scope)."""
     names = scope_recipes or list(RECIPES)
-    # Every run on a worker also logs its system metrics (sys/rss_mb, ...): conditions may name them.
-    return {name: (*RECIPES[name].metrics, *SYSTEM_METRICS) for name in names if name in RECIPES}
+    return {name: RECIPES[name].metrics for name in names if name in RECIPES}
 
 
 class PolicyKind(models.TextChoices):
@@ -242,8 +241,9 @@ class PolicyCondition(models.Model):
         errors = validate_condition(self.spec())
         if not errors and self.role == ConditionRole.ROLLBACK_ON:
             errors = validate_serving_condition(self.spec())
-        elif not errors:
-            # A metric no recipe in scope logs could never make the condition hold.
+        elif not errors and self.spec().metric not in SYSTEM_METRICS:
+            # A metric no recipe in scope logs could never make the condition hold. Every worker
+            # run logs the sys/ metrics (experiments.runs.system) whatever its recipe.
             try:
                 scope = self.policy.scope_recipes
             except ObjectDoesNotExist:
