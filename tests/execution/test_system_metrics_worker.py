@@ -36,7 +36,7 @@ def test_a_digits_run_stores_sys_points_at_its_steps_and_the_history_api_serves_
     wait_for(done, timeout=90, what="the run to end")
     run = Run.objects.get(experiment=experiment)
     rss: list[Any] = list(MetricPoint.objects.filter(run=run, name=RSS_MB).values_list("step", "value"))
-    cpu = list(MetricPoint.objects.filter(run=run, name=CPU_PERCENT).values_list("step", "value"))
+    cpu: list[Any] = list(MetricPoint.objects.filter(run=run, name=CPU_PERCENT).values_list("step", "value"))
     assert len(rss) >= 2 and len(cpu) == len(rss), (rss, cpu)
     # The run's own pool process: a trained torch model takes far more than 50 MB.
     assert all(value > 50 for _, value in rss), rss
