@@ -26,6 +26,7 @@ from control.policies.conditions import (
     validate_serving_condition,
 )
 from experiments.recipes import RECIPES
+from experiments.runs.system import SYSTEM_METRICS
 
 
 def declared_metrics(scope_recipes: list[str]) -> dict[str, tuple[str, ...]]:
@@ -240,8 +241,9 @@ class PolicyCondition(models.Model):
         errors = validate_condition(self.spec())
         if not errors and self.role == ConditionRole.ROLLBACK_ON:
             errors = validate_serving_condition(self.spec())
-        elif not errors:
-            # A metric no recipe in scope logs could never make the condition hold.
+        elif not errors and self.spec().metric not in SYSTEM_METRICS:
+            # A metric no recipe in scope logs could never make the condition hold. Every worker
+            # run logs the sys/ metrics (experiments.runs.system) whatever its recipe.
             try:
                 scope = self.policy.scope_recipes
             except ObjectDoesNotExist:
