@@ -92,4 +92,6 @@
     clearTimeout(timer);
     timer = setTimeout(preview, 400);
   });
+  // A choice the browser restored (back/forward) is previewed at once.
+  if (select.value) preview();
 })();
