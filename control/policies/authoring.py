@@ -96,7 +96,11 @@ def policy_dry_run(
     role = ActionRole.THEN if evaluation.passed else ActionRole.FALLBACK
     rows = list(policy.actions.all()) if actions is None else actions
     would_run = [str(a) for a in rows if a.role == role and a.enabled]
-    when = [c.spec() for c in (policy.conditions.all() if conditions is None else conditions) if c.role == ConditionRole.WHEN]
+    when = [
+        c.spec()
+        for c in (policy.conditions.all() if conditions is None else conditions)
+        if c.role == ConditionRole.WHEN
+    ]
     snapshot = evaluation.snapshot()
     for row, spec, result in zip(snapshot["conditions"], when, evaluation.results, strict=True):
         row["short_by"] = condition_shortfall(spec, result)

@@ -31,7 +31,9 @@ class PolicyForm(forms.ModelForm):  # type: ignore[type-arg]
             "description",
         )
         labels = {"description": "Notes"}
-        help_texts = {"description": "Free text for people; what the policy checks is generated from its rows."}
+        help_texts = {
+            "description": "Free text for people; what the policy checks is generated from its rows."
+        }
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2}),
             "scope_recipes": forms.TextInput(),

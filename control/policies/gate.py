@@ -249,7 +249,11 @@ def policy_evaluate(
     Reads only, unless decide (a promotion decision: see evaluation_context). conditions, when
     given, stand in for the stored rows (the preview of an edit not saved yet).
     """
-    rows = [c for c in (policy.conditions.all() if conditions is None else conditions) if c.role == ConditionRole.WHEN]
+    rows = [
+        c
+        for c in (policy.conditions.all() if conditions is None else conditions)
+        if c.role == ConditionRole.WHEN
+    ]
     specs = [row.spec() for row in rows]
     ctx, champion, candidate = evaluation_context(
         experiment=experiment,

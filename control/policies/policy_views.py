@@ -13,7 +13,7 @@ from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.admin.utils import construct_change_message
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db import transaction
-from django.forms import BaseFormSet, Form
+from django.forms import BaseForm, BaseFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
@@ -87,19 +87,17 @@ def _save(request: HttpRequest, form: PolicyForm, conditions: Any, actions: Any,
                 row.instance.policy = policy
                 row.instance.order = order
                 row.instance.save()
+        # The admin's own change message ("Changed threshold for policy condition ..."), so the
+        # admin's history reads the same whichever page the edit came from.
+        message: list[Any] = construct_change_message(form, [conditions, actions], add)  # type: ignore[arg-type]
+        user_id: int = request.user.pk  # type: ignore[assignment]  # the decorators let only a logged-in user here
         LogEntry.objects.log_actions(
-            user_id=request.user.pk,
-            queryset=[policy],
-            action_flag=ADDITION if add else CHANGE,
-            change_message=construct_change_message(form, [conditions, actions], add),
-            single_object=True,
+            user_id, [policy], ADDITION if add else CHANGE, message, single_object=True
         )
     return policy
 
 
-def _edit_page(
-    request: HttpRequest, policy: Policy, *, add: bool
-) -> HttpResponse:
+def _edit_page(request: HttpRequest, policy: Policy, *, add: bool) -> HttpResponse:
     form, conditions, actions = _bound(request, policy)
     if request.method == "POST":
         if _valid(form, conditions, actions):
@@ -139,7 +137,12 @@ def policy_new(request: HttpRequest) -> HttpResponse:
     return _edit_page(request, Policy(), add=True)
 
 
-def _errors(prefix: list[Any], form: Form | BaseFormSet, fields: set[str] | None = None) -> list[dict[str, Any]]:  # type: ignore[type-arg]
+def _errors(
+    prefix: list[Any],
+    form: BaseForm | BaseFormSet,  # type: ignore[type-arg]
+    fields: set[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Return a form's or formset's errors as the API's field-level detail (loc, msg)."""
     detail: list[dict[str, Any]] = []
     if isinstance(form, BaseFormSet):
         for index, row in enumerate(form.forms):
@@ -169,7 +172,9 @@ def policy_preview(request: HttpRequest) -> HttpResponse:
     if raw_id:
         found = Policy.objects.filter(pk=int(raw_id)).first() if raw_id.isdigit() else None
         if found is None:
-            return JsonResponse({"detail": [{"loc": ["body", "policy"], "msg": "no such policy"}]}, status=422)
+            return JsonResponse(
+                {"detail": [{"loc": ["body", "policy"], "msg": "no such policy"}]}, status=422
+            )
         policy = found
     form, conditions, actions = _bound(request, policy)
     chooser = PreviewForm(request.POST)

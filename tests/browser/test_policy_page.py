@@ -73,7 +73,9 @@ def test_edit_a_threshold_preview_it_and_save(page: Page, live_server: Any, edit
 
     page.locator("#id_conditions-1-operator").select_option(">")
     page.get_by_role("button", name="Save policy").click()
-    expect(page.locator(".messages, .messagelist, [role=status]").first).to_contain_text("Policy auto_promote saved")
+    expect(page.locator(".messages, .messagelist, [role=status]").first).to_contain_text(
+        "Policy auto_promote saved"
+    )
     assert PolicyCondition.objects.get(policy=policy, metric="accuracy").threshold == 0.95
     assert LogEntry.objects.filter(object_id=str(policy.pk), user=editor).exists()
     page.goto(live_server.url + "/policies/")

@@ -95,7 +95,9 @@ def test_who_may_see_and_edit() -> None:
     # A viewer sees no edit link and may not open the form or post it.
     assert reverse("policies:edit", args=[policy.pk]) not in page.content.decode()
     assert viewer.get(reverse("policies:edit", args=[policy.pk])).status_code == 403
-    response = viewer.post(reverse("policies:edit", args=[policy.pk]), form_data(policy, **{"conditions-0-threshold": 0.5}))
+    response = viewer.post(
+        reverse("policies:edit", args=[policy.pk]), form_data(policy, **{"conditions-0-threshold": 0.5})
+    )
     assert response.status_code == 403
     assert PolicyCondition.objects.get(policy=policy, metric="accuracy").threshold == 0.9
     assert viewer.get(reverse("policies:new")).status_code == 403
@@ -104,7 +106,10 @@ def test_who_may_see_and_edit() -> None:
 def test_nav_links_the_page_for_those_who_may_see_it() -> None:
     auto_promote()
     nav_link = f'href="{reverse("policies:list")}"'
-    assert nav_link in client_for("view_policy", "view_experiment").get(reverse("experiments:list")).content.decode()
+    assert (
+        nav_link
+        in client_for("view_policy", "view_experiment").get(reverse("experiments:list")).content.decode()
+    )
     other = client_for("view_experiment", username="other").get(reverse("experiments:list"))
     assert nav_link not in other.content.decode()
 
@@ -112,7 +117,9 @@ def test_nav_links_the_page_for_those_who_may_see_it() -> None:
 def test_a_changed_threshold_is_saved_audited_and_the_summary_follows() -> None:
     policy = auto_promote()
     editor = client_for("view_policy", "change_policy")
-    response = editor.post(reverse("policies:edit", args=[policy.pk]), form_data(policy, **{"conditions-0-threshold": 0.95}))
+    response = editor.post(
+        reverse("policies:edit", args=[policy.pk]), form_data(policy, **{"conditions-0-threshold": 0.95})
+    )
     assert response.status_code == 302
     assert PolicyCondition.objects.get(policy=policy, metric="accuracy").threshold == 0.95
     listing = editor.get(reverse("policies:list")).content.decode()
@@ -196,7 +203,9 @@ def test_a_new_policy_with_rows_is_created_and_audited() -> None:
 def test_rows_are_removed_and_keep_their_page_order() -> None:
     policy = auto_promote()
     editor = client_for("view_policy", "change_policy")
-    response = editor.post(reverse("policies:edit", args=[policy.pk]), form_data(policy, **{"conditions-0-DELETE": "on"}))
+    response = editor.post(
+        reverse("policies:edit", args=[policy.pk]), form_data(policy, **{"conditions-0-DELETE": "on"})
+    )
     assert response.status_code == 302
     [left] = policy.conditions.all()
     assert (left.metric, left.order) == ("f1", 0)

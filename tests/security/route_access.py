@@ -7,7 +7,7 @@ of four people gets:
 - nobody: logged in, without any permission;
 - viewer: may look at experiments (experiments.view_experiment), nothing else;
 - operator: the demo's Researchers group (create, start, cancel, promote, roll back, retrain...)
-  plus the control pages (GPUs, Triggers) and deciding on triggers.
+  plus the control pages (GPUs, Triggers), deciding on triggers, and seeing and editing policies.
 
 A route added without a row here fails tests/security/test_route_access.py, which names the row to add.
 Summarised for people in SECURITY.md.
