@@ -12,6 +12,7 @@ from playwright.sync_api import Page, expect
 
 from control.policies.models import ActionRole, PolicyCondition, PolicyKind
 from tests.browser.helpers import log_in, shot
+from tests.browser.test_csp_pages import RECORD_VIOLATIONS
 from tests.policies.helpers import experiment_through, make_policy, record_run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -40,6 +41,7 @@ def test_edit_a_threshold_preview_it_and_save(page: Page, live_server: Any, edit
     candidate = experiment_through("queue", "start", "complete", name="candidate run")
     record_run(candidate, {"accuracy": [0.5, 0.93], "f1": [0.4, 0.88]})
 
+    page.add_init_script(RECORD_VIOLATIONS)
     log_in(page, live_server.url, "paula", "pw-paula-123")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Policies").click()
     row = page.locator("tr[data-policy='auto_promote']")
@@ -64,6 +66,17 @@ def test_edit_a_threshold_preview_it_and_save(page: Page, live_server: Any, edit
     assert PolicyCondition.objects.get(policy=policy, metric="accuracy").threshold == 0.9
     shot(page, "policy_page", "preview")
 
+    # A row added on the page joins the preview.
+    page.get_by_role("button", name="Add a condition").click()
+    added = page.locator("#conditions-2")
+    added.locator("select[name$='-kind']").select_option("metric")
+    added.locator("input[name$='-metric']").fill("loss")
+    added.locator("select[name$='-operator']").select_option("<")
+    added.locator("input[name$='-threshold']").fill("5")
+    expect(page.locator("#preview-conditions tr")).to_have_count(4)
+    expect(page.locator("#preview-conditions tr").nth(3)).to_contain_text("loss < 5")
+    assert page.evaluate("window.__cspViolations") == []
+
     # A bad value in a row is refused on its field by the preview and by the save.
     page.locator("#id_conditions-1-operator").select_option("")
     expect(page.locator(".preview-errors")).to_contain_text("conditions 1 operator")
@@ -77,6 +90,7 @@ def test_edit_a_threshold_preview_it_and_save(page: Page, live_server: Any, edit
         "Policy auto_promote saved"
     )
     assert PolicyCondition.objects.get(policy=policy, metric="accuracy").threshold == 0.95
+    assert [c.metric for c in policy.conditions.all()] == ["accuracy", "f1", "loss"]
     assert LogEntry.objects.filter(object_id=str(policy.pk), user=editor).exists()
     page.goto(live_server.url + "/policies/")
     expect(page.locator("tr[data-policy='auto_promote'] .policy-summary")).to_contain_text("accuracy > 0.95")
