@@ -264,7 +264,9 @@ def _not_stored(run: Run, payloads: list[MetricPointPayload]) -> list[MetricPoin
     """
     unique: dict[tuple[str, int], MetricPointPayload] = {}
     for p in payloads:
-        unique.setdefault((p["name"], p["step"]), p)
+        key = (p["name"], p["step"])
+        if key not in unique:
+            unique[key] = p
     if not unique:
         return []
     steps = [s for _, s in unique]
@@ -273,6 +275,8 @@ def _not_stored(run: Run, payloads: list[MetricPointPayload]) -> list[MetricPoin
             run_id=run.pk, name__in={n for n, _ in unique}, step__gte=min(steps), step__lte=max(steps)
         ).values_list("name", "step")
     )
+    if not stored:  # the usual case: nothing of the batch was sent before
+        return list(unique.values())
     return [p for key, p in unique.items() if key not in stored]
 
 
