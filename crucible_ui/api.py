@@ -23,9 +23,9 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.middleware.csrf import get_token
 from django.template import Context, Engine
 from ninja import NinjaAPI
-from ninja.parser import Parser
 from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.docs import ABS_TPL_PATH, Swagger
+from ninja.parser import Parser
 
 from control.scheduling.api import router as scheduler_router
 from crucible_ui.access import api_access_install

@@ -81,7 +81,14 @@ def _live(run: Run) -> bool:
 
 
 # What the control state is read from: the run's row and its experiment's state.
-_STATE_FIELDS = ("status", "cancel_requested_at", "stop_requested_at", "stop_reason", "error", "experiment__state")
+_STATE_FIELDS = (
+    "status",
+    "cancel_requested_at",
+    "stop_requested_at",
+    "stop_reason",
+    "error",
+    "experiment__state",
+)
 
 
 def _control_state_of(run: Run, row: dict[str, Any] | None) -> ControlState:
@@ -299,12 +306,7 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
         # row is also the answer's control state: no query after commit. (The policies that
         # look at this batch after commit act through the control queue, never within this
         # request, so a later read could not have seen their stop either.)
-        row = (
-            Run.objects.select_for_update(of=("self",))
-            .filter(pk=run.pk)
-            .values(*_STATE_FIELDS)
-            .first()
-        )
+        row = Run.objects.select_for_update(of=("self",)).filter(pk=run.pk).values(*_STATE_FIELDS).first()
         fresh = _not_stored(run, payloads)
         if fresh:
             metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
