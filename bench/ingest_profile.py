@@ -101,15 +101,19 @@ def main() -> None:
             note(f"profiling {path}: {requests} timed and {requests} profiled requests of {BATCH} points")
             bodies = iter(_bodies(kind, run_id, 2 + 2 * requests))
 
-            def send(caller: Client = caller, path: str = path) -> None:
+            def send(caller: Client = caller, path: str = path, bodies: Any = bodies) -> None:
                 response = caller.post(path, next(bodies), content_type="application/json")
                 if response.status_code != 200:
-                    raise RuntimeError(f"POST {path} answered {response.status_code}: {response.content[:300]!r}")
+                    raise RuntimeError(
+                        f"POST {path} answered {response.status_code}: {response.content[:300]!r}"
+                    )
 
             send()  # warm-up: caches, prepared statements
             queries: list[str] = []
 
-            def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+            def record(
+                execute: Any, sql: str, params: Any, many: bool, context: Any, queries: list[str] = queries
+            ) -> Any:
                 queries.append(("many: " if many else "") + sql[:90])
                 return execute(sql, params, many, context)
 
