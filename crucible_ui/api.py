@@ -14,8 +14,9 @@ import json
 import logging
 from collections.abc import Callable
 from functools import wraps
-from typing import Any
+from typing import Any, cast
 
+import orjson
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
 from django.http import Http404, HttpRequest, HttpResponse
@@ -24,6 +25,7 @@ from django.template import Context, Engine
 from ninja import NinjaAPI
 from ninja.errors import AuthenticationError, ValidationError
 from ninja.openapi.docs import ABS_TPL_PATH, Swagger
+from ninja.parser import Parser
 
 from control.scheduling.api import router as scheduler_router
 from crucible_ui.access import api_access_install
@@ -92,6 +94,20 @@ def docs_login_required(view: Callable[..., HttpResponse]) -> Callable[..., Http
     return wrapped
 
 
+class OrjsonParser(Parser):
+    """Parse JSON bodies with orjson (a metric batch is up to 10,000 points), as the standard parser would.
+
+    What orjson refuses and json.loads takes (a bare NaN, integers beyond 64 bits) is handed
+    to json.loads, so every body is read exactly as before, only faster.
+    """
+
+    def parse_body(self, request: HttpRequest) -> dict[str, Any]:
+        try:
+            return cast(dict[str, Any], orjson.loads(request.body))
+        except orjson.JSONDecodeError:
+            return cast(dict[str, Any], json.loads(request.body))
+
+
 api = NinjaAPI(
     title="Crucible Control API",
     version="1",
@@ -105,6 +121,7 @@ api = NinjaAPI(
     auth=API_AUTH,
     docs=LocalSwagger(),
     docs_decorator=docs_login_required,
+    parser=OrjsonParser(),
 )
 # Every operation checks the access it declares (deny by default): crucible_ui/access.py.
 api_access_install(api)

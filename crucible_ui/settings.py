@@ -265,6 +265,8 @@ RETRY_BACKOFF_MAX_SECONDS = envfloat("RETRY_BACKOFF_MAX_SECONDS", 600.0)
 # How often a training process looks for a cancel request (cancel is seen within ~2 s).
 CANCEL_POLL_SECONDS = envfloat("CANCEL_POLL_SECONDS", 0.5)
 WATCHDOG_SECONDS = envfloat("WATCHDOG_SECONDS", 10.0)
+# How often a training process samples its own CPU, memory and GPU as sys/ metrics (0: never).
+SYSTEM_METRICS_SECONDS = envfloat("SYSTEM_METRICS_SECONDS", 2.0)
 # A worker asked to stop (SIGTERM, warm shutdown, Ctrl-C of `make run`) has its runs checkpoint
 # at their next step; pool processes still training after this long are killed. The launcher
 # reads the same variable and waits a little longer before killing the worker.

@@ -16,6 +16,7 @@ urlpatterns = [
     path("", include("experiments.live.urls")),
     path("", include("control.scheduling.urls")),
     path("", include("control.policies.urls")),
+    path("", include("control.policies.policy_urls")),
     path("", include("experiments.registry.urls")),
     path("", include("control.canary.urls")),
     # The MLflow tracking API authenticates each call itself (experiments/mlflow/auth.py).

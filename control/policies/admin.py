@@ -77,7 +77,7 @@ class BacktestForm(forms.Form):
 
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("name", "kind", "mode", "enabled", "order", "scope", "tools")
+    list_display = ("name", "kind", "mode", "enabled", "order", "scope", "summary", "tools")
     list_filter = ("kind", "mode", "enabled")
     list_editable = ("enabled",)
     search_fields = ("name", "description")
@@ -102,6 +102,11 @@ class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
         recipes = ", ".join(obj.scope_recipes) or "all recipes"
         tags = f"; tags {', '.join(obj.scope_tags)}" if obj.scope_tags else ""
         return recipes + tags
+
+    @admin.display(description="What it does")
+    def summary(self, obj: Policy) -> str:
+        # Generated from the rows, beside the free-text description that may lag behind them.
+        return obj.summary()
 
     @admin.display(description="Check")
     def tools(self, obj: Policy) -> str:

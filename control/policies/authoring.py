@@ -79,20 +79,32 @@ def _when_specs(policy: Policy) -> list[ConditionSpec]:
     return [c.spec() for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
 
 
-def policy_dry_run(*, policy: Policy, experiment: Experiment) -> dict[str, Any]:
+def policy_dry_run(
+    *,
+    policy: Policy,
+    experiment: Experiment,
+    conditions: list[PolicyCondition] | None = None,
+    actions: list[PolicyAction] | None = None,
+) -> dict[str, Any]:
     """Return each condition's value, pass/fail and shortfall against the experiment, changing nothing.
 
     short_by is how far a failing condition's value is from its threshold (the near miss).
+    conditions and actions, when given, are unsaved rows that stand in for the stored ones (the
+    policy page previews an edit before it is saved).
     """
-    evaluation = policy_evaluate(policy=policy, experiment=experiment)
+    evaluation = policy_evaluate(policy=policy, experiment=experiment, conditions=conditions)
     role = ActionRole.THEN if evaluation.passed else ActionRole.FALLBACK
-    actions = [str(a) for a in policy.actions.filter(role=role, enabled=True)]
+    rows = list(policy.actions.all()) if actions is None else actions
+    would_run = [str(a) for a in rows if a.role == role and a.enabled]
+    when = [
+        c.spec()
+        for c in (policy.conditions.all() if conditions is None else conditions)
+        if c.role == ConditionRole.WHEN
+    ]
     snapshot = evaluation.snapshot()
-    for row, spec, result in zip(
-        snapshot["conditions"], _when_specs(policy), evaluation.results, strict=True
-    ):
+    for row, spec, result in zip(snapshot["conditions"], when, evaluation.results, strict=True):
         row["short_by"] = condition_shortfall(spec, result)
-    return {**snapshot, "would_run": actions, "role": role}
+    return {**snapshot, "would_run": would_run, "role": role}
 
 
 def policy_backtest(

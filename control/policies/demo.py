@@ -22,8 +22,10 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "auto_promote",
         "kind": PolicyKind.AUTO_PROMOTE,
         "order": 10,
-        "description": "Auto-promote if accuracy > 0.9 and f1 > 0.85 and loss no more than 5% worse than production; "
-        "otherwise hold for review.",
+        # The thresholds live in the conditions (and the summary generated from them), not here,
+        # so that editing one leaves no stale number behind.
+        "description": "Promote a completed candidate that meets its quality bars and does not regress against "
+        "production; otherwise hold it for review.",
         "scope_recipes": ["digits", "distill"],
         "conditions": [
             {"kind": ConditionKind.METRIC, "metric": "accuracy", "operator": ">", "threshold": 0.9},

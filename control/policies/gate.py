@@ -17,7 +17,7 @@ from typing import Any
 from django.utils import timezone
 
 from control.policies.conditions import ConditionKind, ConditionResult, EvaluationContext, evaluate_all
-from control.policies.models import ConditionRole, Policy, PolicyKind
+from control.policies.models import ConditionRole, Policy, PolicyCondition, PolicyKind
 from experiments.choices import RunStatus, State
 from experiments.models import Experiment, ModelStage, ModelVersion, Run, VersionEvaluation
 from experiments.recipes import RECIPES
@@ -242,12 +242,18 @@ def policy_evaluate(
     now: datetime | None = None,
     drift_score: float | None = None,
     decide: bool = False,
+    conditions: list[PolicyCondition] | None = None,
 ) -> Evaluation:
     """Evaluate the policy's "when" conditions against the experiment.
 
-    Reads only, unless decide (a promotion decision: see evaluation_context).
+    Reads only, unless decide (a promotion decision: see evaluation_context). conditions, when
+    given, stand in for the stored rows (the preview of an edit not saved yet).
     """
-    rows = [c for c in policy.conditions.all() if c.role == ConditionRole.WHEN]
+    rows = [
+        c
+        for c in (policy.conditions.all() if conditions is None else conditions)
+        if c.role == ConditionRole.WHEN
+    ]
     specs = [row.spec() for row in rows]
     ctx, champion, candidate = evaluation_context(
         experiment=experiment,

@@ -26,6 +26,7 @@ from control.policies.conditions import (
     validate_serving_condition,
 )
 from experiments.recipes import RECIPES
+from experiments.runs.system import SYSTEM_METRICS
 
 
 def declared_metrics(scope_recipes: list[str]) -> dict[str, tuple[str, ...]]:
@@ -168,6 +169,10 @@ class Policy(models.Model):
         if errors:
             raise ValidationError(errors)
 
+    def summary(self) -> str:
+        """Say what the policy does, generated from its rows so that it cannot go stale."""
+        return policy_summary(list(self.conditions.all()), list(self.actions.all()))
+
     def applies_to(self, *, recipe: str, tags: list[str]) -> bool:
         """Return True when an experiment with this recipe and tags is in scope."""
         if self.scope_recipes and recipe not in self.scope_recipes:
@@ -240,8 +245,9 @@ class PolicyCondition(models.Model):
         errors = validate_condition(self.spec())
         if not errors and self.role == ConditionRole.ROLLBACK_ON:
             errors = validate_serving_condition(self.spec())
-        elif not errors:
-            # A metric no recipe in scope logs could never make the condition hold.
+        elif not errors and self.spec().metric not in SYSTEM_METRICS:
+            # A metric no recipe in scope logs could never make the condition hold. Every worker
+            # run logs the sys/ metrics (experiments.runs.system) whatever its recipe.
             try:
                 scope = self.policy.scope_recipes
             except ObjectDoesNotExist:
@@ -306,6 +312,27 @@ class CanaryStage(models.Model):
         """Refuse a traffic share outside 0-100."""
         if not 0 < self.traffic_pct <= 100:
             raise ValidationError({"traffic_pct": "must be above 0 and at most 100"})
+
+
+def policy_summary(conditions: list[PolicyCondition], actions: list[PolicyAction]) -> str:
+    """Say what a policy with these rows does (saved or not), from the conditions' own descriptions.
+
+    The free-text description may lag behind an edited threshold; this cannot.
+    """
+    when = [str(c) for c in conditions if c.role == ConditionRole.WHEN]
+    rollback = [str(c) for c in conditions if c.role == ConditionRole.ROLLBACK_ON]
+    then = [str(a) for a in actions if a.role == ActionRole.THEN and a.enabled]
+    fallback = [str(a) for a in actions if a.role == ActionRole.FALLBACK and a.enabled]
+    parts = []
+    if when or then:
+        head = f"when {' and '.join(when)}" if when else "always"
+        parts.append(f"{head}: {', '.join(then) or 'no action'}")
+    if fallback:
+        parts.append(f"otherwise: {', '.join(fallback)}")
+    if rollback:
+        parts.append(f"roll back when {' or '.join(rollback)}")
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] if text else "No conditions or actions."
 
 
 class GpuPrice(models.Model):

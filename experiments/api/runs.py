@@ -19,7 +19,7 @@ from django.db import transaction
 from django.http import Http404, HttpRequest
 from ninja import Field, Path, Router, Schema, Status
 from ninja.errors import ValidationError
-from pydantic import ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, StrictStr, field_validator
 
 from experiments.actors import Actor
 from experiments.api.routes import field_errors
@@ -45,6 +45,7 @@ from experiments.runs.external import (
     external_run_start,
     run_control_state,
 )
+from experiments.runs.system import SYSTEM_PREFIX, is_system_metric
 from experiments.runs.tokens import run_token_mint
 from experiments.services import experiment_create
 
@@ -114,8 +115,11 @@ class RunStartedOut(RunOut):
     token: str
 
 
-class PointIn(Schema):
+class PointIn(BaseModel):
     """One metric value at one step. value null (or NaN) is stored as null; wall_time null means now."""
+
+    # A plain pydantic model, not a ninja Schema: a batch holds up to 10,000 of them, and
+    # Schema's per-object validator (it reads Django objects too) cost more than the insert.
 
     model_config = ConfigDict(extra="forbid")
 
@@ -123,6 +127,17 @@ class PointIn(Schema):
     step: int = Field(..., ge=0, le=MAX_STEP)  # lax: 614.0 is an integer in JSON
     value: float | None
     wall_time: float | None = Field(None, allow_inf_nan=False, description="Unix seconds; null: now.")
+
+    @field_validator("name")
+    @classmethod
+    def _not_reserved(cls, name: str) -> str:
+        # The worker logs the run's own CPU, memory and GPU under sys/ at the run's step: a
+        # client's point there would take the place of a sample (or a sample of it).
+        if is_system_metric(name):
+            raise ValueError(
+                f"names under {SYSTEM_PREFIX!r} are reserved for the system metrics the worker samples"
+            )
+        return name
 
 
 class MetricsIn(Schema):

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from functools import wraps
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest, HttpResponse
@@ -56,12 +57,21 @@ def _request_body(request: HttpRequest) -> dict[str, Any]:
     if not request.body:
         return {}
     try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError):
-        raise MlflowError("BAD_REQUEST", "The request body is not valid JSON.") from None
+        # orjson parses log-batch, every logged point, several times faster. What it refuses and
+        # the standard parser takes (bare NaN, integers beyond 64 bits) goes to the latter.
+        body = orjson.loads(request.body)
+    except orjson.JSONDecodeError:
+        body = _json_loads_std(request.body)
     if not isinstance(body, dict):
         raise MlflowError("BAD_REQUEST", "The request body must be a JSON object.")
     return body
+
+
+def _json_loads_std(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise MlflowError("BAD_REQUEST", "The request body is not valid JSON.") from None
 
 
 def mlflow_endpoint(

@@ -23,7 +23,8 @@ class MetricRollup(models.Model):
     Maintained by metrics_write in the transaction that inserts the points.
     """
 
-    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="rollups")
+    # The unique (run, name, level, bucket) serves lookups by run: no index of its own to maintain.
+    run = models.ForeignKey(Run, on_delete=models.CASCADE, related_name="rollups", db_index=False)
     name = models.CharField(max_length=64)
     level = models.PositiveSmallIntegerField()
     bucket = models.PositiveIntegerField()

@@ -11,6 +11,7 @@ without spending an attempt. So does an outage of the database or the broker und
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -45,6 +46,7 @@ from experiments.runs.services import (
     run_start,
     run_succeed,
 )
+from experiments.runs.system import ProcessTreeSampler, StepSampler
 from experiments.runs.tokens import run_token_mint
 
 logger = logging.getLogger(__name__)
@@ -273,14 +275,38 @@ class RunMonitor(threading.Thread):
         super().__init__(name=f"monitor-run-{ctx.run.pk}", daemon=True)
         self.ctx = ctx
         self.done = threading.Event()
+        self.system = _system_sampler(ctx)
+
+    def sample_system(self) -> None:
+        """Log the run's system metrics at its current step (never lets a failure reach the run)."""
+        if self.system is None:
+            return
+        try:
+            self.system.tick()
+        except Exception:
+            logger.warning("run %s: system metrics sample failed", self.ctx.run.pk, exc_info=True)
+
+    def close_system(self) -> None:
+        """Take a last sample at the final step, then let go of NVML."""
+        if self.system is None:
+            return
+        self.sample_system()
+        with contextlib.suppress(Exception):
+            self.system.sampler.close()
+        self.system = None
 
     def run(self) -> None:
         """Poll every CANCEL_POLL_SECONDS; heart-beat every HEARTBEAT_SECONDS."""
         poll = float(settings.CANCEL_POLL_SECONDS)
         every = float(settings.HEARTBEAT_SECONDS)
+        sample_every = float(settings.SYSTEM_METRICS_SECONDS)
         last_beat = 0.0
+        last_sample = time.monotonic()
         try:
             while not self.done.wait(poll):
+                if self.system is not None and time.monotonic() - last_sample >= sample_every:
+                    self.sample_system()
+                    last_sample = time.monotonic()
                 try:
                     self._check()
                     if time.monotonic() - last_beat >= every:
@@ -301,9 +327,12 @@ class RunMonitor(threading.Thread):
     def _check(self) -> None:
         row = (
             Run.objects.filter(pk=self.ctx.run.pk)
-            .values("status", "cancel_requested_at", "experiment__state")
+            .values("status", "cancel_requested_at", "experiment__state", "last_step")
             .first()
         )
+        if row is not None and (row["last_step"] or 0) > self.ctx.last_step:
+            # A script's points come in over the API, not through ctx.log: its step is the run's.
+            self.ctx.last_step = int(row["last_step"])
         if row is None or row["status"] != RunStatus.RUNNING:
             self.ctx.request_stop("", "the run was ended elsewhere (watchdog)")
         elif row["cancel_requested_at"] is not None or row["experiment__state"] != State.RUNNING:
@@ -329,6 +358,18 @@ class RunMonitor(threading.Thread):
         send_to_groups([experiment_group(ctx.run.experiment_id), FLEET_GROUP], dict(payload))
 
 
+def _system_sampler(ctx: DbRunContext) -> StepSampler | None:
+    """Return the sampler of this pool process's tree (and leased GPU), None when switched off or failing."""
+    if float(settings.SYSTEM_METRICS_SECONDS) <= 0:
+        return None
+    try:
+        sampler = ProcessTreeSampler(device=ctx.device)
+    except Exception:
+        logger.warning("run %s: no system metrics", ctx.run.pk, exc_info=True)
+        return None
+    return StepSampler(sampler, ctx.reporter.log, lambda: ctx.last_step)
+
+
 def run_execute(*, run_id: int, worker: str) -> str:
     """Claim the run and train its recipe to the end, a stop or an error; return the run's final status."""
     run = run_start(run_id=run_id, worker=worker)
@@ -350,6 +391,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
     except BaseException as exc:
         monitor.done.set()
         monitor.join(5)
+        monitor.close_system()
         _close_quietly(reporter)
         _close_log_quietly(log_writer)
         cause = _platform_cause(exc)
@@ -368,6 +410,7 @@ def run_execute(*, run_id: int, worker: str) -> str:
         return RunStatus.INTERRUPTED if cause else RunStatus.FAILED
     monitor.done.set()
     monitor.join(5)
+    monitor.close_system()
     # Every point must be in the database before the run (and experiment) say "done".
     reporter.close()
     _close_log_quietly(log_writer, malformed_lines=getattr(result, "malformed_lines", 0))

@@ -80,15 +80,20 @@ def _live(run: Run) -> bool:
     return run.status == RunStatus.RUNNING
 
 
-def run_control_state(*, run: Run) -> ControlState:
-    """Return whether the run's client should stop, read afresh from the database."""
-    row = (
-        Run.objects.filter(pk=run.pk)
-        .values(
-            "status", "cancel_requested_at", "stop_requested_at", "stop_reason", "error", "experiment__state"
-        )
-        .first()
-    )
+# What the control state is read from: the run's row and its experiment's state.
+_STATE_FIELDS = (
+    "status",
+    "cancel_requested_at",
+    "stop_requested_at",
+    "stop_reason",
+    "error",
+    "experiment__state",
+    # A worker's run is heart-beaten by its worker, not by the client inside its script.
+    "experiment__executor",
+)
+
+
+def _control_state_of(run: Run, row: dict[str, Any] | None) -> ControlState:
     if row is None:
         return ControlState(stop=True, reason="the run no longer exists")
     if row["status"] != RunStatus.RUNNING:
@@ -106,6 +111,11 @@ def run_control_state(*, run: Run) -> ControlState:
         why = f": {last.event} by {last.actor}" + (f" ({last.reason})" if last.reason else "") if last else ""
         return ControlState(stop=True, reason=f"the experiment is {row['experiment__state']}{why}"[:500])
     return ControlState(stop=False, reason=None)
+
+
+def run_control_state(*, run: Run) -> ControlState:
+    """Return whether the run's client should stop, read afresh from the database."""
+    return _control_state_of(run, Run.objects.filter(pk=run.pk).values(*_STATE_FIELDS).first())
 
 
 def _clean_config(experiment: Experiment, config: dict[str, Any] | None) -> dict[str, Any]:
@@ -183,10 +193,46 @@ def external_run_start(*, experiment: Experiment, actor: Actor, config: dict[str
 
 
 def _validate(points: Sequence[Point]) -> list[MetricPointPayload]:
-    """Return the points as payloads, or raise PointsInvalid naming each bad field."""
+    """Return the points as payloads, or raise PointsInvalid naming each bad field.
+
+    Every logged point passes here, so the common shape (a str name, an int step, a finite
+    float value) takes one tight loop; the first point outside it sends the whole batch
+    through the field-by-field checks, which name what is wrong.
+    """
+    out: list[MetricPointPayload] = []
+    append = out.append
+    now = time.time()
+    isfinite = math.isfinite
+    try:
+        for name, step, value, wall_time in points:
+            if (
+                type(name) is not str
+                or not 0 < len(name) <= MAX_METRIC_NAME
+                or type(step) is not int
+                or not 0 <= step <= MAX_STEP
+                or type(value) is not float
+            ):
+                raise TypeError
+            if wall_time is None:
+                wall_time = now
+            elif type(wall_time) is not float or not isfinite(wall_time):
+                raise TypeError
+            append(
+                {
+                    "name": name,
+                    "step": step,
+                    "value": value if isfinite(value) else None,
+                    "wall_time": wall_time,
+                }
+            )
+    except (TypeError, ValueError):
+        return _validate_each(points, now)
+    return out
+
+
+def _validate_each(points: Sequence[Point], now: float) -> list[MetricPointPayload]:
     errors: list[tuple[int, str, str]] = []
     out: list[MetricPointPayload] = []
-    now = time.time()
     for i, point in enumerate(points):
         try:
             name, step, value, wall_time = point
@@ -227,7 +273,9 @@ def _not_stored(run: Run, payloads: list[MetricPointPayload]) -> list[MetricPoin
     """
     unique: dict[tuple[str, int], MetricPointPayload] = {}
     for p in payloads:
-        unique.setdefault((p["name"], p["step"]), p)
+        key = (p["name"], p["step"])
+        if key not in unique:
+            unique[key] = p
     if not unique:
         return []
     steps = [s for _, s in unique]
@@ -236,6 +284,8 @@ def _not_stored(run: Run, payloads: list[MetricPointPayload]) -> list[MetricPoin
             run_id=run.pk, name__in={n for n, _ in unique}, step__gte=min(steps), step__lte=max(steps)
         ).values_list("name", "step")
     )
+    if not stored:  # the usual case: nothing of the batch was sent before
+        return list(unique.values())
     return [p for key, p in unique.items() if key not in stored]
 
 
@@ -254,16 +304,23 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
     last_step = max((p["step"] for p in payloads), default=0)
     with transaction.atomic():
         # One batch of a run at a time: a retry racing its own first attempt (whose answer was
-        # lost) must not find the same points "not stored" and publish them twice.
-        Run.objects.select_for_update().filter(pk=run.pk).values_list("pk", flat=True).first()
+        # lost) must not find the same points "not stored" and publish them twice. The locked
+        # row is also the answer's control state: no query after commit. (The policies that
+        # look at this batch after commit act through the control queue, never within this
+        # request, so a later read could not have seen their stop either.)
+        row = Run.objects.select_for_update(of=("self",)).filter(pk=run.pk).values(*_STATE_FIELDS).first()
         fresh = _not_stored(run, payloads)
         if fresh:
             metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
-        if _client_driven(run):
+        if (
+            row is not None
+            and row["status"] == RunStatus.RUNNING
+            and row["experiment__executor"] == Executor.EXTERNAL
+        ):
             Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
                 heartbeat_at=timezone.now(), last_step=Greatest(F("last_step"), last_step)
             )
-    return run_control_state(run=run)
+    return _control_state_of(run, row)
 
 
 def _client_driven(run: Run) -> bool:

@@ -97,10 +97,15 @@ class _StreamCursor:
     def ranges(self, run_id: int, points: list[MetricPointPayload]) -> dict[str, StepRange]:
         """Return {metric: {after, first, last}} for a frame's points, and move the cursor past them."""
         spans: dict[str, list[int]] = {}
-        for point in points:
-            span = spans.setdefault(point["name"], [point["step"], point["step"]])
-            span[0] = min(span[0], point["step"])
-            span[1] = max(span[1], point["step"])
+        for point in points:  # every published point: plain comparisons, no min()/max() calls
+            step = point["step"]
+            span = spans.get(point["name"])
+            if span is None:
+                spans[point["name"]] = [step, step]
+            elif step < span[0]:
+                span[0] = step
+            elif step > span[1]:
+                span[1] = step
         out: dict[str, StepRange] = {}
         with self._lock:
             for name, (first, last) in spans.items():

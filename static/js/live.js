@@ -41,6 +41,16 @@
     { key: "loss", title: "Loss", test: (n) => /(^|[_/.])loss$/i.test(n) || /^loss/i.test(n) },
     { key: "quality", title: "Accuracy and F1", test: (n) => /(acc|accuracy|f1|precision|recall|auc)$/i.test(n) },
   ];
+  // The run's own system metrics (sys/cpu_percent, sys/rss_mb, sys/gpu_util, sys/gpu_mem_mb,
+  // sampled by the worker at the training step) go to the System panel, never among the curves.
+  const SYSTEM_PREFIX = "sys/";
+  const SYSTEM_GROUPS = [
+    { key: "sys-util", title: "CPU and GPU utilisation (%)", test: (n) => /^sys\/(cpu_percent|gpu_util)$/.test(n) },
+    { key: "sys-mem", title: "Memory (MB)", test: (n) => /^sys\/.*_mb$/.test(n) },
+  ];
+  function isSystem(name) {
+    return name.startsWith(SYSTEM_PREFIX);
+  }
 
   // --- the toolbar's choices, kept in the URL (?smooth=0.6&logy=1&x=relative&hide=f1&panels=metric)
   const query = new URLSearchParams(window.location.search);
@@ -81,9 +91,15 @@
   const progressBox = ensureProgress();
   const chartsBox = el("div", { class: "live-chart-grid" });
   const empty = el("p", { class: "muted live-empty" }, "No metrics yet: charts appear when the run logs its first points.");
+  const systemBox = el("div", { class: "live-chart-grid", id: "system-charts" });
+  const systemPanel = el("section", { class: "system-panel", id: "system-panel", "aria-labelledby": "system-title", hidden: "" }, [
+    el("h3", { id: "system-title" }, "System"),
+    el("p", { class: "muted small" }, "CPU (% of one core, summed over the run's processes), memory, and the leased GPU, sampled by the worker at the training step."),
+    systemBox,
+  ]);
   root.classList.add("card");
   const toolbar = buildToolbar();
-  root.append(el("div", { class: "card-head" }, [el("h2", {}, "Training curves"), status]), toolbar, progressBox, chartsBox, empty);
+  root.append(el("div", { class: "card-head" }, [el("h2", {}, "Training curves"), status]), toolbar, progressBox, chartsBox, empty, systemPanel);
   addStylesheet();
 
   function el(tag, attrs, children) {
@@ -130,6 +146,11 @@
 
   // --- charts ----------------------------------------------------------------------------
   function groupOf(name) {
+    if (isSystem(name)) {
+      if (view.panels === "metric") return { key: "sys-m-" + name, title: name, system: true };
+      const g = SYSTEM_GROUPS.find((group) => group.test(name));
+      return g ? { ...g, system: true } : { key: "sys-other", title: "System", system: true };
+    }
     if (view.panels === "metric") return { key: "m-" + name, title: name };
     for (const g of GROUPS) if (g.test(name)) return g;
     const prefix = name.includes("/") ? name.split("/")[0] : "other";
@@ -141,7 +162,12 @@
     let chart = charts.get(group.key);
     if (!chart) {
       const div = el("div", { class: "live-chart", id: "chart-" + group.key.replace(/[^a-z0-9_-]/gi, "_") });
-      chartsBox.append(div);
+      if (group.system) {
+        systemBox.append(div);
+        systemPanel.hidden = false;
+      } else {
+        chartsBox.append(div);
+      }
       chart = { key: group.key, el: div, names: [], zoomed: false };
       charts.set(group.key, chart);
       Plotly.newPlot(div, [], {
@@ -187,7 +213,7 @@
     addMetricChoice(name);
     scheduleView();
     chart.el.dataset.metrics = chart.names.join(",");
-    empty.hidden = true;
+    if (!isSystem(name)) empty.hidden = true;
     return trace;
   }
 
@@ -220,6 +246,7 @@
 
   // Losses first, then quality scores, then the rest: the charts appear in that order.
   function rank(name) {
+    if (isSystem(name)) return GROUPS.length + 1;
     const i = GROUPS.findIndex((g) => g.test(name));
     return i === -1 ? GROUPS.length : i;
   }

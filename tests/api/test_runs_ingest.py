@@ -125,6 +125,20 @@ def test_a_bad_point_is_a_422_naming_its_index_and_field_and_nothing_is_written(
     assert not MetricPoint.objects.exists()
 
 
+def test_a_point_under_the_reserved_sys_prefix_is_a_422_naming_its_name_and_nothing_is_written(
+    operator: User, token_for: TokenFor
+) -> None:
+    started = _start(operator, token_for)
+    points = [{"name": "loss", "step": 1, "value": 1.0}, {"name": "sys/rss_mb", "step": 1, "value": 9.0}]
+
+    response = _post(Client(), f"/api/runs/{started['id']}/metrics", {"points": points}, started["token"])
+
+    assert response.status_code == 422
+    [error] = response.json()["detail"]
+    assert error["loc"] == ["body", "points", 1, "name"] and "reserved" in error["msg"]
+    assert not MetricPoint.objects.exists()
+
+
 def test_more_than_ten_thousand_points_is_a_413_naming_points(operator: User, token_for: TokenFor) -> None:
     started = _start(operator, token_for)
     points = [{"name": "l", "step": s, "value": 0.0} for s in range(10_001)]

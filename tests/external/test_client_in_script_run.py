@@ -84,7 +84,9 @@ def test_a_scripts_client_points_arrive_once_and_a_cancel_reaches_should_stop(
     series = _history(web, reader, done.pk)["series"]
     assert series["loss"]["steps"] == list(range(1, 121))  # every step, once
     assert series["val_loss"]["steps"] == list(range(10, 121, 10))
-    assert MetricPoint.objects.filter(run=run).count() == 120 + 2 * 12
+    # The script's own points; the worker adds the run's sys/ metrics beside them.
+    assert MetricPoint.objects.filter(run=run).exclude(name__startswith="sys/").count() == 120 + 2 * 12
+    assert MetricPoint.objects.filter(run=run, name="sys/rss_mb").exists()
     log = _log(run)
     assert f"attached to run {run.pk}" in log and "done" in log.splitlines()
 

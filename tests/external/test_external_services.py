@@ -134,6 +134,34 @@ def test_a_malformed_point_refuses_the_whole_batch_naming_the_field() -> None:
     assert not MetricPoint.objects.filter(run=run).exists()
 
 
+def test_integer_values_and_times_are_stored_as_numbers_beside_float_ones() -> None:
+    run = external_run_start(experiment=_external(), actor=Actor.system("test"))
+
+    external_metrics_ingest(
+        run=run,
+        points=[("loss", 0, 0.5, None), ("loss", 1, 2, 1_700_000_000), ("acc", 1, float("inf"), None)],
+    )
+
+    stored = {(p.name, p.step): p for p in MetricPoint.objects.filter(run=run)}
+    assert stored[("loss", 0)].value == 0.5
+    assert stored[("loss", 1)].value == 2.0 and stored[("loss", 1)].wall_time == 1_700_000_000.0
+    assert stored[("acc", 1)].value is None
+
+
+def test_a_batch_reaching_an_ended_run_is_stored_and_answers_stop_without_a_heartbeat() -> None:
+    run = external_run_start(experiment=_external(), actor=Actor.system("test"))
+    external_run_finish(run=run, status="completed")
+    run.refresh_from_db()
+    beat = run.heartbeat_at
+
+    state = external_metrics_ingest(run=run, points=[("loss", 7, 0.25, None)])
+
+    assert state.stop is True and state.reason and state.reason.startswith("the run has ended (succeeded)")
+    assert MetricPoint.objects.filter(run=run, step=7).exists()
+    run.refresh_from_db()
+    assert run.heartbeat_at == beat
+
+
 def test_cancel_and_early_stop_reach_the_client_through_its_control_state() -> None:
     run = external_run_start(experiment=_external(), actor=Actor.system("test"))
     assert external_run_heartbeat(run=run).stop is False

@@ -136,3 +136,28 @@ def test_dry_run_and_backtest_show_how_close_each_condition_came() -> None:
     assert "Near misses" in page.content.decode() and "0.04" in page.content.decode()
     page = client.get(f"/admin/control/policy/{policy.pk}/dry-run/", {"experiment": experiment.pk})
     assert "0.06" in page.content.decode()
+
+
+def test_a_condition_may_name_the_system_metrics_every_run_logs_but_not_a_misspelt_one() -> None:
+    policy = make_policy(
+        "memory_guard",
+        PolicyKind.CUSTOM,
+        [{"kind": "metric", "metric": "sys/rss_mb", "operator": ">", "threshold": 4000}],
+        [],
+        scope_recipes=["digits"],
+    )
+    with pytest.raises(ValidationError) as refused:
+        make_policy(
+            "memory_typo",
+            PolicyKind.CUSTOM,
+            [{"kind": "metric", "metric": "sys/rss_gb", "operator": ">", "threshold": 4}],
+            [],
+            scope_recipes=["digits"],
+        )
+    assert "'sys/rss_gb'" in refused.value.message_dict["metric"][0]
+
+    # The condition reads the stored sys/ points like any metric.
+    experiment = experiment_through("queue", "start", name="hungry")
+    record_run(experiment, {"loss": [1.0, 0.5], "sys/rss_mb": [3000.0, 4500.0]})
+    [memory] = policy_dry_run(policy=policy, experiment=experiment)["conditions"]
+    assert memory["passed"] is True and memory["value"] == pytest.approx(4500.0)

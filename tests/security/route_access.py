@@ -7,7 +7,7 @@ of four people gets:
 - nobody: logged in, without any permission;
 - viewer: may look at experiments (experiments.view_experiment), nothing else;
 - operator: the demo's Researchers group (create, start, cancel, promote, roll back, retrain...)
-  plus the control pages (GPUs, Triggers) and deciding on triggers.
+  plus the control pages (GPUs, Triggers), deciding on triggers, and seeing and editing policies.
 
 A route added without a row here fails tests/security/test_route_access.py, which names the row to add.
 Summarised for people in SECURITY.md.
@@ -26,6 +26,9 @@ OPERATOR_EXTRA_PERMISSIONS = (
     "control.view_device",
     "control.view_triggerevent",
     "control.change_triggerevent",
+    "control.view_policy",
+    "control.change_policy",
+    "control.add_policy",
 )
 
 # HTTP outcomes.
@@ -85,6 +88,12 @@ ROUTES: dict[str, Route] = {
     "triggers:list": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
     "triggers:rows": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
     "triggers:decide": Route("POST", LOGIN, HIDDEN, HIDDEN, ALLOWED),
+    # --- pages: policies ------------------------------------------------------------------
+    "policies:list": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
+    "policies:new": Route("GET", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
+    "policies:edit": Route("GET", LOGIN, HIDDEN, HIDDEN, ALLOWED),
+    # The preview's body names no experiment: a 422 past the access check.
+    "policies:preview": Route("POST", LOGIN, FORBIDDEN, FORBIDDEN, ALLOWED),
     # --- registry, deployments ------------------------------------------------------------
     "registry:index": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "registry:rollback": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),

@@ -61,13 +61,13 @@ CONFIG = SchemathesisConfig.from_dict(
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "422"]}},
             },
             # External runs: a recipe's config (422 naming the parameter), parameter and tag keys
-            # (at most 250 characters, 422 naming the key).
+            # (at most 250 characters, 422 naming the key), metric names under the reserved sys/.
             *(
                 {
                     "include-operation-id": f"experiments_api_runs_{name}",
                     "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "422"]}},
                 }
-                for name in ("run_start_view", "run_params_view", "run_tags_view")
+                for name in ("run_start_view", "run_params_view", "run_tags_view", "run_metrics_view")
             ),
             {
                 "include-operation-id": "experiments_api_routes_experiment_action",

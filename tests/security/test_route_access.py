@@ -115,6 +115,7 @@ def _objects() -> dict[str, Any]:
         **URL_VALUES,
         "experiment_id": experiment.pk,
         "trigger_id": trigger.pk,
+        "policy_id": policy.pk,
         "run_id": run.pk,
         "worker_run_id": worker_run.pk,
     }
