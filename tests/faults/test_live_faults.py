@@ -13,11 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import random
-import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -29,14 +26,14 @@ import pytest
 from django.contrib.auth.models import Permission, User
 from django.test import Client
 
-from bench.common import WebSocketClient, wait_for_port
+from bench.common import WebSocketClient
 from crucible_ui.redis_server import free_port, start_redis
 from experiments.models import MetricPoint
 from experiments.runs.reporting import MetricReporter
 from experiments.services import experiment_create
-from tests.conftest import worker_database_url
 from tests.live.helpers import run_for
 from tests.live.stream import StreamMirror
+from tests.web_server import daphne_server
 
 pytestmark = [pytest.mark.fault, pytest.mark.django_db(transaction=True)]
 
@@ -78,47 +75,13 @@ def fault_redis(tmp_path: Path) -> Iterator[FaultRedis]:
 @pytest.fixture
 def daphne(transactional_db: Any, fault_redis: FaultRedis, tmp_path: Path) -> Iterator[int]:
     """Serve the project from Daphne on the test database, its channel layer on the fault Redis; return the port."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": worker_database_url(),
-        "REDIS_URL": fault_redis.url,
-        "CELERY_BROKER_URL": fault_redis.url,
-        "CELERY_RESULT_BACKEND": fault_redis.url,
-        "DJANGO_SETTINGS_MODULE": "crucible_ui.settings",
-        "DEBUG": "true",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    log_path = tmp_path / "daphne.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "crucible_ui.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for_port(port, proc=proc, what="daphne", log=log_path)
+    with daphne_server(
+        tmp_path,
+        REDIS_URL=fault_redis.url,
+        CELERY_BROKER_URL=fault_redis.url,
+        CELERY_RESULT_BACKEND=fault_redis.url,
+    ) as port:
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 class Page:

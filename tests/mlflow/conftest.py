@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,10 +18,8 @@ from typing import Any
 
 import pytest
 
-from bench.common import wait_for_port
 from bench.mlflow_env import MLFLOW_REQUIREMENT, ensure_mlflow_venv
-from crucible_ui.redis_server import free_port
-from tests.conftest import worker_database_url
+from tests.web_server import daphne_server
 
 ROOT = Path(__file__).resolve().parents[2]
 # A script of the official client gets this long; logging 10k points takes seconds.
@@ -47,44 +44,8 @@ def mlflow_python() -> Path:
 @pytest.fixture
 def live_server_port(transactional_db: Any, tmp_path: Path) -> Iterator[int]:
     """Serve the project from Daphne on the test database and the session's Redis; return the port."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": worker_database_url(),
-        "DJANGO_SETTINGS_MODULE": "crucible_ui.settings",
-        "DEBUG": "true",
-        "LOG_LEVEL": "WARNING",
-    }
-    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
-    log_path = tmp_path / "daphne.log"
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "daphne",
-                "-b",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "crucible_ui.asgi:application",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for_port(port, proc=proc, what="daphne", log=log_path)
+    with daphne_server(tmp_path) as port:
         yield port
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
 
 
 @dataclass
