@@ -13,6 +13,10 @@
   let runId = Number(pre.dataset.runId);
   let lastLine = 0; // number of the last line shown (frames say where they start)
   let loading = null;
+  // Lines that frames brought while a tail was being fetched: the tail replaces the panel, so
+  // these are put back (those the tail already holds only get their stream back, since the file
+  // keeps no stream; the rest follow it).
+  let arrivedDuringLoad = null;
 
   function urlFor(id) {
     return pre.dataset.urlTemplate.replace(/\/runs\/0\/log\/$/, "/runs/" + id + "/log/");
@@ -39,20 +43,39 @@
   function loadTail() {
     if (!runId) return Promise.resolve(); // no run yet: the first frame starts the log
     if (loading) return loading;
+    const loadingRun = runId;
+    arrivedDuringLoad = [];
     loading = fetch(urlFor(runId) + "?tail=" + pre.dataset.tailLines, { credentials: "same-origin" })
       .then((r) => (r.ok ? r.text() : Promise.reject(new Error(String(r.status)))))
       .then((text) => {
-        pre.textContent = "";
+        if (runId !== loadingRun) return; // a new attempt started meanwhile: its frames own the panel
         const lines = text ? text.replace(/\n$/, "").split("\n") : [];
-        append(lines.map((line) => ({ stream: "stdout", line })));
+        const arrived = arrivedDuringLoad || [];
+        // The tail ends with the first k of the lines that arrived meanwhile (written before the
+        // file was read); the others were written after it.
+        let k = Math.min(arrived.length, lines.length);
+        while (k > 0 && !endsWith(lines, arrived, k)) k -= 1;
+        pre.textContent = "";
+        const shown = lines.map((line) => ({ stream: "stdout", line }));
+        for (let i = 0; i < k; i += 1) shown[lines.length - k + i] = arrived[i];
+        append(shown.concat(arrived.slice(k)));
         // Frames after this carry line numbers past what the file held: the page counts from the
         // frames, so a tail taken mid-run simply continues.
-        lastLine = -1;
+        lastLine = arrived.length ? arrivedLast : -1;
         pre.dataset.loaded = String(Date.now());
       })
       .catch(() => {})
-      .finally(() => { loading = null; });
+      .finally(() => { loading = null; arrivedDuringLoad = null; });
     return loading;
+  }
+
+  let arrivedLast = -1;
+
+  function endsWith(lines, arrived, k) {
+    for (let i = 0; i < k; i += 1) {
+      if (lines[lines.length - k + i] !== arrived[i].line) return false;
+    }
+    return true;
   }
 
   function onFrame(msg) {
@@ -70,6 +93,10 @@
     if (lastLine > 0 && msg.first_line <= lastLine) lines = lines.slice(lastLine - msg.first_line + 1);
     append(lines);
     lastLine = msg.first_line + (msg.lines || []).length - 1;
+    if (arrivedDuringLoad) {
+      arrivedDuringLoad.push(...lines);
+      arrivedLast = lastLine;
+    }
     if (msg.skipped && note) {
       note.hidden = false;
       note.textContent = msg.skipped + " lines were printed faster than the page follows: see the download.";
