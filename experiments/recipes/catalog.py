@@ -57,6 +57,15 @@ def _heads_divide_width(config: dict[str, ParamValue]) -> dict[str, str]:
     return {}
 
 
+def _completion_fits_context(config: dict[str, ParamValue]) -> dict[str, str]:
+    context, completion = int(config["context"]), int(config["completion"])
+    if completion > context // 2:
+        return {
+            "completion": f"must be at most half the context ({context // 2}), to leave room for a prompt"
+        }
+    return {}
+
+
 BUILTINS: dict[str, RecipeSpec] = {
     spec.name: spec
     for spec in (
@@ -148,6 +157,130 @@ BUILTINS: dict[str, RecipeSpec] = {
                     for m in (LOSS, VAL_LOSS, ACCURACY, F1)
                 ),
             ),
+        ),
+        RecipeSpec(
+            name="dpo",
+            summary=(
+                "Preference tuning (DPO) of a byte-level LM: prefer code whose brackets balance over the"
+                " same code with a mismatched closing bracket (dpo_loss, reward_accuracy, kl)."
+            ),
+            params=(
+                Param(
+                    "base_run",
+                    int,
+                    0,
+                    "Id of a charlm run whose last checkpoint is the starting model (0: pre-train one here first).",
+                    0,
+                    2**31 - 1,
+                ),
+                Param(
+                    "pretrain_steps",
+                    int,
+                    300,
+                    "Language-model steps on the corpus before DPO, when no base_run is given.",
+                    1,
+                    1_000_000,
+                ),
+                Param("steps", int, 150, "DPO optimiser steps.", 1, 1_000_000),
+                Param("batch_size", int, 16, "Preference pairs (or LM sequences) per step.", 1, 1024),
+                Param("context", int, 64, "Bytes per sequence: prompt plus completion.", 16, 4096),
+                Param(
+                    "completion", int, 8, "Bytes of each completion, starting at its closing bracket.", 1, 256
+                ),
+                Param("d_model", int, 64, "Model width.", 16, 4096),
+                Param("n_layers", int, 2, "Transformer blocks.", 1, 64),
+                Param("n_heads", int, 4, "Attention heads (must divide d_model).", 1, 64),
+                Param(
+                    "beta",
+                    float,
+                    0.1,
+                    "DPO temperature: how far from the reference the policy may move.",
+                    1e-4,
+                    10.0,
+                ),
+                Param("lr", float, 0.001, "AdamW learning rate of the DPO phase.", 1e-6, 1.0),
+                Param(
+                    "pretrain_lr", float, 0.003, "AdamW learning rate of the pre-training phase.", 1e-6, 1.0
+                ),
+                Param(
+                    "eval_every", int, 50, "Steps between held-out evaluations (and checkpoints).", 1, 100_000
+                ),
+                Param("eval_pairs", int, 256, "Held-out preference pairs per evaluation.", 8, 100_000),
+                *COMMON_PARAMS,
+            ),
+            entry="experiments.recipes.dpo:RECIPE",
+            constraints=(_heads_divide_width, _completion_fits_context),
+            **metric_fields(
+                Metric("pretrain_loss", "lower", "Next-byte loss while pre-training the base model."),
+                Metric("dpo_loss", "lower", "DPO loss of the last step."),
+                Metric("reward_margin", "higher", "Implicit reward of chosen minus rejected completions."),
+                Metric(
+                    "reward_accuracy", "higher", "Share of the step's pairs whose chosen completion wins."
+                ),
+                Metric(
+                    "kl", "lower", "Per-byte KL of the policy from the frozen reference on the completions."
+                ),
+                Metric(
+                    "val_reward_accuracy", "higher", "reward_accuracy on held-out pairs never trained on."
+                ),
+            ),
+            evaluator="experiments.recipes.dpo:evaluate_checkpoint",
+        ),
+        RecipeSpec(
+            name="grpo",
+            summary=(
+                "Reinforcement learning (GRPO): a tiny transformer learns to reverse digit strings from a"
+                " reward alone (reward_mean, kl, entropy)."
+            ),
+            params=(
+                Param(
+                    "steps",
+                    int,
+                    200,
+                    "Policy updates (each on a fresh batch of sampled groups).",
+                    1,
+                    1_000_000,
+                ),
+                Param("length", int, 3, "Digits per prompt (and per answer).", 2, 12),
+                Param("prompts", int, 32, "Prompts per step.", 1, 4096),
+                Param(
+                    "group_size",
+                    int,
+                    8,
+                    "Answers sampled per prompt; advantages are normalised within it.",
+                    2,
+                    256,
+                ),
+                Param("ppo_epochs", int, 2, "Optimiser steps on each batch of samples.", 1, 32),
+                Param("clip", float, 0.2, "PPO clip range of the probability ratio.", 0.01, 1.0),
+                Param("beta", float, 0.01, "Weight of the KL penalty to the frozen reference.", 0.0, 10.0),
+                Param("temperature", float, 1.0, "Sampling temperature.", 0.05, 10.0),
+                Param("d_model", int, 64, "Model width.", 16, 4096),
+                Param("n_layers", int, 2, "Transformer blocks.", 1, 64),
+                Param("n_heads", int, 4, "Attention heads (must divide d_model).", 1, 64),
+                Param("lr", float, 0.001, "AdamW learning rate.", 1e-6, 1.0),
+                Param(
+                    "eval_every", int, 50, "Steps between held-out evaluations (and checkpoints).", 1, 100_000
+                ),
+                *COMMON_PARAMS,
+            ),
+            entry="experiments.recipes.grpo:RECIPE",
+            constraints=(_heads_divide_width,),
+            **metric_fields(
+                Metric("reward_mean", "higher", "Mean reward of the step's samples (share of digits right)."),
+                Metric(
+                    "reward_std", "higher", "Spread of the step's rewards: the learning signal (0: none)."
+                ),
+                Metric("kl", "lower", "KL of the policy from the frozen reference on its samples."),
+                Metric(
+                    "entropy", "higher", "Mean per-digit entropy of the policy (0: it stopped exploring)."
+                ),
+                Metric("loss", "lower", "Clipped policy loss plus the KL penalty, last optimiser step."),
+                Metric(
+                    "mean_return", "higher", "Greedy answers' reward on held-out prompts never trained on."
+                ),
+            ),
+            evaluator="experiments.recipes.grpo:evaluate_checkpoint",
         ),
         RecipeSpec(
             name="script",

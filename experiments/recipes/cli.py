@@ -2,6 +2,7 @@
 
     python -m experiments.recipes list [--json]
     python -m experiments.recipes run digits --device auto --seed 0 --set epochs=5 --checkpoint-dir ck/
+    python -m experiments.recipes run dpo --set base_run=1 --run-checkpoint 1=ck/step-000000300.pt
     python -m experiments.recipes bench --device cuda --set d_model=512 --set n_layers=8
 
 `run` prints one JSON object per metric point, then `{"summary": {...}}`. With --checkpoint-dir an
@@ -50,6 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--dataset", dest="datasets", action="append", default=[], metavar="ID=PATH",
         help="the .npz file of curated dataset ID (configs name datasets by id); repeatable",
+    )  # fmt: skip
+    run.add_argument(
+        "--run-checkpoint", dest="run_checkpoints", action="append", default=[], metavar="ID=PATH",
+        help="the checkpoint file of run ID (dpo's base_run names a run by id); repeatable",
     )  # fmt: skip
     bench = sub.add_parser(
         "bench", help="charlm's tokens/s in the recipe against a bare loop of the same model and batch"
@@ -148,6 +153,20 @@ def _datasets(items: list[str], config: dict[str, ParamValue]) -> dict[int, str]
     return files
 
 
+def _run_checkpoints(items: list[str], config: dict[str, ParamValue]) -> dict[int, str]:
+    """Return the --run-checkpoint ID=PATH files, or raise UsageError; the config's base_run needs one."""
+    files: dict[int, str] = {}
+    for item in items:
+        key, sep, path = item.partition("=")
+        if not sep or not key.strip().isdigit() or not path:
+            raise UsageError(f"--run-checkpoint {item!r}: expected ID=PATH")
+        files[int(key)] = path
+    wanted = int(config.get("base_run", 0) or 0)
+    if wanted and wanted not in files:
+        raise UsageError(f"parameter 'base_run': run {wanted} needs --run-checkpoint {wanted}=PATH")
+    return files
+
+
 def _device(name: str) -> torch.device:
     # torch only now: `list` and argument errors stay fast.
     from .runtime import resolve_device
@@ -166,6 +185,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
     try:
         config = _config(spec, args.overrides, args.seed)
         datasets = _datasets(args.datasets, config)
+        run_checkpoints = _run_checkpoints(args.run_checkpoints, config)
         device = _device(args.device)
     except UsageError as exc:
         return _fail(str(exc))
@@ -177,6 +197,7 @@ def _run(args: argparse.Namespace, out: TextIO) -> int:
         checkpoint_dir=args.checkpoint_dir,
         out=out,
         datasets=datasets,
+        run_checkpoints=run_checkpoints,
     )
 
     def stop(signum: int, frame: FrameType | None) -> None:

@@ -39,7 +39,8 @@ def metric_json(name: str, step: int, value: float) -> str:
 class LocalRunContext:
     """Run context of the CLI and the tests: keeps points, echoes JSON lines, saves checkpoints.
 
-    Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path}.
+    Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path},
+    and other runs' checkpoints (dpo's base_run: an id) from run_checkpoints={id: path}.
     With checkpoint_dir, checkpoints are torch.save files `step-NNNNNNNNN.pt` (the newest `keep`
     are kept) and load_checkpoint() resumes from the newest; without it they stay in memory.
     """
@@ -53,6 +54,7 @@ class LocalRunContext:
         out: TextIO | None = None,
         keep: int = 2,
         datasets: Mapping[int, str | os.PathLike[str]] | None = None,
+        run_checkpoints: Mapping[int, str | os.PathLike[str]] | None = None,
     ) -> None:
         self.device = device
         self.seed = seed
@@ -60,6 +62,7 @@ class LocalRunContext:
         self.out = out
         self.keep = max(1, keep)
         self.datasets = {int(k): str(v) for k, v in (datasets or {}).items()}
+        self.run_checkpoints = {int(k): str(v) for k, v in (run_checkpoints or {}).items()}
         self.points: list[MetricPoint] = []
         self.fraction = 0.0
         self.saved_steps: list[int] = []
@@ -120,6 +123,14 @@ class LocalRunContext:
         if dataset_id not in self.datasets:
             raise ValueError(f"dataset #{dataset_id}: no file given for it to this run")
         return self.datasets[dataset_id]
+
+    # --- for recipes that start from another run's model (dpo.CheckpointHost) ---
+
+    def run_checkpoint_path(self, run_id: int) -> str:
+        """Return the checkpoint file the caller gave for this run id."""
+        if run_id not in self.run_checkpoints:
+            raise ValueError(f"run #{run_id}: no checkpoint file given for it to this run")
+        return self.run_checkpoints[run_id]
 
     # --- helpers for callers ---
 

@@ -181,6 +181,22 @@ class DbRunContext:
             raise ValueError(f"dataset #{dataset_id}: its file does not match its registered sha256")
         return str(path)
 
+    # --- for recipes that start from another run's model (experiments.recipes.dpo.CheckpointHost) ---
+
+    def run_checkpoint_path(self, run_id: int) -> str:
+        """Return the verified last checkpoint of run run_id (its own file, under ARTIFACTS_ROOT)."""
+        run = Run.objects.filter(pk=run_id).first()
+        if run is None:
+            raise ValueError(f"run #{run_id} does not exist")
+        if not run.checkpoint_path:
+            raise ValueError(f"run #{run_id} saved no checkpoint")
+        path = Path(run.checkpoint_path)
+        if not path.exists() or path.stat().st_size != run.checkpoint_size:
+            raise ValueError(f"run #{run_id}: its checkpoint file is missing or truncated")
+        if file_sha256(path) != run.checkpoint_sha256:
+            raise ValueError(f"run #{run_id}: its checkpoint does not match its recorded sha256")
+        return str(path)
+
     # --- for the script recipe (experiments.recipes.script.ScriptHost) ---
 
     def script_roots(self) -> list[str]:

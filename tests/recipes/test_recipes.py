@@ -229,7 +229,7 @@ def test_the_cli_names_what_is_wrong(
 def test_the_cli_lists_every_recipe_with_its_params(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["list", "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [r["name"] for r in listed] == ["digits", "charlm", "distill", "script"]
+    assert [r["name"] for r in listed] == ["digits", "charlm", "distill", "dpo", "grpo", "script"]
     assert "inject_nan_at_step" in {p["name"] for p in listed[1]["params"]}
 
 
