@@ -71,7 +71,7 @@ def test_every_demo_state_was_reached_by_an_audited_system_transition() -> None:
         log = experiment.transitions.order_by("created_at", "id").last()
         assert log is not None and log.target_state == experiment.state
         assert log.actor == "system:demo"
-    assert {e.recipe for e in Experiment.objects.all()} == {"digits", "charlm", "distill"}
+    assert {e.recipe for e in Experiment.objects.all()} == {"digits", "charlm", "distill", "dpo", "grpo"}
 
 
 def test_the_retrain_child_is_queued_with_lineage_and_no_invented_results() -> None:

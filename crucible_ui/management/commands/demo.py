@@ -72,6 +72,22 @@ DEMO_EXPERIMENTS: tuple[DemoExperiment, ...] = (
         priority_class=PriorityClass.OFFLINE,
     ),
     DemoExperiment(
+        name="dpo · prefer balanced brackets",
+        recipe="dpo",
+        description="Pre-trains a small byte-level LM, then tunes it with DPO to prefer code whose brackets "
+        "balance; watch reward_accuracy rise and kl grow.",
+        config={"pretrain_steps": 200, "steps": 100, "seed": 8},
+        priority_class=PriorityClass.BATCH,
+    ),
+    DemoExperiment(
+        name="grpo · learn to reverse digits from a reward",
+        recipe="grpo",
+        description="A tiny transformer samples groups of answers and learns from their rewards alone: "
+        "reward_mean climbs from chance (0.1) towards 1.",
+        config={"steps": 150, "seed": 9},
+        priority_class=PriorityClass.BATCH,
+    ),
+    DemoExperiment(
         name="digits · higher learning rate",
         recipe="digits",
         description="Queued by the demo: the scheduler hands it to the worker as soon as one is up.",
