@@ -173,3 +173,12 @@ def test_the_cli_runs_dpo_from_a_charlm_checkpoint_named_by_run_id(tmp_path: Pat
 def test_the_cli_asks_for_the_base_runs_checkpoint(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "dpo", "--set", "base_run=9"]) == 2
     assert "--run-checkpoint 9=PATH" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_dpo_trains_on_cuda_in_bf16() -> None:
+    ctx, result = train("dpo", LocalRunContext(device="cuda"), pretrain_steps=200, steps=100)
+    assert all(math.isfinite(v) for v in ctx.values("dpo_loss"))
+    assert result.final_metrics["val_reward_accuracy"] > 0.7
+    assert ctx.values("kl")[-1] > 0

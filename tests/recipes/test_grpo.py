@@ -129,3 +129,13 @@ def test_the_cli_runs_grpo_and_prints_its_figures(tmp_path: Path) -> None:
         "mean_return",
     }
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000002.pt", "step-000000004.pt"]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_grpo_trains_on_cuda_in_bf16() -> None:
+    ctx, result = train("grpo", LocalRunContext(device="cuda"), steps=150)
+    rewards = ctx.values("reward_mean")
+    assert all(math.isfinite(v) for v in ctx.values("loss"))
+    assert sum(rewards[-10:]) / 10 > sum(rewards[:10]) / 10 + 0.3
+    assert result.final_metrics["mean_return"] > 0.5
