@@ -25,6 +25,15 @@ from experiments.models.mlflow import (
     MlflowRun,
     MlflowRunStatus,
 )
+from experiments.models.outputs import (
+    EVALUATION_PENDING,
+    ArtifactKind,
+    EvaluationStatus,
+    RunArtifact,
+    RunEvaluation,
+    RunStage,
+    artifact_name_error,
+)
 from experiments.models.registry import (
     DatasetFileError,
     DatasetVersion,
@@ -40,6 +49,13 @@ from experiments.models.rollup import ROLLUP_WIDTHS, MetricRollup
 from experiments.models.runlog import RunLog
 
 __all__ = [
+    "EVALUATION_PENDING",
+    "ArtifactKind",
+    "EvaluationStatus",
+    "RunArtifact",
+    "RunEvaluation",
+    "RunStage",
+    "artifact_name_error",
     "CONFIRM_EVENTS",
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
