@@ -6,6 +6,7 @@ from django.db import models
 
 from experiments.recipes.outputs import artifact_name_error as artifact_name_error
 
+
 class RunStage(models.Model):
     """One stage of a run that completed (load_data, train, evaluate, export …) and how long it took.
 
