@@ -27,6 +27,7 @@ from .runtime import (
     autocast,
     inject_nan,
     make_optimizer,
+    params_finite,
     resolve_device,
     resume_checkpoint,
     rng_state,
@@ -367,7 +368,8 @@ class CharLMRecipe:
                 mark.abandon()
             elif "train" in done_stages:
                 mark.abandon()  # an earlier attempt finished it; this one only resumed past the end
-        if not stopped and "export" not in done_stages:
+        # NaN weights (a diverged run) sample nothing: such a run exports no samples.
+        if not stopped and "export" not in done_stages and params_finite(model):
             with stage(ctx, "export"):
                 save_artifact(ctx, "samples.txt", sample_text(model, seed=seed), kind="samples")
         if "val_loss" not in metrics:

@@ -25,7 +25,7 @@ from .classify import (
     steps_per_epoch,
 )
 from .outputs import completed_stages, save_artifact, stage
-from .runtime import make_optimizer, resume_checkpoint, rng_state, save_checkpoint, start_run
+from .runtime import make_optimizer, params_finite, resume_checkpoint, rng_state, save_checkpoint, start_run
 from .schema import ParamValue
 
 SPEC = get_spec("digits")
@@ -101,7 +101,8 @@ class DigitsRecipe:
                 stopped = self._train(ctx, config, data, model, optimizer, pos, metrics, checkpoint, total)
                 if stopped:
                     training.abandon()
-        if not stopped and "export" not in done:
+        # NaN weights (a diverged run) are not worth exporting; its last good checkpoint remains.
+        if not stopped and "export" not in done and params_finite(model):
             with stage(ctx, "export"):
                 buffer = io.BytesIO()
                 torch.save({"recipe": self.name, "arch": arch, "model": model.state_dict()}, buffer)
