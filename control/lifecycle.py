@@ -22,9 +22,11 @@ from control.canary.rollouts import (
 )
 from control.policies.listeners import (
     evaluation_request_on_promote,
+    policies_decide_on_evaluation,
     policies_evaluate_on_metrics,
     policies_evaluate_on_transition,
 )
+from control.scheduling.evaluations import evaluation_request_on_complete
 from control.scheduling.services import (
     leases_release_on_run_end,
     runs_stop_on_cancel,
@@ -43,7 +45,8 @@ EFFECTS = EffectTable(
     transitions={
         "queue": (policies_evaluate_on_transition, scheduler_tick_on_new_work, state_change_publish),
         "start": (policies_evaluate_on_transition, state_change_publish),
-        "complete": (policies_evaluate_on_transition, state_change_publish),
+        # The evaluation job is created first: the policies' decision then waits for its result.
+        "complete": (evaluation_request_on_complete, policies_evaluate_on_transition, state_change_publish),
         "fail": (policies_evaluate_on_transition, state_change_publish),
         "retry": (policies_evaluate_on_transition, scheduler_tick_on_new_work, state_change_publish),
         "requeue": (
@@ -90,4 +93,6 @@ EFFECTS = EffectTable(
     run_ended=(leases_release_on_run_end,),
     # The page first (a live chart is what a person waits for), then the policies.
     metrics_flushed=(publish_metric_batch, policies_evaluate_on_metrics),
+    # A run's evaluation job ended: the auto-promote decision that waited for it is taken.
+    evaluated=(policies_decide_on_evaluation,),
 )

@@ -18,7 +18,7 @@ from django.db import transaction
 
 from experiments.actors import Actor
 from experiments.events import MetricPointPayload
-from experiments.models import Experiment, Run
+from experiments.models import Experiment, Run, RunEvaluation
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ class Transitioned:
 TransitionEffect = Callable[[Transitioned], None]
 RunEndedEffect = Callable[[Run], None]
 MetricsEffect = Callable[[int, int, list[MetricPointPayload]], None]
+EvaluatedEffect = Callable[[RunEvaluation], None]
 
 
 @dataclass(frozen=True)
@@ -45,11 +46,13 @@ class EffectTable:
     transitions: after the transition commits, one on_commit callback per effect.
     run_ended: inside the transaction that gives a run its final status.
     metrics_flushed: after a metric batch commits, in the reporter's flusher thread.
+    evaluated: after a run's evaluation job ends (succeeded or failed) and its result commits.
     """
 
     transitions: Mapping[str, tuple[TransitionEffect, ...]] = field(default_factory=dict)
     run_ended: tuple[RunEndedEffect, ...] = ()
     metrics_flushed: tuple[MetricsEffect, ...] = ()
+    evaluated: tuple[EvaluatedEffect, ...] = ()
 
 
 _installed = EffectTable()
@@ -94,6 +97,19 @@ def metrics_flushed_effects_run(experiment_id: int, run_id: int, points: list[Me
             effect(experiment_id, run_id, points)
         except Exception:
             logger.exception("metrics effect %s failed", _name(effect))
+
+
+def evaluated_effects_schedule(evaluation: RunEvaluation) -> None:
+    """Queue the effects of an ended evaluation job to run, in order, once the caller's transaction commits."""
+    for effect in _installed.evaluated:
+        transaction.on_commit(partial(_run_evaluated_safely, effect, evaluation))
+
+
+def _run_evaluated_safely(effect: EvaluatedEffect, evaluation: RunEvaluation) -> None:
+    try:
+        effect(evaluation)
+    except Exception:
+        logger.exception("effect %s of evaluation %s failed", _name(effect), evaluation.pk)
 
 
 def _name(effect: Callable[..., None]) -> str:

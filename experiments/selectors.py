@@ -24,7 +24,16 @@ from django.db.models import (
 from django.db.models.functions import Coalesce, Now
 
 from experiments.choices import PRIORITY_CLASS_RANK, State
-from experiments.models import Experiment, MetricPoint, ModelVersion, Run, TransitionLog
+from experiments.models import (
+    Experiment,
+    MetricPoint,
+    ModelVersion,
+    Run,
+    RunArtifact,
+    RunEvaluation,
+    RunStage,
+    TransitionLog,
+)
 from experiments.recipes import RECIPES
 
 # Sort keys offered on the list page, with the ordering each stands for.
@@ -214,3 +223,68 @@ def experiment_config_rows(*, experiment: Experiment) -> list[dict[str, Any]]:
         if key not in seen:
             rows.append({"name": key, "value": value, "default": None, "changed": False, "help": ""})
     return rows
+
+
+@dataclass(frozen=True)
+class StageRow:
+    """One line of the stage checklist: a declared (or recorded) stage, done or not, and how long it took."""
+
+    name: str
+    done: bool
+    seconds: float | None
+    attempt: int | None
+
+
+def experiment_stage_checklist(*, experiment: Experiment) -> list[StageRow]:
+    """Return the recipe's stages in order, each with the attempt that completed it and its duration.
+
+    Stages a run recorded without declaring them follow the declared ones; a stage completed by
+    several attempts shows the newest.
+    """
+    spec = RECIPES.get(experiment.recipe)
+    declared = list(spec.declared_stages()) if spec is not None else ["train"]
+    recorded: dict[str, tuple[float, int]] = {}
+    for name, seconds, attempt in (
+        RunStage.objects.filter(run__experiment=experiment)
+        .order_by("run__attempt", "completed_at")
+        .values_list("name", "seconds", "run__attempt")
+    ):
+        recorded[name] = (seconds, attempt)
+    names = declared + [n for n in recorded if n not in declared]
+    return [
+        StageRow(
+            name=name,
+            done=name in recorded,
+            seconds=recorded[name][0] if name in recorded else None,
+            attempt=recorded[name][1] if name in recorded else None,
+        )
+        for name in names
+    ]
+
+
+def experiment_artifacts(*, experiment: Experiment) -> QuerySet[RunArtifact]:
+    """Return the artifacts of every attempt whose files still exist, by attempt then name."""
+    return (
+        RunArtifact.objects.filter(run__experiment=experiment, deleted_at__isnull=True)
+        .select_related("run")
+        .order_by("run__attempt", "name")
+    )
+
+
+def experiment_evaluation_rows(
+    *, experiment: Experiment
+) -> tuple[RunEvaluation | None, list[tuple[str, Any]]]:
+    """Return the newest attempt's evaluation job and its metrics as (name, value) rows, declared ones first."""
+    evaluation = (
+        RunEvaluation.objects.filter(experiment=experiment)
+        .select_related("run")
+        .order_by("-run__attempt")
+        .first()
+    )
+    if evaluation is None:
+        return None, []
+    spec = RECIPES.get(experiment.recipe)
+    order = {name: i for i, name in enumerate(spec.eval_metrics if spec is not None else ())}
+    metrics = evaluation.metrics or {}
+    names = sorted(metrics, key=lambda n: (order.get(n, len(order)), n))
+    return evaluation, [(name, metrics[name]) for name in names]

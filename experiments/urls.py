@@ -15,6 +15,11 @@ urlpatterns = [
         "experiments/<int:experiment_id>/actions/", views.experiment_actions_fragment, name="actions_fragment"
     ),
     path(
+        "experiments/<int:experiment_id>/runs/<int:run_id>/artifacts/<str:name>",
+        views.artifact_download,
+        name="artifact_download",
+    ),
+    path(
         "experiments/<int:experiment_id>/actions/<slug:event>/",
         views.experiment_action,
         name="action",

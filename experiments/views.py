@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from csp.decorators import csp_update
@@ -9,7 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
-from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_POST
@@ -19,9 +20,17 @@ from experiments.actors import Actor
 from experiments.choices import State
 from experiments.forms import ExperimentCreateForm, recipe_defaults
 from experiments.live.initial import metric_tails
-from experiments.models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
+from experiments.models import (
+    CONFIRM_EVENTS,
+    EVENT_LABELS,
+    EVENT_PERMISSIONS,
+    Experiment,
+    RunArtifact,
+    artifact_name_error,
+)
 from experiments.permissions import requires_permission
 from experiments.recipes import RECIPES
+from experiments.runs.outputs import artifact_dir
 from experiments.services import (
     OverrideRequired,
     TransitionRefused,
@@ -172,6 +181,7 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
 
 def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
     history = list(selectors.experiment_history(experiment=experiment))
+    evaluation, evaluation_rows = selectors.experiment_evaluation_rows(experiment=experiment)
     visited = (
         {State.PENDING.value} | {row.source_state for row in history} | {row.target_state for row in history}
     )
@@ -185,6 +195,13 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
         "log_run": selectors.experiment_runs(experiment=experiment).select_related("log").last(),
         "visited_states": visited,
         "recipe_summary": RECIPES[experiment.recipe].summary if experiment.recipe in RECIPES else "",
+        "stages": selectors.experiment_stage_checklist(experiment=experiment),
+        "artifacts": selectors.experiment_artifacts(experiment=experiment),
+        "evaluation": evaluation,
+        "evaluation_rows": evaluation_rows,
+        "recipe_has_evaluator": bool(RECIPES[experiment.recipe].evaluator)
+        if experiment.recipe in RECIPES
+        else False,
         # The charts' first points, drawn before the history request returns.
         "initial_series": metric_tails(experiment_id=experiment.pk),
     }
@@ -284,3 +301,24 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
         )
     messages.success(request, message)
     return redirect(target)
+
+
+@requires_permission("experiments.view_experiment", hidden=True)
+@login_required
+@permission_required("experiments.view_experiment", raise_exception=True)
+@require_GET
+def artifact_download(request: HttpRequest, experiment_id: int, run_id: int, name: str) -> FileResponse:
+    """Download one artifact of a run; 404 for a bad name, another experiment's run, or a removed file."""
+    if artifact_name_error(name):
+        raise Http404("No such artifact.")
+    artifact = RunArtifact.objects.filter(
+        run_id=run_id, run__experiment_id=experiment_id, name=name, deleted_at__isnull=True
+    ).first()
+    if artifact is None:
+        raise Http404("No such artifact.")
+    path = Path(artifact.path).resolve()
+    root = artifact_dir(experiment_id=experiment_id, run_id=run_id).resolve()
+    # The stored path is ours, but a file outside the run's folder is never served.
+    if path.parent != root or not path.is_file():
+        raise Http404("No such artifact.")
+    return FileResponse(path.open("rb"), as_attachment=True, filename=name)

@@ -30,7 +30,8 @@ from control.policies.models import (
     TriggerStatus,
 )
 from experiments.choices import State
-from experiments.models import Experiment
+from experiments.models import EvaluationStatus, Experiment
+from experiments.runs.evaluation import experiment_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +167,18 @@ def engine_on_complete(*, experiment_id: int, now: datetime | None = None) -> li
     now = now or timezone.now()
     experiment = Experiment.objects.filter(pk=experiment_id, state=State.EVALUATING).first()
     if experiment is None:
+        return []
+    job = experiment_evaluation(experiment=experiment)
+    if job is not None and job.status != EvaluationStatus.SUCCEEDED:
+        # Pending: decided when its result lands (policies_decide_on_evaluation). Failed: the
+        # job held the experiment for review with the reason already.
+        logger.info("#%s: decision waits for evaluation %s (%s)", experiment.pk, job.pk, job.status)
+        return []
+    decided = TriggerEvent.objects.filter(
+        experiment=experiment, kind="transition:complete", created_at__gte=experiment.state_changed_at
+    )
+    if decided.exists():
+        # The completion's own message and the evaluation's both ask: the first one decided.
         return []
     fired = []
     for policy in policies_in_scope(experiment=experiment, kinds=ON_COMPLETE):

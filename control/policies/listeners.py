@@ -13,7 +13,7 @@ from control.policies.engine import ON_METRICS, engine_on_metrics, engine_on_tra
 from control.policies.models import Policy, PolicyKind
 from experiments.effects import Transitioned
 from experiments.events import MetricPointPayload
-from experiments.models import ModelVersion
+from experiments.models import EvaluationStatus, ModelVersion, RunEvaluation
 from experiments.recipes import RECIPES
 from experiments.registry.evaluation import version_evaluation
 
@@ -60,6 +60,21 @@ def policies_evaluate_on_transition(done: Transitioned) -> None:
         # The broker is away: decide here rather than lose the decision.
         logger.warning("control queue unavailable; evaluating %s of #%s inline", event, experiment_id)
         engine_on_transition(experiment_id=experiment_id, event=event)
+
+
+def policies_decide_on_evaluation(evaluation: RunEvaluation) -> None:
+    """A run's evaluation job succeeded: the decision that waited for it is taken now, on the control queue.
+
+    A failed job held its experiment already (experiments.runs.evaluation); nothing is left to decide.
+    """
+    if evaluation.status != EvaluationStatus.SUCCEEDED:
+        return
+    experiment_id = evaluation.experiment_id
+    try:
+        task_send("control.engine_on_transition", args=[experiment_id, "complete"], queue="control")
+    except Exception:
+        logger.warning("control queue unavailable; deciding on #%s inline", experiment_id)
+        engine_on_transition(experiment_id=experiment_id, event="complete")
 
 
 def evaluation_request_on_promote(done: Transitioned) -> None:

@@ -32,7 +32,12 @@ from experiments.runs.system import SYSTEM_METRICS
 def declared_metrics(scope_recipes: list[str]) -> dict[str, tuple[str, ...]]:
     """Return the metric names each recipe in the scope declares (every recipe: an empty scope)."""
     names = scope_recipes or list(RECIPES)
-    return {name: RECIPES[name].metrics for name in names if name in RECIPES}
+    # A recipe with an evaluator also declares its held-out numbers, stored as "eval/<metric>".
+    return {
+        name: (*RECIPES[name].metrics, *RECIPES[name].eval_metric_names())
+        for name in names
+        if name in RECIPES
+    }
 
 
 class PolicyKind(models.TextChoices):

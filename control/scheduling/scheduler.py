@@ -27,7 +27,7 @@ from control.dispatch import tasks_send
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
-from experiments.models import Experiment, Run
+from experiments.models import EVALUATION_PENDING, Experiment, Run
 from experiments.runs.services import run_create
 from experiments.services import TransitionRefused, experiment_transition
 
@@ -489,6 +489,9 @@ def live_runs() -> QuerySet[Run]:
 
 def orphan_leases() -> QuerySet[Device]:
     """Return devices leased by runs that are no longer live (left behind by a crash)."""
-    return Device.objects.filter(leased_run__isnull=False).filter(
-        ~Q(leased_run__status__in=LIVE_RUN_STATUSES)
+    return (
+        Device.objects.filter(leased_run__isnull=False)
+        .filter(~Q(leased_run__status__in=LIVE_RUN_STATUSES))
+        # A finished run's slot held by its evaluation job (control/scheduling/evaluations.py).
+        .exclude(leased_run__evaluation__status__in=EVALUATION_PENDING)
     )

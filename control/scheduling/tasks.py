@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import shared_task
 
+import control.scheduling.evaluations as evaluations
 import control.scheduling.scheduler as scheduler
 import control.scheduling.services as services
 from control.scheduling.inventory import worker_heartbeat as inventory_heartbeat
@@ -16,7 +17,23 @@ from experiments.runs.execution import run_execute
 @shared_task(name="control.scheduler_tick", ignore_result=True)
 def scheduler_tick() -> int:
     """Dispatch whatever fits on free devices now; return how many runs started."""
-    return len(scheduler.scheduler_tick())
+    started = len(scheduler.scheduler_tick())
+    evaluations.evaluations_dispatch_waiting()
+    return started
+
+
+@shared_task(
+    bind=True,
+    name="control.evaluate_run",
+    acks_late=True,
+    reject_on_worker_lost=True,
+    ignore_result=True,
+)
+def evaluate_run(self: Any, evaluation_id: int, device_id: int) -> str:
+    """Evaluate a trained run's checkpoint on this worker (sent to its own queue with a leased slot)."""
+    return evaluations.evaluation_run_on_lease(
+        evaluation_id=evaluation_id, device_id=device_id, worker=str(self.request.hostname)
+    )
 
 
 @shared_task(
@@ -44,6 +61,7 @@ def worker_heartbeat(self: Any) -> str:
 def watchdog_sweep() -> dict[str, Any]:
     """Fail and retry lost or overdue runs; free leases of dead workers."""
     report = services.watchdog_sweep()
+    evaluations.evaluations_sweep()
     return {
         "workers_offline": report.workers_offline,
         "lost": report.lost,

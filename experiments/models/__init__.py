@@ -25,6 +25,15 @@ from experiments.models.mlflow import (
     MlflowRun,
     MlflowRunStatus,
 )
+from experiments.models.outputs import (
+    EVALUATION_PENDING,
+    ArtifactKind,
+    EvaluationStatus,
+    RunArtifact,
+    RunEvaluation,
+    RunStage,
+    artifact_name_error,
+)
 from experiments.models.registry import (
     DatasetFileError,
     DatasetVersion,
@@ -41,13 +50,16 @@ from experiments.models.runlog import RunLog
 
 __all__ = [
     "CONFIRM_EVENTS",
+    "EVALUATION_PENDING",
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
     "ROLLUP_WIDTHS",
     "ApiToken",
+    "ArtifactKind",
     "DatasetFileError",
     "DatasetVersion",
     "DriftCheck",
+    "EvaluationStatus",
     "Experiment",
     "MetricPoint",
     "MetricRollup",
@@ -58,10 +70,14 @@ __all__ = [
     "ModelStage",
     "ModelVersion",
     "Run",
+    "RunArtifact",
+    "RunEvaluation",
     "RunLog",
+    "RunStage",
     "ServedRequest",
     "ServingStats",
     "TransitionLog",
     "VersionEvaluation",
     "VersionEvaluationStatus",
+    "artifact_name_error",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -54,6 +55,46 @@ class RunContext(Protocol):
         """
 
 
+class RunOutputs(Protocol):
+    """What a run context may offer besides RunContext: stages and artifacts (seed 004's Crucible.Context).
+
+    Optional, so that a context written before them still runs every recipe: recipes reach them
+    through experiments.recipes.runtime's `stage`, `stage_completed` and `save_artifact`, which
+    do nothing (or say "not completed") on a context without them.
+
+    Stages: a recipe declares its stages on its RecipeSpec (`stages`) and wraps each one in
+    `with stage(ctx, "train"):`; the context records the stage and its duration when the block
+    ends without an exception. `completed_stages()` names what this attempt and the experiment's
+    earlier attempts completed: a resumed attempt skips those (a stage whose result lives only in
+    memory, like load_data, runs again and is not recorded twice). A recipe that never records a
+    stage still works: the worker marks "train" when the loop returns and the evaluation job marks
+    "evaluate".
+
+    Artifacts: `save_artifact(name, data_or_path, kind=...)` stores bytes, text, or a copy of an
+    existing file under the run's artifact folder, with its size and sha256. Names are one path
+    segment (letters, digits, ".", "_", "-"); a bad name raises ValueError, and saving a name
+    again replaces the file.
+    """
+
+    def stage_done(self, name: str, seconds: float) -> None:
+        """Record that stage name completed in this attempt, after seconds."""
+
+    def completed_stages(self) -> frozenset[str]:
+        """Return the stages this attempt or an earlier attempt of the same experiment completed."""
+
+    def save_artifact(self, name: str, data: bytes | str | os.PathLike[str], kind: str = "file") -> None:
+        """Store an artifact (bytes, text, or the file at a path) under name."""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A named file an evaluation hands back to be stored with the run (a confusion matrix, a report)."""
+
+    name: str
+    data: bytes | str
+    kind: str = "file"
+
+
 @dataclass(frozen=True)
 class RecipeResult:
     """What a finished (or stopped) training loop hands back."""
@@ -70,6 +111,8 @@ class CheckpointEvaluation:
     metrics: dict[str, float]
     eval_set: str  # names the data, so that only evaluations on the same set are compared
     note: str = ""  # e.g. the model was trained on another split and may have seen some of it
+    # Files worth keeping with the run (stored as its artifacts by the evaluation job).
+    artifacts: tuple[Artifact, ...] = ()
 
 
 class Recipe(Protocol):

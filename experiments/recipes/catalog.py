@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from .plugins import ENV_VAR, PluginProblem, declared_entry_points, declared_refs, merge, parse_refs
 from .schema import ConfigError, DatasetParam, Metric, Param, ParamValue
 from .script import SCRIPT_CONSTRAINTS, SCRIPT_PARAMS
-from .spec import Constraint, RecipeSpec, metric_fields
+from .spec import Constraint, RecipeSpec, metric_fields, with_evaluation
 
 __all__ = ["BUILTINS", "RECIPES", "Catalog", "Constraint", "RecipeSpec", "get_spec"]
 
@@ -48,6 +48,20 @@ LOSS = Metric("loss", "lower", "Training loss of the last step.")
 VAL_LOSS = Metric("val_loss", "lower", "Loss on the validation split.")
 ACCURACY = Metric("accuracy", "higher", "Share of the validation split classified right.")
 F1 = Metric("f1", "higher", "Macro F1 on the validation split.")
+
+# What the classification evaluators (digits, distill) measure on the held-out set.
+CLASSIFICATION_EVAL = (
+    Metric("accuracy", "higher", "Share of the held-out set classified right."),
+    Metric("macro_f1", "higher", "Macro-averaged F1 on the held-out set."),
+    Metric("auc_ovr", "higher", "ROC AUC of each class against the rest, averaged."),
+    Metric("ece", "lower", "Expected calibration error (15 equal-width confidence bins)."),
+    Metric("val_loss", "lower", "Cross-entropy on the held-out set."),
+    *(Metric(f"recall_class_{c}", "higher", f"Recall of digit {c}.") for c in range(10)),
+)
+LM_EVAL = (
+    Metric("perplexity", "lower", "exp(mean next-byte cross-entropy) on the held-out text."),
+    Metric("val_loss", "lower", "Mean next-byte cross-entropy on the held-out text."),
+)
 
 
 def _heads_divide_width(config: dict[str, ParamValue]) -> dict[str, str]:
@@ -102,8 +116,9 @@ BUILTINS: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.digits:RECIPE",
-            **metric_fields(LOSS, VAL_LOSS, ACCURACY, F1),
+            **with_evaluation(metric_fields(LOSS, VAL_LOSS, ACCURACY, F1), *CLASSIFICATION_EVAL),
             evaluator="experiments.recipes.digits:evaluate_checkpoint",
+            stages=("load_data", "train", "export", "evaluate"),
             # Served by experiments/registry/serving.py's own loader (curated data, rehearsed faults).
             servable=True,
         ),
@@ -127,7 +142,12 @@ BUILTINS: dict[str, RecipeSpec] = {
             ),
             entry="experiments.recipes.charlm:RECIPE",
             constraints=(_heads_divide_width,),
-            **metric_fields(LOSS, VAL_LOSS, Metric("tokens_per_s", "higher", "Training throughput.")),
+            **with_evaluation(
+                metric_fields(LOSS, VAL_LOSS, Metric("tokens_per_s", "higher", "Training throughput.")),
+                *LM_EVAL,
+            ),
+            evaluator="experiments.recipes.charlm:evaluate_checkpoint",
+            stages=("load_data", "train", "export", "evaluate"),
         ),
         RecipeSpec(
             name="distill",
@@ -147,16 +167,21 @@ BUILTINS: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.distill:RECIPE",
-            **metric_fields(
-                LOSS,
-                VAL_LOSS,
-                ACCURACY,
-                F1,
-                *(
-                    Metric(f"teacher_{m.name}", m.better, f"The teacher's {m.name}.")
-                    for m in (LOSS, VAL_LOSS, ACCURACY, F1)
+            **with_evaluation(
+                metric_fields(
+                    LOSS,
+                    VAL_LOSS,
+                    ACCURACY,
+                    F1,
+                    *(
+                        Metric(f"teacher_{m.name}", m.better, f"The teacher's {m.name}.")
+                        for m in (LOSS, VAL_LOSS, ACCURACY, F1)
+                    ),
                 ),
+                *CLASSIFICATION_EVAL,
             ),
+            evaluator="experiments.recipes.distill:evaluate_checkpoint",
+            stages=("load_data", "train_teacher", "train_student", "evaluate"),
         ),
         RecipeSpec(
             name="dpo",

@@ -8,6 +8,7 @@ without the recipe's logging, evaluation and checkpoints around it.
 
 from __future__ import annotations
 
+import math
 import sysconfig
 import time
 from collections.abc import Iterator
@@ -19,12 +20,14 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import Recipe, RecipeResult, RunContext
+from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext
 from .catalog import get_spec
+from .outputs import completed_stages, save_artifact, stage
 from .runtime import (
     autocast,
     inject_nan,
     make_optimizer,
+    params_finite,
     resolve_device,
     resume_checkpoint,
     rng_state,
@@ -268,7 +271,12 @@ class CharLMRecipe:
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) the LM, logging loss each step, val_loss and tokens_per_s each eval."""
         config, device, seed = start_run(SPEC, ctx, config)
-        train, val = corpus_split(device)
+        done_stages = completed_stages(ctx)
+        # The corpus lives in memory only: a resumed attempt reads it again (recorded once).
+        with stage(ctx, "load_data") as loading:
+            train, val = corpus_split(device)
+            if "load_data" in done_stages:
+                loading.abandon()
         model = build_model(config, device)
         lr, wd = float(config["lr"]), float(config["weight_decay"])
         optimizer = make_optimizer(model.parameters(), lr=lr, weight_decay=wd, device=device)
@@ -321,41 +329,49 @@ class CharLMRecipe:
             }
             save_checkpoint(ctx, done, state, model)
 
-        train_seconds = 0.0  # this attempt's time in training steps (evaluation excluded)
-        trained_steps = 0
-        segment_start, segment_steps = time.perf_counter(), 0
-        stopped = False
-        batches = batch_iterator(
-            train, batch_size=batch_size, context=context, seed=seed, start_step=done + 1
-        )
-        while done < steps:
-            if ctx.should_stop():
-                stopped = True
-                break
-            step, x, y = next(batches)
-            pending.append((step, train_step(model, optimizer, x, y, device, step=step, config=config)))
-            done = step
-            segment_steps += 1
-            if len(pending) >= 32 or time.monotonic() - last_flush >= 0.2:
-                flush()
-            step_delay(config)
-            ctx.progress(done / steps)
-            if done % eval_every == 0 or done == steps:
-                flush()
-                _sync(device)
-                elapsed = time.perf_counter() - segment_start
-                train_seconds += elapsed
-                trained_steps += segment_steps
-                tokens_per_s = segment_steps * tokens_per_step / elapsed if elapsed > 0 else 0.0
-                metrics["val_loss"] = evaluate(model, evals, device)
-                metrics["tokens_per_s"] = tokens_per_s
-                ctx.log("val_loss", done, metrics["val_loss"])
-                ctx.log("tokens_per_s", done, tokens_per_s)
+        with stage(ctx, "train") as mark:
+            train_seconds = 0.0  # this attempt's time in training steps (evaluation excluded)
+            trained_steps = 0
+            segment_start, segment_steps = time.perf_counter(), 0
+            stopped = False
+            batches = batch_iterator(
+                train, batch_size=batch_size, context=context, seed=seed, start_step=done + 1
+            )
+            while done < steps:
+                if ctx.should_stop():
+                    stopped = True
+                    break
+                step, x, y = next(batches)
+                pending.append((step, train_step(model, optimizer, x, y, device, step=step, config=config)))
+                done = step
+                segment_steps += 1
+                if len(pending) >= 32 or time.monotonic() - last_flush >= 0.2:
+                    flush()
+                step_delay(config)
+                ctx.progress(done / steps)
+                if done % eval_every == 0 or done == steps:
+                    flush()
+                    _sync(device)
+                    elapsed = time.perf_counter() - segment_start
+                    train_seconds += elapsed
+                    trained_steps += segment_steps
+                    tokens_per_s = segment_steps * tokens_per_step / elapsed if elapsed > 0 else 0.0
+                    metrics["val_loss"] = evaluate(model, evals, device)
+                    metrics["tokens_per_s"] = tokens_per_s
+                    ctx.log("val_loss", done, metrics["val_loss"])
+                    ctx.log("tokens_per_s", done, tokens_per_s)
+                    checkpoint()
+                    segment_start, segment_steps = time.perf_counter(), 0
+            flush()
+            if stopped:
                 checkpoint()
-                segment_start, segment_steps = time.perf_counter(), 0
-        flush()
-        if stopped:
-            checkpoint()
+                mark.abandon()
+            elif "train" in done_stages:
+                mark.abandon()  # an earlier attempt finished it; this one only resumed past the end
+        # NaN weights (a diverged run) sample nothing: such a run exports no samples.
+        if not stopped and "export" not in done_stages and params_finite(model):
+            with stage(ctx, "export"):
+                save_artifact(ctx, "samples.txt", sample_text(model, seed=seed), kind="samples")
         if "val_loss" not in metrics:
             metrics["val_loss"] = evaluate(model, evals, device)
         if trained_steps:
@@ -367,3 +383,58 @@ class CharLMRecipe:
 
 
 RECIPE: Recipe = CharLMRecipe()  # annotated so that mypy checks the protocol
+
+SAMPLE_PROMPTS = (b"def ", b"class ", b"import ")
+SAMPLE_BYTES = 60
+HELD_OUT_SET = f"charlm corpus, last {VAL_FRACTION:.0%} (never trained on)"
+# Windows of held-out text scored per evaluation: enough for a steady number, cheap on a CPU.
+EVAL_WINDOWS = 128
+
+
+@torch.no_grad()
+def sample_text(model: ByteTransformer, *, seed: int, length: int = SAMPLE_BYTES) -> str:
+    """Return a sampled continuation of each prompt (temperature 1, seeded), as readable text."""
+    model.eval()
+    device = next(model.parameters()).device
+    gen = torch.Generator().manual_seed(seed)
+    parts = []
+    for prompt in SAMPLE_PROMPTS:
+        idx = torch.tensor([list(prompt)], dtype=torch.long, device=device)
+        for _ in range(length):
+            logits = model(idx[:, -model.context :])[:, -1, :].float().cpu()
+            nxt = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen).to(device)
+            idx = torch.cat([idx, nxt], dim=1)
+        text = bytes(idx[0].tolist()).decode("utf-8", errors="replace")
+        parts.append(f"--- prompt {prompt.decode()!r} ---\n{text}\n")
+    model.train()
+    return "\n".join(parts)
+
+
+@torch.no_grad()
+def held_out_loss(model: ByteTransformer, val: torch.Tensor, *, windows: int = EVAL_WINDOWS) -> float:
+    """Return the mean next-byte cross-entropy over windows spread evenly across the held-out text."""
+    model.eval()
+    context = model.context
+    count = max(1, min(windows, (len(val) - 1) // context))
+    starts = torch.linspace(0, len(val) - context - 1, count).long()
+    chunk = val[starts[:, None] + torch.arange(context + 1)].long()
+    total = 0.0
+    for part in chunk.split(64):
+        logits = model(part[:, :-1]).float()
+        total += float(F.cross_entropy(logits.reshape(-1, VOCAB), part[:, 1:].reshape(-1), reduction="sum"))
+    return total / (chunk.shape[0] * context)
+
+
+def evaluate_checkpoint(path: str) -> CheckpointEvaluation:
+    """Load a charlm checkpoint and return its perplexity (and mean loss) on the held-out text."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("recipe") != SPEC.name:
+        raise ValueError(f"checkpoint is from recipe {state.get('recipe')!r}, not {SPEC.name!r}")
+    arch = state["arch"]
+    model = build_model(arch, torch.device("cpu"))
+    model.load_state_dict(state["model"])
+    _, val = corpus_split(torch.device("cpu"))
+    loss = held_out_loss(model, val)
+    metrics = {"val_loss": loss, "perplexity": float(math.exp(min(loss, 50.0)))}
+    # The samples are the run's own (its export stage); the evaluation adds only numbers.
+    return CheckpointEvaluation(metrics=metrics, eval_set=HELD_OUT_SET)

@@ -15,7 +15,8 @@ from sklearn.model_selection import train_test_split
 from torch import nn
 from torch.nn import functional as F
 
-from .base import RunContext
+from .base import Artifact, CheckpointEvaluation, RunContext
+from .evalmetrics import classification_metrics, confusion_matrix_csv, evaluation_report_json
 from .runtime import autocast, inject_nan, step_delay
 from .schema import ParamValue
 
@@ -246,3 +247,41 @@ def steps_per_epoch(n_train: int, batch_size: int) -> int:
 def arch_of(config: dict[str, ParamValue], keys: tuple[str, ...]) -> dict[str, Any]:
     """Return the config values that fix the model's shape (checked when resuming)."""
     return {k: config[k] for k in keys}
+
+
+# The held-out set every digits classifier (digits, distill) is judged on: the validation split
+# of the default seed and fraction, which a model trained with the defaults never saw.
+HELD_OUT_SEED = 0
+HELD_OUT_FRACTION = 0.2
+HELD_OUT_SET = f"digits validation split (seed {HELD_OUT_SEED}, {HELD_OUT_FRACTION:.0%})"
+
+
+@torch.no_grad()
+def evaluate_on_held_out(model: nn.Module, *, seed: int, val_fraction: float) -> CheckpointEvaluation:
+    """Return a digits classifier's held-out metrics, confusion matrix and report (on CPU).
+
+    Inputs are scaled with the model's own training statistics (seed, val_fraction), exactly as
+    serving does. Metrics: val_loss, accuracy, f1 (as the training loop logs them) and the
+    evaluation's accuracy, macro_f1, auc_ovr, ece and recall_class_<c>.
+    """
+    mean, std = digits_scaler(seed, val_fraction)
+    _, _, x_val, y_val = raw_split(HELD_OUT_SEED, HELD_OUT_FRACTION)
+    model = model.cpu().eval()
+    x = torch.from_numpy(((x_val - mean) / std).astype("float32"))
+    logits = model(x).float()
+    proba = torch.softmax(logits, dim=1).numpy()
+    metrics = evaluate(model, x, torch.from_numpy(y_val), torch.device("cpu"))
+    metrics.update(classification_metrics(proba, y_val, NUM_CLASSES))
+    note = ""
+    if (seed, val_fraction) != (HELD_OUT_SEED, HELD_OUT_FRACTION):
+        note = f"trained on another split (seed {seed}, {val_fraction:.0%}): it may have seen some of these examples"
+    report = evaluation_report_json(eval_set=HELD_OUT_SET, metrics=metrics, examples=len(y_val), note=note)
+    return CheckpointEvaluation(
+        metrics=metrics,
+        eval_set=HELD_OUT_SET,
+        note=note,
+        artifacts=(
+            Artifact("confusion_matrix.csv", confusion_matrix_csv(proba, y_val, NUM_CLASSES), "table"),
+            Artifact("evaluation_report.json", report, "report"),
+        ),
+    )

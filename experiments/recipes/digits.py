@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -11,17 +13,19 @@ from .catalog import get_spec
 from .classify import (
     MLP,
     NUM_CLASSES,
+    DigitsData,
     Position,
     arch_of,
     cross_entropy_loss,
     digits_scaler,
     evaluate,
+    evaluate_on_held_out,
     load_digits_split,
-    raw_split,
     run_epochs,
     steps_per_epoch,
 )
-from .runtime import make_optimizer, resume_checkpoint, rng_state, save_checkpoint, start_run
+from .outputs import completed_stages, save_artifact, stage
+from .runtime import make_optimizer, params_finite, resume_checkpoint, rng_state, save_checkpoint, start_run
 from .schema import ParamValue
 
 SPEC = get_spec("digits")
@@ -38,9 +42,14 @@ class DigitsRecipe:
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) the classifier, logging through ctx; see the catalog for config."""
         config, device, seed = start_run(SPEC, ctx, config)
+        done = completed_stages(ctx)
         dataset_id = int(config["extra_data"])
-        extra_path = ctx.dataset_path(dataset_id) if dataset_id else ""
-        data = load_digits_split(seed, float(config["val_fraction"]), device, extra_path)
+        # The data lives in memory only: a resumed attempt loads it again (recorded once).
+        with stage(ctx, "load_data") as loading:
+            extra_path = ctx.dataset_path(dataset_id) if dataset_id else ""
+            data = load_digits_split(seed, float(config["val_fraction"]), device, extra_path)
+            if "load_data" in done:
+                loading.abandon()
         model = MLP(data.x_train.shape[1], int(config["hidden"]), NUM_CLASSES).to(device)
         lr, wd = float(config["lr"]), float(config["weight_decay"])
         optimizer = make_optimizer(model.parameters(), lr=lr, weight_decay=wd, device=device)
@@ -84,7 +93,42 @@ class DigitsRecipe:
             }
             save_checkpoint(ctx, pos.step, state, model)
 
-        stopped = run_epochs(
+        stopped = False
+        with stage(ctx, "train") as training:
+            if "train" in done and resumed is not None:
+                training.abandon()  # finished by an earlier attempt: its checkpoint holds the model
+            else:
+                stopped = self._train(ctx, config, data, model, optimizer, pos, metrics, checkpoint, total)
+                if stopped:
+                    training.abandon()
+        # NaN weights (a diverged run) are not worth exporting; its last good checkpoint remains.
+        if not stopped and "export" not in done and params_finite(model):
+            with stage(ctx, "export"):
+                buffer = io.BytesIO()
+                torch.save({"recipe": self.name, "arch": arch, "model": model.state_dict()}, buffer)
+                save_artifact(ctx, "model.pt", buffer.getvalue(), kind="model")
+        if "val_loss" not in metrics:
+            # Resumed at (or stopped before) an epoch end: report the model as it stands.
+            metrics.update(evaluate(model, data.x_val, data.y_val, device))
+        if not stopped:
+            ctx.progress(1.0)
+        return RecipeResult(final_metrics=metrics, steps=pos.step, stopped=stopped)
+
+    def _train(
+        self,
+        ctx: RunContext,
+        config: dict[str, ParamValue],
+        data: DigitsData,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        pos: Position,
+        metrics: dict[str, float],
+        checkpoint: Callable[[], None],
+        total: int,
+    ) -> bool:
+        """Run the epochs from pos on; return True when ctx asked to stop."""
+        epochs = int(config["epochs"])
+        return run_epochs(
             ctx=ctx,
             config=config,
             data=data,
@@ -99,42 +143,18 @@ class DigitsRecipe:
             checkpoint=checkpoint,
             progress=lambda step: min(1.0, step / total),
         )
-        if "val_loss" not in metrics:
-            # Resumed at (or stopped before) an epoch end: report the model as it stands.
-            metrics.update(evaluate(model, data.x_val, data.y_val, device))
-        if not stopped:
-            ctx.progress(1.0)
-        return RecipeResult(final_metrics=metrics, steps=pos.step, stopped=stopped)
 
 
 RECIPE: Recipe = DigitsRecipe()  # annotated so that mypy checks the protocol
 
 
-# The held-out set every digits checkpoint is judged on: the validation split of the default
-# seed and fraction, which a model trained with the defaults never saw.
-HELD_OUT_SEED = 0
-HELD_OUT_FRACTION = 0.2
-HELD_OUT_SET = f"digits validation split (seed {HELD_OUT_SEED}, {HELD_OUT_FRACTION:.0%})"
-
-
 def evaluate_checkpoint(path: str) -> CheckpointEvaluation:
-    """Load a digits checkpoint and return its val_loss, accuracy and f1 on the held-out set.
-
-    Inputs are scaled with the model's own training statistics, exactly as serving does.
-    """
+    """Load a digits checkpoint and return its metrics on the held-out set (classify.evaluate_on_held_out)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     if state.get("recipe") != SPEC.name:
         raise ValueError(f"checkpoint is from recipe {state.get('recipe')!r}, not {SPEC.name!r}")
     arch = state["arch"]
     seed, val_fraction = int(arch["seed"]), float(arch["val_fraction"])
-    mean, std = digits_scaler(seed, val_fraction)
-    _, _, x_val, y_val = raw_split(HELD_OUT_SEED, HELD_OUT_FRACTION)
-    model = MLP(int(mean.shape[0]), int(arch["hidden"]), NUM_CLASSES)
+    model = MLP(int(digits_scaler(seed, val_fraction)[0].shape[0]), int(arch["hidden"]), NUM_CLASSES)
     model.load_state_dict(state["model"])
-    device = torch.device("cpu")
-    x = torch.from_numpy(((x_val - mean) / std).astype("float32"))
-    metrics = evaluate(model, x, torch.from_numpy(y_val), device)
-    note = ""
-    if (seed, val_fraction) != (HELD_OUT_SEED, HELD_OUT_FRACTION):
-        note = f"trained on another split (seed {seed}, {val_fraction:.0%}): it may have seen some of these examples"
-    return CheckpointEvaluation(metrics=metrics, eval_set=HELD_OUT_SET, note=note)
+    return evaluate_on_held_out(model, seed=seed, val_fraction=val_fraction)

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .base import Recipe, RecipeResult, RunContext
+from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext
 from .catalog import get_spec
 from .classify import (
     MLP,
@@ -16,11 +16,14 @@ from .classify import (
     Position,
     arch_of,
     cross_entropy_loss,
+    digits_scaler,
     evaluate,
+    evaluate_on_held_out,
     load_digits_split,
     run_epochs,
     steps_per_epoch,
 )
+from .outputs import completed_stages, stage
 from .runtime import autocast, make_optimizer, resume_checkpoint, rng_state, save_checkpoint, start_run
 from .schema import ParamValue
 
@@ -69,7 +72,12 @@ class DistillRecipe:
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) teacher then student, logging `teacher_*` and the student's metrics."""
         config, device, seed = start_run(SPEC, ctx, config)
-        data = load_digits_split(seed, float(config["val_fraction"]), device)
+        done_stages = completed_stages(ctx)
+        # The data lives in memory only: a resumed attempt loads it again (recorded once).
+        with stage(ctx, "load_data") as loading:
+            data = load_digits_split(seed, float(config["val_fraction"]), device)
+            if "load_data" in done_stages:
+                loading.abandon()
         n_in = data.x_train.shape[1]
         teacher = MLP(n_in, int(config["teacher_hidden"]), NUM_CLASSES).to(device)
         student = MLP(n_in, int(config["student_hidden"]), NUM_CLASSES).to(device)
@@ -126,15 +134,19 @@ class DistillRecipe:
             "progress": lambda step: min(1.0, step / total),
         }
         if phase == TEACHER:
-            stopped = run_epochs(
-                model=teacher,
-                optimizer=t_opt,
-                loss_fn=cross_entropy_loss,
-                epochs=teacher_epochs,
-                salt=2,
-                prefix="teacher_",
-                **common,
-            )
+            # The checkpoint's phase says where a resumed attempt stands: a finished teacher is skipped.
+            with stage(ctx, "train_teacher") as teaching:
+                stopped = run_epochs(
+                    model=teacher,
+                    optimizer=t_opt,
+                    loss_fn=cross_entropy_loss,
+                    epochs=teacher_epochs,
+                    salt=2,
+                    prefix="teacher_",
+                    **common,
+                )
+                if stopped:
+                    teaching.abandon()
             if stopped:
                 return self._result(metrics, teacher, student, data, device, pos, stopped=True)
             phase = STUDENT
@@ -147,15 +159,18 @@ class DistillRecipe:
         def student_loss(logits: torch.Tensor, labels: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             return distillation_loss(logits, soft[idx], labels, temperature=temperature, alpha=alpha)
 
-        stopped = run_epochs(
-            model=student,
-            optimizer=s_opt,
-            loss_fn=student_loss,
-            epochs=student_epochs,
-            salt=3,
-            prefix="",
-            **common,
-        )
+        with stage(ctx, "train_student") as learning:
+            stopped = run_epochs(
+                model=student,
+                optimizer=s_opt,
+                loss_fn=student_loss,
+                epochs=student_epochs,
+                salt=3,
+                prefix="",
+                **common,
+            )
+            if stopped or "train_student" in done_stages:
+                learning.abandon()
         if not stopped:
             ctx.progress(1.0)
         return self._result(metrics, teacher, student, data, device, pos, stopped=stopped)
@@ -180,3 +195,20 @@ class DistillRecipe:
 
 
 RECIPE: Recipe = DistillRecipe()  # annotated so that mypy checks the protocol
+
+
+def evaluate_checkpoint(path: str) -> CheckpointEvaluation:
+    """Load a distill checkpoint and return its student's metrics on the digits held-out set.
+
+    The student is what the recipe delivers; the teacher only taught it.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("recipe") != SPEC.name:
+        raise ValueError(f"checkpoint is from recipe {state.get('recipe')!r}, not {SPEC.name!r}")
+    if state.get("phase") != STUDENT:
+        raise ValueError("checkpoint is from the teacher phase: the student was never trained")
+    arch = state["arch"]
+    seed, val_fraction = int(arch["seed"]), float(arch["val_fraction"])
+    model = MLP(int(digits_scaler(seed, val_fraction)[0].shape[0]), int(arch["student_hidden"]), NUM_CLASSES)
+    model.load_state_dict(state["student"])
+    return evaluate_on_held_out(model, seed=seed, val_fraction=val_fraction)

@@ -15,6 +15,8 @@ from typing import Any, TextIO
 
 import torch
 
+from .outputs import StoredArtifact, artifact_name_error, artifact_write, stage_name_error
+
 _CKPT = re.compile(r"^step-(\d{9})\.pt$")
 
 
@@ -43,6 +45,8 @@ class LocalRunContext:
     and other runs' checkpoints (dpo's base_run: an id) from run_checkpoints={id: path}.
     With checkpoint_dir, checkpoints are torch.save files `step-NNNNNNNNN.pt` (the newest `keep`
     are kept) and load_checkpoint() resumes from the newest; without it they stay in memory.
+    Completed stages go to `stages.json` beside them (so a rerun on the same folder skips them);
+    artifacts to artifact_dir (default: checkpoint_dir/artifacts), or stay in memory without either.
     """
 
     def __init__(
@@ -55,6 +59,7 @@ class LocalRunContext:
         keep: int = 2,
         datasets: Mapping[int, str | os.PathLike[str]] | None = None,
         run_checkpoints: Mapping[int, str | os.PathLike[str]] | None = None,
+        artifact_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.device = device
         self.seed = seed
@@ -68,6 +73,12 @@ class LocalRunContext:
         self.saved_steps: list[int] = []
         self._memory: tuple[int, bytes] | None = None
         self._stop = threading.Event()
+        if artifact_dir is not None:
+            self.artifact_dir: Path | None = Path(artifact_dir)
+        else:
+            self.artifact_dir = self.checkpoint_dir / "artifacts" if self.checkpoint_dir is not None else None
+        self.stages: dict[str, float] = self._read_stages()
+        self.artifacts: dict[str, StoredArtifact | bytes] = {}
 
     # --- RunContext protocol ---
 
@@ -131,6 +142,49 @@ class LocalRunContext:
         if run_id not in self.run_checkpoints:
             raise ValueError(f"run #{run_id}: no checkpoint file given for it to this run")
         return self.run_checkpoints[run_id]
+
+    # --- stages and artifacts (base.RunOutputs) ---
+
+    def stage_done(self, name: str, seconds: float) -> None:
+        """Record the stage (in stages.json when there is a checkpoint folder)."""
+        problem = stage_name_error(name)
+        if problem:
+            raise ValueError(problem)
+        self.stages[name] = float(seconds)
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.checkpoint_dir / ".stages.json.tmp"
+            tmp.write_text(json.dumps(self.stages, indent=2))
+            os.replace(tmp, self.checkpoint_dir / "stages.json")
+
+    def completed_stages(self) -> frozenset[str]:
+        """Return the stages completed on this context (and, from stages.json, by earlier runs on its folder)."""
+        return frozenset(self.stages)
+
+    def save_artifact(self, name: str, data: bytes | str | os.PathLike[str], kind: str = "file") -> None:
+        """Write the artifact to artifact_dir, or keep its bytes in memory without one."""
+        if self.artifact_dir is not None:
+            self.artifacts[name] = artifact_write(self.artifact_dir, name, data, kind)
+            return
+        problem = artifact_name_error(name)
+        if problem:
+            raise ValueError(problem)
+        if isinstance(data, str):
+            self.artifacts[name] = data.encode("utf-8")
+        elif isinstance(data, bytes):
+            self.artifacts[name] = data
+        else:
+            self.artifacts[name] = Path(data).read_bytes()
+
+    def _read_stages(self) -> dict[str, float]:
+        if self.checkpoint_dir is None:
+            return {}
+        path = self.checkpoint_dir / "stages.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
 
     # --- helpers for callers ---
 

@@ -16,6 +16,8 @@ if TYPE_CHECKING:
 Constraint = Callable[[dict[str, ParamValue]], dict[str, str]]
 
 BUILT_IN = "built-in"
+# Held-out evaluation metrics are stored (as metric points, and read by policies) under this prefix.
+EVAL_PREFIX = "eval/"
 
 
 class BadReference(ValueError):
@@ -50,6 +52,12 @@ def metric_fields(*metrics: Metric) -> dict[str, Any]:
     return {"metrics": tuple(m.name for m in metrics), "better": {m.name: m.better for m in metrics}}
 
 
+def with_evaluation(fields: dict[str, Any], *metrics: Metric) -> dict[str, Any]:
+    """Return metric_fields' result plus the evaluator's metrics (eval_metrics, and "eval/<name>" in better)."""
+    better = {**fields.get("better", {}), **{f"{EVAL_PREFIX}{m.name}": m.better for m in metrics}}
+    return {**fields, "better": better, "eval_metrics": tuple(m.name for m in metrics)}
+
+
 @dataclass(frozen=True)
 class RecipeSpec:
     """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
@@ -69,6 +77,21 @@ class RecipeSpec:
     source: str = BUILT_IN
     # Whether its checkpoints can be served (the recipe implements load_predictor).
     servable: bool = False
+    # The metrics its evaluator returns, stored and read by policies as "eval/<name>".
+    eval_metrics: tuple[str, ...] = ()
+    # The stages its loop records (runtime's `stage`), in order; the page shows them as a checklist.
+    stages: tuple[str, ...] = ()
+
+    def declared_stages(self) -> tuple[str, ...]:
+        """Return the stages a run of it goes through: its own, or train (and evaluate) by default."""
+        stages = self.stages or ("train",)
+        if self.evaluator and "evaluate" not in stages:
+            stages = (*stages, "evaluate")
+        return stages
+
+    def eval_metric_names(self) -> tuple[str, ...]:
+        """Return the names under which its held-out evaluation is stored: "eval/<metric>"."""
+        return tuple(f"{EVAL_PREFIX}{m}" for m in self.eval_metrics)
 
     def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
         """Return config with defaults filled in, or raise ConfigError keyed by parameter."""

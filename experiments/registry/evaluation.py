@@ -12,7 +12,13 @@ from pathlib import Path
 
 from django.db import transaction
 
-from experiments.models import ModelVersion, VersionEvaluation, VersionEvaluationStatus
+from experiments.models import (
+    EvaluationStatus,
+    ModelVersion,
+    RunEvaluation,
+    VersionEvaluation,
+    VersionEvaluationStatus,
+)
 from experiments.recipes import RECIPES
 from experiments.runs.execution import file_sha256
 
@@ -26,6 +32,17 @@ def version_evaluation(*, version: ModelVersion) -> VersionEvaluation | None:
         .order_by("-created_at", "-id")
         .first()
     )
+
+
+def _run_evaluation_of(version: ModelVersion) -> RunEvaluation | None:
+    """Return the succeeded evaluation job of the run whose checkpoint the version froze, if any."""
+    if version.run_id is None:
+        return None
+    return RunEvaluation.objects.filter(
+        run_id=version.run_id,
+        status=EvaluationStatus.SUCCEEDED,
+        checkpoint_sha256=version.checkpoint_sha256,
+    ).first()
 
 
 def model_version_evaluate(*, version_id: int, again: bool = False) -> VersionEvaluation | None:
@@ -46,6 +63,21 @@ def model_version_evaluate(*, version_id: int, again: bool = False) -> VersionEv
     spec = RECIPES.get(version.recipe)
     if spec is None or not spec.evaluator:
         return None
+    job = _run_evaluation_of(version)
+    if job is not None:
+        # The run's evaluation job measured this very checkpoint: its numbers are the version's.
+        with transaction.atomic():
+            evaluation, _ = VersionEvaluation.objects.update_or_create(
+                version=version,
+                eval_set=job.eval_set,
+                defaults={
+                    "status": VersionEvaluationStatus.SUCCEEDED,
+                    "metrics": {k: v for k, v in job.metrics.items() if v is not None},
+                    "note": job.note,
+                    "error": "",
+                },
+            )
+        return evaluation
     fallback_set = f"{version.recipe} held-out set"
     try:
         path = Path(version.checkpoint_path)

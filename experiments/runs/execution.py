@@ -30,11 +30,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from experiments.choices import Interruption, RunStatus, State
 from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
-from experiments.models import DatasetVersion, Run
+from experiments.models import DatasetVersion, Run, RunStage
 from experiments.recipes import get_spec
 from experiments.recipes.script import SCRIPT_RECIPE, cuda_visible_devices
 from experiments.recipes.stop import stop_reason
 from experiments.runs.logs import RunLogWriter, RunOutputCapture
+from experiments.runs.outputs import run_artifact_store, run_completed_stages, run_stage_record
 from experiments.runs.reporting import MetricReporter
 from experiments.runs.services import (
     run_end,
@@ -196,6 +197,20 @@ class DbRunContext:
         if file_sha256(path) != run.checkpoint_sha256:
             raise ValueError(f"run #{run_id}: its checkpoint does not match its recorded sha256")
         return str(path)
+
+    # --- stages and artifacts (experiments.recipes.base.RunOutputs) ---
+
+    def stage_done(self, name: str, seconds: float) -> None:
+        """Record the stage on the run (the experiment page's checklist; a resumed attempt skips it)."""
+        run_stage_record(run_id=self.run.pk, name=name, seconds=seconds)
+
+    def completed_stages(self) -> frozenset[str]:
+        """Return the stages this attempt and the experiment's earlier attempts completed."""
+        return run_completed_stages(run=self.run)
+
+    def save_artifact(self, name: str, data: bytes | str | os.PathLike[str], kind: str = "file") -> None:
+        """Store the artifact under the run's folder with its size and sha256."""
+        run_artifact_store(run=self.run, name=name, data=data, kind=kind)
 
     # --- for the script recipe (experiments.recipes.script.ScriptHost) ---
 
@@ -464,6 +479,9 @@ def run_execute(*, run_id: int, worker: str) -> str:
             )
             return RunStatus.INTERRUPTED
         return "taken away"
+    if not RunStage.objects.filter(run=run).exists():
+        # A recipe that records no stages of its own: the whole loop was its training.
+        run_stage_record(run_id=run.pk, name="train", seconds=time.monotonic() - ctx.started)
     run_succeed(run_id=run.pk, final_metrics=result.final_metrics, last_step=max(ctx.last_step, result.steps))
     return RunStatus.SUCCEEDED
 

@@ -21,7 +21,8 @@ STOP_RUNS = "control.scheduling.services.runs_stop_on_cancel"
 EXPECTED = {
     "queue": [POLICIES, TICK, PUBLISH],
     "start": [POLICIES, PUBLISH],
-    "complete": [POLICIES, PUBLISH],
+    # The evaluation job exists before the policies look: their decision waits for its result.
+    "complete": ["control.scheduling.evaluations.evaluation_request_on_complete", POLICIES, PUBLISH],
     "fail": [POLICIES, PUBLISH],
     "retry": [POLICIES, TICK, PUBLISH],
     "requeue": [POLICIES, TICK, STOP_RUNS, PUBLISH],
@@ -61,6 +62,7 @@ def test_the_effect_table_is_pinned_event_by_event() -> None:
         "experiments.runs.reporting.publish_metric_batch",
         "control.policies.listeners.policies_evaluate_on_metrics",
     ]
+    assert effect_names(EFFECTS.evaluated) == ["control.policies.listeners.policies_decide_on_evaluation"]
 
 
 def test_every_event_has_its_effects_and_ends_by_telling_the_pages() -> None:

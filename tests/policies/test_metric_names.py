@@ -26,7 +26,9 @@ def test_a_misspelt_metric_is_refused_on_the_field_naming_the_known_ones() -> No
             scope_recipes=["digits"],
         )
     [message] = refused.value.message_dict["metric"]
-    assert "'f1_scroe'" in message and "accuracy, f1, loss, val_loss" in message
+    assert "'f1_scroe'" in message and "accuracy, eval/accuracy" in message
+    # The held-out evaluation's numbers are named too (eval/<metric>), after the loop's own.
+    assert "eval/val_loss, f1, loss, val_loss" in message
     assert not Policy.objects.exists()
 
 
@@ -161,3 +163,23 @@ def test_a_condition_may_name_the_system_metrics_every_run_logs_but_not_a_misspe
     record_run(experiment, {"loss": [1.0, 0.5], "sys/rss_mb": [3000.0, 4500.0]})
     [memory] = policy_dry_run(policy=policy, experiment=experiment)["conditions"]
     assert memory["passed"] is True and memory["value"] == pytest.approx(4500.0)
+
+
+def test_a_condition_may_name_the_held_out_evaluation_of_a_recipe_with_an_evaluator() -> None:
+    policy = make_policy(
+        "promote_on_eval",
+        PolicyKind.AUTO_PROMOTE,
+        [{"kind": "metric", "metric": "eval/macro_f1", "operator": ">", "threshold": 0.9}],
+        [{"kind": "promote"}],
+        scope_recipes=["digits"],
+    )
+    assert [c.metric for c in policy.conditions.all()] == ["eval/macro_f1"]
+    with pytest.raises(ValidationError):
+        # charlm's evaluation measures perplexity, not F1.
+        make_policy(
+            "charlm_on_eval",
+            PolicyKind.AUTO_PROMOTE,
+            [{"kind": "metric", "metric": "eval/macro_f1", "operator": ">", "threshold": 0.9}],
+            [{"kind": "promote"}],
+            scope_recipes=["charlm"],
+        )

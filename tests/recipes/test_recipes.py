@@ -191,7 +191,10 @@ def test_the_cli_prints_json_lines_and_a_summary_without_importing_django(tmp_pa
     assert summary["recipe"] == "digits" and summary["device"] == "cpu"
     assert summary["steps"] == 46 and summary["config"]["seed"] == 3
     assert set(summary["final_metrics"]) == {"loss", "val_loss", "accuracy", "f1"}
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000023.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step-000000023.pt"]
+    # The stages it completed are kept beside the checkpoints; the NaN model was not exported.
+    assert set(json.loads((tmp_path / "stages.json").read_text())) == {"load_data", "train"}
+    assert not (tmp_path / "artifacts").exists()
     imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
     assert "experiments.recipes.classify" in imported  # the training code was imported and checked
     assert not {m for m in imported if m == "django" or m.startswith("django.")}
@@ -246,7 +249,8 @@ def test_the_cli_bench_compares_charlm_with_a_bare_loop_of_the_same_model() -> N
 def test_local_checkpoints_keep_only_the_newest_files(tmp_path: Path) -> None:
     ctx, _ = train("digits", LocalRunContext(checkpoint_dir=tmp_path, keep=2), **SMALL["digits"])
     assert ctx.saved_steps == [23, 46, 69]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000046.pt", "step-000000069.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step-000000046.pt", "step-000000069.pt"]
+    assert (tmp_path / "artifacts" / "model.pt").is_file()  # the export stage's model
 
 
 @pytest.mark.gpu
