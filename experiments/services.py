@@ -14,7 +14,13 @@ from experiments import events
 from experiments.actors import Actor
 from experiments.choices import Executor, PriorityClass, State
 from experiments.effects import Transitioned, transition_effects_schedule
-from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
+from experiments.models import (
+    EVENT_LABELS,
+    EVENT_PERMISSIONS,
+    Experiment,
+    TransitionLog,
+    unmet_dependencies,
+)
 from experiments.recipes import RECIPES
 from experiments.recipes.script import SCRIPT_RECIPE
 
@@ -28,7 +34,7 @@ SCRIPT_REFUSED = (
     "(experiments.run_script), which an administrator grants."
 )
 # The events that make a script run (again).
-SCRIPT_RUN_EVENTS = frozenset({"queue", "retry", "requeue"})
+SCRIPT_RUN_EVENTS = frozenset({"queue", "release", "retry", "requeue"})
 
 # Past participles for the answer to a refused transition ("already promoting").
 _STATE_PHRASES = {
@@ -43,6 +49,7 @@ _STATE_PHRASES = {
     State.ROLLED_BACK: "already rolled back",
     State.RETIRED: "retired (a newer version replaced it)",
     State.PENDING: "still pending",
+    State.WAITING: "waiting on its dependencies",
 }
 
 
@@ -190,6 +197,12 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
         raise _refusal(experiment, event)
     if actor.is_person and not has_transition_perm(method, actor.user):
         raise PermissionDenied(f"You may not {EVENT_LABELS[event].lower()} experiments.")
+    if event == "queue" and (unmet := unmet_dependencies(experiment)):
+        # Started with dependencies not met yet: it waits outside the queue, and the pipeline
+        # releases it when they are (experiments/pipelines). The person's queue permission held.
+        event, method = "wait", experiment.wait
+        waits_for = "waits for " + ", ".join(edge.describe() for edge in unmet)
+        reason = f"{reason}; {waits_for}" if reason else waits_for
     if event == "promote" and (why := experiment_serving_refusal(experiment)):
         # A person, the API and a policy all land here: nothing is registered or canaried.
         raise TransitionRefused(experiment=experiment, event=event, message=why)

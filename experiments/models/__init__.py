@@ -6,6 +6,7 @@ checks) in `registry.py`; what the MLflow tracking API adds (experiment groups, 
 `mlflow.py`. Both are the bottom layer of the app: they import no service.
 """
 
+from experiments.models.dependency import After, Dependency, OnUpstreamFailure, unmet_dependencies
 from experiments.models.experiment import (
     CONFIRM_EVENTS,
     EVENT_LABELS,
@@ -44,9 +45,11 @@ __all__ = [
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
     "ROLLUP_WIDTHS",
+    "After",
     "ApiToken",
     "DatasetFileError",
     "DatasetVersion",
+    "Dependency",
     "DriftCheck",
     "Experiment",
     "MetricPoint",
@@ -57,6 +60,7 @@ __all__ = [
     "MlflowRunStatus",
     "ModelStage",
     "ModelVersion",
+    "OnUpstreamFailure",
     "Run",
     "RunLog",
     "ServedRequest",
@@ -64,4 +68,5 @@ __all__ = [
     "TransitionLog",
     "VersionEvaluation",
     "VersionEvaluationStatus",
+    "unmet_dependencies",
 ]

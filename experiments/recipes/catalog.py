@@ -125,6 +125,15 @@ BUILTINS: dict[str, RecipeSpec] = {
             summary="Knowledge distillation: a small student learns a digits teacher's soft labels.",
             params=(
                 Param("teacher_epochs", int, 20, "Epochs to train the teacher first.", 1, 500),
+                Param(
+                    "teacher_experiment",
+                    int,
+                    0,
+                    "A digits experiment whose final checkpoint is the teacher (its id; 0 trains a "
+                    "teacher first). Set when this experiment depends on a digits experiment.",
+                    0,
+                    2**31 - 1,
+                ),
                 Param("epochs", int, 30, "Epochs to train the student.", 1, 500),
                 Param("teacher_hidden", int, 256, "Teacher hidden width.", 8, 4096),
                 Param("student_hidden", int, 32, "Student hidden width.", 4, 4096),

@@ -39,7 +39,8 @@ def metric_json(name: str, step: int, value: float) -> str:
 class LocalRunContext:
     """Run context of the CLI and the tests: keeps points, echoes JSON lines, saves checkpoints.
 
-    Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path}.
+    Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path};
+    an upstream's model (distill's teacher_experiment) from upstreams={experiment id: checkpoint}.
     With checkpoint_dir, checkpoints are torch.save files `step-NNNNNNNNN.pt` (the newest `keep`
     are kept) and load_checkpoint() resumes from the newest; without it they stay in memory.
     """
@@ -53,6 +54,7 @@ class LocalRunContext:
         out: TextIO | None = None,
         keep: int = 2,
         datasets: Mapping[int, str | os.PathLike[str]] | None = None,
+        upstreams: Mapping[int, str | os.PathLike[str]] | None = None,
     ) -> None:
         self.device = device
         self.seed = seed
@@ -60,6 +62,7 @@ class LocalRunContext:
         self.out = out
         self.keep = max(1, keep)
         self.datasets = {int(k): str(v) for k, v in (datasets or {}).items()}
+        self.upstreams = {int(k): str(v) for k, v in (upstreams or {}).items()}
         self.points: list[MetricPoint] = []
         self.fraction = 0.0
         self.saved_steps: list[int] = []
@@ -120,6 +123,15 @@ class LocalRunContext:
         if dataset_id not in self.datasets:
             raise ValueError(f"dataset #{dataset_id}: no file given for it to this run")
         return self.datasets[dataset_id]
+
+    def upstream_checkpoint(self, experiment_id: int) -> dict[str, Any]:
+        """Return the checkpoint file the caller gave for this upstream experiment id."""
+        if experiment_id not in self.upstreams:
+            raise ValueError(f"experiment #{experiment_id}: no checkpoint given for it to this run")
+        state: dict[str, Any] = torch.load(
+            self.upstreams[experiment_id], map_location="cpu", weights_only=True
+        )
+        return state
 
     # --- helpers for callers ---
 
