@@ -138,7 +138,7 @@ def _react(downstream_id: int, cause: Transitioned | None) -> None:
         return
     if broken or not all(edge.is_met() for edge in edges):
         return
-    reason = "dependencies met: " + ", ".join(
-        f"#{e.upstream_id} {e.upstream.name!r} is {e.upstream.state}" for e in edges
+    reason = "dependencies met: " + (
+        ", ".join(f"#{e.upstream_id} {e.upstream.name!r} is {e.upstream.state}" for e in edges) or "none left"
     )
     experiment_transition(experiment_id=downstream_id, event="release", actor=PIPELINE, reason=reason)
