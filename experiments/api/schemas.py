@@ -36,6 +36,39 @@ Ordering = Literal[
 ORDERINGS: tuple[str, ...] = get_args(Ordering)
 
 
+class DependencyIn(Schema):
+    """One experiment the new (or this) experiment waits for, and on what condition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: int = Field(..., strict=True, ge=1, le=MAX_ID, description="The upstream experiment.")
+    after: Literal["succeeded", "deployed", "finished"] = Field(
+        "succeeded", description="What the upstream must reach before this one queues."
+    )
+    on_upstream_failure: Literal["cancel", "hold"] = Field(
+        "cancel", description="When the upstream fails or is cancelled: cancel this one, or hold it waiting."
+    )
+
+
+class DependencyOut(Schema):
+    """One edge of a pipeline, seen from one of its ends."""
+
+    edge_id: int
+    experiment_id: int
+    name: str
+    state: str
+    after: str
+    on_upstream_failure: str
+    met: bool
+
+
+class PipelineOut(Schema):
+    """What an experiment waits for (upstream) and what waits for it (downstream)."""
+
+    upstream: list[DependencyOut]
+    downstream: list[DependencyOut]
+
+
 class ExperimentIn(Schema):
     """A new experiment; config is checked against the recipe's declared parameters."""
 
@@ -61,6 +94,11 @@ class ExperimentIn(Schema):
     max_attempts: int = Field(3, strict=True, ge=1, le=20)
     timeout_seconds: int = Field(3600, strict=True, ge=1, le=7 * 24 * 3600)
     tags: list[StrictStr] = Field(default_factory=list)
+    depends_on: list[DependencyIn] = Field(
+        default_factory=list,
+        description="Experiments this one waits for: started, it waits until each gets where its edge "
+        "asks, then queues by itself. A cycle is refused at body.depends_on.",
+    )
 
 
 class ActionIn(Schema):
@@ -134,6 +172,7 @@ class ExperimentDetail(ExperimentSummary):
     queued_at: datetime | None
     updated_at: datetime
     children_ids: list[int]
+    pipeline: PipelineOut = Field(..., description="Dependency edges both ways, with states and conditions.")
     available_events: list[str] = Field(..., description="Events the requesting user may fire now.")
     transitions: list[TransitionOut] = Field(..., description="Audited transitions, oldest first.")
 
