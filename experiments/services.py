@@ -8,6 +8,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
 from experiments import events
@@ -17,6 +18,7 @@ from experiments.effects import Transitioned, transition_effects_schedule
 from experiments.models import (
     EVENT_LABELS,
     EVENT_PERMISSIONS,
+    Dependency,
     Experiment,
     TransitionLog,
     unmet_dependencies,
@@ -246,6 +248,14 @@ def state_change_publish(done: Transitioned) -> None:
         source=done.source,
         target=str(done.experiment.state),
         actor=done.actor.label,
+    )
+    # The pages of its pipeline neighbours show its state too (one indexed query when it has none).
+    neighbours = Dependency.objects.filter(
+        Q(upstream_id=done.experiment.pk) | Q(downstream_id=done.experiment.pk)
+    ).values_list("upstream_id", "downstream_id")
+    ids = sorted({pk for pair in neighbours for pk in pair} - {done.experiment.pk})
+    events.publish_pipeline_change(
+        experiment_ids=ids, about=done.experiment.pk, target=str(done.experiment.state)
     )
 
 

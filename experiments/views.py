@@ -9,6 +9,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -19,8 +20,18 @@ from experiments.actors import Actor
 from experiments.choices import State
 from experiments.forms import ExperimentCreateForm, recipe_defaults
 from experiments.live.initial import metric_tails
-from experiments.models import CONFIRM_EVENTS, EVENT_LABELS, EVENT_PERMISSIONS, Experiment
+from experiments.models import (
+    CONFIRM_EVENTS,
+    EVENT_LABELS,
+    EVENT_PERMISSIONS,
+    After,
+    Experiment,
+    OnUpstreamFailure,
+)
 from experiments.permissions import requires_permission
+from experiments.pipelines.graph import render_pipeline_graph
+from experiments.pipelines.selectors import pipeline_summary
+from experiments.pipelines.services import dependencies_set
 from experiments.recipes import RECIPES
 from experiments.services import (
     OverrideRequired,
@@ -136,21 +147,8 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                experiment = experiment_create(
-                    name=data["name"],
-                    description=data["description"],
-                    recipe=data["recipe"],
-                    config=data["config"],
-                    owner=request.user,
-                    priority_class=data["priority_class"],
-                    priority=data["priority"],
-                    gpus=data["gpus"],
-                    gpu_type=data["gpu_type"],
-                    memory_gb=data["memory_gb"],
-                    max_attempts=data["max_attempts"],
-                    timeout_seconds=data["timeout_seconds"],
-                    tags=data["tags"],
-                )
+                with transaction.atomic():
+                    experiment = _create_with_dependencies(request, data)
             except ValidationError as exc:
                 form.add_service_errors(exc)
             else:
@@ -170,13 +168,43 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
     return render(request, "experiments/create.html", context, status=status)
 
 
+def _create_with_dependencies(request: HttpRequest, data: dict[str, Any]) -> Experiment:
+    """Create the experiment and its dependency edges (call inside a transaction: all or none)."""
+    experiment = experiment_create(
+        name=data["name"],
+        description=data["description"],
+        recipe=data["recipe"],
+        config=data["config"],
+        owner=request.user,
+        priority_class=data["priority_class"],
+        priority=data["priority"],
+        gpus=data["gpus"],
+        gpu_type=data["gpu_type"],
+        memory_gb=data["memory_gb"],
+        max_attempts=data["max_attempts"],
+        timeout_seconds=data["timeout_seconds"],
+        tags=data["tags"],
+    )
+    after = data["depends_after"] or After.SUCCEEDED
+    on_failure = data["on_upstream_failure"] or OnUpstreamFailure.CANCEL
+    dependencies_set(downstream=experiment, wanted=[(pk, after, on_failure) for pk in data["depends_on"]])
+    return experiment
+
+
 def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
     history = list(selectors.experiment_history(experiment=experiment))
     visited = (
         {State.PENDING.value} | {row.source_state for row in history} | {row.target_state for row in history}
     )
+    pipeline = pipeline_summary(experiment)
     return {
         **_actions_context(request, experiment),
+        "pipeline": pipeline,
+        "pipeline_graph": render_pipeline_graph(
+            experiment_id=experiment.pk, name=experiment.name, state=str(experiment.state), pipeline=pipeline
+        )
+        if pipeline["upstream"] or pipeline["downstream"]
+        else "",
         "config_rows": selectors.experiment_config_rows(experiment=experiment),
         "children": selectors.experiment_children(experiment=experiment),
         "model_versions": selectors.experiment_model_versions(experiment=experiment),

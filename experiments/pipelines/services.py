@@ -73,17 +73,23 @@ def dependency_remove(*, edge_id: int) -> None:
     transaction.on_commit(lambda: dependents_react(downstream_ids=[downstream_id], cause=None))
 
 
-def dependencies_set(
-    *, downstream: Experiment, upstreams: list[tuple[Experiment, str, str]]
-) -> list[Dependency]:
-    """Add one edge per (upstream, after, on_upstream_failure); all or none (errors keyed `depends_on`)."""
+def dependencies_set(*, downstream: Experiment, wanted: list[tuple[int, str, str]]) -> list[Dependency]:
+    """Add one edge per (upstream id, after, on_upstream_failure); all or none, errors keyed `depends_on`."""
+    ids = [upstream_id for upstream_id, _after, _on_failure in wanted]
+    upstreams = Experiment.objects.in_bulk(ids)
+    missing = [f"no experiment #{pk}" for pk in ids if pk not in upstreams]
+    if missing:
+        raise ValidationError({"depends_on": missing})
     edges = []
     with transaction.atomic():
-        for upstream, after, on_failure in upstreams:
+        for upstream_id, after, on_failure in wanted:
             try:
                 edges.append(
                     dependency_add(
-                        downstream=downstream, upstream=upstream, after=after, on_upstream_failure=on_failure
+                        downstream=downstream,
+                        upstream=upstreams[upstream_id],
+                        after=after,
+                        on_upstream_failure=on_failure,
                     )
                 )
             except ValidationError as exc:
