@@ -15,6 +15,11 @@ urlpatterns = [
         "experiments/<int:experiment_id>/actions/", views.experiment_actions_fragment, name="actions_fragment"
     ),
     path(
+        "experiments/<int:experiment_id>/pipeline/start/",
+        views.experiment_pipeline_start,
+        name="pipeline_start",
+    ),
+    path(
         "experiments/<int:experiment_id>/actions/<slug:event>/",
         views.experiment_action,
         name="action",

@@ -31,7 +31,7 @@ from experiments.models import (
 from experiments.permissions import requires_permission
 from experiments.pipelines.graph import render_pipeline_graph
 from experiments.pipelines.selectors import pipeline_summary
-from experiments.pipelines.services import dependencies_set
+from experiments.pipelines.services import dependencies_set, pipeline_start, pipeline_startable
 from experiments.recipes import RECIPES
 from experiments.services import (
     OverrideRequired,
@@ -80,6 +80,8 @@ def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, 
     return {
         "experiment": experiment,
         "policy_hold": hold,
+        # One press starts the pending experiments it depends on too (upstreams first).
+        "pipeline_startable": "queue" in events and pipeline_startable(experiment),
         "actions": [
             {
                 "event": e,
@@ -312,3 +314,27 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
         )
     messages.success(request, message)
     return redirect(target)
+
+
+@requires_permission("experiments.view_experiment", hidden=True)
+@login_required
+@require_POST
+def experiment_pipeline_start(request: HttpRequest, experiment_id: int) -> HttpResponse:
+    """Start the experiment and the pending experiments it depends on, each audited as the person's Start."""
+    if not request.user.has_perm("experiments.view_experiment"):
+        raise Http404("No such experiment.")
+    experiment = _get_experiment(experiment_id)
+    try:
+        started = pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(request.user))
+    except TransitionRefused as exc:
+        return _refused(request, experiment_id, exc.message, status=409)
+    except PermissionDenied as exc:
+        if _wants_json(request):
+            return JsonResponse({"detail": str(exc) or "You may not do that."}, status=403)
+        raise
+    summary = ", ".join(f"“{e.name}” {e.get_state_display().lower()}" for e in started)
+    message = f"Pipeline started: {summary}."
+    if _wants_json(request):
+        return JsonResponse({"id": experiment.pk, "started": [e.pk for e in started], "detail": message})
+    messages.success(request, message)
+    return redirect(experiment)

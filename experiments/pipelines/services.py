@@ -148,3 +148,42 @@ def _react(downstream_id: int, cause: Transitioned | None) -> None:
         ", ".join(f"#{e.upstream_id} {e.upstream.name!r} is {e.upstream.state}" for e in edges) or "none left"
     )
     experiment_transition(experiment_id=downstream_id, event="release", actor=PIPELINE, reason=reason)
+
+
+def pipeline_start(*, experiment_id: int, actor: Actor, reason: str = "") -> list[Experiment]:
+    """Start an experiment and every pending experiment it depends on (transitively), upstreams first.
+
+    Each is started by the person's own queue event (their permission, their audit row): an
+    upstream with nothing to wait for queues, the others wait and are released in turn. Return
+    the experiments started, in order.
+    """
+    order = _pending_upstreams_first(experiment_id)
+    why = reason or f"pipeline of #{experiment_id} started"
+    started = []
+    with transaction.atomic():
+        for pk in order:
+            started.append(experiment_transition(experiment_id=pk, event="queue", actor=actor, reason=why))
+    return started
+
+
+def _pending_upstreams_first(experiment_id: int) -> list[int]:
+    """Return the pending experiments of the pipeline ending in `experiment_id`, each after its upstreams."""
+    order: list[int] = []
+    seen: set[int] = set()
+
+    def visit(pk: int) -> None:
+        if pk in seen:
+            return
+        seen.add(pk)
+        for upstream_id in Dependency.objects.filter(downstream_id=pk).values_list("upstream_id", flat=True):
+            visit(upstream_id)
+        if Experiment.objects.filter(pk=pk, state=State.PENDING).exists():
+            order.append(pk)
+
+    visit(experiment_id)
+    return order
+
+
+def pipeline_startable(experiment: Experiment) -> bool:
+    """Return True when starting the pipeline would start more than this experiment (a pending upstream)."""
+    return experiment.state == State.PENDING and len(_pending_upstreams_first(experiment.pk)) > 1
