@@ -31,7 +31,7 @@ from experiments.choices import State
 from experiments.models import EVENT_PERMISSIONS, Experiment
 from experiments.permissions import requires_permission
 from experiments.pipelines.selectors import pipeline_summary
-from experiments.pipelines.services import dependencies_set, dependency_remove
+from experiments.pipelines.services import dependencies_set, dependency_remove, pipeline_start
 from experiments.recipes import ConfigError, get_spec
 from experiments.services import (
     OverrideRequired,
@@ -293,6 +293,27 @@ def dependency_remove_view(
     with transaction.atomic():
         dependency_remove(edge_id=edge_id)
     return Status(200, _detail(experiment.pk, user))
+
+
+@router.post(
+    "/{experiment_id}/pipeline/start",
+    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 409: TransitionRefusedOut},
+    summary="Start a pipeline",
+    description="Starts the experiment and every pending experiment it depends on, upstreams first, each "
+    "as the caller's own `queue` (its permission, its audit row). Those with unmet dependencies wait and "
+    "queue by themselves once they are met. 409 when one of them cannot be started.",
+)
+@requires_permission(VIEW_PERMISSION, hidden=True)
+def pipeline_start_view(request: HttpRequest, experiment_id: int = _ID) -> Status[Any]:
+    """Start the pipeline that ends in this experiment."""
+    user = request.auth  # type: ignore[attr-defined]
+    if not Experiment.objects.filter(pk=experiment_id).exists():
+        raise Http404(f"No experiment #{experiment_id}")
+    try:
+        pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(user))
+    except TransitionRefused as exc:
+        return Status(409, {"detail": exc.message, "state": str(exc.experiment.state)})
+    return Status(200, _detail(experiment_id, user))
 
 
 __all__ = ["field_errors", "router"]

@@ -158,6 +158,9 @@ def pipeline_start(*, experiment_id: int, actor: Actor, reason: str = "") -> lis
     the experiments started, in order.
     """
     order = _pending_upstreams_first(experiment_id)
+    if experiment_id not in order:
+        # Already started (or past it): its own Start answers why, like the button would.
+        order.append(experiment_id)
     why = reason or f"pipeline of #{experiment_id} started"
     started = []
     with transaction.atomic():

@@ -68,3 +68,19 @@ def test_removing_an_edge_through_the_api(api: Client, make_experiment: MakeExpe
     assert removed.status_code == 200
     assert removed.json()["pipeline"]["upstream"] == []
     assert api.delete(f"{URL}/{b.pk}/dependencies/{edge_id}").status_code == 404
+
+
+def test_starting_a_pipeline_queues_the_teacher_and_the_student_waits(
+    api: Client, make_experiment: MakeExperiment
+) -> None:
+    teacher = make_experiment(name="teacher")
+    created = post_json(
+        api, URL, {"name": "student", "recipe": "distill", "depends_on": [{"experiment_id": teacher.pk}]}
+    )
+    student_id = created.json()["id"]
+    response = post_json(api, f"{URL}/{student_id}/pipeline/start")
+    assert response.status_code == 200, response.content
+    assert response.json()["state"] == "waiting"
+    assert api.get(f"{URL}/{teacher.pk}").json()["state"] == "queued"
+    again = post_json(api, f"{URL}/{student_id}/pipeline/start")
+    assert again.status_code == 409 and "waiting on its dependencies" in again.json()["detail"]
