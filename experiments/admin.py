@@ -108,6 +108,8 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
                     "gpus",
                     "gpu_type",
                     "memory_gb",
+                    "cpu_cores",
+                    "host_memory_gb",
                     "max_attempts",
                     "timeout_seconds",
                     "not_before",

@@ -63,6 +63,20 @@ class ExperimentCreateForm(forms.Form):
     memory_gb = forms.FloatField(
         min_value=0.0, initial=0.0, label="GPU memory (GiB)", help_text="Memory the run needs on its GPU."
     )
+    cpu_cores = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1024,
+        label="CPU cores",
+        help_text="Cores a run needs on its worker; blank takes the recipe's default.",
+    )
+    host_memory_gb = forms.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=65536.0,
+        label="Host memory (GiB)",
+        help_text="Memory a run needs on its worker; blank takes the recipe's default.",
+    )
     max_attempts = forms.IntegerField(
         min_value=1, max_value=20, initial=3, help_text="A failed run is retried until this many attempts."
     )

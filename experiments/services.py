@@ -91,6 +91,8 @@ def experiment_create(
     gpus: int = 0,
     gpu_type: str = "",
     memory_gb: float = 0.0,
+    cpu_cores: int | None = None,
+    host_memory_gb: float | None = None,
     max_attempts: int = 3,
     timeout_seconds: int = 3600,
     tags: list[str] | None = None,
@@ -98,7 +100,15 @@ def experiment_create(
     dataset_version: Any = None,
     executor: str = Executor.WORKER,
 ) -> Experiment:
-    """Validate and create a pending experiment; raise ValidationError keyed by field."""
+    """Validate and create a pending experiment; raise ValidationError keyed by field.
+
+    CPU cores and host memory left out (None) take the recipe's default resource request.
+    """
+    defaults = RECIPES[recipe].resources if recipe in RECIPES else None
+    if cpu_cores is None:
+        cpu_cores = defaults.cpu_cores if defaults else 1
+    if host_memory_gb is None:
+        host_memory_gb = defaults.host_memory_gb if defaults else 1.0
     if recipe == SCRIPT_RECIPE and owner is not None and not owner.has_perm(RUN_SCRIPT_PERMISSION):
         raise ValidationError({"recipe": SCRIPT_REFUSED})
     experiment = Experiment(
@@ -113,6 +123,8 @@ def experiment_create(
         gpus=gpus,
         gpu_type=gpu_type,
         memory_gb=memory_gb,
+        cpu_cores=cpu_cores,
+        host_memory_gb=host_memory_gb,
         max_attempts=max_attempts,
         timeout_seconds=timeout_seconds,
         tags=tags or [],
@@ -293,6 +305,8 @@ def experiment_retrain(
             gpus=parent.gpus,
             gpu_type=parent.gpu_type,
             memory_gb=parent.memory_gb,
+            cpu_cores=parent.cpu_cores,
+            host_memory_gb=parent.host_memory_gb,
             max_attempts=parent.max_attempts,
             timeout_seconds=parent.timeout_seconds,
             tags=list(parent.tags),

@@ -165,6 +165,7 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
             for name, spec in RECIPES.items()
         ],
         "recipe_defaults": {name: recipe_defaults(name) for name in RECIPES},
+        "recipe_resources": {name: spec.resources.describe() for name, spec in RECIPES.items()},
     }
     status = 400 if form.is_bound else 200
     return render(request, "experiments/create.html", context, status=status)
@@ -183,6 +184,8 @@ def _create_with_dependencies(request: HttpRequest, data: dict[str, Any]) -> Exp
         gpus=data["gpus"],
         gpu_type=data["gpu_type"],
         memory_gb=data["memory_gb"],
+        cpu_cores=data["cpu_cores"],
+        host_memory_gb=data["host_memory_gb"],
         max_attempts=data["max_attempts"],
         timeout_seconds=data["timeout_seconds"],
         tags=data["tags"],

@@ -91,6 +91,16 @@ class ExperimentIn(Schema):
     gpus: int = Field(0, strict=True, ge=0, le=8, description="GPUs wanted; 0 runs on a CPU slot.")
     gpu_type: StrictStr = Field("", max_length=64, description="e.g. H100; empty takes any.")
     memory_gb: float = Field(0.0, strict=True, ge=0.0, le=4096.0, description="GPU memory needed, in GiB.")
+    cpu_cores: int | None = Field(
+        None, strict=True, ge=1, le=1024, description="CPU cores a run needs; omitted: the recipe's default."
+    )
+    host_memory_gb: float | None = Field(
+        None,
+        strict=True,
+        ge=0.0,
+        le=65536.0,
+        description="Host memory a run needs, GiB; omitted: the recipe's default.",
+    )
     max_attempts: int = Field(3, strict=True, ge=1, le=20)
     timeout_seconds: int = Field(3600, strict=True, ge=1, le=7 * 24 * 3600)
     tags: list[StrictStr] = Field(default_factory=list)
@@ -167,6 +177,8 @@ class ExperimentDetail(ExperimentSummary):
     description: str
     config: dict[str, Any]
     memory_gb: float
+    cpu_cores: int
+    host_memory_gb: float
     max_attempts: int
     timeout_seconds: int
     queued_at: datetime | None

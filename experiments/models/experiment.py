@@ -119,6 +119,16 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     memory_gb = models.FloatField(
         default=0.0, validators=[MinValueValidator(0.0)], help_text="GPU memory needed, in GiB."
     )
+    cpu_cores = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(1024)],
+        help_text="CPU cores a run needs on its worker (the recipe's default unless set).",
+    )
+    host_memory_gb = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(65536.0)],
+        help_text="Host memory a run needs on its worker, in GiB (the recipe's default unless set).",
+    )
     max_attempts = models.PositiveSmallIntegerField(
         default=3, validators=[MinValueValidator(1), MaxValueValidator(20)]
     )

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from .plugins import ENV_VAR, PluginProblem, declared_entry_points, declared_refs, merge, parse_refs
 from .schema import ConfigError, DatasetParam, Metric, Param, ParamValue
 from .script import SCRIPT_CONSTRAINTS, SCRIPT_PARAMS
-from .spec import Constraint, RecipeSpec, metric_fields
+from .spec import Constraint, RecipeSpec, Resources, metric_fields
 
 __all__ = ["BUILTINS", "RECIPES", "Catalog", "Constraint", "RecipeSpec", "get_spec"]
 
@@ -117,6 +117,8 @@ BUILTINS: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.charlm:RECIPE",
+            # A transformer's batches use more cores and memory than the MLPs.
+            resources=Resources(cpu_cores=2, host_memory_gb=2.0),
             constraints=(_heads_divide_width,),
             **metric_fields(LOSS, VAL_LOSS, Metric("tokens_per_s", "higher", "Training throughput.")),
         ),

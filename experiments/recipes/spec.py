@@ -51,6 +51,24 @@ def metric_fields(*metrics: Metric) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one run of a recipe needs unless its experiment says otherwise."""
+
+    cpu_cores: int = 1
+    host_memory_gb: float = 1.0
+    gpus: int = 0
+    gpu_memory_gb: float = 0.0
+
+    def describe(self) -> str:
+        """Return the request in words ("2 CPU cores, 2 GiB host memory")."""
+        text = f"{self.cpu_cores} CPU core{'s' if self.cpu_cores != 1 else ''}, {self.host_memory_gb:g} GiB host memory"
+        if self.gpus:
+            text += f", {self.gpus} GPU{'s' if self.gpus != 1 else ''}"
+            text += f" with {self.gpu_memory_gb:g} GiB" if self.gpu_memory_gb else ""
+        return text
+
+
+@dataclass(frozen=True)
 class RecipeSpec:
     """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
 
@@ -69,6 +87,8 @@ class RecipeSpec:
     source: str = BUILT_IN
     # Whether its checkpoints can be served (the recipe implements load_predictor).
     servable: bool = False
+    # The default resource request of an experiment of this recipe (the form and API may override it).
+    resources: Resources = field(default_factory=Resources)
 
     def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
         """Return config with defaults filled in, or raise ConfigError keyed by parameter."""
