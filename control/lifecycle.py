@@ -8,6 +8,8 @@ each, in this order; one that fails is logged and the rest still run). The order
   rollout is closed;
 - cancel / requeue: the rollout ends and the policies are told before the live run is asked
   to stop;
+- a transition that meets or breaks a dependency releases, cancels or holds the experiments
+  waiting on it (experiments/pipelines) before the open pages are told;
 - the open pages are told last, when everything above is in the database.
 tests/control/test_lifecycle.py pins this table. ControlConfig.ready() installs it.
 """
@@ -33,6 +35,7 @@ from control.scheduling.services import (
     scheduler_tick_on_new_work,
 )
 from experiments.effects import EffectTable
+from experiments.pipelines.services import dependents_react_on_transition
 from experiments.registry.services import (
     version_register_on_promote,
     version_restore_on_rollback,
@@ -44,10 +47,19 @@ from experiments.services import state_change_publish
 EFFECTS = EffectTable(
     transitions={
         "queue": (policies_evaluate_on_transition, scheduler_tick_on_new_work, state_change_publish),
+        # Started with unmet dependencies: decide at once when an upstream already failed.
+        "wait": (dependents_react_on_transition, state_change_publish),
+        "release": (policies_evaluate_on_transition, scheduler_tick_on_new_work, state_change_publish),
+        "block": (state_change_publish,),
         "start": (policies_evaluate_on_transition, state_change_publish),
         # The evaluation job is created first: the policies' decision then waits for its result.
-        "complete": (evaluation_request_on_complete, policies_evaluate_on_transition, state_change_publish),
-        "fail": (policies_evaluate_on_transition, state_change_publish),
+        "complete": (
+            evaluation_request_on_complete,
+            policies_evaluate_on_transition,
+            dependents_react_on_transition,
+            state_change_publish,
+        ),
+        "fail": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
         "retry": (policies_evaluate_on_transition, scheduler_tick_on_new_work, state_change_publish),
         "requeue": (
             policies_evaluate_on_transition,
@@ -55,7 +67,7 @@ EFFECTS = EffectTable(
             runs_stop_on_cancel,
             state_change_publish,
         ),
-        "hold": (policies_evaluate_on_transition, state_change_publish),
+        "hold": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
         "promote": (
             version_register_on_promote,
             evaluation_request_on_promote,
@@ -67,27 +79,30 @@ EFFECTS = EffectTable(
             version_serve_on_deploy,
             rollout_end_on_deploy,
             policies_evaluate_on_transition,
+            dependents_react_on_transition,
             state_change_publish,
         ),
         "rollback": (
             version_restore_on_rollback,
             rollout_end_on_rollback,
             policies_evaluate_on_transition,
+            dependents_react_on_transition,
             state_change_publish,
         ),
         "cancel": (
             rollout_end_on_cancel,
             policies_evaluate_on_transition,
             runs_stop_on_cancel,
+            dependents_react_on_transition,
             state_change_publish,
         ),
         "retrain": (policies_evaluate_on_transition, state_change_publish),
         # A queued promotion that lost to production: its rollout ends, its candidate stops.
         "withdraw": (rollout_end_on_cancel, policies_evaluate_on_transition, state_change_publish),
         # The registry moved production (the version is already where it belongs).
-        "retire": (policies_evaluate_on_transition, state_change_publish),
-        "reinstate": (policies_evaluate_on_transition, state_change_publish),
-        "adopt": (policies_evaluate_on_transition, state_change_publish),
+        "retire": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
+        "reinstate": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
+        "adopt": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
     },
     # Inside the transaction that ends the run (the scheduler tick itself waits for commit).
     run_ended=(leases_release_on_run_end,),

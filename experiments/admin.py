@@ -16,6 +16,7 @@ from experiments.models import (
     EVENT_LABELS,
     ApiToken,
     DatasetVersion,
+    Dependency,
     DriftCheck,
     Experiment,
     MetricPoint,
@@ -23,6 +24,7 @@ from experiments.models import (
     Run,
     TransitionLog,
 )
+from experiments.pipelines.services import dependency_add, dependency_remove
 from experiments.services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
@@ -60,6 +62,18 @@ class TransitionLogInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
+class DependencyInline(admin.TabularInline):  # type: ignore[type-arg]
+    """What the experiment waits for: one row per upstream (a cycle is refused on the upstream field)."""
+
+    model = Dependency
+    fk_name = "downstream"
+    fields = ("upstream", "after", "on_upstream_failure")
+    raw_id_fields = ("upstream",)
+    extra = 0
+    verbose_name = "dependency (waits for)"
+    verbose_name_plural = "dependencies (waits for)"
+
+
 @admin.register(Experiment)
 class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """Experiments with their transition buttons; every button fires the audited service."""
@@ -82,7 +96,7 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
     list_select_related = ("owner",)
     raw_id_fields = ("owner", "parent")
     readonly_fields = ("state_changed_at", "queued_at", "created_at", "updated_at")
-    inlines = [TransitionLogInline]
+    inlines = [DependencyInline, TransitionLogInline]
     fieldsets = (
         (None, {"fields": ("name", "description", "state", "recipe", "executor", "config", "tags")}),
         (
@@ -94,6 +108,8 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
                     "gpus",
                     "gpu_type",
                     "memory_gb",
+                    "cpu_cores",
+                    "host_memory_gb",
                     "max_attempts",
                     "timeout_seconds",
                     "not_before",
@@ -122,6 +138,26 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
         if not change and obj.owner_id is None:
             obj.owner = request.user  # type: ignore[assignment]
         super().save_model(request, obj, form, change)
+
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        """Add and remove dependency edges through the pipeline's services (input wiring, release)."""
+        if formset.model is not Dependency:
+            super().save_formset(request, form, formset, change)
+            return
+        edges = formset.save(commit=False)
+        for edge in formset.deleted_objects:
+            dependency_remove(edge_id=edge.pk)
+        for edge in edges:
+            if edge.pk is None:
+                dependency_add(
+                    downstream=form.instance,
+                    upstream=edge.upstream,
+                    after=edge.after,
+                    on_upstream_failure=edge.on_upstream_failure,
+                )
+            else:
+                edge.full_clean()
+                edge.save()
 
     def _apply_fsm_transition(
         self,

@@ -9,6 +9,8 @@ class State(models.TextChoices):
     """Where an experiment is in its lifecycle."""
 
     PENDING = "pending", "Pending"
+    # Started, but an experiment it depends on has not got where the dependency asks yet.
+    WAITING = "waiting", "Waiting (on dependencies)"
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
     EVALUATING = "evaluating", "Evaluating"
@@ -28,6 +30,7 @@ ACTIVE_STATES = (State.QUEUED, State.RUNNING)
 TERMINAL_STATES = (State.DEPLOYED, State.FAILED, State.CANCELLED, State.ROLLED_BACK, State.RETIRED)
 CANCELLABLE_STATES = (
     State.PENDING,
+    State.WAITING,
     State.QUEUED,
     State.RUNNING,
     State.EVALUATING,

@@ -177,6 +177,13 @@ def send_messages(messages: list[tuple[str, dict[str, Any]]]) -> None:
         _send_failures.success()
 
 
+def publish_pipeline_change(*, experiment_ids: list[int], about: int, target: str) -> None:
+    """Tell the pages of an experiment's pipeline neighbours that it moved (their pipeline card refreshes)."""
+    if experiment_ids:
+        payload = {"type": "pipeline.changed", "experiment_id": about, "target": target}
+        send_to_groups([experiment_group(pk) for pk in experiment_ids], payload)
+
+
 def publish_state_change(*, experiment_id: int, event: str, source: str, target: str, actor: str) -> None:
     """Tell the experiment's page and the fleet page about a transition."""
     payload: StateChanged = {

@@ -9,6 +9,7 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from experiments.choices import PriorityClass
+from experiments.models import After, OnUpstreamFailure
 from experiments.recipes import RECIPES
 
 DEFAULT_RECIPE = "digits"
@@ -62,6 +63,20 @@ class ExperimentCreateForm(forms.Form):
     memory_gb = forms.FloatField(
         min_value=0.0, initial=0.0, label="GPU memory (GiB)", help_text="Memory the run needs on its GPU."
     )
+    cpu_cores = forms.IntegerField(
+        required=False,
+        min_value=1,
+        max_value=1024,
+        label="CPU cores",
+        help_text="Cores a run needs on its worker; blank takes the recipe's default.",
+    )
+    host_memory_gb = forms.FloatField(
+        required=False,
+        min_value=0.0,
+        max_value=65536.0,
+        label="Host memory (GiB)",
+        help_text="Memory a run needs on its worker; blank takes the recipe's default.",
+    )
     max_attempts = forms.IntegerField(
         min_value=1, max_value=20, initial=3, help_text="A failed run is retried until this many attempts."
     )
@@ -74,6 +89,22 @@ class ExperimentCreateForm(forms.Form):
     )
     tags = forms.CharField(
         required=False, max_length=500, help_text="Comma separated, e.g. baseline, sweep-3."
+    )
+    depends_on = forms.CharField(
+        required=False,
+        max_length=500,
+        label="Depends on",
+        help_text="Experiment ids, comma separated: started, it waits for them and then queues by itself. "
+        "A distill experiment takes a digits upstream as its teacher.",
+    )
+    depends_after = forms.ChoiceField(
+        choices=After.choices, initial=After.SUCCEEDED, label="Waits until each", required=False
+    )
+    on_upstream_failure = forms.ChoiceField(
+        choices=OnUpstreamFailure.choices,
+        initial=OnUpstreamFailure.CANCEL,
+        label="If one fails or is cancelled",
+        required=False,
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -96,6 +127,20 @@ class ExperimentCreateForm(forms.Form):
         if not isinstance(value, dict):
             raise ValidationError('Must be a JSON object, e.g. {"epochs": 10}.', code="not_object")
         return value
+
+    def clean_depends_on(self) -> list[int]:
+        """Return the upstream experiment ids (whether they exist is the service's to say)."""
+        raw = self.cleaned_data.get("depends_on") or ""
+        ids: list[int] = []
+        for part in raw.replace(";", ",").split(","):
+            text = part.strip().lstrip("#")
+            if not text:
+                continue
+            if not text.isdigit() or not 0 < int(text) < 2**31:
+                raise ValidationError(f"{part.strip()!r} is not an experiment id (a whole number, e.g. 12).")
+            if int(text) not in ids:
+                ids.append(int(text))
+        return ids
 
     def clean_tags(self) -> list[str]:
         """Return the comma-separated tags as a list, blanks and repeats dropped."""

@@ -25,6 +25,7 @@ PARALLEL_GAP = 12
 # Only placement lives here; which edges exist is read from the model's transitions.
 _LAYOUT: dict[str, tuple[float, float]] = {
     State.PENDING: (60, MAIN_Y),
+    State.WAITING: (60 + 0.5 * COL, 30),
     State.QUEUED: (60 + COL, MAIN_Y),
     State.RUNNING: (60 + 2 * COL, MAIN_Y),
     State.EVALUATING: (60 + 3 * COL, MAIN_Y),

@@ -8,13 +8,21 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
+from django.db.models import Q
 from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
 from experiments import events
 from experiments.actors import Actor
 from experiments.choices import Executor, PriorityClass, State
 from experiments.effects import Transitioned, transition_effects_schedule
-from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
+from experiments.models import (
+    EVENT_LABELS,
+    EVENT_PERMISSIONS,
+    Dependency,
+    Experiment,
+    TransitionLog,
+    unmet_dependencies,
+)
 from experiments.recipes import RECIPES
 from experiments.recipes.script import SCRIPT_RECIPE
 
@@ -28,7 +36,7 @@ SCRIPT_REFUSED = (
     "(experiments.run_script), which an administrator grants."
 )
 # The events that make a script run (again).
-SCRIPT_RUN_EVENTS = frozenset({"queue", "retry", "requeue"})
+SCRIPT_RUN_EVENTS = frozenset({"queue", "release", "retry", "requeue"})
 
 # Past participles for the answer to a refused transition ("already promoting").
 _STATE_PHRASES = {
@@ -43,6 +51,7 @@ _STATE_PHRASES = {
     State.ROLLED_BACK: "already rolled back",
     State.RETIRED: "retired (a newer version replaced it)",
     State.PENDING: "still pending",
+    State.WAITING: "waiting on its dependencies",
 }
 
 
@@ -82,6 +91,8 @@ def experiment_create(
     gpus: int = 0,
     gpu_type: str = "",
     memory_gb: float = 0.0,
+    cpu_cores: int | None = None,
+    host_memory_gb: float | None = None,
     max_attempts: int = 3,
     timeout_seconds: int = 3600,
     tags: list[str] | None = None,
@@ -89,7 +100,15 @@ def experiment_create(
     dataset_version: Any = None,
     executor: str = Executor.WORKER,
 ) -> Experiment:
-    """Validate and create a pending experiment; raise ValidationError keyed by field."""
+    """Validate and create a pending experiment; raise ValidationError keyed by field.
+
+    CPU cores and host memory left out (None) take the recipe's default resource request.
+    """
+    defaults = RECIPES[recipe].resources if recipe in RECIPES else None
+    if cpu_cores is None:
+        cpu_cores = defaults.cpu_cores if defaults else 1
+    if host_memory_gb is None:
+        host_memory_gb = defaults.host_memory_gb if defaults else 1.0
     if recipe == SCRIPT_RECIPE and owner is not None and not owner.has_perm(RUN_SCRIPT_PERMISSION):
         raise ValidationError({"recipe": SCRIPT_REFUSED})
     experiment = Experiment(
@@ -104,6 +123,8 @@ def experiment_create(
         gpus=gpus,
         gpu_type=gpu_type,
         memory_gb=memory_gb,
+        cpu_cores=cpu_cores,
+        host_memory_gb=host_memory_gb,
         max_attempts=max_attempts,
         timeout_seconds=timeout_seconds,
         tags=tags or [],
@@ -190,6 +211,12 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
         raise _refusal(experiment, event)
     if actor.is_person and not has_transition_perm(method, actor.user):
         raise PermissionDenied(f"You may not {EVENT_LABELS[event].lower()} experiments.")
+    if event == "queue" and (unmet := unmet_dependencies(experiment)):
+        # Started with dependencies not met yet: it waits outside the queue, and the pipeline
+        # releases it when they are (experiments/pipelines). The person's queue permission held.
+        event, method = "wait", experiment.wait
+        waits_for = "waits for " + ", ".join(edge.describe() for edge in unmet)
+        reason = f"{reason}; {waits_for}" if reason else waits_for
     if event == "promote" and (why := experiment_serving_refusal(experiment)):
         # A person, the API and a policy all land here: nothing is registered or canaried.
         raise TransitionRefused(experiment=experiment, event=event, message=why)
@@ -234,6 +261,14 @@ def state_change_publish(done: Transitioned) -> None:
         target=str(done.experiment.state),
         actor=done.actor.label,
     )
+    # The pages of its pipeline neighbours show its state too (one indexed query when it has none).
+    neighbours = Dependency.objects.filter(
+        Q(upstream_id=done.experiment.pk) | Q(downstream_id=done.experiment.pk)
+    ).values_list("upstream_id", "downstream_id")
+    ids = sorted({pk for pair in neighbours for pk in pair} - {done.experiment.pk})
+    events.publish_pipeline_change(
+        experiment_ids=ids, about=done.experiment.pk, target=str(done.experiment.state)
+    )
 
 
 def experiment_retrain(
@@ -270,6 +305,8 @@ def experiment_retrain(
             gpus=parent.gpus,
             gpu_type=parent.gpu_type,
             memory_gb=parent.memory_gb,
+            cpu_cores=parent.cpu_cores,
+            host_memory_gb=parent.host_memory_gb,
             max_attempts=parent.max_attempts,
             timeout_seconds=parent.timeout_seconds,
             tags=list(parent.tags),

@@ -20,6 +20,11 @@ urlpatterns = [
         name="artifact_download",
     ),
     path(
+        "experiments/<int:experiment_id>/pipeline/start/",
+        views.experiment_pipeline_start,
+        name="pipeline_start",
+    ),
+    path(
         "experiments/<int:experiment_id>/actions/<slug:event>/",
         views.experiment_action,
         name="action",

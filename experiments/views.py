@@ -10,6 +10,7 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.core.paginator import Paginator
+from django.db import transaction
 from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
@@ -24,11 +25,16 @@ from experiments.models import (
     CONFIRM_EVENTS,
     EVENT_LABELS,
     EVENT_PERMISSIONS,
+    After,
     Experiment,
+    OnUpstreamFailure,
     RunArtifact,
     artifact_name_error,
 )
 from experiments.permissions import requires_permission
+from experiments.pipelines.graph import render_pipeline_graph
+from experiments.pipelines.selectors import pipeline_summary
+from experiments.pipelines.services import dependencies_set, pipeline_start, pipeline_startable
 from experiments.recipes import RECIPES
 from experiments.runs.outputs import artifact_dir
 from experiments.services import (
@@ -78,6 +84,8 @@ def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, 
     return {
         "experiment": experiment,
         "policy_hold": hold,
+        # One press starts the pending experiments it depends on too (upstreams first).
+        "pipeline_startable": "queue" in events and pipeline_startable(experiment),
         "actions": [
             {
                 "event": e,
@@ -145,21 +153,8 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
         if form.is_valid():
             data = form.cleaned_data
             try:
-                experiment = experiment_create(
-                    name=data["name"],
-                    description=data["description"],
-                    recipe=data["recipe"],
-                    config=data["config"],
-                    owner=request.user,
-                    priority_class=data["priority_class"],
-                    priority=data["priority"],
-                    gpus=data["gpus"],
-                    gpu_type=data["gpu_type"],
-                    memory_gb=data["memory_gb"],
-                    max_attempts=data["max_attempts"],
-                    timeout_seconds=data["timeout_seconds"],
-                    tags=data["tags"],
-                )
+                with transaction.atomic():
+                    experiment = _create_with_dependencies(request, data)
             except ValidationError as exc:
                 form.add_service_errors(exc)
             else:
@@ -174,9 +169,35 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
             for name, spec in RECIPES.items()
         ],
         "recipe_defaults": {name: recipe_defaults(name) for name in RECIPES},
+        "recipe_resources": {name: spec.resources.describe() for name, spec in RECIPES.items()},
     }
     status = 400 if form.is_bound else 200
     return render(request, "experiments/create.html", context, status=status)
+
+
+def _create_with_dependencies(request: HttpRequest, data: dict[str, Any]) -> Experiment:
+    """Create the experiment and its dependency edges (call inside a transaction: all or none)."""
+    experiment = experiment_create(
+        name=data["name"],
+        description=data["description"],
+        recipe=data["recipe"],
+        config=data["config"],
+        owner=request.user,
+        priority_class=data["priority_class"],
+        priority=data["priority"],
+        gpus=data["gpus"],
+        gpu_type=data["gpu_type"],
+        memory_gb=data["memory_gb"],
+        cpu_cores=data["cpu_cores"],
+        host_memory_gb=data["host_memory_gb"],
+        max_attempts=data["max_attempts"],
+        timeout_seconds=data["timeout_seconds"],
+        tags=data["tags"],
+    )
+    after = data["depends_after"] or After.SUCCEEDED
+    on_failure = data["on_upstream_failure"] or OnUpstreamFailure.CANCEL
+    dependencies_set(downstream=experiment, wanted=[(pk, after, on_failure) for pk in data["depends_on"]])
+    return experiment
 
 
 def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
@@ -185,8 +206,15 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
     visited = (
         {State.PENDING.value} | {row.source_state for row in history} | {row.target_state for row in history}
     )
+    pipeline = pipeline_summary(experiment)
     return {
         **_actions_context(request, experiment),
+        "pipeline": pipeline,
+        "pipeline_graph": render_pipeline_graph(
+            experiment_id=experiment.pk, name=experiment.name, state=str(experiment.state), pipeline=pipeline
+        )
+        if pipeline["upstream"] or pipeline["downstream"]
+        else "",
         "config_rows": selectors.experiment_config_rows(experiment=experiment),
         "children": selectors.experiment_children(experiment=experiment),
         "model_versions": selectors.experiment_model_versions(experiment=experiment),
@@ -322,3 +350,27 @@ def artifact_download(request: HttpRequest, experiment_id: int, run_id: int, nam
     if path.parent != root or not path.is_file():
         raise Http404("No such artifact.")
     return FileResponse(path.open("rb"), as_attachment=True, filename=name)
+
+
+@requires_permission("experiments.view_experiment", hidden=True)
+@login_required
+@require_POST
+def experiment_pipeline_start(request: HttpRequest, experiment_id: int) -> HttpResponse:
+    """Start the experiment and the pending experiments it depends on, each audited as the person's Start."""
+    if not request.user.has_perm("experiments.view_experiment"):
+        raise Http404("No such experiment.")
+    experiment = _get_experiment(experiment_id)
+    try:
+        started = pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(request.user))
+    except TransitionRefused as exc:
+        return _refused(request, experiment_id, exc.message, status=409)
+    except PermissionDenied as exc:
+        if _wants_json(request):
+            return JsonResponse({"detail": str(exc) or "You may not do that."}, status=403)
+        raise
+    summary = ", ".join(f"“{e.name}” {e.get_state_display().lower()}" for e in started)
+    message = f"Pipeline started: {summary}."
+    if _wants_json(request):
+        return JsonResponse({"id": experiment.pk, "started": [e.pk for e in started], "detail": message})
+    messages.success(request, message)
+    return redirect(experiment)

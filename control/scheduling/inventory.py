@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
 
+import psutil
 import pynvml
 from celery.utils import worker_direct
 from django.conf import settings
@@ -43,10 +44,22 @@ class GpuReading:
 
 @dataclass
 class Inventory:
-    """What a worker found on its host: GPUs, or why there are none."""
+    """What a worker found on its host: GPUs (or why there are none), CPU cores and memory (0: unknown)."""
 
     gpus: list[GpuReading] = field(default_factory=list)
     nvml_error: str = ""
+    cpu_cores: int = 0
+    memory_total_mb: int = 0
+
+
+def read_inventory() -> Inventory:
+    """Read the GPUs through NVML and the host's CPU cores and memory (what placement checks)."""
+    inventory = read_gpus()
+    inventory.cpu_cores = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    )
+    inventory.memory_total_mb = int(psutil.virtual_memory().total // (1024 * 1024))
+    return inventory
 
 
 def _maybe(fn: object, *args: object) -> float | None:
@@ -109,7 +122,7 @@ def worker_heartbeat(
     A stopping worker (its shutdown began) keeps heart-beating until its runs checkpointed,
     but the scheduler gives it no new run.
     """
-    inventory = inventory if inventory is not None else read_gpus()
+    inventory = inventory if inventory is not None else read_inventory()
     now = timezone.now()
     worker, created = Worker.objects.get_or_create(
         hostname=hostname,
@@ -121,6 +134,8 @@ def worker_heartbeat(
         online=True,
         nvml_error=inventory.nvml_error,
         queue=worker_queue_name(hostname),
+        cpu_cores=inventory.cpu_cores,
+        memory_total_mb=inventory.memory_total_mb,
         # The worker's own word decides: set while it stops, cleared when it (re)starts.
         stopping_since=(worker.stopping_since or now) if stopping else None,
     )

@@ -21,6 +21,12 @@ class Worker(models.Model):
     online = models.BooleanField(
         default=True, help_text="False once heartbeats stopped; its devices are not leased then."
     )
+    cpu_cores = models.PositiveIntegerField(
+        default=0, help_text="CPU cores of the host, from its heartbeat (0: not reported)."
+    )
+    memory_total_mb = models.PositiveIntegerField(
+        default=0, help_text="Host memory, from its heartbeat (0: not reported)."
+    )
     stopping_since = models.DateTimeField(
         null=True,
         blank=True,
@@ -32,6 +38,11 @@ class Worker(models.Model):
 
     def __str__(self) -> str:
         return self.hostname
+
+    @property
+    def memory_total_gb(self) -> float:
+        """Return the host memory in GiB (0 when not reported)."""
+        return self.memory_total_mb / 1024
 
 
 class DeviceKind(models.TextChoices):

@@ -24,6 +24,7 @@ from django.utils import timezone
 
 import control.scheduling.cost as cost
 from control.dispatch import tasks_send
+from control.scheduling import placement
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
@@ -99,8 +100,10 @@ class QueuedExperiment:
         "_not_before",
         "_queued_at",
         "_tags",
+        "cpu_cores",
         "gpu_type",
         "gpus",
+        "host_memory_gb",
         "memory_gb",
         "name",
         "pk",
@@ -126,9 +129,12 @@ class QueuedExperiment:
             self._queued_at,
             self._created_at,
             self._not_before,
+            self.cpu_cores,
+            self.host_memory_gb,
             self.urgency,
         ) = row
         self.memory_gb = float(self.memory_gb)
+        self.host_memory_gb = float(self.host_memory_gb)
 
     @property
     def id(self) -> int:
@@ -182,6 +188,8 @@ _QUEUED_COLUMNS = (
     "queued_at",
     "created_at",
     "not_before",
+    "cpu_cores",
+    "host_memory_gb",
 )
 
 
@@ -249,11 +257,17 @@ def _needs(experiment: Experiment | QueuedExperiment) -> str:
     return what + (" on one worker" if experiment.gpus > 1 else "")
 
 
-def _pick(experiment: Experiment | QueuedExperiment, free: list[Device]) -> list[Device]:
-    """Return the devices to lease (all on one worker), or [] when none fit."""
+def _pick(
+    experiment: Experiment | QueuedExperiment,
+    free: list[Device],
+    hosts: dict[int, placement.HostFree] | None = None,
+) -> list[Device]:
+    """Return the devices to lease (all on one worker, whose host has the cores and memory), or [] when none fit."""
     by_worker: dict[int, list[Device]] = defaultdict(list)
     for device in free:
-        if device_fits(experiment, device):
+        if device_fits(experiment, device) and (
+            hosts is None or placement.host_fits(experiment, hosts.get(device.worker_id))
+        ):
             by_worker[device.worker_id].append(device)
     wanted = max(1, experiment.gpus)
     for devices in by_worker.values():
@@ -262,6 +276,31 @@ def _pick(experiment: Experiment | QueuedExperiment, free: list[Device]) -> list
             devices.sort(key=lambda d: (d.memory_total_mb, d.index))
             return devices[:wanted]
     return []
+
+
+def _host_reason(
+    experiment: QueuedExperiment,
+    free: list[Device],
+    devices: list[Device],
+    hosts: dict[int, placement.HostFree],
+) -> str:
+    """Return why the devices it needs are there but no host has its cores or memory, or ""."""
+    fitting_ever = {d.worker_id for d in devices if device_fits(experiment, d)}
+    if fitting_ever and placement.host_never_fits(experiment, hosts, fitting_ever):
+        return "no live worker has room: " + placement.host_shortfall(
+            experiment, hosts, fitting_ever, idle=True
+        )
+    fitting_now = {d.worker_id for d in _pick_all_workers(experiment, free)}
+    return placement.host_shortfall(experiment, hosts, fitting_now) if fitting_now else ""
+
+
+def _pick_all_workers(experiment: QueuedExperiment, free: list[Device]) -> list[Device]:
+    """Return one device per worker that has enough free devices of the kind wanted (hosts not checked)."""
+    by_worker: dict[int, list[Device]] = defaultdict(list)
+    for device in free:
+        if device_fits(experiment, device):
+            by_worker[device.worker_id].append(device)
+    return [ds[0] for ds in by_worker.values() if len(ds) >= max(1, experiment.gpus)]
 
 
 def _admission_refusal(experiment: QueuedExperiment, now: datetime, cache: dict[str, Any]) -> str:
@@ -327,8 +366,10 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     pass_cache: dict[str, Any] = {}
     # Experiments asking for the same thing get the same answer once nothing fits them: free
     # devices only go away during a pass. Keyed by (gpus, gpu_type, memory_gb).
-    no_fit: set[tuple[int, str, float]] = set()
+    no_fit: set[tuple[int, str, float, int, float]] = set()
     fits_any: dict[tuple[int, str, float], bool] = {}
+    # Cores and host memory left on each worker's host, taken from as experiments are placed.
+    hosts = placement.host_capacity({d.worker for d in devices})
     for position, experiment in enumerate(queued_in_order(now=now), start=1):
         decision = Decision(experiment=experiment, position=position, urgency=experiment.urgency)
         decisions.append(decision)
@@ -346,19 +387,30 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
         if refusal:
             decision.reason = refusal
             continue
-        need = (experiment.gpus, experiment.gpu_type, experiment.memory_gb)
-        chosen = [] if need in no_fit or not free else _pick(experiment, free)
+        need = (
+            experiment.gpus,
+            experiment.gpu_type,
+            experiment.memory_gb,
+            experiment.cpu_cores,
+            experiment.host_memory_gb,
+        )
+        chosen = [] if need in no_fit or not free else _pick(experiment, free, hosts)
         if chosen:
             decision.devices = chosen
             taken = {d.pk for d in chosen}
             free = [d for d in free if d.pk not in taken]
+            placement.host_take(hosts, chosen[0].worker_id, experiment)
             if slots_left is not None:
                 slots_left -= 1
             continue
         no_fit.add(need)
-        if need not in fits_any:
-            fits_any[need] = any(device_fits(experiment, d) for d in devices)
-        if fits_any[need]:
+        if why := _host_reason(experiment, free, devices, hosts):
+            decision.reason = why
+            continue
+        device_need = need[:3]
+        if device_need not in fits_any:
+            fits_any[device_need] = any(device_fits(experiment, d) for d in devices)
+        if fits_any[device_need]:
             decision.reason = f"waiting for {_needs(experiment)} to free up"
         else:
             decision.reason = f"no live worker has {_needs(experiment)}"

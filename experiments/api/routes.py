@@ -6,6 +6,7 @@ from typing import Any
 
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.db.models import Count, QuerySet
 from django.http import Http404, HttpRequest
 from ninja import Path, Query, Router, Status
@@ -15,6 +16,7 @@ from experiments.actors import Actor
 from experiments.api.schemas import (
     MAX_ID,
     ActionIn,
+    DependencyIn,
     ErrorOut,
     ExperimentDetail,
     ExperimentFilters,
@@ -28,6 +30,8 @@ from experiments.api.schemas import (
 from experiments.choices import State
 from experiments.models import EVENT_PERMISSIONS, Experiment
 from experiments.permissions import requires_permission
+from experiments.pipelines.selectors import pipeline_summary
+from experiments.pipelines.services import dependencies_set, dependency_remove, pipeline_start
 from experiments.recipes import ConfigError, get_spec
 from experiments.services import (
     OverrideRequired,
@@ -83,7 +87,16 @@ def _detail(experiment_id: int, user: Any) -> Experiment:
         experiment.children.order_by("id").values_list("id", flat=True)
     )
     experiment.available_events_now = experiment.available_events(user)  # type: ignore[attr-defined]
+    experiment.pipeline = pipeline_summary(experiment)  # type: ignore[attr-defined]
     return experiment
+
+
+def _dependencies_add(experiment: Experiment, wanted: list[dict[str, Any]]) -> None:
+    """Add the edges a request asks for (all or none; errors on depends_on)."""
+    dependencies_set(
+        downstream=experiment,
+        wanted=[(int(d["experiment_id"]), d["after"], d["on_upstream_failure"]) for d in wanted],
+    )
 
 
 def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
@@ -142,8 +155,11 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
         data["config"] = get_spec(data["recipe"]).clean(data["config"])
     except ConfigError as exc:
         raise _config_errors(exc) from None
+    depends_on = data.pop("depends_on")
     try:
-        experiment = experiment_create(owner=user, **data)
+        with transaction.atomic():
+            experiment = experiment_create(owner=user, **data)
+            _dependencies_add(experiment, depends_on)
     except DjangoValidationError as exc:
         errors = exc.message_dict
         # The model's own config checks (e.g. a dataset id that names no dataset) say
@@ -234,6 +250,70 @@ def experiment_action(
     except DjangoValidationError as exc:
         raise field_errors(exc.message_dict) from None
     return Status(200, _detail(experiment.pk, user))
+
+
+@router.post(
+    "/{experiment_id}/dependencies",
+    response={201: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+    summary="Add a dependency",
+    description="Needs `experiments.add_experiment`. The experiment (pending or waiting) waits for the "
+    "given upstream. A cycle, or an experiment past waiting, is refused at body.depends_on (422).",
+)
+@requires_permission("experiments.add_experiment")
+def dependency_add_view(request: HttpRequest, payload: DependencyIn, experiment_id: int = _ID) -> Status[Any]:
+    """Make the experiment wait for one more upstream."""
+    user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
+    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    if experiment is None:
+        raise Http404(f"No experiment #{experiment_id}")
+    try:
+        with transaction.atomic():
+            _dependencies_add(experiment, [payload.model_dump()])
+    except DjangoValidationError as exc:
+        raise field_errors(exc.message_dict) from None
+    return Status(201, _detail(experiment.pk, user))
+
+
+@router.delete(
+    "/{experiment_id}/dependencies/{edge_id}",
+    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+    summary="Remove a dependency",
+    description="Needs `experiments.add_experiment`. A waiting experiment whose remaining "
+    "dependencies are all met queues by itself.",
+)
+@requires_permission("experiments.add_experiment")
+def dependency_remove_view(
+    request: HttpRequest, experiment_id: int = _ID, edge_id: int = Path(..., ge=1, le=MAX_ID)
+) -> Status[Any]:
+    """Stop the experiment waiting for one upstream."""
+    user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
+    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    if experiment is None or not experiment.upstream_edges.filter(pk=edge_id).exists():
+        raise Http404(f"No dependency #{edge_id} of experiment #{experiment_id}")
+    with transaction.atomic():
+        dependency_remove(edge_id=edge_id)
+    return Status(200, _detail(experiment.pk, user))
+
+
+@router.post(
+    "/{experiment_id}/pipeline/start",
+    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 409: TransitionRefusedOut},
+    summary="Start a pipeline",
+    description="Starts the experiment and every pending experiment it depends on, upstreams first, each "
+    "as the caller's own `queue` (its permission, its audit row). Those with unmet dependencies wait and "
+    "queue by themselves once they are met. 409 when one of them cannot be started.",
+)
+@requires_permission(VIEW_PERMISSION, hidden=True)
+def pipeline_start_view(request: HttpRequest, experiment_id: int = _ID) -> Status[Any]:
+    """Start the pipeline that ends in this experiment."""
+    user = request.auth  # type: ignore[attr-defined]
+    if not Experiment.objects.filter(pk=experiment_id).exists():
+        raise Http404(f"No experiment #{experiment_id}")
+    try:
+        pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(user))
+    except TransitionRefused as exc:
+        return Status(409, {"detail": exc.message, "state": str(exc.experiment.state)})
+    return Status(200, _detail(experiment_id, user))
 
 
 __all__ = ["field_errors", "router"]

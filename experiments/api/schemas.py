@@ -36,6 +36,39 @@ Ordering = Literal[
 ORDERINGS: tuple[str, ...] = get_args(Ordering)
 
 
+class DependencyIn(Schema):
+    """One experiment the new (or this) experiment waits for, and on what condition."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    experiment_id: int = Field(..., strict=True, ge=1, le=MAX_ID, description="The upstream experiment.")
+    after: Literal["succeeded", "deployed", "finished"] = Field(
+        "succeeded", description="What the upstream must reach before this one queues."
+    )
+    on_upstream_failure: Literal["cancel", "hold"] = Field(
+        "cancel", description="When the upstream fails or is cancelled: cancel this one, or hold it waiting."
+    )
+
+
+class DependencyOut(Schema):
+    """One edge of a pipeline, seen from one of its ends."""
+
+    edge_id: int
+    experiment_id: int
+    name: str
+    state: str
+    after: str
+    on_upstream_failure: str
+    met: bool
+
+
+class PipelineOut(Schema):
+    """What an experiment waits for (upstream) and what waits for it (downstream)."""
+
+    upstream: list[DependencyOut]
+    downstream: list[DependencyOut]
+
+
 class ExperimentIn(Schema):
     """A new experiment; config is checked against the recipe's declared parameters."""
 
@@ -58,9 +91,24 @@ class ExperimentIn(Schema):
     gpus: int = Field(0, strict=True, ge=0, le=8, description="GPUs wanted; 0 runs on a CPU slot.")
     gpu_type: StrictStr = Field("", max_length=64, description="e.g. H100; empty takes any.")
     memory_gb: float = Field(0.0, strict=True, ge=0.0, le=4096.0, description="GPU memory needed, in GiB.")
+    cpu_cores: int | None = Field(
+        None, strict=True, ge=1, le=1024, description="CPU cores a run needs; omitted: the recipe's default."
+    )
+    host_memory_gb: float | None = Field(
+        None,
+        strict=True,
+        ge=0.0,
+        le=65536.0,
+        description="Host memory a run needs, GiB; omitted: the recipe's default.",
+    )
     max_attempts: int = Field(3, strict=True, ge=1, le=20)
     timeout_seconds: int = Field(3600, strict=True, ge=1, le=7 * 24 * 3600)
     tags: list[StrictStr] = Field(default_factory=list)
+    depends_on: list[DependencyIn] = Field(
+        default_factory=list,
+        description="Experiments this one waits for: started, it waits until each gets where its edge "
+        "asks, then queues by itself. A cycle is refused at body.depends_on.",
+    )
 
 
 class ActionIn(Schema):
@@ -129,11 +177,14 @@ class ExperimentDetail(ExperimentSummary):
     description: str
     config: dict[str, Any]
     memory_gb: float
+    cpu_cores: int
+    host_memory_gb: float
     max_attempts: int
     timeout_seconds: int
     queued_at: datetime | None
     updated_at: datetime
     children_ids: list[int]
+    pipeline: PipelineOut = Field(..., description="Dependency edges both ways, with states and conditions.")
     available_events: list[str] = Field(..., description="Events the requesting user may fire now.")
     transitions: list[TransitionOut] = Field(..., description="Audited transitions, oldest first.")
 

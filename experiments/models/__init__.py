@@ -6,6 +6,7 @@ checks) in `registry.py`; what the MLflow tracking API adds (experiment groups, 
 `mlflow.py`. Both are the bottom layer of the app: they import no service.
 """
 
+from experiments.models.dependency import After, Dependency, OnUpstreamFailure, unmet_dependencies
 from experiments.models.experiment import (
     CONFIRM_EVENTS,
     EVENT_LABELS,
@@ -54,10 +55,12 @@ __all__ = [
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
     "ROLLUP_WIDTHS",
+    "After",
     "ApiToken",
     "ArtifactKind",
     "DatasetFileError",
     "DatasetVersion",
+    "Dependency",
     "DriftCheck",
     "EvaluationStatus",
     "Experiment",
@@ -69,6 +72,7 @@ __all__ = [
     "MlflowRunStatus",
     "ModelStage",
     "ModelVersion",
+    "OnUpstreamFailure",
     "Run",
     "RunArtifact",
     "RunEvaluation",
@@ -80,4 +84,5 @@ __all__ = [
     "VersionEvaluation",
     "VersionEvaluationStatus",
     "artifact_name_error",
+    "unmet_dependencies",
 ]

@@ -31,6 +31,11 @@ from experiments.recipes.script import SCRIPT_RECIPE, resolve_workdir
 # start/complete/fail/requeue belong to the scheduler and workers ("operate").
 EVENT_PERMISSIONS: dict[str, str] = {
     "queue": "experiments.queue_experiment",
+    # A person's Start on an experiment with unmet dependencies becomes wait (the queue permission
+    # is checked first); release and block belong to the pipeline ("operate").
+    "wait": "experiments.operate_experiment",
+    "release": "experiments.operate_experiment",
+    "block": "experiments.operate_experiment",
     "start": "experiments.operate_experiment",
     "complete": "experiments.operate_experiment",
     "fail": "experiments.operate_experiment",
@@ -52,6 +57,9 @@ EVENT_PERMISSIONS: dict[str, str] = {
 # Words for the buttons and the "already ..." answer to a lost race.
 EVENT_LABELS: dict[str, str] = {
     "queue": "Start",
+    "wait": "Wait for dependencies",
+    "release": "Release",
+    "block": "Hold (upstream failed)",
     "start": "Dispatch",
     "complete": "Complete",
     "fail": "Mark failed",
@@ -110,6 +118,16 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     gpu_type = models.CharField(max_length=64, blank=True, help_text="e.g. H100; blank takes any.")
     memory_gb = models.FloatField(
         default=0.0, validators=[MinValueValidator(0.0)], help_text="GPU memory needed, in GiB."
+    )
+    cpu_cores = models.PositiveSmallIntegerField(
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(1024)],
+        help_text="CPU cores a run needs on its worker (the recipe's default unless set).",
+    )
+    host_memory_gb = models.FloatField(
+        default=1.0,
+        validators=[MinValueValidator(0.0), MaxValueValidator(65536.0)],
+        help_text="Host memory a run needs on its worker, in GiB (the recipe's default unless set).",
     )
     max_attempts = models.PositiveSmallIntegerField(
         default=3, validators=[MinValueValidator(1), MaxValueValidator(20)]
@@ -238,6 +256,26 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         """Put the experiment in the queue."""
         self._touch()
         self.queued_at = self.state_changed_at
+
+    @transition(field=state, source=State.PENDING, target=State.WAITING, permission=EVENT_PERMISSIONS["wait"])
+    def wait(self) -> None:
+        """Started while an experiment it depends on is not there yet: it waits, outside the queue."""
+        self._touch()
+
+    @transition(
+        field=state, source=State.WAITING, target=State.QUEUED, permission=EVENT_PERMISSIONS["release"]
+    )
+    def release(self) -> None:
+        """Every dependency is met: queue it."""
+        self._touch()
+        self.queued_at = self.state_changed_at
+
+    @transition(
+        field=state, source=State.WAITING, target=State.WAITING, permission=EVENT_PERMISSIONS["block"]
+    )
+    def block(self) -> None:
+        """An upstream failed and its edge holds dependents: it keeps waiting (audited) for a retry or a person."""
+        self._touch()
 
     @transition(field=state, source=State.QUEUED, target=State.RUNNING, permission=EVENT_PERMISSIONS["start"])
     def start(self) -> None:

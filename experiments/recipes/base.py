@@ -95,6 +95,18 @@ class Artifact:
     kind: str = "file"
 
 
+@runtime_checkable
+class UpstreamModels(Protocol):
+    """What a run context may add for a recipe that starts from another experiment's model.
+
+    The worker's context hands over the final checkpoint of an upstream the experiment depends
+    on (verified against its recorded sha256); the CLI's, files given to it by experiment id.
+    """
+
+    def upstream_checkpoint(self, experiment_id: int) -> dict[str, Any]:
+        """Return the state of experiment `experiment_id`'s final checkpoint, or raise ValueError."""
+
+
 @dataclass(frozen=True)
 class RecipeResult:
     """What a finished (or stopped) training loop hands back."""

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from .plugins import ENV_VAR, PluginProblem, declared_entry_points, declared_refs, merge, parse_refs
 from .schema import ConfigError, DatasetParam, Metric, Param, ParamValue
 from .script import SCRIPT_CONSTRAINTS, SCRIPT_PARAMS
-from .spec import Constraint, RecipeSpec, metric_fields, with_evaluation
+from .spec import Constraint, RecipeSpec, Resources, metric_fields, with_evaluation
 
 __all__ = ["BUILTINS", "RECIPES", "Catalog", "Constraint", "RecipeSpec", "get_spec"]
 
@@ -141,6 +141,8 @@ BUILTINS: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.charlm:RECIPE",
+            # A transformer's batches use more cores and memory than the MLPs.
+            resources=Resources(cpu_cores=2, host_memory_gb=2.0),
             constraints=(_heads_divide_width,),
             **with_evaluation(
                 metric_fields(LOSS, VAL_LOSS, Metric("tokens_per_s", "higher", "Training throughput.")),
@@ -154,6 +156,15 @@ BUILTINS: dict[str, RecipeSpec] = {
             summary="Knowledge distillation: a small student learns a digits teacher's soft labels.",
             params=(
                 Param("teacher_epochs", int, 20, "Epochs to train the teacher first.", 1, 500),
+                Param(
+                    "teacher_experiment",
+                    int,
+                    0,
+                    "A digits experiment whose final checkpoint is the teacher (its id; 0 trains a "
+                    "teacher first). Set when this experiment depends on a digits experiment.",
+                    0,
+                    2**31 - 1,
+                ),
                 Param("epochs", int, 30, "Epochs to train the student.", 1, 500),
                 Param("teacher_hidden", int, 256, "Teacher hidden width.", 8, 4096),
                 Param("student_hidden", int, 32, "Student hidden width.", 4, 4096),

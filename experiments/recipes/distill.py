@@ -1,4 +1,8 @@
-"""distill: train a digits teacher, then a smaller student on its temperature-softened logits."""
+"""distill: train a digits teacher, then a smaller student on its temperature-softened logits.
+
+With teacher_experiment set (a pipeline: this experiment depends on a digits experiment), the
+teacher is that experiment's final checkpoint and only the student trains.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext
+from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext, UpstreamModels
 from .catalog import get_spec
 from .classify import (
     MLP,
@@ -24,7 +28,15 @@ from .classify import (
     steps_per_epoch,
 )
 from .outputs import completed_stages, stage
-from .runtime import autocast, make_optimizer, resume_checkpoint, rng_state, save_checkpoint, start_run
+from .runtime import (
+    CheckpointMismatchError,
+    autocast,
+    make_optimizer,
+    resume_checkpoint,
+    rng_state,
+    save_checkpoint,
+    start_run,
+)
 from .schema import ParamValue
 
 SPEC = get_spec("distill")
@@ -62,6 +74,27 @@ def distillation_loss(
     return alpha * soft + (1.0 - alpha) * hard
 
 
+def upstream_id(config: dict[str, ParamValue]) -> int:
+    """Return the experiment the teacher comes from (0: none, the recipe trains its own)."""
+    return int(config["teacher_experiment"])
+
+
+def upstream_teacher(ctx: RunContext, experiment_id: int) -> dict[str, Any] | None:
+    """Return the digits checkpoint of the upstream teacher experiment, or None when there is none."""
+    if not experiment_id:
+        return None
+    if not isinstance(ctx, UpstreamModels):
+        raise ValueError(
+            f"teacher_experiment {experiment_id}: this runner cannot hand over another experiment's model"
+        )
+    state = ctx.upstream_checkpoint(experiment_id)
+    if state.get("recipe") != "digits" or "model" not in state:
+        raise CheckpointMismatchError(
+            f"teacher_experiment {experiment_id}: its checkpoint is from recipe {state.get('recipe')!r}, not 'digits'"
+        )
+    return state
+
+
 class DistillRecipe:
     """Knowledge distillation on digits; resumable at any step of either phase."""
 
@@ -79,14 +112,25 @@ class DistillRecipe:
             if "load_data" in done_stages:
                 loading.abandon()
         n_in = data.x_train.shape[1]
-        teacher = MLP(n_in, int(config["teacher_hidden"]), NUM_CLASSES).to(device)
+        arch = arch_of(config, ARCH)
+        upstream = upstream_teacher(ctx, int(config["teacher_experiment"]))
+        if upstream is not None:
+            # The teacher's shape is the upstream's, whatever teacher_hidden says.
+            arch = {
+                **arch,
+                "teacher_hidden": int(upstream["arch"]["hidden"]),
+                "teacher_experiment": upstream_id(config),
+            }
+        teacher = MLP(n_in, int(arch["teacher_hidden"]), NUM_CLASSES).to(device)
         student = MLP(n_in, int(config["student_hidden"]), NUM_CLASSES).to(device)
         lr = float(config["lr"])
         t_opt = make_optimizer(teacher.parameters(), lr=lr, weight_decay=0.0, device=device)
         s_opt = make_optimizer(student.parameters(), lr=lr, weight_decay=0.0, device=device)
         phase = TEACHER
+        if upstream is not None:
+            teacher.load_state_dict(upstream["model"])
+            phase = STUDENT
         pos = Position()
-        arch = arch_of(config, ARCH)
 
         metrics: dict[str, float] = {}  # the latest value of each metric, kept across attempts
         resumed = resume_checkpoint(

@@ -43,6 +43,8 @@ class LocalRunContext:
 
     Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path},
     and other runs' checkpoints (dpo's base_run: an id) from run_checkpoints={id: path}.
+    Curated datasets (config extra_data: an id) are read from the files given as datasets={id: path};
+    an upstream's model (distill's teacher_experiment) from upstreams={experiment id: checkpoint}.
     With checkpoint_dir, checkpoints are torch.save files `step-NNNNNNNNN.pt` (the newest `keep`
     are kept) and load_checkpoint() resumes from the newest; without it they stay in memory.
     Completed stages go to `stages.json` beside them (so a rerun on the same folder skips them);
@@ -60,6 +62,7 @@ class LocalRunContext:
         datasets: Mapping[int, str | os.PathLike[str]] | None = None,
         run_checkpoints: Mapping[int, str | os.PathLike[str]] | None = None,
         artifact_dir: str | os.PathLike[str] | None = None,
+        upstreams: Mapping[int, str | os.PathLike[str]] | None = None,
     ) -> None:
         self.device = device
         self.seed = seed
@@ -68,6 +71,7 @@ class LocalRunContext:
         self.keep = max(1, keep)
         self.datasets = {int(k): str(v) for k, v in (datasets or {}).items()}
         self.run_checkpoints = {int(k): str(v) for k, v in (run_checkpoints or {}).items()}
+        self.upstreams = {int(k): str(v) for k, v in (upstreams or {}).items()}
         self.points: list[MetricPoint] = []
         self.fraction = 0.0
         self.saved_steps: list[int] = []
@@ -185,6 +189,15 @@ class LocalRunContext:
         except (OSError, ValueError):
             return {}
         return {str(k): float(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def upstream_checkpoint(self, experiment_id: int) -> dict[str, Any]:
+        """Return the checkpoint file the caller gave for this upstream experiment id."""
+        if experiment_id not in self.upstreams:
+            raise ValueError(f"experiment #{experiment_id}: no checkpoint given for it to this run")
+        state: dict[str, Any] = torch.load(
+            self.upstreams[experiment_id], map_location="cpu", weights_only=True
+        )
+        return state
 
     # --- helpers for callers ---
 

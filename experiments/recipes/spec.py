@@ -59,6 +59,24 @@ def with_evaluation(fields: dict[str, Any], *metrics: Metric) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class Resources:
+    """What one run of a recipe needs unless its experiment says otherwise."""
+
+    cpu_cores: int = 1
+    host_memory_gb: float = 1.0
+    gpus: int = 0
+    gpu_memory_gb: float = 0.0
+
+    def describe(self) -> str:
+        """Return the request in words ("2 CPU cores, 2 GiB host memory")."""
+        text = f"{self.cpu_cores} CPU core{'s' if self.cpu_cores != 1 else ''}, {self.host_memory_gb:g} GiB host memory"
+        if self.gpus:
+            text += f", {self.gpus} GPU{'s' if self.gpus != 1 else ''}"
+            text += f" with {self.gpu_memory_gb:g} GiB" if self.gpu_memory_gb else ""
+        return text
+
+
+@dataclass(frozen=True)
 class RecipeSpec:
     """A recipe as the catalog knows it: parameters here, the training loop imported on demand."""
 
@@ -92,6 +110,9 @@ class RecipeSpec:
     def eval_metric_names(self) -> tuple[str, ...]:
         """Return the names under which its held-out evaluation is stored: "eval/<metric>"."""
         return tuple(f"{EVAL_PREFIX}{m}" for m in self.eval_metrics)
+
+    # The default resource request of an experiment of this recipe (the form and API may override it).
+    resources: Resources = field(default_factory=Resources)
 
     def clean(self, config: dict[str, Any]) -> dict[str, ParamValue]:
         """Return config with defaults filled in, or raise ConfigError keyed by parameter."""

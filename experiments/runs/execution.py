@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from experiments.choices import Interruption, RunStatus, State
 from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
-from experiments.models import DatasetVersion, Run, RunStage
+from experiments.models import DatasetVersion, Dependency, Run, RunStage
 from experiments.recipes import get_spec
 from experiments.recipes.script import SCRIPT_RECIPE, cuda_visible_devices
 from experiments.recipes.stop import stop_reason
@@ -211,6 +211,35 @@ class DbRunContext:
     def save_artifact(self, name: str, data: bytes | str | os.PathLike[str], kind: str = "file") -> None:
         """Store the artifact under the run's folder with its size and sha256."""
         run_artifact_store(run=self.run, name=name, data=data, kind=kind)
+
+    def upstream_checkpoint(self, experiment_id: int) -> dict[str, Any]:
+        """Return the final checkpoint of an experiment this one depends on (a pipeline's upstream).
+
+        Only an upstream of this experiment, only a succeeded run's checkpoint, and only when the
+        file still matches the sha256 recorded when it was written.
+        """
+        import torch  # see save_checkpoint
+
+        if not Dependency.objects.filter(
+            upstream_id=experiment_id, downstream_id=self.run.experiment_id
+        ).exists():
+            raise ValueError(f"experiment #{experiment_id} is not a dependency of this experiment")
+        done = (
+            Run.objects.filter(experiment_id=experiment_id, status=RunStatus.SUCCEEDED)
+            .exclude(checkpoint_path="")
+            .order_by("-attempt")
+            .first()
+        )
+        if done is None:
+            raise ValueError(f"experiment #{experiment_id} has no succeeded run with a checkpoint")
+        path = Path(done.checkpoint_path)
+        if not path.exists() or file_sha256(path) != done.checkpoint_sha256:
+            raise ValueError(
+                f"experiment #{experiment_id}: its final checkpoint is missing or does not match its sha256"
+            )
+        # A file this platform wrote, verified against the digest recorded then.
+        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        return state
 
     # --- for the script recipe (experiments.recipes.script.ScriptHost) ---
 

@@ -92,7 +92,8 @@
 
   function onMessage(msg) {
     if (!msg || typeof msg.type !== "string") return;
-    if (msg.type === "state.changed" || msg.type === "trigger.changed" || msg.type === "resync") schedule();
+    // pipeline.changed: an experiment this one depends on (or that depends on it) moved.
+    if (msg.type === "state.changed" || msg.type === "trigger.changed" || msg.type === "pipeline.changed" || msg.type === "resync") schedule();
     else if (msg.type === "run.progress") onProgress(msg);
   }
 

@@ -15,18 +15,27 @@ POLICIES = "control.policies.listeners.policies_evaluate_on_transition"
 PUBLISH = "experiments.services.state_change_publish"
 TICK = "control.scheduling.services.scheduler_tick_on_new_work"
 STOP_RUNS = "control.scheduling.services.runs_stop_on_cancel"
+DEPENDENTS = "experiments.pipelines.services.dependents_react_on_transition"
 
 # The pinned order. Changing it changes what users see happen (a canary that starts before
 # its version is registered has nothing to serve): change it here only on purpose.
 EXPECTED = {
     "queue": [POLICIES, TICK, PUBLISH],
+    "wait": [DEPENDENTS, PUBLISH],
+    "release": [POLICIES, TICK, PUBLISH],
+    "block": [PUBLISH],
     "start": [POLICIES, PUBLISH],
     # The evaluation job exists before the policies look: their decision waits for its result.
-    "complete": ["control.scheduling.evaluations.evaluation_request_on_complete", POLICIES, PUBLISH],
-    "fail": [POLICIES, PUBLISH],
+    "complete": [
+        "control.scheduling.evaluations.evaluation_request_on_complete",
+        POLICIES,
+        DEPENDENTS,
+        PUBLISH,
+    ],
+    "fail": [POLICIES, DEPENDENTS, PUBLISH],
     "retry": [POLICIES, TICK, PUBLISH],
     "requeue": [POLICIES, TICK, STOP_RUNS, PUBLISH],
-    "hold": [POLICIES, PUBLISH],
+    "hold": [POLICIES, DEPENDENTS, PUBLISH],
     "promote": [
         "experiments.registry.services.version_register_on_promote",
         "control.policies.listeners.evaluation_request_on_promote",
@@ -38,20 +47,22 @@ EXPECTED = {
         "experiments.registry.services.version_serve_on_deploy",
         "control.canary.rollouts.rollout_end_on_deploy",
         POLICIES,
+        DEPENDENTS,
         PUBLISH,
     ],
     "rollback": [
         "experiments.registry.services.version_restore_on_rollback",
         "control.canary.rollouts.rollout_end_on_rollback",
         POLICIES,
+        DEPENDENTS,
         PUBLISH,
     ],
-    "cancel": ["control.canary.rollouts.rollout_end_on_cancel", POLICIES, STOP_RUNS, PUBLISH],
+    "cancel": ["control.canary.rollouts.rollout_end_on_cancel", POLICIES, STOP_RUNS, DEPENDENTS, PUBLISH],
     "retrain": [POLICIES, PUBLISH],
     "withdraw": ["control.canary.rollouts.rollout_end_on_cancel", POLICIES, PUBLISH],
-    "retire": [POLICIES, PUBLISH],
-    "reinstate": [POLICIES, PUBLISH],
-    "adopt": [POLICIES, PUBLISH],
+    "retire": [POLICIES, DEPENDENTS, PUBLISH],
+    "reinstate": [POLICIES, DEPENDENTS, PUBLISH],
+    "adopt": [POLICIES, DEPENDENTS, PUBLISH],
 }
 
 

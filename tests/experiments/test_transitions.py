@@ -20,6 +20,9 @@ from experiments.services import (
 # parent where it is (None) and creates a child.
 EDGES: dict[str, tuple[set[str], str | None]] = {
     "queue": ({State.PENDING}, State.QUEUED),
+    "wait": ({State.PENDING}, State.WAITING),
+    "release": ({State.WAITING}, State.QUEUED),
+    "block": ({State.WAITING}, State.WAITING),
     "start": ({State.QUEUED}, State.RUNNING),
     "complete": ({State.RUNNING}, State.EVALUATING),
     "fail": ({State.RUNNING, State.EVALUATING}, State.FAILED),
@@ -30,7 +33,15 @@ EDGES: dict[str, tuple[set[str], str | None]] = {
     "deploy": ({State.PROMOTING}, State.DEPLOYED),
     "rollback": ({State.PROMOTING, State.DEPLOYED}, State.ROLLED_BACK),
     "cancel": (
-        {State.PENDING, State.QUEUED, State.RUNNING, State.EVALUATING, State.COMPLETED, State.PROMOTING},
+        {
+            State.PENDING,
+            State.WAITING,
+            State.QUEUED,
+            State.RUNNING,
+            State.EVALUATING,
+            State.COMPLETED,
+            State.PROMOTING,
+        },
         State.CANCELLED,
     ),
     "retrain": (
@@ -45,6 +56,7 @@ EDGES: dict[str, tuple[set[str], str | None]] = {
 # A path of system events from pending to each state.
 PATHS: dict[str, list[str]] = {
     State.PENDING: [],
+    State.WAITING: ["wait"],
     State.QUEUED: ["queue"],
     State.RUNNING: ["queue", "start"],
     State.EVALUATING: ["queue", "start", "complete"],

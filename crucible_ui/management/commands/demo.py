@@ -17,6 +17,7 @@ from experiments.actors import Actor
 from experiments.choices import PriorityClass
 from experiments.models import Experiment
 from experiments.permissions import researcher_group_ensure
+from experiments.pipelines.services import dependency_add
 from experiments.services import experiment_create, experiment_retrain, experiment_transition
 
 DEMO_TAG = "demo"
@@ -36,6 +37,7 @@ class DemoExperiment:
     events: tuple[tuple[str, str], ...] = ()  # (event, reason)
     retrain_reason: str = ""  # non-empty: retrain it afterwards (a child, queued)
     retrain_overrides: dict[str, Any] = field(default_factory=dict)
+    depends_on: tuple[str, ...] = ()  # names of demo experiments it waits for (created before it)
 
 
 # Only transitions that the system really makes without a run: drafts, the queue, a
@@ -70,6 +72,24 @@ DEMO_EXPERIMENTS: tuple[DemoExperiment, ...] = (
         description="A 32-unit student learns the soft labels of a 256-unit digits teacher.",
         config={"teacher_epochs": 15, "epochs": 20, "seed": 4},
         priority_class=PriorityClass.OFFLINE,
+    ),
+    # A pipeline: one "Start pipeline" on the student queues the teacher; the student waits, then
+    # distils the teacher's final checkpoint (same seed, so the same train/validation split).
+    DemoExperiment(
+        name="pipeline · digits teacher",
+        recipe="digits",
+        description="The teacher of the pipeline: the distilled student waits for it to succeed.",
+        config={"epochs": 15, "hidden": 256, "seed": 4},
+        priority_class=PriorityClass.INTERACTIVE,
+    ),
+    DemoExperiment(
+        name="pipeline · distilled student",
+        recipe="distill",
+        description="Press Start pipeline: its digits teacher queues, this one waits, then a 32-unit student "
+        "learns the teacher's soft labels from its final checkpoint.",
+        config={"epochs": 20, "seed": 4},
+        priority_class=PriorityClass.INTERACTIVE,
+        depends_on=("pipeline · digits teacher",),
     ),
     DemoExperiment(
         name="dpo · prefer balanced brackets",
@@ -169,6 +189,8 @@ def demo_experiments_load(*, owner: Any) -> list[Experiment]:
                 priority=demo.priority,
                 tags=[DEMO_TAG, demo.recipe],
             )
+            for upstream_name in demo.depends_on:
+                dependency_add(downstream=experiment, upstream=Experiment.objects.get(name=upstream_name))
             for event, reason in demo.events:
                 experiment_transition(
                     experiment_id=experiment.pk, event=event, actor=DEMO_ACTOR, reason=reason

@@ -1,0 +1,1 @@
+"""Pipelines: experiments that wait for others (edges, their reactions, the page's graph)."""
