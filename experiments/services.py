@@ -14,7 +14,14 @@ from experiments import events
 from experiments.actors import Actor
 from experiments.choices import Executor, PriorityClass, State
 from experiments.effects import Transitioned, transition_effects_schedule
-from experiments.models import EVENT_LABELS, EVENT_PERMISSIONS, Experiment, TransitionLog
+from experiments.models import (
+    EVENT_LABELS,
+    EVENT_PERMISSIONS,
+    Experiment,
+    Project,
+    TransitionLog,
+    default_project,
+)
 from experiments.recipes import RECIPES
 from experiments.recipes.script import SCRIPT_RECIPE
 
@@ -88,10 +95,17 @@ def experiment_create(
     parent: Experiment | None = None,
     dataset_version: Any = None,
     executor: str = Executor.WORKER,
+    project: Project | None = None,
 ) -> Experiment:
-    """Validate and create a pending experiment; raise ValidationError keyed by field."""
+    """Validate and create a pending experiment; raise ValidationError keyed by field.
+
+    It joins the given project, else its parent's, else the default project (the pages and the
+    API offer only the projects where the caller may create).
+    """
     if recipe == SCRIPT_RECIPE and owner is not None and not owner.has_perm(RUN_SCRIPT_PERMISSION):
         raise ValidationError({"recipe": SCRIPT_REFUSED})
+    if project is None:
+        project = parent.project if parent is not None else default_project()
     experiment = Experiment(
         name=name,
         recipe=recipe,
@@ -109,6 +123,7 @@ def experiment_create(
         tags=tags or [],
         parent=parent,
         dataset_version=dataset_version,
+        project=project,
     )
     experiment.full_clean()
     experiment.save()

@@ -25,6 +25,15 @@ from experiments.models.mlflow import (
     MlflowRun,
     MlflowRunStatus,
 )
+from experiments.models.project import (
+    DEFAULT_PROJECT_SLUG,
+    ROLE_PERMISSIONS,
+    Membership,
+    Project,
+    Role,
+    default_project,
+    default_project_id,
+)
 from experiments.models.registry import (
     DatasetFileError,
     DatasetVersion,
@@ -41,14 +50,17 @@ from experiments.models.runlog import RunLog
 
 __all__ = [
     "CONFIRM_EVENTS",
+    "DEFAULT_PROJECT_SLUG",
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
+    "ROLE_PERMISSIONS",
     "ROLLUP_WIDTHS",
     "ApiToken",
     "DatasetFileError",
     "DatasetVersion",
     "DriftCheck",
     "Experiment",
+    "Membership",
     "MetricPoint",
     "MetricRollup",
     "MlflowExperiment",
@@ -57,6 +69,8 @@ __all__ = [
     "MlflowRunStatus",
     "ModelStage",
     "ModelVersion",
+    "Project",
+    "Role",
     "Run",
     "RunLog",
     "ServedRequest",
@@ -64,4 +78,6 @@ __all__ = [
     "TransitionLog",
     "VersionEvaluation",
     "VersionEvaluationStatus",
+    "default_project",
+    "default_project_id",
 ]
