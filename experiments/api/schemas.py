@@ -61,6 +61,12 @@ class ExperimentIn(Schema):
     max_attempts: int = Field(3, strict=True, ge=1, le=20)
     timeout_seconds: int = Field(3600, strict=True, ge=1, le=7 * 24 * 3600)
     tags: list[StrictStr] = Field(default_factory=list)
+    project: StrictStr | None = Field(
+        None,
+        max_length=50,
+        description="Slug of the project it joins (one where the caller may create); "
+        "omitted: the caller's only or first such project.",
+    )
 
 
 class ActionIn(Schema):
@@ -112,6 +118,7 @@ class ExperimentSummary(Schema):
     gpus: int
     gpu_type: str
     owner: str | None
+    project: str
     parent_id: int | None
     tags: list[str]
     created_at: datetime
@@ -121,6 +128,11 @@ class ExperimentSummary(Schema):
     def resolve_owner(obj: Experiment) -> str | None:
         """Return the owner's username (None for system-made experiments)."""
         return obj.owner.get_username() if obj.owner else None
+
+    @staticmethod
+    def resolve_project(obj: Experiment) -> str:
+        """Return the slug of the experiment's project."""
+        return obj.project.slug
 
 
 class ExperimentDetail(ExperimentSummary):
