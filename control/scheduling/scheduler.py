@@ -24,6 +24,7 @@ from django.utils import timezone
 
 import control.scheduling.cost as cost
 from control.dispatch import tasks_send
+from control.scheduling import fairshare, quotas
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
@@ -267,7 +268,9 @@ def _pick(experiment: Experiment | QueuedExperiment, free: list[Device]) -> list
 def _admission_refusal(experiment: QueuedExperiment, now: datetime, cache: dict[str, Any]) -> str:
     """Return why the experiment must wait (a cost policy's daily budget), or ""."""
     try:
-        return cost.admission_reason(experiment, now=now, cache=cache)
+        return cost.admission_reason(experiment, now=now, cache=cache) or quotas.admission_reason(
+            experiment, now=now, cache=cache
+        )
     except Exception:  # a broken policy must not stop scheduling
         logger.exception("the budget check of experiment %s failed", experiment.pk)
         return ""
@@ -329,7 +332,7 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     # devices only go away during a pass. Keyed by (gpus, gpu_type, memory_gb).
     no_fit: set[tuple[int, str, float]] = set()
     fits_any: dict[tuple[int, str, float], bool] = {}
-    for position, experiment in enumerate(queued_in_order(now=now), start=1):
+    for position, experiment in enumerate(fairshare.fair_order(queued_in_order(now=now)), start=1):
         decision = Decision(experiment=experiment, position=position, urgency=experiment.urgency)
         decisions.append(decision)
         if experiment.not_before and experiment.not_before > now:
@@ -350,6 +353,7 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
         chosen = [] if need in no_fit or not free else _pick(experiment, free)
         if chosen:
             decision.devices = chosen
+            quotas.admission_record(experiment, cache=pass_cache)
             taken = {d.pk for d in chosen}
             free = [d for d in free if d.pk not in taken]
             if slots_left is not None:

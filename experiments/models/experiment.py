@@ -75,12 +75,12 @@ EVENT_LABELS: dict[str, str] = {
 CONFIRM_EVENTS = frozenset({"cancel", "rollback"})
 
 
-def _may(event: str) -> Callable[[Experiment, Any], bool]:
+def _may(event: str) -> Callable[[models.Model, Any], bool]:
     """Return the transition permission of an event: its permission, held in the experiment's project."""
     perm = EVENT_PERMISSIONS[event]
 
-    def check(instance: Experiment, user: Any) -> bool:
-        return user_may(user, perm, instance.project_id)
+    def check(instance: models.Model, user: Any) -> bool:
+        return user_may(user, perm, getattr(instance, "project_id", None))
 
     check.__name__ = f"may_{event}"
     return check
