@@ -19,7 +19,7 @@ from typing import Any
 
 from django.db.models import Model, QuerySet
 
-from experiments.models import Experiment, Project, default_project_id
+from experiments.models import Experiment, ModelVersion, Project, default_project_id
 from experiments.models.project import (
     ROLE_PERMISSIONS,
     is_superuser,
@@ -125,3 +125,26 @@ class ProjectRoleBackend:
     def get_user(self, user_id: int) -> None:
         """Return None: sessions are ModelBackend's."""
         return None
+
+
+def visible_model_versions(
+    user: Any, queryset: QuerySet[ModelVersion] | None = None
+) -> QuerySet[ModelVersion]:
+    """Return the model versions the user may see (of queryset, else of all)."""
+    return visible(user, ModelVersion.objects.all() if queryset is None else queryset)
+
+
+def model_project_id(model_name: str) -> int | None:
+    """Return the project a registered model name belongs to (its newest version's), or None."""
+    return (
+        ModelVersion.objects.filter(model_name=model_name)
+        .order_by("-version")
+        .values_list("project_id", flat=True)
+        .first()
+    )
+
+
+def may_see_model(user: Any, model_name: str) -> bool:
+    """Return whether the model name exists and the user may see it (a hidden one reads as unknown)."""
+    project_id = model_project_id(model_name)
+    return project_id is not None and can(user, VIEW, project_id)
