@@ -328,6 +328,8 @@ MIDDLEWARE.append("axes.middleware.AxesMiddleware")
 AUTHENTICATION_BACKENDS = [
     "crucible_ui.lockout.RequestAxesBackend",
     "django.contrib.auth.backends.ModelBackend",
+    # Project roles grant permissions inside their project (experiments/projects.py).
+    "experiments.projects.ProjectRoleBackend",
 ]
 # Failures count per username and per address (crucible_ui.lockout.lockout_parameters); after
 # AXES_FAILURE_LIMIT of them within the cool-off, logins are refused for AXES_COOLOFF_MINUTES.

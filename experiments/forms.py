@@ -9,7 +9,8 @@ from django import forms
 from django.core.exceptions import ValidationError
 
 from experiments.choices import PriorityClass
-from experiments.models import After, OnUpstreamFailure
+from experiments.models import After, OnUpstreamFailure, Project
+from experiments.projects import creatable_projects, default_project_for
 from experiments.recipes import RECIPES
 
 DEFAULT_RECIPE = "digits"
@@ -107,8 +108,21 @@ class ExperimentCreateForm(forms.Form):
         required=False,
     )
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    project = forms.ModelChoiceField(
+        queryset=Project.objects.none(),
+        required=False,
+        empty_label=None,
+        help_text="Its members see and drive it; its quotas and budget apply.",
+    )
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.user = user
+        # Only the projects where this person may create; the first is preselected.
+        choices = creatable_projects(user) if user is not None else Project.objects.none()
+        self.fields["project"].queryset = choices  # type: ignore[attr-defined]
+        if not self.is_bound and user is not None:
+            self.initial.setdefault("project", default_project_for(user))
         if not self.is_bound and "config" not in self.initial:
             recipe = str(self.initial.get("recipe", DEFAULT_RECIPE))
             self.initial["config"] = recipe_example_json(recipe)
@@ -141,6 +155,15 @@ class ExperimentCreateForm(forms.Form):
             if int(text) not in ids:
                 ids.append(int(text))
         return ids
+
+    def clean_project(self) -> Project:
+        """Return the chosen project, or the person's only or first one when none is chosen."""
+        project = self.cleaned_data.get("project")
+        if project is None:
+            project = default_project_for(self.user) if self.user is not None else None
+        if project is None:
+            raise ValidationError("You may not create experiments in any project.", code="no_project")
+        return project
 
     def clean_tags(self) -> list[str]:
         """Return the comma-separated tags as a list, blanks and repeats dropped."""

@@ -34,6 +34,7 @@ from experiments.models import (
     RunStage,
     TransitionLog,
 )
+from experiments.projects import visible_experiments
 from experiments.recipes import RECIPES
 
 # Sort keys offered on the list page, with the ordering each stands for.
@@ -123,6 +124,11 @@ class StateCount:
         return self.state.replace("_", " ").capitalize()
 
 
+def _of(user: Any, queryset: QuerySet[Experiment]) -> QuerySet[Experiment]:
+    """Return the experiments of queryset in the user's projects (all of them without a user)."""
+    return queryset if user is None else visible_experiments(user, queryset)
+
+
 def _search(queryset: QuerySet[Experiment], q: str) -> QuerySet[Experiment]:
     q = q.strip()
     if not q:
@@ -131,14 +137,20 @@ def _search(queryset: QuerySet[Experiment], q: str) -> QuerySet[Experiment]:
 
 
 def experiment_list(
-    *, state: str = "", q: str = "", sort: str = DEFAULT_SORT, metrics: list[str] | None = None
+    *,
+    state: str = "",
+    q: str = "",
+    sort: str = DEFAULT_SORT,
+    metrics: list[str] | None = None,
+    user: Any = None,
 ) -> QuerySet[Experiment]:
     """Return experiments filtered by state and name search, in the asked order (unknown values ignored).
 
     Each row carries its latest attempt's progress and duration, and each metric's last and best value.
+    Given a user, only the experiments of their projects.
     """
     metrics = list(metrics or [])
-    queryset = _search(Experiment.objects.select_related("owner"), q)
+    queryset = _search(_of(user, Experiment.objects.select_related("owner", "project")), q)
     queryset = _with_run_and_metrics(queryset, metrics)
     if state in State.values:
         queryset = queryset.filter(state=state)
@@ -166,18 +178,21 @@ def experiment_list(
     return queryset.order_by(*ordering)
 
 
-def experiment_state_counts(*, q: str = "") -> list[StateCount]:
+def experiment_state_counts(*, q: str = "", user: Any = None) -> list[StateCount]:
     """Return the number of experiments in every state (zeros included), under the same search."""
-    rows = _search(Experiment.objects.all(), q).values("state").annotate(n=Count("id")).order_by()
+    rows = _search(_of(user, Experiment.objects.all()), q).values("state").annotate(n=Count("id")).order_by()
     counts = {row["state"]: row["n"] for row in rows}
     return [
         StateCount(state=value, label=label, count=counts.get(value, 0)) for value, label in State.choices
     ]
 
 
-def experiment_detail(*, experiment_id: int) -> Experiment:
-    """Return one experiment with its owner and parent loaded (raises Experiment.DoesNotExist)."""
-    return Experiment.objects.select_related("owner", "parent").get(pk=experiment_id)
+def experiment_detail(*, experiment_id: int, user: Any = None) -> Experiment:
+    """Return one experiment with its owner and parent loaded (raises Experiment.DoesNotExist).
+
+    Given a user, one outside their projects is missing too.
+    """
+    return _of(user, Experiment.objects.select_related("owner", "parent", "project")).get(pk=experiment_id)
 
 
 def experiment_history(*, experiment: Experiment) -> QuerySet[TransitionLog]:

@@ -20,7 +20,9 @@ from experiments.models import (
     EVENT_PERMISSIONS,
     Dependency,
     Experiment,
+    Project,
     TransitionLog,
+    default_project,
     unmet_dependencies,
 )
 from experiments.recipes import RECIPES
@@ -99,10 +101,13 @@ def experiment_create(
     parent: Experiment | None = None,
     dataset_version: Any = None,
     executor: str = Executor.WORKER,
+    project: Project | None = None,
 ) -> Experiment:
     """Validate and create a pending experiment; raise ValidationError keyed by field.
 
-    CPU cores and host memory left out (None) take the recipe's default resource request.
+    CPU cores and host memory left out (None) take the recipe's default resource request. It joins
+    the given project, else its parent's, else the default project (the pages and the API offer only
+    the projects where the caller may create).
     """
     defaults = RECIPES[recipe].resources if recipe in RECIPES else None
     if cpu_cores is None:
@@ -111,6 +116,8 @@ def experiment_create(
         host_memory_gb = defaults.host_memory_gb if defaults else 1.0
     if recipe == SCRIPT_RECIPE and owner is not None and not owner.has_perm(RUN_SCRIPT_PERMISSION):
         raise ValidationError({"recipe": SCRIPT_REFUSED})
+    if project is None:
+        project = parent.project if parent is not None else default_project()
     experiment = Experiment(
         name=name,
         recipe=recipe,
@@ -130,6 +137,7 @@ def experiment_create(
         tags=tags or [],
         parent=parent,
         dataset_version=dataset_version,
+        project=project,
     )
     experiment.full_clean()
     experiment.save()

@@ -55,9 +55,9 @@ PERSON_EVENTS = frozenset(
 )
 
 
-def _get_experiment(experiment_id: int) -> Experiment:
+def _get_experiment(experiment_id: int, user: Any) -> Experiment:
     try:
-        return selectors.experiment_detail(experiment_id=experiment_id)
+        return selectors.experiment_detail(experiment_id=experiment_id, user=user)
     except Experiment.DoesNotExist:
         raise Http404("No such experiment.") from None
 
@@ -114,7 +114,7 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
     sort = request.GET.get("sort", selectors.DEFAULT_SORT)
     if sort not in dict(sorts):
         sort = selectors.DEFAULT_SORT
-    queryset = selectors.experiment_list(state=state, q=q, sort=sort, metrics=metrics)
+    queryset = selectors.experiment_list(state=state, q=q, sort=sort, metrics=metrics, user=request.user)
     page = Paginator(queryset, PAGE_SIZE).get_page(request.GET.get("page"))
     rows = [
         {
@@ -125,7 +125,7 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
         }
         for e in page.object_list
     ]
-    counts = selectors.experiment_state_counts(q=q)
+    counts = selectors.experiment_state_counts(q=q, user=request.user)
     context = {
         "page": page,
         "experiments": page.object_list,
@@ -149,7 +149,7 @@ def experiment_list(request: HttpRequest) -> HttpResponse:
 def experiment_create_view(request: HttpRequest) -> HttpResponse:
     """Show the create form; on a valid POST create a pending experiment and open it."""
     if request.method == "POST":
-        form = ExperimentCreateForm(request.POST)
+        form = ExperimentCreateForm(request.POST, user=request.user)
         if form.is_valid():
             data = form.cleaned_data
             try:
@@ -161,7 +161,7 @@ def experiment_create_view(request: HttpRequest) -> HttpResponse:
                 messages.success(request, f"Created “{experiment.name}”. Press Start to queue it.")
                 return redirect(experiment)
     else:
-        form = ExperimentCreateForm()
+        form = ExperimentCreateForm(user=request.user)
     context = {
         "form": form,
         "recipes": [
@@ -193,6 +193,7 @@ def _create_with_dependencies(request: HttpRequest, data: dict[str, Any]) -> Exp
         max_attempts=data["max_attempts"],
         timeout_seconds=data["timeout_seconds"],
         tags=data["tags"],
+        project=data["project"],
     )
     after = data["depends_after"] or After.SUCCEEDED
     on_failure = data["on_upstream_failure"] or OnUpstreamFailure.CANCEL
@@ -245,7 +246,7 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
 @require_GET
 def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
     """Show one experiment: state, config, lineage, the buttons this user may press now, history."""
-    experiment = _get_experiment(experiment_id)
+    experiment = _get_experiment(experiment_id, request.user)
     return render(request, "experiments/detail.html", _detail_context(request, experiment))
 
 
@@ -255,7 +256,7 @@ def experiment_detail(request: HttpRequest, experiment_id: int) -> HttpResponse:
 @require_GET
 def experiment_actions_fragment(request: HttpRequest, experiment_id: int) -> HttpResponse:
     """Return only the actions block, so the live view can refresh buttons after a state change."""
-    experiment = _get_experiment(experiment_id)
+    experiment = _get_experiment(experiment_id, request.user)
     return render(request, "experiments/_actions.html", _actions_context(request, experiment))
 
 
@@ -264,7 +265,7 @@ def _refused(request: HttpRequest, experiment_id: int, message: str, status: int
     if _wants_json(request):
         return JsonResponse({"detail": message}, status=status)
     messages.error(request, message)
-    experiment = _get_experiment(experiment_id)
+    experiment = _get_experiment(experiment_id, request.user)
     return render(request, "experiments/detail.html", _detail_context(request, experiment), status=status)
 
 
@@ -280,7 +281,7 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
     # which ids exist.
     if not request.user.has_perm("experiments.view_experiment"):
         raise Http404("No such experiment.")
-    _get_experiment(experiment_id)
+    _get_experiment(experiment_id, request.user)
     actor = Actor.for_user(request.user)
     reason = request.POST.get("reason", "").strip()[:2000]
     override = request.POST.get("override") == "1"
@@ -337,6 +338,7 @@ def experiment_action(request: HttpRequest, experiment_id: int, event: str) -> H
 @require_GET
 def artifact_download(request: HttpRequest, experiment_id: int, run_id: int, name: str) -> FileResponse:
     """Download one artifact of a run; 404 for a bad name, another experiment's run, or a removed file."""
+    _get_experiment(experiment_id, request.user)  # 404 outside the caller's projects
     if artifact_name_error(name):
         raise Http404("No such artifact.")
     artifact = RunArtifact.objects.filter(
@@ -359,7 +361,7 @@ def experiment_pipeline_start(request: HttpRequest, experiment_id: int) -> HttpR
     """Start the experiment and the pending experiments it depends on, each audited as the person's Start."""
     if not request.user.has_perm("experiments.view_experiment"):
         raise Http404("No such experiment.")
-    experiment = _get_experiment(experiment_id)
+    experiment = _get_experiment(experiment_id, request.user)
     try:
         started = pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(request.user))
     except TransitionRefused as exc:

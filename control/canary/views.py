@@ -13,8 +13,9 @@ import control.canary.selectors as selectors
 from control.canary.ab import AB_TEST_CANCEL_PERMISSION, ABTestError, ab_test_cancel
 from control.canary.models import ABTest
 from experiments.actors import Actor
-from experiments.models import Experiment, ModelStage, ModelVersion
+from experiments.models import ModelStage, ModelVersion
 from experiments.permissions import requires_permission
+from experiments.projects import can, may_see_model, model_project_id, visible_experiments
 from experiments.registry.views import PROMOTE_PERMISSION, ROLLBACK_PERMISSION, VIEW_PERMISSION
 from experiments.services import TransitionRefused, experiment_transition
 
@@ -27,7 +28,9 @@ AB_TEST_ADD_PERMISSION = "control.add_abtest"
 @require_GET
 def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
     """One model in service: production, the canary rollout, traffic split, live charts, actions."""
-    page = selectors.deployment_page(model_name=model_name)
+    page = (
+        selectors.deployment_page(model_name=model_name) if may_see_model(request.user, model_name) else None
+    )
     if page is None:
         raise Http404(f"No model {model_name!r} is registered.")
     return render(
@@ -35,8 +38,8 @@ def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
         "registry/model.html",
         {
             **page,
-            "can_promote": request.user.has_perm(PROMOTE_PERMISSION),
-            "can_rollback": request.user.has_perm(ROLLBACK_PERMISSION),
+            "can_promote": can(request.user, PROMOTE_PERMISSION, model_project_id(model_name) or 0),
+            "can_rollback": can(request.user, ROLLBACK_PERMISSION, model_project_id(model_name) or 0),
             # A/B tests are started in the admin, so the link is for staff who may add one.
             "can_start_ab_test": request.user.is_staff and request.user.has_perm(AB_TEST_ADD_PERMISSION),
             "can_cancel_ab_test": request.user.has_perm(AB_TEST_CANCEL_PERMISSION),
@@ -51,10 +54,18 @@ def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
 def model_live(request: HttpRequest, model_name: str) -> JsonResponse:
     """What the deployment page redraws every poll: split, rollout state and chart series."""
     versions = selectors.model_versions(model_name=model_name)
-    if not selectors.model_exists(model_name=model_name, versions=versions):
+    if not may_see_model(request.user, model_name) or not selectors.model_exists(
+        model_name=model_name, versions=versions
+    ):
         return JsonResponse({"detail": f"No model {model_name!r} is registered."}, status=404)
     payload = selectors.deployment_live(model_name=model_name, versions=versions)
     return JsonResponse(payload, headers={"Cache-Control": "no-store"})
+
+
+def _model_or_404(request: HttpRequest, model_name: str) -> None:
+    """Raise 404 for a model outside the user's projects, exactly as for an unregistered one."""
+    if not may_see_model(request.user, model_name):
+        raise Http404(f"No model {model_name!r} is registered.")
 
 
 def _posted_id(request: HttpRequest, field: str) -> int | None:
@@ -71,7 +82,11 @@ def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
     if not request.user.has_perm(PROMOTE_PERMISSION):
         raise PermissionDenied("You may not promote experiments.")
     experiment_id = _posted_id(request, "experiment_id")
-    experiment = Experiment.objects.filter(pk=experiment_id, recipe=model_name).first()
+    experiment = (
+        visible_experiments(request.user).filter(pk=experiment_id, recipe=model_name).first()
+        if experiment_id is not None
+        else None
+    )
     if experiment is None:
         messages.error(request, f"experiment_id: no experiment of model {model_name!r} with that number.")
         return redirect("deployments:model", model_name=model_name)
@@ -96,7 +111,8 @@ def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
 @require_POST
 def canary_rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
     """Roll back the live canary (confirmed in a dialog): its experiment is rolled back, production stays."""
-    if not request.user.has_perm(ROLLBACK_PERMISSION):
+    _model_or_404(request, model_name)
+    if not can(request.user, ROLLBACK_PERMISSION, model_project_id(model_name) or 0):
         raise PermissionDenied("You may not roll back deployments.")
     rollout = selectors.live_rollout(model_name=model_name)
     seen = _posted_id(request, "rollout_id")
@@ -129,6 +145,7 @@ def canary_rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
 @require_POST
 def ab_test_cancel_view(request: HttpRequest, model_name: str) -> HttpResponse:
     """Cancel the model's open A/B test (confirmed in a dialog, with a reason): production serves alone."""
+    _model_or_404(request, model_name)
     if not request.user.has_perm(AB_TEST_CANCEL_PERMISSION):
         raise PermissionDenied("You may not cancel A/B tests.")
     test_id = _posted_id(request, "ab_test_id")

@@ -142,7 +142,7 @@ def _queued_row(decision: Decision, now: datetime) -> QueuedOut:
 def queue(request: HttpRequest) -> QueueOut:
     """Return every queued experiment in scheduling order with the reason it waits."""
     _require_view(request)
-    view = scheduler_queue()
+    view = scheduler_queue(user=request.user)
     running = [
         RunningOut(
             run_id=r.pk,

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 import control.scheduling.cost as cost
 from control.dispatch import tasks_send
-from control.scheduling import placement
+from control.scheduling import fairshare, placement, quotas
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
@@ -306,7 +306,9 @@ def _pick_all_workers(experiment: QueuedExperiment, free: list[Device]) -> list[
 def _admission_refusal(experiment: QueuedExperiment, now: datetime, cache: dict[str, Any]) -> str:
     """Return why the experiment must wait (a cost policy's daily budget), or ""."""
     try:
-        return cost.admission_reason(experiment, now=now, cache=cache)
+        return cost.admission_reason(experiment, now=now, cache=cache) or quotas.admission_reason(
+            experiment, now=now, cache=cache
+        )
     except Exception:  # a broken policy must not stop scheduling
         logger.exception("the budget check of experiment %s failed", experiment.pk)
         return ""
@@ -370,7 +372,7 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     fits_any: dict[tuple[int, str, float], bool] = {}
     # Cores and host memory left on each worker's host, taken from as experiments are placed.
     hosts = placement.host_capacity({d.worker for d in devices})
-    for position, experiment in enumerate(queued_in_order(now=now), start=1):
+    for position, experiment in enumerate(fairshare.fair_order(queued_in_order(now=now)), start=1):
         decision = Decision(experiment=experiment, position=position, urgency=experiment.urgency)
         decisions.append(decision)
         if experiment.not_before and experiment.not_before > now:
@@ -397,6 +399,7 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
         chosen = [] if need in no_fit or not free else _pick(experiment, free, hosts)
         if chosen:
             decision.devices = chosen
+            quotas.admission_record(experiment, cache=pass_cache)
             taken = {d.pk for d in chosen}
             free = [d for d in free if d.pk not in taken]
             placement.host_take(hosts, chosen[0].worker_id, experiment)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +11,8 @@ from django.utils import timezone
 
 from control.scheduling.models import Device, Worker
 from control.scheduling.scheduler import Plan, live_runs, scheduler_plan
-from experiments.models import Run
+from experiments.models import Experiment, Run
+from experiments.projects import VIEW, project_ids_where
 
 
 def workers_with_devices() -> QuerySet[Worker]:
@@ -54,7 +55,23 @@ class QueueView:
     now: datetime
 
 
-def scheduler_queue() -> QueueView:
-    """Return the queue with positions and reasons, the live runs and the free devices."""
+def scheduler_queue(*, user: Any = None) -> QueueView:
+    """Return the queue with positions and reasons, the live runs and the free devices.
+
+    Given a user, only the experiments of their projects are listed (with their places in the
+    shared queue).
+    """
     now = timezone.now()
-    return QueueView(plan=scheduler_plan(now=now), running=list(live_runs()), now=now)
+    plan = scheduler_plan(now=now)
+    running = list(live_runs())
+    ids = project_ids_where(user, VIEW) if user is not None else None
+    if ids is not None:
+        # One query for the queued rows' projects (the plan's rows are light, without the project).
+        project_of = dict(
+            Experiment.objects.filter(pk__in=[d.experiment.pk for d in plan.decisions]).values_list(
+                "pk", "project_id"
+            )
+        )
+        plan = replace(plan, decisions=[d for d in plan.decisions if project_of.get(d.experiment.pk) in ids])
+        running = [r for r in running if r.experiment.project_id in ids]
+    return QueueView(plan=plan, running=running, now=now)

@@ -21,7 +21,7 @@ def gpus(request: HttpRequest) -> HttpResponse:
         "control/gpus.html",
         {
             "workers": list(workers_with_devices()),
-            "queue": scheduler_queue(),
+            "queue": scheduler_queue(user=request.user),
             # A refused plug-in is the reason a team's recipe is missing from the Start form.
             "recipe_problems": RECIPES.problems(),
         },

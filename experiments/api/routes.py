@@ -28,10 +28,16 @@ from experiments.api.schemas import (
     ValidationErrorOut,
 )
 from experiments.choices import State
-from experiments.models import EVENT_PERMISSIONS, Experiment
+from experiments.models import EVENT_PERMISSIONS, Experiment, Project
 from experiments.permissions import requires_permission
 from experiments.pipelines.selectors import pipeline_summary
 from experiments.pipelines.services import dependencies_set, dependency_remove, pipeline_start
+from experiments.projects import (
+    creatable_projects,
+    default_project_for,
+    may_see_experiment,
+    visible_experiments,
+)
 from experiments.recipes import ConfigError, get_spec
 from experiments.services import (
     OverrideRequired,
@@ -79,7 +85,7 @@ def _require_perm(request: HttpRequest, perm: str, doing: str) -> Any:
 
 def _detail(experiment_id: int, user: Any) -> Experiment:
     """Return the experiment, read afresh, with its lineage, history and the user's next events."""
-    experiment = Experiment.objects.select_related("owner").filter(pk=experiment_id).first()
+    experiment = visible_experiments(user).select_related("owner", "project").filter(pk=experiment_id).first()
     if experiment is None:
         raise Http404(f"No experiment #{experiment_id}")
     # Attributes the ExperimentDetail schema reads; the model has no fields of these names.
@@ -99,9 +105,23 @@ def _dependencies_add(experiment: Experiment, wanted: list[dict[str, Any]]) -> N
     )
 
 
-def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
-    """Return experiments matching every filter but state (the per-state counts use it)."""
-    qs = Experiment.objects.all()
+def _creatable_project(user: Any, slug: str | None) -> Project:
+    """Return the project a new experiment joins: the named one, else the caller's first (422 if none)."""
+    choices = creatable_projects(user)
+    project = choices.filter(slug=slug).first() if slug else default_project_for(user)
+    if project is None:
+        message = (
+            f"no project {slug!r} where you may create experiments"
+            if slug
+            else "you may not create experiments in any project"
+        )
+        raise field_errors({"project": [message]})
+    return project
+
+
+def _filtered(filters: ExperimentFilters, user: Any) -> QuerySet[Experiment]:
+    """Return the user's experiments matching every filter but state (the per-state counts use it)."""
+    qs = visible_experiments(user)
     if filters.recipe:
         qs = qs.filter(recipe=filters.recipe)
     if filters.q:
@@ -119,14 +139,14 @@ def _filtered(filters: ExperimentFilters) -> QuerySet[Experiment]:
 @requires_permission(VIEW_PERMISSION)
 def experiment_list(request: HttpRequest, filters: Query[ExperimentFilters]) -> dict[str, Any]:
     """Return one page of experiments and the counts per state."""
-    _require_perm(request, VIEW_PERMISSION, "view experiments")
-    base = _filtered(filters)
+    user = _require_perm(request, VIEW_PERMISSION, "view experiments")
+    base = _filtered(filters, user)
     counts = {state.value: 0 for state in State}
     for row in base.order_by().values("state").annotate(n=Count("id")):
         counts[row["state"]] = row["n"]
     qs = base.filter(state__in=filters.state) if filters.state else base
     tiebreak = "-id" if filters.ordering.startswith("-") else "id"
-    page = qs.select_related("owner").order_by(filters.ordering, tiebreak)
+    page = qs.select_related("owner", "project").order_by(filters.ordering, tiebreak)
     return {
         "count": qs.count(),
         "limit": filters.limit,
@@ -149,6 +169,7 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     """Create a pending experiment owned by the caller."""
     user = _require_perm(request, "experiments.add_experiment", "create experiments")
     data = payload.model_dump()
+    data["project"] = _creatable_project(user, data.pop("project"))
     # Check the config first so that each parameter gets its own path; the model's own
     # clean() folds them into one "config" message for forms.
     try:
@@ -223,6 +244,8 @@ def experiment_action(
             {"detail": f"Unknown event {event!r}; known events: {', '.join(known)}", "known_events": known},
         )
     user = request.auth  # type: ignore[attr-defined]
+    if not may_see_experiment(user, experiment_id):
+        raise Http404(f"No experiment #{experiment_id}")
     actor = Actor.for_user(user)
     reason = payload.reason if payload else ""
     override = payload.override if payload else False

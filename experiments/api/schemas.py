@@ -109,6 +109,12 @@ class ExperimentIn(Schema):
         description="Experiments this one waits for: started, it waits until each gets where its edge "
         "asks, then queues by itself. A cycle is refused at body.depends_on.",
     )
+    project: StrictStr | None = Field(
+        None,
+        max_length=50,
+        description="Slug of the project it joins (one where the caller may create); "
+        "omitted: the caller's only or first such project.",
+    )
 
 
 class ActionIn(Schema):
@@ -160,6 +166,7 @@ class ExperimentSummary(Schema):
     gpus: int
     gpu_type: str
     owner: str | None
+    project: str
     parent_id: int | None
     tags: list[str]
     created_at: datetime
@@ -169,6 +176,11 @@ class ExperimentSummary(Schema):
     def resolve_owner(obj: Experiment) -> str | None:
         """Return the owner's username (None for system-made experiments)."""
         return obj.owner.get_username() if obj.owner else None
+
+    @staticmethod
+    def resolve_project(obj: Experiment) -> str:
+        """Return the slug of the experiment's project."""
+        return obj.project.slug
 
 
 class ExperimentDetail(ExperimentSummary):

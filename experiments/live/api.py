@@ -15,8 +15,8 @@ from ninja import Path, Router
 from experiments.live.downsample import MIN_POINTS
 from experiments.live.series import Series, metric_series
 from experiments.live.step_times import step_times
-from experiments.models import Experiment
 from experiments.permissions import requires_permission
+from experiments.projects import may_see_experiment
 
 router = Router(tags=["metrics"])
 
@@ -111,7 +111,7 @@ def experiment_metrics(
             raise BadParameter("end_step", f"end_step ({end}) must not be before start_step ({start})")
     except BadParameter as exc:
         return _error(400, exc.message, exc.field)
-    if not Experiment.objects.filter(pk=experiment_id).exists():
+    if not may_see_experiment(user, experiment_id):
         return _error(404, f"No experiment #{experiment_id}.")
 
     result = metric_series(
@@ -177,7 +177,7 @@ def experiment_step_times(
     user: Any = request.user
     if not user.has_perm(VIEW_PERMISSION):
         return _error(403, "You may not view experiments.")
-    if not Experiment.objects.filter(pk=experiment_id).exists():
+    if not may_see_experiment(user, experiment_id):
         return _error(404, f"No experiment #{experiment_id}.")
     times = step_times(experiment_id=experiment_id, name=(name or "").strip()[:64] or None)
     body = {

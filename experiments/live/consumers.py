@@ -31,8 +31,8 @@ from django.contrib import auth
 
 from experiments.events import FLEET_GROUP, GPUS_GROUP, TRIGGERS_GROUP, experiment_group
 from experiments.live.sessions import SessionRef, sessions_ended
-from experiments.models import Experiment
 from experiments.permissions import Decision, access_of, requires_permission
+from experiments.projects import may_see_experiment
 
 logger = logging.getLogger(__name__)
 
@@ -197,9 +197,26 @@ class LiveConsumer(AsyncWebsocketConsumer):
 
     # --- events from the channel layer (dispatch maps "state.changed" to state_changed) ---
 
+    # Sockets whose group carries every project's events (the fleet, the triggers) pass an
+    # event on only when the user may see its experiment; a page's own group is checked at join.
+    project_filtered = False
+
+    async def _may_forward(self, event: dict[str, Any]) -> bool:
+        """Return whether the user may see the experiment the event is about (cached per socket)."""
+        experiment_id = event.get("experiment_id")
+        if not self.project_filtered or not isinstance(experiment_id, int):
+            return True
+        seen: dict[int, bool] = self.__dict__.setdefault("_experiments_seen", {})
+        if experiment_id not in seen:
+            seen[experiment_id] = await database_sync_to_async(may_see_experiment, thread_sensitive=False)(
+                self.scope.get("user"), experiment_id
+            )
+        return seen[experiment_id]
+
     async def forward(self, event: dict[str, Any]) -> None:
-        """Send one channel-layer event to the browser as JSON."""
-        await self.send(text_data=encode_event(event))
+        """Send one channel-layer event to the browser as JSON (if the user may see its experiment)."""
+        if await self._may_forward(event):
+            await self.send(text_data=encode_event(event))
 
     async def state_changed(self, event: dict[str, Any]) -> None:
         """An experiment changed state."""
@@ -251,13 +268,16 @@ class ExperimentConsumer(LiveConsumer):
     def live_groups(self) -> list[str] | None:
         """Return the experiment's group, or None when it does not exist."""
         experiment_id = int(self.scope["url_route"]["kwargs"]["experiment_id"])
-        exists = Experiment.objects.filter(pk=experiment_id).exists()
+        # One outside the user's projects is refused as a missing one.
+        exists = may_see_experiment(self.scope.get("user"), experiment_id)
         return [experiment_group(experiment_id)] if exists else None
 
 
 @requires_permission("experiments.view_experiment")
 class FleetConsumer(LiveConsumer):
-    """/ws/fleet/: every experiment's state changes and latest values."""
+    """/ws/fleet/: every experiment's state changes and latest values (of the user's projects)."""
+
+    project_filtered = True
 
     def live_groups(self) -> list[str] | None:
         """Return the fleet group."""
@@ -276,6 +296,8 @@ class GpusConsumer(LiveConsumer):
 @requires_permission("control.view_triggerevent")
 class TriggersConsumer(LiveConsumer):
     """/ws/triggers/: every policy trigger as it fires, waits for approval and is acted on."""
+
+    project_filtered = True
 
     def live_groups(self) -> list[str] | None:
         """Return the triggers group."""

@@ -12,6 +12,7 @@ from django.db.models import Max, Min, Prefetch
 from experiments.choices import State
 from experiments.live.series import Series, metric_series
 from experiments.models import Experiment, MetricPoint, Run
+from experiments.projects import visible_experiments
 from experiments.selectors import experiment_config_rows, lower_is_better
 
 # The fleet shows what is moving or about to: waiting, training, being judged, rolling out.
@@ -49,11 +50,16 @@ def sparkline_metric(*, experiment_id: int) -> str:
     return names[0]
 
 
-def fleet_rows(*, limit: int = 200) -> list[FleetRow]:
-    """Return the active experiments, most urgent state first, each with its current run and sparkline."""
+def _of(user: Any, queryset: Any) -> Any:
+    """Return the experiments of queryset the user may see (all of them without a user)."""
+    return queryset if user is None else visible_experiments(user, queryset)
+
+
+def fleet_rows(*, limit: int = 200, user: Any = None) -> list[FleetRow]:
+    """Return the active experiments (of the user's projects), most urgent state first, with run and sparkline."""
     latest_runs = Prefetch("runs", queryset=Run.objects.order_by("-attempt"), to_attr="runs_latest_first")
     experiments = list(
-        Experiment.objects.filter(state__in=FLEET_STATES)
+        _of(user, Experiment.objects.filter(state__in=FLEET_STATES))
         .select_related("owner")
         .prefetch_related(latest_runs)
         .order_by("-state_changed_at", "-id")[:limit]
@@ -74,9 +80,9 @@ def fleet_rows(*, limit: int = 200) -> list[FleetRow]:
     return rows
 
 
-def compare_candidates(*, limit: int = 50) -> list[Experiment]:
-    """Return recent experiments a person may pick for comparison."""
-    return list(Experiment.objects.order_by("-created_at", "-id")[:limit])
+def compare_candidates(*, limit: int = 50, user: Any = None) -> list[Experiment]:
+    """Return recent experiments (of the user's projects) a person may pick for comparison."""
+    return list(_of(user, Experiment.objects.all()).order_by("-created_at", "-id")[:limit])
 
 
 def compare_metric_names(*, experiment_ids: Sequence[int]) -> list[str]:

@@ -17,8 +17,9 @@ from experiments.live.fleet import (
     fleet_rows,
     parameter_coordinates,
 )
-from experiments.models import Experiment, Run
+from experiments.models import Run
 from experiments.permissions import requires_permission
+from experiments.projects import visible_experiments
 from experiments.runs.logs import TAIL_LINES, run_log_chunks, run_log_path, run_log_tail
 
 VIEW_PERMISSION = "experiments.view_experiment"
@@ -32,7 +33,7 @@ MAX_COMPARE_METRICS = 6
 @require_GET
 def fleet(request: HttpRequest) -> HttpResponse:
     """Show every active experiment with its state, progress and a live loss sparkline."""
-    return render(request, "live/fleet.html", {"rows": fleet_rows()})
+    return render(request, "live/fleet.html", {"rows": fleet_rows(user=request.user)})
 
 
 @requires_permission(VIEW_PERMISSION)
@@ -41,7 +42,7 @@ def fleet(request: HttpRequest) -> HttpResponse:
 @require_GET
 def fleet_rows_fragment(request: HttpRequest) -> HttpResponse:
     """Return only the fleet table's rows, for the page to refresh when experiments come and go."""
-    return render(request, "live/_fleet_rows.html", {"rows": fleet_rows()})
+    return render(request, "live/_fleet_rows.html", {"rows": fleet_rows(user=request.user)})
 
 
 def _parse_ids(raw: str) -> tuple[list[int], str]:
@@ -81,7 +82,7 @@ def compare(request: HttpRequest) -> HttpResponse:
         errors["metric"] = f"at most {MAX_COMPARE_METRICS} metrics at once"
         metrics = metrics[:MAX_COMPARE_METRICS]
     metric = metrics[0]
-    found = {e.pk: e for e in Experiment.objects.filter(pk__in=ids)}
+    found = {e.pk: e for e in visible_experiments(request.user).filter(pk__in=ids)}
     missing = [i for i in ids if i not in found]
     if missing:
         errors["ids"] = "no experiment " + ", ".join(f"#{i}" for i in missing)
@@ -97,7 +98,7 @@ def compare(request: HttpRequest) -> HttpResponse:
         "coordinates": parameter_coordinates(chosen, metric=metric) if not errors else None,
         "chosen": chosen,
         "chosen_ids": {e.pk for e in chosen},
-        "candidates": compare_candidates(),
+        "candidates": compare_candidates(user=request.user),
         "metric": metric,
         "metric_names": logged,
         "errors": errors,
@@ -115,7 +116,9 @@ def compare(request: HttpRequest) -> HttpResponse:
 @require_GET
 def run_log(request: HttpRequest, experiment_id: int, run_id: int) -> HttpResponse | StreamingHttpResponse:
     """Download one run's stdout/stderr (every rotated file, oldest first); ?tail=N: only the last N lines."""
-    run = Run.objects.filter(pk=run_id, experiment_id=experiment_id).first()
+    run = Run.objects.filter(
+        pk=run_id, experiment_id=experiment_id, experiment__in=visible_experiments(request.user)
+    ).first()
     if run is None:
         raise Http404("No such run.")
     path = run_log_path(experiment_id=experiment_id, run_id=run_id)

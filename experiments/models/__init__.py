@@ -35,6 +35,15 @@ from experiments.models.outputs import (
     RunStage,
     artifact_name_error,
 )
+from experiments.models.project import (
+    DEFAULT_PROJECT_SLUG,
+    ROLE_PERMISSIONS,
+    Membership,
+    Project,
+    Role,
+    default_project,
+    default_project_id,
+)
 from experiments.models.registry import (
     DatasetFileError,
     DatasetVersion,
@@ -51,9 +60,11 @@ from experiments.models.runlog import RunLog
 
 __all__ = [
     "CONFIRM_EVENTS",
+    "DEFAULT_PROJECT_SLUG",
     "EVALUATION_PENDING",
     "EVENT_LABELS",
     "EVENT_PERMISSIONS",
+    "ROLE_PERMISSIONS",
     "ROLLUP_WIDTHS",
     "After",
     "ApiToken",
@@ -64,6 +75,7 @@ __all__ = [
     "DriftCheck",
     "EvaluationStatus",
     "Experiment",
+    "Membership",
     "MetricPoint",
     "MetricRollup",
     "MlflowExperiment",
@@ -73,6 +85,8 @@ __all__ = [
     "ModelStage",
     "ModelVersion",
     "OnUpstreamFailure",
+    "Project",
+    "Role",
     "Run",
     "RunArtifact",
     "RunEvaluation",
@@ -84,5 +98,7 @@ __all__ = [
     "VersionEvaluation",
     "VersionEvaluationStatus",
     "artifact_name_error",
+    "default_project",
+    "default_project_id",
     "unmet_dependencies",
 ]

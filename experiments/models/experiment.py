@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -23,6 +24,7 @@ from experiments.choices import (
     RunStatus,
     State,
 )
+from experiments.models.project import default_project_id, user_may
 from experiments.models.registry import DatasetVersion
 from experiments.recipes import ConfigError, get_spec
 from experiments.recipes.script import SCRIPT_RECIPE, resolve_workdir
@@ -79,6 +81,17 @@ EVENT_LABELS: dict[str, str] = {
 
 # These ask for a confirmation dialog in the UI: they stop work or undo a deployment.
 CONFIRM_EVENTS = frozenset({"cancel", "rollback"})
+
+
+def _may(event: str) -> Callable[[models.Model, Any], bool]:
+    """Return the transition permission of an event: its permission, held in the experiment's project."""
+    perm = EVENT_PERMISSIONS[event]
+
+    def check(instance: models.Model, user: Any) -> bool:
+        return user_may(user, perm, getattr(instance, "project_id", None))
+
+    check.__name__ = f"may_{event}"
+    return check
 
 
 def _default_tags() -> list[str]:
@@ -139,6 +152,13 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     )
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    project = models.ForeignKey(
+        "experiments.Project",
+        on_delete=models.PROTECT,
+        default=default_project_id,
+        related_name="experiments",
+        help_text="The project whose members see and drive it, and whose limits it runs under.",
     )
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
@@ -251,40 +271,34 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
     def _touch(self) -> None:
         self.state_changed_at = timezone.now()
 
-    @transition(field=state, source=State.PENDING, target=State.QUEUED, permission=EVENT_PERMISSIONS["queue"])
+    @transition(field=state, source=State.PENDING, target=State.QUEUED, permission=_may("queue"))
     def queue(self) -> None:
         """Put the experiment in the queue."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(field=state, source=State.PENDING, target=State.WAITING, permission=EVENT_PERMISSIONS["wait"])
+    @transition(field=state, source=State.PENDING, target=State.WAITING, permission=_may("wait"))
     def wait(self) -> None:
         """Started while an experiment it depends on is not there yet: it waits, outside the queue."""
         self._touch()
 
-    @transition(
-        field=state, source=State.WAITING, target=State.QUEUED, permission=EVENT_PERMISSIONS["release"]
-    )
+    @transition(field=state, source=State.WAITING, target=State.QUEUED, permission=_may("release"))
     def release(self) -> None:
         """Every dependency is met: queue it."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(
-        field=state, source=State.WAITING, target=State.WAITING, permission=EVENT_PERMISSIONS["block"]
-    )
+    @transition(field=state, source=State.WAITING, target=State.WAITING, permission=_may("block"))
     def block(self) -> None:
         """An upstream failed and its edge holds dependents: it keeps waiting (audited) for a retry or a person."""
         self._touch()
 
-    @transition(field=state, source=State.QUEUED, target=State.RUNNING, permission=EVENT_PERMISSIONS["start"])
+    @transition(field=state, source=State.QUEUED, target=State.RUNNING, permission=_may("start"))
     def start(self) -> None:
         """A worker slot is leased and the run is dispatched."""
         self._touch()
 
-    @transition(
-        field=state, source=State.RUNNING, target=State.EVALUATING, permission=EVENT_PERMISSIONS["complete"]
-    )
+    @transition(field=state, source=State.RUNNING, target=State.EVALUATING, permission=_may("complete"))
     def complete(self) -> None:
         """Training finished; the result awaits evaluation."""
         self._touch()
@@ -293,29 +307,25 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         field=state,
         source=[State.RUNNING, State.EVALUATING],
         target=State.FAILED,
-        permission=EVENT_PERMISSIONS["fail"],
+        permission=_may("fail"),
     )
     def fail(self) -> None:
         """The run failed (exception, lost heartbeat, timeout)."""
         self._touch()
 
-    @transition(field=state, source=State.FAILED, target=State.QUEUED, permission=EVENT_PERMISSIONS["retry"])
+    @transition(field=state, source=State.FAILED, target=State.QUEUED, permission=_may("retry"))
     def retry(self) -> None:
         """Queue a failed experiment again; it resumes from its last checkpoint."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(
-        field=state, source=State.RUNNING, target=State.QUEUED, permission=EVENT_PERMISSIONS["requeue"]
-    )
+    @transition(field=state, source=State.RUNNING, target=State.QUEUED, permission=_may("requeue"))
     def requeue(self) -> None:
         """Stop the running attempt and queue it again (early stop with changed hyper-parameters)."""
         self._touch()
         self.queued_at = self.state_changed_at
 
-    @transition(
-        field=state, source=State.EVALUATING, target=State.COMPLETED, permission=EVENT_PERMISSIONS["hold"]
-    )
+    @transition(field=state, source=State.EVALUATING, target=State.COMPLETED, permission=_may("hold"))
     def hold(self) -> None:
         """Hold the result for a person to review."""
         self._touch()
@@ -324,36 +334,28 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         field=state,
         source=[State.EVALUATING, State.COMPLETED],
         target=State.PROMOTING,
-        permission=EVENT_PERMISSIONS["promote"],
+        permission=_may("promote"),
     )
     def promote(self) -> None:
         """Start rolling the model out (canary)."""
         self._touch()
 
-    @transition(
-        field=state, source=State.PROMOTING, target=State.DEPLOYED, permission=EVENT_PERMISSIONS["deploy"]
-    )
+    @transition(field=state, source=State.PROMOTING, target=State.DEPLOYED, permission=_may("deploy"))
     def deploy(self) -> None:
         """The rollout finished: this model serves all traffic."""
         self._touch()
 
-    @transition(
-        field=state, source=State.PROMOTING, target=State.COMPLETED, permission=EVENT_PERMISSIONS["withdraw"]
-    )
+    @transition(field=state, source=State.PROMOTING, target=State.COMPLETED, permission=_may("withdraw"))
     def withdraw(self) -> None:
         """A queued promotion lost to the version now in production: held for review instead."""
         self._touch()
 
-    @transition(
-        field=state, source=State.DEPLOYED, target=State.RETIRED, permission=EVENT_PERMISSIONS["retire"]
-    )
+    @transition(field=state, source=State.DEPLOYED, target=State.RETIRED, permission=_may("retire"))
     def retire(self) -> None:
         """A newer version replaced this experiment's model in production."""
         self._touch()
 
-    @transition(
-        field=state, source=State.RETIRED, target=State.DEPLOYED, permission=EVENT_PERMISSIONS["reinstate"]
-    )
+    @transition(field=state, source=State.RETIRED, target=State.DEPLOYED, permission=_may("reinstate"))
     def reinstate(self) -> None:
         """A rollback restored this experiment's model to production."""
         self._touch()
@@ -362,7 +364,7 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         field=state,
         source=list(ADOPTABLE_STATES),
         target=State.DEPLOYED,
-        permission=EVENT_PERMISSIONS["adopt"],
+        permission=_may("adopt"),
     )
     def adopt(self) -> None:
         """The registry made this experiment's version production outside a canary (an A/B test's winner)."""
@@ -372,7 +374,7 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         field=state,
         source=[State.PROMOTING, State.DEPLOYED],
         target=State.ROLLED_BACK,
-        permission=EVENT_PERMISSIONS["rollback"],
+        permission=_may("rollback"),
     )
     def rollback(self) -> None:
         """Take the model out of serving and restore the previous production version."""
@@ -382,7 +384,7 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         field=state,
         source=list(CANCELLABLE_STATES),
         target=State.CANCELLED,
-        permission=EVENT_PERMISSIONS["cancel"],
+        permission=_may("cancel"),
     )
     def cancel(self) -> None:
         """Stop the experiment for good."""
@@ -392,7 +394,7 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
         field=state,
         source=list(RETRAINABLE_STATES),
         target=RETURN_VALUE(*RETRAINABLE_STATES),
-        permission=EVENT_PERMISSIONS["retrain"],
+        permission=_may("retrain"),
     )
     def retrain(self) -> str:
         """Leave this experiment as it is; the service creates and queues a child."""

@@ -5,10 +5,13 @@ from __future__ import annotations
 import uuid
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from django.conf import settings
 from django.db import models
 from django.db.models import Q
+
+from experiments.models.project import default_project_id
 
 
 class ModelStage(models.TextChoices):
@@ -66,6 +69,13 @@ class ModelVersion(models.Model):
         related_name="model_versions",
         help_text="Curated data it was trained on besides the recipe's own.",
     )
+    project = models.ForeignKey(
+        "experiments.Project",
+        on_delete=models.PROTECT,
+        default=default_project_id,
+        related_name="model_versions",
+        help_text="Its experiment's project: that project's members see, serve and deploy the model.",
+    )
     serve_error = models.TextField(
         blank=True, help_text="Why the checkpoint could not be served; such a version gets no traffic."
     )
@@ -85,6 +95,12 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} v{self.version} ({self.stage})"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, in its experiment's project (a model name belongs to the project that trains it)."""
+        if self.experiment is not None and self._state.adding:
+            self.project_id = self.experiment.project_id
+        super().save(*args, **kwargs)
 
     @cached_property
     def latest_evaluation(self) -> VersionEvaluation | None:
@@ -204,6 +220,13 @@ class DatasetVersion(models.Model):
     row_count = models.PositiveIntegerField()
     summary = models.JSONField(default=dict, blank=True, help_text="Why rows were picked, counts by reason.")
     created_by = models.CharField(max_length=150, help_text="Actor label, e.g. policy:drift_retrain.")
+    project = models.ForeignKey(
+        "experiments.Project",
+        on_delete=models.PROTECT,
+        default=default_project_id,
+        related_name="dataset_versions",
+        help_text="The project of the model whose traffic it was curated from.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -214,6 +237,12 @@ class DatasetVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.model_name} dataset v{self.version} ({self.row_count} rows)"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        """Save, in the project of the served version it was curated from."""
+        if self.source_version is not None and self._state.adding:
+            self.project_id = self.source_version.project_id
+        super().save(*args, **kwargs)
 
     def file_path(self) -> Path:
         """Return the dataset's file, which must lie under DATASETS_ROOT; raise DatasetFileError if not.

@@ -11,7 +11,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied, RequestDataTooBig
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -21,8 +21,8 @@ import experiments.registry.serving as serving
 from experiments.actors import Actor
 from experiments.api.bodies import MAX_JSON_BODY_BYTES, json_body_refusal
 from experiments.api.tokens import TokenLockedOut, api_token_authenticate
-from experiments.models import ModelVersion
 from experiments.permissions import requires_permission
+from experiments.projects import can, may_see_model, model_project_id, visible_model_versions
 from experiments.registry.services import RegistryError, registry_rollback
 from experiments.services import TransitionRefused
 
@@ -82,16 +82,20 @@ def _payload(request: HttpRequest) -> dict[str, Any]:
 
 def _serve(
     request: HttpRequest,
+    model_name: str,
     answer: Callable[[Any, str, dict[str, Any]], dict[str, Any]],
     *,
     also_needs: tuple[str, str] | None = None,
 ) -> JsonResponse:
-    """Authenticate, check also_needs (permission, refusal), read the JSON body, and answer."""
+    """Authenticate, check the model's project and also_needs (permission, refusal), read the body, answer."""
     if request.method != "POST":
         return JsonResponse({"detail": "POST only"}, status=405, headers={"Allow": "POST"})
     try:
         user, via = _caller(request)
-        if also_needs is not None and not user.has_perm(also_needs[0]):
+        # A model of another project answers exactly as an unknown one.
+        if not may_see_model(user, model_name):
+            raise serving.ServingError(404, f"Unknown model {model_name!r}.")
+        if also_needs is not None and not can(user, also_needs[0], model_project_id(model_name) or 0):
             raise serving.ServingError(403, also_needs[1])
         return JsonResponse(answer(user, via, _payload(request)))
     except serving.ServingError as exc:
@@ -103,7 +107,11 @@ def _serve(
 @csrf_exempt
 def predict_view(request: HttpRequest, model_name: str) -> JsonResponse:
     """POST {"features": [...]} or {"instances": [[...], ...]} → predictions and the version."""
-    return _serve(request, lambda user, via, payload: serving.predict(model_name=model_name, payload=payload))
+    return _serve(
+        request,
+        model_name,
+        lambda user, via, payload: serving.predict(model_name=model_name, payload=payload),
+    )
 
 
 @requires_permission(SERVE_PERMISSION, FEEDBACK_PERMISSION, api=True)
@@ -113,11 +121,14 @@ def feedback_view(request: HttpRequest, model_name: str) -> JsonResponse:
 
     def answer(user: Any, via: str, payload: dict[str, Any]) -> dict[str, Any]:
         source = serving.FeedbackSource(
-            f"{via}:{user.get_username()}", trusted=user.has_perm(TRUSTED_FEEDBACK_PERMISSION)
+            f"{via}:{user.get_username()}",
+            trusted=can(user, TRUSTED_FEEDBACK_PERMISSION, model_project_id(model_name) or 0),
         )
         return serving.feedback(model_name=model_name, payload=payload, source=source)
 
-    return _serve(request, answer, also_needs=(FEEDBACK_PERMISSION, "You may not send feedback labels."))
+    return _serve(
+        request, model_name, answer, also_needs=(FEEDBACK_PERMISSION, "You may not send feedback labels.")
+    )
 
 
 @requires_permission(VIEW_PERMISSION)
@@ -127,7 +138,8 @@ def registry_page(request: HttpRequest) -> HttpResponse:
     """Every model with its versions, stages, metrics and served traffic."""
     models: dict[str, list[dict[str, Any]]] = {}
     for version in (
-        ModelVersion.objects.select_related("experiment", "parent")
+        visible_model_versions(request.user)
+        .select_related("experiment", "parent")
         .prefetch_related("evaluations")
         .order_by("model_name", "-version")
     ):
@@ -155,7 +167,9 @@ def registry_page(request: HttpRequest) -> HttpResponse:
 @require_POST
 def rollback_view(request: HttpRequest, model_name: str) -> HttpResponse:
     """Restore the previous production version of a model (confirmed in a dialog)."""
-    if not request.user.has_perm(ROLLBACK_PERMISSION):
+    if not may_see_model(request.user, model_name):
+        raise Http404("No such model.")
+    if not can(request.user, ROLLBACK_PERMISSION, model_project_id(model_name) or 0):
         raise PermissionDenied("You may not roll back deployments.")
     try:
         restored = registry_rollback(
