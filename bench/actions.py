@@ -89,8 +89,8 @@ async def press_round(port: int, sessions: list[dict[str, str]], work: list[list
     return [t for r in results for t in r]
 
 
-async def page_round(port: int, sessions: list[dict[str, str]], requests: int) -> list[float]:
-    """Every client GETs the trivial page `requests` times; return all latencies (ms)."""
+async def get_round(port: int, sessions: list[dict[str, str]], path: str, requests: int) -> list[float]:
+    """Every client GETs path `requests` times, all clients at once; return all latencies (ms)."""
 
     async def one_client(cookies: dict[str, str]) -> list[float]:
         client = HttpClient(port, cookies=cookies)
@@ -98,16 +98,21 @@ async def page_round(port: int, sessions: list[dict[str, str]], requests: int) -
         try:
             for _ in range(requests):
                 started = time.perf_counter()
-                status, body = await client.request("GET", "/login/")
+                status, body = await client.request("GET", path)
                 timings.append((time.perf_counter() - started) * 1000)
                 if status != 200:
-                    raise RuntimeError(f"GET /login/ answered {status}: {body[:200]!r}")
+                    raise RuntimeError(f"GET {path} answered {status}: {body[:200]!r}")
         finally:
             await client.close()
         return timings
 
     results = await asyncio.gather(*(one_client(c) for c in sessions))
     return [t for r in results for t in r]
+
+
+async def page_round(port: int, sessions: list[dict[str, str]], requests: int) -> list[float]:
+    """Every client GETs the trivial page `requests` times; return all latencies (ms)."""
+    return await get_round(port, sessions, "/login/", requests)
 
 
 def make_work(users: list[Any], *, per_client: int, rounds: int) -> list[list[list[int]]]:
@@ -135,26 +140,9 @@ def make_work(users: list[Any], *, per_client: int, rounds: int) -> list[list[li
 
 async def list_round(port: int, sessions: list[dict[str, str]], requests: int) -> tuple[list[float], float]:
     """Every client GETs the experiment list `requests` times at once; return latencies (ms) and requests/s."""
-
-    async def one_client(cookies: dict[str, str]) -> list[float]:
-        client = HttpClient(port, cookies=cookies)
-        timings: list[float] = []
-        try:
-            for _ in range(requests):
-                started = time.perf_counter()
-                status, body = await client.request("GET", "/")
-                timings.append((time.perf_counter() - started) * 1000)
-                if status != 200:
-                    raise RuntimeError(f"GET / answered {status}: {body[:200]!r}")
-        finally:
-            await client.close()
-        return timings
-
     started = time.perf_counter()
-    results = await asyncio.gather(*(one_client(c) for c in sessions))
-    elapsed = time.perf_counter() - started
-    timings = [t for r in results for t in r]
-    return timings, len(timings) / elapsed
+    timings = await get_round(port, sessions, "/", requests)
+    return timings, len(timings) / (time.perf_counter() - started)
 
 
 @dataclass

@@ -169,6 +169,30 @@ def figure(
     return out
 
 
+def emit_latency(
+    *,
+    name: str,
+    samples: Sequence[float],
+    goal: Goal,
+    baseline_name: str,
+    baseline_samples: Sequence[float],
+    extra: dict[str, Any],
+) -> None:
+    """Print one figure in milliseconds, where lower is better, beside its baseline."""
+    emit(
+        figure(
+            name=name,
+            unit="ms",
+            samples=samples,
+            goal=goal,
+            higher_is_better=False,
+            baseline_name=baseline_name,
+            baseline_samples=baseline_samples,
+            extra=extra,
+        )
+    )
+
+
 def skipped(name: str, reason: str) -> dict[str, Any]:
     """Build the line of a figure that could not be measured here, saying why."""
     return {

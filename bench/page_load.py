@@ -29,7 +29,7 @@ from bench.common import (
     bench_env,
     emit,
     emit_failure,
-    figure,
+    emit_latency,
     make_user,
     note,
     session_cookie,
@@ -188,30 +188,29 @@ def main() -> None:
         "static": "collectstatic: hashed names, gzip; WhiteNoise (Cache-Control immutable, 1 year)",
     }
     baseline = "cold load with compression and caching off (identity encoding, cache disabled)"
-    emit(
-        figure(
-            name=FIGURES[0],
-            unit="ms",
-            samples=warm,
-            goal=Goal("<= 1 s from navigation to the first chart point (warm)", median_max=1000.0),
-            higher_is_better=False,
+    measured = (
+        (
+            FIGURES[0],
+            warm,
+            warm_phases,
+            Goal("<= 1 s from navigation to the first chart point (warm)", median_max=1000.0),
+        ),
+        (
+            FIGURES[1],
+            cold,
+            cold_phases,
+            Goal("<= 2 s from navigation to the first chart point (cold)", median_max=2000.0),
+        ),
+    )
+    for name, samples, phases, goal in measured:
+        emit_latency(
+            name=name,
+            samples=samples,
+            goal=goal,
             baseline_name=baseline,
             baseline_samples=plain,
-            extra={**extra, "phases_median": median_phases(warm_phases)},
+            extra={**extra, "phases_median": median_phases(phases)},
         )
-    )
-    emit(
-        figure(
-            name=FIGURES[1],
-            unit="ms",
-            samples=cold,
-            goal=Goal("<= 2 s from navigation to the first chart point (cold)", median_max=2000.0),
-            higher_is_better=False,
-            baseline_name=baseline,
-            baseline_samples=plain,
-            extra={**extra, "phases_median": median_phases(cold_phases)},
-        )
-    )
 
 
 if __name__ == "__main__":

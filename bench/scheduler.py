@@ -36,6 +36,7 @@ from bench.common import (
     database_label,
     emit,
     emit_failure,
+    emit_latency,
     figure,
     note,
     repeat,
@@ -211,17 +212,13 @@ def main() -> None:
             "dispatch": Goal("<= 50 ms per pass dispatching every free GPU", median_max=50.0),
         }
         for name, key in zip(FIGURES[:3], ("plan", "busy", "dispatch"), strict=True):
-            emit(
-                figure(
-                    name=name,
-                    unit="ms",
-                    samples=samples[key],
-                    goal=goals[key],
-                    higher_is_better=False,
-                    baseline_name=base_name,
-                    baseline_samples=samples["baseline"],
-                    extra=extra,
-                )
+            emit_latency(
+                name=name,
+                samples=samples[key],
+                goal=goals[key],
+                baseline_name=base_name,
+                baseline_samples=samples["baseline"],
+                extra=extra,
             )
         if args.no_gap:
             emit(skipped(FIGURES[3], "not measured: --no-gap"))

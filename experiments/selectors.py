@@ -210,6 +210,12 @@ def experiment_model_versions(*, experiment: Experiment) -> QuerySet[ModelVersio
     return experiment.model_versions.order_by("-version")
 
 
+def experiment_model_name(*, experiment: Experiment) -> str:
+    """Return the model this experiment's checkpoints serve as: its newest version's, else its recipe's."""
+    newest = experiment_model_versions(experiment=experiment).values_list("model_name", flat=True).first()
+    return newest or experiment.recipe
+
+
 def experiment_runs(*, experiment: Experiment) -> QuerySet[Run]:
     """Return the experiment's training attempts, first attempt first."""
     return experiment.runs.order_by("attempt")

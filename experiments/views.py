@@ -67,8 +67,9 @@ def _wants_json(request: HttpRequest) -> bool:
 
 
 # The step forward a person most likely wants, in this order of preference; it gets the
-# prominent button. Buttons that stop or undo work (confirmation dialogs) come last.
-PRIMARY_EVENTS = ("queue", "retry", "promote", "deploy", "retrain")
+# prominent button. Buttons that stop or undo work (confirmation dialogs) come last. Not
+# deploy: while promoting, the step forward is the canary's own, and Deploy skips its stages.
+PRIMARY_EVENTS = ("queue", "retry", "promote", "retrain")
 
 
 def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, Any]:
@@ -86,6 +87,7 @@ def _actions_context(request: HttpRequest, experiment: Experiment) -> dict[str, 
         "policy_hold": hold,
         # One press starts the pending experiments it depends on too (upstreams first).
         "pipeline_startable": "queue" in events and pipeline_startable(experiment),
+        "model_name": selectors.experiment_model_name(experiment=experiment),
         "actions": [
             {
                 "event": e,

@@ -17,13 +17,13 @@ from control.policies.models import (
     PolicyKind,
 )
 
+# Descriptions say why a policy exists. Its numbers (thresholds, stages, budgets) live in its
+# conditions and settings, and the summary generated from them, so that an edit leaves none stale.
 DEMO_POLICIES: list[dict[str, Any]] = [
     {
         "name": "auto_promote",
         "kind": PolicyKind.AUTO_PROMOTE,
         "order": 10,
-        # The thresholds live in the conditions (and the summary generated from them), not here,
-        # so that editing one leaves no stale number behind.
         "description": "Promote a completed candidate that meets its quality bars and does not regress against "
         "production; otherwise hold it for review.",
         "scope_recipes": ["digits", "distill"],
@@ -38,7 +38,7 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "early_stop",
         "kind": PolicyKind.EARLY_STOP,
         "order": 5,
-        "description": "A loss that turns NaN stops the run and requeues it from its last good checkpoint with half the "
+        "description": "A loss that turns NaN stops the run and requeues it from its last good checkpoint with a lower "
         "learning rate (a NaN injected for the demo is cleared).",
         "cooldown_seconds": 30,
         "conditions": [{"kind": ConditionKind.NOT_FINITE, "metric": "loss"}],
@@ -50,8 +50,9 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "drift_retrain",
         "kind": PolicyKind.DRIFT_RETRAIN,
         "order": 20,
-        "description": "Drift score > 0.15 and the last retrain older than 24 h: curate the hard served "
-        "examples into a dataset version and queue a high-priority retrain on it.",
+        "description": "Served inputs that drift away from what the model was trained on call for a new model: "
+        "curate the served examples it finds hard into a dataset version and queue an urgent retrain on it. The "
+        "age condition and the cooldown keep it from retraining over and over.",
         "cooldown_seconds": 3600,
         "scope_recipes": ["digits"],
         "conditions": [
@@ -67,9 +68,9 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "canary_deploy",
         "kind": PolicyKind.CANARY,
         "order": 30,
-        "description": "Canary stages 10% (1 min), 50% (1 min), then full rollout; roll back when the error rate "
-        "passes 5%, latency p99 passes 500 ms, or feedback accuracy is more than 5% worse than production's on "
-        "the same traffic. The seed's stages are 1% (1 h) and 10% (4 h): lengthen them here for real traffic.",
+        "description": "A promoted version takes a growing share of requests, stage by stage, and is rolled back "
+        "as soon as it errs, slows down, or answers worse than production on the same traffic. The demo's stages "
+        "are short so that a rollout ends in minutes; the seed's last hours: lengthen them for real traffic.",
         "scope_recipes": ["digits"],
         "canary_min_requests": 30,
         "conditions": [
@@ -100,7 +101,8 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "cost_aware_schedule",
         "kind": PolicyKind.COST,
         "order": 40,
-        "description": "Daily budget of $100 and at most 3 concurrent runs; cheaper runs first within a class.",
+        "description": "Keep the day's training spend and the number of runs at once within bounds; among runs of "
+        "the same priority class, the cheaper go first.",
         "daily_budget_usd": Decimal("100"),
         "max_concurrent_runs": 3,
         "priority_by": "estimated_cost",

@@ -6,6 +6,7 @@ ActionExecution (one action carried out for one trigger, at most once).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -175,8 +176,13 @@ class Policy(models.Model):
             raise ValidationError(errors)
 
     def summary(self) -> str:
-        """Say what the policy does, generated from its rows so that it cannot go stale."""
-        return policy_summary(list(self.conditions.all()), list(self.actions.all()))
+        """Say what the policy does, generated from its rows and settings so that it cannot go stale."""
+        return policy_summary(list(self.conditions.all()), list(self.actions.all()), self.settings_summary())
+
+    def settings_summary(self) -> list[str]:
+        """Return the kind's own settings in words (canary stages, cost limits); empty for other kinds."""
+        describe = _SETTINGS_SUMMARIES.get(self.kind)
+        return describe(self) if describe else []
 
     def applies_to(self, *, recipe: str, tags: list[str]) -> bool:
         """Return True when an experiment with this recipe and tags is in scope."""
@@ -319,16 +325,50 @@ class CanaryStage(models.Model):
             raise ValidationError({"traffic_pct": "must be above 0 and at most 100"})
 
 
-def policy_summary(conditions: list[PolicyCondition], actions: list[PolicyAction]) -> str:
+def _canary_settings(policy: Policy) -> list[str]:
+    """Return the stages in order and the requests each needs before it is judged."""
+    stages = list(policy.stages.all()) if policy.pk else []
+    if not stages:
+        return ["no stages: a promoted version goes straight to production"]
+    steps = " → ".join(
+        f"{s.name} {s.traffic_pct:g}%" + (f" for {s.duration_seconds} s" if s.duration_seconds else "")
+        for s in stages
+    )
+    return [f"stages {steps}, each judged once it served {policy.canary_min_requests} requests"]
+
+
+def _cost_settings(policy: Policy) -> list[str]:
+    """Return the budget, the concurrency cap and the queue order the policy sets."""
+    parts = []
+    if policy.daily_budget_usd is not None:
+        parts.append(f"daily budget ${policy.daily_budget_usd:,.2f}")
+    if policy.max_concurrent_runs is not None:
+        parts.append(f"at most {policy.max_concurrent_runs} concurrent runs")
+    if policy.priority_by:
+        parts.append(f"queue within a class ordered by {policy.get_priority_by_display().lower()}")
+    return [", ".join(parts)] if parts else []
+
+
+# Kinds whose settings live on the policy itself (not in condition rows) and so belong in its summary.
+_SETTINGS_SUMMARIES: dict[str, Callable[[Policy], list[str]]] = {
+    PolicyKind.CANARY: _canary_settings,
+    PolicyKind.COST: _cost_settings,
+}
+
+
+def policy_summary(
+    conditions: list[PolicyCondition], actions: list[PolicyAction], kind_settings: list[str] | None = None
+) -> str:
     """Say what a policy with these rows does (saved or not), from the conditions' own descriptions.
 
-    The free-text description may lag behind an edited threshold; this cannot.
+    The free-text description may lag behind an edited threshold; this cannot. `kind_settings` are the
+    kind's own settings in words (Policy.settings_summary), said first.
     """
     when = [str(c) for c in conditions if c.role == ConditionRole.WHEN]
     rollback = [str(c) for c in conditions if c.role == ConditionRole.ROLLBACK_ON]
     then = [str(a) for a in actions if a.role == ActionRole.THEN and a.enabled]
     fallback = [str(a) for a in actions if a.role == ActionRole.FALLBACK and a.enabled]
-    parts = []
+    parts = list(kind_settings or [])
     if when or then:
         head = f"when {' and '.join(when)}" if when else "always"
         parts.append(f"{head}: {', '.join(then) or 'no action'}")

@@ -36,7 +36,7 @@ ADD_PERMISSION = "control.add_policy"
 @permission_required(VIEW, raise_exception=True)
 def policy_list(request: HttpRequest) -> HttpResponse:
     """Every policy with what it does, generated from its rows."""
-    policies = Policy.objects.prefetch_related("conditions", "actions")
+    policies = Policy.objects.prefetch_related("conditions", "actions", "stages")
     context = {
         "policies": policies,
         "can_change": request.user.has_perm(CHANGE_PERMISSION),
@@ -202,4 +202,6 @@ def policy_preview(request: HttpRequest) -> HttpResponse:
         transaction.set_rollback(True)
     for row in result["conditions"]:
         row["near_miss"] = not row["passed"] and row.get("short_by") is not None
-    return JsonResponse({**result, "summary": policy_summary(condition_rows, action_rows)})
+    return JsonResponse(
+        {**result, "summary": policy_summary(condition_rows, action_rows, form.instance.settings_summary())}
+    )

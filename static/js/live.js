@@ -59,7 +59,8 @@
     smooth: Math.min(0.99, Math.max(0, parseFloat(query.get("smooth") || "0") || 0)),
     logy: query.get("logy") === "1",
     x: X_MODES[query.get("x")] ? query.get("x") : "step",
-    hidden: new Set((query.get("hide") || "").split(",").filter(Boolean)),
+    // System metrics are not the picker's to hide (an old link may still name one).
+    hidden: new Set((query.get("hide") || "").split(",").filter((n) => n && !isSystem(n))),
     panels: query.get("panels") === "metric" ? "metric" : "group",
   };
   // One colour per metric, the same for its raw and its smoothed line.
@@ -210,7 +211,8 @@
       x: [], y: [], name: name, mode: "lines", type: TRACE_TYPE, connectgaps: false, legendgroup: name,
       line: { color: colour, width: 1.5 }, visible: !view.hidden.has(name),
     });
-    addMetricChoice(name);
+    // The picker chooses among training curves; the System panel always shows its own.
+    if (!isSystem(name)) addMetricChoice(name);
     scheduleView();
     chart.el.dataset.metrics = chart.names.join(",");
     if (!isSystem(name)) empty.hidden = true;

@@ -64,6 +64,10 @@ def test_the_system_panel_draws_history_and_live_points_and_the_curves_keep_only
     names = ",".join(training.evaluate_all("els => els.map(e => e.dataset.metrics || '')"))
     assert "loss" in names and "accuracy" in names
     assert "sys/" not in names
+    # The toolbar's metric picker offers the training curves only: unticking cannot hide the System panel.
+    picker = page.locator("#chart-metrics input[data-metric]")
+    expect(picker).to_have_count(2)
+    assert sorted(picker.evaluate_all("els => els.map(e => e.dataset.metric)")) == ["accuracy", "loss"]
 
     # Live: the next samples arrive over the socket into the System panel.
     for s in range(5, 8):
@@ -74,3 +78,11 @@ def test_the_system_panel_draws_history_and_live_points_and_the_curves_keep_only
     page.wait_for_function(f"crucibleLive.traceLength('{RSS_MB}') === 8", timeout=15_000)
     page.wait_for_function(f"crucibleLive.traceLength('{CPU_PERCENT}') === 8", timeout=15_000)
     shot(page, "system-panel", "experiment-with-system-panel")
+
+    # A link that names a system metric among the hidden ones hides the training curve only.
+    page.goto(f"{asgi_server}/experiments/{experiment.pk}/?hide={RSS_MB},accuracy")
+    expect(page.locator("#live-charts")).to_have_attribute("data-live-status", "live", timeout=20_000)
+    expect(page.locator('#chart-metrics input[data-metric="accuracy"]')).not_to_be_checked()
+    expect(page.locator("#chart-metrics input[data-metric]")).to_have_count(2)
+    expect(panel.locator(f'.live-chart[data-metrics="{RSS_MB}"]')).to_be_visible()
+    assert page.evaluate(f"crucibleLive.traceLength('{RSS_MB}')") == 8

@@ -7,7 +7,6 @@ the test, on the arms' stage change and in the admin's history); a refused one c
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,37 +28,16 @@ from tests.digits_models import (
     SYSTEM,
     canary_policy_create,
     evaluating_digits_experiment,
-    promote_to_production,
-    train_digits,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_model_cache")]
 ADD = "/admin/control/abtest/add/"
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits model trained by the real recipe (the arms' accuracy is not what these tests judge)."""
-    path, _ = train_digits(tmp_path_factory.mktemp("ab-admin-ckpt"), epochs=2, hidden=16, seed=0)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _fresh_model_cache() -> Iterator[None]:
-    # Row ids are reused after a test's rollback: a cached model must not outlive its row.
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
-
-
 @pytest.fixture
-def digits(checkpoint: Path, django_capture_on_commit_callbacks: Any) -> tuple[ModelVersion, ...]:
+def digits(digits_versions: tuple[ModelVersion, ...]) -> tuple[ModelVersion, ...]:
     """digits v1 in production, v2 and v3 registered and not serving."""
-    with django_capture_on_commit_callbacks(execute=True):
-        promote_to_production(evaluating_digits_experiment("v1", checkpoint))
-    v2 = model_version_register(experiment_id=evaluating_digits_experiment("v2", checkpoint).pk)
-    v3 = model_version_register(experiment_id=evaluating_digits_experiment("v3", checkpoint).pk)
-    return ModelVersion.objects.get(model_name="digits", stage=ModelStage.PRODUCTION), v2, v3
+    return digits_versions
 
 
 @pytest.fixture
@@ -158,7 +136,7 @@ def test_a_person_starts_an_ab_test_and_the_start_is_audited(
 )
 def test_each_refusal_is_a_field_error_and_starts_nothing(
     starter: Client,
-    checkpoint: Path,
+    ab_checkpoint: Path,
     digits: tuple[ModelVersion, ...],
     ab_policy: Policy,
     django_capture_on_commit_callbacks: Any,
@@ -172,7 +150,7 @@ def test_each_refusal_is_a_field_error_and_starts_nothing(
         data["version_ids"] = [v2.pk]
     elif case == "another model's version":
         other = model_version_register(
-            experiment_id=evaluating_digits_experiment("other", checkpoint).pk, model_name="digits-b"
+            experiment_id=evaluating_digits_experiment("other", ab_checkpoint).pk, model_name="digits-b"
         )
         data["version_ids"] = [v2.pk, other.pk]
     elif case == "not an A/B policy":
@@ -183,12 +161,14 @@ def test_each_refusal_is_a_field_error_and_starts_nothing(
         canary_policy_create()
         with django_capture_on_commit_callbacks(execute=True):
             experiment_transition(
-                experiment_id=evaluating_digits_experiment("v4", checkpoint).pk, event="promote", actor=SYSTEM
+                experiment_id=evaluating_digits_experiment("v4", ab_checkpoint).pk,
+                event="promote",
+                actor=SYSTEM,
             )
         assert CanaryRollout.objects.filter(status=RolloutStatus.RUNNING).exists()
     else:
         # Its recorded checksum is not the file's: serving refuses to load it.
-        broken = evaluating_digits_experiment("broken", checkpoint, sha256="0" * 64)
+        broken = evaluating_digits_experiment("broken", ab_checkpoint, sha256="0" * 64)
         data["version_ids"] = [v2.pk, model_version_register(experiment_id=broken.pk).pk]
     tests_before, serving_before = ABTest.objects.count(), _serving_state()
 

@@ -8,8 +8,6 @@ control.change_abtest may do it; a test that is not running is an error that cha
 from __future__ import annotations
 
 import html
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,42 +23,21 @@ from control.policies.authoring import policy_create
 from control.policies.models import Policy
 from experiments.actors import Actor
 from experiments.models import ModelStage, ModelVersion
-from experiments.registry.services import model_version_register, model_version_set_stage
+from experiments.registry.services import model_version_set_stage
 from tests.digits_models import (
     FEATURES,
     SYSTEM,
-    evaluating_digits_experiment,
-    promote_to_production,
-    train_digits,
 )
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fresh_model_cache")]
 CHANGELIST = "/admin/control/abtest/"
 
 
-@pytest.fixture(scope="session")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A digits model trained by the real recipe (cancelling judges nothing of its accuracy)."""
-    path, _ = train_digits(tmp_path_factory.mktemp("ab-cancel-ckpt"), epochs=2, hidden=16, seed=0)
-    return path
-
-
-@pytest.fixture(autouse=True)
-def _fresh_model_cache() -> Iterator[None]:
-    serving.clear_cache()
-    yield
-    serving.clear_cache()
-
-
 @pytest.fixture
-def digits(checkpoint: Path, django_capture_on_commit_callbacks: Any) -> tuple[ModelVersion, ...]:
+def digits(digits_versions: tuple[ModelVersion, ...]) -> tuple[ModelVersion, ...]:
     """digits v1 in production; v2 registered (stage none) and v3 in staging, neither serving."""
-    with django_capture_on_commit_callbacks(execute=True):
-        promote_to_production(evaluating_digits_experiment("v1", checkpoint))
-    v2 = model_version_register(experiment_id=evaluating_digits_experiment("v2", checkpoint).pk)
-    v3 = model_version_register(experiment_id=evaluating_digits_experiment("v3", checkpoint).pk)
-    v3 = model_version_set_stage(version_id=v3.pk, stage=ModelStage.STAGING, actor=SYSTEM)
-    return ModelVersion.objects.get(stage=ModelStage.PRODUCTION), v2, v3
+    v1, v2, v3 = digits_versions
+    return v1, v2, model_version_set_stage(version_id=v3.pk, stage=ModelStage.STAGING, actor=SYSTEM)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -278,3 +280,46 @@ def test_the_demo_describes_auto_promote_without_a_threshold_that_can_go_stale()
     assert promote.name == "auto_promote"
     assert "0.9" not in promote.description
     assert "accuracy > 0.9" in promote.summary()
+
+
+@pytest.mark.parametrize("name", ["drift_retrain", "canary_deploy", "cost_aware_schedule"])
+def test_the_demo_descriptions_say_why_and_quote_no_number(name: str) -> None:
+    demo_policies_ensure()
+    description = Policy.objects.get(name=name).description
+    assert description
+    assert not re.search(r"\d", description), description
+
+
+def test_an_edited_drift_threshold_shows_in_the_listed_summary_of_the_demo_policy() -> None:
+    demo_policies_ensure()
+    drift = Policy.objects.get(name="drift_retrain")
+    listing = client_for("view_policy").get(reverse("policies:list")).content.decode()
+    assert "drift score &gt; 0.15 and last retrain older than 24 h" in listing
+    editor = client_for("view_policy", "change_policy", username="editor")
+    response = editor.post(
+        reverse("policies:edit", args=[drift.pk]), form_data(drift, **{"conditions-0-threshold": 0.3})
+    )
+    assert response.status_code == 302
+    listing = editor.get(reverse("policies:list")).content.decode()
+    assert "drift score &gt; 0.3 and last retrain older than 24 h" in listing
+    assert "0.15" not in listing
+
+
+def test_edited_canary_stages_and_cost_limits_show_in_the_listed_summaries() -> None:
+    demo_policies_ensure()
+    canary = Policy.objects.get(name="canary_deploy")
+    cost = Policy.objects.get(name="cost_aware_schedule")
+    assert "canary_10pct 10% for 60 s → canary_50pct 50% for 60 s → full_rollout 100%" in canary.summary()
+    assert "each judged once it served 30 requests" in canary.summary()
+    assert "daily budget $100.00, at most 3 concurrent runs" in cost.summary().lower()
+
+    # As the admin's stage inline and settings fields would change them.
+    canary.stages.filter(name="canary_10pct").update(traffic_pct=5, duration_seconds=3600)
+    Policy.objects.filter(pk=canary.pk).update(canary_min_requests=200)
+    Policy.objects.filter(pk=cost.pk).update(daily_budget_usd=Decimal("250"), max_concurrent_runs=8)
+
+    listing = client_for("view_policy").get(reverse("policies:list")).content.decode()
+    assert "canary_10pct 5% for 3600 s → canary_50pct 50% for 60 s" in listing
+    assert "each judged once it served 200 requests" in listing
+    assert "Daily budget $250.00, at most 8 concurrent runs" in listing
+    assert "$100.00" not in listing

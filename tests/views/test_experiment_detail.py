@@ -191,3 +191,40 @@ def test_lineage_names_the_curated_dataset_and_the_registered_model_versions(
     assert 'href="/registry/digits/"' in html and "digits v7" in html
     assert child.config["extra_data"] == dataset.pk
     assert "none: promoting registers its checkpoint" in _detail(researcher_client, parent)
+
+
+def _next_step(html: str) -> str:
+    match = re.search(r'<p class="next-step[^"]*" id="next-step"[^>]*>(.*?)</p>', html, re.S)
+    assert match, "the actions block has no next-step line"
+    return " ".join(match.group(1).split())
+
+
+@pytest.mark.parametrize(
+    ("state", "says"),
+    [
+        ("pending", "<em>Start</em> queues it"),
+        ("queued", "it waits for a free worker slot"),
+        ("running", "it is training on a worker"),
+        ("evaluating", "<em>Promote</em> registers its checkpoint as a new version of"),
+        ("completed", "it is held for review"),
+        ("promoting", "each stage is judged once it has lasted its time and served enough requests"),
+        ("deployed", "it is in production"),
+        ("failed", "<em>Retry</em> queues it again"),
+        ("cancelled", "it stopped for good"),
+        ("rolled_back", "previous production version restored"),
+    ],
+)
+def test_every_state_says_what_happens_next(
+    researcher_client: Client, make_experiment: Callable[..., Experiment], state: str, says: str
+) -> None:
+    assert says in _next_step(_detail(researcher_client, make_experiment(state=state)))
+
+
+def test_a_canary_under_way_links_its_deployment_page_and_deploy_is_not_the_prominent_button(
+    researcher_client: Client, make_experiment: Callable[..., Experiment]
+) -> None:
+    html = _detail(researcher_client, make_experiment(state="promoting"))
+    assert f'href="{reverse("deployments:model", args=["digits"])}" id="next-step-deployment"' in html
+    # Waiting for the canary is the step forward; Deploy skips its stages, so it is not the default.
+    assert re.search(r'class="btn btn-deploy"', html)
+    assert "btn-deploy btn-primary" not in html
