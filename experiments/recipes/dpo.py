@@ -295,9 +295,7 @@ class DPORecipe:
                 break
             step = done + 1
             if phase == PRETRAIN:
-                x, y = get_batch(
-                    train_bytes, batch_size=batch_size, context=context - 1, seed=seed, step=step
-                )
+                x, y = get_batch(train_bytes, batch_size=batch_size, context=context, seed=seed, step=step)
                 loss = lm_train_step(policy, pre_opt, x, y, device, step=step, config=config)
                 metrics["pretrain_loss"] = float(loss)
                 ctx.log("pretrain_loss", step, metrics["pretrain_loss"])

@@ -181,7 +181,6 @@ class UpdateStats:
 
 def grpo_loss(
     policy: nn.Module,
-    reference: nn.Module,
     batch: GroupBatch,
     old_logp: torch.Tensor,
     ref_logp: torch.Tensor,
@@ -293,7 +292,6 @@ class GRPORecipe:
             for _ in range(int(config["ppo_epochs"])):
                 stats = grpo_loss(
                     policy,
-                    reference,
                     batch,
                     old_logp,
                     ref_logp,

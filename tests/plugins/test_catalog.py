@@ -196,7 +196,10 @@ def test_the_same_plugin_installed_and_listed_counts_once(plugin_dir: Path) -> N
 def test_an_unknown_recipe_is_refused_listing_the_known_ones() -> None:
     with pytest.raises(ConfigError) as refused:
         get_spec("nope")
-    assert refused.value.errors["recipe"] == "unknown recipe 'nope' (known: charlm, digits, distill, script)"
+    assert (
+        refused.value.errors["recipe"]
+        == "unknown recipe 'nope' (known: charlm, digits, distill, dpo, grpo, script)"
+    )
 
 
 def test_list_shows_each_recipe_with_its_source_and_the_refused_plugins(

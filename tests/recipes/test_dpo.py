@@ -42,6 +42,7 @@ def test_a_rejected_completion_is_the_chosen_one_with_its_closing_bracket_mismat
 
 def test_dpo_pretrains_then_learns_to_prefer_balanced_brackets_on_held_out_pairs() -> None:
     ctx, result = train("dpo", **SMALL)
+    assert {p.name for p in ctx.points} == set(get_spec("dpo").metrics)  # declared, and nothing else
     pre = [p.step for p in ctx.points if p.name == "pretrain_loss"]
     assert pre == list(range(1, 11))
     tuned = [p.step for p in ctx.points if p.name == "dpo_loss"]

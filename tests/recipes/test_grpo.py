@@ -50,6 +50,7 @@ def test_training_never_samples_a_held_out_prompt_and_evaluation_uses_only_those
 
 def test_grpo_reward_rises_as_the_policy_leaves_its_reference() -> None:
     ctx, result = train("grpo", **SMALL)
+    assert {p.name for p in ctx.points} == set(get_spec("grpo").metrics)  # declared, and nothing else
     for name in FIGURES:
         assert [p.step for p in ctx.points if p.name == name] == list(range(1, 41))
     rewards = ctx.values("reward_mean")
