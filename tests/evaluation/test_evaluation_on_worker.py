@@ -65,7 +65,9 @@ def test_a_trained_run_is_evaluated_on_a_leased_slot_and_auto_promote_decides_on
         "evaluation_report.json",
     }
     # The slot leased to the evaluation is free again.
-    wait_for(lambda: not Device.objects.filter(leased_run__isnull=False).exists(), timeout=10, what="leases freed")
+    wait_for(
+        lambda: not Device.objects.filter(leased_run__isnull=False).exists(), timeout=10, what="leases freed"
+    )
 
     viewer = User.objects.create_user("viewer", password="pw-viewer-123")
     viewer.user_permissions.add(Permission.objects.get(codename="view_experiment"))
