@@ -57,11 +57,18 @@ def evaluation_dispatch(*, evaluation_id: int, now: datetime | None = None) -> b
         if device is None or not device_lease(device_ids=[device.pk], run=evaluation.run):
             logger.info("evaluation %s waits for a free CPU slot", evaluation_id)
             return False
-        queue = device.worker.queue
-        transaction.on_commit(
-            lambda: task_send("control.evaluate_run", args=[evaluation_id, device.pk], queue=queue)
-        )
+        queue, run_id = device.worker.queue, evaluation.run_id
+        transaction.on_commit(lambda: _send_or_release(evaluation_id, device.pk, run_id, queue))
     return True
+
+
+def _send_or_release(evaluation_id: int, device_id: int, run_id: int, queue: str) -> None:
+    """Send the job; if the broker is away, free the slot again (the job stays queued for the next tick)."""
+    try:
+        task_send("control.evaluate_run", args=[evaluation_id, device_id], queue=queue)
+    except Exception:
+        logger.warning("evaluation %s not sent; its slot is freed", evaluation_id, exc_info=True)
+        Device.objects.filter(pk=device_id, leased_run_id=run_id).update(leased_run=None, leased_at=None)
 
 
 def evaluations_dispatch_waiting(*, now: datetime | None = None) -> int:

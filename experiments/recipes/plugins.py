@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .outputs import stage_name_error
 from .schema import Metric, metric_problems, param_problems
-from .spec import BadReference, RecipeSpec, import_object, recipe_instance
+from .spec import EVAL_PREFIX, BadReference, RecipeSpec, import_object, recipe_instance
 
 ENTRY_POINT_GROUP = "crucible_control.recipes"
 ENV_VAR = "CRUCIBLE_RECIPES"
@@ -78,11 +79,11 @@ def declared_refs(refs: Sequence[str]) -> list[Declared]:
     return [Declared(ENV_VAR, ref) for ref in refs]
 
 
-def _metrics(obj: Any) -> tuple[tuple[str, ...], dict[str, str]]:
-    declared = getattr(obj, "metrics", ())
+def _metrics(obj: Any, attribute: str = "metrics") -> tuple[tuple[str, ...], dict[str, str]]:
+    declared = getattr(obj, attribute, ())
     problems = metric_problems(declared)
     if problems:
-        raise PluginError("bad metric declaration: " + "; ".join(problems))
+        raise PluginError(f"bad {attribute} declaration: " + "; ".join(problems))
     names: list[str] = []
     better: dict[str, str] = {}
     for item in declared:
@@ -124,6 +125,12 @@ def spec_from_object(obj: Any, *, entry: str, source: str, expected_name: str = 
     evaluator = ""
     if callable(getattr(recipe, "evaluate_checkpoint", None)) and not isinstance(obj, type):
         evaluator = f"{entry}.evaluate_checkpoint"
+    # What its evaluate_checkpoint returns, read by policies as "eval/<name>".
+    eval_metrics, eval_better = _metrics(recipe, "eval_metrics")
+    better.update({f"{EVAL_PREFIX}{n}": b for n, b in eval_better.items()})
+    stages = getattr(recipe, "stages", ())
+    if not isinstance(stages, tuple | list) or any(stage_name_error(s) for s in stages):
+        raise PluginError("stages must be a tuple of stage names (lowercase letters, digits, '_')")
     return RecipeSpec(
         name=name,
         summary=summary.strip() or f"{name} (no summary)",
@@ -134,6 +141,8 @@ def spec_from_object(obj: Any, *, entry: str, source: str, expected_name: str = 
         evaluator=evaluator,
         better=better,
         source=source,
+        eval_metrics=eval_metrics,
+        stages=tuple(stages),
         servable=callable(getattr(recipe, "load_predictor", None)),
     )
 

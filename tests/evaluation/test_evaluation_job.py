@@ -138,3 +138,30 @@ def test_the_registry_takes_the_jobs_numbers_instead_of_evaluating_again(trained
     # Evaluating again would have failed on the missing file; the job's numbers were taken.
     assert stored is not None and stored.status == VersionEvaluationStatus.SUCCEEDED
     assert stored.metrics == {"accuracy": 0.5}
+
+
+def test_a_job_whose_worker_went_offline_is_failed_its_slot_freed_and_its_experiment_held(
+    trained: Trained,
+) -> None:
+    from control.models import Device, Worker
+    from control.scheduling.evaluations import evaluations_sweep
+
+    experiment = _evaluating("lost worker", trained)
+    run = experiment.runs.get()
+    evaluation = run_evaluation_request(run_id=run.pk)
+    assert evaluation is not None
+    worker = Worker.objects.create(hostname="gone@host", queue="gone@host.dq2", online=False)
+    slot = Device.objects.create(worker=worker, kind="cpu", index=0, name="CPU slot", leased_run=run)
+    RunEvaluation.objects.filter(pk=evaluation.pk).update(
+        status=EvaluationStatus.RUNNING, worker=worker.hostname
+    )
+
+    assert evaluations_sweep() == 1
+
+    evaluation.refresh_from_db()
+    slot.refresh_from_db()
+    experiment.refresh_from_db()
+    assert evaluation.status == EvaluationStatus.FAILED and "gone@host went offline" in evaluation.error
+    assert slot.leased_run is None
+    assert experiment.state == State.COMPLETED
+    assert "went offline" in TransitionLog.objects.get(experiment=experiment, event="hold").reason

@@ -18,7 +18,16 @@ import experiments.registry.serving as serving
 from control.policies.models import ActionRole, PolicyKind
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
-from experiments.models import Experiment, MetricPoint, ModelStage, ModelVersion, Run, TransitionLog
+from experiments.models import (
+    Experiment,
+    MetricPoint,
+    ModelStage,
+    ModelVersion,
+    Run,
+    RunEvaluation,
+    RunStage,
+    TransitionLog,
+)
 from experiments.recipes import RECIPES, get_spec
 from experiments.services import experiment_create, experiment_transition
 from tests.conftest import WorkerHandle, wait_for
@@ -78,6 +87,10 @@ def test_an_installed_plugin_trains_live_is_promoted_by_a_policy_and_serves(
     assert actors["promote"] == actors["deploy"] == "policy:auto_promote"
     run = Run.objects.get(experiment=experiment)
     assert run.status == RunStatus.SUCCEEDED and run.final_metrics["accuracy"] > 0.9
+    # A plug-in that records no stages: the worker marked its loop as the train stage; without an
+    # evaluator it gets no evaluation job and the policy decided at once, as it always did.
+    assert list(RunStage.objects.filter(run=run).values_list("name", flat=True)) == ["train"]
+    assert not RunEvaluation.objects.filter(run=run).exists()
     steps = list(
         MetricPoint.objects.filter(experiment=experiment, name="accuracy").values_list("step", flat=True)
     )

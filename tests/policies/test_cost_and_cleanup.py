@@ -139,3 +139,26 @@ def test_cleanup_keeps_the_checkpoint_of_a_registered_model_version(tmp_path: Pa
     )  # fmt: skip
     assert checkpoints_cleanup(retention_days=30) == 0
     assert path.exists()
+
+
+def test_cleanup_removes_the_artifacts_of_expired_runs_with_their_checkpoints(tmp_path: Path) -> None:
+    from experiments.models import RunArtifact
+    from experiments.runs.outputs import run_artifact_store
+
+    old = timezone.now() - timedelta(days=40)
+
+    def run_with_artifact(name: str, *events: str) -> RunArtifact:
+        experiment = experiment_through(*events, name=name)
+        path = tmp_path / f"{name}.pt"
+        path.write_bytes(b"weights")
+        run = Run.objects.create(experiment=experiment, attempt=1, checkpoint_path=str(path), finished_at=old)
+        return run_artifact_store(run=run, name="samples.txt", data="def f():", kind="samples")
+
+    ended = run_with_artifact("cancelled", "cancel")
+    deployed = run_with_artifact("deployed", "queue", "start", "complete", "promote", "deploy")
+    checkpoints_cleanup(retention_days=30)
+
+    ended.refresh_from_db()
+    deployed.refresh_from_db()
+    assert ended.deleted_at is not None and not Path(ended.path).exists()
+    assert deployed.deleted_at is None and Path(deployed.path).exists()
