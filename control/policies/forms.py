@@ -6,11 +6,14 @@ models' own clean() (the registries' validate), the same code the admin's inline
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.forms.models import inlineformset_factory
 
 from control.policies.models import Policy, PolicyAction, PolicyCondition
 from experiments.models import Experiment
+from experiments.projects import visible_experiments
 
 
 class PolicyForm(forms.ModelForm):  # type: ignore[type-arg]
@@ -66,3 +69,9 @@ class PreviewForm(forms.Form):
         queryset=Experiment.objects.order_by("-created_at"),
         error_messages={"invalid_choice": "no such experiment", "required": "choose an experiment"},
     )
+
+    def __init__(self, *args: Any, user: Any = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if user is not None:
+            # Another project's experiment is "no such experiment", as a missing one.
+            self.fields["experiment"].queryset = visible_experiments(user).order_by("-created_at")  # type: ignore[attr-defined]

@@ -112,7 +112,7 @@ def _edit_page(request: HttpRequest, policy: Policy, *, add: bool) -> HttpRespon
         "policy": policy,
         "add": add,
         "summary": policy.summary() if policy.pk else "",
-        "preview_form": PreviewForm(),
+        "preview_form": PreviewForm(user=request.user),
         "condition_help": condition_help(),
         "action_help": [(kind, spec.help) for kind, spec in ACTION_KINDS.items()],
     }
@@ -177,7 +177,7 @@ def policy_preview(request: HttpRequest) -> HttpResponse:
             )
         policy = found
     form, conditions, actions = _bound(request, policy)
-    chooser = PreviewForm(request.POST)
+    chooser = PreviewForm(request.POST, user=request.user)
     _valid(form, conditions, actions)
     chooser.is_valid()
     # Only what the verdict depends on may block a preview (a name can wait for the save).

@@ -14,8 +14,8 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 import control.policies.triggers as triggers
-from control.policies.models import Policy, TriggerEvent, TriggerStatus
-from control.policies.selectors import DECISIONS_BY_STATUS, trigger_list
+from control.policies.models import Policy, TriggerStatus
+from control.policies.selectors import DECISIONS_BY_STATUS, trigger_list, triggers_visible
 from experiments.permissions import requires_permission
 
 DECIDE_PERMISSION = "control.change_triggerevent"
@@ -54,7 +54,9 @@ def _render_triggers(request: HttpRequest, *, http_status: int = 200) -> HttpRes
     if status and status not in TriggerStatus.values:
         status = ""
     context = {
-        **_rows_context(request, trigger_list(status=status, policy=policy), show_experiment=True),
+        **_rows_context(
+            request, trigger_list(status=status, policy=policy, user=request.user), show_experiment=True
+        ),
         "statuses": TriggerStatus.choices,
         "policies": Policy.objects.order_by("name").values_list("name", flat=True),
         "status": status,
@@ -76,6 +78,7 @@ def trigger_rows_fragment(request: HttpRequest) -> HttpResponse:
         experiment_id=experiment_id,
         status=request.GET.get("status", ""),
         policy=request.GET.get("policy", ""),
+        user=request.user,
     )
     context = _rows_context(request, triggers, show_experiment=experiment_id is None)
     return render(request, "policies/_trigger_rows.html", context)
@@ -92,7 +95,7 @@ def trigger_decide(request: HttpRequest, trigger_id: int, decision: str) -> Http
         raise Http404("unknown decision")
     if not request.user.has_perm(DECIDE_PERMISSION):
         raise PermissionDenied("You may not decide on policy triggers.")
-    if not TriggerEvent.objects.filter(pk=trigger_id).exists():
+    if not triggers_visible(request.user).filter(pk=trigger_id).exists():
         raise Http404("no such trigger")
     wants_json = "application/json" in request.headers.get("Accept", "")
     try:

@@ -27,6 +27,7 @@ from experiments.api.schemas import MAX_ID, ErrorOut, ValidationErrorOut
 from experiments.choices import Executor
 from experiments.models import Experiment, Run
 from experiments.permissions import requires_permission, token_run_id
+from experiments.projects import default_project_for, visible_experiments
 from experiments.recipes import ConfigError
 from experiments.runs.external import (
     FINISH_STATUSES,
@@ -216,7 +217,10 @@ def _external_run(request: HttpRequest, run_id: int) -> Run:
         raise PermissionDenied(f"This token may only write to run #{scoped}.")
     runs = Run.objects.select_related("experiment").filter(pk=run_id)
     if scoped is None:
-        runs = runs.filter(experiment__executor=Executor.EXTERNAL)
+        runs = runs.filter(
+            experiment__executor=Executor.EXTERNAL,
+            experiment__in=visible_experiments(request.auth),  # type: ignore[attr-defined]
+        )
     run = runs.first()
     if run is None:
         raise Http404(f"No external run #{run_id}")
@@ -251,13 +255,14 @@ def _config_errors(exc: ConfigError) -> ValidationError:
 def _experiment_for(payload: RunStartIn, user: Any) -> Experiment:
     """Return the experiment the run joins: by id, or by name (a new external one when none can take it)."""
     if isinstance(payload.experiment, int):
-        experiment = Experiment.objects.filter(pk=payload.experiment).first()
+        experiment = visible_experiments(user).filter(pk=payload.experiment).first()
         if experiment is None:
             raise Http404(f"No experiment #{payload.experiment}")
         return experiment
     name = payload.experiment
     existing = (
-        Experiment.objects.filter(name=name, executor=Executor.EXTERNAL, state__in=STARTABLE_STATES)
+        visible_experiments(user)
+        .filter(name=name, executor=Executor.EXTERNAL, state__in=STARTABLE_STATES)
         .order_by("-created_at", "-id")
         .first()
     )
@@ -275,6 +280,7 @@ def _experiment_for(payload: RunStartIn, user: Any) -> Experiment:
             owner=user,
             description=payload.description,
             executor=Executor.EXTERNAL,
+            project=default_project_for(user),
         )
     except DjangoValidationError as exc:
         errors = exc.message_dict

@@ -22,7 +22,8 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def user(db: Any) -> User:
     user = User.objects.create_user("ada", password="pw-for-tests-only")
-    user.user_permissions.add(Permission.objects.get(codename="view_device"))
+    # The queue lists only experiments the user may see (here: the default project's, by permission).
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_device", "view_experiment"]))
     return user
 
 

@@ -143,3 +143,36 @@ def test_a_member_of_two_projects_sees_both(vision: Side, nlp: Side) -> None:
     ids = {item["id"] for item in vision.client().get("/api/experiments").json()["items"]}
     assert ids == {vision.experiment.pk, nlp.experiment.pk}
     assert Project.objects.filter(members=vision.user).count() == 2
+
+
+def test_the_queue_and_the_triggers_list_only_the_members_experiments(vision: Side, nlp: Side) -> None:
+    from control.models import Policy, TriggerEvent
+
+    Permission_ = Permission.objects.filter(codename__in=["view_device", "view_triggerevent"])
+    vision.user.user_permissions.add(*Permission_)
+    for side in (vision, nlp):
+        experiment_transition_queue(side.experiment)
+    queue = vision.client().get("/api/scheduler/queue").json()
+    assert [q["experiment_id"] for q in queue["queued"]] == [vision.experiment.pk]
+    policy = Policy.objects.create(name="watch", kind="early_stop")
+    hidden = TriggerEvent.objects.create(
+        policy=policy, experiment=nlp.experiment, kind="early_stop", conditions_passed=True
+    )
+    shown = TriggerEvent.objects.create(
+        policy=policy, experiment=vision.experiment, kind="early_stop", conditions_passed=True
+    )
+    page = vision.client().get("/triggers/rows/").content.decode()
+    assert vision.experiment.name in page
+    assert nlp.experiment.name not in page
+    # Deciding on another project's trigger answers as for a missing one.
+    Permission_ = Permission.objects.filter(codename="change_triggerevent")
+    vision.user.user_permissions.add(*Permission_)
+    assert vision.client().post(f"/triggers/{hidden.pk}/reject/").status_code == 404
+    assert shown.pk != hidden.pk
+
+
+def experiment_transition_queue(experiment: Experiment) -> None:
+    from experiments.actors import Actor
+    from experiments.services import experiment_transition
+
+    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
