@@ -100,10 +100,11 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "cost_aware_schedule",
         "kind": PolicyKind.COST,
         "order": 40,
-        "description": "Daily budget of $100 and at most 3 concurrent runs; cheaper runs first within a class.",
+        "description": "Daily budget of $100 and at most 3 concurrent runs; within a class, the runs expected "
+        "to improve the most per dollar first.",
         "daily_budget_usd": Decimal("100"),
         "max_concurrent_runs": 3,
-        "priority_by": "estimated_cost",
+        "priority_by": "improvement_per_dollar",
     },
 ]
 
