@@ -16,6 +16,15 @@ slot standing in for a GPU since this machine has none): digits runs queued back
 the gap is the next run's started_at minus the previous run's finished_at, through the
 real path (run end -> lease release -> scheduler tick task -> dispatch -> train task ->
 run start). Goals: <= 10 ms per pass, <= 1 s gap.
+
+Cost-aware ordering (a simulated workload, no database): a sweep of 40 digits-like configs
+(hidden x lr x epochs; wide ones on a GPU at $3/h, the rest on a CPU slot at $0.20/h; a
+config's accuracy and run time follow from its parameters), queued at once in a random order
+in one class, run on 4 slots. The next run is picked by control/scheduling/ordering.py's own
+estimator and rank (improvement_per_dollar, history = the runs finished so far, cost = the
+recipe's mean run time so far times the device's price, as admission estimates it) or, the
+baseline, first in first out. Figures: hours and dollars until the workload's best config has
+trained, over many arrival orders.
 """
 
 from __future__ import annotations
@@ -47,6 +56,8 @@ FIGURES = (
     "scheduler_plan_ms",
     "scheduler_tick_busy_ms",
     "scheduler_tick_dispatch_ms",
+    "scheduler_cost_aware_hours_to_best",
+    "scheduler_cost_aware_usd_to_best",
     "scheduler_idle_gap_s",
 )
 GPU_NAME = "NVIDIA H100 80GB HBM3"
@@ -220,17 +231,36 @@ def main() -> None:
                 baseline_samples=samples["baseline"],
                 extra=extra,
             )
+        orders = 8 if args.quick else 50
+        note(f"scheduler: cost-aware vs FIFO on a simulated sweep, {orders} arrival orders")
+        simulated = simulate_orderings(orders=orders)
+        for name, key, unit in (
+            (FIGURES[3], "hours", "h"),
+            (FIGURES[4], "usd", "USD"),
+        ):
+            emit(
+                figure(
+                    name=name,
+                    unit=unit,
+                    samples=simulated["cost_aware"][key],
+                    goal=Goal("the best model sooner / cheaper than FIFO within the class", ratio_min=1.0),
+                    higher_is_better=False,
+                    baseline_name="FIFO within the class",
+                    baseline_samples=simulated["fifo"][key],
+                    extra=simulated["extra"],
+                )
+            )
         if args.no_gap:
-            emit(skipped(FIGURES[3], "not measured: --no-gap"))
+            emit(skipped(FIGURES[5], "not measured: --no-gap"))
             return
         if args.quick and not args.gap:
-            emit(skipped(FIGURES[3], "not measured in --quick mode (it starts a Celery worker); pass --gap"))
+            emit(skipped(FIGURES[5], "not measured in --quick mode (it starts a Celery worker); pass --gap"))
             return
         note(f"scheduler: idle gap over {gap_runs} back-to-back runs on a real worker")
         gaps, gap_extra = idle_gap(env, runs=gap_runs)
         emit(
             figure(
-                name=FIGURES[3],
+                name=FIGURES[5],
                 unit="s",
                 samples=gaps,
                 goal=Goal("<= 1 s from a run's end to the next run's start", median_max=1.0),
@@ -238,6 +268,100 @@ def main() -> None:
                 extra=gap_extra,
             )
         )
+
+
+SLOTS = 4
+CPU_USD_PER_HOUR, GPU_USD_PER_HOUR = 0.20, 3.00
+
+
+def sweep(rng: Any) -> list[dict[str, Any]]:
+    """Return the simulated workload: each config with its true accuracy, run hours and price."""
+    import math
+
+    jobs = []
+    for hidden in (32, 64, 128, 256, 512):
+        for lr in (0.0003, 0.001, 0.003, 0.01):
+            for epochs in (10, 30):
+                accuracy = (
+                    0.985
+                    - 0.35 / math.sqrt(hidden)
+                    - 0.03 * abs(math.log10(lr / 0.003))
+                    - (0.012 if epochs == 10 else 0.0)
+                    + rng.gauss(0.0, 0.002)
+                )
+                gpu = hidden >= 256
+                hours = (0.02 + 0.0004 * hidden) * epochs / 10 * (0.5 if gpu else 1.0)
+                jobs.append(
+                    {
+                        "config": {"hidden": hidden, "lr": lr, "epochs": epochs},
+                        "accuracy": accuracy,
+                        "hours": hours,
+                        "price": GPU_USD_PER_HOUR if gpu else CPU_USD_PER_HOUR,
+                    }
+                )
+    rng.shuffle(jobs)  # the arrival order: FIFO runs them in this order
+    return jobs
+
+
+def simulate(jobs: list[dict[str, Any]], *, cost_aware: bool) -> tuple[float, float]:
+    """Run the workload on SLOTS slots; return (hours, dollars) until its best config finished training."""
+    from control.scheduling.ordering import Estimate, PastRun, expected_improvement, rank_key
+
+    best = max(range(len(jobs)), key=lambda i: jobs[i]["accuracy"])
+    waiting = list(range(len(jobs)))
+    running: list[tuple[float, int, float]] = []  # (end, job, start)
+    finished: list[tuple[int, float, float]] = []  # (job, start, end)
+    now = 0.0
+    keys = ["hidden", "lr", "epochs"]
+
+    def pick() -> int:
+        if not cost_aware:
+            return waiting[0]
+        past = [PastRun(jobs[j]["config"], jobs[j]["accuracy"]) for j, _s, _e in finished]
+        mean_hours = sum(e - s for _j, s, e in finished) / len(finished) if finished else 1.0
+        ranked = []
+        for position, j in enumerate(waiting):
+            gain, _ = expected_improvement(jobs[j]["config"], past, better="higher", keys=keys)
+            estimate = Estimate(
+                improvement=gain, cost_usd=mean_hours * jobs[j]["price"], metric="accuracy", basis=""
+            )
+            ranked.append((rank_key("improvement_per_dollar", estimate, position), j))
+        return min(ranked)[1]
+
+    while True:
+        while waiting and len(running) < SLOTS:
+            j = pick()
+            waiting.remove(j)
+            running.append((now + jobs[j]["hours"], j, now))
+        running.sort()
+        end, j, start = running.pop(0)
+        now = end
+        finished.append((j, start, end))
+        if j == best:
+            spent = sum((min(e, now) - s) * jobs[k]["price"] for k, s, e in finished)
+            spent += sum((now - s) * jobs[k]["price"] for _e, k, s in running)
+            return now, spent
+
+
+def simulate_orderings(*, orders: int) -> dict[str, Any]:
+    """Return hours and dollars to the best model per arrival order, cost-aware and FIFO."""
+    import random
+
+    out: dict[str, Any] = {"cost_aware": {"hours": [], "usd": []}, "fifo": {"hours": [], "usd": []}}
+    for seed in range(orders):
+        jobs = sweep(random.Random(seed))
+        for mode, cost_aware in (("cost_aware", True), ("fifo", False)):
+            hours, usd = simulate(jobs, cost_aware=cost_aware)
+            out[mode]["hours"].append(round(hours, 4))
+            out[mode]["usd"].append(round(usd, 4))
+    out["extra"] = {
+        "workload": "40 configs (hidden 32-512 x lr 3e-4-1e-2 x epochs 10/30), 4 slots, one class",
+        "arrival_orders": orders,
+        "cpu_usd_per_hour": CPU_USD_PER_HOUR,
+        "gpu_usd_per_hour": GPU_USD_PER_HOUR,
+        "ordering": "improvement_per_dollar (control/scheduling/ordering.py)",
+    }
+    return out
 
 
 def idle_gap(env: Any, *, runs: int) -> tuple[list[float], dict[str, Any]]:

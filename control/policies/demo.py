@@ -101,11 +101,11 @@ DEMO_POLICIES: list[dict[str, Any]] = [
         "name": "cost_aware_schedule",
         "kind": PolicyKind.COST,
         "order": 40,
-        "description": "Keep the day's training spend and the number of runs at once within bounds; among runs of "
-        "the same priority class, the cheaper go first.",
+        "description": "Keep the day's training spend and the number of runs at once within bounds; within a "
+        "priority class, the runs expected to improve the most per dollar go first.",
         "daily_budget_usd": Decimal("100"),
         "max_concurrent_runs": 3,
-        "priority_by": "estimated_cost",
+        "priority_by": "improvement_per_dollar",
     },
 ]
 

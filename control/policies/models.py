@@ -105,10 +105,12 @@ class Policy(models.Model):
         max_length=24,
         blank=True,
         choices=[
-            ("expected_improvement", "Expected improvement (desc)"),
+            ("improvement_per_dollar", "Expected improvement per dollar (desc)"),
+            ("expected_improvement", "Expected improvement (desc), then estimated cost (asc)"),
             ("estimated_cost", "Estimated cost (asc)"),
         ],
-        help_text="Extra ordering of the queue within a priority class.",
+        help_text="Ordering of the queue within a priority class (control/scheduling/ordering.py); "
+        "blank keeps priority, then age.",
     )
     # Canary rollout (kind=canary).
     canary_min_requests = models.PositiveIntegerField(
@@ -161,9 +163,10 @@ class Policy(models.Model):
             self.kind == PolicyKind.COST
             and self.daily_budget_usd is None
             and self.max_concurrent_runs is None
+            and not self.priority_by
         ):
             raise ValidationError(
-                {"daily_budget_usd": "a cost policy needs a daily budget or a concurrency limit"}
+                {"daily_budget_usd": "a cost policy needs a daily budget, a concurrency limit or an ordering"}
             )
         errors = {}
         for field in ("canary_alpha", "canary_beta"):

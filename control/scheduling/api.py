@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest
-from ninja import Router, Schema
+from ninja import Field, Router, Schema
 
 from control.scheduling.scheduler import Decision
 from control.scheduling.selectors import device_stats, scheduler_queue, workers_with_devices
@@ -40,6 +41,14 @@ class QueuedOut(Schema):
     memory_gb: float
     not_before: datetime | None
     reason: str
+    expected_improvement: float | None = Field(
+        None, description="Cost-aware ordering: the primary metric's expected gain over the best past run."
+    )
+    estimated_cost_usd: float | None = Field(
+        None, description="Cost-aware ordering: one run's expected cost."
+    )
+    value_per_dollar: float | None = Field(None, description="expected_improvement ÷ estimated_cost_usd.")
+    ordering_basis: str = Field("", description="What the expected improvement was read from.")
 
 
 class RunningOut(Schema):
@@ -78,6 +87,10 @@ class QueueOut(Schema):
     free_slots: list[SlotOut]
     max_concurrent_runs: int | None
     running_count: int
+    ordering: str = Field(
+        "",
+        description="A cost policy's priority_by ordering the queue within each class; empty: priority, then age.",
+    )
 
 
 class DeviceOut(Schema):
@@ -132,7 +145,20 @@ def _queued_row(decision: Decision, now: datetime) -> QueuedOut:
         memory_gb=e.memory_gb,
         not_before=e.not_before,
         reason=decision.reason or "next in line: a device is free",
+        **_estimate_fields(decision),
     )
+
+
+def _estimate_fields(decision: Decision) -> dict[str, Any]:
+    estimate = decision.estimate
+    if estimate is None:
+        return {}
+    return {
+        "expected_improvement": estimate.improvement,
+        "estimated_cost_usd": round(estimate.cost_usd, 4),
+        "value_per_dollar": estimate.value_per_dollar,
+        "ordering_basis": estimate.basis,
+    }
 
 
 @router.get(
@@ -177,6 +203,7 @@ def queue(request: HttpRequest) -> QueueOut:
         free_slots=free,
         max_concurrent_runs=view.plan.limit,
         running_count=view.plan.running,
+        ordering=view.plan.ordering,
     )
 
 

@@ -24,7 +24,7 @@ from django.utils import timezone
 
 import control.scheduling.cost as cost
 from control.dispatch import tasks_send
-from control.scheduling import fairshare, placement, quotas
+from control.scheduling import fairshare, ordering, placement, quotas
 from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
@@ -336,6 +336,8 @@ class Decision:
     urgency: float
     devices: list[Device] = field(default_factory=list)
     reason: str = ""
+    # Set while a cost policy orders the queue: what the rank within the class was decided on.
+    estimate: ordering.Estimate | None = None
 
 
 @dataclass
@@ -344,6 +346,7 @@ class Plan:
 
     decisions: list[Decision]
     running: int
+    ordering: str  # the cost policy's priority_by in force ("": plain order)
     limit: int | None  # None: no limit
     free_devices: list[Device]
 
@@ -372,8 +375,15 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     fits_any: dict[tuple[int, str, float], bool] = {}
     # Cores and host memory left on each worker's host, taken from as experiments are placed.
     hosts = placement.host_capacity({d.worker for d in devices})
-    for position, experiment in enumerate(fairshare.fair_order(queued_in_order(now=now)), start=1):
-        decision = Decision(experiment=experiment, position=position, urgency=experiment.urgency)
+    # Improvement per dollar orders each priority class; fair share then interleaves the projects.
+    queue, estimates, mode = ordering.queue_rank(queued_in_order(now=now), cache=pass_cache)
+    for position, experiment in enumerate(fairshare.fair_order(queue), start=1):
+        decision = Decision(
+            experiment=experiment,
+            position=position,
+            urgency=experiment.urgency,
+            estimate=estimates.get(experiment.pk),
+        )
         decisions.append(decision)
         if experiment.not_before and experiment.not_before > now:
             decision.reason = f"retry backoff until {experiment.not_before:%H:%M:%S} UTC"
@@ -430,7 +440,7 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
                 reason="external: waiting for its client to start a run (no device is leased)",
             )
         )
-    return Plan(decisions=decisions, running=running, limit=limit, free_devices=initially_free)
+    return Plan(decisions=decisions, running=running, ordering=mode, limit=limit, free_devices=initially_free)
 
 
 def device_lease(*, device_ids: list[int], run: Run) -> bool:

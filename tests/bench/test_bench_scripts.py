@@ -69,7 +69,14 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
     ),
     "trigger_action.py": (["trigger_action_ms"], set()),
     "scheduler.py": (
-        ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],
+        [
+            "scheduler_plan_ms",
+            "scheduler_tick_busy_ms",
+            "scheduler_tick_dispatch_ms",
+            "scheduler_cost_aware_hours_to_best",
+            "scheduler_cost_aware_usd_to_best",
+            "scheduler_idle_gap_s",
+        ],
         {"scheduler_idle_gap_s"},
     ),
     "gpu.py": (["gpu_charlm_tokens_per_s"], {"gpu_charlm_tokens_per_s"}),
