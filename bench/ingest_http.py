@@ -8,6 +8,10 @@ request at a time, each on a fresh run:
   Crucible client's path), same server and database;
 - baseline: `mlflow server` (its venv, one worker, a fresh sqlite backend store) answering
   the very same log-batch bodies.
+Like with like: the same bodies and batch size, one server process each (one Daphne; `mlflow
+server --workers 1` is one uvicorn process), one keep-alive connection each, one request at a
+time (the connections each side's client opened per repetition are in the figure: 1 means
+the server kept it alive throughout).
 Goal: ≥ 10x MLflow's server.
 """
 
@@ -63,6 +67,11 @@ def metric_batches(batches: int) -> list[list[dict[str, Any]]]:
     ]
 
 
+# Connections each side's client opened per repetition (keyed by the server's port): 1 when
+# the server kept the connection alive throughout, as both sides must for a like comparison.
+CONNECTIONS: dict[int, list[int]] = {}
+
+
 async def _post_all(
     port: int, path: str, bodies: list[bytes], headers: dict[str, str], *, warm_up: str
 ) -> float:
@@ -78,6 +87,7 @@ async def _post_all(
                 raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
         return time.perf_counter() - started
     finally:
+        CONNECTIONS.setdefault(port, []).append(client.connections)
         await client.close()
 
 
@@ -269,6 +279,8 @@ def main() -> None:
         _, token = api_token_create(user=user, name="bench")
         headers = {"Authorization": f"Bearer {token}"}
         port = env.start_daphne()
+        # The MLflow API's repetitions, then the batch endpoint's (same server).
+        extra["connections_per_repetition_ours"] = CONNECTIONS.setdefault(port, [])
 
         note(
             f"ingest over HTTP: {repetitions} x {batches_n} batches of {BATCH} points, Crucible's MLflow API"
@@ -289,6 +301,7 @@ def main() -> None:
             base = started
         else:
             proc, mlflow_port = started
+            extra["connections_per_repetition_baseline"] = CONNECTIONS.setdefault(mlflow_port, [])
             try:
                 base = measure(MlflowProtocol(mlflow_port, {}).one_repetition, batches, repetitions)
             finally:
