@@ -323,19 +323,15 @@ def _first_of_each(payloads: list[MetricPointPayload]) -> list[MetricPointPayloa
 
 
 def _not_stored(
-    cursor: Any, sql: _IngestSql, run_id: int, payloads: list[MetricPointPayload]
+    cursor: Any, sql: _IngestSql, run_id: int, payloads: list[MetricPointPayload], steps: tuple[int, int]
 ) -> list[MetricPointPayload]:
     """Return the points not stored yet: a retried batch publishes nothing twice.
 
     The insert ignores duplicates anyway; this keeps the live pages and the policies from
     seeing a replayed point again. One look-up of the unique index over the batch's steps.
     """
-    steps = [p["step"] for p in payloads]
     names = list({p["name"] for p in payloads})
-    cursor.execute(
-        sql.stored + "(" + ", ".join(["%s"] * len(names)) + ")",
-        [run_id, min(steps), max(steps), *names],
-    )
+    cursor.execute(sql.stored + "(" + ", ".join(["%s"] * len(names)) + ")", [run_id, *steps, *names])
     stored = set(cursor.fetchall())
     if not stored:  # the usual case: nothing of the batch was sent before
         return payloads
@@ -354,6 +350,8 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
             [(MAX_POINTS_PER_BATCH, "points", f"at most {MAX_POINTS_PER_BATCH} points per batch")]
         )
     payloads = _first_of_each(_validate(points))
+    steps = [p["step"] for p in payloads]
+    first_step, last_step = (min(steps), max(steps)) if steps else (0, 0)
     with transaction.atomic(), connection.cursor() as cursor:
         sql = _IngestSql.of(connection)
         # One batch of a run at a time: a retry racing its own first attempt (whose answer was
@@ -364,7 +362,7 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
         cursor.execute(sql.state, [run.pk])
         found = cursor.fetchone()
         row = dict(zip(_STATE_FIELDS, found, strict=True)) if found is not None else None
-        fresh = _not_stored(cursor, sql, run.pk, payloads) if payloads else []
+        fresh = _not_stored(cursor, sql, run.pk, payloads, (first_step, last_step)) if payloads else []
         if fresh:
             metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
         if (
@@ -376,7 +374,7 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
                 sql.heartbeat,
                 [
                     connection.ops.adapt_datetimefield_value(timezone.now()),
-                    max((p["step"] for p in payloads), default=0),
+                    last_step,
                     run.pk,
                     RunStatus.RUNNING,
                 ],
