@@ -582,9 +582,11 @@ class HttpClient:
         self.cookies = dict(cookies or {})
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self.connections = 0  # opened so far: 1 while the server keeps the connection alive
 
     async def _connect(self) -> None:
         self._reader, self._writer = await asyncio.open_connection(HOST, self.port, limit=2**24)
+        self.connections += 1
 
     async def request(
         self, method: str, path: str, *, body: bytes = b"", headers: dict[str, str] | None = None

@@ -8,6 +8,11 @@ request at a time, each on a fresh run:
   Crucible client's path), same server and database;
 - baseline: `mlflow server` (its venv, one worker, a fresh sqlite backend store) answering
   the very same log-batch bodies.
+Like with like: the same bodies and batch size, one server process each (one Daphne; `mlflow
+server --workers 1` is one uvicorn process), one keep-alive connection each, one request at a
+time (the connections each side's client opened per repetition are in the figure: 1 means
+the server kept it alive throughout), and the sides' repetitions taken in turns so that
+each meets the same load.
 Goal: ≥ 10x MLflow's server.
 """
 
@@ -63,6 +68,11 @@ def metric_batches(batches: int) -> list[list[dict[str, Any]]]:
     ]
 
 
+# Connections each side's client opened per repetition (keyed by the server's port): 1 when
+# the server kept the connection alive throughout, as both sides must for a like comparison.
+CONNECTIONS: dict[int, list[int]] = {}
+
+
 async def _post_all(
     port: int, path: str, bodies: list[bytes], headers: dict[str, str], *, warm_up: str
 ) -> float:
@@ -78,6 +88,7 @@ async def _post_all(
                 raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
         return time.perf_counter() - started
     finally:
+        CONNECTIONS.setdefault(port, []).append(client.connections)
         await client.close()
 
 
@@ -148,10 +159,21 @@ class MlflowProtocol:
         return points / elapsed
 
 
-def measure(fn: Any, batches: list[list[dict[str, Any]]], repetitions: int) -> list[float]:
-    """Return points/s of repetitions (after one warm-up)."""
-    fn(batches)
-    return [float(fn(batches)) for _ in range(repetitions)]
+def interleaved(
+    sides: dict[str, Any], batches: list[list[dict[str, Any]]], repetitions: int
+) -> dict[str, list[float]]:
+    """Return points/s of each side's repetitions (after one warm-up each), taken in turns.
+
+    In turns, not side after side: on a machine whose load drifts, each side's repetitions
+    then meet the same load, and the ratio compares like with like.
+    """
+    for fn in sides.values():
+        fn(batches)
+    samples: dict[str, list[float]] = {name: [] for name in sides}
+    for _ in range(repetitions):
+        for name, fn in sides.items():
+            samples[name].append(float(fn(batches)))
+    return samples
 
 
 def start_mlflow_server(tmp: Path, *, quick: bool) -> tuple[subprocess.Popen[bytes], int] | str:
@@ -269,30 +291,36 @@ def main() -> None:
         _, token = api_token_create(user=user, name="bench")
         headers = {"Authorization": f"Bearer {token}"}
         port = env.start_daphne()
+        # The MLflow API's repetitions, then the batch endpoint's (same server).
+        extra["connections_per_repetition_ours"] = CONNECTIONS.setdefault(port, [])
 
-        note(
-            f"ingest over HTTP: {repetitions} x {batches_n} batches of {BATCH} points, Crucible's MLflow API"
-        )
-        ours_mlflow = measure(MlflowProtocol(port, headers).one_repetition, batches, repetitions)
-        batch_fn = batch_endpoint_repetition(port, headers)
-        ours_batch: list[float] | str
-        if isinstance(batch_fn, str):
-            ours_batch = batch_fn
-        else:
-            note("ingest over HTTP: the batch endpoint POST /api/runs/{id}/metrics")
-            ours_batch = measure(batch_fn, batches, repetitions)
-
-        note("ingest over HTTP: MLflow's own server (baseline)")
-        base: list[float] | str
+        base: list[float] | str = []
         started = start_mlflow_server(env.tmp, quick=args.quick)
+        proc = None
+        sides: dict[str, Any] = {"mlflow_api": MlflowProtocol(port, headers).one_repetition}
+        batch_fn = batch_endpoint_repetition(port, headers)
+        ours_batch: list[float] | str = batch_fn if isinstance(batch_fn, str) else []
+        if not isinstance(batch_fn, str):
+            sides["batch"] = batch_fn
         if isinstance(started, str):
             base = started
         else:
             proc, mlflow_port = started
-            try:
-                base = measure(MlflowProtocol(mlflow_port, {}).one_repetition, batches, repetitions)
-            finally:
-                stop_process(proc)
+            extra["connections_per_repetition_baseline"] = CONNECTIONS.setdefault(mlflow_port, [])
+            sides["baseline"] = MlflowProtocol(mlflow_port, {}).one_repetition
+        try:
+            note(
+                f"ingest over HTTP: {repetitions} x {batches_n} batches of {BATCH} points to each of "
+                f"{', '.join(sides)}, their repetitions interleaved"
+            )
+            samples = interleaved(sides, batches, repetitions)
+        finally:
+            stop_process(proc)
+        ours_mlflow = samples["mlflow_api"]
+        if "batch" in samples:
+            ours_batch = samples["batch"]
+        if "baseline" in samples:
+            base = samples["baseline"]
 
     for name, ours in ((FIGURE_MLFLOW_API, ours_mlflow), (FIGURE_BATCH_ENDPOINT, ours_batch)):
         if isinstance(ours, str):

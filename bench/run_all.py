@@ -33,7 +33,10 @@ from bench.common import BASE_DIR, emit, note, run_bounded, skipped
 SCRIPTS: list[tuple[str, list[str]]] = [
     ("ingest.py", ["ingest_points_per_s"]),
     ("ingest_http.py", ["ingest_mlflow_api_points_per_s", "ingest_http_batch_points_per_s"]),
-    ("log_call.py", ["log_call_p50_us", "log_call_p99_us"]),
+    (
+        "log_call.py",
+        ["log_call_p50_us", "log_call_p99_us", "client_log_call_p50_us", "client_log_call_p99_us"],
+    ),
     ("history.py", ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"]),
     (
         "live.py",

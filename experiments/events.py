@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from contextlib import suppress
 from typing import Any, Literal, NotRequired, TypedDict
 
 from channels.layers import get_channel_layer
@@ -85,34 +88,96 @@ def send_to_groups(groups: list[str], payload: dict[str, Any]) -> None:
     send_messages([(group, payload) for group in groups])
 
 
-class _PublisherLoop:
-    """One event loop thread per process that carries every channel-layer send.
+Messages = list[tuple[str, dict[str, Any]]]
+
+SEND_TIMEOUT_SECONDS = 5.0
+# Sends handed over and not yet sent: beyond this (a channel layer that hangs) a send is
+# dropped and counted as failed; the pages fill such a hole from the history endpoint when
+# the next frame shows it.
+MAX_PENDING_SENDS = 256
+
+
+class _Send:
+    """One hand-over to the publisher: its messages (or how to build them), and the future of a caller who waits."""
+
+    __slots__ = ("done", "layer", "messages")
+
+    def __init__(
+        self,
+        layer: Any,
+        messages: Messages | Callable[[], Messages],
+        done: concurrent.futures.Future[None] | None,
+    ) -> None:
+        self.layer = layer
+        self.messages = messages
+        self.done = done
+
+    async def run(self) -> None:
+        kinds = "?"
+        try:
+            messages = self.messages() if callable(self.messages) else self.messages
+            if messages:
+                kinds = ", ".join(sorted({str(p.get("type")) for _, p in messages}))
+                await asyncio.wait_for(self._send_all(messages), SEND_TIMEOUT_SECONDS)
+                _send_failures.success()
+        except Exception:  # the live view is best effort; never break the publisher
+            _send_failures.failure(kinds)
+        finally:
+            if self.done is not None:
+                self.done.set_result(None)
+
+    async def _send_all(self, messages: Messages) -> None:
+        # Consumers dispatch on "type": "metrics.batch" calls their metrics_batch handler.
+        for group, payload in messages:
+            await self.layer.group_send(group, payload)
+
+
+class _Publisher:
+    """One event loop thread per process that carries every channel-layer send, one at a time, in order.
 
     async_to_sync would start a fresh loop per call, and with it a fresh Redis connection
     for the layer; a long-lived loop keeps the connection and costs one handoff per call.
-    It also works from threads that run a loop of their own. Started lazily, and again in
-    a forked child (a Celery pool process does not inherit the parent's thread).
+    Sends leave in the order they were handed over (one queue, one sender), so the frames of
+    a run reach its page in the order their step ranges say. A caller waits for its send or
+    hands it over and goes on: a metric batch posted over HTTP is answered without waiting
+    for Redis. Started lazily, and again in a forked child (a Celery pool process does not
+    inherit the parent's thread).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: asyncio.Queue[_Send] | None = None
         self._pid = 0
+        self._pending = 0
 
-    def loop(self) -> asyncio.AbstractEventLoop:
+    def submit(self, send: _Send) -> bool:
+        """Queue a send behind those handed over before it; False when MAX_PENDING_SENDS are waiting."""
         with self._lock:
-            if self._loop is None or self._pid != os.getpid():
+            if self._loop is None or self._queue is None or self._pid != os.getpid():
                 loop = asyncio.new_event_loop()
-                thread = threading.Thread(
-                    target=loop.run_forever, name="channel-layer-publisher", daemon=True
-                )
-                thread.start()
-                self._loop, self._pid = loop, os.getpid()
-            return self._loop
+                queue: asyncio.Queue[_Send] = asyncio.Queue()
+                threading.Thread(target=loop.run_forever, name="channel-layer-publisher", daemon=True).start()
+                asyncio.run_coroutine_threadsafe(self._sender(queue), loop)
+                self._loop, self._queue, self._pid, self._pending = loop, queue, os.getpid(), 0
+            if self._pending >= MAX_PENDING_SENDS:
+                return False
+            self._pending += 1
+            loop, queue = self._loop, self._queue
+        loop.call_soon_threadsafe(queue.put_nowait, send)
+        return True
+
+    async def _sender(self, queue: asyncio.Queue[_Send]) -> None:
+        while True:
+            send = await queue.get()
+            try:
+                await send.run()
+            finally:
+                with self._lock:
+                    self._pending -= 1
 
 
-_publisher = _PublisherLoop()
-SEND_TIMEOUT_SECONDS = 5.0
+_publisher = _Publisher()
 
 
 class _SendFailureLog:
@@ -157,24 +222,39 @@ class _SendFailureLog:
 _send_failures = _SendFailureLog()
 
 
-def send_messages(messages: list[tuple[str, dict[str, Any]]]) -> None:
-    """Send (group, payload) pairs in one hop to the publisher loop; failures are logged, never raised."""
+def send_messages(messages: Messages | Callable[[], Messages], *, wait: bool = True) -> None:
+    """Send (group, payload) pairs in one hop to the publisher, after everything handed over before; never raises.
+
+    messages may be a function that builds them: it runs on the publisher's thread, in order.
+    wait=False returns at once (the send's outcome is logged by the publisher); wait=True
+    returns once it is sent or failed (at most about SEND_TIMEOUT_SECONDS).
+    """
     layer = get_channel_layer()
     if layer is None or not messages:
         return
+    done: concurrent.futures.Future[None] | None = concurrent.futures.Future() if wait else None
+    if not _publisher.submit(_Send(layer, messages, done)):
+        _send_failures.failure(f"a send over the backlog of {MAX_PENDING_SENDS}")
+        return
+    if done is not None:
+        # A send that overruns has its own timeout and logs its own outcome.
+        with suppress(concurrent.futures.TimeoutError):
+            done.result(timeout=SEND_TIMEOUT_SECONDS + 1.0)
 
-    async def send_all() -> None:
-        # Consumers dispatch on "type": "metrics.batch" calls their metrics_batch handler.
-        for group, payload in messages:
-            await layer.group_send(group, payload)
 
+def sends_drain(timeout: float = SEND_TIMEOUT_SECONDS) -> bool:
+    """Wait until every send handed over so far has gone (or failed); False if that took over timeout.
+
+    A process about to end calls it (a worker's run that just flushed its last batch).
+    """
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+    if not _publisher.submit(_Send(None, [], done)):
+        return False
     try:
-        future = asyncio.run_coroutine_threadsafe(send_all(), _publisher.loop())
-        future.result(timeout=SEND_TIMEOUT_SECONDS)
-    except Exception:  # the live view is best effort; never break the caller's write
-        _send_failures.failure(", ".join(sorted({str(p.get("type")) for _, p in messages})))
-    else:
-        _send_failures.success()
+        done.result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        return False
+    return True
 
 
 def publish_pipeline_change(*, experiment_ids: list[int], about: int, target: str) -> None:

@@ -11,7 +11,8 @@ policy's early stop.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal, NotRequired, TypeVar
 
 from django.core.exceptions import PermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -19,7 +20,8 @@ from django.db import transaction
 from django.http import Http404, HttpRequest
 from ninja import Field, Path, Router, Schema, Status
 from ninja.errors import ValidationError
-from pydantic import BaseModel, ConfigDict, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, StrictStr
+from typing_extensions import TypedDict  # pydantic reads a TypedDict's fields from this one on Python < 3.12
 
 from experiments.actors import Actor
 from experiments.api.routes import field_errors
@@ -116,37 +118,48 @@ class RunStartedOut(RunOut):
     token: str
 
 
-class PointIn(BaseModel):
+class PointIn(TypedDict):
     """One metric value at one step. value null (or NaN) is stored as null; wall_time null means now."""
 
-    # A plain pydantic model, not a ninja Schema: a batch holds up to 10,000 of them, and
-    # Schema's per-object validator (it reads Django objects too) cost more than the insert.
+    # A TypedDict in a plain pydantic model, not ninja Schemas: a batch holds up to 10,000 points,
+    # and a model instance per point (or Schema's validator, run twice with extra="forbid") cost
+    # more than storing them.
+    __pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[misc]
 
-    model_config = ConfigDict(extra="forbid")
-
-    name: StrictStr = Field(..., min_length=1, max_length=MAX_METRIC_NAME)
-    step: int = Field(..., ge=0, le=MAX_STEP)  # lax: 614.0 is an integer in JSON
+    name: Annotated[StrictStr, Field(min_length=1, max_length=MAX_METRIC_NAME)]
+    step: Annotated[int, Field(ge=0, le=MAX_STEP)]  # lax: 614.0 is an integer in JSON
     value: float | None
-    wall_time: float | None = Field(None, allow_inf_nan=False, description="Unix seconds; null: now.")
-
-    @field_validator("name")
-    @classmethod
-    def _not_reserved(cls, name: str) -> str:
-        # The worker logs the run's own CPU, memory and GPU under sys/ at the run's step: a
-        # client's point there would take the place of a sample (or a sample of it).
-        if is_system_metric(name):
-            raise ValueError(
-                f"names under {SYSTEM_PREFIX!r} are reserved for the system metrics the worker samples"
-            )
-        return name
+    wall_time: NotRequired[
+        Annotated[float | None, Field(allow_inf_nan=False, description="Unix seconds; null: now.")]
+    ]
 
 
-class MetricsIn(Schema):
+class MetricsIn(BaseModel):
     """A batch of points (at most 10,000); a point sent again (same name and step) is ignored."""
 
     model_config = ConfigDict(extra="forbid")
 
     points: list[PointIn]
+
+
+def _reserved_names_refused(points: list[PointIn]) -> None:
+    """Refuse (422 at the point's name) a batch with a name under the system prefix, checked once per name."""
+    # The worker logs the run's own CPU, memory and GPU under sys/ at the run's step: a
+    # client's point there would take the place of a sample (or a sample of it).
+    reserved = {name for name in {p["name"] for p in points} if is_system_metric(name)}
+    if reserved:
+        message = f"names under {SYSTEM_PREFIX!r} are reserved for the system metrics the worker samples"
+        raise ValidationError(
+            [
+                {
+                    "loc": ["body", "points", i, "name"],
+                    "msg": f"Value error, {message}",
+                    "type": "value_error",
+                }
+                for i, p in enumerate(points)
+                if p["name"] in reserved
+            ]
+        )
 
 
 class ControlStateOut(Schema):
@@ -212,9 +225,12 @@ def _external_run(request: HttpRequest, run_id: int) -> Run:
     An external run takes its run token, a user's token or a session; a worker's run takes its
     own run token only (the script's CRUCIBLE_TOKEN): to anyone else it is no run of this API.
     """
-    scoped = token_run_id(request.auth)  # type: ignore[attr-defined]
+    caller = request.auth  # type: ignore[attr-defined]
+    scoped = token_run_id(caller)
     if scoped is not None and scoped != run_id:
         raise PermissionDenied(f"This token may only write to run #{scoped}.")
+    if scoped is not None and isinstance(getattr(caller, "run", None), Run):
+        return caller.run  # type: ignore[no-any-return]  # read live, with its experiment, by the token check
     runs = Run.objects.select_related("experiment").filter(pk=run_id)
     if scoped is None:
         runs = runs.filter(
@@ -335,35 +351,63 @@ def run_start_view(request: HttpRequest, payload: RunStartIn) -> Status[Any]:
     return Status(201, _run_out(run, token=raw))
 
 
-@router.get(
-    "/{run_id}",
-    response={200: RunOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+_View = TypeVar("_View", bound=Callable[..., Any])
+
+
+def _run_operation(
+    method: str, path: str, *, answers: dict[int, Any], summary: str, description: str
+) -> Callable[[_View], _View]:
+    """Declare an operation on one run, `/{run_id}<path>`: the Start permission, a run token accepted (its own run only).
+
+    answers: the responses besides the refusals every such operation can give (401, 403, 404, 422).
+    """
+
+    def declare(view: _View) -> _View:
+        guarded = requires_permission(START_PERMISSION, api=True, run_token=True)(view)
+        route = router.api_operation(
+            [method],
+            f"/{{run_id}}{path}",
+            response={**answers, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+            summary=summary,
+            description=description,
+        )
+        return route(guarded)  # type: ignore[no-any-return]
+
+    return declare
+
+
+def _merged_into_run(
+    request: HttpRequest, run_id: int, field: str, values: dict[str, Any], merge: Callable[..., Run]
+) -> dict[str, Any]:
+    """Merge params or tags (`field`) into the run the caller may write to; return the run as it is now."""
+    run = _external_run(request, run_id)
+    _keys_checked(values, field)
+    merge(run=run, **{field: values})
+    return _run_out(Run.objects.select_related("experiment").get(pk=run.pk))
+
+
+@_run_operation(
+    "GET",
+    "",
+    answers={200: RunOut},
     summary="Read an external run",
     description=f"Needs `{START_PERMISSION}`; a run token reads its own run only (a worker's script run too).",
 )
-@requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_detail_view(request: HttpRequest, run_id: int = _RUN_ID) -> dict[str, Any]:
     """Return the run with its control state."""
     return _run_out(_external_run(request, run_id))
 
 
-@router.post(
-    "/{run_id}/metrics",
-    response={
-        200: ControlStateOut,
-        400: ErrorOut,
-        **_AUTH_ERRORS,
-        404: ErrorOut,
-        413: ErrorOut,
-        422: ValidationErrorOut,
-    },
+@_run_operation(
+    "POST",
+    "/metrics",
+    answers={200: ControlStateOut, 400: ErrorOut, 413: ErrorOut},
     summary="Log a batch of metric points",
     description=f"At most {MAX_POINTS_PER_BATCH} points (413 otherwise). A point already stored (same "
     "run, name and step) is ignored, so a batch may be sent again after a lost answer. The points "
     "reach the history, the live charts and the policies as a worker's do. Refreshes the run's "
     'heartbeat. Answers the control state `{"stop": bool, "reason": ...}`.',
 )
-@requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_metrics_view(request: HttpRequest, payload: MetricsIn, run_id: int = _RUN_ID) -> Status[Any]:
     """Store a batch of points and answer the run's control state."""
     run = _external_run(request, run_id)
@@ -372,8 +416,10 @@ def run_metrics_view(request: HttpRequest, payload: MetricsIn, run_id: int = _RU
             413,
             {"detail": f"points: at most {MAX_POINTS_PER_BATCH} per batch, got {len(payload.points)}"},
         )
+    _reserved_names_refused(payload.points)
+    nan = float("nan")  # null: a value the training loop could not give (stored as null)
     points = [
-        (p.name, p.step, p.value if p.value is not None else float("nan"), p.wall_time)
+        (p["name"], p["step"], nan if p["value"] is None else p["value"], p.get("wall_time"))
         for p in payload.points
     ]
     try:
@@ -388,29 +434,23 @@ def run_metrics_view(request: HttpRequest, payload: MetricsIn, run_id: int = _RU
     return Status(200, _state_out(state))
 
 
-@router.post(
-    "/{run_id}/heartbeat",
-    response={200: ControlStateOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+@_run_operation(
+    "POST",
+    "/heartbeat",
+    answers={200: ControlStateOut},
     summary="Say the run is alive",
     description="A run with no metric batch or heartbeat for EXTERNAL_RUN_TIMEOUT (600 s) is marked "
     'lost. Answers the control state `{"stop": bool, "reason": ...}`.',
 )
-@requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_heartbeat_view(request: HttpRequest, run_id: int = _RUN_ID) -> dict[str, Any]:
     """Refresh the heartbeat and answer the control state."""
     return _state_out(external_run_heartbeat(run=_external_run(request, run_id)))
 
 
-@router.post(
-    "/{run_id}/finish",
-    response={
-        200: RunOut,
-        400: ErrorOut,
-        **_AUTH_ERRORS,
-        404: ErrorOut,
-        409: ErrorOut,
-        422: ValidationErrorOut,
-    },
+@_run_operation(
+    "POST",
+    "/finish",
+    answers={200: RunOut, 400: ErrorOut, 409: ErrorOut},
     summary="Finish the run",
     description=f"status: {', '.join(FINISH_STATUSES)}. completed moves the experiment on to evaluation "
     "(the policies decide as for a worker's run); failed spends an attempt (the next start retries); "
@@ -418,7 +458,6 @@ def run_heartbeat_view(request: HttpRequest, run_id: int = _RUN_ID) -> dict[str,
     "run's own token ends with the run (401 afterwards). 409 for a worker's script run: its worker "
     "ends it when the script exits (exit code 0: completed).",
 )
-@requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_finish_view(request: HttpRequest, payload: FinishIn, run_id: int = _RUN_ID) -> Status[Any]:
     """End the run as its client says (external runs only)."""
     run = _external_run(request, run_id)
@@ -435,34 +474,28 @@ def run_finish_view(request: HttpRequest, payload: FinishIn, run_id: int = _RUN_
     return Status(200, _run_out(Run.objects.select_related("experiment").get(pk=run.pk)))
 
 
-@router.post(
-    "/{run_id}/params",
-    response={200: RunOut, 400: ErrorOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+@_run_operation(
+    "POST",
+    "/params",
+    answers={200: RunOut, 400: ErrorOut},
     summary="Record parameters",
     description="Scalars by name, merged into the run's (at most 1000 keys per call).",
 )
-@requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_params_view(request: HttpRequest, payload: ParamsIn, run_id: int = _RUN_ID) -> dict[str, Any]:
     """Merge parameters into the run's."""
-    run = _external_run(request, run_id)
-    _keys_checked(payload.params, "params")
-    external_run_log_params(run=run, params=payload.params)
-    return _run_out(Run.objects.select_related("experiment").get(pk=run.pk))
+    return _merged_into_run(request, run_id, "params", payload.params, external_run_log_params)
 
 
-@router.post(
-    "/{run_id}/tags",
-    response={200: RunOut, 400: ErrorOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+@_run_operation(
+    "POST",
+    "/tags",
+    answers={200: RunOut, 400: ErrorOut},
     summary="Set tags",
     description="Strings by name, merged into the run's (at most 1000 keys per call).",
 )
-@requires_permission(START_PERMISSION, api=True, run_token=True)
 def run_tags_view(request: HttpRequest, payload: TagsIn, run_id: int = _RUN_ID) -> dict[str, Any]:
     """Merge tags into the run's."""
-    run = _external_run(request, run_id)
-    _keys_checked(payload.tags, "tags")
-    external_run_set_tags(run=run, tags=payload.tags)
-    return _run_out(Run.objects.select_related("experiment").get(pk=run.pk))
+    return _merged_into_run(request, run_id, "tags", payload.tags, external_run_set_tags)
 
 
 __all__ = ["router"]

@@ -31,12 +31,8 @@ Handler = Callable[[Any, dict[str, Any]], dict[str, Any]]
 
 
 def _json(body: dict[str, Any], status: int = 200) -> HttpResponse:
-    # allow_nan stays off: values that are NaN travel as the string "NaN", as in MLflow's JSON.
-    return HttpResponse(
-        json.dumps(body, separators=(",", ":"), allow_nan=False),
-        status=status,
-        content_type="application/json",
-    )
+    # The selectors write NaN as the string "NaN", as MLflow's JSON does, so no float NaN is left.
+    return HttpResponse(orjson.dumps(body), status=status, content_type="application/json")
 
 
 def _error(exc: MlflowError) -> HttpResponse:
@@ -112,6 +108,31 @@ def mlflow_endpoint(
     return wrap
 
 
+def mlflow_write(service: Callable[..., Any], doc: str) -> Callable[..., HttpResponse]:
+    """Return the POST endpoint of a write service answering MLflow's empty object; the service checks the caller."""
+
+    def handler(user: Any, body: dict[str, Any]) -> dict[str, Any]:
+        service(user=user, body=body)
+        return {}
+
+    handler.__name__ = handler.__qualname__ = service.__name__
+    handler.__doc__ = doc
+    return mlflow_endpoint("POST", permission="")(handler)
+
+
+def mlflow_read(
+    selector: Callable[[dict[str, Any]], dict[str, Any]], doc: str, *, method: str = "POST"
+) -> Callable[..., HttpResponse]:
+    """Return the endpoint of a read that one selector answers from the request's fields (VIEW_PERMISSION)."""
+
+    def handler(user: Any, body: dict[str, Any]) -> dict[str, Any]:
+        return selector(body)
+
+    handler.__name__ = handler.__qualname__ = selector.__name__
+    handler.__doc__ = doc
+    return mlflow_endpoint(method)(handler)
+
+
 # --- experiments ---------------------------------------------------------------------------------
 
 
@@ -139,17 +160,13 @@ def experiments_get_by_name(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     return {"experiment": selectors.experiment_json(selectors.mlflow_experiment_by_name(str(name)))}
 
 
-@mlflow_endpoint("POST")
-def experiments_search(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST experiments/search {filter?, order_by?, max_results?, page_token?, view_type?}."""
-    return selectors.mlflow_experiments_search(body)
-
-
-@mlflow_endpoint("POST", permission="")
-def experiments_set_tag(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST experiments/set-experiment-tag {experiment_id, key, value}."""
-    services.mlflow_experiment_set_tag(user=user, body=body)
-    return {}
+experiments_search = mlflow_read(
+    selectors.mlflow_experiments_search,
+    "POST experiments/search {filter?, order_by?, max_results?, page_token?, view_type?}.",
+)
+experiments_set_tag = mlflow_write(
+    services.mlflow_experiment_set_tag, "POST experiments/set-experiment-tag {experiment_id, key, value}."
+)
 
 
 # --- runs ----------------------------------------------------------------------------------------
@@ -177,44 +194,23 @@ def runs_update(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     return {"run_info": selectors.run_info_json(services.mlflow_run_update(user=user, body=body))}
 
 
-@mlflow_endpoint("POST")
-def runs_search(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST runs/search {experiment_ids, filter?, order_by?, max_results?, page_token?, run_view_type?}."""
-    return selectors.mlflow_runs_search(body)
-
-
-@mlflow_endpoint("POST", permission="")
-def runs_log_metric(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST runs/log-metric {run_id, key, value, timestamp, step?}."""
-    services.mlflow_log_metric(user=user, body=body)
-    return {}
-
-
-@mlflow_endpoint("POST", permission="")
-def runs_log_batch(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST runs/log-batch {run_id, metrics?, params?, tags?}."""
-    services.mlflow_log_batch(user=user, body=body)
-    return {}
-
-
-@mlflow_endpoint("POST", permission="")
-def runs_log_parameter(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST runs/log-parameter {run_id, key, value}."""
-    services.mlflow_log_param(user=user, body=body)
-    return {}
-
-
-@mlflow_endpoint("POST", permission="")
-def runs_set_tag(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """POST runs/set-tag {run_id, key, value}."""
-    services.mlflow_set_tag(user=user, body=body)
-    return {}
-
-
-@mlflow_endpoint("GET")
-def metrics_get_history(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-    """GET metrics/get-history?run_id=&metric_key=&max_results?&page_token? -> {metrics}."""
-    return selectors.mlflow_metric_history(body)
+runs_search = mlflow_read(
+    selectors.mlflow_runs_search,
+    "POST runs/search {experiment_ids, filter?, order_by?, max_results?, page_token?, run_view_type?}.",
+)
+runs_log_metric = mlflow_write(
+    services.mlflow_log_metric, "POST runs/log-metric {run_id, key, value, timestamp, step?}."
+)
+runs_log_batch = mlflow_write(
+    services.mlflow_log_batch, "POST runs/log-batch {run_id, metrics?, params?, tags?}."
+)
+runs_log_parameter = mlflow_write(services.mlflow_log_param, "POST runs/log-parameter {run_id, key, value}.")
+runs_set_tag = mlflow_write(services.mlflow_set_tag, "POST runs/set-tag {run_id, key, value}.")
+metrics_get_history = mlflow_read(
+    selectors.mlflow_metric_history,
+    "GET metrics/get-history?run_id=&metric_key=&max_results?&page_token? -> {metrics}.",
+    method="GET",
+)
 
 
 # --- what is not offered -------------------------------------------------------------------------

@@ -17,12 +17,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import F, Q
-from django.db.models.functions import Greatest
+from django.db import connection, models, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from experiments.actors import Actor
@@ -265,28 +264,78 @@ def _validate_each(points: Sequence[Point], now: float) -> list[MetricPointPaylo
     return out
 
 
-def _not_stored(run: Run, payloads: list[MetricPointPayload]) -> list[MetricPointPayload]:
-    """Return the points not stored yet, each (name, step) once: a retried batch publishes nothing twice.
+class _IngestSql:
+    """The three statements every metric batch runs besides its insert, written once per database.
 
-    The insert ignores duplicates anyway; this keeps the live pages and the policies from
-    seeing a replayed point again.
+    Built from the models' own table and column names; raw, because the ORM spent longer
+    compiling each of them than the database took to run it, on the path of every batch.
     """
+
+    def __init__(self, connection: Any) -> None:
+        quote = connection.ops.quote_name
+
+        def column(model: type[models.Model], name: str) -> str:
+            return str(quote(cast("models.Field[Any, Any]", model._meta.get_field(name)).column))
+
+        def state_column(name: str) -> str:
+            if name.startswith("experiment__"):
+                return f"e.{column(Experiment, name.split('__', 1)[1])}"
+            return f"r.{column(Run, name)}"
+
+        runs = quote(Run._meta.db_table)
+        # PostgreSQL locks the run's row; SQLite's IMMEDIATE transaction already holds the write lock.
+        lock = " FOR UPDATE OF r" if connection.features.has_select_for_update_of else ""
+        self.state = (
+            f"SELECT {', '.join(state_column(name) for name in _STATE_FIELDS)} "
+            f"FROM {runs} r JOIN {quote(Experiment._meta.db_table)} e "
+            f"ON e.{column(Experiment, 'id')} = r.{column(Run, 'experiment')} "
+            f"WHERE r.{column(Run, 'id')} = %s{lock}"
+        )
+        points = quote(MetricPoint._meta.db_table)
+        self.stored = (
+            f"SELECT name, step FROM {points} WHERE run_id = %s AND step >= %s AND step <= %s AND name IN "
+        )
+        greatest = "GREATEST" if connection.vendor == "postgresql" else "MAX"
+        last_step = column(Run, "last_step")
+        self.heartbeat = (
+            f"UPDATE {runs} SET {column(Run, 'heartbeat_at')} = %s, {last_step} = {greatest}({last_step}, %s) "
+            f"WHERE {column(Run, 'id')} = %s AND {column(Run, 'status')} = %s"
+        )
+
+    _built: dict[str, _IngestSql] = {}
+
+    @classmethod
+    def of(cls, connection: Any) -> _IngestSql:
+        built = cls._built.get(connection.vendor)
+        if built is None:
+            built = cls._built[connection.vendor] = cls(connection)
+        return built
+
+
+def _first_of_each(payloads: list[MetricPointPayload]) -> list[MetricPointPayload]:
+    """Return the batch with each (name, step) once, its first occurrence kept, in order."""
+    if len({(p["name"], p["step"]) for p in payloads}) == len(payloads):
+        return payloads  # the usual case: no point twice in one batch
     unique: dict[tuple[str, int], MetricPointPayload] = {}
     for p in payloads:
-        key = (p["name"], p["step"])
-        if key not in unique:
-            unique[key] = p
-    if not unique:
-        return []
-    steps = [s for _, s in unique]
-    stored = set(
-        MetricPoint.objects.filter(
-            run_id=run.pk, name__in={n for n, _ in unique}, step__gte=min(steps), step__lte=max(steps)
-        ).values_list("name", "step")
-    )
+        unique.setdefault((p["name"], p["step"]), p)
+    return list(unique.values())
+
+
+def _not_stored(
+    cursor: Any, sql: _IngestSql, run_id: int, payloads: list[MetricPointPayload], steps: tuple[int, int]
+) -> list[MetricPointPayload]:
+    """Return the points not stored yet: a retried batch publishes nothing twice.
+
+    The insert ignores duplicates anyway; this keeps the live pages and the policies from
+    seeing a replayed point again. One look-up of the unique index over the batch's steps.
+    """
+    names = list({p["name"] for p in payloads})
+    cursor.execute(sql.stored + "(" + ", ".join(["%s"] * len(names)) + ")", [run_id, *steps, *names])
+    stored = set(cursor.fetchall())
     if not stored:  # the usual case: nothing of the batch was sent before
-        return list(unique.values())
-    return [p for key, p in unique.items() if key not in stored]
+        return payloads
+    return [p for p in payloads if (p["name"], p["step"]) not in stored]
 
 
 def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlState:
@@ -300,16 +349,20 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
         raise PointsInvalid(
             [(MAX_POINTS_PER_BATCH, "points", f"at most {MAX_POINTS_PER_BATCH} points per batch")]
         )
-    payloads = _validate(points)
-    last_step = max((p["step"] for p in payloads), default=0)
-    with transaction.atomic():
+    payloads = _first_of_each(_validate(points))
+    steps = [p["step"] for p in payloads]
+    first_step, last_step = (min(steps), max(steps)) if steps else (0, 0)
+    with transaction.atomic(), connection.cursor() as cursor:
+        sql = _IngestSql.of(connection)
         # One batch of a run at a time: a retry racing its own first attempt (whose answer was
         # lost) must not find the same points "not stored" and publish them twice. The locked
         # row is also the answer's control state: no query after commit. (The policies that
         # look at this batch after commit act through the control queue, never within this
         # request, so a later read could not have seen their stop either.)
-        row = Run.objects.select_for_update(of=("self",)).filter(pk=run.pk).values(*_STATE_FIELDS).first()
-        fresh = _not_stored(run, payloads)
+        cursor.execute(sql.state, [run.pk])
+        found = cursor.fetchone()
+        row = dict(zip(_STATE_FIELDS, found, strict=True)) if found is not None else None
+        fresh = _not_stored(cursor, sql, run.pk, payloads, (first_step, last_step)) if payloads else []
         if fresh:
             metrics_write(experiment_id=run.experiment_id, run_id=run.pk, points=fresh)
         if (
@@ -317,8 +370,14 @@ def external_metrics_ingest(*, run: Run, points: Sequence[Point]) -> ControlStat
             and row["status"] == RunStatus.RUNNING
             and row["experiment__executor"] == Executor.EXTERNAL
         ):
-            Run.objects.filter(pk=run.pk, status=RunStatus.RUNNING).update(
-                heartbeat_at=timezone.now(), last_step=Greatest(F("last_step"), last_step)
+            cursor.execute(
+                sql.heartbeat,
+                [
+                    connection.ops.adapt_datetimefield_value(timezone.now()),
+                    last_step,
+                    run.pk,
+                    RunStatus.RUNNING,
+                ],
             )
     return _control_state_of(run, row)
 

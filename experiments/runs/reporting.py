@@ -30,6 +30,7 @@ from experiments.events import (
     StepRange,
     experiment_group,
     send_messages,
+    sends_drain,
 )
 from experiments.models import MetricPoint
 from experiments.runs.rollups import insert_many, rollups_add
@@ -124,7 +125,18 @@ _cursor = _StreamCursor()
 
 
 def publish_metric_batch(experiment_id: int, run_id: int, points: list[MetricPointPayload]) -> None:
-    """Send one flushed batch to the experiment's page (in frames) and its newest points to the fleet."""
+    """Hand one flushed batch to the publisher and return: frames to the experiment's page, its newest points to the fleet.
+
+    The frames are built on the publisher's thread, in the order batches were handed over (the
+    step ranges follow each other), so neither a metric flush nor an ingest request waits for
+    Redis. A process about to end waits with `sends_drain()` (MetricReporter.close does).
+    """
+    send_messages(lambda: _batch_messages(experiment_id, run_id, points), wait=False)
+
+
+def _batch_messages(
+    experiment_id: int, run_id: int, points: list[MetricPointPayload]
+) -> list[tuple[str, dict[str, Any]]]:
     page = experiment_group(experiment_id)
     messages = []
     for start in range(0, len(points), MAX_POINTS_PER_FRAME):
@@ -135,7 +147,7 @@ def publish_metric_batch(experiment_id: int, run_id: int, points: list[MetricPoi
         newest.setdefault(point["name"], []).append(point)
     fleet_points = [p for series in newest.values() for p in series[-FLEET_POINTS_PER_METRIC:]]
     messages.append((FLEET_GROUP, _frame(experiment_id, run_id, fleet_points)))
-    send_messages(messages)
+    return messages
 
 
 # The columns' types as PostgreSQL arrays (the batch goes as one array per column there).
@@ -161,7 +173,9 @@ def metrics_write(*, experiment_id: int, run_id: int, points: list[MetricPointPa
     if not points:
         return
     rows = [(run_id, experiment_id, p["name"], p["step"], p["value"], p["wall_time"]) for p in points]
-    with transaction.atomic():
+    # The points and their roll-ups commit together. Inside a caller's transaction (the ingest of a
+    # batch) no savepoint: a failure here fails the caller's whole transaction, as it should.
+    with transaction.atomic(savepoint=False):
         with connection.cursor() as cursor:
             head, tail = _insert_sql()
             written = insert_many(cursor, head, rows, tail, pg_types=_POINT_TYPES)
@@ -247,6 +261,8 @@ class MetricReporter:
             self._thread.join(timeout)
             self._thread = None
         self.flush()
+        # The last batches' frames are on their way to the pages: a worker process may end next.
+        sends_drain()
 
     def _loop(self) -> None:
         try:

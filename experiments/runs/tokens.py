@@ -72,9 +72,12 @@ class RunTokenUser:
     pk = None
     id = None
 
-    def __init__(self, claims: RunTokenClaims) -> None:
+    def __init__(self, claims: RunTokenClaims, run: Run | None = None) -> None:
         self.run_id = claims.run_id
         self.experiment_id = claims.experiment_id
+        # The live run as the token check read it (with its experiment): the run's own routes
+        # use it instead of reading it again.
+        self.run = run
         self.username = f"run #{claims.run_id}"
         setattr(self, TOKEN_RUN_ATTR, claims.run_id)
 
@@ -99,7 +102,9 @@ def run_token_user(raw: str) -> RunTokenUser | None:
     claims = run_token_verify(raw)
     if claims is None:
         return None
-    live = Run.objects.filter(
-        pk=claims.run_id, experiment_id=claims.experiment_id, status=RunStatus.RUNNING
-    ).exists()
-    return RunTokenUser(claims) if live else None
+    live = (
+        Run.objects.select_related("experiment")
+        .filter(pk=claims.run_id, experiment_id=claims.experiment_id, status=RunStatus.RUNNING)
+        .first()
+    )
+    return RunTokenUser(claims, live) if live is not None else None

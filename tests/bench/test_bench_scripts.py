@@ -37,7 +37,10 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
         ["ingest_mlflow_api_points_per_s", "ingest_http_batch_points_per_s"],
         {"ingest_http_batch_points_per_s"},
     ),
-    "log_call.py": (["log_call_p50_us", "log_call_p99_us"], set()),
+    "log_call.py": (
+        ["log_call_p50_us", "log_call_p99_us", "client_log_call_p50_us", "client_log_call_p99_us"],
+        set(),
+    ),
     "history.py": (
         ["history_100k_full_ms", "history_100k_downsampled_ms", "history_1m_downsampled_ms"],
         set(),
