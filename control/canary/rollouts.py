@@ -395,6 +395,19 @@ def _judge(
     return stats, verdicts
 
 
+def rollout_undecided(*, rollout: CanaryRollout, now: datetime) -> list[str]:
+    """Return, in words, the rollback conditions whose test is not yet sure about the current stage.
+
+    A stage with its requests and its time still waits on these: the page says so instead of a
+    bare "under way". Reads only.
+    """
+    _stats, verdicts = _judge(rollout, rollout.policy, now)
+    # The SPRT's own numbers (llr, bounds) stay in the rollout's history; the page says the counts.
+    return [
+        f"{v.result.description}: {v.result.detail.split('; SPRT')[0]}" for v in verdicts if not v.settled
+    ]
+
+
 def _rollback_holds(spec: ConditionSpec, result: ConditionResult) -> ConditionResult:
     if spec.kind != ConditionKind.REGRESSION:
         return result

@@ -26,6 +26,7 @@ from control.canary.models import (
     CanaryRollout,
     RolloutStatus,
 )
+from control.canary.rollouts import rollout_undecided
 from control.canary.sequential import paired_comparison
 from control.policies.models import Policy
 from experiments.choices import RunStatus, State
@@ -92,6 +93,8 @@ class RolloutState(TypedDict):
     min_requests: int
     # Running, and short of the requests its stage is judged on: the page says how to send some.
     waiting_for_traffic: bool
+    # Running with its requests and its time, still unjudged: the conditions not yet settled.
+    waiting_for_evidence: str
     elapsed_seconds: int
     duration_seconds: int
     stages: list[StageRow]
@@ -290,6 +293,13 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
     )
     end = now if live else (rollout.finished_at or now)
     experiment = rollout.experiment
+    waiting_for_traffic = rollout.status == RolloutStatus.RUNNING and stage_requests < rollout.min_requests
+    duration = int(stage.get("duration_seconds", 0))
+    judging = (
+        rollout.status == RolloutStatus.RUNNING
+        and not waiting_for_traffic
+        and now - rollout.stage_started_at >= timedelta(seconds=duration)
+    )
     return {
         "id": rollout.pk,
         "live": live,
@@ -308,8 +318,8 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
         "traffic_pct": float(stage.get("traffic_pct", 0)),
         "stage_requests": stage_requests,
         "min_requests": rollout.min_requests,
-        "waiting_for_traffic": rollout.status == RolloutStatus.RUNNING
-        and stage_requests < rollout.min_requests,
+        "waiting_for_traffic": waiting_for_traffic,
+        "waiting_for_evidence": "; ".join(rollout_undecided(rollout=rollout, now=now)) if judging else "",
         # A sweep judged "now" a little ahead starts the next stage in the future: show 0, not less.
         "elapsed_seconds": max(0, int((end - rollout.stage_started_at).total_seconds())),
         "duration_seconds": int(stage.get("duration_seconds", 0)),
