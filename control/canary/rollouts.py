@@ -384,6 +384,12 @@ def _judge(
             verdicts.append(
                 _sequential(spec, bound, stats, alpha=policy.canary_alpha / tests, beta=policy.canary_beta)
             )
+        elif spec.kind == ConditionKind.REGRESSION and spec.metric == "accuracy" and rollout.baseline is None:
+            # A first canary has no production to regress against (as auto-promote judges it): the
+            # condition cannot hold, and waiting on it would hold the stage for ever.
+            verdicts.append(
+                Verdict(ConditionResult(spec.describe(), False, None, "no production to compare with"))
+            )
         elif spec.kind == ConditionKind.REGRESSION and spec.metric == "accuracy":
             # Production has no labelled answer in the window yet: nothing to compare with.
             waiting = ConditionResult(
