@@ -26,7 +26,6 @@ from control.canary.models import (
     CanaryRollout,
     RolloutStatus,
 )
-from control.canary.rollouts import rollout_undecided
 from control.canary.sequential import paired_comparison
 from control.policies.models import Policy
 from experiments.choices import RunStatus, State
@@ -319,7 +318,7 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
         "stage_requests": stage_requests,
         "min_requests": rollout.min_requests,
         "waiting_for_traffic": waiting_for_traffic,
-        "waiting_for_evidence": "; ".join(rollout_undecided(rollout=rollout, now=now)) if judging else "",
+        "waiting_for_evidence": _undecided(rollout, now) if judging else "",
         # A sweep judged "now" a little ahead starts the next stage in the future: show 0, not less.
         "elapsed_seconds": max(0, int((end - rollout.stage_started_at).total_seconds())),
         "duration_seconds": int(stage.get("duration_seconds", 0)),
@@ -328,6 +327,14 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
         "started_at": _stamp(rollout.started_at),
         "finished_at": _stamp(rollout.finished_at) if rollout.finished_at else None,
     }
+
+
+def _undecided(rollout: CanaryRollout, now: datetime) -> str:
+    """Return the rollback conditions the current stage still waits on, in words."""
+    # Imported here: the rollout service imports the policy engine, which the page's reads need not load.
+    from control.canary.rollouts import rollout_undecided
+
+    return "; ".join(rollout_undecided(rollout=rollout, now=now))
 
 
 def _bucket_end(now: datetime, bucket_seconds: int) -> datetime:
