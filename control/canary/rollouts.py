@@ -384,6 +384,12 @@ def _judge(
             verdicts.append(
                 _sequential(spec, bound, stats, alpha=policy.canary_alpha / tests, beta=policy.canary_beta)
             )
+        elif spec.kind == ConditionKind.REGRESSION and spec.metric == "accuracy" and rollout.baseline is None:
+            # A first canary has no production to regress against (as auto-promote judges it): the
+            # condition cannot hold, and waiting on it would hold the stage for ever.
+            verdicts.append(
+                Verdict(ConditionResult(spec.describe(), False, None, "no production to compare with"))
+            )
         elif spec.kind == ConditionKind.REGRESSION and spec.metric == "accuracy":
             # Production has no labelled answer in the window yet: nothing to compare with.
             waiting = ConditionResult(
@@ -393,6 +399,19 @@ def _judge(
         else:
             verdicts.append(Verdict(_rollback_holds(spec, evaluate_condition(spec, ctx))))
     return stats, verdicts
+
+
+def rollout_undecided(*, rollout: CanaryRollout, now: datetime) -> list[str]:
+    """Return, in words, the rollback conditions whose test is not yet sure about the current stage.
+
+    A stage with its requests and its time still waits on these: the page says so instead of a
+    bare "under way". Reads only.
+    """
+    _stats, verdicts = _judge(rollout, rollout.policy, now)
+    # The SPRT's own numbers (llr, bounds) stay in the rollout's history; the page says the counts.
+    return [
+        f"{v.result.description}: {v.result.detail.split('; SPRT')[0]}" for v in verdicts if not v.settled
+    ]
 
 
 def _rollback_holds(spec: ConditionSpec, result: ConditionResult) -> ConditionResult:

@@ -92,6 +92,8 @@ class RolloutState(TypedDict):
     min_requests: int
     # Running, and short of the requests its stage is judged on: the page says how to send some.
     waiting_for_traffic: bool
+    # Running with its requests and its time, still unjudged: the conditions not yet settled.
+    waiting_for_evidence: str
     elapsed_seconds: int
     duration_seconds: int
     stages: list[StageRow]
@@ -290,6 +292,13 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
     )
     end = now if live else (rollout.finished_at or now)
     experiment = rollout.experiment
+    waiting_for_traffic = rollout.status == RolloutStatus.RUNNING and stage_requests < rollout.min_requests
+    duration = int(stage.get("duration_seconds", 0))
+    judging = (
+        rollout.status == RolloutStatus.RUNNING
+        and not waiting_for_traffic
+        and now - rollout.stage_started_at >= timedelta(seconds=duration)
+    )
     return {
         "id": rollout.pk,
         "live": live,
@@ -308,8 +317,8 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
         "traffic_pct": float(stage.get("traffic_pct", 0)),
         "stage_requests": stage_requests,
         "min_requests": rollout.min_requests,
-        "waiting_for_traffic": rollout.status == RolloutStatus.RUNNING
-        and stage_requests < rollout.min_requests,
+        "waiting_for_traffic": waiting_for_traffic,
+        "waiting_for_evidence": _undecided(rollout, now) if judging else "",
         # A sweep judged "now" a little ahead starts the next stage in the future: show 0, not less.
         "elapsed_seconds": max(0, int((end - rollout.stage_started_at).total_seconds())),
         "duration_seconds": int(stage.get("duration_seconds", 0)),
@@ -318,6 +327,14 @@ def rollout_state(rollout: CanaryRollout, *, now: datetime) -> RolloutState:
         "started_at": _stamp(rollout.started_at),
         "finished_at": _stamp(rollout.finished_at) if rollout.finished_at else None,
     }
+
+
+def _undecided(rollout: CanaryRollout, now: datetime) -> str:
+    """Return the rollback conditions the current stage still waits on, in words."""
+    # Imported here: the rollout service imports the policy engine, which the page's reads need not load.
+    from control.canary.rollouts import rollout_undecided
+
+    return "; ".join(rollout_undecided(rollout=rollout, now=now))
 
 
 def _bucket_end(now: datetime, bucket_seconds: int) -> datetime:

@@ -466,6 +466,22 @@ def test_a_more_accurate_version_is_not_rolled_back_even_below_any_fixed_bar(
         assert serve_until_judged(rollout, stage_over=True) == "deployed"
 
 
+def test_a_first_canary_with_nothing_in_production_is_not_held_by_a_regression_condition(
+    make_experiment: MakeExperiment, django_capture_on_commit_callbacks: Any
+) -> None:
+    # The demo's canary policy compares accuracy with production; a first model has none to
+    # compare with, so that condition cannot hold and must not keep the stage waiting for ever.
+    _regression_policy()
+    rollout = promote(make_experiment("first"), django_capture_on_commit_callbacks)
+    assert rollout.baseline is None
+    serve_until_candidate(rollout, 40)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert serve_until_judged(rollout, stage_over=True) == "deployed"
+    rollout.refresh_from_db()
+    [stage] = rollout.history
+    assert stage["conditions"][0]["detail"] == "no production to compare with"
+
+
 @pytest.mark.parametrize(
     ("condition", "field"),
     [

@@ -414,3 +414,29 @@ def test_the_chart_buckets_count_errors_and_latency_where_the_requests_fell(
     assert p99 is not None and 7.9 < p99 <= 8.0
     quiet = [i for i, n in enumerate(series["requests"]) if n == 0]
     assert all(series["error_rate"][i] is None and series["p99_ms"][i] is None for i in quiet)
+
+
+def test_a_stage_with_its_requests_and_time_says_which_test_it_still_waits_on(
+    operator_client: Client, in_production: ModelVersion, start_canary: StartCanary
+) -> None:
+    rollout = start_canary(("c10", 10, 60), ("full", 100, 0), min_requests=5)
+    # A narrow margin: five clean answers do not yet show the error rate is under 5%.
+    Policy.objects.filter(name="digits-canary").update(canary_margin=0.05)
+    serve_until(rollout.candidate, 5)
+    payload = operator_client.get(LIVE).json()
+    assert payload["rollout"]["waiting_for_evidence"] == ""  # its minute has not passed yet
+
+    CanaryRollout.objects.filter(pk=rollout.pk).update(
+        stage_started_at=timezone.now() - timedelta(seconds=120)
+    )
+    payload = operator_client.get(LIVE).json()
+    assert payload["rollout"]["waiting_for_traffic"] is False
+    assert payload["rollout"]["waiting_for_evidence"] == "error_rate above 0.05: 0 of 5 (0.000)"
+    page = operator_client.get(PAGE).content.decode()
+    assert "Judging." in page and "0 of 5" in page
+    assert canary_sweep() == {str(rollout.pk): "waiting"}
+
+    # Enough clean answers settle the test: nothing left to wait on, and the sweep deploys it.
+    serve_until(rollout.candidate, 100)
+    assert operator_client.get(LIVE).json()["rollout"]["waiting_for_evidence"] == ""
+    assert canary_sweep() == {str(rollout.pk): "deployed"}
