@@ -92,7 +92,7 @@
 
   function onMessage(msg) {
     if (!msg || typeof msg.type !== "string") return;
-    if (msg.type === "state.changed" || msg.type === "trigger.changed" || msg.type === "resync") schedule();
+    if (msg.type === "state.changed" || msg.type === "trigger.changed" || msg.type === "evaluation.changed" || msg.type === "resync") schedule();
     else if (msg.type === "run.progress") onProgress(msg);
   }
 
