@@ -12,7 +12,7 @@ from experiments.recipes import get_spec
 from experiments.recipes.local import LocalRunContext
 
 
-def _trained(name: str, folder: Path, **config: object) -> tuple[LocalRunContext, Path]:
+def _trained(name: str, folder: Path, **config: int) -> tuple[LocalRunContext, Path]:
     ctx = LocalRunContext(checkpoint_dir=folder, keep=1)
     get_spec(name).load().train(ctx, dict(config))
     return ctx, sorted(folder.glob("step-*.pt"))[-1]
