@@ -41,6 +41,7 @@ from experiments.registry.services import (
     version_restore_on_rollback,
     version_serve_on_deploy,
 )
+from experiments.runs.evaluation import evaluation_publish
 from experiments.runs.reporting import publish_metric_batch
 from experiments.services import state_change_publish
 
@@ -109,5 +110,5 @@ EFFECTS = EffectTable(
     # The page first (a live chart is what a person waits for), then the policies.
     metrics_flushed=(publish_metric_batch, policies_evaluate_on_metrics),
     # A run's evaluation job ended: the auto-promote decision that waited for it is taken.
-    evaluated=(policies_decide_on_evaluation,),
+    evaluated=(policies_decide_on_evaluation, evaluation_publish),
 )

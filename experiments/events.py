@@ -37,6 +37,15 @@ class StateChanged(TypedDict):
     actor: str
 
 
+class EvaluationChanged(TypedDict):
+    """A run's evaluation job ended (the experiment page shows its result)."""
+
+    type: Literal["evaluation.changed"]
+    experiment_id: int
+    run_id: int
+    status: str
+
+
 class MetricPointPayload(TypedDict):
     """One point inside a metric batch."""
 
@@ -275,3 +284,14 @@ def publish_state_change(*, experiment_id: int, event: str, source: str, target:
         "actor": actor,
     }
     send_to_groups([experiment_group(experiment_id), FLEET_GROUP], dict(payload))
+
+
+def publish_evaluation_change(*, experiment_id: int, run_id: int, status: str) -> None:
+    """Tell the experiment's page that an evaluation job ended (its panels fetch the result)."""
+    payload: EvaluationChanged = {
+        "type": "evaluation.changed",
+        "experiment_id": experiment_id,
+        "run_id": run_id,
+        "status": status,
+    }
+    send_to_groups([experiment_group(experiment_id)], dict(payload))

@@ -1,8 +1,9 @@
-"""Evaluation jobs on workers: leased and dispatched like training, on a CPU slot of the worker.
+"""Evaluation jobs on workers: leased and dispatched like training, on a slot of the worker.
 
-A trained run's evaluation job (experiments.runs.evaluation) leases one free CPU slot, the
-same conditional update that leases a slot for training, to the run it evaluates, preferably
-on the worker that trained it (its checkpoint lies there), and goes to that worker's own queue.
+A trained run's evaluation job (experiments.runs.evaluation) leases one free slot (a CPU slot,
+else a GPU where a worker has none), with the same conditional update that leases a slot for
+training, to the run it evaluates, preferably on the worker that trained it (its checkpoint
+lies there), and goes to that worker's own queue.
 The slot is freed when the job ends. A job that finds no free slot waits for the next
 scheduler tick; one whose worker went offline is failed by the watchdog (and its experiment
 held for review).
@@ -33,11 +34,21 @@ from experiments.runs.evaluation import (
 logger = logging.getLogger(__name__)
 
 
-def _free_cpu_slot(*, prefer_worker: str, now: datetime | None = None) -> Device | None:
-    """Return a free CPU slot of a live worker, the run's own worker first."""
-    free = usable_devices(now=now).filter(kind=DeviceKind.CPU, leased_run__isnull=True, reserved=False)
-    own = free.filter(worker__hostname=prefer_worker).order_by("index").first()
-    return own or free.order_by("worker__hostname", "index").first()
+def _free_slot(*, prefer_worker: str, now: datetime | None = None) -> Device | None:
+    """Return a free slot of a live worker for an evaluation: a CPU slot, the run's own worker first.
+
+    A fleet of GPU workers may report no CPU slots (WORKER_CPU_SLOTS_WITH_GPUS is 0 by default):
+    a free GPU is leased then, so that the job never waits for a kind of slot nobody has. The
+    evaluation itself runs on the CPU either way.
+    """
+    free = usable_devices(now=now).filter(leased_run__isnull=True, reserved=False)
+    for kind in (DeviceKind.CPU, DeviceKind.GPU):
+        of_kind = free.filter(kind=kind)
+        slot = of_kind.filter(worker__hostname=prefer_worker).order_by("index").first()
+        slot = slot or of_kind.order_by("worker__hostname", "index").first()
+        if slot is not None:
+            return slot
+    return None
 
 
 def evaluation_dispatch(*, evaluation_id: int, now: datetime | None = None) -> bool:
@@ -53,7 +64,7 @@ def evaluation_dispatch(*, evaluation_id: int, now: datetime | None = None) -> b
         )
         if evaluation is None:
             return False
-        device = _free_cpu_slot(prefer_worker=evaluation.run.worker, now=now)
+        device = _free_slot(prefer_worker=evaluation.run.worker, now=now)
         if device is None or not device_lease(device_ids=[device.pk], run=evaluation.run):
             logger.info("evaluation %s waits for a free CPU slot", evaluation_id)
             return False
@@ -79,7 +90,7 @@ def evaluations_dispatch_waiting(*, now: datetime | None = None) -> int:
 def evaluation_run_on_lease(*, evaluation_id: int, device_id: int, worker: str) -> str:
     """Run the job on this worker, then free the slot leased to it; return the job's status."""
     device = Device.objects.filter(pk=device_id).first()
-    label = f"cpu:{device.index}" if device is not None else "cpu"
+    label = f"{device.kind}:{device.index}" if device is not None else "cpu"
     try:
         return run_evaluation_execute(evaluation_id=evaluation_id, worker=worker, device=label)
     finally:

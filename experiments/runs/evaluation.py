@@ -22,7 +22,7 @@ from django.utils import timezone
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
 from experiments.effects import evaluated_effects_schedule
-from experiments.events import MetricPointPayload
+from experiments.events import MetricPointPayload, publish_evaluation_change
 from experiments.models import EVALUATION_PENDING, EvaluationStatus, Experiment, Run, RunEvaluation
 from experiments.recipes import RECIPES
 from experiments.recipes.spec import EVAL_PREFIX
@@ -159,3 +159,10 @@ def run_evaluation_fail(*, evaluation_id: int, error: str) -> bool:
                 logger.info("evaluation %s failed but %s", evaluation_id, exc.message)
         evaluated_effects_schedule(evaluation)
     return True
+
+
+def evaluation_publish(evaluation: RunEvaluation) -> None:
+    """Tell the experiment's open pages that the job ended (an effect of the table's `evaluated`)."""
+    publish_evaluation_change(
+        experiment_id=evaluation.experiment_id, run_id=evaluation.run_id, status=str(evaluation.status)
+    )

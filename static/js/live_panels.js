@@ -92,8 +92,10 @@
 
   function onMessage(msg) {
     if (!msg || typeof msg.type !== "string") return;
-    // pipeline.changed: an experiment this one depends on (or that depends on it) moved.
-    if (msg.type === "state.changed" || msg.type === "trigger.changed" || msg.type === "pipeline.changed" || msg.type === "resync") schedule();
+    // pipeline.changed: an experiment this one depends on (or that depends on it) moved;
+    // evaluation.changed: its held-out evaluation started, finished or failed.
+    const refreshing = ["state.changed", "trigger.changed", "pipeline.changed", "evaluation.changed", "resync"];
+    if (refreshing.includes(msg.type)) schedule();
     else if (msg.type === "run.progress") onProgress(msg);
   }
 

@@ -73,7 +73,10 @@ def test_the_effect_table_is_pinned_event_by_event() -> None:
         "experiments.runs.reporting.publish_metric_batch",
         "control.policies.listeners.policies_evaluate_on_metrics",
     ]
-    assert effect_names(EFFECTS.evaluated) == ["control.policies.listeners.policies_decide_on_evaluation"]
+    assert effect_names(EFFECTS.evaluated) == [
+        "control.policies.listeners.policies_decide_on_evaluation",
+        "experiments.runs.evaluation.evaluation_publish",
+    ]
 
 
 def test_every_event_has_its_effects_and_ends_by_telling_the_pages() -> None:

@@ -165,3 +165,45 @@ def test_a_job_whose_worker_went_offline_is_failed_its_slot_freed_and_its_experi
     assert slot.leased_run is None
     assert experiment.state == State.COMPLETED
     assert "went offline" in TransitionLog.objects.get(experiment=experiment, event="hold").reason
+
+
+def test_dispatch_leases_a_cpu_slot_of_the_training_worker_first_and_a_gpu_where_none_has_one(
+    trained: Trained,
+) -> None:
+    from control.models import Device, Worker
+    from control.scheduling.evaluations import evaluation_dispatch
+
+    def job(name: str, worker: str) -> RunEvaluation:
+        experiment = _evaluating(name, trained)
+        run = experiment.runs.get()
+        run.worker = worker
+        run.save(update_fields=["worker"])
+        evaluation = run_evaluation_request(run_id=run.pk)
+        assert evaluation is not None
+        return evaluation
+
+    other = Worker.objects.create(hostname="other@host", queue="other.dq2")
+    own = Worker.objects.create(hostname="own@host", queue="own.dq2")
+    other_cpu = Device.objects.create(worker=other, kind="cpu", index=0, name="CPU slot")
+    own_gpu = Device.objects.create(worker=own, kind="gpu", index=0, name="H100")
+    own_cpu = Device.objects.create(worker=own, kind="cpu", index=0, name="CPU slot")
+
+    first = job("first", "own@host")
+    assert evaluation_dispatch(evaluation_id=first.pk)
+    own_cpu.refresh_from_db()
+    assert own_cpu.leased_run_id == first.run_id  # its own worker's CPU slot, not the GPU
+
+    second = job("second", "own@host")
+    assert evaluation_dispatch(evaluation_id=second.pk)
+    other_cpu.refresh_from_db()
+    assert other_cpu.leased_run_id == second.run_id  # any CPU slot before a GPU
+
+    third = job("third", "own@host")
+    assert evaluation_dispatch(evaluation_id=third.pk)
+    own_gpu.refresh_from_db()
+    assert own_gpu.leased_run_id == third.run_id  # no CPU slot left: a free GPU
+
+    fourth = job("fourth", "own@host")
+    assert not evaluation_dispatch(evaluation_id=fourth.pk)  # waits for the next tick
+    fourth.refresh_from_db()
+    assert fourth.status == EvaluationStatus.QUEUED

@@ -13,7 +13,7 @@ import pytest
 from control.models import Device
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
-from experiments.models import Experiment, MetricPoint, Run, TransitionLog
+from experiments.models import EvaluationStatus, Experiment, MetricPoint, Run, RunEvaluation, TransitionLog
 from experiments.services import experiment_create, experiment_transition
 from tests.conftest import WorkerHandle, wait_for
 
@@ -51,7 +51,16 @@ def test_start_trains_digits_on_the_worker_and_lands_in_evaluating(celery_worker
     assert MetricPoint.objects.filter(run=run, name="accuracy").count() == 2
     events = list(TransitionLog.objects.filter(experiment=experiment).values_list("event", "actor"))
     assert events == [("queue", "system:test"), ("start", "system:scheduler"), ("complete", "system:worker")]
-    assert not Device.objects.filter(leased_run__isnull=False).exists()
+    # Training's slot went to the run's evaluation job; it is free once the job has ended.
+    wait_for(
+        lambda: RunEvaluation.objects.filter(run=run, status=EvaluationStatus.SUCCEEDED).exists(),
+        timeout=60,
+        what="the evaluation job",
+    )
+    wait_for(
+        lambda: not Device.objects.filter(leased_run__isnull=False).exists(), timeout=10, what="no lease"
+    )
+    assert _state(experiment) == State.EVALUATING  # no policy decides: it waits for a person
 
 
 def _live_run(experiment: Experiment, *, min_step: int = 1, attempt: int = 1) -> Run | None:
