@@ -79,6 +79,9 @@ def _posted_id(request: HttpRequest, field: str) -> int | None:
 @require_POST
 def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
     """Promote a finished experiment of this model: its canary rollout starts when a policy applies."""
+    # A registered model of another project answers as an unknown one; a first version has no model yet.
+    if model_project_id(model_name) is not None:
+        _model_or_404(request, model_name)
     if not request.user.has_perm(PROMOTE_PERMISSION):
         raise PermissionDenied("You may not promote experiments.")
     experiment_id = _posted_id(request, "experiment_id")
