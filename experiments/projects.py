@@ -19,9 +19,10 @@ from typing import Any
 
 from django.db.models import Model, QuerySet
 
-from experiments.models import Experiment, ModelVersion, Project, default_project_id
+from experiments.models import Experiment, ModelVersion, Project
 from experiments.models.project import (
     ROLE_PERMISSIONS,
+    default_project_id_for,
     is_superuser,
     roles_of,
     user_may,
@@ -57,8 +58,9 @@ def project_ids_where(user: Any, action: str) -> set[int] | None:
     if is_superuser(user):
         return None
     ids = {pid for pid, role in roles_of(user).items() if action in ROLE_PERMISSIONS.get(role, frozenset())}
-    if user_may(user, action, default_project_id()):
-        ids.add(default_project_id())
+    default_id = default_project_id_for(user)
+    if user_may(user, action, default_id):
+        ids.add(default_id)
     return ids
 
 
