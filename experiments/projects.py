@@ -150,3 +150,13 @@ def may_see_model(user: Any, model_name: str) -> bool:
     """Return whether the model name exists and the user may see it (a hidden one reads as unknown)."""
     project_id = model_project_id(model_name)
     return project_id is not None and can(user, VIEW, project_id)
+
+
+def model_hidden(user: Any, model_name: str) -> bool:
+    """Return whether the model name is registered in a project the user may not see.
+
+    A name with no version yet belongs to no project: its page (promote a first version) shows
+    only the user's own experiments.
+    """
+    project_id = model_project_id(model_name)
+    return project_id is not None and not can(user, VIEW, project_id)
