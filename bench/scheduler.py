@@ -58,6 +58,7 @@ FIGURES = (
     "scheduler_tick_dispatch_ms",
     "scheduler_cost_aware_hours_to_best",
     "scheduler_cost_aware_usd_to_best",
+    "scheduler_fair_share_pct",
     "scheduler_idle_gap_s",
 )
 GPU_NAME = "NVIDIA H100 80GB HBM3"
@@ -187,6 +188,98 @@ def measure_pass(*, queued: int, workers: int, repetitions: int) -> dict[str, An
     }
 
 
+FAIR_SHARE_GPUS = 8
+# Two projects of equal share, each with more work than a day holds: short jobs queued first
+# (they would take every GPU in plain urgency order), long jobs an hour later.
+FAIR_SHARE_JOBS = {"short": (400, 30), "long": (400, 90)}  # project -> (jobs, minutes each)
+
+
+def fair_share_day(*, fair: bool) -> dict[str, float]:
+    """Simulate a day of the real scheduler on FAIR_SHARE_GPUS GPUs; return each project's % of GPU time.
+
+    The planning is the project's own (`scheduler_plan`, with fair share on or off); leasing and
+    finishing are plain writes standing in for workers, on a simulated clock.
+    """
+    from datetime import timedelta
+    from unittest import mock
+
+    from django.utils import timezone
+
+    from control.models import Device, Worker
+    from control.scheduling import fairshare
+    from control.scheduling.scheduler import scheduler_plan
+    from experiments.choices import RunStatus, State
+    from experiments.models import Experiment, Project, Run
+
+    Device.objects.update(leased_run=None, leased_at=None, reserved=False)
+    Run.objects.all().delete()
+    Experiment.objects.all().delete()
+    # Keep FAIR_SHARE_GPUS devices in service; the rest are reserved.
+    keep = list(Device.objects.order_by("pk").values_list("pk", flat=True)[:FAIR_SHARE_GPUS])
+    Device.objects.exclude(pk__in=keep).update(reserved=True)
+    start = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    minutes: dict[int, int] = {}
+    for offset, (slug, (jobs, length)) in enumerate(FAIR_SHARE_JOBS.items()):
+        project, _ = Project.objects.get_or_create(
+            slug=slug, defaults={"name": slug.capitalize(), "share": 1}
+        )
+        minutes[project.pk] = length
+        Experiment.objects.bulk_create(
+            Experiment(
+                name=f"{slug} {i}",
+                recipe="digits",
+                gpus=1,
+                project=project,
+                state=State.QUEUED,
+                queued_at=start - timedelta(hours=1 - offset, seconds=-i),
+            )
+            for i in range(jobs)
+        )
+    gpu_seconds = {pid: 0.0 for pid in minutes}
+    running: list[tuple[Any, int, int]] = []  # (ends at, run id, project id)
+    now, end = start, start + timedelta(days=1)
+    plain = mock.patch.object(fairshare, "fair_order", side_effect=list) if not fair else None
+    if plain is not None:
+        plain.start()
+    try:
+        while now < end:
+            Worker.objects.update(last_heartbeat=now, online=True)
+            for decision in scheduler_plan(now=now).decisions:
+                if not decision.devices:
+                    continue
+                experiment = Experiment.objects.get(pk=decision.experiment.pk)
+                Experiment.objects.filter(pk=experiment.pk).update(state=State.RUNNING)
+                run = Run.objects.create(
+                    experiment=experiment, attempt=1, status=RunStatus.RUNNING, started_at=now, worker="sim"
+                )
+                Device.objects.filter(pk__in=[d.pk for d in decision.devices]).update(leased_run=run)
+                duration = timedelta(minutes=minutes[experiment.project_id])
+                running.append((now + duration, run.pk, experiment.project_id))
+            if not running:
+                break
+            running.sort()
+            now = running[0][0]
+            while running and running[0][0] <= now:
+                finished_at, run_id, project_id = running.pop(0)
+                gpu_seconds[project_id] += (
+                    min(finished_at, end) - (finished_at - timedelta(minutes=minutes[project_id]))
+                ).total_seconds()
+                Run.objects.filter(pk=run_id).update(status=RunStatus.SUCCEEDED, finished_at=finished_at)
+                Device.objects.filter(leased_run_id=run_id).update(leased_run=None)
+                Experiment.objects.filter(runs__pk=run_id).update(state=State.COMPLETED)
+        # Runs still going at midnight count up to it.
+        for finished_at, _, project_id in running:
+            started = finished_at - timedelta(minutes=minutes[project_id])
+            gpu_seconds[project_id] += max(0.0, (end - started).total_seconds())
+    finally:
+        if plain is not None:
+            plain.stop()
+        Device.objects.update(leased_run=None, reserved=False)
+    total = sum(gpu_seconds.values()) or 1.0
+    slugs = dict(Project.objects.filter(pk__in=gpu_seconds).values_list("pk", "slug"))
+    return {slugs[pid]: round(100 * seconds / total, 2) for pid, seconds in gpu_seconds.items()}
+
+
 def main() -> None:
     """Measure the scheduling pass and the idle gap; print four figures."""
     parser = base_parser(__doc__.splitlines()[0] if __doc__ else None)
@@ -250,17 +343,39 @@ def main() -> None:
                     extra=simulated["extra"],
                 )
             )
+        note(f"scheduler: a simulated day on {FAIR_SHARE_GPUS} GPUs, two projects of equal share")
+        fair = fair_share_day(fair=True)
+        plain = fair_share_day(fair=False)
+        emit(
+            figure(
+                name="scheduler_fair_share_pct",
+                unit="% of GPU time",
+                samples=[fair["short"]],
+                goal=Goal(
+                    "50 +/- 5 % of the GPU time to each of two equal-share projects",
+                    median_min=45.0,
+                    median_max=55.0,
+                ),
+                higher_is_better=False,
+                extra={
+                    "gpu_time_pct_by_project": fair,
+                    "without_fair_share_pct_by_project": plain,
+                    "jobs": {slug: {"count": n, "minutes": m} for slug, (n, m) in FAIR_SHARE_JOBS.items()},
+                    "gpus": FAIR_SHARE_GPUS,
+                },
+            )
+        )
         if args.no_gap:
-            emit(skipped(FIGURES[5], "not measured: --no-gap"))
+            emit(skipped(FIGURES[-1], "not measured: --no-gap"))
             return
         if args.quick and not args.gap:
-            emit(skipped(FIGURES[5], "not measured in --quick mode (it starts a Celery worker); pass --gap"))
+            emit(skipped(FIGURES[-1], "not measured in --quick mode (it starts a Celery worker); pass --gap"))
             return
         note(f"scheduler: idle gap over {gap_runs} back-to-back runs on a real worker")
         gaps, gap_extra = idle_gap(env, runs=gap_runs)
         emit(
             figure(
-                name=FIGURES[5],
+                name=FIGURES[-1],
                 unit="s",
                 samples=gaps,
                 goal=Goal("<= 1 s from a run's end to the next run's start", median_max=1.0),

@@ -19,17 +19,34 @@ from experiments.models import (
     Dependency,
     DriftCheck,
     Experiment,
+    Membership,
     MetricPoint,
     ModelVersion,
+    Project,
     Run,
     TransitionLog,
 )
 from experiments.pipelines.services import dependency_add, dependency_remove
+from experiments.projects import visible
 from experiments.services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
 # scheduler and workers, retrain creates a child and lives on the experiment page.
 ADMIN_EVENTS = frozenset({"queue", "cancel", "promote", "hold", "deploy", "rollback", "retry"})
+
+
+class ProjectScoped:
+    """Admin lists of project data: staff see their projects' rows only (superusers all), filter by project."""
+
+    project_field = "project"
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        queryset = super().get_queryset(request)  # type: ignore[misc]
+        return visible(request.user, queryset, field=self.project_field)
+
+
+# Lists only the projects of the rows shown (a staff member never reads another project's name).
+PROJECT_FILTER = ("project", admin.RelatedOnlyFieldListFilter)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -75,7 +92,7 @@ class DependencyInline(admin.TabularInline):  # type: ignore[type-arg]
 
 
 @admin.register(Experiment)
-class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
+class ExperimentAdmin(ProjectScoped, FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg]
     """Experiments with their transition buttons; every button fires the audited service."""
 
     fsm_fields = ["state"]
@@ -88,17 +105,21 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
         "priority_class",
         "priority",
         "owner",
+        "project",
         "created_at",
     )
     list_display_links = ("id", "name")
-    list_filter = ("state", "recipe", "executor", "priority_class")
+    list_filter = (PROJECT_FILTER, "state", "recipe", "executor", "priority_class")
     search_fields = ("name", "description", "tags")
-    list_select_related = ("owner",)
+    list_select_related = ("owner", "project")
     raw_id_fields = ("owner", "parent")
     readonly_fields = ("state_changed_at", "queued_at", "created_at", "updated_at")
     inlines = [DependencyInline, TransitionLogInline]
     fieldsets = (
-        (None, {"fields": ("name", "description", "state", "recipe", "executor", "config", "tags")}),
+        (
+            None,
+            {"fields": ("name", "description", "project", "state", "recipe", "executor", "config", "tags")},
+        ),
         (
             "Scheduling and resources",
             {
@@ -191,8 +212,10 @@ class ExperimentAdmin(FSMAdminMixin, admin.ModelAdmin):  # type: ignore[type-arg
 
 
 @admin.register(TransitionLog)
-class TransitionLogAdmin(ReadOnlyAdmin):
+class TransitionLogAdmin(ProjectScoped, ReadOnlyAdmin):
     """The audit log: who fired which event, from where to where, and why."""
+
+    project_field = "experiment__project"
 
     list_display = ("created_at", "experiment", "event", "source_state", "target_state", "actor", "reason")
     list_filter = ("event", "target_state")
@@ -202,8 +225,10 @@ class TransitionLogAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Run)
-class RunAdmin(ReadOnlyAdmin):
+class RunAdmin(ProjectScoped, ReadOnlyAdmin):
     """Training attempts, as the workers recorded them."""
+
+    project_field = "experiment__project"
 
     list_display = (
         "id",
@@ -215,15 +240,18 @@ class RunAdmin(ReadOnlyAdmin):
         "progress",
         "started_at",
         "finished_at",
+        "experiment__project",
     )
-    list_filter = ("status",)
+    list_filter = (("experiment__project", admin.RelatedOnlyFieldListFilter), "status")
     search_fields = ("experiment__name", "worker", "task_id")
-    list_select_related = ("experiment",)
+    list_select_related = ("experiment__project",)
 
 
 @admin.register(MetricPoint)
-class MetricPointAdmin(ReadOnlyAdmin):
+class MetricPointAdmin(ProjectScoped, ReadOnlyAdmin):
     """Logged metric values (read-only; charts live on the experiment page)."""
+
+    project_field = "experiment__project"
 
     list_display = ("experiment", "run", "name", "step", "value")
     list_filter = ("name",)
@@ -234,7 +262,7 @@ class MetricPointAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ModelVersion)
-class ModelVersionAdmin(ReadOnlyAdmin):
+class ModelVersionAdmin(ProjectScoped, ReadOnlyAdmin):
     """Registered model versions (read-only; promote and roll back on the registry page)."""
 
     list_display = (
@@ -247,14 +275,15 @@ class ModelVersionAdmin(ReadOnlyAdmin):
         "promoted_by",
         "promoted_at",
         "serve_error",
+        "project",
     )
-    list_filter = ("model_name", "stage")
+    list_filter = (PROJECT_FILTER, "model_name", "stage")
     search_fields = ("model_name", "experiment__name", "checkpoint_sha256")
     list_select_related = ("experiment",)
 
 
 @admin.register(DatasetVersion)
-class DatasetVersionAdmin(ReadOnlyAdmin):
+class DatasetVersionAdmin(ProjectScoped, ReadOnlyAdmin):
     """Curated datasets (hard served examples); written by the curate_dataset action."""
 
     list_display = (
@@ -265,8 +294,9 @@ class DatasetVersionAdmin(ReadOnlyAdmin):
         "source_version",
         "created_by",
         "created_at",
+        "project",
     )
-    list_filter = ("model_name", "strategy")
+    list_filter = (PROJECT_FILTER, "model_name", "strategy")
     list_select_related = ("source_version",)
 
 
@@ -297,3 +327,32 @@ class ApiTokenAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
         return super().get_queryset(request).defer("token_sha256")
+
+
+class MembershipInline(admin.TabularInline):  # type: ignore[type-arg]
+    """The project's members and their roles."""
+
+    model = Membership
+    extra = 1
+    raw_id_fields = ("user",)
+
+
+@admin.register(Project)
+class ProjectAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+    """Projects with their fair share, limits and members (staff see the projects they belong to)."""
+
+    list_display = (
+        "name",
+        "slug",
+        "share",
+        "max_concurrent_runs",
+        "max_gpus",
+        "gpu_hours_per_day",
+        "daily_budget_usd",
+    )
+    search_fields = ("name", "slug")
+    prepopulated_fields = {"slug": ("name",)}
+    inlines = [MembershipInline]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Project]:
+        return visible(request.user, super().get_queryset(request), field="pk")

@@ -19,9 +19,10 @@ from typing import Any
 
 from django.db.models import Model, QuerySet
 
-from experiments.models import Experiment, ModelVersion, Project, default_project_id
+from experiments.models import Experiment, ModelVersion, Project
 from experiments.models.project import (
     ROLE_PERMISSIONS,
+    default_project_id_for,
     is_superuser,
     roles_of,
     user_may,
@@ -57,8 +58,9 @@ def project_ids_where(user: Any, action: str) -> set[int] | None:
     if is_superuser(user):
         return None
     ids = {pid for pid, role in roles_of(user).items() if action in ROLE_PERMISSIONS.get(role, frozenset())}
-    if user_may(user, action, default_project_id()):
-        ids.add(default_project_id())
+    default_id = default_project_id_for(user)
+    if user_may(user, action, default_id):
+        ids.add(default_id)
     return ids
 
 
@@ -148,3 +150,13 @@ def may_see_model(user: Any, model_name: str) -> bool:
     """Return whether the model name exists and the user may see it (a hidden one reads as unknown)."""
     project_id = model_project_id(model_name)
     return project_id is not None and can(user, VIEW, project_id)
+
+
+def model_hidden(user: Any, model_name: str) -> bool:
+    """Return whether the model name is registered in a project the user may not see.
+
+    A name with no version yet belongs to no project: its page (promote a first version) shows
+    only the user's own experiments.
+    """
+    project_id = model_project_id(model_name)
+    return project_id is not None and not can(user, VIEW, project_id)

@@ -15,7 +15,7 @@ from control.canary.models import ABTest
 from experiments.actors import Actor
 from experiments.models import ModelStage, ModelVersion
 from experiments.permissions import requires_permission
-from experiments.projects import can, may_see_model, model_project_id, visible_experiments
+from experiments.projects import can, model_hidden, model_project_id, visible_experiments
 from experiments.registry.views import PROMOTE_PERMISSION, ROLLBACK_PERMISSION, VIEW_PERMISSION
 from experiments.services import TransitionRefused, experiment_transition
 
@@ -29,10 +29,14 @@ AB_TEST_ADD_PERMISSION = "control.add_abtest"
 def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
     """One model in service: production, the canary rollout, traffic split, live charts, actions."""
     page = (
-        selectors.deployment_page(model_name=model_name) if may_see_model(request.user, model_name) else None
+        None if model_hidden(request.user, model_name) else selectors.deployment_page(model_name=model_name)
     )
     if page is None:
         raise Http404(f"No model {model_name!r} is registered.")
+    # Only the user's own experiments are offered for promotion.
+    page["candidates"] = [
+        c for c in page["candidates"] if can(request.user, VIEW_PERMISSION, c["experiment"])
+    ]
     return render(
         request,
         "registry/model.html",
@@ -54,7 +58,7 @@ def model_page(request: HttpRequest, model_name: str) -> HttpResponse:
 def model_live(request: HttpRequest, model_name: str) -> JsonResponse:
     """What the deployment page redraws every poll: split, rollout state and chart series."""
     versions = selectors.model_versions(model_name=model_name)
-    if not may_see_model(request.user, model_name) or not selectors.model_exists(
+    if model_hidden(request.user, model_name) or not selectors.model_exists(
         model_name=model_name, versions=versions
     ):
         return JsonResponse({"detail": f"No model {model_name!r} is registered."}, status=404)
@@ -64,7 +68,7 @@ def model_live(request: HttpRequest, model_name: str) -> JsonResponse:
 
 def _model_or_404(request: HttpRequest, model_name: str) -> None:
     """Raise 404 for a model outside the user's projects, exactly as for an unregistered one."""
-    if not may_see_model(request.user, model_name):
+    if model_hidden(request.user, model_name):
         raise Http404(f"No model {model_name!r} is registered.")
 
 
@@ -79,6 +83,8 @@ def _posted_id(request: HttpRequest, field: str) -> int | None:
 @require_POST
 def promote_view(request: HttpRequest, model_name: str) -> HttpResponse:
     """Promote a finished experiment of this model: its canary rollout starts when a policy applies."""
+    # A registered model of another project answers as an unknown one; a first version has no model yet.
+    _model_or_404(request, model_name)
     if not request.user.has_perm(PROMOTE_PERMISSION):
         raise PermissionDenied("You may not promote experiments.")
     experiment_id = _posted_id(request, "experiment_id")

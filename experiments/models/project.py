@@ -153,8 +153,9 @@ def roles_of(user: Any) -> dict[int, str]:
 
 def roles_forget(user: Any) -> None:
     """Drop the roles cached on this user object (after a membership changed)."""
-    if hasattr(user, _ROLES_CACHE):
-        delattr(user, _ROLES_CACHE)
+    for cache in (_ROLES_CACHE, "_default_project_id_cache"):
+        if hasattr(user, cache):
+            delattr(user, cache)
 
 
 def is_superuser(user: Any) -> bool:
@@ -178,7 +179,16 @@ def user_may(user: Any, perm: str, project_id: int | None) -> bool:
     role = roles_of(user).get(project_id) if project_id is not None else None
     if role is not None and perm in ROLE_PERMISSIONS.get(role, frozenset()):
         return True
-    return project_id == default_project_id() and _model_backend_has_perm(user, perm)
+    return project_id == default_project_id_for(user) and _model_backend_has_perm(user, perm)
+
+
+def default_project_id_for(user: Any) -> int:
+    """Return the default project's id, kept on the user object for the rest of the request."""
+    cached = getattr(user, "_default_project_id_cache", None)
+    if cached is None:
+        cached = default_project_id()
+        user._default_project_id_cache = cached
+    return int(cached)
 
 
 def user_may_anywhere(user: Any, perm: str) -> bool:

@@ -10,9 +10,9 @@ from django.core.management import call_command
 from django.test import Client
 
 from crucible_ui.launcher import DEMO_PASSWORD_DEFAULT, DEMO_USERNAME_DEFAULT
-from crucible_ui.management.commands.demo import DEMO_EXPERIMENTS
+from crucible_ui.management.commands.demo import DEMO_EXPERIMENTS, SECOND_USER
 from experiments.choices import State
-from experiments.models import Experiment, MetricPoint, Run, TransitionLog
+from experiments.models import Experiment, Membership, MetricPoint, Role, Run, TransitionLog, default_project
 
 pytestmark = pytest.mark.django_db
 
@@ -33,7 +33,18 @@ def test_running_it_twice_creates_nothing_new() -> None:
     output = _demo()
     assert _counts() == first
     assert "nothing created" in output
-    assert first[0] == len(DEMO_EXPERIMENTS) + 1  # one retrain child
+    assert first[0] == len(DEMO_EXPERIMENTS) + 2  # one retrain child, the second project's experiment
+
+
+def test_the_second_projects_user_sees_only_its_project() -> None:
+    _demo()
+    vision = get_user_model().objects.get(username=SECOND_USER)
+    client = Client()
+    client.force_login(vision)
+    names = [item["name"] for item in client.get("/api/experiments").json()["items"]]
+    assert names == ["vision · digits baseline"]
+    demo_user = get_user_model().objects.get(username=DEMO_USERNAME_DEFAULT)
+    assert Membership.objects.get(user=demo_user, project=default_project()).role == Role.ADMIN
 
 
 def test_it_prints_a_login_that_works(client: Client) -> None:

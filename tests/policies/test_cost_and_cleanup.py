@@ -72,7 +72,8 @@ def test_with_the_budget_spent_queued_experiments_wait_and_the_queue_says_why() 
     assert "daily budget of cost_aware_schedule" in decision.reason and "would pass $5.00" in decision.reason
 
     user = User.objects.create_user("ops", password="pw")
-    user.user_permissions.add(Permission.objects.get(codename="view_device"))
+    # The queue lists the experiments the user may see (the default project's, by permission).
+    user.user_permissions.add(*Permission.objects.filter(codename__in=["view_device", "view_experiment"]))
     client = Client()
     client.force_login(user)
     page = client.get("/gpus/").content.decode()

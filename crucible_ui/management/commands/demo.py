@@ -15,7 +15,7 @@ from control.policies.models import Policy
 from crucible_ui.launcher import demo_credentials
 from experiments.actors import Actor
 from experiments.choices import PriorityClass
-from experiments.models import Experiment
+from experiments.models import Experiment, Membership, Project, Role, default_project
 from experiments.permissions import researcher_group_ensure
 from experiments.pipelines.services import dependency_add
 from experiments.services import experiment_create, experiment_retrain, experiment_transition
@@ -157,6 +157,33 @@ def demo_user_ensure(*, username: str, password: str) -> tuple[AbstractBaseUser,
     return user, created
 
 
+# A second project with its own researcher: logged in as them, the demo's experiments are invisible.
+SECOND_PROJECT = ("Vision", "vision")
+SECOND_USER = "vision"
+
+
+def demo_projects_ensure(*, owner: Any, password: str) -> tuple[Project, Any]:
+    """Make the demo user admin of the default project; create the second project, its user and experiment."""
+    Membership.objects.get_or_create(user=owner, project=default_project(), defaults={"role": Role.ADMIN})
+    name, slug = SECOND_PROJECT
+    project, _ = Project.objects.get_or_create(slug=slug, defaults={"name": name})
+    user, created = get_user_model().objects.get_or_create(username=SECOND_USER)
+    if created:
+        user.set_password(password)
+        user.save()
+    Membership.objects.get_or_create(user=user, project=project, defaults={"role": Role.RESEARCHER})
+    if not Experiment.objects.filter(project=project).exists():
+        experiment_create(
+            name="vision · digits baseline",
+            recipe="digits",
+            description="Only the vision project's members (and superusers) see this one.",
+            owner=user,
+            tags=[DEMO_TAG, "digits"],
+            project=project,
+        )
+    return project, user
+
+
 def _join_researchers(user: Any) -> None:
     """Put the demo user in the Researchers group, so it also shows what a researcher sees."""
     user.groups.add(researcher_group_ensure())
@@ -224,6 +251,10 @@ class Command(BaseCommand):
         policies = _demo_policies_ensure()
         if policies is not None:
             self.stdout.write(f"Demo policies ready: {', '.join(p.name for p in policies)}")
+        project, second = demo_projects_ensure(owner=user, password=password)
+        self.stdout.write(
+            f"Project {project.slug!r}: user {second.get_username()!r} (researcher there only), password {password!r}"
+        )
         created = demo_experiments_load(owner=user)
         if created:
             names = ", ".join(repr(e.name) for e in created)
