@@ -373,6 +373,9 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     fits_any: dict[tuple[int, str, float], bool] = {}
     # Cores and host memory left on each worker's host, taken from as experiments are placed.
     hosts = placement.host_capacity({d.worker for d in devices})
+    # Why a need does not fit any host, once per need and pass (free room only shrinks in a pass).
+    host_reasons: dict[tuple[int, str, float, int, float], str] = {}
+    hosts_report = any(h.cpu_cores_total or h.memory_gb_total for h in hosts.values())
     queue, estimates, mode = ordering.queue_rank(queued_in_order(now=now), cache=pass_cache)
     for position, experiment in enumerate(queue, start=1):
         decision = Decision(
@@ -413,7 +416,9 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
                 slots_left -= 1
             continue
         no_fit.add(need)
-        if why := _host_reason(experiment, free, devices, hosts):
+        if hosts_report and need not in host_reasons:
+            host_reasons[need] = _host_reason(experiment, free, devices, hosts)
+        if why := host_reasons.get(need, ""):
             decision.reason = why
             continue
         device_need = need[:3]
