@@ -1,8 +1,10 @@
 """The GPU-aware priority scheduler: the database is the queue, Celery only carries the run.
 
 Order: priority class, then priority, then age, where waiting earns priority (aging) so
-that nothing starves. A device is leased with a conditional UPDATE, so two schedulers
-(two beat ticks, a tick and a transition hook) never lease the same device.
+that nothing starves; while a cost policy sets priority_by, expected improvement per dollar
+within each class (ordering.py). A device is leased only on a worker whose host has the
+experiment's CPU cores and memory free (placement.py), with a conditional UPDATE, so two
+schedulers (two beat ticks, a tick and a transition hook) never lease the same device.
 """
 
 from __future__ import annotations
@@ -368,7 +370,8 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     slots_left = None if limit is None else limit - running
     pass_cache: dict[str, Any] = {}
     # Experiments asking for the same thing get the same answer once nothing fits them: free
-    # devices only go away during a pass. Keyed by (gpus, gpu_type, memory_gb).
+    # devices and host room only go away during a pass. Keyed by (gpus, gpu_type, memory_gb,
+    # cpu_cores, host_memory_gb).
     no_fit: set[tuple[int, str, float, int, float]] = set()
     fits_any: dict[tuple[int, str, float], bool] = {}
     # Cores and host memory left on each worker's host, taken from as experiments are placed.
