@@ -1,8 +1,10 @@
 """The GPU-aware priority scheduler: the database is the queue, Celery only carries the run.
 
 Order: priority class, then priority, then age, where waiting earns priority (aging) so
-that nothing starves. A device is leased with a conditional UPDATE, so two schedulers
-(two beat ticks, a tick and a transition hook) never lease the same device.
+that nothing starves; while a cost policy sets priority_by, expected improvement per dollar
+within each class (ordering.py). A device is leased only on a worker whose host has the
+experiment's CPU cores and memory free (placement.py), with a conditional UPDATE, so two
+schedulers (two beat ticks, a tick and a transition hook) never lease the same device.
 """
 
 from __future__ import annotations
@@ -370,11 +372,15 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     slots_left = None if limit is None else limit - running
     pass_cache: dict[str, Any] = {}
     # Experiments asking for the same thing get the same answer once nothing fits them: free
-    # devices only go away during a pass. Keyed by (gpus, gpu_type, memory_gb).
+    # devices and host room only go away during a pass. Keyed by (gpus, gpu_type, memory_gb,
+    # cpu_cores, host_memory_gb).
     no_fit: set[tuple[int, str, float, int, float]] = set()
     fits_any: dict[tuple[int, str, float], bool] = {}
     # Cores and host memory left on each worker's host, taken from as experiments are placed.
     hosts = placement.host_capacity({d.worker for d in devices})
+    # Why a need does not fit any host, once per need and pass (free room only shrinks in a pass).
+    host_reasons: dict[tuple[int, str, float, int, float], str] = {}
+    hosts_report = any(h.cpu_cores_total or h.memory_gb_total for h in hosts.values())
     # Improvement per dollar orders each priority class; fair share then interleaves the projects.
     queue, estimates, mode = ordering.queue_rank(queued_in_order(now=now), cache=pass_cache)
     for position, experiment in enumerate(fairshare.fair_order(queue), start=1):
@@ -417,7 +423,9 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
                 slots_left -= 1
             continue
         no_fit.add(need)
-        if why := _host_reason(experiment, free, devices, hosts):
+        if hosts_report and need not in host_reasons:
+            host_reasons[need] = _host_reason(experiment, free, devices, hosts)
+        if why := host_reasons.get(need, ""):
             decision.reason = why
             continue
         device_need = need[:3]

@@ -320,7 +320,13 @@ def dependency_remove_view(
 
 @router.post(
     "/{experiment_id}/pipeline/start",
-    response={200: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 409: TransitionRefusedOut},
+    response={
+        200: ExperimentDetail,
+        **_AUTH_ERRORS,
+        404: ErrorOut,
+        409: TransitionRefusedOut,
+        422: ValidationErrorOut,
+    },
     summary="Start a pipeline",
     description="Starts the experiment and every pending experiment it depends on, upstreams first, each "
     "as the caller's own `queue` (its permission, its audit row). Those with unmet dependencies wait and "

@@ -41,7 +41,7 @@ class DependencyIn(Schema):
 
     model_config = ConfigDict(extra="forbid")
 
-    experiment_id: int = Field(..., strict=True, ge=1, le=MAX_ID, description="The upstream experiment.")
+    experiment_id: int = Field(..., ge=1, le=MAX_ID, description="The upstream experiment.")
     after: Literal["succeeded", "deployed", "finished"] = Field(
         "succeeded", description="What the upstream must reach before this one queues."
     )

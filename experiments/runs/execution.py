@@ -30,7 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from experiments.choices import Interruption, RunStatus, State
 from experiments.events import FLEET_GROUP, Progress, experiment_group, send_to_groups
-from experiments.models import DatasetVersion, Dependency, Run, RunStage
+from experiments.models import DatasetVersion, Dependency, Experiment, Run, RunStage
 from experiments.recipes import get_spec
 from experiments.recipes.script import SCRIPT_RECIPE, cuda_visible_devices
 from experiments.recipes.stop import stop_reason
@@ -215,15 +215,21 @@ class DbRunContext:
     def upstream_checkpoint(self, experiment_id: int) -> dict[str, Any]:
         """Return the final checkpoint of an experiment this one depends on (a pipeline's upstream).
 
-        Only an upstream of this experiment, only a succeeded run's checkpoint, and only when the
-        file still matches the sha256 recorded when it was written.
+        Only an upstream of this experiment (or of one it retrains), only a succeeded run's
+        checkpoint, and only when the file still matches the sha256 recorded when it was written.
         """
         import torch  # see save_checkpoint
 
-        if not Dependency.objects.filter(
-            upstream_id=experiment_id, downstream_id=self.run.experiment_id
-        ).exists():
-            raise ValueError(f"experiment #{experiment_id} is not a dependency of this experiment")
+        # A retrain keeps its parent's teacher: the edge may belong to an ancestor.
+        lineage: list[int] = []
+        current = Experiment.objects.filter(pk=self.run.experiment_id).first()
+        while current is not None and len(lineage) < 50:
+            lineage.append(current.pk)
+            current = current.parent
+        if not Dependency.objects.filter(upstream_id=experiment_id, downstream_id__in=lineage).exists():
+            raise ValueError(
+                f"experiment #{experiment_id} is not a dependency of this experiment or of one it retrains"
+            )
         done = (
             Run.objects.filter(experiment_id=experiment_id, status=RunStatus.SUCCEEDED)
             .exclude(checkpoint_path="")

@@ -95,3 +95,18 @@ def test_the_retrain_child_is_queued_with_lineage_and_no_invented_results() -> N
     # Metrics and runs only ever come from a worker that trained.
     assert not Run.objects.exists()
     assert not MetricPoint.objects.exists()
+
+
+def test_the_demo_pipeline_student_depends_on_its_teacher_and_takes_it_as_teacher() -> None:
+    _demo()
+    teacher = Experiment.objects.get(name="pipeline · digits teacher")
+    student = Experiment.objects.get(name="pipeline · distilled student")
+    [edge] = student.upstream_edges.all()
+    assert (edge.upstream, edge.after) == (teacher, "succeeded")
+    assert student.config["teacher_experiment"] == teacher.pk
+    # Same seed and split: the teacher never saw the student's validation rows.
+    assert (teacher.config["seed"], teacher.config["val_fraction"]) == (
+        student.config["seed"],
+        student.config["val_fraction"],
+    )
+    assert teacher.state == student.state == State.PENDING

@@ -76,6 +76,8 @@ ROUTES: dict[str, Route] = {
     "experiments:detail": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
     "experiments:actions_fragment": Route("GET", LOGIN, HIDDEN, ALLOWED, ALLOWED),
     "experiments:action": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
+    # Start pipeline: each start is the person's own queue event (its permission).
+    "experiments:pipeline_start": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
     # --- pages: live view -----------------------------------------------------------------
     "live:fleet": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "live:fleet_rows": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
@@ -125,6 +127,14 @@ ROUTES: dict[str, Route] = {
         "POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={"reason": "tried by the access test"}
     ),
     "api:experiment_metrics": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
+    # Pipelines: editing edges is creating experiments' permission; starting one, the queue permission.
+    "api:dependency_add_view": Route(
+        "POST", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, json={"experiment_id": 1, "after": "finished"}
+    ),
+    "api:dependency_remove_view": Route(
+        "DELETE", UNAUTHORIZED, FORBIDDEN, FORBIDDEN, ALLOWED, url_values={"experiment_id": "student_id"}
+    ),
+    "api:pipeline_start_view": Route("POST", UNAUTHORIZED, HIDDEN, FORBIDDEN, ALLOWED, json={}),
     "api:experiment_step_times": Route("GET", UNAUTHORIZED, HIDDEN, ALLOWED, ALLOWED),
     # External runs: starting and writing to runs is the Start button's permission (queue_experiment).
     "api:run_start_view": Route(

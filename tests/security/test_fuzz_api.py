@@ -51,7 +51,8 @@ def _connection_kept(db: Any) -> Iterator[None]:
 # Every check runs on every operation. Where the API deliberately checks more than a JSON
 # schema can say, a schema-valid request may be refused with the documented status: a
 # recipe's config (422 naming the parameter), an unknown event (400 listing the known ones),
-# hand-parsed metric query parameters (400 naming the field), an external run's config and keys.
+# hand-parsed metric query parameters (400 naming the field), an external run's config and keys,
+# a dependency that would close a cycle.
 _ACCEPTED = ["2xx", "401", "403", "404", "409"]
 CONFIG = SchemathesisConfig.from_dict(
     {
@@ -69,6 +70,11 @@ CONFIG = SchemathesisConfig.from_dict(
                 }
                 for name in ("run_start_view", "run_params_view", "run_tags_view", "run_metrics_view")
             ),
+            # A dependency that would close a cycle, or on an experiment past waiting (422 on depends_on).
+            {
+                "include-operation-id": "experiments_api_routes_dependency_add_view",
+                "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "422"]}},
+            },
             {
                 "include-operation-id": "experiments_api_routes_experiment_action",
                 "checks": {"positive_data_acceptance": {"expected-statuses": [*_ACCEPTED, "400"]}},

@@ -43,6 +43,7 @@ from experiments.permissions import (
     requires_permission,
     researcher_group_ensure,
 )
+from experiments.pipelines.services import dependency_add
 from experiments.runs.external import external_run_start
 from experiments.services import experiment_create
 from tests.security.route_access import (
@@ -109,6 +110,9 @@ def _objects() -> dict[str, Any]:
         status=TriggerStatus.FIRED,
     )
     worker_run = Run.objects.create(experiment=experiment, attempt=1)
+    teacher = experiment_create(name=SECRET_NAME + " (teacher)", recipe="digits")
+    student = experiment_create(name=SECRET_NAME + " (student)", recipe="distill")
+    edge = dependency_add(downstream=student, upstream=teacher)
     notebook = experiment_create(name=SECRET_NAME + " (external)", recipe="", executor=Executor.EXTERNAL)
     run = external_run_start(experiment=notebook, actor=Actor.system("test"))
     return {
@@ -118,6 +122,8 @@ def _objects() -> dict[str, Any]:
         "policy_id": policy.pk,
         "run_id": run.pk,
         "worker_run_id": worker_run.pk,
+        "edge_id": edge.pk,
+        "student_id": student.pk,
     }
 
 
@@ -131,6 +137,8 @@ def _url_of(name: str, route: str, values: dict[str, Any]) -> str:
 def _request(client: Client, row: Route, url: str) -> Any:
     if row.method == "GET":
         response = client.get(url)
+    elif row.method == "DELETE":
+        response = client.delete(url)
     elif row.json is not None:
         response = client.post(url, json.dumps(row.json), content_type="application/json")
     elif row.raw is not None:
