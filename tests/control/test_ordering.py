@@ -96,12 +96,15 @@ def test_within_a_class_the_best_value_per_dollar_goes_first_and_classes_still_c
     assert plan.ordering == "improvement_per_dollar"
     assert [d.experiment.pk for d in plan.decisions] == [urgent.pk, promising.pk, dear.pk, repeat.pk]
     estimates = {d.experiment.pk: d.estimate for d in plan.decisions}
-    assert estimates[promising.pk] is not None and estimates[dear.pk] is not None
-    assert estimates[promising.pk].improvement == pytest.approx(estimates[dear.pk].improvement)
-    assert estimates[dear.pk].cost_usd == pytest.approx(4 * estimates[promising.pk].cost_usd, rel=1e-3)
-    assert estimates[repeat.pk] is not None and estimates[repeat.pk].improvement == pytest.approx(
-        0.0, abs=1e-3
+    promising_estimate, dear_estimate, repeat_estimate = (
+        estimates[promising.pk],
+        estimates[dear.pk],
+        estimates[repeat.pk],
     )
+    assert promising_estimate is not None and dear_estimate is not None and repeat_estimate is not None
+    assert promising_estimate.improvement == pytest.approx(dear_estimate.improvement)
+    assert dear_estimate.cost_usd == pytest.approx(4 * promising_estimate.cost_usd, rel=1e-3)
+    assert repeat_estimate.improvement == pytest.approx(0.0, abs=1e-3)
 
 
 @pytest.mark.django_db
