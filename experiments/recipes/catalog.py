@@ -210,10 +210,19 @@ BUILTINS: dict[str, RecipeSpec] = {
                     2**31 - 1,
                 ),
                 Param(
+                    "base_experiment",
+                    int,
+                    0,
+                    "A charlm experiment whose final checkpoint is the starting model (its id; 0: none). "
+                    "Set when this experiment depends on a charlm experiment and names no base_run.",
+                    0,
+                    2**31 - 1,
+                ),
+                Param(
                     "pretrain_steps",
                     int,
                     300,
-                    "Language-model steps on the corpus before DPO, when no base_run is given.",
+                    "Language-model steps on the corpus before DPO, when no base model is given.",
                     1,
                     1_000_000,
                 ),
