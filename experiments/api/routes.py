@@ -331,7 +331,7 @@ def dependency_remove_view(
 def pipeline_start_view(request: HttpRequest, experiment_id: int = _ID) -> Status[Any]:
     """Start the pipeline that ends in this experiment."""
     user = request.auth  # type: ignore[attr-defined]
-    if not Experiment.objects.filter(pk=experiment_id).exists():
+    if not visible_experiments(user).filter(pk=experiment_id).exists():
         raise Http404(f"No experiment #{experiment_id}")
     try:
         pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(user))

@@ -14,6 +14,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 
 from experiments.actors import Actor
 from experiments.choices import State
@@ -203,7 +204,11 @@ def _pending_upstreams_first(experiment_id: int) -> list[int]:
         if pk in seen:
             return
         seen.add(pk)
-        for upstream_id in Dependency.objects.filter(downstream_id=pk).values_list("upstream_id", flat=True):
+        # An edge across projects (made before they were refused) starts nothing of the other project.
+        same_project = Dependency.objects.filter(
+            downstream_id=pk, upstream__project_id=F("downstream__project_id")
+        )
+        for upstream_id in same_project.values_list("upstream_id", flat=True):
             visit(upstream_id)
         if Experiment.objects.filter(pk=pk, state=State.PENDING).exists():
             order.append(pk)

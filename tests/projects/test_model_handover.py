@@ -165,3 +165,22 @@ def test_evaluation_results_and_artifacts_stay_in_their_project(vision: Side, nl
     # Not through the outsider's own experiment either.
     other = f"/experiments/{nlp.experiment.pk}/runs/{vision.run.pk}/artifacts/evaluation_report.json"
     assert outsider.get(other).status_code == 404
+
+
+def test_starting_a_pipeline_never_starts_or_reveals_another_projects_experiment(
+    vision: Side, nlp: Side
+) -> None:
+    # An edge left from before edges across projects were refused (written past the checks).
+    Dependency.objects.create(upstream=nlp.experiment, downstream=vision.experiment)
+    outsider = nlp.client().post(
+        f"/api/experiments/{vision.experiment.pk}/pipeline/start", "{}", content_type="application/json"
+    )
+    assert outsider.status_code == 404
+    vision.experiment.refresh_from_db()
+    assert vision.experiment.state == "pending"
+    started = vision.client().post(
+        f"/api/experiments/{vision.experiment.pk}/pipeline/start", "{}", content_type="application/json"
+    )
+    assert started.status_code == 200, started.content
+    nlp.experiment.refresh_from_db()
+    assert nlp.experiment.state == "pending"  # the other project's upstream was not started
