@@ -257,10 +257,6 @@ class DPORecipe:
         pre_opt = make_optimizer(policy.parameters(), lr=pretrain_lr, weight_decay=0.0, device=device)
         dpo_opt = make_optimizer(policy.parameters(), lr=lr, weight_decay=0.0, device=device)
         base_run, base_experiment = int(config["base_run"]), int(config["base_experiment"])
-        if base_run and base_experiment:
-            raise ValueError(
-                f"base_run {base_run} and base_experiment {base_experiment}: name one starting model, not both"
-            )
         pretrain_steps = 0 if base_run or base_experiment else int(config["pretrain_steps"])
         total = pretrain_steps + int(config["steps"])
         arch: dict[str, Any] = {k: config[k] for k in ARCH}
