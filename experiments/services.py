@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F, Q
 from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
 from experiments import events
@@ -270,8 +270,10 @@ def state_change_publish(done: Transitioned) -> None:
         actor=done.actor.label,
     )
     # The pages of its pipeline neighbours show its state too (one indexed query when it has none).
+    # Only neighbours in its project: a page never hears of another project's experiment.
     neighbours = Dependency.objects.filter(
-        Q(upstream_id=done.experiment.pk) | Q(downstream_id=done.experiment.pk)
+        Q(upstream_id=done.experiment.pk) | Q(downstream_id=done.experiment.pk),
+        upstream__project_id=F("downstream__project_id"),
     ).values_list("upstream_id", "downstream_id")
     ids = sorted({pk for pair in neighbours for pk in pair} - {done.experiment.pk})
     events.publish_pipeline_change(

@@ -199,7 +199,11 @@ def _create_with_dependencies(request: HttpRequest, data: dict[str, Any]) -> Exp
     )
     after = data["depends_after"] or After.SUCCEEDED
     on_failure = data["on_upstream_failure"] or OnUpstreamFailure.CANCEL
-    dependencies_set(downstream=experiment, wanted=[(pk, after, on_failure) for pk in data["depends_on"]])
+    dependencies_set(
+        downstream=experiment,
+        wanted=[(pk, after, on_failure) for pk in data["depends_on"]],
+        user=request.user,
+    )
     return experiment
 
 
@@ -209,7 +213,7 @@ def _detail_context(request: HttpRequest, experiment: Experiment) -> dict[str, A
     visited = (
         {State.PENDING.value} | {row.source_state for row in history} | {row.target_state for row in history}
     )
-    pipeline = pipeline_summary(experiment)
+    pipeline = pipeline_summary(experiment, request.user)
     return {
         **_actions_context(request, experiment),
         "pipeline": pipeline,

@@ -93,15 +93,16 @@ def _detail(experiment_id: int, user: Any) -> Experiment:
         experiment.children.order_by("id").values_list("id", flat=True)
     )
     experiment.available_events_now = experiment.available_events(user)  # type: ignore[attr-defined]
-    experiment.pipeline = pipeline_summary(experiment)  # type: ignore[attr-defined]
+    experiment.pipeline = pipeline_summary(experiment, user)  # type: ignore[attr-defined]
     return experiment
 
 
-def _dependencies_add(experiment: Experiment, wanted: list[dict[str, Any]]) -> None:
-    """Add the edges a request asks for (all or none; errors on depends_on)."""
+def _dependencies_add(experiment: Experiment, wanted: list[dict[str, Any]], user: Any) -> None:
+    """Add the edges a request asks for (all or none; errors on depends_on; hidden upstreams as missing)."""
     dependencies_set(
         downstream=experiment,
         wanted=[(int(d["experiment_id"]), d["after"], d["on_upstream_failure"]) for d in wanted],
+        user=user,
     )
 
 
@@ -180,7 +181,7 @@ def experiment_create_view(request: HttpRequest, payload: ExperimentIn) -> Statu
     try:
         with transaction.atomic():
             experiment = experiment_create(owner=user, **data)
-            _dependencies_add(experiment, depends_on)
+            _dependencies_add(experiment, depends_on, user)
     except DjangoValidationError as exc:
         errors = exc.message_dict
         # The model's own config checks (e.g. a dataset id that names no dataset) say
@@ -286,12 +287,12 @@ def experiment_action(
 def dependency_add_view(request: HttpRequest, payload: DependencyIn, experiment_id: int = _ID) -> Status[Any]:
     """Make the experiment wait for one more upstream."""
     user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
-    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    experiment = visible_experiments(user).filter(pk=experiment_id).first()
     if experiment is None:
         raise Http404(f"No experiment #{experiment_id}")
     try:
         with transaction.atomic():
-            _dependencies_add(experiment, [payload.model_dump()])
+            _dependencies_add(experiment, [payload.model_dump()], user)
     except DjangoValidationError as exc:
         raise field_errors(exc.message_dict) from None
     return Status(201, _detail(experiment.pk, user))
@@ -310,7 +311,7 @@ def dependency_remove_view(
 ) -> Status[Any]:
     """Stop the experiment waiting for one upstream."""
     user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
-    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    experiment = visible_experiments(user).filter(pk=experiment_id).first()
     if experiment is None or not experiment.upstream_edges.filter(pk=edge_id).exists():
         raise Http404(f"No dependency #{edge_id} of experiment #{experiment_id}")
     with transaction.atomic():
@@ -336,7 +337,7 @@ def dependency_remove_view(
 def pipeline_start_view(request: HttpRequest, experiment_id: int = _ID) -> Status[Any]:
     """Start the pipeline that ends in this experiment."""
     user = request.auth  # type: ignore[attr-defined]
-    if not Experiment.objects.filter(pk=experiment_id).exists():
+    if not visible_experiments(user).filter(pk=experiment_id).exists():
         raise Http404(f"No experiment #{experiment_id}")
     try:
         pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(user))

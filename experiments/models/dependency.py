@@ -86,9 +86,12 @@ class Dependency(models.Model):
         return f"#{self.downstream_id} after #{self.upstream_id} {self.after}"
 
     def clean(self) -> None:
-        """Refuse an edge to itself, or one that closes a cycle, keyed by the upstream field."""
+        """Refuse an edge to itself, across projects, or one that closes a cycle, keyed by the upstream field."""
         if not self.upstream_id or not self.downstream_id:
             return
+        if self.upstream.project_id != self.downstream.project_id:
+            # A pipeline hands models downstream: another project's experiment answers as missing.
+            raise ValidationError({"upstream": f"no experiment #{self.upstream_id}"})
         if self.downstream.state not in (State.PENDING, State.WAITING):
             raise ValidationError(
                 {

@@ -236,6 +236,7 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
             raise ValidationError(field_errors) from None
         self._clean_script()
         self._clean_dataset()
+        self._clean_run_inputs()
         self._check_tags()
 
     @property
@@ -265,6 +266,20 @@ class Experiment(ConcurrentTransitionMixin, models.Model):
             raise ValidationError({"config": [f"extra_data: no curated dataset #{dataset_id}"]})
         # The lineage link follows the config: pages show which curated data an experiment used.
         self.dataset_version_id = dataset_id
+
+    def _clean_run_inputs(self) -> None:
+        """Refuse a config naming a run (a model to start from) outside this experiment's project."""
+        errors = []
+        for param in RUN_INPUTS.get(self.recipe, ()):
+            run_id = self.config.get(param)
+            if not isinstance(run_id, int) or isinstance(run_id, bool) or run_id <= 0:
+                continue
+            # The pages and the API create only in projects where the creator may create (and so
+            # see): a run of another project answers exactly as one that does not exist.
+            if not Run.objects.filter(pk=run_id, experiment__project_id=self.project_id or 0).exists():
+                errors.append(f"{param}: no run #{run_id} you can see")
+        if errors:
+            raise ValidationError({"config": errors})
 
     # --- transitions: local bookkeeping only; services add audit and side effects ---
 
@@ -459,6 +474,10 @@ class TransitionLog(models.Model):
     def policy_name(self) -> str:
         """Return the policy that fired it ("" for a person or the system)."""
         return self.actor.removeprefix("policy:") if self.actor.startswith("policy:") else ""
+
+
+# Per recipe, the config parameters that name another run by id: the model it starts from.
+RUN_INPUTS: dict[str, tuple[str, ...]] = {"dpo": ("base_run",)}
 
 
 class Run(models.Model):

@@ -9,23 +9,40 @@ it when an upstream failed, each decision audited by system:pipeline with the up
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from django.db.models import F
 
 from experiments.actors import Actor
 from experiments.choices import State
 from experiments.effects import Transitioned
 from experiments.models import After, Dependency, Experiment, OnUpstreamFailure
+from experiments.projects import visible_experiments
 from experiments.services import TransitionRefused, experiment_transition
 
 logger = logging.getLogger(__name__)
 
 PIPELINE = Actor.system("pipeline")
 
-# A recipe that takes a model from an upstream experiment: the config parameter that names it
-# (by experiment id) and the recipe the upstream must train. Filled in when such an edge is added.
-UPSTREAM_INPUTS: dict[str, tuple[str, str]] = {"distill": ("teacher_experiment", "digits")}
+
+@dataclass(frozen=True)
+class UpstreamInput:
+    """A recipe's config parameter that takes a model from an upstream experiment (by its id)."""
+
+    param: str
+    recipe: str  # what the upstream must train
+    # Parameters naming another starting model: when one is set, the edge wires nothing.
+    unless: tuple[str, ...] = ()
+
+
+# Per downstream recipe: filled in when an edge to an upstream of the right recipe is added.
+UPSTREAM_INPUTS: dict[str, UpstreamInput] = {
+    "distill": UpstreamInput("teacher_experiment", "digits"),
+    "dpo": UpstreamInput("base_experiment", "charlm", unless=("base_run",)),
+}
 
 
 def dependency_add(
@@ -38,7 +55,8 @@ def dependency_add(
     """Validate and create an edge (cycles refused on `upstream`); wire an upstream model input.
 
     A distill experiment that depends on a digits experiment takes it as its teacher
-    (config teacher_experiment), unless its config already names one.
+    (config teacher_experiment), and a dpo experiment that depends on a charlm experiment takes it
+    as its base (config base_experiment), unless its config already names one.
     """
     with transaction.atomic():
         edge = Dependency(
@@ -54,12 +72,11 @@ def dependency_add(
 
 def _wire_upstream_input(downstream: Experiment, upstream: Experiment) -> None:
     wanted = UPSTREAM_INPUTS.get(downstream.recipe)
-    if wanted is None:
+    if wanted is None or upstream.recipe != wanted.recipe:
         return
-    param, recipe = wanted
-    if upstream.recipe != recipe or downstream.config.get(param):
+    if any(downstream.config.get(param) for param in (wanted.param, *wanted.unless)):
         return
-    downstream.config = {**downstream.config, param: upstream.pk}
+    downstream.config = {**downstream.config, wanted.param: upstream.pk}
     Experiment.objects.filter(pk=downstream.pk).update(config=downstream.config)
 
 
@@ -73,10 +90,19 @@ def dependency_remove(*, edge_id: int) -> None:
     transaction.on_commit(lambda: dependents_react(downstream_ids=[downstream_id], cause=None))
 
 
-def dependencies_set(*, downstream: Experiment, wanted: list[tuple[int, str, str]]) -> list[Dependency]:
-    """Add one edge per (upstream id, after, on_upstream_failure); all or none, errors keyed `depends_on`."""
+def dependencies_set(
+    *, downstream: Experiment, wanted: list[tuple[int, str, str]], user: Any = None
+) -> list[Dependency]:
+    """Add one edge per (upstream id, after, on_upstream_failure); all or none, errors keyed `depends_on`.
+
+    An upstream the user may not see, or of another project than the downstream's, is refused
+    exactly as a missing one.
+    """
     ids = [upstream_id for upstream_id, _after, _on_failure in wanted]
-    upstreams = Experiment.objects.in_bulk(ids)
+    candidates = Experiment.objects.filter(project_id=downstream.project_id)
+    if user is not None:
+        candidates = visible_experiments(user, candidates)
+    upstreams = candidates.in_bulk(ids)
     missing = [f"no experiment #{pk}" for pk in ids if pk not in upstreams]
     if missing:
         raise ValidationError({"depends_on": missing})
@@ -178,7 +204,11 @@ def _pending_upstreams_first(experiment_id: int) -> list[int]:
         if pk in seen:
             return
         seen.add(pk)
-        for upstream_id in Dependency.objects.filter(downstream_id=pk).values_list("upstream_id", flat=True):
+        # An edge across projects (made before they were refused) starts nothing of the other project.
+        same_project = Dependency.objects.filter(
+            downstream_id=pk, upstream__project_id=F("downstream__project_id")
+        )
+        for upstream_id in same_project.values_list("upstream_id", flat=True):
             visit(upstream_id)
         if Experiment.objects.filter(pk=pk, state=State.PENDING).exists():
             order.append(pk)

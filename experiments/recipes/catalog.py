@@ -80,6 +80,12 @@ def _completion_fits_context(config: dict[str, ParamValue]) -> dict[str, str]:
     return {}
 
 
+def _one_base_model(config: dict[str, ParamValue]) -> dict[str, str]:
+    if int(config["base_run"]) and int(config["base_experiment"]):
+        return {"base_experiment": "name one starting model: base_run or base_experiment, not both"}
+    return {}
+
+
 BUILTINS: dict[str, RecipeSpec] = {
     spec.name: spec
     for spec in (
@@ -210,10 +216,19 @@ BUILTINS: dict[str, RecipeSpec] = {
                     2**31 - 1,
                 ),
                 Param(
+                    "base_experiment",
+                    int,
+                    0,
+                    "A charlm experiment whose final checkpoint is the starting model (its id; 0: none). "
+                    "Set when this experiment depends on a charlm experiment and names no base_run.",
+                    0,
+                    2**31 - 1,
+                ),
+                Param(
                     "pretrain_steps",
                     int,
                     300,
-                    "Language-model steps on the corpus before DPO, when no base_run is given.",
+                    "Language-model steps on the corpus before DPO, when no base model is given.",
                     1,
                     1_000_000,
                 ),
@@ -245,7 +260,7 @@ BUILTINS: dict[str, RecipeSpec] = {
                 *COMMON_PARAMS,
             ),
             entry="experiments.recipes.dpo:RECIPE",
-            constraints=(_heads_divide_width, _completion_fits_context),
+            constraints=(_heads_divide_width, _completion_fits_context, _one_base_model),
             **metric_fields(
                 Metric("pretrain_loss", "lower", "Next-byte loss while pre-training the base model."),
                 Metric("dpo_loss", "lower", "DPO loss of the last step."),

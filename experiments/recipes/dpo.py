@@ -7,8 +7,9 @@ on, and the rejected one is the same bytes with the bracket swapped for a mismat
 come from charlm's training split, held-out pairs from its validation split only.
 
 The policy starts from a charlm checkpoint (config base_run: the id of a run, resolved by
-whoever runs the recipe, never a file path in the config) or, without one, from a base model
-pre-trained here first; a frozen copy of that start is the reference the implicit reward
+whoever runs the recipe, never a file path in the config; or base_experiment: a charlm
+experiment this one depends on, whose final checkpoint a pipeline hands over) or, without one,
+from a base model pre-trained here first; a frozen copy of that start is the reference the implicit reward
 beta * (log p_policy - log p_reference) is measured against.
 """
 
@@ -22,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext
+from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext, UpstreamModels
 from .catalog import get_spec
 from .charlm import SPEC as CHARLM_SPEC
 from .charlm import ByteTransformer, corpus_split, get_batch
@@ -203,18 +204,33 @@ def load_base(ctx: RunContext, run_id: int, config: dict[str, ParamValue]) -> di
         raise ValueError(f"base_run {run_id}: this runner cannot read another run's checkpoint")
     path = ctx.run_checkpoint_path(run_id)
     state = torch.load(path, map_location="cpu", weights_only=True)
+    return base_weights(state, f"base_run {run_id}", config)
+
+
+def load_upstream_base(
+    ctx: RunContext, experiment_id: int, config: dict[str, ParamValue]
+) -> dict[str, torch.Tensor]:
+    """Return the model weights of the final checkpoint of upstream charlm experiment experiment_id."""
+    if not isinstance(ctx, UpstreamModels):
+        raise ValueError(
+            f"base_experiment {experiment_id}: this runner cannot hand over another experiment's model"
+        )
+    state = ctx.upstream_checkpoint(experiment_id)
+    return base_weights(state, f"base_experiment {experiment_id}", config)
+
+
+def base_weights(state: dict[str, Any], label: str, config: dict[str, ParamValue]) -> dict[str, torch.Tensor]:
+    """Return a charlm checkpoint's model weights, refusing another recipe or a shape unlike config's."""
     if state.get("recipe") != CHARLM_SPEC.name:
         raise CheckpointMismatchError(
-            f"base_run {run_id}: its checkpoint is from recipe {state.get('recipe')!r}, not 'charlm'"
+            f"{label}: its checkpoint is from recipe {state.get('recipe')!r}, not 'charlm'"
         )
     saved = state["arch"]
     diff = [
         f"{k}: base {saved.get(k)!r}, config {config[k]!r}" for k in MODEL_ARCH if saved.get(k) != config[k]
     ]
     if diff:
-        raise CheckpointMismatchError(
-            f"base_run {run_id}: its model does not fit this config ({', '.join(diff)})"
-        )
+        raise CheckpointMismatchError(f"{label}: its model does not fit this config ({', '.join(diff)})")
     weights: dict[str, torch.Tensor] = state["model"]
     return weights
 
@@ -240,11 +256,12 @@ class DPORecipe:
         lr, pretrain_lr = float(config["lr"]), float(config["pretrain_lr"])
         pre_opt = make_optimizer(policy.parameters(), lr=pretrain_lr, weight_decay=0.0, device=device)
         dpo_opt = make_optimizer(policy.parameters(), lr=lr, weight_decay=0.0, device=device)
-        base_run = int(config["base_run"])
-        pretrain_steps = 0 if base_run else int(config["pretrain_steps"])
+        base_run, base_experiment = int(config["base_run"]), int(config["base_experiment"])
+        pretrain_steps = 0 if base_run or base_experiment else int(config["pretrain_steps"])
         total = pretrain_steps + int(config["steps"])
         arch: dict[str, Any] = {k: config[k] for k in ARCH}
-        arch["base_run"] = base_run  # a resumed run must start from the same base
+        # A resumed run must start from the same base.
+        arch["base_run"], arch["base_experiment"] = base_run, base_experiment
         done = 0  # optimiser steps finished, across phases and attempts
         phase = PRETRAIN if pretrain_steps else DPO
 
@@ -265,8 +282,11 @@ class DPORecipe:
             # resume_checkpoint gave both optimisers the DPO lr; the pre-training one keeps its own.
             for group in pre_opt.param_groups:
                 group["lr"] = pretrain_lr
-        elif base_run:
-            base = load_base(ctx, base_run, config)
+        elif base_run or base_experiment:
+            if base_run:
+                base = load_base(ctx, base_run, config)
+            else:
+                base = load_upstream_base(ctx, base_experiment, config)
             policy.load_state_dict(base)
             reference.load_state_dict(base)
 

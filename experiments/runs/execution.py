@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import pickle
 import threading
 import time
 import traceback as tb
@@ -164,8 +165,9 @@ class DbRunContext:
             if file_sha256(path) != prev.checkpoint_sha256:
                 logger.warning("checkpoint %s of run %s does not match its sha256", path, prev.pk)
                 continue
-            # Our own file, verified against the digest we recorded when writing it.
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            # Our own file, verified against the digest we recorded when writing it; recipes save
+            # tensors and plain data only (experiments.recipes.base's save_checkpoint contract).
+            state = torch.load(path, map_location="cpu", weights_only=True)
             step = int(prev.checkpoint_step or 0)
             run_record_resume(run_id=self.run.pk, step=step)
             self.last_step = step
@@ -186,9 +188,12 @@ class DbRunContext:
 
     def run_checkpoint_path(self, run_id: int) -> str:
         """Return the verified last checkpoint of run run_id (its own file, under ARTIFACTS_ROOT)."""
-        run = Run.objects.filter(pk=run_id).first()
+        # Only a run of this experiment's project: another tenant's model answers as a missing run.
+        run = Run.objects.filter(
+            pk=run_id, experiment__project_id=self.run.experiment.project_id or 0
+        ).first()
         if run is None:
-            raise ValueError(f"run #{run_id} does not exist")
+            raise ValueError(f"run #{run_id} does not exist in this experiment's project")
         if not run.checkpoint_path:
             raise ValueError(f"run #{run_id} saved no checkpoint")
         path = Path(run.checkpoint_path)
@@ -226,7 +231,12 @@ class DbRunContext:
         while current is not None and len(lineage) < 50:
             lineage.append(current.pk)
             current = current.parent
-        if not Dependency.objects.filter(upstream_id=experiment_id, downstream_id__in=lineage).exists():
+        if not Dependency.objects.filter(
+            upstream_id=experiment_id,
+            downstream_id__in=lineage,
+            # An edge made across projects before they were refused hands nothing over.
+            upstream__project_id=self.run.experiment.project_id or 0,
+        ).exists():
             raise ValueError(
                 f"experiment #{experiment_id} is not a dependency of this experiment or of one it retrains"
             )
@@ -243,8 +253,15 @@ class DbRunContext:
             raise ValueError(
                 f"experiment #{experiment_id}: its final checkpoint is missing or does not match its sha256"
             )
-        # A file this platform wrote, verified against the digest recorded then.
-        state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=False)
+        # The digest says the file is the one recorded, not what wrote it (a script run writes its
+        # own): read tensors and plain data only, never objects that would run code here.
+        try:
+            state: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError as exc:
+            raise ValueError(
+                f"experiment #{experiment_id}: its final checkpoint holds more than tensors and plain data "
+                f"({str(exc).splitlines()[0]})"
+            ) from None
         return state
 
     # --- for the script recipe (experiments.recipes.script.ScriptHost) ---

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
 from experiments.actors import Actor
 from experiments.choices import RunStatus, State
-from experiments.models import MetricPoint, Run
+from experiments.models import Experiment, MetricPoint, Run
+from experiments.pipelines.services import dependency_add, pipeline_start
 from experiments.recipes import get_spec
-from experiments.services import experiment_create, experiment_transition
+from experiments.services import experiment_create
 from tests.conftest import WorkerHandle, wait_for
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
@@ -21,13 +23,18 @@ MODEL = {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2}
 def _trained(name: str, recipe: str, config: dict[str, Any], *, max_attempts: int = 1) -> Run:
     """Queue an experiment, wait until its worker run has ended, and return that run."""
     experiment = experiment_create(name=name, recipe=recipe, config=config, max_attempts=max_attempts)
-    experiment_transition(experiment_id=experiment.pk, event="queue", actor=Actor.system("test"))
+    return _run_to_end(experiment)
+
+
+def _run_to_end(experiment: Experiment) -> Run:
+    """Start the experiment (and the pending ones it depends on); wait until its run has ended."""
+    pipeline_start(experiment_id=experiment.pk, actor=Actor.system("test"))
 
     def ended() -> bool:
         experiment.refresh_from_db()
-        return experiment.state in {State.EVALUATING, State.FAILED}
+        return experiment.state in {State.EVALUATING, State.FAILED, State.CANCELLED}
 
-    wait_for(ended, timeout=120, what=f"{name} to end")
+    wait_for(ended, timeout=240, what=f"{experiment.name} to end")
     return Run.objects.get(experiment=experiment)
 
 
@@ -66,6 +73,38 @@ def test_dpo_starts_from_a_charlm_run_named_by_id_on_the_worker(celery_worker: W
 
 def test_dpo_naming_a_run_without_a_checkpoint_fails_saying_so(celery_worker: WorkerHandle) -> None:
     missing = (Run.objects.order_by("-pk").values_list("pk", flat=True).first() or 0) + 1000
-    run = _trained("dpo from nothing", "dpo", {**MODEL, "completion": 4, "base_run": missing})
+    experiment = experiment_create(
+        name="dpo from nothing", recipe="dpo", config={**MODEL, "completion": 4}, max_attempts=1
+    )
+    # Creation refuses a missing run; a run deleted afterwards leaves such a config behind.
+    Experiment.objects.filter(pk=experiment.pk).update(config={**experiment.config, "base_run": missing})
+    run = _run_to_end(experiment)
     assert run.status == RunStatus.FAILED
     assert f"run #{missing} does not exist" in run.error
+
+
+def test_dpo_depending_on_a_charlm_experiment_starts_from_its_final_checkpoint(
+    celery_worker: WorkerHandle,
+) -> None:
+    charlm = experiment_create(
+        name="charlm upstream",
+        recipe="charlm",
+        config={**MODEL, "steps": 20, "batch_size": 8, "eval_every": 10},
+    )
+    dpo_config = {**MODEL, "completion": 4, "steps": 20, "batch_size": 8, "eval_every": 10, "eval_pairs": 32}
+    dpo = experiment_create(name="dpo downstream", recipe="dpo", config={**dpo_config, "lr": 0.003})
+    dependency_add(downstream=dpo, upstream=charlm)
+    dpo.refresh_from_db()
+    assert dpo.config["base_experiment"] == charlm.pk  # the edge named its base model
+
+    run = _run_to_end(dpo)  # starts charlm first; dpo waits for it, then queues by itself
+    upstream_run = Run.objects.get(experiment=charlm)
+    assert upstream_run.status == RunStatus.SUCCEEDED, upstream_run.error
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert _steps(run, "pretrain_loss") == []  # no pre-training: the base came from charlm
+    assert _steps(run, "dpo_loss") == list(range(1, 21))
+    saved = torch.load(run.checkpoint_path, weights_only=True)
+    base = torch.load(upstream_run.checkpoint_path, weights_only=True)
+    assert saved["arch"]["base_experiment"] == charlm.pk
+    # The frozen reference is the upstream's final model, weight for weight.
+    assert all(torch.equal(saved["reference"][k], base["model"][k]) for k in base["model"])

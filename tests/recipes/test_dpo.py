@@ -183,3 +183,27 @@ def test_dpo_trains_on_cuda_in_bf16() -> None:
     assert all(math.isfinite(v) for v in ctx.values("dpo_loss"))
     assert result.final_metrics["val_reward_accuracy"] > 0.7
     assert ctx.values("kl")[-1] > 0
+
+
+def test_a_config_naming_both_a_base_run_and_a_base_experiment_is_refused() -> None:
+    with pytest.raises(ConfigError) as refused:
+        get_spec("dpo").clean({"base_run": 3, "base_experiment": 4})
+    assert refused.value.errors == {
+        "base_experiment": "name one starting model: base_run or base_experiment, not both"
+    }
+    assert get_spec("dpo").clean({"base_experiment": 4})["base_experiment"] == 4
+
+
+def test_dpo_starts_from_an_upstream_charlm_experiment_handed_over_by_id(tmp_path: Path) -> None:
+    base = tmp_path / "charlm" / "base.pt"
+    charlm = LocalRunContext(checkpoint_dir=base.parent, out=io.StringIO())
+    get_spec("charlm").load().train(charlm, {**MODEL, "steps": 5, "batch_size": 4, "eval_every": 5})
+    base = sorted(base.parent.glob("step-*.pt"))[-1]
+    ctx = LocalRunContext(checkpoint_dir=tmp_path / "dpo", out=io.StringIO(), upstreams={12: base})
+    get_spec("dpo").load().train(ctx, {**SMALL, "steps": 5, "base_experiment": 12})
+    assert not [p for p in ctx.points if p.name == "pretrain_loss"]
+    saved = torch.load(sorted((tmp_path / "dpo").glob("step-*.pt"))[-1], weights_only=True)
+    reference = torch.load(base, weights_only=True)["model"]
+    assert all(torch.equal(saved["reference"][k], reference[k]) for k in reference)
+    with pytest.raises(ValueError, match="experiment #9: no checkpoint given"):
+        get_spec("dpo").load().train(LocalRunContext(), {**SMALL, "base_experiment": 9})
