@@ -136,7 +136,9 @@ def test_the_queue_api_shows_the_numbers_and_the_rank(history: None) -> None:
     queued("repeat", waited_min=30, config={"hidden": 256, "epochs": 30})
     queued("promising", config={"hidden": 512, "epochs": 30})
     viewer = User.objects.create_user("gpu-viewer")
-    viewer.user_permissions.add(Permission.objects.get(codename="view_device"))
+    viewer.user_permissions.add(
+        Permission.objects.get(codename="view_device"), Permission.objects.get(codename="view_experiment")
+    )
     client = Client()
     client.force_login(viewer)
     data = client.get("/api/scheduler/queue").json()

@@ -18,7 +18,9 @@ from crucible_ui.access import route_access_table
 from experiments.actors import Actor
 from experiments.choices import Executor
 from experiments.models import Membership, ModelStage, ModelVersion, Project, Role, Run
+from experiments.pipelines.services import dependency_add
 from experiments.runs.external import external_run_start
+from experiments.runs.outputs import run_artifact_store
 from experiments.services import experiment_create, experiment_transition
 from tests.security.route_access import HIDDEN, OPERATOR_EXTRA_PERMISSIONS, ROUTES, URL_VALUES
 from tests.security.test_route_access import _outcome, _request, _url_of
@@ -35,6 +37,8 @@ PROJECT_RULES: dict[str, str] = {
     "experiments:detail": OBJECT,
     "experiments:actions_fragment": OBJECT,
     "experiments:action": OBJECT,
+    "experiments:artifact_download": OBJECT,
+    "experiments:pipeline_start": OBJECT,
     "live:fleet": LIST,
     "live:fleet_rows": LIST,
     "live:compare": LIST,
@@ -67,6 +71,9 @@ PROJECT_RULES: dict[str, str] = {
     "api:experiment_create_view": BODY,
     "api:experiment_detail": OBJECT,
     "api:experiment_action": OBJECT,
+    "api:dependency_add_view": OBJECT,
+    "api:dependency_remove_view": OBJECT,
+    "api:pipeline_start_view": OBJECT,
     "api:experiment_metrics": OBJECT,
     "api:experiment_step_times": OBJECT,
     "api:run_start_view": BODY,
@@ -130,6 +137,10 @@ def _world() -> dict[str, Any]:
         status=TriggerStatus.FIRED,
     )
     worker_run = Run.objects.create(experiment=experiment, attempt=1)
+    run_artifact_store(run=worker_run, name=URL_VALUES["name"], data="{}", kind="report")
+    teacher = experiment_create(name=f"{MARKER} teacher", recipe="digits", project=vision)
+    student = experiment_create(name=f"{MARKER} student", recipe="distill", project=vision)
+    edge = dependency_add(downstream=student, upstream=teacher)
     notebook = experiment_create(
         name=f"{MARKER} notebook", recipe="", executor=Executor.EXTERNAL, project=vision
     )
@@ -143,6 +154,8 @@ def _world() -> dict[str, Any]:
         "policy_id": policy.pk,
         "run_id": run.pk,
         "worker_run_id": worker_run.pk,
+        "edge_id": edge.pk,
+        "student_id": student.pk,
     }
 
 

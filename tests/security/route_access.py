@@ -67,7 +67,13 @@ class Route:
 
 # Values of the URL parameters, by name: objects the test creates (see test_route_access.py).
 # "event" and "decision" are ones the operator may fire; the others refuse before they matter.
-URL_VALUES = {"event": "queue", "decision": "reject", "model_name": "digits", "rest": "list"}
+URL_VALUES = {
+    "event": "queue",
+    "decision": "reject",
+    "model_name": "digits",
+    "rest": "list",
+    "name": "report.json",
+}
 
 ROUTES: dict[str, Route] = {
     # --- pages: experiments ---------------------------------------------------------------
@@ -78,6 +84,10 @@ ROUTES: dict[str, Route] = {
     "experiments:action": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
     # Start pipeline: each start is the person's own queue event (its permission).
     "experiments:pipeline_start": Route("POST", LOGIN, HIDDEN, FORBIDDEN, ALLOWED),
+    # A run's artifact: the experiment's view permission, like its page.
+    "experiments:artifact_download": Route(
+        "GET", LOGIN, HIDDEN, ALLOWED, ALLOWED, url_values={"run_id": "worker_run_id"}
+    ),
     # --- pages: live view -----------------------------------------------------------------
     "live:fleet": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),
     "live:fleet_rows": Route("GET", LOGIN, FORBIDDEN, ALLOWED, ALLOWED),

@@ -45,6 +45,7 @@ from experiments.permissions import (
 )
 from experiments.pipelines.services import dependency_add
 from experiments.runs.external import external_run_start
+from experiments.runs.outputs import run_artifact_store
 from experiments.services import experiment_create
 from tests.security.route_access import (
     ACCEPTED,
@@ -110,6 +111,7 @@ def _objects() -> dict[str, Any]:
         status=TriggerStatus.FIRED,
     )
     worker_run = Run.objects.create(experiment=experiment, attempt=1)
+    run_artifact_store(run=worker_run, name=URL_VALUES["name"], data="{}", kind="report")
     teacher = experiment_create(name=SECRET_NAME + " (teacher)", recipe="digits")
     student = experiment_create(name=SECRET_NAME + " (student)", recipe="distill")
     edge = dependency_add(downstream=student, upstream=teacher)
