@@ -139,7 +139,7 @@ def test_a_bad_parameter_declaration_is_refused_naming_the_parameter(plugin_dir:
         (
             'name = "badmetric"\n            params = ()\n            metrics = (Metric("acc", "up"),)\n'
             "            def train(self, ctx, config): ...",
-            "bad metric declaration: metric 'acc': better must be 'higher' or 'lower', not 'up'",
+            "bad metrics declaration: metric 'acc': better must be 'higher' or 'lower', not 'up'",
         ),
     ],
 )

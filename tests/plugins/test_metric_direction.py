@@ -48,10 +48,13 @@ def test_the_best_of_a_metric_follows_the_recipes_declared_direction(plugin_dir:
 
 
 def test_built_ins_declare_their_directions() -> None:
-    assert recipe_better("digits") == {
+    better = recipe_better("digits")
+    assert {name: way for name, way in better.items() if not name.startswith("eval/")} == {
         "loss": "lower",
         "val_loss": "lower",
         "accuracy": "higher",
         "f1": "higher",
     }
+    # The held-out evaluation's metrics carry their directions too (calibration error: lower).
+    assert better["eval/accuracy"] == "higher" and better["eval/ece"] == "lower"
     assert recipe_better("charlm")["tokens_per_s"] == "higher"
