@@ -14,6 +14,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from control.policies.models import Policy, PolicyKind, TriggerEvent, TriggerStatus
+from control.scheduling.models import Device, DeviceKind, Worker
 from crucible_ui.access import route_access_table
 from experiments.actors import Actor
 from experiments.choices import Executor
@@ -41,9 +42,8 @@ PROJECT_RULES: dict[str, str] = {
     "live:compare": LIST,
     "live:run_log": OBJECT,
     "control:gpus": LIST,
-    # Device rows name the experiment that holds each device, whatever its project.
-    "control:gpu_rows": GAP,
-    "api:gpus": GAP,
+    "control:gpu_rows": LIST,
+    "api:gpus": LIST,
     "triggers:list": LIST,
     "triggers:rows": LIST,
     "triggers:decide": OBJECT,
@@ -131,6 +131,9 @@ def _world() -> dict[str, Any]:
         status=TriggerStatus.FIRED,
     )
     worker_run = Run.objects.create(experiment=experiment, attempt=1)
+    # A GPU held by the experiment: device rows name their holder to its project only.
+    host = Worker.objects.create(hostname="matrix-host", queue="matrix-host.dq2")
+    Device.objects.create(worker=host, kind=DeviceKind.GPU, index=0, name="H100", leased_run=worker_run)
     notebook = experiment_create(
         name=f"{MARKER} notebook", recipe="", executor=Executor.EXTERNAL, project=vision
     )
