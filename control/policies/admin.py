@@ -26,6 +26,7 @@ from control.policies.models import (
     TriggerEvent,
 )
 from experiments.models import Experiment
+from experiments.projects import can, visible
 
 
 def condition_help() -> list[dict[str, str]]:
@@ -77,14 +78,25 @@ class BacktestForm(forms.Form):
 
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("name", "kind", "mode", "enabled", "order", "scope", "summary", "tools")
+    list_display = ("name", "kind", "project", "mode", "enabled", "order", "scope", "summary", "tools")
     list_filter = ("kind", "mode", "enabled")
     list_editable = ("enabled",)
     search_fields = ("name", "description")
     inlines = [PolicyConditionInline, PolicyActionInline, CanaryStageInline]
     actions = ["enable", "disable"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        """Return the policies of the staff member's projects (another project's read as missing)."""
+        return visible(request.user, super().get_queryset(request))
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Return whether the user may change policies; one policy needs the admin role in its project."""
+        if obj is None:
+            return super().has_change_permission(request)
+        return can(request.user, "control.change_policy", obj)
+
     fieldsets = (
-        (None, {"fields": ("name", "kind", "mode", "enabled", "order", "description")}),
+        (None, {"fields": ("name", "kind", "project", "mode", "enabled", "order", "description")}),
         ("Scope", {"fields": ("scope_recipes", "scope_tags")}),
         ("Firing limits", {"fields": ("cooldown_seconds", "max_fires_per_hour", "approval_timeout_seconds")}),
         (

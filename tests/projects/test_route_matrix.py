@@ -47,8 +47,7 @@ PROJECT_RULES: dict[str, str] = {
     "triggers:list": LIST,
     "triggers:rows": LIST,
     "triggers:decide": OBJECT,
-    # Policies belong to no project yet.
-    "policies:list": GAP,
+    "policies:list": LIST,
     "policies:new": LIST,
     "policies:edit": LIST,
     "policies:preview": BODY,
@@ -122,7 +121,9 @@ def _world() -> dict[str, Any]:
         model_name="digits", version=1, recipe="digits", experiment=experiment,
         checkpoint_path="/nonexistent/checkpoint.pt", checkpoint_sha256="0" * 64, stage=ModelStage.PRODUCTION,
     )  # fmt: skip
-    policy = Policy.objects.create(name="matrix", kind=PolicyKind.CUSTOM)
+    policy = Policy.objects.create(
+        name="matrix", kind=PolicyKind.CUSTOM, project=vision, description=f"{MARKER} policy"
+    )
     trigger = TriggerEvent.objects.create(
         policy=policy,
         experiment=experiment,
