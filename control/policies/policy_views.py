@@ -39,7 +39,9 @@ ADD_PERMISSION = "control.add_policy"
 def policy_list(request: HttpRequest) -> HttpResponse:
     """Every policy with what it does, generated from its rows."""
     # The policies of the caller's projects only (another project's read as missing).
-    policies = visible(request.user, Policy.objects.prefetch_related("conditions", "actions", "stages"))
+    policies = visible(
+        request.user, Policy.objects.prefetch_related("conditions", "actions", "stages"), action=VIEW
+    )
     context = {
         "policies": policies,
         "can_change": request.user.has_perm(CHANGE_PERMISSION),
@@ -132,7 +134,7 @@ def policy_edit(request: HttpRequest, policy_id: int) -> HttpResponse:
 
     Another project's policy answers as a missing one; editing needs the admin role in its project.
     """
-    policy = get_object_or_404(visible(request.user, Policy.objects.all()), pk=policy_id)
+    policy = get_object_or_404(visible(request.user, Policy.objects.all(), action=VIEW), pk=policy_id)
     if not can(request.user, CHANGE_PERMISSION, policy):
         raise PermissionDenied("Editing a policy needs the admin role in its project.")
     return _edit_page(request, policy, add=False)
@@ -182,7 +184,7 @@ def policy_preview(request: HttpRequest) -> HttpResponse:
     raw_id = request.POST.get("policy", "")
     policy = Policy()
     if raw_id:
-        policies = visible(request.user, Policy.objects.all())
+        policies = visible(request.user, Policy.objects.all(), action=VIEW)
         found = policies.filter(pk=int(raw_id)).first() if raw_id.isdigit() else None
         if found is None:
             return JsonResponse(

@@ -79,10 +79,12 @@ def test_the_policy_page_and_admin_list_only_the_callers_projects_policies(visio
 
 def test_editing_a_policy_needs_the_admin_role_in_its_project(vision: Side) -> None:
     policy = Policy.objects.create(name="vision_watch", kind=PolicyKind.CUSTOM, project=vision.project)
-    # A researcher holding the page's global permissions is still no admin of the project.
+    # A researcher holding the page's global permissions is still no admin of the project: its
+    # policies read as missing to them.
     codenames = ["view_policy", "change_policy", "add_policy"]
     vision.user.user_permissions.add(*Permission.objects.filter(codename__in=codenames))
-    assert vision.client().get(f"/policies/{policy.pk}/edit").status_code == 403
+    assert vision.client().get(f"/policies/{policy.pk}/edit").status_code == 404
+    assert "vision_watch" not in vision.client().get("/policies/").content.decode()
     # Global permissions count in the default project only: a new policy of theirs joins it.
     assert vision.client().get("/policies/new").context["policy"].project.slug == "default"
     admin = _policy_admin(vision, "vicky")
