@@ -286,7 +286,8 @@ def experiment_action(
 def dependency_add_view(request: HttpRequest, payload: DependencyIn, experiment_id: int = _ID) -> Status[Any]:
     """Make the experiment wait for one more upstream."""
     user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
-    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    # Another project's experiment answers as a missing one.
+    experiment = visible_experiments(user).filter(pk=experiment_id).first()
     if experiment is None:
         raise Http404(f"No experiment #{experiment_id}")
     try:
@@ -310,7 +311,8 @@ def dependency_remove_view(
 ) -> Status[Any]:
     """Stop the experiment waiting for one upstream."""
     user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
-    experiment = Experiment.objects.filter(pk=experiment_id).first()
+    # Another project's experiment answers as a missing one.
+    experiment = visible_experiments(user).filter(pk=experiment_id).first()
     if experiment is None or not experiment.upstream_edges.filter(pk=edge_id).exists():
         raise Http404(f"No dependency #{edge_id} of experiment #{experiment_id}")
     with transaction.atomic():
@@ -330,7 +332,7 @@ def dependency_remove_view(
 def pipeline_start_view(request: HttpRequest, experiment_id: int = _ID) -> Status[Any]:
     """Start the pipeline that ends in this experiment."""
     user = request.auth  # type: ignore[attr-defined]
-    if not Experiment.objects.filter(pk=experiment_id).exists():
+    if not visible_experiments(user).filter(pk=experiment_id).exists():
         raise Http404(f"No experiment #{experiment_id}")
     try:
         pipeline_start(experiment_id=experiment_id, actor=Actor.for_user(user))

@@ -28,6 +28,10 @@ OBJECT = "object"  # its URL names one project's object: an outsider gets 404, a
 LIST = "list"  # lists or offers objects: an outsider's answer names none of another project's
 BODY = "body"  # names its project or experiment in the body: tests/projects/test_isolation.py
 SHARED = "shared"  # holds nothing of a project
+# Its URL names one project's object, and it has no row in the security route table yet: its own
+# file walks it (tests/projects/test_pipelines.py; the artifact download and the pipeline page
+# look their experiment up through experiments/views.py `_get_experiment`, as the detail page does).
+OWN_FILE = "object, walked in its own file"
 OWN_AUTH = "own auth"  # its own credentials, not a session: tests/projects/test_mlflow.py walks it
 GAP = "not filtered by project yet"  # named in the README's Projects section
 
@@ -77,6 +81,11 @@ PROJECT_RULES: dict[str, str] = {
     "api:run_params_view": OBJECT,
     "api:run_tags_view": OBJECT,
     "api:queue": LIST,
+    "api:dependency_add_view": OWN_FILE,
+    "api:dependency_remove_view": OWN_FILE,
+    "api:pipeline_start_view": OWN_FILE,
+    "experiments:pipeline_start": OWN_FILE,
+    "experiments:artifact_download": OWN_FILE,
     "healthz": SHARED,
     "login": SHARED,
     "logout": SHARED,
