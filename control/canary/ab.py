@@ -48,6 +48,7 @@ from control.policies.models import Policy, PolicyKind, PolicyMode, TriggerEvent
 from experiments.actors import Actor
 from experiments.choices import State
 from experiments.models import Experiment, ModelStage, ModelVersion
+from experiments.projects import can, model_project_id
 from experiments.registry.services import RegistryError, model_version_promote, model_version_set_stage
 from experiments.registry.serving import ServingError, last_request_id, version_warm, window_outcomes
 from experiments.services import TransitionRefused, experiment_transition
@@ -344,6 +345,14 @@ def _resolve_approval(test: ABTest, policy: Policy | None, now: datetime) -> str
     return str(test.status)
 
 
+def ab_test_may_cancel(user: Any, test: ABTest) -> bool:
+    """Return whether the user may cancel the test: the permission held in its model's project."""
+    project_id = model_project_id(test.model_name)
+    if project_id is None:
+        return bool(user.has_perm(AB_TEST_CANCEL_PERMISSION))
+    return can(user, AB_TEST_CANCEL_PERMISSION, project_id)
+
+
 def ab_test_cancel(*, test: ABTest, actor: Actor, reason: str = "") -> ABTest:
     """A person ends an open A/B test with no decision: traffic goes back to production alone.
 
@@ -351,8 +360,8 @@ def ab_test_cancel(*, test: ABTest, actor: Actor, reason: str = "") -> ABTest:
     arms the test already archived (beaten, in auto mode) stay archived. A winner awaiting
     approval is not promoted (its trigger is dismissed). The outcome records who and why.
     """
-    if actor.is_person and not actor.user.has_perm(AB_TEST_CANCEL_PERMISSION):
-        raise PermissionDenied("You may not cancel A/B tests.")
+    if actor.is_person and not ab_test_may_cancel(actor.user, test):
+        raise PermissionDenied("You may not cancel this project's A/B tests.")
     now = timezone.now()
     with transaction.atomic():
         locked = ABTest.objects.select_for_update().filter(pk=test.pk).first()

@@ -30,6 +30,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from control.canary.ab import ab_sweep
@@ -63,7 +64,10 @@ logger = logging.getLogger(__name__)
 
 def canary_policy_for(experiment: Experiment) -> Policy | None:
     """Return the first enabled canary policy whose scope holds the experiment."""
-    for policy in Policy.objects.filter(enabled=True, kind=PolicyKind.CANARY).prefetch_related("stages"):
+    canaries = Policy.objects.filter(
+        Q(project_id=experiment.project_id), enabled=True, kind=PolicyKind.CANARY
+    )
+    for policy in canaries.prefetch_related("stages"):
         if policy.applies_to(recipe=experiment.recipe, tags=list(experiment.tags or [])):
             return policy
     return None

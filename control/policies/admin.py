@@ -6,6 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
@@ -26,6 +27,7 @@ from control.policies.models import (
     TriggerEvent,
 )
 from experiments.models import Experiment
+from experiments.projects import can, visible, visible_projects
 
 
 def condition_help() -> list[dict[str, str]]:
@@ -77,12 +79,32 @@ class BacktestForm(forms.Form):
 
 @admin.register(Policy)
 class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("name", "kind", "mode", "enabled", "order", "scope", "summary", "tools")
+    list_display = ("name", "kind", "project", "mode", "enabled", "order", "scope", "summary", "tools")
     list_filter = ("kind", "mode", "enabled")
     list_editable = ("enabled",)
     search_fields = ("name", "description")
     inlines = [PolicyConditionInline, PolicyActionInline, CanaryStageInline]
     actions = ["enable", "disable"]
+
+    def get_queryset(self, request: HttpRequest) -> Any:
+        """Return the policies of the staff member's projects (another project's read as missing)."""
+        return visible(request.user, super().get_queryset(request), action="control.view_policy")
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        """Save the policy; a new one joins the user's first project where they may add policies."""
+        if not change:
+            project = visible_projects(request.user, "control.add_policy").order_by("pk").first()
+            if project is None:
+                raise PermissionDenied("Adding a policy needs the admin role in a project.")
+            obj.project = project
+        super().save_model(request, obj, form, change)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """Return whether the user may change policies; one policy needs the admin role in its project."""
+        if obj is None:
+            return super().has_change_permission(request)
+        return can(request.user, "control.change_policy", obj)
+
     fieldsets = (
         (None, {"fields": ("name", "kind", "mode", "enabled", "order", "description")}),
         ("Scope", {"fields": ("scope_recipes", "scope_tags")}),

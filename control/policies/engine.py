@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 import control.policies.triggers as triggers
@@ -55,9 +55,10 @@ ON_COMPLETE = (PolicyKind.AUTO_PROMOTE,)
 
 def policies_in_scope(*, experiment: Experiment, kinds: Iterable[str]) -> list[Policy]:
     """Return enabled policies of these kinds that apply to the experiment, in order."""
-    candidates: QuerySet[Policy] = Policy.objects.filter(enabled=True, kind__in=list(kinds)).prefetch_related(
-        "conditions", "actions"
-    )
+    # A policy acts on its own project's experiments only.
+    candidates: QuerySet[Policy] = Policy.objects.filter(
+        Q(project_id=experiment.project_id), enabled=True, kind__in=list(kinds)
+    ).prefetch_related("conditions", "actions")
     return [p for p in candidates if p.applies_to(recipe=experiment.recipe, tags=list(experiment.tags or []))]
 
 

@@ -26,6 +26,7 @@ from control.policies.conditions import (
     validate_metric_declared,
     validate_serving_condition,
 )
+from experiments.models.project import default_project_id
 from experiments.recipes import RECIPES
 from experiments.runs.system import SYSTEM_METRICS
 
@@ -68,6 +69,13 @@ class Policy(models.Model):
         max_length=80, unique=True, help_text="Short name, e.g. auto_promote; audit rows say policy:<name>."
     )
     kind = models.CharField(max_length=24, choices=PolicyKind.choices)
+    project = models.ForeignKey(
+        "experiments.Project",
+        on_delete=models.PROTECT,
+        default=default_project_id,
+        related_name="policies",
+        help_text="The engine applies it to this project's experiments only; its admins edit it.",
+    )
     enabled = models.BooleanField(default=True)
     description = models.TextField(blank=True)
     mode = models.CharField(max_length=16, choices=PolicyMode.choices, default=PolicyMode.AUTO)

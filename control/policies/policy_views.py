@@ -12,6 +12,7 @@ from django.contrib import messages
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
 from django.contrib.admin.utils import construct_change_message
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.forms import BaseForm, BaseFormSet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
@@ -25,6 +26,7 @@ from control.policies.authoring import policy_dry_run
 from control.policies.forms import ActionFormSet, ConditionFormSet, PolicyForm, PreviewForm
 from control.policies.models import Policy, PolicyAction, PolicyCondition, policy_summary
 from experiments.permissions import requires_permission
+from experiments.projects import can, visible, visible_projects
 
 VIEW = "control.view_policy"
 CHANGE_PERMISSION = "control.change_policy"
@@ -36,7 +38,10 @@ ADD_PERMISSION = "control.add_policy"
 @permission_required(VIEW, raise_exception=True)
 def policy_list(request: HttpRequest) -> HttpResponse:
     """Every policy with what it does, generated from its rows."""
-    policies = Policy.objects.prefetch_related("conditions", "actions", "stages")
+    # The policies of the caller's projects only (another project's read as missing).
+    policies = visible(
+        request.user, Policy.objects.prefetch_related("conditions", "actions", "stages"), action=VIEW
+    )
     context = {
         "policies": policies,
         "can_change": request.user.has_perm(CHANGE_PERMISSION),
@@ -125,16 +130,25 @@ def _edit_page(request: HttpRequest, policy: Policy, *, add: bool) -> HttpRespon
 @login_required
 @permission_required(CHANGE_PERMISSION, raise_exception=True)
 def policy_edit(request: HttpRequest, policy_id: int) -> HttpResponse:
-    """Edit a policy, its conditions and its actions in one form; nothing is saved on an error."""
-    return _edit_page(request, get_object_or_404(Policy, pk=policy_id), add=False)
+    """Edit a policy, its conditions and its actions in one form; nothing is saved on an error.
+
+    Another project's policy answers as a missing one; editing needs the admin role in its project.
+    """
+    policy = get_object_or_404(visible(request.user, Policy.objects.all(), action=VIEW), pk=policy_id)
+    if not can(request.user, CHANGE_PERMISSION, policy):
+        raise PermissionDenied("Editing a policy needs the admin role in its project.")
+    return _edit_page(request, policy, add=False)
 
 
 @requires_permission(ADD_PERMISSION)
 @login_required
 @permission_required(ADD_PERMISSION, raise_exception=True)
 def policy_new(request: HttpRequest) -> HttpResponse:
-    """Create a policy with its rows; nothing is saved on an error."""
-    return _edit_page(request, Policy(), add=True)
+    """Create a policy with its rows in the caller's first project where they may add one."""
+    project = visible_projects(request.user, ADD_PERMISSION).order_by("pk").first()
+    if project is None:
+        raise PermissionDenied("Adding a policy needs the admin role in a project.")
+    return _edit_page(request, Policy(project=project), add=True)
 
 
 def _errors(
@@ -170,7 +184,8 @@ def policy_preview(request: HttpRequest) -> HttpResponse:
     raw_id = request.POST.get("policy", "")
     policy = Policy()
     if raw_id:
-        found = Policy.objects.filter(pk=int(raw_id)).first() if raw_id.isdigit() else None
+        policies = visible(request.user, Policy.objects.all(), action=VIEW)
+        found = policies.filter(pk=int(raw_id)).first() if raw_id.isdigit() else None
         if found is None:
             return JsonResponse(
                 {"detail": [{"loc": ["body", "policy"], "msg": "no such policy"}]}, status=422

@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, Q
 from django.utils import timezone
 
 from control.dispatch import task_send
@@ -197,7 +197,9 @@ def _reason(trigger: TriggerEvent) -> str:
 def _canary_applies(experiment: Experiment) -> bool:
     return any(
         p.applies_to(recipe=experiment.recipe, tags=list(experiment.tags or []))
-        for p in Policy.objects.filter(enabled=True, kind=PolicyKind.CANARY)
+        for p in Policy.objects.filter(
+            Q(project_id=experiment.project_id), enabled=True, kind=PolicyKind.CANARY
+        )
     )
 
 

@@ -17,6 +17,7 @@ import control.policies.triggers as triggers
 from control.policies.models import Policy, TriggerStatus
 from control.policies.selectors import DECISIONS_BY_STATUS, trigger_list, triggers_visible
 from experiments.permissions import requires_permission
+from experiments.projects import can
 
 DECIDE_PERMISSION = "control.change_triggerevent"
 
@@ -95,8 +96,15 @@ def trigger_decide(request: HttpRequest, trigger_id: int, decision: str) -> Http
         raise Http404("unknown decision")
     if not request.user.has_perm(DECIDE_PERMISSION):
         raise PermissionDenied("You may not decide on policy triggers.")
-    if not triggers_visible(request.user).filter(pk=trigger_id).exists():
+    found = (
+        triggers_visible(request.user).filter(pk=trigger_id).select_related("experiment", "policy").first()
+    )
+    if found is None:
         raise Http404("no such trigger")
+    # The role that decides is the one held in the trigger's project (its experiment's, else its policy's).
+    in_project = found.experiment if found.experiment is not None else found.policy
+    if not can(request.user, DECIDE_PERMISSION, in_project):
+        raise PermissionDenied("You may not decide on this project's policy triggers.")
     wants_json = "application/json" in request.headers.get("Accept", "")
     try:
         trigger = decide(trigger_id=trigger_id, user=request.user)

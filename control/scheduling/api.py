@@ -107,6 +107,8 @@ class DeviceOut(Schema):
     temperature_c: float | None
     power_w: float | None
     reserved: bool
+    # Held by a run; its run and experiment are named only to those who may see that experiment.
+    in_use: bool
     leased_run_id: int | None
     experiment_id: int | None
     experiment_name: str | None
@@ -213,7 +215,7 @@ def gpus(request: HttpRequest) -> GpusOut:
     """Return each worker with its devices' live numbers and what runs where."""
     _require_view(request)
     workers = []
-    for w in workers_with_devices():
+    for w in workers_with_devices(user=request.user):
         devices = [DeviceOut(**device_stats(d, worker=w)) for d in w.devices.all()]
         workers.append(
             WorkerOut(

@@ -55,6 +55,9 @@ class DeviceKind(models.TextChoices):
 class Device(models.Model):
     """One leasable slot on a worker: a GPU (read through NVML) or a CPU slot."""
 
+    # Not stored: set by the selectors for one reader whose projects exclude the holding run.
+    holder_hidden: bool = False
+
     worker = models.ForeignKey(Worker, on_delete=models.CASCADE, related_name="devices")
     kind = models.CharField(max_length=8, choices=DeviceKind.choices)
     index = models.PositiveSmallIntegerField()

@@ -6,7 +6,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Prefetch, QuerySet
+from django.db.models import Prefetch
 from django.utils import timezone
 
 from control.scheduling.models import Device, Worker
@@ -15,17 +15,32 @@ from experiments.models import Experiment, Run
 from experiments.projects import VIEW, project_ids_where
 
 
-def workers_with_devices() -> QuerySet[Worker]:
-    """Return every worker, online first, with its devices and what each device is running."""
+def workers_with_devices(*, user: Any) -> list[Worker]:
+    """Return every worker, online first, with its devices and what each device is running.
+
+    A device held by an experiment outside the user's projects is marked `holder_hidden`: it
+    reads as "in use", naming nothing of another project.
+    """
     devices = Device.objects.select_related("leased_run__experiment").order_by("kind", "index")
-    return Worker.objects.prefetch_related(Prefetch("devices", queryset=devices)).order_by(
-        "-online", "hostname"
+    workers = list(
+        Worker.objects.prefetch_related(Prefetch("devices", queryset=devices)).order_by("-online", "hostname")
     )
+    ids = project_ids_where(user, VIEW)
+    for worker in workers:
+        for device in worker.devices.all():
+            run = device.leased_run
+            device.holder_hidden = (
+                run is not None and ids is not None and run.experiment.project_id not in ids
+            )
+    return workers
 
 
 def device_stats(device: Device, *, worker: Worker | None = None) -> dict[str, Any]:
-    """Return one device's live numbers (the GPU page and its websocket events share this shape)."""
-    run = device.leased_run
+    """Return one device's live numbers (the GPU page and its websocket events share this shape).
+
+    A device whose holder is hidden from the reader (`holder_hidden`) is only "in_use".
+    """
+    run = None if getattr(device, "holder_hidden", False) else device.leased_run
     return {
         "id": device.pk,
         "worker": (worker or device.worker).hostname,
@@ -39,6 +54,7 @@ def device_stats(device: Device, *, worker: Worker | None = None) -> dict[str, A
         "temperature_c": device.temperature_c,
         "power_w": device.power_w,
         "reserved": device.reserved,
+        "in_use": device.leased_run_id is not None,
         "leased_run_id": run.pk if run else None,
         "experiment_id": run.experiment_id if run else None,
         "experiment_name": run.experiment.name if run else None,

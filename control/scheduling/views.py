@@ -20,7 +20,7 @@ def gpus(request: HttpRequest) -> HttpResponse:
         request,
         "control/gpus.html",
         {
-            "workers": list(workers_with_devices()),
+            "workers": workers_with_devices(user=request.user),
             "queue": scheduler_queue(user=request.user),
             # A refused plug-in is the reason a team's recipe is missing from the Start form.
             "recipe_problems": RECIPES.problems(),
@@ -33,4 +33,4 @@ def gpus(request: HttpRequest) -> HttpResponse:
 @permission_required("control.view_device", raise_exception=True)
 def gpu_rows(request: HttpRequest) -> HttpResponse:
     """Return the device rows alone (the page reloads them when a new device appears)."""
-    return render(request, "control/_gpu_rows.html", {"workers": list(workers_with_devices())})
+    return render(request, "control/_gpu_rows.html", {"workers": workers_with_devices(user=request.user)})

@@ -287,6 +287,7 @@ def experiment_action(
 def dependency_add_view(request: HttpRequest, payload: DependencyIn, experiment_id: int = _ID) -> Status[Any]:
     """Make the experiment wait for one more upstream."""
     user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
+    # Another project's experiment answers as a missing one.
     experiment = visible_experiments(user).filter(pk=experiment_id).first()
     if experiment is None:
         raise Http404(f"No experiment #{experiment_id}")
@@ -311,6 +312,7 @@ def dependency_remove_view(
 ) -> Status[Any]:
     """Stop the experiment waiting for one upstream."""
     user = _require_perm(request, "experiments.add_experiment", "edit dependencies")
+    # Another project's experiment answers as a missing one.
     experiment = visible_experiments(user).filter(pk=experiment_id).first()
     if experiment is None or not experiment.upstream_edges.filter(pk=edge_id).exists():
         raise Http404(f"No dependency #{edge_id} of experiment #{experiment_id}")

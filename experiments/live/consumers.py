@@ -206,6 +206,10 @@ class LiveConsumer(AsyncWebsocketConsumer):
         experiment_id = event.get("experiment_id")
         if not self.project_filtered or not isinstance(experiment_id, int):
             return True
+        return await self._may_see(experiment_id)
+
+    async def _may_see(self, experiment_id: int) -> bool:
+        """Return whether the user may see this experiment (cached per socket)."""
         seen: dict[int, bool] = self.__dict__.setdefault("_experiments_seen", {})
         if experiment_id not in seen:
             seen[experiment_id] = await database_sync_to_async(may_see_experiment, thread_sensitive=False)(
@@ -291,6 +295,16 @@ class GpusConsumer(LiveConsumer):
     def live_groups(self) -> list[str] | None:
         """Return the GPU stats group."""
         return [GPUS_GROUP]
+
+    async def gpus_stats(self, event: dict[str, Any]) -> None:
+        """Forward a worker's device numbers, naming a device's holder only to those who may see it."""
+        devices = []
+        for row in event.get("devices") or []:
+            experiment_id = row.get("experiment_id")
+            if isinstance(experiment_id, int) and not await self._may_see(experiment_id):
+                row = {**row, "leased_run_id": None, "experiment_id": None, "experiment_name": None}
+            devices.append(row)
+        await self.send(text_data=encode_event({**event, "devices": devices}))
 
 
 @requires_permission("control.view_triggerevent")

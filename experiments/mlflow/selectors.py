@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db.models import Max, Q, QuerySet
 
 from experiments.choices import RunStatus
 from experiments.mlflow.errors import invalid, missing
@@ -23,6 +23,7 @@ from experiments.mlflow.search import (
     rows_sort,
 )
 from experiments.models import MetricPoint, MlflowExperiment, MlflowLifecycle, MlflowRun, MlflowRunStatus
+from experiments.projects import VIEW, project_ids_where
 
 # MLflow's experiment 0, which a script that never calls set_experiment logs into.
 DEFAULT_EXPERIMENT_ID = "0"
@@ -70,8 +71,22 @@ def _default_experiment() -> MlflowExperiment:
         return MlflowExperiment.objects.get(pk=0)
 
 
-def mlflow_experiment_get(experiment_id: str) -> MlflowExperiment:
-    """Return the experiment (group) with this id; RESOURCE_DOES_NOT_EXIST otherwise."""
+def visible_groups(user: Any) -> QuerySet[MlflowExperiment]:
+    """Return the experiments (groups) the user may see: their projects' and the shared "Default"."""
+    ids = project_ids_where(user, VIEW)
+    groups = MlflowExperiment.objects.all()
+    return groups if ids is None else groups.filter(Q(project__isnull=True) | Q(project__in=ids))
+
+
+def visible_runs(user: Any) -> QuerySet[MlflowRun]:
+    """Return the MLflow runs the user may see: those whose Crucible experiment is in their projects."""
+    ids = project_ids_where(user, VIEW)
+    runs = MlflowRun.objects.select_related("mlflow_experiment", "experiment", "run")
+    return runs if ids is None else runs.filter(experiment__project__in=ids)
+
+
+def mlflow_experiment_get(experiment_id: str, *, user: Any) -> MlflowExperiment:
+    """Return the experiment (group) with this id the user may see; RESOURCE_DOES_NOT_EXIST otherwise."""
     if experiment_id == DEFAULT_EXPERIMENT_ID:
         return _default_experiment()
     try:
@@ -80,17 +95,18 @@ def mlflow_experiment_get(experiment_id: str) -> MlflowExperiment:
         raise invalid(
             f"Invalid value {experiment_id!r} for parameter 'experiment_id': expected an id."
         ) from None
-    found = MlflowExperiment.objects.filter(pk=pk).first() if 0 < pk < 2**31 else None
+    # Another project's experiment answers exactly as a missing one.
+    found = visible_groups(user).filter(pk=pk).first() if 0 < pk < 2**31 else None
     if found is None:
         raise missing(f"No Experiment with id={experiment_id} exists")
     return found
 
 
-def mlflow_experiment_by_name(name: str) -> MlflowExperiment:
-    """Return the experiment (group) with this name; RESOURCE_DOES_NOT_EXIST otherwise."""
+def mlflow_experiment_by_name(name: str, *, user: Any) -> MlflowExperiment:
+    """Return the experiment (group) with this name the user may see; RESOURCE_DOES_NOT_EXIST otherwise."""
     if name == DEFAULT_EXPERIMENT_NAME:
         return _default_experiment()
-    found = MlflowExperiment.objects.filter(name=name).first()
+    found = visible_groups(user).filter(name=name).first()
     if found is None:
         raise missing(f"Could not find experiment with name '{name}'")
     return found
@@ -153,7 +169,7 @@ def _paged(items: list[Any], offset: int, limit: int) -> tuple[list[Any], str | 
     return window, (_token(offset + limit) if offset + limit < len(items) else None)
 
 
-def mlflow_experiments_search(body: dict[str, Any]) -> dict[str, Any]:
+def mlflow_experiments_search(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     """Return {"experiments": [...], "next_page_token"?} for a SearchExperiments request."""
     _default_experiment()  # MLflow lists Default even before anything logged into it
     clauses = filter_parse(body.get("filter"), attributes=EXPERIMENT_ATTRIBUTES)
@@ -161,7 +177,7 @@ def mlflow_experiments_search(body: dict[str, Any]) -> dict[str, Any]:
     limit = _max_results(body.get("max_results"))
     offset = _page(body.get("page_token"))
     view = str(body.get("view_type") or "ACTIVE_ONLY")
-    groups = list(MlflowExperiment.objects.all())
+    groups = list(visible_groups(user))
     if view == "DELETED_ONLY":
         groups = [g for g in groups if g.lifecycle_stage == MlflowLifecycle.DELETED]
     elif view != "ALL":
@@ -193,15 +209,11 @@ def mlflow_experiments_search(body: dict[str, Any]) -> dict[str, Any]:
 # --- runs ----------------------------------------------------------------------------------------
 
 
-def mlflow_run_get(run_id: str) -> MlflowRun:
-    """Return the MLflow run with this id (with its experiment, attempt and group); 404 otherwise."""
+def mlflow_run_get(run_id: str, *, user: Any) -> MlflowRun:
+    """Return the MLflow run with this id the user may see (with its experiment, attempt and group); 404 otherwise."""
     if not isinstance(run_id, str) or not run_id:
         raise invalid("Missing value for required parameter 'run_id'.")
-    found = (
-        MlflowRun.objects.select_related("mlflow_experiment", "experiment", "run")
-        .filter(run_uuid=run_id)
-        .first()
-    )
+    found = visible_runs(user).filter(run_uuid=run_id).first()
     if found is None:
         raise missing(f"Run '{run_id}' not found")
     return found
@@ -302,20 +314,16 @@ def _experiment_ids(raw: Any) -> list[str]:
     return [str(i) for i in ids]
 
 
-def mlflow_runs_search(body: dict[str, Any]) -> dict[str, Any]:
-    """Return {"runs": [...], "next_page_token"?} for a SearchRuns request."""
+def mlflow_runs_search(user: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """Return {"runs": [...], "next_page_token"?} for a SearchRuns request (the user's projects' runs)."""
     ids = _experiment_ids(body.get("experiment_ids"))
-    groups = [mlflow_experiment_get(i) for i in ids]
+    groups = [mlflow_experiment_get(i, user=user) for i in ids]
     clauses = filter_parse(body.get("filter"), attributes=RUN_ATTRIBUTES)
     order = order_by_parse(_order_list(body.get("order_by")), attributes=RUN_ATTRIBUTES)
     limit = _max_results(body.get("max_results"))
     offset = _page(body.get("page_token"))
     view = str(body.get("run_view_type") or "ACTIVE_ONLY")
-    runs = list(
-        MlflowRun.objects.select_related("mlflow_experiment", "experiment", "run").filter(
-            mlflow_experiment__in=[g.pk for g in groups]
-        )
-    )
+    runs = list(visible_runs(user).filter(mlflow_experiment__in=[g.pk for g in groups]))
     if view == "DELETED_ONLY":
         runs = [r for r in runs if r.lifecycle_stage == MlflowLifecycle.DELETED]
     elif view != "ALL":
@@ -355,13 +363,13 @@ def mlflow_runs_search(body: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def mlflow_metric_history(params: dict[str, Any]) -> dict[str, Any]:
+def mlflow_metric_history(user: Any, params: dict[str, Any]) -> dict[str, Any]:
     """Return {"metrics": [{key, value, timestamp, step}], "next_page_token"?}, in step order."""
     run_id = params.get("run_id") or params.get("run_uuid")
     key = params.get("metric_key")
     if not key:
         raise invalid("Missing value for required parameter 'metric_key'.")
-    mlflow_run = mlflow_run_get(str(run_id or ""))
+    mlflow_run = mlflow_run_get(str(run_id or ""), user=user)
     raw_limit = params.get("max_results")
     limit = _max_results(raw_limit) if raw_limit not in (None, "") else None
     offset = _page(params.get("page_token"))

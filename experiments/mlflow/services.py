@@ -24,7 +24,8 @@ from experiments.mlflow.selectors import (
     mlflow_experiment_get,
     mlflow_run_get,
 )
-from experiments.models import Experiment, MlflowExperiment, MlflowRun, Run
+from experiments.models import Experiment, MlflowExperiment, MlflowRun, Project, Run
+from experiments.projects import VIEW, can, default_project_for
 from experiments.recipes import ConfigError
 from experiments.runs.external import (
     ControlState,
@@ -102,8 +103,9 @@ def _key_values(items: Any, field: str, *, max_value: int) -> dict[str, str]:
     return out
 
 
-def _require(user: Any, *perms: str) -> None:
-    lacking = [p for p in perms if not user.has_perm(p)]
+def _require(user: Any, *perms: str, project_id: int | None = None) -> None:
+    """Refuse unless the user holds perms in the project (anywhere, for the shared "Default" group)."""
+    lacking = [p for p in perms if not (user.has_perm(p) if project_id is None else can(user, p, project_id))]
     if lacking:
         raise MlflowError(
             "PERMISSION_DENIED", f"Your account lacks the permission this needs: {', '.join(lacking)}."
@@ -111,7 +113,7 @@ def _require(user: Any, *perms: str) -> None:
 
 
 class _AttemptIds:
-    """Run id -> (attempt id, experiment id, owner id), remembered for a while by this process.
+    """Run id -> (attempt id, experiment id, owner id, project id), remembered for a while by this process.
 
     Every metric batch names its run by MLflow's id; the ids behind it never change, and the
     owner only through the admin, so a lookup per batch would be a query spent on nothing.
@@ -123,16 +125,16 @@ class _AttemptIds:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[str, tuple[int, int, int | None, float]] = {}
+        self._entries: dict[str, tuple[int, int, int | None, int, float]] = {}
 
-    def get(self, run_id: str) -> tuple[int, int, int | None] | None:
+    def get(self, run_id: str) -> tuple[int, int, int | None, int] | None:
         with self._lock:
             entry = self._entries.get(run_id)
-        if entry is not None and entry[3] > time.monotonic():
-            return entry[0], entry[1], entry[2]
+        if entry is not None and entry[4] > time.monotonic():
+            return entry[0], entry[1], entry[2], entry[3]
         row = (
             MlflowRun.objects.filter(run_uuid=run_id)
-            .values_list("run_id", "experiment_id", "experiment__owner_id")
+            .values_list("run_id", "experiment_id", "experiment__owner_id", "experiment__project_id")
             .first()
         )
         if row is None:
@@ -140,8 +142,8 @@ class _AttemptIds:
         with self._lock:
             if len(self._entries) >= self.MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[run_id] = (row[0], row[1], row[2], time.monotonic() + self.OWNER_SECONDS)
-        return row[0], row[1], row[2]
+            self._entries[run_id] = (row[0], row[1], row[2], row[3], time.monotonic() + self.OWNER_SECONDS)
+        return row[0], row[1], row[2], row[3]
 
 
 attempt_ids = _AttemptIds()
@@ -184,6 +186,9 @@ write_grants = _WriteGrants()
 def _writable_run(user: Any, run_id: str) -> Run:
     """Return the attempt of an MLflow run the caller may write to: their own, or any with change_experiment.
 
+    Both are asked in the run's project; a run of a project the caller may not see answers as a
+    missing one.
+
     Only the attempt's ids are loaded (every metric batch comes through here): the ingest and
     the run services read and lock what else they need themselves.
     """
@@ -191,10 +196,10 @@ def _writable_run(user: Any, run_id: str) -> Run:
         raise invalid("Missing value for required parameter 'run_id'.")
     ids = attempt_ids.get(run_id)
     if not write_grants.allowed(user.pk, run_id):
-        _require(user, "experiments.add_experiment")
-        if ids is None:
+        if ids is None or not can(user, VIEW, ids[3]):
             raise missing(f"Run '{run_id}' not found")
-        if ids[2] != user.pk and not user.has_perm("experiments.change_experiment"):
+        _require(user, "experiments.add_experiment", project_id=ids[3])
+        if ids[2] != user.pk and not can(user, "experiments.change_experiment", ids[3]):
             raise MlflowError("PERMISSION_DENIED", f"Run '{run_id}' belongs to another user.")
         write_grants.grant(user.pk, run_id)
     if ids is None:
@@ -206,8 +211,11 @@ def _writable_run(user: Any, run_id: str) -> Run:
 
 
 def mlflow_experiment_create(*, user: Any, body: dict[str, Any]) -> MlflowExperiment:
-    """Create a named group of runs; RESOURCE_ALREADY_EXISTS when the name is taken."""
+    """Create a named group of runs in the caller's default project; RESOURCE_ALREADY_EXISTS when the name is taken."""
     _require(user, "experiments.add_experiment")
+    project = default_project_for(user)
+    if project is None:
+        raise MlflowError("PERMISSION_DENIED", "You may create experiments in no project.")
     name = _text(body, "name", max_length=MlflowExperiment._meta.get_field("name").max_length or 200)
     if body.get("artifact_location"):
         raise invalid("artifact_location: artifacts are not stored by Crucible; leave it out.")
@@ -216,15 +224,15 @@ def mlflow_experiment_create(*, user: Any, body: dict[str, Any]) -> MlflowExperi
         raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment '{name}' already exists.")
     try:
         with transaction.atomic():
-            return MlflowExperiment.objects.create(name=name, tags=tags, owner=user)
+            return MlflowExperiment.objects.create(name=name, tags=tags, owner=user, project=project)
     except IntegrityError:
         raise MlflowError("RESOURCE_ALREADY_EXISTS", f"Experiment '{name}' already exists.") from None
 
 
 def mlflow_experiment_set_tag(*, user: Any, body: dict[str, Any]) -> None:
     """Set one tag of an experiment (group)."""
-    _require(user, "experiments.add_experiment")
-    group = mlflow_experiment_get(_text(body, "experiment_id"))
+    group = mlflow_experiment_get(_text(body, "experiment_id"), user=user)
+    _require(user, "experiments.add_experiment", project_id=group.project_id)
     key = _text(body, "key")
     value = _text(body, "value", required=False, max_length=MAX_TAG_VALUE_LENGTH)
     with transaction.atomic():
@@ -237,7 +245,7 @@ def mlflow_experiment_set_tag(*, user: Any, body: dict[str, Any]) -> None:
 
 
 def _crucible_experiment_create(
-    *, group: MlflowExperiment, run_name: str, user: Any, tags: dict[str, str]
+    *, group: MlflowExperiment, project: Project, run_name: str, user: Any, tags: dict[str, str]
 ) -> Experiment:
     """Create the external Crucible experiment that holds one MLflow run (pending; its start queues it)."""
     note = tags.get("mlflow.note.content", "")
@@ -248,6 +256,7 @@ def _crucible_experiment_create(
             recipe="",
             executor=Executor.EXTERNAL,
             owner=user,
+            project=project,
             # Tags of the dashboard's list: find every run of one MLflow experiment.
             tags=["mlflow", f"mlflow:{group.name}"[:200]],
         )
@@ -262,8 +271,12 @@ def _default_run_name() -> str:
 
 def mlflow_run_create(*, user: Any, body: dict[str, Any]) -> MlflowRun:
     """Start an MLflow run: an external Crucible experiment, queued and started by the caller."""
-    _require(user, "experiments.add_experiment", "experiments.queue_experiment")
-    group = mlflow_experiment_get(str(body.get("experiment_id") or DEFAULT_EXPERIMENT_ID))
+    group = mlflow_experiment_get(str(body.get("experiment_id") or DEFAULT_EXPERIMENT_ID), user=user)
+    # A run joins its group's project; a run of the shared "Default" joins the caller's default one.
+    project = group.project if group.project_id is not None else default_project_for(user)
+    if project is None:
+        raise MlflowError("PERMISSION_DENIED", "You may create experiments in no project.")
+    _require(user, "experiments.add_experiment", "experiments.queue_experiment", project_id=project.pk)
     tags = _key_values(body.get("tags"), "tags", max_value=MAX_TAG_VALUE_LENGTH)
     run_name = _text(body, "run_name", required=False) or tags.get(RUN_NAME_TAG) or _default_run_name()
     tags[RUN_NAME_TAG] = run_name
@@ -271,7 +284,9 @@ def mlflow_run_create(*, user: Any, body: dict[str, Any]) -> MlflowRun:
     user_id = _text(body, "user_id", required=False) or user.get_username()
     try:
         with transaction.atomic():
-            experiment = _crucible_experiment_create(group=group, run_name=run_name, user=user, tags=tags)
+            experiment = _crucible_experiment_create(
+                group=group, project=project, run_name=run_name, user=user, tags=tags
+            )
             run = external_run_start(experiment=experiment, actor=Actor.for_user(user), config={})
             mlflow_run = MlflowRun.objects.create(
                 run_uuid=uuid.uuid4().hex,
@@ -287,7 +302,7 @@ def mlflow_run_create(*, user: Any, body: dict[str, Any]) -> MlflowRun:
         raise MlflowError("PERMISSION_DENIED", str(exc) or "You may not start runs.") from None
     except (ExternalRunRefused, ConfigError) as exc:
         raise MlflowError("INVALID_STATE", str(exc)) from None
-    return mlflow_run_get(mlflow_run.run_uuid)
+    return mlflow_run_get(mlflow_run.run_uuid, user=user)
 
 
 def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
@@ -309,7 +324,7 @@ def mlflow_run_update(*, user: Any, body: dict[str, Any]) -> MlflowRun:
         ended = end_time or int(time.time() * 1000)
         MlflowRun.objects.filter(run_uuid=run_id, end_time__isnull=True).update(end_time=ended)
         external_run_finish(run=attempt, status=FINISH_OF_STATUS[status])
-    return mlflow_run_get(run_id)
+    return mlflow_run_get(run_id, user=user)
 
 
 def _point(metric: Any, index: int, field: str) -> Point:

@@ -121,12 +121,12 @@ def mlflow_write(service: Callable[..., Any], doc: str) -> Callable[..., HttpRes
 
 
 def mlflow_read(
-    selector: Callable[[dict[str, Any]], dict[str, Any]], doc: str, *, method: str = "POST"
+    selector: Callable[[Any, dict[str, Any]], dict[str, Any]], doc: str, *, method: str = "POST"
 ) -> Callable[..., HttpResponse]:
-    """Return the endpoint of a read that one selector answers from the request's fields (VIEW_PERMISSION)."""
+    """Return the endpoint of a read that one selector answers for the caller from the request's fields (VIEW_PERMISSION)."""
 
     def handler(user: Any, body: dict[str, Any]) -> dict[str, Any]:
-        return selector(body)
+        return selector(user, body)
 
     handler.__name__ = handler.__qualname__ = selector.__name__
     handler.__doc__ = doc
@@ -148,7 +148,11 @@ def experiments_get(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     experiment_id = body.get("experiment_id")
     if not experiment_id:
         raise invalid("Missing value for required parameter 'experiment_id'.")
-    return {"experiment": selectors.experiment_json(selectors.mlflow_experiment_get(str(experiment_id)))}
+    return {
+        "experiment": selectors.experiment_json(
+            selectors.mlflow_experiment_get(str(experiment_id), user=user)
+        )
+    }
 
 
 @mlflow_endpoint("GET")
@@ -157,7 +161,9 @@ def experiments_get_by_name(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     name = body.get("experiment_name")
     if not name:
         raise invalid("Missing value for required parameter 'experiment_name'.")
-    return {"experiment": selectors.experiment_json(selectors.mlflow_experiment_by_name(str(name)))}
+    return {
+        "experiment": selectors.experiment_json(selectors.mlflow_experiment_by_name(str(name), user=user))
+    }
 
 
 experiments_search = mlflow_read(
@@ -183,7 +189,7 @@ def runs_get(user: Any, body: dict[str, Any]) -> dict[str, Any]:
     """GET runs/get?run_id= -> {run}."""
     return {
         "run": selectors.run_json(
-            selectors.mlflow_run_get(str(body.get("run_id") or body.get("run_uuid") or ""))
+            selectors.mlflow_run_get(str(body.get("run_id") or body.get("run_uuid") or ""), user=user)
         )
     }
 

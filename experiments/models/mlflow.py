@@ -48,6 +48,16 @@ class MlflowExperiment(models.Model):
     owner = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # Null only for "Default" (id 0), which every project's scripts share: its runs still keep
+    # to their own projects, each being a Crucible experiment.
+    project = models.ForeignKey(
+        "experiments.Project",
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="+",
+        help_text="The project whose members see it and log runs into it.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -39,6 +39,9 @@ _OPERATOR = _RESEARCHER | {
     "experiments.promote_experiment",
     "experiments.rollback_experiment",
     "experiments.give_trusted_feedback",
+    # Decide on a policy's trigger (approve, reject, run now) and cancel an A/B test.
+    "control.change_triggerevent",
+    "control.change_abtest",
 }
 _ADMIN = _OPERATOR | {
     "control.view_policy",

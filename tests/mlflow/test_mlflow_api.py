@@ -400,6 +400,8 @@ def test_a_permission_taken_away_stops_writes_once_the_grant_lapses(api: Caller,
     point = {"run_id": run_id, "key": "loss", "value": 1.0, "timestamp": 1, "step": 0}
     assert api.post("runs/log-metric", point).status_code == 200
     researcher.groups.clear()
+    # Still a viewer (a caller who may not even see the run is answered as for a missing one).
+    researcher.user_permissions.add(Permission.objects.get(codename="view_experiment"))
     # Within the grant (seconds) the running script keeps logging; after it, the check is made again.
     write_grants.clear()
     _error(api.post("runs/log-metric", {**point, "step": 1}), 403, "PERMISSION_DENIED")

@@ -14,6 +14,7 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 
 from control.policies.models import Policy, PolicyKind, TriggerEvent, TriggerStatus
+from control.scheduling.models import Device, DeviceKind, Worker
 from crucible_ui.access import route_access_table
 from experiments.actors import Actor
 from experiments.choices import Executor
@@ -29,6 +30,7 @@ OBJECT = "object"  # its URL names one project's object: an outsider gets 404, a
 LIST = "list"  # lists or offers objects: an outsider's answer names none of another project's
 BODY = "body"  # names its project or experiment in the body: tests/projects/test_isolation.py
 SHARED = "shared"  # holds nothing of a project
+OWN_AUTH = "own auth"  # its own credentials, not a session: tests/projects/test_mlflow.py walks it
 GAP = "not filtered by project yet"  # named in the README's Projects section
 
 PROJECT_RULES: dict[str, str] = {
@@ -44,14 +46,12 @@ PROJECT_RULES: dict[str, str] = {
     "live:compare": LIST,
     "live:run_log": OBJECT,
     "control:gpus": LIST,
-    # Device rows name the experiment that holds each device, whatever its project.
-    "control:gpu_rows": GAP,
-    "api:gpus": GAP,
+    "control:gpu_rows": LIST,
+    "api:gpus": LIST,
     "triggers:list": LIST,
     "triggers:rows": LIST,
     "triggers:decide": OBJECT,
-    # Policies belong to no project yet.
-    "policies:list": GAP,
+    "policies:list": LIST,
     "policies:new": LIST,
     "policies:edit": LIST,
     "policies:preview": BODY,
@@ -93,8 +93,8 @@ PROJECT_RULES: dict[str, str] = {
 NAMESPACE_RULES: dict[str, str] = {
     # Staff only; the admin's lists are not narrowed to projects yet.
     "admin": GAP,
-    # Its own credentials and checks (experiments/mlflow/views.py); not narrowed to projects yet.
-    "mlflow": GAP,
+    # Its own credentials (experiments/mlflow/auth.py), so the session walk cannot reach it.
+    "mlflow": OWN_AUTH,
 }
 MARKER = "vision-only-marker"
 
@@ -128,7 +128,9 @@ def _world() -> dict[str, Any]:
         model_name="digits", version=1, recipe="digits", experiment=experiment,
         checkpoint_path="/nonexistent/checkpoint.pt", checkpoint_sha256="0" * 64, stage=ModelStage.PRODUCTION,
     )  # fmt: skip
-    policy = Policy.objects.create(name="matrix", kind=PolicyKind.CUSTOM)
+    policy = Policy.objects.create(
+        name="matrix", kind=PolicyKind.CUSTOM, project=vision, description=f"{MARKER} policy"
+    )
     trigger = TriggerEvent.objects.create(
         policy=policy,
         experiment=experiment,
@@ -141,6 +143,9 @@ def _world() -> dict[str, Any]:
     teacher = experiment_create(name=f"{MARKER} teacher", recipe="digits", project=vision)
     student = experiment_create(name=f"{MARKER} student", recipe="distill", project=vision)
     edge = dependency_add(downstream=student, upstream=teacher)
+    # A GPU held by the experiment: device rows name their holder to its project only.
+    host = Worker.objects.create(hostname="matrix-host", queue="matrix-host.dq2")
+    Device.objects.create(worker=host, kind=DeviceKind.GPU, index=0, name="H100", leased_run=worker_run)
     notebook = experiment_create(
         name=f"{MARKER} notebook", recipe="", executor=Executor.EXTERNAL, project=vision
     )
