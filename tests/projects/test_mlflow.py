@@ -74,14 +74,15 @@ def test_another_projects_run_can_be_neither_read_nor_written(vision: Side, nlp:
     bob = _caller(nlp.user)
     _error(bob.get("runs/get", run_id=run_id), 404, "RESOURCE_DOES_NOT_EXIST")
     _error(bob.get("metrics/get-history", run_id=run_id, metric_key="loss"), 404, "RESOURCE_DOES_NOT_EXIST")
-    point = {"key": "loss", "value": 9.0, "timestamp": 2, "step": 1}
-    for endpoint, body in [
+    point: dict[str, Any] = {"key": "loss", "value": 9.0, "timestamp": 2, "step": 1}
+    writes: list[tuple[str, dict[str, Any]]] = [
         ("runs/log-batch", {"run_id": run_id, "metrics": [point]}),
         ("runs/log-metric", {"run_id": run_id, **point}),
         ("runs/log-parameter", {"run_id": run_id, "key": "lr", "value": "1"}),
         ("runs/set-tag", {"run_id": run_id, "key": "k", "value": "v"}),
         ("runs/update", {"run_id": run_id, "status": "KILLED"}),
-    ]:
+    ]
+    for endpoint, body in writes:
         _error(bob.post(endpoint, body), 404, "RESOURCE_DOES_NOT_EXIST")
     run = MlflowRun.objects.get(run_uuid=run_id).run
     assert list(MetricPoint.objects.filter(run=run).values_list("value", flat=True)) == [0.5]
