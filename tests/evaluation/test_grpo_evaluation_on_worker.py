@@ -93,6 +93,7 @@ def test_a_grpo_run_goes_through_evaluating_and_a_policy_decides_on_its_held_out
     )
     # The policy decided on the stored number, after the job's result landed.
     trigger = TriggerEvent.objects.get(experiment=experiment)
+    assert evaluation.finished_at is not None
     assert trigger.conditions_passed and trigger.created_at >= evaluation.finished_at
     assert [c["value"] for c in trigger.snapshot["conditions"]] == [pytest.approx(stored.value)]
     assert set(run.stages.values_list("name", flat=True)) == {"train", "export", "evaluate"}
