@@ -63,6 +63,18 @@ LM_EVAL = (
     Metric("val_loss", "lower", "Mean next-byte cross-entropy on the held-out text."),
 )
 
+# What dpo's evaluator measures on held-out bracket pairs from charlm's validation split.
+DPO_EVAL = (
+    Metric("preference_accuracy", "higher", "Share of held-out pairs whose chosen completion wins."),
+    Metric("reward_margin", "higher", "Implicit reward of chosen minus rejected, held-out pairs."),
+    Metric("kl", "lower", "Per-byte KL of the policy from its reference on held-out completions."),
+)
+# What grpo's evaluator measures with greedy answers to the held-out prompts.
+GRPO_EVAL = (
+    Metric("mean_return", "higher", "Mean reward (share of digits right) of greedy held-out answers."),
+    Metric("solved", "higher", "Share of held-out prompts whose greedy answer is entirely right."),
+)
+
 
 def _heads_divide_width(config: dict[str, ParamValue]) -> dict[str, str]:
     d_model, n_heads = int(config["d_model"]), int(config["n_heads"])
@@ -261,21 +273,30 @@ BUILTINS: dict[str, RecipeSpec] = {
             ),
             entry="experiments.recipes.dpo:RECIPE",
             constraints=(_heads_divide_width, _completion_fits_context, _one_base_model),
-            **metric_fields(
-                Metric("pretrain_loss", "lower", "Next-byte loss while pre-training the base model."),
-                Metric("dpo_loss", "lower", "DPO loss of the last step."),
-                Metric("reward_margin", "higher", "Implicit reward of chosen minus rejected completions."),
-                Metric(
-                    "reward_accuracy", "higher", "Share of the step's pairs whose chosen completion wins."
+            **with_evaluation(
+                metric_fields(
+                    Metric("pretrain_loss", "lower", "Next-byte loss while pre-training the base model."),
+                    Metric("dpo_loss", "lower", "DPO loss of the last step."),
+                    Metric(
+                        "reward_margin", "higher", "Implicit reward of chosen minus rejected completions."
+                    ),
+                    Metric(
+                        "reward_accuracy", "higher", "Share of the step's pairs whose chosen completion wins."
+                    ),
+                    Metric(
+                        "kl",
+                        "lower",
+                        "Per-byte KL of the policy from the frozen reference on the completions.",
+                    ),
+                    Metric(
+                        "val_reward_accuracy", "higher", "reward_accuracy on held-out pairs never trained on."
+                    ),
                 ),
-                Metric(
-                    "kl", "lower", "Per-byte KL of the policy from the frozen reference on the completions."
-                ),
-                Metric(
-                    "val_reward_accuracy", "higher", "reward_accuracy on held-out pairs never trained on."
-                ),
+                *DPO_EVAL,
             ),
             evaluator="experiments.recipes.dpo:evaluate_checkpoint",
+            # pretrain is skipped when a base model is given (base_run or base_experiment).
+            stages=("load_data", "pretrain", "train", "export", "evaluate"),
         ),
         RecipeSpec(
             name="grpo",
@@ -317,21 +338,29 @@ BUILTINS: dict[str, RecipeSpec] = {
             ),
             entry="experiments.recipes.grpo:RECIPE",
             constraints=(_heads_divide_width,),
-            **metric_fields(
-                Metric("reward_mean", "higher", "Mean reward of the step's samples (share of digits right)."),
-                Metric(
-                    "reward_std", "higher", "Spread of the step's rewards: the learning signal (0: none)."
+            **with_evaluation(
+                metric_fields(
+                    Metric(
+                        "reward_mean", "higher", "Mean reward of the step's samples (share of digits right)."
+                    ),
+                    Metric(
+                        "reward_std", "higher", "Spread of the step's rewards: the learning signal (0: none)."
+                    ),
+                    Metric("kl", "lower", "KL of the policy from the frozen reference on its samples."),
+                    Metric(
+                        "entropy", "higher", "Mean per-digit entropy of the policy (0: it stopped exploring)."
+                    ),
+                    Metric("loss", "lower", "Clipped policy loss plus the KL penalty, last optimiser step."),
+                    Metric(
+                        "mean_return",
+                        "higher",
+                        "Greedy answers' reward on held-out prompts never trained on.",
+                    ),
                 ),
-                Metric("kl", "lower", "KL of the policy from the frozen reference on its samples."),
-                Metric(
-                    "entropy", "higher", "Mean per-digit entropy of the policy (0: it stopped exploring)."
-                ),
-                Metric("loss", "lower", "Clipped policy loss plus the KL penalty, last optimiser step."),
-                Metric(
-                    "mean_return", "higher", "Greedy answers' reward on held-out prompts never trained on."
-                ),
+                *GRPO_EVAL,
             ),
             evaluator="experiments.recipes.grpo:evaluate_checkpoint",
+            stages=("train", "export", "evaluate"),
         ),
         RecipeSpec(
             name="script",

@@ -16,6 +16,7 @@ beta * (log p_policy - log p_reference) is measured against.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,11 +29,13 @@ from .catalog import get_spec
 from .charlm import SPEC as CHARLM_SPEC
 from .charlm import ByteTransformer, corpus_split, get_batch
 from .charlm import train_step as lm_train_step
+from .outputs import completed_stages, save_artifact, stage
 from .runtime import (
     CheckpointMismatchError,
     autocast,
     inject_nan,
     make_optimizer,
+    params_finite,
     resume_checkpoint,
     rng_state,
     save_checkpoint,
@@ -49,6 +52,7 @@ PRETRAIN, DPO = "pretrain", "dpo"
 # A mismatched closer for each closing bracket: the rejected completion no longer balances.
 MISMATCH = {ord(")"): ord("]"), ord("]"): ord(")"), ord("}"): ord(")")}
 PAIR_SALT = 7_919  # keeps the pair draws apart from the pre-training batches of the same step
+SAMPLE_PAIRS = 4  # held-out pairs shown in the samples.json artifact
 
 
 @runtime_checkable
@@ -188,6 +192,42 @@ def held_out_stats(
     return {"preference_accuracy": wins / n, "reward_margin": margin / n, "kl": kl / n}
 
 
+@torch.no_grad()
+def sample_pairs(
+    policy: nn.Module,
+    reference: nn.Module,
+    pairs: tuple[torch.Tensor, torch.Tensor],
+    *,
+    beta: float,
+    completion: int,
+    device: torch.device,
+    count: int = SAMPLE_PAIRS,
+) -> list[dict[str, Any]]:
+    """Return the first count held-out pairs as text, with each completion's implicit reward."""
+    policy.eval()
+    chosen, rejected = pairs[0][:count], pairs[1][:count]
+    both = torch.cat([chosen, rejected])
+    policy_sum, _ = completion_logprobs(policy, both, completion, device)
+    ref_sum, _ = completion_logprobs(reference, both, completion, device)
+    rewards = (beta * (policy_sum - ref_sum)).tolist()
+    policy.train()
+
+    def text(sequence: torch.Tensor) -> str:
+        return bytes(sequence.tolist()).decode("utf-8", errors="replace")
+
+    n = len(chosen)
+    return [
+        {
+            "prompt": text(chosen[i, :-completion]),
+            "chosen": text(chosen[i, -completion:]),
+            "rejected": text(rejected[i, -completion:]),
+            "chosen_reward": rewards[i],
+            "rejected_reward": rewards[n + i],
+        }
+        for i in range(n)
+    ]
+
+
 def build_model(config: dict[str, ParamValue], device: torch.device) -> ByteTransformer:
     """Return a charlm-shaped model for config, on device."""
     return ByteTransformer(
@@ -245,12 +285,17 @@ class DPORecipe:
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Pre-train (or load) the base, then DPO against its frozen copy; see the catalog for config."""
         config, device, seed = start_run(SPEC, ctx, config)
-        train_bytes, val_bytes = corpus_split(device)
+        done_stages = completed_stages(ctx)
         context, completion = int(config["context"]), int(config["completion"])
-        train_pairs = pair_source(train_bytes, context=context, completion=completion)
-        val_pairs = pair_source(val_bytes, context=context, completion=completion).fixed(
-            int(config["eval_pairs"])
-        )
+        # The corpus and its pairs live in memory only: a resumed attempt cuts them again (recorded once).
+        with stage(ctx, "load_data") as loading:
+            train_bytes, val_bytes = corpus_split(device)
+            train_pairs = pair_source(train_bytes, context=context, completion=completion)
+            val_pairs = pair_source(val_bytes, context=context, completion=completion).fixed(
+                int(config["eval_pairs"])
+            )
+            if "load_data" in done_stages:
+                loading.abandon()
         policy = build_model(config, device)
         reference = copy.deepcopy(policy).requires_grad_(False)
         lr, pretrain_lr = float(config["lr"]), float(config["pretrain_lr"])
@@ -308,57 +353,82 @@ class DPORecipe:
 
         batch_size, eval_every = int(config["batch_size"]), int(config["eval_every"])
         beta = float(config["beta"])
+
+        def advance(until: int) -> bool:
+            """Run optimiser steps up to step until, in whichever phase they fall; return True when asked to stop."""
+            nonlocal done, phase
+            while done < until:
+                if ctx.should_stop():
+                    return True
+                step = done + 1
+                if phase == PRETRAIN:
+                    x, y = get_batch(
+                        train_bytes, batch_size=batch_size, context=context, seed=seed, step=step
+                    )
+                    loss = lm_train_step(policy, pre_opt, x, y, device, step=step, config=config)
+                    metrics["pretrain_loss"] = float(loss)
+                    ctx.log("pretrain_loss", step, metrics["pretrain_loss"])
+                else:
+                    chosen, rejected = train_pairs.train_batch(batch_size=batch_size, seed=seed, step=step)
+                    stats = preference_stats(
+                        policy, reference, chosen, rejected, beta=beta, completion=completion, device=device
+                    )
+                    loss = inject_nan(stats.loss, step, config)
+                    dpo_opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
+                    dpo_opt.step()
+                    # One device sync for the four figures.
+                    values = torch.stack(
+                        [loss.detach(), stats.reward_margin, stats.reward_accuracy, stats.kl]
+                    ).tolist()
+                    for name, value in zip(
+                        ("dpo_loss", "reward_margin", "reward_accuracy", "kl"), values, strict=True
+                    ):
+                        metrics[name] = value
+                        ctx.log(name, step, value)
+                done = step
+                step_delay(config)
+                ctx.progress(done / total)
+                if phase == PRETRAIN and done == pretrain_steps:
+                    # The base is ready: freeze a copy of it as the reference, then tune the policy.
+                    reference.load_state_dict(policy.state_dict())
+                    phase = DPO
+                    checkpoint()
+                elif phase == DPO and (done % eval_every == 0 or done == total):
+                    held_out = held_out_stats(
+                        policy, reference, val_pairs, beta=beta, completion=completion, device=device
+                    )
+                    metrics["val_reward_accuracy"] = held_out["preference_accuracy"]
+                    ctx.log("val_reward_accuracy", done, metrics["val_reward_accuracy"])
+                    checkpoint()
+                elif done % eval_every == 0:
+                    checkpoint()
+            return False
+
         stopped = False
-        while done < total:
-            if ctx.should_stop():
-                stopped = True
-                break
-            step = done + 1
-            if phase == PRETRAIN:
-                x, y = get_batch(train_bytes, batch_size=batch_size, context=context, seed=seed, step=step)
-                loss = lm_train_step(policy, pre_opt, x, y, device, step=step, config=config)
-                metrics["pretrain_loss"] = float(loss)
-                ctx.log("pretrain_loss", step, metrics["pretrain_loss"])
-            else:
-                chosen, rejected = train_pairs.train_batch(batch_size=batch_size, seed=seed, step=step)
-                stats = preference_stats(
-                    policy, reference, chosen, rejected, beta=beta, completion=completion, device=device
-                )
-                loss = inject_nan(stats.loss, step, config)
-                dpo_opt.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
-                dpo_opt.step()
-                # One device sync for the four figures.
-                values = torch.stack(
-                    [loss.detach(), stats.reward_margin, stats.reward_accuracy, stats.kl]
-                ).tolist()
-                for name, value in zip(
-                    ("dpo_loss", "reward_margin", "reward_accuracy", "kl"), values, strict=True
-                ):
-                    metrics[name] = value
-                    ctx.log(name, step, value)
-            done = step
-            step_delay(config)
-            ctx.progress(done / total)
-            if phase == PRETRAIN and done == pretrain_steps:
-                # The base is ready: freeze a copy of it as the reference, then tune the policy.
-                reference.load_state_dict(policy.state_dict())
-                phase = DPO
-                checkpoint()
-            elif phase == DPO and (done % eval_every == 0 or done == total):
-                held_out = held_out_stats(
-                    policy, reference, val_pairs, beta=beta, completion=completion, device=device
-                )
-                metrics["val_reward_accuracy"] = held_out["preference_accuracy"]
-                ctx.log("val_reward_accuracy", done, metrics["val_reward_accuracy"])
-                checkpoint()
-            elif done % eval_every == 0:
-                checkpoint()
+        if phase == PRETRAIN:
+            # The checkpoint's phase says where a resumed attempt stands: a finished base is skipped.
+            with stage(ctx, "pretrain") as pretraining:
+                stopped = advance(pretrain_steps)
+                if stopped:
+                    pretraining.abandon()
+        if not stopped:
+            with stage(ctx, "train") as tuning:
+                stopped = advance(total)
+                if stopped or "train" in done_stages:
+                    tuning.abandon()  # stopped half-way, or finished by an earlier attempt
         if stopped:
             checkpoint()
         else:
             ctx.progress(1.0)
+        # NaN weights (a diverged run) give no rewards worth showing: such a run exports nothing.
+        if not stopped and "export" not in done_stages and params_finite(policy):
+            with stage(ctx, "export"):
+                samples = sample_pairs(
+                    policy, reference, val_pairs, beta=beta, completion=completion, device=device
+                )
+                save_artifact(ctx, "samples.json", json.dumps(samples, indent=2), kind="samples")
         return RecipeResult(final_metrics=metrics, steps=done, stopped=stopped)
 
 

@@ -14,6 +14,7 @@ it, and evaluate_checkpoint scores greedy answers on exactly those.
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +25,12 @@ from torch.nn import functional as F
 from .base import CheckpointEvaluation, Recipe, RecipeResult, RunContext
 from .catalog import get_spec
 from .charlm import ByteTransformer
+from .outputs import completed_stages, save_artifact, stage
 from .runtime import (
     autocast,
     inject_nan,
     make_optimizer,
+    params_finite,
     resume_checkpoint,
     rng_state,
     save_checkpoint,
@@ -43,6 +46,7 @@ DIGITS = torch.arange(ord("0"), ord("9") + 1)  # the byte of each digit, the pol
 SEPARATOR = ord("=")
 HELD_OUT_BUCKETS = 10  # one prompt in ten is held out
 EPS = 1e-6
+SAMPLE_PROMPTS = 8  # held-out prompts shown in the samples.json artifact
 
 
 def held_out(prompts: torch.Tensor) -> torch.Tensor:
@@ -222,6 +226,24 @@ def mean_return(model: nn.Module, length: int, device: torch.device) -> float:
     return float(reward(prompts, answers).mean())
 
 
+@torch.no_grad()
+def sample_answers(
+    model: nn.Module, length: int, device: torch.device, count: int = SAMPLE_PROMPTS
+) -> list[dict[str, Any]]:
+    """Return the first count held-out prompts with the model's greedy answers and their rewards."""
+    prompts = held_out_prompts(length)[:count].to(device)
+    answers = generate(model, prompts, temperature=1.0, gen=None, device=device)
+    rewards = reward(prompts, answers).tolist()
+
+    def text(row: torch.Tensor) -> str:
+        return "".join(str(d) for d in row.tolist())
+
+    return [
+        {"prompt": text(p), "answer": text(a), "expected": text(p.flip(0)), "reward": r}
+        for p, a, r in zip(prompts, answers, rewards, strict=True)
+    ]
+
+
 def build_model(config: dict[str, Any], device: torch.device) -> ByteTransformer:
     """Return the policy for config: charlm's model with room for "<prompt>=<answer>"."""
     return ByteTransformer(
@@ -242,6 +264,7 @@ class GRPORecipe:
     def train(self, ctx: RunContext, config: dict[str, ParamValue]) -> RecipeResult:
         """Train (or resume) the policy, logging reward_mean/std, kl, entropy, loss each step."""
         config, device, seed = start_run(SPEC, ctx, config)
+        done_stages = completed_stages(ctx)
         policy = build_model(config, device)
         reference = copy.deepcopy(policy).requires_grad_(False)
         lr = float(config["lr"])
@@ -281,50 +304,59 @@ class GRPORecipe:
         clip, beta = float(config["clip"]), float(config["beta"])
         temperature, length = float(config["temperature"]), int(config["length"])
         stopped = False
-        while done < steps:
-            if ctx.should_stop():
-                stopped = True
-                break
-            step = done + 1
-            batch = sample_groups(policy, config, seed=seed, step=step, device=device)
-            old_logp = digit_logprobs(policy, batch, temperature, device)
-            ref_logp = digit_logprobs(reference, batch, temperature, device)
-            for _ in range(int(config["ppo_epochs"])):
-                stats = grpo_loss(
-                    policy,
-                    batch,
-                    old_logp,
-                    ref_logp,
-                    clip=clip,
-                    beta=beta,
-                    temperature=temperature,
-                    device=device,
-                )
-                loss = inject_nan(stats.loss, step, config)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
-                optimizer.step()
-            # One device sync for the step's figures (the last optimiser step's loss, KL and entropy).
-            values = torch.stack(
-                [batch.rewards.mean(), batch.rewards.std(), stats.kl, stats.entropy, loss.detach()]
-            ).tolist()
-            for name, value in zip(
-                ("reward_mean", "reward_std", "kl", "entropy", "loss"), values, strict=True
-            ):
-                metrics[name] = value
-                ctx.log(name, step, value)
-            done = step
-            step_delay(config)
-            ctx.progress(done / steps)
-            if done % eval_every == 0 or done == steps:
-                metrics["mean_return"] = mean_return(policy, length, device)
-                ctx.log("mean_return", done, metrics["mean_return"])
+        with stage(ctx, "train") as mark:
+            while done < steps:
+                if ctx.should_stop():
+                    stopped = True
+                    break
+                step = done + 1
+                batch = sample_groups(policy, config, seed=seed, step=step, device=device)
+                old_logp = digit_logprobs(policy, batch, temperature, device)
+                ref_logp = digit_logprobs(reference, batch, temperature, device)
+                for _ in range(int(config["ppo_epochs"])):
+                    stats = grpo_loss(
+                        policy,
+                        batch,
+                        old_logp,
+                        ref_logp,
+                        clip=clip,
+                        beta=beta,
+                        temperature=temperature,
+                        device=device,
+                    )
+                    loss = inject_nan(stats.loss, step, config)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(policy.parameters(), GRAD_CLIP)
+                    optimizer.step()
+                # One device sync for the step's figures (the last optimiser step's loss, KL and entropy).
+                values = torch.stack(
+                    [batch.rewards.mean(), batch.rewards.std(), stats.kl, stats.entropy, loss.detach()]
+                ).tolist()
+                for name, value in zip(
+                    ("reward_mean", "reward_std", "kl", "entropy", "loss"), values, strict=True
+                ):
+                    metrics[name] = value
+                    ctx.log(name, step, value)
+                done = step
+                step_delay(config)
+                ctx.progress(done / steps)
+                if done % eval_every == 0 or done == steps:
+                    metrics["mean_return"] = mean_return(policy, length, device)
+                    ctx.log("mean_return", done, metrics["mean_return"])
+                    checkpoint()
+            if stopped:
                 checkpoint()
-        if stopped:
-            checkpoint()
-        else:
+                mark.abandon()
+            elif "train" in done_stages:
+                mark.abandon()  # an earlier attempt finished it; this one only resumed past the end
+        if not stopped:
             ctx.progress(1.0)
+        # NaN weights (a diverged run) answer nothing worth showing: such a run exports nothing.
+        if not stopped and "export" not in done_stages and params_finite(policy):
+            with stage(ctx, "export"):
+                samples = sample_answers(policy, length, device)
+                save_artifact(ctx, "samples.json", json.dumps(samples, indent=2), kind="samples")
         return RecipeResult(final_metrics=metrics, steps=done, stopped=stopped)
 
 

@@ -82,6 +82,36 @@ def test_a_stopped_dpo_run_resumed_from_its_checkpoint_logs_what_an_uninterrupte
     assert second_result.final_metrics == whole_result.final_metrics
 
 
+def test_dpo_records_its_stages_and_saves_held_out_pairs_with_their_implicit_rewards(tmp_path: Path) -> None:
+    ctx, _ = train("dpo", LocalRunContext(checkpoint_dir=tmp_path), **SMALL)
+    assert list(ctx.stages) == ["load_data", "pretrain", "train", "export"]
+    assert set(json.loads((tmp_path / "stages.json").read_text())) == set(ctx.stages)
+    samples = json.loads((tmp_path / "artifacts" / "samples.json").read_text())
+    assert len(samples) == 4
+    for pair in samples:
+        assert len(pair["chosen"]) == len(pair["rejected"]) == SMALL["completion"]
+        # the rejected completion is the chosen one with its closing bracket mismatched
+        assert ord(pair["rejected"][0]) == MISMATCH[ord(pair["chosen"][0])]
+        assert pair["chosen"][1:] == pair["rejected"][1:]
+        assert len(pair["prompt"]) == SMALL["context"] - SMALL["completion"]
+    # tuned to prefer balanced brackets: on these held-out pairs the chosen side earns more reward
+    margins = [pair["chosen_reward"] - pair["rejected_reward"] for pair in samples]
+    assert sum(margins) > 0 and any(m != 0 for m in margins)
+
+
+def test_a_resumed_dpo_run_skips_the_stages_an_earlier_attempt_completed(tmp_path: Path) -> None:
+    first, _ = train("dpo", StopAfter(23, checkpoint_dir=tmp_path), **SMALL)  # stopped while tuning
+    assert list(first.stages) == ["load_data", "pretrain"]
+    assert not (tmp_path / "artifacts").exists()
+    second, result = train("dpo", LocalRunContext(checkpoint_dir=tmp_path), **SMALL)
+    assert not result.stopped and second.values("pretrain_loss") == []
+    assert list(second.stages) == ["load_data", "pretrain", "train", "export"]
+    # load_data and pretrain keep the first attempt's timings: this one did not record them again
+    assert second.stages["load_data"] == first.stages["load_data"]
+    assert second.stages["pretrain"] == first.stages["pretrain"]
+    assert (tmp_path / "artifacts" / "samples.json").is_file()
+
+
 def _charlm_checkpoint(tmp_path: Path, **config: Any) -> Path:
     charlm = {**OTHERS["charlm"], **MODEL, "steps": 20, "eval_every": 20, **config}
     train("charlm", LocalRunContext(checkpoint_dir=tmp_path), **charlm)
@@ -102,6 +132,7 @@ def test_dpo_starts_from_a_charlm_runs_checkpoint_without_pretraining(tmp_path: 
     assert all(torch.equal(saved["reference"][k], v) for k, v in charlm["model"].items())
     assert not torch.equal(saved["model"]["tok.weight"], charlm["model"]["tok.weight"])
     assert result.steps == 5
+    assert list(ctx.stages) == ["load_data", "train", "export"]  # no base to pre-train
 
 
 def test_a_base_run_of_another_shape_or_recipe_or_unknown_to_the_runner_is_refused(tmp_path: Path) -> None:

@@ -65,6 +65,31 @@ def test_grpo_reward_rises_as_the_policy_leaves_its_reference() -> None:
     assert not result.stopped and result.steps == 40 and ctx.fraction == 1.0
 
 
+def test_grpo_records_its_stages_and_saves_greedy_answers_to_held_out_prompts(tmp_path: Path) -> None:
+    ctx, _ = train("grpo", LocalRunContext(checkpoint_dir=tmp_path), **SMALL)
+    assert list(ctx.stages) == ["train", "export"]
+    samples = json.loads((tmp_path / "artifacts" / "samples.json").read_text())
+    held = held_out_prompts(SMALL["length"])[:8]
+    assert [s["prompt"] for s in samples] == ["".join(map(str, p)) for p in held.tolist()]
+    for sample in samples:
+        assert sample["expected"] == sample["prompt"][::-1] and len(sample["answer"]) == SMALL["length"]
+        right = sum(a == e for a, e in zip(sample["answer"], sample["expected"], strict=True))
+        assert sample["reward"] == pytest.approx(right / SMALL["length"])
+    # after 40 updates the policy gets some held-out digits right (one in ten by chance)
+    assert sum(s["reward"] for s in samples) > 0
+
+
+def test_a_resumed_grpo_run_records_train_once_it_finishes(tmp_path: Path) -> None:
+    first, _ = train("grpo", StopAfter(7, checkpoint_dir=tmp_path), **SMALL)
+    assert first.stages == {} and not (tmp_path / "artifacts").exists()
+    second, _ = train("grpo", LocalRunContext(checkpoint_dir=tmp_path), **SMALL)
+    assert list(second.stages) == ["train", "export"]
+    # a third attempt on a finished run trains nothing and records nothing again
+    third, result = train("grpo", LocalRunContext(checkpoint_dir=tmp_path), **SMALL)
+    assert third.points == [] and result.steps == SMALL["steps"]
+    assert third.stages == second.stages
+
+
 def test_the_same_seed_gives_the_same_grpo_figures() -> None:
     config = {**SMALL, "steps": 8}
     first, _ = train("grpo", **config, seed=5)
@@ -129,7 +154,7 @@ def test_the_cli_runs_grpo_and_prints_its_figures(tmp_path: Path) -> None:
         *FIGURES,
         "mean_return",
     }
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-000000002.pt", "step-000000004.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step-000000002.pt", "step-000000004.pt"]
 
 
 @pytest.mark.gpu
