@@ -13,6 +13,7 @@ import control.policies.admin  # noqa: F401  (registers the policy admin)
 from control.canary.models import CanaryRollout
 from control.scheduling.models import Device, Worker
 from control.scheduling.services import device_set_reserved
+from experiments.admin import ProjectScoped
 
 
 class DeviceInline(admin.TabularInline):
@@ -78,8 +79,10 @@ class DeviceAdmin(admin.ModelAdmin):
 
 
 @admin.register(CanaryRollout)
-class CanaryRolloutAdmin(admin.ModelAdmin):
+class CanaryRolloutAdmin(ProjectScoped, admin.ModelAdmin):
     """Canary rollouts and what each stage saw (read-only: they move by the sweep and the buttons)."""
+
+    project_field = "experiment__project"
 
     list_display = (
         "model_name",

@@ -27,7 +27,7 @@ from experiments.models import (
     TransitionLog,
 )
 from experiments.pipelines.services import dependency_add, dependency_remove
-from experiments.projects import visible
+from experiments.projects import VIEW, visible
 from experiments.services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
@@ -36,17 +36,37 @@ ADMIN_EVENTS = frozenset({"queue", "cancel", "promote", "hold", "deploy", "rollb
 
 
 class ProjectScoped:
-    """Admin lists of project data: staff see their projects' rows only (superusers all), filter by project."""
+    """Admin of project-owned rows: staff see their projects' rows only (superusers all).
+
+    The rows reach their project through `project_field` (e.g. "run__experiment__project"). The
+    list, search, filters and change pages all start from get_queryset, so a row of another project
+    is absent from the list and its change page answers as a missing object. The project column and
+    its filter are added here, once for every such admin.
+    """
 
     project_field = "project"
+    # The permission a staff member's role must grant in the row's project to see it.
+    project_action = VIEW
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         queryset = super().get_queryset(request)  # type: ignore[misc]
-        return visible(request.user, queryset, field=self.project_field)
+        return self.scope_to_projects(request, queryset)
 
+    def scope_to_projects(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """Return the rows of queryset in projects where the user may `project_action`."""
+        return visible(request.user, queryset, field=self.project_field, action=self.project_action)
 
-# Lists only the projects of the rows shown (a staff member never reads another project's name).
-PROJECT_FILTER = ("project", admin.RelatedOnlyFieldListFilter)
+    def get_list_display(self, request: HttpRequest) -> Any:
+        shown = tuple(super().get_list_display(request))  # type: ignore[misc]
+        return shown if self.project_field in shown else (*shown, self.project_field)
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        # RelatedOnly lists the projects of the rows shown: staff never read another project's name.
+        filters = tuple(super().get_list_filter(request))  # type: ignore[misc]
+        named = {f[0] if isinstance(f, tuple) else f for f in filters}
+        if self.project_field in named:
+            return filters
+        return ((self.project_field, admin.RelatedOnlyFieldListFilter), *filters)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
@@ -109,7 +129,7 @@ class ExperimentAdmin(ProjectScoped, FSMAdminMixin, admin.ModelAdmin):  # type: 
         "created_at",
     )
     list_display_links = ("id", "name")
-    list_filter = (PROJECT_FILTER, "state", "recipe", "executor", "priority_class")
+    list_filter = ("state", "recipe", "executor", "priority_class")
     search_fields = ("name", "description", "tags")
     list_select_related = ("owner", "project")
     raw_id_fields = ("owner", "parent")
@@ -240,9 +260,8 @@ class RunAdmin(ProjectScoped, ReadOnlyAdmin):
         "progress",
         "started_at",
         "finished_at",
-        "experiment__project",
     )
-    list_filter = (("experiment__project", admin.RelatedOnlyFieldListFilter), "status")
+    list_filter = ("status",)
     search_fields = ("experiment__name", "worker", "task_id")
     list_select_related = ("experiment__project",)
 
@@ -277,7 +296,7 @@ class ModelVersionAdmin(ProjectScoped, ReadOnlyAdmin):
         "serve_error",
         "project",
     )
-    list_filter = (PROJECT_FILTER, "model_name", "stage")
+    list_filter = ("model_name", "stage")
     search_fields = ("model_name", "experiment__name", "checkpoint_sha256")
     list_select_related = ("experiment",)
 
@@ -296,16 +315,19 @@ class DatasetVersionAdmin(ProjectScoped, ReadOnlyAdmin):
         "created_at",
         "project",
     )
-    list_filter = (PROJECT_FILTER, "model_name", "strategy")
+    list_filter = ("model_name", "strategy")
     list_select_related = ("source_version",)
 
 
 @admin.register(DriftCheck)
-class DriftCheckAdmin(ReadOnlyAdmin):
+class DriftCheckAdmin(ProjectScoped, ReadOnlyAdmin):
     """Drift measurements of served versions (the drift sweep writes them)."""
 
+    project_field = "version__project"
+
     list_display = ("version", "score", "max_feature_psi", "window_rows", "detail", "checked_at")
-    list_filter = ("version__model_name",)
+    # The model names of the rows shown only (a plain filter would list every project's models).
+    list_filter = (("version", admin.RelatedOnlyFieldListFilter),)
     list_select_related = ("version",)
 
 

@@ -19,7 +19,9 @@ from control.canary.ab import ABTestError, ab_test_cancel, ab_test_start
 from control.canary.models import ABTest
 from control.policies.models import Policy, PolicyKind
 from experiments.actors import Actor
+from experiments.admin import ProjectScoped
 from experiments.models import ModelVersion
+from experiments.projects import visible_model_versions
 
 
 def _version_label(version: ModelVersion) -> str:
@@ -82,8 +84,11 @@ def _policy_label(policy: Policy) -> str:
 
 
 @admin.register(ABTest)
-class ABTestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class ABTestAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
     """A/B tests: started here by a person with control.add_abtest; their decisions are the sweep's."""
+
+    # A test belongs to its model's project (its policy is optional): the column shows the policy's.
+    project_field = "policy__project"
 
     list_display = (
         "id",
@@ -104,6 +109,10 @@ class ABTestAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
     )  # fmt: skip
     fields = readonly_fields
     actions = ["cancel_selected"]
+
+    def scope_to_projects(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """Return the tests of models the user may see (a model is its versions' project's)."""
+        return queryset.filter(model_name__in=visible_model_versions(request.user).values("model_name"))
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """No field is edited (the test moves by the sweep's decisions); the change permission cancels."""

@@ -26,8 +26,9 @@ from control.policies.models import (
     PolicyCondition,
     TriggerEvent,
 )
+from experiments.admin import ProjectScoped
 from experiments.models import Experiment
-from experiments.projects import can, visible, visible_projects
+from experiments.projects import can, visible_projects
 
 
 def condition_help() -> list[dict[str, str]]:
@@ -78,17 +79,14 @@ class BacktestForm(forms.Form):
 
 
 @admin.register(Policy)
-class PolicyAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class PolicyAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
+    project_action = "control.view_policy"
     list_display = ("name", "kind", "project", "mode", "enabled", "order", "scope", "summary", "tools")
     list_filter = ("kind", "mode", "enabled")
     list_editable = ("enabled",)
     search_fields = ("name", "description")
     inlines = [PolicyConditionInline, PolicyActionInline, CanaryStageInline]
     actions = ["enable", "disable"]
-
-    def get_queryset(self, request: HttpRequest) -> Any:
-        """Return the policies of the staff member's projects (another project's read as missing)."""
-        return visible(request.user, super().get_queryset(request), action="control.view_policy")
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
         """Save the policy; a new one joins the user's first project where they may add policies."""
@@ -229,9 +227,11 @@ class ActionExecutionInline(admin.TabularInline):  # type: ignore[type-arg]
 
 
 @admin.register(TriggerEvent)
-class TriggerEventAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
+class TriggerEventAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
+    project_field = "policy__project"
     list_display = ("created_at", "policy", "experiment", "kind", "status", "conditions_passed")
-    list_filter = ("status", "policy", "kind")
+    # RelatedOnly: the policies of the rows shown, never another project's policy names.
+    list_filter = ("status", ("policy", admin.RelatedOnlyFieldListFilter), "kind")
     readonly_fields = (
         "policy",
         "experiment",

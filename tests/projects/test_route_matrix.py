@@ -31,7 +31,7 @@ LIST = "list"  # lists or offers objects: an outsider's answer names none of ano
 BODY = "body"  # names its project or experiment in the body: tests/projects/test_isolation.py
 SHARED = "shared"  # holds nothing of a project
 OWN_AUTH = "own auth"  # its own credentials, not a session: tests/projects/test_mlflow.py walks it
-GAP = "not filtered by project yet"  # named in the README's Projects section
+ADMIN_SCOPED = "admin scoped"  # every ModelAdmin of project data: tests/projects/test_admin_scoping.py
 
 PROJECT_RULES: dict[str, str] = {
     "experiments:list": LIST,
@@ -91,8 +91,8 @@ PROJECT_RULES: dict[str, str] = {
 }
 # Whole namespaces with one rule.
 NAMESPACE_RULES: dict[str, str] = {
-    # Staff only; the admin's lists are not narrowed to projects yet.
-    "admin": GAP,
+    # Staff only; each admin of project-owned rows is ProjectScoped, which a walk of the registry checks.
+    "admin": ADMIN_SCOPED,
     # Its own credentials (experiments/mlflow/auth.py), so the session walk cannot reach it.
     "mlflow": OWN_AUTH,
 }
