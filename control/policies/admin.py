@@ -8,6 +8,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db import models
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -264,5 +265,18 @@ class TriggerEventAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-a
 
 
 @admin.register(GpuPrice)
-class GpuPriceAdmin(admin.ModelAdmin):  # type: ignore[type-arg]
-    list_display = ("gpu_type", "usd_per_hour")
+class GpuPriceAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
+    """GPU prices: the installation's defaults (no project) and each project's own rules."""
+
+    list_display = ("gpu_type", "usd_per_hour", "project")
+
+    def scope_to_projects(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """Return the defaults, which price every project, and the rules of the caller's projects."""
+        own = super().scope_to_projects(request, queryset)
+        return queryset.filter(Q(project__isnull=True) | Q(pk__in=own.values("pk")))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        """Offer only the projects whose policies the user may change (a price is theirs to set)."""
+        if db_field.name == "project":
+            kwargs["queryset"] = visible_projects(request.user, "control.change_policy")
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)

@@ -121,7 +121,7 @@ DEMO_PRICES = {
 def demo_policies_ensure() -> list[Policy]:
     """Create the demo policies and GPU prices that are missing (idempotent; edits are kept)."""
     for gpu_type, price in DEMO_PRICES.items():
-        GpuPrice.objects.get_or_create(gpu_type=gpu_type, defaults={"usd_per_hour": price})
+        GpuPrice.objects.get_or_create(gpu_type=gpu_type, project=None, defaults={"usd_per_hour": price})
     policies = []
     for definition in DEMO_POLICIES:
         existing = Policy.objects.filter(name=definition["name"]).first()

@@ -392,13 +392,41 @@ def policy_summary(
 
 
 class GpuPrice(models.Model):
-    """Price of one GPU-hour by GPU type (cost-aware scheduling); "cpu" prices a CPU slot."""
+    """Price of one GPU-hour by GPU type (cost-aware scheduling); "cpu" prices a CPU slot.
 
-    gpu_type = models.CharField(max_length=64, unique=True, help_text='e.g. "H100", or "cpu".')
+    A rule without a project is the installation's price for every project; a project's own rule
+    for a GPU type wins for that project's experiments (control/scheduling/cost.py `price_tables`).
+    """
+
+    gpu_type = models.CharField(max_length=64, help_text='e.g. "H100", or "cpu".')
     usd_per_hour = models.DecimalField(max_digits=10, decimal_places=4, validators=[MinValueValidator(0)])
+    project = models.ForeignKey(
+        "experiments.Project",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="+",
+        help_text="Blank: the default price for every project; set: this project's own price.",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["gpu_type"],
+                condition=models.Q(project__isnull=True),
+                name="gpu_price_default_unique",
+                violation_error_message="A default price for this GPU type exists already.",
+            ),
+            models.UniqueConstraint(
+                fields=["gpu_type", "project"],
+                name="gpu_price_project_unique",
+                violation_error_message="This project has a price for this GPU type already.",
+            ),
+        ]
 
     def __str__(self) -> str:
-        return f"{self.gpu_type}: ${self.usd_per_hour}/h"
+        where = f" ({self.project})" if self.project_id else ""
+        return f"{self.gpu_type}: ${self.usd_per_hour}/h{where}"
 
 
 class TriggerStatus(models.TextChoices):

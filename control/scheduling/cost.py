@@ -1,6 +1,8 @@
 """Cost-aware scheduling: what today's runs cost, what a queued one would, and whether it may start.
 
-Prices are GpuPrice records (USD per GPU-hour by GPU type, "cpu" for a CPU slot); limits
+Prices are GpuPrice records (USD per GPU-hour by GPU type, "cpu" for a CPU slot): the rules
+without a project price every project, and a project's own rule for a GPU type wins for its
+experiments (`price_tables`). Limits
 come from enabled cost policies (daily budget, max concurrent runs). The scheduler asks
 `admission_reason` before leasing, so the queue page can say why an experiment waits.
 """
@@ -34,9 +36,38 @@ class CostSubject(Protocol):
     def timeout_seconds(self) -> int: ...
 
 
-def price_per_hour(*, gpus: int, gpu_type: str, prices: dict[str, Decimal] | None = None) -> Decimal:
-    """Return the USD per hour of a run holding these devices (unknown GPU types take the dearest)."""
-    prices = prices if prices is not None else dict(GpuPrice.objects.values_list("gpu_type", "usd_per_hour"))
+PriceTable = dict[str, Decimal]
+
+
+def price_tables() -> dict[int | None, PriceTable]:
+    """Return the prices by project id: None holds the defaults, a project its own over the defaults."""
+    defaults: PriceTable = {}
+    own: dict[int, PriceTable] = {}
+    for gpu_type, usd, project_id in GpuPrice.objects.values_list("gpu_type", "usd_per_hour", "project_id"):
+        if project_id is None:
+            defaults[gpu_type] = usd
+        else:
+            own.setdefault(project_id, {})[gpu_type] = usd
+    tables: dict[int | None, PriceTable] = {None: defaults}
+    for project_id, prices in own.items():
+        tables[project_id] = {**defaults, **prices}
+    return tables
+
+
+def prices_for(project_id: int | None, tables: dict[int | None, PriceTable] | None = None) -> PriceTable:
+    """Return the price table of a project's experiments (the defaults where it set none of its own)."""
+    tables = tables if tables is not None else price_tables()
+    return tables.get(project_id, tables[None])
+
+
+def price_per_hour(
+    *, gpus: int, gpu_type: str, prices: PriceTable | None = None, project_id: int | None = None
+) -> Decimal:
+    """Return the USD per hour of a run holding these devices (unknown GPU types take the dearest).
+
+    Without `prices`, the project's table is read (the installation's defaults for None).
+    """
+    prices = prices if prices is not None else prices_for(project_id)
     if gpus <= 0:
         return prices.get("cpu", Decimal("0"))
     gpu_prices = {k.lower(): v for k, v in prices.items() if k.lower() != "cpu"}
@@ -50,14 +81,19 @@ def _start_of_day(now: datetime) -> datetime:
     return now.replace(hour=0, minute=0, second=0, microsecond=0)
 
 
-def spend_today(*, now: datetime | None = None) -> Decimal:
-    """Return what runs cost since midnight UTC (finished ones in full, live ones so far)."""
+def spend_today(*, now: datetime | None = None, project_id: int | None = None) -> Decimal:
+    """Return what runs cost since midnight UTC (finished ones in full, live ones so far).
+
+    Each run is priced at its own project's prices; with `project_id`, only that project's runs count.
+    """
     now = now or timezone.now()
     day = _start_of_day(now)
-    prices = dict(GpuPrice.objects.values_list("gpu_type", "usd_per_hour"))
+    tables = price_tables()
     runs = Run.objects.filter(started_at__isnull=False).filter(
         Q(finished_at__isnull=True) | Q(finished_at__gte=day)
     )
+    if project_id is not None:
+        runs = runs.filter(experiment__project_id=project_id)
     total = Decimal("0")
     for run in runs.select_related("experiment"):
         assert run.started_at is not None
@@ -65,7 +101,9 @@ def spend_today(*, now: datetime | None = None) -> Decimal:
         end = run.finished_at or now
         hours = Decimal(str(max(0.0, (end - start).total_seconds()) / 3600))
         total += hours * price_per_hour(
-            gpus=run.experiment.gpus, gpu_type=run.experiment.gpu_type, prices=prices
+            gpus=run.experiment.gpus,
+            gpu_type=run.experiment.gpu_type,
+            prices=prices_for(run.experiment.project_id, tables),
         )
     return total.quantize(Decimal("0.0001"))
 
@@ -87,12 +125,21 @@ def expected_hours(experiment: CostSubject) -> float:
     return experiment.timeout_seconds / 3600
 
 
-def estimated_cost(experiment: CostSubject) -> Decimal:
-    """Return the expected USD cost of one run of the experiment."""
-    hours = Decimal(str(expected_hours(experiment)))
-    return (hours * price_per_hour(gpus=experiment.gpus, gpu_type=experiment.gpu_type)).quantize(
-        Decimal("0.0001")
+def estimate_key(experiment: CostSubject) -> str:
+    """Return the cache key of one run's estimate: what it depends on, its project's prices included."""
+    return (
+        f"estimate:{getattr(experiment, 'project_id', None)}:{experiment.recipe}:{experiment.gpus}:"
+        f"{experiment.gpu_type}:{experiment.timeout_seconds}"
     )
+
+
+def estimated_cost(experiment: CostSubject) -> Decimal:
+    """Return the expected USD cost of one run of the experiment, at its project's prices."""
+    hours = Decimal(str(expected_hours(experiment)))
+    # Model instances and the scheduler's light rows both carry project_id; a bare subject has none.
+    project_id = getattr(experiment, "project_id", None)
+    unit = price_per_hour(gpus=experiment.gpus, gpu_type=experiment.gpu_type, project_id=project_id)
+    return (hours * unit).quantize(Decimal("0.0001"))
 
 
 def cost_policies() -> list[Policy]:
@@ -127,7 +174,7 @@ def admission_reason(
     if "spent" not in cache:
         cache["spent"] = spend_today(now=now)
     spent: Decimal = cache["spent"]
-    key = f"estimate:{experiment.recipe}:{experiment.gpus}:{experiment.gpu_type}:{experiment.timeout_seconds}"
+    key = estimate_key(experiment)
     if key not in cache:
         cache[key] = estimated_cost(experiment)
     estimate: Decimal = cache[key]

@@ -168,7 +168,7 @@ def estimates_for(queued: Sequence[Any], *, cache: dict[str, Any]) -> dict[int, 
         improvement, basis = expected_improvement(
             configs.get(q.pk) or {}, cache[key], better=better, keys=keys
         )
-        cost_key = f"estimate:{q.recipe}:{q.gpus}:{q.gpu_type}:{q.timeout_seconds}"
+        cost_key = cost.estimate_key(q)
         if cost_key not in cache:
             cache[cost_key] = cost.estimated_cost(q)
         usd: Decimal = cache[cost_key]

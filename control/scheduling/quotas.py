@@ -17,7 +17,6 @@ from django.db.models import Q
 from django.utils import timezone
 
 import control.scheduling.cost as cost
-from control.policies.models import GpuPrice
 from experiments.choices import LIVE_RUN_STATUSES, Executor, State
 from experiments.models import Experiment, Project, Run
 
@@ -74,7 +73,8 @@ def project_usage(*, project_ids: list[int], now: datetime | None = None) -> dic
     now = now or timezone.now()
     day = now.replace(hour=0, minute=0, second=0, microsecond=0)
     usage = {pid: ProjectUsage() for pid in project_ids}
-    prices = dict(GpuPrice.objects.values_list("gpu_type", "usd_per_hour"))
+    # Each project's dollars at its own prices (its rules over the installation's defaults).
+    tables = cost.price_tables()
     runs = (
         Run.objects.filter(experiment__project_id__in=project_ids, started_at__isnull=False)
         .filter(Q(finished_at__isnull=True) | Q(finished_at__gte=day))
@@ -97,9 +97,9 @@ def project_usage(*, project_ids: list[int], now: datetime | None = None) -> dic
             used.runs += 1
             used.gpus += gpus
         assert started_at is not None  # filtered above
-        assert started_at is not None  # filtered above
         hours = Decimal(str(max(0.0, ((finished_at or now) - max(started_at, day)).total_seconds()) / 3600))
         used.gpu_hours += hours * gpus
+        prices = cost.prices_for(project_id, tables)
         used.spent_usd += hours * cost.price_per_hour(gpus=gpus, gpu_type=gpu_type, prices=prices)
     return usage
 
@@ -113,7 +113,7 @@ def _usage(cache: dict[str, Any], now: datetime) -> dict[int, ProjectUsage]:
 
 def _estimates(experiment: QuotaSubject, cache: dict[str, Any]) -> tuple[Decimal, Decimal]:
     """Return the (GPU-hours, USD) one run of the experiment is expected to use."""
-    key = f"quota_estimate:{experiment.recipe}:{experiment.gpus}:{experiment.gpu_type}:{experiment.timeout_seconds}"
+    key = f"quota_{cost.estimate_key(experiment)}"
     if key not in cache:
         hours = Decimal(str(cost.expected_hours(experiment)))
         cache[key] = (hours * experiment.gpus, cost.estimated_cost(experiment))

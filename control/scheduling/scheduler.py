@@ -111,6 +111,7 @@ class QueuedExperiment:
         "pk",
         "priority",
         "priority_class",
+        "project_id",
         "recipe",
         "timeout_seconds",
         "urgency",
@@ -133,6 +134,7 @@ class QueuedExperiment:
             self._not_before,
             self.cpu_cores,
             self.host_memory_gb,
+            self.project_id,
             self.urgency,
         ) = row
         self.memory_gb = float(self.memory_gb)
@@ -192,6 +194,7 @@ _QUEUED_COLUMNS = (
     "not_before",
     "cpu_cores",
     "host_memory_gb",
+    "project_id",  # its project's GPU prices
 )
 
 
