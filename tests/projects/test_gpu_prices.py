@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import Permission, User
@@ -46,12 +47,11 @@ def test_a_projects_own_price_wins_for_its_experiments_and_the_default_prices_th
     projects: tuple[Project, Project],
 ) -> None:
     vision, nlp = projects
-    hour = {"gpus": 2, "gpu_type": "H100", "timeout_seconds": 3600}
-    assert estimated_cost(queued("v", project=vision, **hour)) == Decimal("2.0000")
-    assert estimated_cost(queued("n", project=nlp, **hour)) == Decimal("8.0000")
+    two_h100: dict[str, Any] = {"gpus": 2, "gpu_type": "H100", "timeout_seconds": 3600}
+    assert estimated_cost(queued("v", project=vision, **two_h100)) == Decimal("2.0000")
+    assert estimated_cost(queued("n", project=nlp, **two_h100)) == Decimal("8.0000")
     # A type the project did not price takes the default.
-    cpu = {"gpus": 0, "timeout_seconds": 3600}
-    assert estimated_cost(queued("v-cpu", project=vision, **cpu)) == Decimal("0.5000")
+    assert estimated_cost(queued("v-cpu", project=vision, gpus=0, timeout_seconds=3600)) == Decimal("0.5000")
 
 
 def test_spend_today_prices_each_run_at_its_projects_prices_and_counts_one_project_on_request(
