@@ -21,13 +21,33 @@ from control.policies.models import Policy, PolicyKind
 from experiments.actors import Actor
 from experiments.admin import ProjectScoped
 from experiments.models import ModelVersion
-from experiments.projects import visible_model_versions
+from experiments.projects import VIEW, project_ids_where
 
 
 def _version_label(version: ModelVersion) -> str:
     accuracy = (version.metrics or {}).get("accuracy")
     measured = f" · accuracy {accuracy:.4f}" if isinstance(accuracy, int | float) else ""
     return f"v{version.version} ({version.get_stage_display().lower()}){measured}"
+
+
+AB_TEST_START_PERMISSION = "control.add_abtest"
+
+
+def _project_ids_where_any(user: Any, *actions: str) -> set[int] | None:
+    """Return the projects where the user may do any of the actions (None: every project)."""
+    found: set[int] = set()
+    for action in actions:
+        ids = project_ids_where(user, action)
+        if ids is None:
+            return None
+        found |= ids
+    return found
+
+
+def _startable(user: Any, queryset: QuerySet[Any], action: str) -> QuerySet[Any]:
+    """Return the rows of projects where the user may `action` or start A/B tests (as the default project grants)."""
+    ids = _project_ids_where_any(user, action, AB_TEST_START_PERMISSION)
+    return queryset if ids is None else queryset.filter(project_id__in=ids)
 
 
 class ABTestStartForm(forms.Form):
@@ -46,14 +66,15 @@ class ABTestStartForm(forms.Form):
         help_text="An A/B test policy: its metric, minimum requests, error rate (alpha) and margin decide.",
     )
 
-    def __init__(self, *args: Any, model_name: str = "", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, user: Any, model_name: str = "", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        versions = ModelVersion.objects.order_by("model_name", "-version")
+        # Only the user's projects' models and policies: another project's are neither offered nor accepted.
+        versions = _startable(user, ModelVersion.objects.order_by("model_name", "-version"), VIEW)
         names = sorted(set(versions.values_list("model_name", flat=True)))
         self.fields["model_name"].choices = [(n, n) for n in names]  # type: ignore[attr-defined]
         # The page offers one model's versions and A/B policies only; a submitted choice outside
         # them goes on to ab_test_start, whose refusal names the field and says what is wrong.
-        policies = Policy.objects.order_by("name")
+        policies = _startable(user, Policy.objects.order_by("name"), "control.view_policy")
         if not self.is_bound:
             policies = policies.filter(kind=PolicyKind.AB_TEST)
             if model_name in names:
@@ -111,8 +132,15 @@ class ABTestAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
     actions = ["cancel_selected"]
 
     def scope_to_projects(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        """Return the tests of models the user may see (a model is its versions' project's)."""
-        return queryset.filter(model_name__in=visible_model_versions(request.user).values("model_name"))
+        """Return the tests of models in projects where the user sees experiments or A/B tests.
+
+        A model is its versions' project's; the default project also honours the global view_abtest.
+        """
+        ids = _project_ids_where_any(request.user, VIEW, "control.view_abtest")
+        if ids is None:
+            return queryset
+        models = ModelVersion.objects.filter(project_id__in=ids).values("model_name")
+        return queryset.filter(model_name__in=models)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """No field is edited (the test moves by the sweep's decisions); the change permission cancels."""
@@ -199,7 +227,9 @@ class ABTestAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
         """Start an A/B test through ab_test_start as the admin user; each refusal is its field's error."""
         if not self.has_add_permission(request):
             raise PermissionDenied
-        form = ABTestStartForm(request.POST or None, model_name=request.GET.get("model_name", ""))
+        form = ABTestStartForm(
+            request.POST or None, user=request.user, model_name=request.GET.get("model_name", "")
+        )
         if request.method == "POST" and form.is_valid():
             data = form.cleaned_data
             try:
@@ -226,7 +256,9 @@ class ABTestAdmin(ProjectScoped, admin.ModelAdmin):  # type: ignore[type-arg]
             "opts": self.model._meta,
             "title": "Start an A/B test",
             "form": form,
-            "has_ab_policy": Policy.objects.filter(kind=PolicyKind.AB_TEST).exists(),
+            "has_ab_policy": _startable(
+                request.user, Policy.objects.filter(kind=PolicyKind.AB_TEST), "control.view_policy"
+            ).exists(),
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/control/abtest/start.html", context)

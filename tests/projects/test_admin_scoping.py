@@ -165,3 +165,34 @@ def test_the_project_column_and_filter_name_only_the_callers_projects(vision: Si
     filtered.force_login(User.objects.create_superuser("root", password="pw-root-123"))
     page = filtered.get(_url(Run), {f"experiment__{field}__id__exact": nlp.project.pk}).content.decode()
     assert nlp.experiment.name in page and vision.experiment.name not in page
+
+
+@pytest.mark.django_db
+def test_the_ab_test_start_form_offers_and_accepts_only_the_callers_models_and_policies(
+    vision: Side, nlp: Side
+) -> None:
+    for side in (vision, nlp):
+        Policy.objects.create(name=f"{side.project.slug}-ab", kind=PolicyKind.AB_TEST, project=side.project)
+        ModelVersion.objects.create(
+            model_name=side.model_name, version=2, recipe="digits", experiment=side.experiment,
+            checkpoint_path="c.pt", checkpoint_sha256="3" * 64,
+        )  # fmt: skip
+    alice = _staff(vision)
+    alice.user_permissions.add(*Permission.objects.filter(codename="add_abtest"))
+    client = Client()
+    client.force_login(alice)
+    form = client.get(_url(ABTest, "add/")).content.decode()
+    assert vision.model_name in form and "vision-ab" in form
+    assert nlp.model_name not in form and "nlp-ab" not in form
+    their_versions = list(ModelVersion.objects.filter(model_name=nlp.model_name).values_list("pk", flat=True))
+    refused = client.post(
+        _url(ABTest, "add/"),
+        {
+            "model_name": nlp.model_name,
+            "version_ids": their_versions,
+            "policy": Policy.objects.get(name="nlp-ab").pk,
+        },
+    )
+    assert refused.status_code == 200
+    assert set(refused.context["form"].errors) == {"model_name", "version_ids", "policy"}
+    assert not ABTest.objects.exists()
