@@ -27,7 +27,14 @@ from experiments.models import (
     TransitionLog,
 )
 from experiments.pipelines.services import dependency_add, dependency_remove
-from experiments.projects import VIEW, visible
+from experiments.projects import (
+    CREATE,
+    VIEW,
+    visible,
+    visible_experiments,
+    visible_model_versions,
+    visible_projects,
+)
 from experiments.services import TransitionRefused, experiment_transition
 
 # Events a person fires from the admin; start/complete/fail/requeue belong to the
@@ -35,7 +42,29 @@ from experiments.services import TransitionRefused, experiment_transition
 ADMIN_EVENTS = frozenset({"queue", "cancel", "promote", "hold", "deploy", "rollback", "retry"})
 
 
-class ProjectScoped:
+class ProjectChoices:
+    """Admin forms whose project, experiment and model-version choices are the caller's projects' only.
+
+    A select never names another project's object, and a typed id of one (a raw-id field) is
+    refused as an invalid choice.
+    """
+
+    # The permission a staff member's role must grant in a project to choose it.
+    project_choice_action = VIEW
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if "queryset" not in kwargs:
+            related = db_field.related_model
+            if related is Project:
+                kwargs["queryset"] = visible_projects(request.user, self.project_choice_action)
+            elif related is Experiment:
+                kwargs["queryset"] = visible_experiments(request.user)
+            elif related is ModelVersion:
+                kwargs["queryset"] = visible_model_versions(request.user)
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)  # type: ignore[misc]
+
+
+class ProjectScoped(ProjectChoices):
     """Admin of project-owned rows: staff see their projects' rows only (superusers all).
 
     The rows reach their project through `project_field` (e.g. "run__experiment__project"). The
@@ -99,7 +128,7 @@ class TransitionLogInline(admin.TabularInline):  # type: ignore[type-arg]
         return False
 
 
-class DependencyInline(admin.TabularInline):  # type: ignore[type-arg]
+class DependencyInline(ProjectChoices, admin.TabularInline):  # type: ignore[type-arg]
     """What the experiment waits for: one row per upstream (a cycle is refused on the upstream field)."""
 
     model = Dependency
@@ -116,6 +145,8 @@ class ExperimentAdmin(ProjectScoped, FSMAdminMixin, admin.ModelAdmin):  # type: 
     """Experiments with their transition buttons; every button fires the audited service."""
 
     fsm_fields = ["state"]
+    # The project select offers those where the user may create experiments.
+    project_choice_action = CREATE
     list_display = (
         "id",
         "name",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from django.contrib import admin
 from django.contrib.admin.utils import get_fields_from_path
@@ -196,3 +198,44 @@ def test_the_ab_test_start_form_offers_and_accepts_only_the_callers_models_and_p
     assert refused.status_code == 200
     assert set(refused.context["form"].errors) == {"model_name", "version_ids", "policy"}
     assert not ABTest.objects.exists()
+
+
+@pytest.mark.django_db
+def test_an_experiments_admin_form_offers_and_accepts_only_the_callers_projects(
+    vision: Side, nlp: Side
+) -> None:
+    alice = _staff(vision)
+    alice.user_permissions.add(
+        *Permission.objects.filter(codename__in=["change_experiment", "add_dependency", "change_dependency"])
+    )
+    client = Client()
+    client.force_login(alice)
+    change = _url(Experiment, f"{vision.experiment.pk}/change/")
+    form = client.get(change).content.decode()
+    assert ">Vision<" in form and ">Nlp<" not in form
+    page = client.get(change)
+    data = {
+        key: json.dumps(value) if isinstance(value, (dict, list)) else value
+        for key, value in page.context["adminform"].form.initial.items()
+        if key in page.context["adminform"].form.fields and value is not None
+    }
+    refused = client.post(
+        change,
+        {
+            **data,
+            "project": vision.project.pk,
+            "parent": nlp.experiment.pk,  # a typed id of another project's experiment
+            "upstream_edges-TOTAL_FORMS": "1",
+            "upstream_edges-INITIAL_FORMS": "0",
+            "upstream_edges-0-upstream": nlp.experiment.pk,
+            "transitions-TOTAL_FORMS": "0",
+            "transitions-INITIAL_FORMS": "0",
+        },
+    )
+    assert refused.status_code == 200
+    assert set(refused.context["adminform"].form.errors) == {"parent"}
+    edges = refused.context["inline_admin_formsets"][0].formset
+    assert "upstream" in edges.forms[0].errors
+    vision.experiment.refresh_from_db()
+    assert vision.experiment.parent_id is None
+    assert not vision.experiment.upstream_edges.exists()
