@@ -28,7 +28,6 @@ from experiments.models import (
 )
 from experiments.pipelines.services import dependency_add, dependency_remove
 from experiments.projects import (
-    CREATE,
     VIEW,
     visible,
     visible_experiments,
@@ -145,8 +144,6 @@ class ExperimentAdmin(ProjectScoped, FSMAdminMixin, admin.ModelAdmin):  # type: 
     """Experiments with their transition buttons; every button fires the audited service."""
 
     fsm_fields = ["state"]
-    # The project select offers those where the user may create experiments.
-    project_choice_action = CREATE
     list_display = (
         "id",
         "name",
