@@ -62,7 +62,15 @@ SCRIPTS: list[tuple[str, list[str]]] = [
     ("trigger_action.py", ["trigger_action_ms"]),
     (
         "scheduler.py",
-        ["scheduler_plan_ms", "scheduler_tick_busy_ms", "scheduler_tick_dispatch_ms", "scheduler_idle_gap_s"],
+        [
+            "scheduler_plan_ms",
+            "scheduler_tick_busy_ms",
+            "scheduler_tick_dispatch_ms",
+            "scheduler_cost_aware_hours_to_best",
+            "scheduler_cost_aware_usd_to_best",
+            "scheduler_fair_share_pct",
+            "scheduler_idle_gap_s",
+        ],
     ),
     (
         "canary.py",

@@ -78,6 +78,7 @@ SCRIPTS: dict[str, tuple[list[str], set[str]]] = {
             "scheduler_tick_dispatch_ms",
             "scheduler_cost_aware_hours_to_best",
             "scheduler_cost_aware_usd_to_best",
+            "scheduler_fair_share_pct",
             "scheduler_idle_gap_s",
         ],
         {"scheduler_idle_gap_s"},
