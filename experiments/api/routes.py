@@ -278,7 +278,8 @@ def experiment_action(
 
 @router.post(
     "/{experiment_id}/dependencies",
-    response={201: ExperimentDetail, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
+    # 400: a body that is not JSON at all (ninja's parser refuses it before any field is read).
+    response={201: ExperimentDetail, 400: ErrorOut, **_AUTH_ERRORS, 404: ErrorOut, 422: ValidationErrorOut},
     summary="Add a dependency",
     description="Needs `experiments.add_experiment`. The experiment (pending or waiting) waits for the "
     "given upstream. A cycle, or an experiment past waiting, is refused at body.depends_on (422).",
