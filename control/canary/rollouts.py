@@ -424,9 +424,7 @@ def _rollback_holds(spec: ConditionSpec, result: ConditionResult) -> ConditionRe
     # Unmeasured (no feedback yet) is not a regression; a measured one beyond tolerance is.
     regressed = not result.passed and result.value is not None
     return ConditionResult(
-        description=f"{spec.metric} worse than production by more than {spec.threshold * 100:g}%"
-        if spec.threshold is not None
-        else result.description,
+        description=spec.describe_as_rollback() if spec.threshold is not None else result.description,
         passed=regressed,
         value=result.value,
         detail=result.detail,

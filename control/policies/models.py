@@ -248,7 +248,9 @@ class PolicyCondition(models.Model):
         ordering = ["policy_id", "role", "order", "id"]
 
     def __str__(self) -> str:
-        return self.spec().describe()
+        # A rollback_on row is read as what rolls the canary back (a regression: when broken).
+        spec = self.spec()
+        return spec.describe_as_rollback() if self.role == ConditionRole.ROLLBACK_ON else spec.describe()
 
     def spec(self) -> ConditionSpec:
         """Return the evaluator's view of this row."""

@@ -323,3 +323,17 @@ def test_edited_canary_stages_and_cost_limits_show_in_the_listed_summaries() -> 
     assert "each judged once it served 200 requests" in listing
     assert "Daily budget $250.00, at most 8 concurrent runs" in listing
     assert "$100.00" not in listing
+
+
+def test_the_demo_canary_summary_says_what_rolls_it_back() -> None:
+    # A regression row under "roll back when" fires when the candidate IS worse; its own wording
+    # ("no worse than production") would tell the reader the opposite.
+    demo_policies_ensure()
+    canary = Policy.objects.get(name="canary_deploy")
+    summary = canary.summary()
+    assert "roll back when" in summary
+    assert "accuracy worse than production by more than 5%" in summary
+    assert "no worse than" not in summary
+    listing = client_for("view_policy").get(reverse("policies:list")).content.decode()
+    assert "accuracy worse than production by more than 5%" in listing
+    assert "accuracy no worse than production" not in listing

@@ -95,6 +95,11 @@ class ConditionSpec:
         unit = CONDITION_KINDS.get(self.kind)
         return unit.describe(self) if unit is not None else self.kind
 
+    def describe_as_rollback(self) -> str:
+        """Return what makes a canary roll back, when this condition is a rollback_on row."""
+        unit = CONDITION_KINDS.get(self.kind)
+        return unit.describe_as_rollback(self) if unit is not None else self.kind
+
 
 @dataclass
 class EvaluationContext:
@@ -175,6 +180,10 @@ class ConditionKindUnit:
     def describe(self, spec: ConditionSpec) -> str:
         """Return the condition as a person would write it."""
         raise NotImplementedError
+
+    def describe_as_rollback(self, spec: ConditionSpec) -> str:
+        """Return the condition as a rollback trigger: for most kinds, holding is what triggers."""
+        return self.describe(spec)
 
     def evaluate(self, spec: ConditionSpec, ctx: EvaluationContext) -> ConditionResult:
         """Check one (valid) condition of this kind against the context."""

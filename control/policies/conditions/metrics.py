@@ -123,6 +123,14 @@ class Regression(ConditionKindUnit):
         """Return e.g. "loss no worse than production by more than 5%"."""
         return f"{spec.metric} no worse than production by more than {fmt_pct(spec.threshold)}"
 
+    def describe_as_rollback(self, spec: ConditionSpec) -> str:
+        """Return e.g. "accuracy worse than production by more than 5%".
+
+        As a rollback trigger a regression condition fires when it is broken, so its own wording
+        ("no worse than") would say the opposite of what rolls the canary back.
+        """
+        return f"{spec.metric} worse than production by more than {fmt_pct(spec.threshold)}"
+
     def evaluate(self, spec: ConditionSpec, ctx: EvaluationContext) -> ConditionResult:
         """Pass when the relative regression against production is within the margin."""
         desc = self.describe(spec)
