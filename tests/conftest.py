@@ -256,6 +256,20 @@ def _no_stray_database_sessions(django_db_setup: Any, django_db_blocker: Any) ->
         )
 
 
+# Assertions wait for what the page shows, not for a fixed time: on a loaded 2-core CI machine a
+# live frame (sent after the response by a per-process sender) can take longer than Playwright's
+# 5 s default to be drawn. A page that never shows it still fails, after this wait.
+BROWSER_EXPECT_TIMEOUT_MS = 15_000
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _browser_assertions_wait_longer() -> None:
+    """Give every browser test's expect() the CI-sized wait (imported lazily: Playwright is dev-only)."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=BROWSER_EXPECT_TIMEOUT_MS)
+
+
 @pytest.fixture(scope="session")
 def browser_type_launch_args(browser_type_launch_args: dict[str, Any]) -> dict[str, Any]:
     """Launch the system Chromium with flags that suit a container (no sandbox, no GPU, no network)."""

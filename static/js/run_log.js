@@ -44,6 +44,12 @@
     if (!runId) return Promise.resolve(); // no run yet: the first frame starts the log
     if (loading) return loading;
     const loadingRun = runId;
+    // What the panel shows now, with each line's stream: a tail fetched again (a reconnect) must
+    // not turn stderr lines the page already showed into stdout ones.
+    const shownBefore = Array.from(pre.children).map((span) => ({
+      stream: span.className === "log-stderr" ? "stderr" : "stdout",
+      line: span.textContent.replace(/\n$/, ""),
+    }));
     arrivedDuringLoad = [];
     loading = fetch(urlFor(runId) + "?tail=" + pre.dataset.tailLines, { credentials: "same-origin" })
       .then((r) => (r.ok ? r.text() : Promise.reject(new Error(String(r.status)))))
@@ -57,6 +63,12 @@
         while (k > 0 && !endsWith(lines, arrived, k)) k -= 1;
         pre.textContent = "";
         const shown = lines.map((line) => ({ stream: "stdout", line }));
+        // The file's lines before those are what the panel showed when the fetch began: the
+        // longest run of them the tail ends with keeps its streams.
+        const older = lines.slice(0, lines.length - k);
+        let m = Math.min(shownBefore.length, older.length);
+        while (m > 0 && !endsWith(older, shownBefore.slice(shownBefore.length - m), m)) m -= 1;
+        for (let i = 0; i < m; i += 1) shown[older.length - m + i] = shownBefore[shownBefore.length - m + i];
         for (let i = 0; i < k; i += 1) shown[lines.length - k + i] = arrived[i];
         append(shown.concat(arrived.slice(k)));
         // Frames after this carry line numbers past what the file held: the page counts from the

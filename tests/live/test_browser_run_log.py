@@ -51,3 +51,8 @@ def test_the_run_log_panel_shows_the_tail_then_lines_as_they_are_written(
     expect(log.locator(".log-stderr")).to_have_text("warning: the learning rate is high\n")
     download = page.locator("#run-log-download")
     assert download.get_attribute("href") == f"/experiments/{experiment.pk}/runs/{run.pk}/log/"
+    # A reconnect fetches the tail again (the file keeps no stream): the stderr line stays stderr.
+    page.evaluate("() => window.crucibleRunLog.reload()")
+    expect(log).to_contain_text("written before the page opened")
+    expect(log.locator(".log-stderr")).to_have_text("warning: the learning rate is high\n")
+    assert log.locator(".log-stdout", has_text="epoch 2: loss 0.31").count() == 1
