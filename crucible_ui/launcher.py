@@ -83,8 +83,7 @@ def demo_traffic_argv(env: dict[str, str], manage: list[str], *, host: str, port
     """Return the demo traffic command when DEMO_TRAFFIC asks for it, else None."""
     if env.get("DEMO_TRAFFIC", "").strip().lower() not in {"1", "true", "yes", "on"}:
         return None
-    shown_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-    return [*manage, "traffic", *DEMO_TRAFFIC_ARGS, "--url", f"http://{shown_host}:{port}"]
+    return [*manage, "traffic", *DEMO_TRAFFIC_ARGS, "--url", f"http://{url_host(host)}:{port}"]
 
 
 def demo_credentials() -> tuple[str, str]:
@@ -114,6 +113,26 @@ def web_names(count: int) -> list[str]:
 def part_of(name: str) -> str:
     """Return the part a child belongs to for the stop order (web1 is a web process)."""
     return "web" if name.startswith("web") and name[3:].isdigit() else name
+
+
+def url_host(host: str) -> str:
+    """Return the host as a URL names it: a wildcard address as the loopback."""
+    return "127.0.0.1" if host in {"0.0.0.0", ""} else host
+
+
+def host_refusal(host: str) -> str | None:
+    """Return why the web processes cannot serve on host, or None when they can.
+
+    Daphne adopts the launcher's socket through Twisted's `fd:` endpoint, which always treats it
+    as IPv4: an IPv6 socket would make every web process fail to listen and crash-loop.
+    """
+    if ":" in host:
+        return (
+            f"HOST={host} is an IPv6 address: the web processes share one IPv4 socket "
+            "(daphne --fd adopts IPv4 sockets only); set HOST=127.0.0.1, or 0.0.0.0 for every "
+            "IPv4 interface, and put an IPv6-facing proxy in front if you need one"
+        )
+    return None
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -461,8 +480,7 @@ class Launcher:
 
     def _announce(self, host: str, port: int) -> None:
         """Print the URL and the login once /healthz says every part is up (or after a minute)."""
-        shown_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-        url = f"http://{shown_host}:{port}/"
+        url = f"http://{url_host(host)}:{port}/"
         health = "starting"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -557,10 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     stop_timeout = float(env.get("STOP_TIMEOUT", STOP_TIMEOUT_SECONDS))
     worker_stop = float(env.get("CRUCIBLE_STOP_TIMEOUT_S", WORKER_STOP_TIMEOUT_DEFAULT_S))
     # Script runs on the worker reach the dashboard here (crucible_client's Run.from_env()).
-    local_host = "127.0.0.1" if host in {"0.0.0.0", "::"} else host
-    env.setdefault(
-        "CRUCIBLE_API_URL", f"http://{'[' + local_host + ']' if ':' in local_host else local_host}:{port}"
-    )
+    env.setdefault("CRUCIBLE_API_URL", f"http://{url_host(host)}:{port}")
 
     launcher = Launcher(
         env=env,
@@ -568,8 +583,12 @@ def main(argv: list[str] | None = None) -> int:
         stop_timeout=stop_timeout,
         worker_stop_timeout=worker_stop + WORKER_STOP_MARGIN_S,
     )
+    refusal = host_refusal(host)
+    if refusal is not None:
+        launcher.out.loud(refusal)
+        return 2
     launcher.install_signal_handlers()
-    if not port_is_free(port, host if host not in {"0.0.0.0", "::"} else "127.0.0.1"):
+    if not port_is_free(port, url_host(host)):
         launcher.out.loud(f"port {port} on {host} is already in use; set PORT to another port")
         return 1
     return launcher.serve(host=host, port=port, demo=not args.no_demo, setup=not args.no_setup)

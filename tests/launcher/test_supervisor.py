@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -173,3 +174,21 @@ def test_a_sigterm_reaches_only_the_leader_so_it_can_stop_its_own_children() -> 
     assert "pool stopped" in out
     assert "killing it" not in out
     assert _gone(leader.pid) and _gone(child)
+
+
+def test_an_ipv6_host_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    # Daphne's --fd adopts the shared socket as IPv4: an IPv6 one would crash-loop every web
+    # process after Redis, the worker and beat were already up. Refused first, with the way out.
+    env = {**os.environ, "HOST": "::1", "PORT": "8123", "VAR_DIR": str(tmp_path / "var")}
+    done = subprocess.run(
+        [sys.executable, "-m", "crucible_ui.launcher", "--no-demo"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 2
+    assert "HOST=::1 is an IPv6 address" in done.stdout
+    assert "set HOST=127.0.0.1" in done.stdout
+    assert not (tmp_path / "var").exists() or not any((tmp_path / "var").iterdir())
