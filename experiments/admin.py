@@ -24,6 +24,9 @@ from experiments.models import (
     ModelVersion,
     Project,
     Run,
+    RunArtifact,
+    RunEvaluation,
+    RunStage,
     TransitionLog,
 )
 from experiments.pipelines.services import dependency_add, dependency_remove
@@ -292,6 +295,44 @@ class RunAdmin(ProjectScoped, ReadOnlyAdmin):
     list_filter = ("status",)
     search_fields = ("experiment__name", "worker", "task_id")
     list_select_related = ("experiment__project",)
+
+
+@admin.register(RunStage)
+class RunStageAdmin(ProjectScoped, ReadOnlyAdmin):
+    """The stages a run completed (pre-train, train, evaluate…), each with its wall-clock time."""
+
+    project_field = "run__experiment__project"
+
+    list_display = ("run__experiment", "run", "name", "seconds", "completed_at")
+    list_filter = ("name",)
+    search_fields = ("run__experiment__name", "name")
+    list_select_related = ("run__experiment",)
+
+
+@admin.register(RunArtifact)
+class RunArtifactAdmin(ProjectScoped, ReadOnlyAdmin):
+    """Files a run saved (checkpoints, reports), with size and checksum; retention marks removed ones."""
+
+    project_field = "run__experiment__project"
+
+    list_display = ("run__experiment", "run", "name", "kind", "size", "sha256", "created_at", "deleted_at")
+    list_filter = ("kind",)
+    search_fields = ("run__experiment__name", "name", "sha256")
+    list_select_related = ("run__experiment",)
+
+
+@admin.register(RunEvaluation)
+class RunEvaluationAdmin(ProjectScoped, ReadOnlyAdmin):
+    """Evaluation jobs: the checkpoint judged, on which held-out set, where, and what it measured."""
+
+    project_field = "experiment__project"
+
+    list_display = (
+        "experiment", "run", "status", "eval_set", "worker", "device", "started_at", "finished_at", "note"
+    )  # fmt: skip
+    list_filter = ("status",)
+    search_fields = ("experiment__name", "checkpoint_sha256", "worker")
+    list_select_related = ("experiment", "run")
 
 
 @admin.register(MetricPoint)

@@ -26,6 +26,9 @@ from experiments.models import (
     Project,
     Role,
     Run,
+    RunArtifact,
+    RunEvaluation,
+    RunStage,
     TransitionLog,
 )
 from tests.projects.conftest import Side
@@ -103,6 +106,13 @@ def _rows(side: Side) -> dict[type[Model], Model]:
         TriggerEvent: trigger,
         CanaryRollout: rollout,
         ABTest: ABTest.objects.create(model_name=side.model_name, arms=[version.pk], policy=policy),
+        RunStage: RunStage.objects.create(run=side.run, name="train", seconds=1.5),
+        RunArtifact: RunArtifact.objects.create(
+            run=side.run, name="model.pt", path="m.pt", size=1, sha256="3" * 64
+        ),
+        RunEvaluation: RunEvaluation.objects.create(
+            experiment=experiment, run=side.run, checkpoint_sha256="4" * 64, eval_set="held-out"
+        ),
     }
 
 
