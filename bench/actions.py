@@ -154,6 +154,7 @@ class Measured:
     lists: list[list[float]] = field(default_factory=list)
     list_rates: list[float] = field(default_factory=list)
     solo: list[float] = field(default_factory=list)
+    solo_list: list[float] = field(default_factory=list)
 
     def p(self, rows: list[list[float]], q: float) -> list[float]:
         return [percentile(r, q) for r in rows]
@@ -195,6 +196,8 @@ def measure(
     if solo_work is not None:
         # One client alone: the service time of a press, without anyone queued in front of it.
         out.solo = asyncio.run(press_round(port, sessions[:1], solo_work))
+        if list_sessions:
+            out.solo_list, _rate = asyncio.run(list_round(port, list_sessions[:1], 10))
     return out
 
 
@@ -259,7 +262,18 @@ def main() -> None:
                 )
 
     one, many = measured[("daphne", 1)], measured[("daphne", processes)]
+    # The floor no server can beat: clients that send their next request as soon as the last is
+    # answered keep every CPU busy, so (Little's law) the mean answer takes at least
+    # clients x the CPU time of one request / CPUs. The solo time stands in for that CPU time
+    # (one client alone waits for nobody); the goal needs the cost per request named below.
+    cpus = len(os.sched_getaffinity(0))
+    extra_floor = {
+        "cpus": cpus,
+        "little_law_floor_ms": round(clients * statistics.mean(many.solo) / cpus, 1),
+        "press_cost_the_goal_needs_ms": round(50.0 * cpus / clients, 2),
+    }
     extra = {
+        **extra_floor,
         "clients": clients,
         "presses_per_client_per_repetition": per_client * 2,
         "events": "queue then cancel, each client on its own experiments",
@@ -315,6 +329,9 @@ def main() -> None:
                 "p50_ms": round(statistics.median(many.p(many.lists, 50)), 1),
                 "one_process_p50_ms": round(statistics.median(one.p(one.lists, 50)), 1),
                 "experiments_in_the_list": clients * per_client * (repetitions + 1) * len(servers) + 10,
+                "single_client_p50_ms": round(percentile(many.solo_list, 50), 1),
+                "little_law_floor_ms": round(list_clients * statistics.mean(many.solo_list) / cpus, 1),
+                "get_cost_the_goal_needs_ms": round(100.0 * cpus / list_clients, 2),
             },
         )
     )
