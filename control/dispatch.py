@@ -24,6 +24,8 @@ def task_revoke(task_id: str) -> None:
 
 def tasks_send(batch: list[tuple[str, list[Any], dict[str, Any]]]) -> None:
     """Queue several (name, args, apply_async options) tasks over one broker connection, in order."""
-    with current_app.producer_or_acquire() as producer:
+    with current_app.producer_or_acquire() as producer, producer.batch():
+        # The producer's batch buffers the broker writes (a Redis pipeline) and sends them at
+        # the end of the block: one round trip for the lot instead of one per task.
         for name, args, options in batch:
             current_app.signature(name, args=args).apply_async(producer=producer, **options)

@@ -23,6 +23,7 @@ from django.db.models import Case, ExpressionWrapper, FloatField, Func, Q, Query
 from django.db.models.functions import Cast, Coalesce, Greatest
 from django.urls import reverse
 from django.utils import timezone
+from django_fsm import ConcurrentTransition
 
 import control.scheduling.cost as cost
 from control.dispatch import tasks_send
@@ -31,8 +32,9 @@ from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
 from experiments.models import EVALUATION_PENDING, Experiment, Run
-from experiments.runs.services import run_create
-from experiments.services import TransitionRefused, experiment_transition
+from experiments.models.bulk import case_by_pk
+from experiments.runs.services import RunStart, run_create, runs_create_many, runs_next_attempts
+from experiments.services import TransitionRefused, experiment_transition, experiments_transition_many
 
 logger = logging.getLogger(__name__)
 
@@ -456,24 +458,38 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
 
 def device_lease(*, device_ids: list[int], run: Run) -> bool:
     """Lease every device to the run or none (call inside a transaction); False when one was taken."""
+    return devices_lease([(device_ids, run)])
+
+
+def devices_lease(leases: list[tuple[list[int], Run]]) -> bool:
+    """Lease each run its devices, all or none, in one statement (call inside a transaction).
+
+    Return False when one of the devices was taken (or its worker went offline): the caller
+    rolls back what this wrote.
+    """
     now = timezone.now()
-    if Device.objects.filter(pk__in=device_ids, worker__online=False).exists():
+    run_of = {device_id: run.pk for device_ids, run in leases for device_id in device_ids}
+    if not run_of or Device.objects.filter(pk__in=list(run_of), worker__online=False).exists():
         return False
-    for device_id in device_ids:
-        # The conditional update is the lock: of two schedulers, exactly one matches the row.
-        # Only the device's own columns in the WHERE: a condition on a joined table makes
-        # Django write `WHERE id IN (SELECT ...)`, and PostgreSQL re-checks only the outer
-        # clause after waiting for the other writer, so both would "win".
-        won = Device.objects.filter(pk=device_id, leased_run__isnull=True, reserved=False).update(
-            leased_run=run, leased_at=now
-        )
-        if won != 1:
-            return False
-    return True
+    # The conditional update is the lock: of two schedulers, exactly one matches each row,
+    # and the row count says whether this one got every device it asked for.
+    # Only the device's own columns in the WHERE: a condition on a joined table makes
+    # Django write `WHERE id IN (SELECT ...)`, and PostgreSQL re-checks only the outer
+    # clause after waiting for the other writer, so both would "win".
+    won = Device.objects.filter(pk__in=list(run_of), leased_run__isnull=True, reserved=False).update(
+        leased_run=case_by_pk(Device, "leased_run", run_of), leased_at=now
+    )
+    return won == len(run_of)
 
 
 class _LeaseLost(Exception):
     """Another scheduler leased one of the devices first."""
+
+
+# A lost race (device leased, experiment moved by someone else, PostgreSQL breaking a lock
+# cycle between two schedulers): what rolls a dispatch back to its savepoint.
+_LOST_RACE = (_LeaseLost, TransitionRefused, ConcurrentTransition, IntegrityError, OperationalError)
+SCHEDULER = Actor.system("scheduler")
 
 
 # A train task to send once the dispatch commits: (run id, the worker's queue, task id).
@@ -481,9 +497,12 @@ _Send = tuple[int, str, str]
 
 
 def _send_train_tasks(sends: list[_Send]) -> None:
+    # ignore_result as the task itself declares it: sent by name from a process that may not
+    # have the task registered, Celery would otherwise subscribe to (and later unsubscribe
+    # from) a result channel per task, two broker round trips each that nobody reads.
     tasks_send(
         [
-            ("control.train_run", [run_id], {"queue": queue, "task_id": task_id})
+            ("control.train_run", [run_id], {"queue": queue, "task_id": task_id, "ignore_result": True})
             for run_id, queue, task_id in sends
         ]
     )
@@ -504,10 +523,10 @@ def _dispatch_one(*, experiment_id: int, devices: list[Device], sends: list[_Sen
             experiment_transition(
                 experiment_id=experiment_id,
                 event="start",
-                actor=Actor.system("scheduler"),
-                reason=f"attempt {run.attempt} on {worker.hostname} ({', '.join(d.label for d in devices)})",
+                actor=SCHEDULER,
+                reason=_start_reason(run.attempt, devices),
             )
-    except (_LeaseLost, TransitionRefused, IntegrityError, OperationalError) as exc:
+    except _LOST_RACE as exc:
         # Lost a race (device leased, experiment started or cancelled by someone else, or
         # PostgreSQL broke a lock cycle between two schedulers): this
         # attempt rolled back to its savepoint; the next tick looks again.
@@ -517,20 +536,72 @@ def _dispatch_one(*, experiment_id: int, devices: list[Device], sends: list[_Sen
     return run
 
 
+def _start_reason(attempt: int, devices: list[Device]) -> str:
+    return f"attempt {attempt} on {devices[0].worker.hostname} ({', '.join(d.label for d in devices)})"
+
+
+def _dispatch_batch(plans: list[tuple[int, list[Device]]], sends: list[_Send]) -> list[Run]:
+    """Dispatch every pair at once in a savepoint: a few statements whatever the number of runs.
+
+    One read of the next attempts, the start transitions as one conditional UPDATE (an
+    experiment cancelled or started by someone else since the plan is left out), one insert
+    of the runs, one conditional UPDATE of the leases. Any other lost race (a device taken,
+    a state moved between read and write, a lock cycle broken by PostgreSQL) raises, and
+    the savepoint takes back everything the batch wrote.
+    """
+    task_ids = {experiment_id: str(uuid.uuid4()) for experiment_id, _ in plans}
+    with transaction.atomic():
+        attempts = runs_next_attempts([experiment_id for experiment_id, _ in plans])
+        fired, refused = experiments_transition_many(
+            experiment_ids=[experiment_id for experiment_id, _ in plans],
+            event="start",
+            actor=SCHEDULER,
+            reasons={pk: _start_reason(attempts[pk], devices) for pk, devices in plans},
+        )
+        for refusal in refused:
+            logger.info("dispatch of experiment %s lost a race: %s", refusal.experiment.pk, refusal.message)
+        started = {e.pk: e for e in fired}
+        chosen = [(started[pk], devices) for pk, devices in plans if pk in started]
+        runs = runs_create_many(
+            [
+                RunStart(
+                    experiment=experiment,
+                    worker=devices[0].worker.hostname,
+                    device=devices[0].label,
+                    task_id=task_ids[experiment.pk],
+                )
+                for experiment, devices in chosen
+            ],
+            attempts=attempts,
+        )
+        if chosen and not devices_lease(
+            [([d.pk for d in devices], run) for run, (_, devices) in zip(runs, chosen, strict=True)]
+        ):
+            raise _LeaseLost
+    for run, (experiment, devices) in zip(runs, chosen, strict=True):
+        sends.append((run.pk, devices[0].worker.queue, task_ids[experiment.pk]))
+    return runs
+
+
 def experiments_dispatch(plans: list[tuple[int, list[Device]]]) -> list[Run]:
     """Dispatch (experiment id, devices) pairs in one transaction; return the runs created.
 
-    Each dispatch is a savepoint whose writes are conditional updates (the lease, the
-    state change), so one lost race costs only that experiment; the pass commits once and
-    sends its train tasks together, over one broker connection, after the commit.
+    The pairs go as one batch (_dispatch_batch); when the batch loses a race it is rolled back
+    and each pair is dispatched in a savepoint of its own, so one lost race costs only that
+    experiment. The pass commits once and sends its train tasks together, over one broker
+    connection, after the commit.
     """
     sends: list[_Send] = []
     started: list[Run] = []
     with transaction.atomic():
-        for experiment_id, devices in plans:
-            run = _dispatch_one(experiment_id=experiment_id, devices=devices, sends=sends)
-            if run is not None:
-                started.append(run)
+        try:
+            started = _dispatch_batch(plans, sends)
+        except _LOST_RACE as exc:
+            logger.info("a dispatch of %d experiments lost a race (%r): one at a time", len(plans), exc)
+            for experiment_id, devices in plans:
+                run = _dispatch_one(experiment_id=experiment_id, devices=devices, sends=sends)
+                if run is not None:
+                    started.append(run)
         # Registered last: the runs' start effects (pages, policies) are queued before it.
         transaction.on_commit(lambda: _send_train_tasks(sends))
     return started
