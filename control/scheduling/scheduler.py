@@ -270,13 +270,26 @@ def _pick(
     hosts: dict[int, placement.HostFree] | None = None,
 ) -> list[Device]:
     """Return the devices to lease (all on one worker, whose host has the cores and memory), or [] when none fit."""
+
+    def fits(device: Device) -> bool:
+        return device_fits(experiment, device) and (
+            hosts is None or placement.host_fits(experiment, hosts.get(device.worker_id))
+        )
+
+    wanted = max(1, experiment.gpus)
+    if wanted == 1:
+        # The first worker with a fitting device wins, as below; only its devices are compared
+        # (a pass places up to one experiment per free device: checking every device each time
+        # was the plan's largest cost).
+        first = next((d for d in free if fits(d)), None)
+        if first is None:
+            return []
+        same = [d for d in free if d.worker_id == first.worker_id and (d is first or fits(d))]
+        return [min(same, key=lambda d: (d.memory_total_mb, d.index))]
     by_worker: dict[int, list[Device]] = defaultdict(list)
     for device in free:
-        if device_fits(experiment, device) and (
-            hosts is None or placement.host_fits(experiment, hosts.get(device.worker_id))
-        ):
+        if fits(device):
             by_worker[device.worker_id].append(device)
-    wanted = max(1, experiment.gpus)
     for devices in by_worker.values():
         if len(devices) >= wanted:
             # Smallest sufficient GPUs first: keep the big ones for jobs that need them.
@@ -358,8 +371,14 @@ class Plan:
     free_devices: list[Device]
 
 
-def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = None) -> Plan:
-    """Decide, without writing, which queued experiments get which free devices, and why the rest wait."""
+def scheduler_plan(
+    *, now: datetime | None = None, max_concurrent: int | None = None, placements_only: bool = False
+) -> Plan:
+    """Decide, without writing, which queued experiments get which free devices, and why the rest wait.
+
+    placements_only: stop deciding once no free device or run slot is left (nothing after
+    that can be placed): what a tick needs; the queue page wants every experiment's reason.
+    """
     now = now or timezone.now()
     limit = concurrency_limit() if max_concurrent is None else max_concurrent
     # External runs train on their client's hardware: they hold no slot of ours.
@@ -389,6 +408,8 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     # Improvement per dollar orders each priority class; fair share then interleaves the projects.
     queue, estimates, mode = ordering.queue_rank(queued_in_order(now=now), cache=pass_cache)
     for position, experiment in enumerate(fairshare.fair_order(queue), start=1):
+        if placements_only and (not free or (slots_left is not None and slots_left <= 0)):
+            break
         decision = Decision(
             experiment=experiment,
             position=position,
@@ -440,6 +461,10 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
             decision.reason = f"waiting for {_needs(experiment)} to free up"
         else:
             decision.reason = f"no live worker has {_needs(experiment)}"
+    if placements_only:
+        return Plan(
+            decisions=decisions, running=running, ordering=mode, limit=limit, free_devices=initially_free
+        )
     # Shown in the queue, last and never given a device: their client starts their runs.
     waiting_clients = Experiment.objects.filter(state=State.QUEUED, executor=Executor.EXTERNAL).order_by(
         "queued_at", "pk"
@@ -619,7 +644,7 @@ def scheduler_tick(*, now: datetime | None = None, max_concurrent: int | None = 
     # ordering the whole queue (the queue page plans for itself when someone looks).
     if not usable_devices(now=now).filter(leased_run__isnull=True, reserved=False).exists():
         return []
-    plan = scheduler_plan(now=now, max_concurrent=max_concurrent)
+    plan = scheduler_plan(now=now, max_concurrent=max_concurrent, placements_only=True)
     chosen = [(d.experiment.pk, d.devices) for d in plan.decisions if d.devices]
     return experiments_dispatch(chosen) if chosen else []
 
