@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
 import pytest
+import redis
 from asgiref.sync import async_to_sync, sync_to_async
 from channels.layers import get_channel_layer
 from django.db import connection, transaction
@@ -130,6 +132,32 @@ def test_start_effects_run_for_every_run_after_commit_once_per_effect(
         effects_install(previous)
     assert sorted(single) == sorted(e.pk for e in experiments)
     assert len(batches) == 1 and sorted(batches[0]) == sorted(e.pk for e in experiments)
+
+
+def test_after_commit_each_run_s_train_task_is_on_its_worker_s_queue(
+    redis_url: str, django_capture_on_commit_callbacks: Any
+) -> None:
+    workers = [make_worker(f"send{i}@host", cpu=1) for i in range(3)]
+    for i in range(3):
+        queued(f"sent {i}")
+    client = redis.Redis.from_url(redis_url)
+    client.delete(*[w.queue for w in workers])
+
+    with django_capture_on_commit_callbacks(execute=True), transaction.atomic():
+        runs = scheduler_tick()
+        assert all(client.llen(w.queue) == 0 for w in workers)  # nothing before commit
+
+    assert len(runs) == 3
+    for run in runs:
+        worker = next(w for w in workers if w.hostname == run.worker)
+        [raw] = client.lrange(worker.queue, 0, -1)
+        headers = json.loads(raw)["headers"]
+        assert (headers["task"], headers["id"], headers["argsrepr"]) == (
+            "control.train_run",
+            run.task_id,
+            f"({run.pk},)",
+        )
+    client.delete(*[w.queue for w in workers])
 
 
 @pytest.mark.django_db(transaction=True)
