@@ -371,11 +371,21 @@ def script_audit_text(experiment: Experiment) -> str:
 
 def state_change_publish(done: Transitioned) -> None:
     """Tell every open page about the new state (the live view listens)."""
-    state_change_publish_many([done])
+    _state_changes_publish([done], wait=True)
 
 
 def state_change_publish_many(dones: list[Transitioned]) -> None:
-    """Tell every open page about the new states: one query for the pipelines, one hand-over to the layer."""
+    """Tell every open page about many new states (a scheduler pass's starts), handed over without waiting.
+
+    The publisher sends them in order behind everything handed over before, as it does the
+    metric frames; the pass goes on to send its train tasks meanwhile instead of waiting for
+    two channel-layer sends per run. Pages are best effort: one that missed an event catches up.
+    """
+    _state_changes_publish(dones, wait=False)
+
+
+def _state_changes_publish(dones: list[Transitioned], *, wait: bool) -> None:
+    """One query for the pipelines of them all, one hand-over to the channel layer."""
     ids = [done.experiment.pk for done in dones]
     # The pages of its pipeline neighbours show its state too (one indexed query when none has any).
     # Only neighbours in its project: a page never hears of another project's experiment.
@@ -395,7 +405,7 @@ def state_change_publish_many(dones: list[Transitioned]) -> None:
         messages += events.pipeline_change_messages(
             experiment_ids=sorted(neighbours[pk] - {pk}), about=pk, target=target
         )
-    events.send_messages(messages)
+    events.send_messages(messages, wait=wait)
 
 
 def experiment_retrain(
