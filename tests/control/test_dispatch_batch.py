@@ -20,7 +20,7 @@ from experiments.effects import Transitioned, effects_install, effects_installed
 from experiments.events import FLEET_GROUP
 from experiments.models import Experiment, Run, TransitionLog
 from experiments.services import experiment_transition
-from tests.control.helpers import make_worker, queued
+from tests.control.helpers import H100_MB, make_worker, queued
 
 pytestmark = pytest.mark.django_db
 
@@ -51,6 +51,20 @@ def test_a_pass_starts_every_run_with_its_own_audit_row_and_attempt() -> None:
         assert (log.source_state, log.target_state, log.actor) == ("queued", "running", "system:scheduler")
         assert log.reason == f"attempt {run.attempt} on {device.worker.hostname} ({device.label})"
     assert Device.objects.filter(leased_run__isnull=False).count() == 3
+
+
+def test_a_multi_gpu_run_leases_all_its_devices_in_the_batch() -> None:
+    make_worker("pair@host", gpus=[("NVIDIA H100 80GB HBM3", H100_MB)] * 2)
+    make_worker("one@host", gpus=[("NVIDIA H100 80GB HBM3", H100_MB)])
+    wide = queued("wide", gpus=2, priority=9)
+    narrow = queued("narrow", gpus=1, priority=1)
+
+    runs = {run.experiment_id: run for run in scheduler_tick()}
+
+    assert sorted(Device.objects.filter(leased_run=runs[wide.pk]).values_list("index", flat=True)) == [0, 1]
+    assert Device.objects.filter(leased_run=runs[narrow.pk]).count() == 1
+    [log] = TransitionLog.objects.filter(experiment=wide, event="start")
+    assert log.reason == "attempt 1 on pair@host (cuda:0, cuda:1)"
 
 
 def test_an_experiment_cancelled_after_the_plan_is_skipped_and_the_rest_start() -> None:
