@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.models import Case, ExpressionWrapper, FloatField, Func, Q, QuerySet, Value, When
 from django.db.models.functions import Cast, Coalesce, Greatest
 from django.urls import reverse
@@ -209,18 +209,45 @@ def queued_in_order(
     building model instances (or converting every column) cost more than the query.
     """
     now = now or timezone.now()
-    queryset = (
-        Experiment.objects.filter(state=State.QUEUED)
-        # An external experiment waits for its client to start a run: no device is ever leased for it.
-        .exclude(executor=Executor.EXTERNAL)
-        .annotate(urgency=urgency_expression(now=now, aging_per_minute=aging_per_minute))
-        .order_by("-urgency", Coalesce("queued_at", "created_at"), "pk")
-        .values_list(*_QUEUED_COLUMNS, "urgency")
-    )
-    sql, params = queryset.query.sql_with_params()
-    with connections[queryset.db].cursor() as cursor:
+    alias = router.db_for_read(Experiment)
+    sql, compiled = _queued_sql(alias, _aging(aging_per_minute))
+    # The statement is the same every pass but for the moment the waiting is counted from.
+    stamp = now.timestamp()
+    params = [stamp if p == _NOW_PLACEHOLDER else p for p in compiled]
+    with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
         return [QueuedExperiment(*row) for row in cursor.fetchall()]
+
+
+# Stands for "now" in the compiled queue statement (no real timestamp or score equals it).
+_NOW_PLACEHOLDER = -987654321.125
+_PLACEHOLDER_NOW = datetime.fromtimestamp(_NOW_PLACEHOLDER, tz=UTC)
+_queued_sql_cache: dict[tuple[str, str, float], tuple[str, tuple[Any, ...]]] = {}
+
+
+def _queued_sql(alias: str, aging: float) -> tuple[str, tuple[Any, ...]]:
+    """Return the queue statement compiled once per database and aging rate.
+
+    Compiling it (the class CASE, the aging expression, the ordering) cost Django more than
+    the database spends running it; only "now" changes between passes.
+    """
+    key = (alias, connections[alias].vendor, aging)
+    cached = _queued_sql_cache.get(key)
+    if cached is None:
+        queryset = (
+            Experiment.objects.using(alias)
+            .filter(state=State.QUEUED)
+            # An external experiment waits for its client to start a run: no device is ever leased for it.
+            .exclude(executor=Executor.EXTERNAL)
+            .annotate(urgency=urgency_expression(now=_PLACEHOLDER_NOW, aging_per_minute=aging))
+            .order_by("-urgency", Coalesce("queued_at", "created_at"), "pk")
+            .values_list(*_QUEUED_COLUMNS, "urgency")
+        )
+        sql, params = queryset.query.sql_with_params()
+        if _NOW_PLACEHOLDER not in params:  # "now" written into the SQL would stay fixed
+            raise RuntimeError("the queue statement does not take the time as a parameter")
+        cached = _queued_sql_cache[key] = (sql, tuple(params))
+    return cached
 
 
 def _reserved_by_settings(device: Device) -> bool:
