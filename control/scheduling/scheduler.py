@@ -361,11 +361,11 @@ def _admission_refusal(experiment: QueuedExperiment, now: datetime, cache: dict[
         return ""
 
 
-def concurrency_limit() -> int | None:
+def concurrency_limit(cache: dict[str, Any] | None = None) -> int | None:
     """Return the cap on live runs now: settings (0 = none) and a cost policy's; None = no cap."""
     caps = [settings.SCHEDULER_MAX_CONCURRENT_RUNS] if settings.SCHEDULER_MAX_CONCURRENT_RUNS > 0 else []
     try:
-        cap = cost.concurrency_cap()
+        cap = cost.concurrency_cap(cache)
     except Exception:  # a broken policy must not stop scheduling
         logger.exception("the cost policy's concurrency cap failed")
         cap = None
@@ -407,7 +407,9 @@ def scheduler_plan(
     that can be placed): what a tick needs; the queue page wants every experiment's reason.
     """
     now = now or timezone.now()
-    limit = concurrency_limit() if max_concurrent is None else max_concurrent
+    # One scheduling pass's reads: the cost policies, today's spend, estimates (read once each).
+    pass_cache: dict[str, Any] = {}
+    limit = concurrency_limit(pass_cache) if max_concurrent is None else max_concurrent
     # External runs train on their client's hardware: they hold no slot of ours.
     live_runs_of = list(
         Run.objects.filter(status__in=LIVE_RUN_STATUSES)
@@ -421,7 +423,6 @@ def scheduler_plan(
     initially_free = list(free)
     decisions: list[Decision] = []
     slots_left = None if limit is None else limit - running
-    pass_cache: dict[str, Any] = {}
     # Experiments asking for the same thing get the same answer once nothing fits them: free
     # devices and host room only go away during a pass. Keyed by (gpus, gpu_type, memory_gb,
     # cpu_cores, host_memory_gb).
