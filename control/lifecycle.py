@@ -27,6 +27,7 @@ from control.policies.listeners import (
     policies_decide_on_evaluation,
     policies_evaluate_on_metrics,
     policies_evaluate_on_transition,
+    policies_evaluate_on_transitions,
 )
 from control.scheduling.evaluations import evaluation_request_on_complete
 from control.scheduling.services import (
@@ -43,7 +44,7 @@ from experiments.registry.services import (
 )
 from experiments.runs.evaluation import evaluation_publish
 from experiments.runs.reporting import publish_metric_batch
-from experiments.services import state_change_publish
+from experiments.services import state_change_publish, state_change_publish_many
 
 EFFECTS = EffectTable(
     transitions={
@@ -104,6 +105,11 @@ EFFECTS = EffectTable(
         "retire": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
         "reinstate": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
         "adopt": (policies_evaluate_on_transition, dependents_react_on_transition, state_change_publish),
+    },
+    # A scheduler pass starting many runs: one policy lookup and one send to the pages for all.
+    batched={
+        policies_evaluate_on_transition: policies_evaluate_on_transitions,
+        state_change_publish: state_change_publish_many,
     },
     # Inside the transaction that ends the run (the scheduler tick itself waits for commit).
     run_ended=(leases_release_on_run_end,),

@@ -34,6 +34,8 @@ class Transitioned:
 
 
 TransitionEffect = Callable[[Transitioned], None]
+# The form of a transition effect that handles many transitions at once (one query, one send).
+TransitionBatchEffect = Callable[[list[Transitioned]], None]
 RunEndedEffect = Callable[[Run], None]
 MetricsEffect = Callable[[int, int, list[MetricPointPayload]], None]
 EvaluatedEffect = Callable[[RunEvaluation], None]
@@ -47,9 +49,12 @@ class EffectTable:
     run_ended: inside the transaction that gives a run its final status.
     metrics_flushed: after a metric batch commits, in the reporter's flusher thread.
     evaluated: after a run's evaluation job ends (succeeded or failed) and its result commits.
+    batched: for a transition effect, its form over many transitions (a scheduler pass starting
+    many runs); an effect without one runs once per transition.
     """
 
     transitions: Mapping[str, tuple[TransitionEffect, ...]] = field(default_factory=dict)
+    batched: Mapping[TransitionEffect, TransitionBatchEffect] = field(default_factory=dict)
     run_ended: tuple[RunEndedEffect, ...] = ()
     metrics_flushed: tuple[MetricsEffect, ...] = ()
     evaluated: tuple[EvaluatedEffect, ...] = ()
@@ -74,6 +79,35 @@ def transition_effects_schedule(done: Transitioned) -> None:
     """Queue the event's effects to run, in order, once the caller's transaction commits."""
     for effect in _installed.transitions.get(done.event, ()):
         transaction.on_commit(partial(_run_safely, effect, done))
+
+
+def transition_effects_schedule_many(dones: list[Transitioned]) -> None:
+    """Queue the effects of many transitions to run once the caller's transaction commits.
+
+    Each effect of the table runs once for the whole batch of an event (its batched form, or
+    once per transition), in the table's order: every transition still sees its effects in
+    that order, and a batch of 64 starts costs one callback per effect, not 64.
+    """
+    by_event: dict[str, list[Transitioned]] = {}
+    for done in dones:
+        by_event.setdefault(done.event, []).append(done)
+    for event, group in by_event.items():
+        for effect in _installed.transitions.get(event, ()):
+            transaction.on_commit(partial(_run_batch_safely, effect, group))
+
+
+def _run_batch_safely(effect: TransitionEffect, group: list[Transitioned]) -> None:
+    many = _installed.batched.get(effect)
+    if many is None:
+        for done in group:
+            _run_safely(effect, done)
+        return
+    try:
+        many(group)
+    except Exception:
+        logger.exception(
+            "effect %s of %s on %d experiments failed", _name(effect), group[0].event, len(group)
+        )
 
 
 def _run_safely(effect: TransitionEffect, done: Transitioned) -> None:

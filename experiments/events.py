@@ -266,15 +266,22 @@ def sends_drain(timeout: float = SEND_TIMEOUT_SECONDS) -> bool:
     return True
 
 
+def pipeline_change_messages(*, experiment_ids: list[int], about: int, target: str) -> Messages:
+    """Return the messages that tell an experiment's pipeline neighbours' pages that it moved."""
+    payload = {"type": "pipeline.changed", "experiment_id": about, "target": target}
+    return [(experiment_group(pk), payload) for pk in experiment_ids]
+
+
 def publish_pipeline_change(*, experiment_ids: list[int], about: int, target: str) -> None:
     """Tell the pages of an experiment's pipeline neighbours that it moved (their pipeline card refreshes)."""
     if experiment_ids:
-        payload = {"type": "pipeline.changed", "experiment_id": about, "target": target}
-        send_to_groups([experiment_group(pk) for pk in experiment_ids], payload)
+        send_messages(pipeline_change_messages(experiment_ids=experiment_ids, about=about, target=target))
 
 
-def publish_state_change(*, experiment_id: int, event: str, source: str, target: str, actor: str) -> None:
-    """Tell the experiment's page and the fleet page about a transition."""
+def state_change_messages(
+    *, experiment_id: int, event: str, source: str, target: str, actor: str
+) -> Messages:
+    """Return the messages that tell the experiment's page and the fleet page about a transition."""
     payload: StateChanged = {
         "type": "state.changed",
         "experiment_id": experiment_id,
@@ -283,7 +290,16 @@ def publish_state_change(*, experiment_id: int, event: str, source: str, target:
         "target": target,
         "actor": actor,
     }
-    send_to_groups([experiment_group(experiment_id), FLEET_GROUP], dict(payload))
+    return [(experiment_group(experiment_id), dict(payload)), (FLEET_GROUP, dict(payload))]
+
+
+def publish_state_change(*, experiment_id: int, event: str, source: str, target: str, actor: str) -> None:
+    """Tell the experiment's page and the fleet page about a transition."""
+    send_messages(
+        state_change_messages(
+            experiment_id=experiment_id, event=event, source=source, target=target, actor=actor
+        )
+    )
 
 
 def publish_evaluation_change(*, experiment_id: int, run_id: int, status: str) -> None:

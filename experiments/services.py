@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.db import transaction
 from django.db.models import F, Q
+from django.utils import timezone
 from django_fsm import ConcurrentTransition, can_proceed, has_transition_perm
 
 from experiments import events
 from experiments.actors import Actor
 from experiments.choices import Executor, PriorityClass, State
-from experiments.effects import Transitioned, transition_effects_schedule
+from experiments.effects import Transitioned, transition_effects_schedule, transition_effects_schedule_many
 from experiments.models import (
     EVENT_LABELS,
     EVENT_PERMISSIONS,
@@ -25,6 +29,7 @@ from experiments.models import (
     default_project,
     unmet_dependencies,
 )
+from experiments.models.bulk import case_by_pk
 from experiments.recipes import RECIPES
 from experiments.recipes.script import SCRIPT_RECIPE
 
@@ -212,8 +217,21 @@ def experiment_serving_refusal(experiment: Experiment) -> str:
     return ""
 
 
-def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None:
-    """Apply the transition inside the caller's transaction and write the audit row."""
+@dataclass(frozen=True)
+class _Fired:
+    """A transition applied to an instance, not yet written: the event fired, its source and audit reason."""
+
+    experiment: Experiment
+    event: str
+    source: str
+    reason: str
+
+
+def _transition_apply(experiment: Experiment, event: str, actor: Actor, reason: str) -> _Fired:
+    """Check the rules of firing `event` and apply it to the instance (unsaved).
+
+    The one place of the transition rules: the single and the batch write both go through it.
+    """
     method = getattr(experiment, event)
     if not can_proceed(method):
         raise _refusal(experiment, event)
@@ -235,21 +253,112 @@ def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None
         reason = f"{reason}; {script_audit_text(experiment)}" if reason else script_audit_text(experiment)
     source = experiment.state
     method()
+    return _Fired(experiment=experiment, event=event, source=source, reason=reason)
+
+
+def _audit_row(fired: _Fired, actor: Actor) -> TransitionLog:
+    return TransitionLog(
+        experiment=fired.experiment,
+        event=fired.event,
+        source_state=fired.source,
+        target_state=fired.experiment.state,
+        actor=actor.label,
+        user=actor.user,
+        reason=fired.reason,
+    )
+
+
+def _transitioned(fired: _Fired, actor: Actor) -> Transitioned:
+    return Transitioned(experiment=fired.experiment, event=fired.event, source=fired.source, actor=actor)
+
+
+def _fire(experiment: Experiment, event: str, actor: Actor, reason: str) -> None:
+    """Apply the transition inside the caller's transaction and write the audit row."""
+    fired = _transition_apply(experiment, event, actor, reason)
     # ConcurrentTransitionMixin turns this into UPDATE ... WHERE state = <source>: of two
     # racing requests exactly one matches a row, the other raises ConcurrentTransition.
     experiment.save()
-    TransitionLog.objects.create(
-        experiment=experiment,
-        event=event,
-        source_state=source,
-        target_state=experiment.state,
-        actor=actor.label,
-        user=actor.user,
-        reason=reason,
-    )
+    _audit_row(fired, actor).save()
     # What follows (registry, canary, policies, scheduler, the open pages) runs after commit,
     # in the order of the effect table (control/lifecycle.py).
-    transition_effects_schedule(Transitioned(experiment=experiment, event=event, source=source, actor=actor))
+    transition_effects_schedule(_transitioned(fired, actor))
+
+
+def experiments_transition_many(
+    *, experiment_ids: Sequence[int], event: str, actor: Actor, reasons: Mapping[int, str]
+) -> tuple[list[Experiment], list[TransitionRefused]]:
+    """Fire one event on many experiments in a few statements; return those fired and the refusals.
+
+    The rules are experiment_transition's own (_transition_apply); an experiment they refuse
+    (cancelled, or started by someone else, since the caller looked) is left out and its
+    refusal returned, one that no longer exists is left out. The writes are batched: one
+    conditional UPDATE per source state (WHERE state = <source>, as the single write does),
+    one insert of the audit rows, and the effects scheduled as one batch after commit.
+    Raise ConcurrentTransition when another writer moved one of them between the read and
+    the write: nothing of the batch is then written (the caller may retry one by one).
+    PermissionDenied (a person without the permission) also refuses the whole batch.
+    """
+    if event not in EVENT_PERMISSIONS:
+        raise ValidationError({"event": f"unknown event {event!r} (known: {', '.join(EVENT_PERMISSIONS)})"})
+    if event == "retrain" or (event == "promote" and actor.is_person):
+        # A retrain creates a child, a person's promote may need an override: one at a time.
+        raise ValueError(f"{event} is fired one experiment at a time (experiment_transition)")
+    fired: list[_Fired] = []
+    refused: list[TransitionRefused] = []
+    before: dict[int, dict[str, Any]] = {}
+    with transaction.atomic():
+        found = Experiment.objects.in_bulk(list(experiment_ids))
+        for experiment_id in experiment_ids:
+            experiment = found.get(experiment_id)
+            if experiment is None:
+                continue
+            before[experiment.pk] = _column_values(experiment)
+            try:
+                fired.append(_transition_apply(experiment, event, actor, reasons.get(experiment_id, "")))
+            except TransitionRefused as refusal:
+                refused.append(refusal)
+        _write_many(fired, before)
+        TransitionLog.objects.bulk_create([_audit_row(f, actor) for f in fired])
+        transition_effects_schedule_many([_transitioned(f, actor) for f in fired])
+    return [f.experiment for f in fired], refused
+
+
+def _column_values(experiment: Experiment) -> dict[str, Any]:
+    return {f.attname: getattr(experiment, f.attname) for f in Experiment._meta.concrete_fields}
+
+
+def _write_many(fired: list[_Fired], before: Mapping[int, Mapping[str, Any]]) -> None:
+    """Save the applied transitions with one conditional UPDATE per source state and changed columns.
+
+    Only what the transition changed is written (and updated_at); a value that differs from
+    row to row (the moment of the change) is a CASE on the primary key, as bulk_update writes it.
+    """
+    now = timezone.now()
+    groups: dict[tuple[str, tuple[str, ...]], list[Experiment]] = defaultdict(list)
+    for f in fired:
+        old = before[f.experiment.pk]
+        changed = tuple(
+            sorted(name for name, value in _column_values(f.experiment).items() if value != old[name])
+        )
+        groups[(f.source, changed)].append(f.experiment)
+    for (source, changed), experiments in groups.items():
+        values: dict[str, Any] = {"updated_at": now}
+        for name in changed:
+            if name == "updated_at":
+                continue
+            per_row = {e.pk: getattr(e, name) for e in experiments}
+            first = per_row[experiments[0].pk]
+            if all(value == first for value in per_row.values()):
+                values[name] = first
+            else:
+                values[name] = case_by_pk(Experiment, name, per_row)
+        won = Experiment.objects.filter(pk__in=[e.pk for e in experiments], state=source).update(**values)
+        if won != len(experiments):
+            raise ConcurrentTransition(f"{len(experiments) - won} of {len(experiments)} left {source} first")
+        for e in experiments:
+            e.updated_at = now
+            # What a later save() of this instance expects to find in the row (its state guard).
+            e._update_initial_state()
 
 
 def script_audit_text(experiment: Experiment) -> str:
@@ -262,23 +371,41 @@ def script_audit_text(experiment: Experiment) -> str:
 
 def state_change_publish(done: Transitioned) -> None:
     """Tell every open page about the new state (the live view listens)."""
-    events.publish_state_change(
-        experiment_id=done.experiment.pk,
-        event=done.event,
-        source=done.source,
-        target=str(done.experiment.state),
-        actor=done.actor.label,
-    )
-    # The pages of its pipeline neighbours show its state too (one indexed query when it has none).
+    _state_changes_publish([done], wait=True)
+
+
+def state_change_publish_many(dones: list[Transitioned]) -> None:
+    """Tell every open page about many new states (a scheduler pass's starts), handed over without waiting.
+
+    The publisher sends them in order behind everything handed over before, as it does the
+    metric frames; the pass goes on to send its train tasks meanwhile instead of waiting for
+    two channel-layer sends per run. Pages are best effort: one that missed an event catches up.
+    """
+    _state_changes_publish(dones, wait=False)
+
+
+def _state_changes_publish(dones: list[Transitioned], *, wait: bool) -> None:
+    """One query for the pipelines of them all, one hand-over to the channel layer."""
+    ids = [done.experiment.pk for done in dones]
+    # The pages of its pipeline neighbours show its state too (one indexed query when none has any).
     # Only neighbours in its project: a page never hears of another project's experiment.
-    neighbours = Dependency.objects.filter(
-        Q(upstream_id=done.experiment.pk) | Q(downstream_id=done.experiment.pk),
+    neighbours: dict[int, set[int]] = defaultdict(set)
+    for upstream, downstream in Dependency.objects.filter(
+        Q(upstream_id__in=ids) | Q(downstream_id__in=ids),
         upstream__project_id=F("downstream__project_id"),
-    ).values_list("upstream_id", "downstream_id")
-    ids = sorted({pk for pair in neighbours for pk in pair} - {done.experiment.pk})
-    events.publish_pipeline_change(
-        experiment_ids=ids, about=done.experiment.pk, target=str(done.experiment.state)
-    )
+    ).values_list("upstream_id", "downstream_id"):
+        neighbours[upstream].add(downstream)
+        neighbours[downstream].add(upstream)
+    messages: events.Messages = []
+    for done in dones:
+        pk, target = done.experiment.pk, str(done.experiment.state)
+        messages += events.state_change_messages(
+            experiment_id=pk, event=done.event, source=done.source, target=target, actor=done.actor.label
+        )
+        messages += events.pipeline_change_messages(
+            experiment_ids=sorted(neighbours[pk] - {pk}), about=pk, target=target
+        )
+    events.send_messages(messages, wait=wait)
 
 
 def experiment_retrain(

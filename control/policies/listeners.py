@@ -51,15 +51,23 @@ def policies_evaluate_on_transition(done: Transitioned) -> None:
 
     Completion is decided by the auto-promote policies; custom policies see every event.
     """
-    experiment_id, event = done.experiment.pk, done.event
-    if event != "complete" and not Policy.objects.filter(enabled=True, kind=PolicyKind.CUSTOM).exists():
+    policies_evaluate_on_transitions([done])
+
+
+def policies_evaluate_on_transitions(dones: list[Transitioned]) -> None:
+    """Hand each transition to the engine: one look for custom policies for the whole batch."""
+    if all(done.event != "complete" for done in dones) and not (
+        Policy.objects.filter(enabled=True, kind=PolicyKind.CUSTOM).exists()
+    ):
         return
-    try:
-        task_send("control.engine_on_transition", args=[experiment_id, event], queue="control")
-    except Exception:
-        # The broker is away: decide here rather than lose the decision.
-        logger.warning("control queue unavailable; evaluating %s of #%s inline", event, experiment_id)
-        engine_on_transition(experiment_id=experiment_id, event=event)
+    for done in dones:
+        experiment_id, event = done.experiment.pk, done.event
+        try:
+            task_send("control.engine_on_transition", args=[experiment_id, event], queue="control")
+        except Exception:
+            # The broker is away: decide here rather than lose the decision.
+            logger.warning("control queue unavailable; evaluating %s of #%s inline", event, experiment_id)
+            engine_on_transition(experiment_id=experiment_id, event=event)
 
 
 def policies_decide_on_evaluation(evaluation: RunEvaluation) -> None:

@@ -142,14 +142,20 @@ def estimated_cost(experiment: CostSubject) -> Decimal:
     return (hours * unit).quantize(Decimal("0.0001"))
 
 
-def cost_policies() -> list[Policy]:
-    """Return the enabled cost-aware scheduling policies."""
-    return list(Policy.objects.filter(enabled=True, kind=PolicyKind.COST))
+def cost_policies(cache: dict[str, Any] | None = None) -> list[Policy]:
+    """Return the enabled cost-aware scheduling policies (read once per scheduling pass given its cache)."""
+    if cache is not None and "all_cost_policies" in cache:
+        policies: list[Policy] = cache["all_cost_policies"]
+        return policies
+    policies = list(Policy.objects.filter(enabled=True, kind=PolicyKind.COST))
+    if cache is not None:
+        cache["all_cost_policies"] = policies
+    return policies
 
 
-def concurrency_cap() -> int | None:
+def concurrency_cap(cache: dict[str, Any] | None = None) -> int | None:
     """Return the smallest max-concurrent-runs of the enabled cost policies (None: no cap)."""
-    caps = [p.max_concurrent_runs for p in cost_policies() if p.max_concurrent_runs is not None]
+    caps = [p.max_concurrent_runs for p in cost_policies(cache) if p.max_concurrent_runs is not None]
     return min(caps) if caps else None
 
 
@@ -163,7 +169,7 @@ def admission_reason(
     """
     cache = {} if cache is None else cache
     if "cost_policies" not in cache:
-        cache["cost_policies"] = [p for p in cost_policies() if p.daily_budget_usd is not None]
+        cache["cost_policies"] = [p for p in cost_policies(cache) if p.daily_budget_usd is not None]
     budgets = [
         (p.name, p.daily_budget_usd)
         for p in cache["cost_policies"]

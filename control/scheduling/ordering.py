@@ -134,9 +134,9 @@ def rank_key(mode: str, estimate: Estimate, position: int) -> tuple[Any, ...]:
     return (not unknown, estimate.cost_usd if unknown else -(estimate.value_per_dollar or 0.0), position)
 
 
-def ordering_mode() -> str:
+def ordering_mode(cache: dict[str, Any] | None = None) -> str:
     """Return the priority_by of the enabled cost policies ("" when none orders the queue)."""
-    modes = [p.priority_by for p in cost.cost_policies() if p.priority_by in MODES]
+    modes = [p.priority_by for p in cost.cost_policies(cache) if p.priority_by in MODES]
     return modes[0] if modes else ""
 
 
@@ -182,7 +182,7 @@ def queue_rank(queued: list[Any], *, cache: dict[str, Any]) -> tuple[list[Any], 
     Without such a policy the queue is returned as it came, with no estimates.
     """
     try:
-        mode = ordering_mode()
+        mode = ordering_mode(cache)
         if not mode or not queued:
             return queued, {}, ""
         estimates = estimates_for(queued, cache=cache)

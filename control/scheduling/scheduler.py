@@ -18,11 +18,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, OperationalError, connections, transaction
+from django.db import IntegrityError, OperationalError, connections, router, transaction
 from django.db.models import Case, ExpressionWrapper, FloatField, Func, Q, QuerySet, Value, When
 from django.db.models.functions import Cast, Coalesce, Greatest
 from django.urls import reverse
 from django.utils import timezone
+from django_fsm import ConcurrentTransition
 
 import control.scheduling.cost as cost
 from control.dispatch import tasks_send
@@ -31,8 +32,9 @@ from control.scheduling.models import Device, DeviceKind
 from experiments.actors import Actor
 from experiments.choices import LIVE_RUN_STATUSES, PRIORITY_CLASS_RANK, Executor, PriorityClass, State
 from experiments.models import EVALUATION_PENDING, Experiment, Run
-from experiments.runs.services import run_create
-from experiments.services import TransitionRefused, experiment_transition
+from experiments.models.bulk import case_by_pk
+from experiments.runs.services import RunStart, run_create, runs_create_many, runs_next_attempts
+from experiments.services import TransitionRefused, experiment_transition, experiments_transition_many
 
 logger = logging.getLogger(__name__)
 
@@ -207,18 +209,45 @@ def queued_in_order(
     building model instances (or converting every column) cost more than the query.
     """
     now = now or timezone.now()
-    queryset = (
-        Experiment.objects.filter(state=State.QUEUED)
-        # An external experiment waits for its client to start a run: no device is ever leased for it.
-        .exclude(executor=Executor.EXTERNAL)
-        .annotate(urgency=urgency_expression(now=now, aging_per_minute=aging_per_minute))
-        .order_by("-urgency", Coalesce("queued_at", "created_at"), "pk")
-        .values_list(*_QUEUED_COLUMNS, "urgency")
-    )
-    sql, params = queryset.query.sql_with_params()
-    with connections[queryset.db].cursor() as cursor:
+    alias = router.db_for_read(Experiment)
+    sql, compiled = _queued_sql(alias, _aging(aging_per_minute))
+    # The statement is the same every pass but for the moment the waiting is counted from.
+    stamp = now.timestamp()
+    params = [stamp if p == _NOW_PLACEHOLDER else p for p in compiled]
+    with connections[alias].cursor() as cursor:
         cursor.execute(sql, params)
         return [QueuedExperiment(*row) for row in cursor.fetchall()]
+
+
+# Stands for "now" in the compiled queue statement (no real timestamp or score equals it).
+_NOW_PLACEHOLDER = -987654321.125
+_PLACEHOLDER_NOW = datetime.fromtimestamp(_NOW_PLACEHOLDER, tz=UTC)
+_queued_sql_cache: dict[tuple[str, str, float], tuple[str, tuple[Any, ...]]] = {}
+
+
+def _queued_sql(alias: str, aging: float) -> tuple[str, tuple[Any, ...]]:
+    """Return the queue statement compiled once per database and aging rate.
+
+    Compiling it (the class CASE, the aging expression, the ordering) cost Django more than
+    the database spends running it; only "now" changes between passes.
+    """
+    key = (alias, connections[alias].vendor, aging)
+    cached = _queued_sql_cache.get(key)
+    if cached is None:
+        queryset = (
+            Experiment.objects.using(alias)
+            .filter(state=State.QUEUED)
+            # An external experiment waits for its client to start a run: no device is ever leased for it.
+            .exclude(executor=Executor.EXTERNAL)
+            .annotate(urgency=urgency_expression(now=_PLACEHOLDER_NOW, aging_per_minute=aging))
+            .order_by("-urgency", Coalesce("queued_at", "created_at"), "pk")
+            .values_list(*_QUEUED_COLUMNS, "urgency")
+        )
+        sql, params = queryset.query.sql_with_params()
+        if _NOW_PLACEHOLDER not in params:  # "now" written into the SQL would stay fixed
+            raise RuntimeError("the queue statement does not take the time as a parameter")
+        cached = _queued_sql_cache[key] = (sql, tuple(params))
+    return cached
 
 
 def _reserved_by_settings(device: Device) -> bool:
@@ -268,13 +297,26 @@ def _pick(
     hosts: dict[int, placement.HostFree] | None = None,
 ) -> list[Device]:
     """Return the devices to lease (all on one worker, whose host has the cores and memory), or [] when none fit."""
+
+    def fits(device: Device) -> bool:
+        return device_fits(experiment, device) and (
+            hosts is None or placement.host_fits(experiment, hosts.get(device.worker_id))
+        )
+
+    wanted = max(1, experiment.gpus)
+    if wanted == 1:
+        # The first worker with a fitting device wins, as below; only its devices are compared
+        # (a pass places up to one experiment per free device: checking every device each time
+        # was the plan's largest cost).
+        first = next((d for d in free if fits(d)), None)
+        if first is None:
+            return []
+        same = [d for d in free if d.worker_id == first.worker_id and (d is first or fits(d))]
+        return [min(same, key=lambda d: (d.memory_total_mb, d.index))]
     by_worker: dict[int, list[Device]] = defaultdict(list)
     for device in free:
-        if device_fits(experiment, device) and (
-            hosts is None or placement.host_fits(experiment, hosts.get(device.worker_id))
-        ):
+        if fits(device):
             by_worker[device.worker_id].append(device)
-    wanted = max(1, experiment.gpus)
     for devices in by_worker.values():
         if len(devices) >= wanted:
             # Smallest sufficient GPUs first: keep the big ones for jobs that need them.
@@ -319,11 +361,11 @@ def _admission_refusal(experiment: QueuedExperiment, now: datetime, cache: dict[
         return ""
 
 
-def concurrency_limit() -> int | None:
+def concurrency_limit(cache: dict[str, Any] | None = None) -> int | None:
     """Return the cap on live runs now: settings (0 = none) and a cost policy's; None = no cap."""
     caps = [settings.SCHEDULER_MAX_CONCURRENT_RUNS] if settings.SCHEDULER_MAX_CONCURRENT_RUNS > 0 else []
     try:
-        cap = cost.concurrency_cap()
+        cap = cost.concurrency_cap(cache)
     except Exception:  # a broken policy must not stop scheduling
         logger.exception("the cost policy's concurrency cap failed")
         cap = None
@@ -356,10 +398,18 @@ class Plan:
     free_devices: list[Device]
 
 
-def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = None) -> Plan:
-    """Decide, without writing, which queued experiments get which free devices, and why the rest wait."""
+def scheduler_plan(
+    *, now: datetime | None = None, max_concurrent: int | None = None, placements_only: bool = False
+) -> Plan:
+    """Decide, without writing, which queued experiments get which free devices, and why the rest wait.
+
+    placements_only: stop deciding once no free device or run slot is left (nothing after
+    that can be placed): what a tick needs; the queue page wants every experiment's reason.
+    """
     now = now or timezone.now()
-    limit = concurrency_limit() if max_concurrent is None else max_concurrent
+    # One scheduling pass's reads: the cost policies, today's spend, estimates (read once each).
+    pass_cache: dict[str, Any] = {}
+    limit = concurrency_limit(pass_cache) if max_concurrent is None else max_concurrent
     # External runs train on their client's hardware: they hold no slot of ours.
     live_runs_of = list(
         Run.objects.filter(status__in=LIVE_RUN_STATUSES)
@@ -373,7 +423,6 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     initially_free = list(free)
     decisions: list[Decision] = []
     slots_left = None if limit is None else limit - running
-    pass_cache: dict[str, Any] = {}
     # Experiments asking for the same thing get the same answer once nothing fits them: free
     # devices and host room only go away during a pass. Keyed by (gpus, gpu_type, memory_gb,
     # cpu_cores, host_memory_gb).
@@ -387,6 +436,8 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
     # Improvement per dollar orders each priority class; fair share then interleaves the projects.
     queue, estimates, mode = ordering.queue_rank(queued_in_order(now=now), cache=pass_cache)
     for position, experiment in enumerate(fairshare.fair_order(queue), start=1):
+        if placements_only and (not free or (slots_left is not None and slots_left <= 0)):
+            break
         decision = Decision(
             experiment=experiment,
             position=position,
@@ -438,6 +489,10 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
             decision.reason = f"waiting for {_needs(experiment)} to free up"
         else:
             decision.reason = f"no live worker has {_needs(experiment)}"
+    if placements_only:
+        return Plan(
+            decisions=decisions, running=running, ordering=mode, limit=limit, free_devices=initially_free
+        )
     # Shown in the queue, last and never given a device: their client starts their runs.
     waiting_clients = Experiment.objects.filter(state=State.QUEUED, executor=Executor.EXTERNAL).order_by(
         "queued_at", "pk"
@@ -456,24 +511,38 @@ def scheduler_plan(*, now: datetime | None = None, max_concurrent: int | None = 
 
 def device_lease(*, device_ids: list[int], run: Run) -> bool:
     """Lease every device to the run or none (call inside a transaction); False when one was taken."""
+    return devices_lease([(device_ids, run)])
+
+
+def devices_lease(leases: list[tuple[list[int], Run]]) -> bool:
+    """Lease each run its devices, all or none, in one statement (call inside a transaction).
+
+    Return False when one of the devices was taken (or its worker went offline): the caller
+    rolls back what this wrote.
+    """
     now = timezone.now()
-    if Device.objects.filter(pk__in=device_ids, worker__online=False).exists():
+    run_of = {device_id: run.pk for device_ids, run in leases for device_id in device_ids}
+    if not run_of or Device.objects.filter(pk__in=list(run_of), worker__online=False).exists():
         return False
-    for device_id in device_ids:
-        # The conditional update is the lock: of two schedulers, exactly one matches the row.
-        # Only the device's own columns in the WHERE: a condition on a joined table makes
-        # Django write `WHERE id IN (SELECT ...)`, and PostgreSQL re-checks only the outer
-        # clause after waiting for the other writer, so both would "win".
-        won = Device.objects.filter(pk=device_id, leased_run__isnull=True, reserved=False).update(
-            leased_run=run, leased_at=now
-        )
-        if won != 1:
-            return False
-    return True
+    # The conditional update is the lock: of two schedulers, exactly one matches each row,
+    # and the row count says whether this one got every device it asked for.
+    # Only the device's own columns in the WHERE: a condition on a joined table makes
+    # Django write `WHERE id IN (SELECT ...)`, and PostgreSQL re-checks only the outer
+    # clause after waiting for the other writer, so both would "win".
+    won = Device.objects.filter(pk__in=list(run_of), leased_run__isnull=True, reserved=False).update(
+        leased_run=case_by_pk(Device, "leased_run", run_of), leased_at=now
+    )
+    return won == len(run_of)
 
 
 class _LeaseLost(Exception):
     """Another scheduler leased one of the devices first."""
+
+
+# A lost race (device leased, experiment moved by someone else, PostgreSQL breaking a lock
+# cycle between two schedulers): what rolls a dispatch back to its savepoint.
+_LOST_RACE = (_LeaseLost, TransitionRefused, ConcurrentTransition, IntegrityError, OperationalError)
+SCHEDULER = Actor.system("scheduler")
 
 
 # A train task to send once the dispatch commits: (run id, the worker's queue, task id).
@@ -481,9 +550,12 @@ _Send = tuple[int, str, str]
 
 
 def _send_train_tasks(sends: list[_Send]) -> None:
+    # ignore_result as the task itself declares it: sent by name from a process that may not
+    # have the task registered, Celery would otherwise subscribe to (and later unsubscribe
+    # from) a result channel per task, two broker round trips each that nobody reads.
     tasks_send(
         [
-            ("control.train_run", [run_id], {"queue": queue, "task_id": task_id})
+            ("control.train_run", [run_id], {"queue": queue, "task_id": task_id, "ignore_result": True})
             for run_id, queue, task_id in sends
         ]
     )
@@ -504,10 +576,10 @@ def _dispatch_one(*, experiment_id: int, devices: list[Device], sends: list[_Sen
             experiment_transition(
                 experiment_id=experiment_id,
                 event="start",
-                actor=Actor.system("scheduler"),
-                reason=f"attempt {run.attempt} on {worker.hostname} ({', '.join(d.label for d in devices)})",
+                actor=SCHEDULER,
+                reason=_start_reason(run.attempt, devices),
             )
-    except (_LeaseLost, TransitionRefused, IntegrityError, OperationalError) as exc:
+    except _LOST_RACE as exc:
         # Lost a race (device leased, experiment started or cancelled by someone else, or
         # PostgreSQL broke a lock cycle between two schedulers): this
         # attempt rolled back to its savepoint; the next tick looks again.
@@ -517,20 +589,72 @@ def _dispatch_one(*, experiment_id: int, devices: list[Device], sends: list[_Sen
     return run
 
 
+def _start_reason(attempt: int, devices: list[Device]) -> str:
+    return f"attempt {attempt} on {devices[0].worker.hostname} ({', '.join(d.label for d in devices)})"
+
+
+def _dispatch_batch(plans: list[tuple[int, list[Device]]], sends: list[_Send]) -> list[Run]:
+    """Dispatch every pair at once in a savepoint: a few statements whatever the number of runs.
+
+    One read of the next attempts, the start transitions as one conditional UPDATE (an
+    experiment cancelled or started by someone else since the plan is left out), one insert
+    of the runs, one conditional UPDATE of the leases. Any other lost race (a device taken,
+    a state moved between read and write, a lock cycle broken by PostgreSQL) raises, and
+    the savepoint takes back everything the batch wrote.
+    """
+    task_ids = {experiment_id: str(uuid.uuid4()) for experiment_id, _ in plans}
+    with transaction.atomic():
+        attempts = runs_next_attempts([experiment_id for experiment_id, _ in plans])
+        fired, refused = experiments_transition_many(
+            experiment_ids=[experiment_id for experiment_id, _ in plans],
+            event="start",
+            actor=SCHEDULER,
+            reasons={pk: _start_reason(attempts[pk], devices) for pk, devices in plans},
+        )
+        for refusal in refused:
+            logger.info("dispatch of experiment %s lost a race: %s", refusal.experiment.pk, refusal.message)
+        started = {e.pk: e for e in fired}
+        chosen = [(started[pk], devices) for pk, devices in plans if pk in started]
+        runs = runs_create_many(
+            [
+                RunStart(
+                    experiment=experiment,
+                    worker=devices[0].worker.hostname,
+                    device=devices[0].label,
+                    task_id=task_ids[experiment.pk],
+                )
+                for experiment, devices in chosen
+            ],
+            attempts=attempts,
+        )
+        if chosen and not devices_lease(
+            [([d.pk for d in devices], run) for run, (_, devices) in zip(runs, chosen, strict=True)]
+        ):
+            raise _LeaseLost
+    for run, (experiment, devices) in zip(runs, chosen, strict=True):
+        sends.append((run.pk, devices[0].worker.queue, task_ids[experiment.pk]))
+    return runs
+
+
 def experiments_dispatch(plans: list[tuple[int, list[Device]]]) -> list[Run]:
     """Dispatch (experiment id, devices) pairs in one transaction; return the runs created.
 
-    Each dispatch is a savepoint whose writes are conditional updates (the lease, the
-    state change), so one lost race costs only that experiment; the pass commits once and
-    sends its train tasks together, over one broker connection, after the commit.
+    The pairs go as one batch (_dispatch_batch); when the batch loses a race it is rolled back
+    and each pair is dispatched in a savepoint of its own, so one lost race costs only that
+    experiment. The pass commits once and sends its train tasks together, over one broker
+    connection, after the commit.
     """
     sends: list[_Send] = []
     started: list[Run] = []
     with transaction.atomic():
-        for experiment_id, devices in plans:
-            run = _dispatch_one(experiment_id=experiment_id, devices=devices, sends=sends)
-            if run is not None:
-                started.append(run)
+        try:
+            started = _dispatch_batch(plans, sends)
+        except _LOST_RACE as exc:
+            logger.info("a dispatch of %d experiments lost a race (%r): one at a time", len(plans), exc)
+            for experiment_id, devices in plans:
+                run = _dispatch_one(experiment_id=experiment_id, devices=devices, sends=sends)
+                if run is not None:
+                    started.append(run)
         # Registered last: the runs' start effects (pages, policies) are queued before it.
         transaction.on_commit(lambda: _send_train_tasks(sends))
     return started
@@ -548,7 +672,7 @@ def scheduler_tick(*, now: datetime | None = None, max_concurrent: int | None = 
     # ordering the whole queue (the queue page plans for itself when someone looks).
     if not usable_devices(now=now).filter(leased_run__isnull=True, reserved=False).exists():
         return []
-    plan = scheduler_plan(now=now, max_concurrent=max_concurrent)
+    plan = scheduler_plan(now=now, max_concurrent=max_concurrent, placements_only=True)
     chosen = [(d.experiment.pk, d.devices) for d in plan.decisions if d.devices]
     return experiments_dispatch(chosen) if chosen else []
 

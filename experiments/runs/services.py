@@ -11,6 +11,8 @@ the system component (scheduler, worker, watchdog) as the audited actor.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -31,15 +33,51 @@ logger = logging.getLogger(__name__)
 
 def run_create(*, experiment: Experiment, worker: str, device: str, task_id: str) -> Run:
     """Create the next attempt of an experiment (status starting); the caller holds a transaction."""
-    last = experiment.runs.aggregate(n=Max("attempt"))["n"] or 0
-    return Run.objects.create(
-        experiment=experiment,
-        attempt=last + 1,
-        status=RunStatus.STARTING,
-        config=dict(experiment.config),
-        worker=worker,
-        device=device,
-        task_id=task_id,
+    [run] = runs_create_many([RunStart(experiment=experiment, worker=worker, device=device, task_id=task_id)])
+    return run
+
+
+@dataclass(frozen=True)
+class RunStart:
+    """A run to create: the experiment, where it trains and the task that carries it."""
+
+    experiment: Experiment
+    worker: str
+    device: str
+    task_id: str
+
+
+def runs_next_attempts(experiment_ids: Sequence[int]) -> dict[int, int]:
+    """Return each experiment's next attempt number (one query for all)."""
+    last = dict(
+        Run.objects.filter(experiment_id__in=list(experiment_ids))
+        .order_by()
+        .values("experiment_id")
+        .annotate(n=Max("attempt"))
+        .values_list("experiment_id", "n")
+    )
+    return {pk: (last.get(pk) or 0) + 1 for pk in experiment_ids}
+
+
+def runs_create_many(starts: Sequence[RunStart], *, attempts: Mapping[int, int] | None = None) -> list[Run]:
+    """Create the next attempt of each experiment (status starting) in one insert; the caller holds a transaction.
+
+    attempts: the numbers runs_next_attempts returned in this transaction (read again when None).
+    Two writers creating the same attempt collide on the unique (experiment, attempt): IntegrityError.
+    """
+    if attempts is None:
+        attempts = runs_next_attempts([s.experiment.pk for s in starts])
+    return Run.objects.bulk_create(
+        Run(
+            experiment=s.experiment,
+            attempt=attempts[s.experiment.pk],
+            status=RunStatus.STARTING,
+            config=dict(s.experiment.config),
+            worker=s.worker,
+            device=s.device,
+            task_id=s.task_id,
+        )
+        for s in starts
     )
 
 

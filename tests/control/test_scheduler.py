@@ -206,3 +206,20 @@ def test_a_cost_policy_cap_of_zero_holds_the_queue_until_it_is_disabled() -> Non
     assert scheduler_plan().decisions[0].reason == "max concurrent runs reached (0/0)"
     Policy.objects.filter(pk=policy.pk).update(enabled=False)
     assert len(scheduler_tick()) == 1
+
+
+def test_a_tick_plans_only_until_the_free_devices_run_out_and_places_as_the_full_plan_does() -> None:
+    make_worker("small@host", gpus=[("NVIDIA A10", A10_MB)])
+    make_worker("big@host", gpus=[("NVIDIA H100 80GB HBM3", H100_MB), ("NVIDIA H100 80GB HBM3", H100_MB)])
+    for i in range(6):
+        queued(f"job {i}", gpus=1, memory_gb=30 if i % 2 else 0, priority=10 - i)
+
+    full = scheduler_plan()
+    placed = scheduler_plan(placements_only=True)
+
+    placements = [(d.experiment.pk, [x.pk for x in d.devices]) for d in full.decisions if d.devices]
+    assert [(d.experiment.pk, [x.pk for x in d.devices]) for d in placed.decisions if d.devices] == placements
+    assert len(placements) == 3 and len(full.decisions) == 6
+    # Nothing is decided after the last free device went: the rest is the queue page's business.
+    assert len(placed.decisions) < len(full.decisions)
+    assert placed.decisions[-1].devices
