@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 VAR_DIR ?= var
 CHROMIUM ?= /usr/bin/chromium
 PYTEST_ARGS ?=
+# A marker expression selecting part of the suite (CI: .ci/run); empty runs everything.
+MARKERS ?=
 # Development mode for make's commands (run, migrate, demo, checks); DEBUG is off unless set.
 export DEBUG ?= 1
 # python3.11, else python3 when it is 3.11 or newer.
@@ -87,13 +89,13 @@ endef
 pytest: install
 	@echo "== pytest"
 	@if [ -x "$(CHROMIUM)" ]; then \
-		$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+		$(PY) -m pytest $(if $(MARKERS),-m "$(MARKERS)") $(PYTEST_ARGS); rc=$$?; \
 	elif [ "$${CI:-}" = "true" ]; then \
 		echo "CI=true but $(CHROMIUM) is missing: the browser tests must run in CI (.ci/run installs it)"; \
 		exit 1; \
 	else \
 		$(BROWSER_SKIPPED); \
-		$(PY) -m pytest -m "not e2e" $(PYTEST_ARGS); rc=$$?; \
+		$(PY) -m pytest -m "not e2e$(if $(MARKERS), and ($(MARKERS)))" $(PYTEST_ARGS); rc=$$?; \
 		$(BROWSER_SKIPPED); \
 	fi; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure"; fi; \

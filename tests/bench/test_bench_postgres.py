@@ -11,7 +11,7 @@ import pytest
 
 from tests.bench.helpers import ROOT
 
-pytestmark = pytest.mark.bench
+pytestmark = [pytest.mark.bench, pytest.mark.slow]
 
 
 def _postgres_reachable() -> bool:

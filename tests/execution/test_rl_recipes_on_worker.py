@@ -15,7 +15,7 @@ from experiments.recipes import get_spec
 from experiments.services import experiment_create
 from tests.conftest import WorkerHandle, wait_for
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 
 MODEL = {"context": 32, "d_model": 32, "n_layers": 1, "n_heads": 2}
 

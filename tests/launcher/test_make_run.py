@@ -17,6 +17,8 @@ from tests.launcher.helpers import (
     still_running,
 )
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def launcher_env(tmp_path: Path) -> dict[str, str]:

@@ -22,6 +22,8 @@ from crucible_ui.launcher import demo_credentials
 from tests.conftest import wait_for
 from tests.launcher.helpers import Launched, launcher_environment, start_launcher, still_running
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def launcher(tmp_path: Path) -> Iterator[Launched]:

@@ -27,7 +27,7 @@ from experiments.models import MetricPoint, MlflowRun
 from experiments.permissions import researcher_group_ensure
 from tests.mlflow.conftest import run_mlflow_script
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
 
 POINTS = 10_000
 BATCH = 1_000

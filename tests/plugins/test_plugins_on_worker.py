@@ -35,7 +35,7 @@ from tests.policies.helpers import make_policy
 
 from .helpers import EXAMPLE_MODULE
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 SYSTEM = Actor.system("test")
 
 

@@ -22,7 +22,7 @@ from experiments.services import experiment_create, experiment_transition
 from tests.conftest import WorkerHandle, wait_for
 from tests.policies.helpers import make_policy
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.worker, pytest.mark.slow]
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "script-run"
 
