@@ -13,6 +13,10 @@ server --workers 1` is one uvicorn process), one keep-alive connection each, one
 time (the connections each side's client opened per repetition are in the figure: 1 means
 the server kept it alive throughout), and the sides' repetitions taken in turns so that
 each meets the same load.
+Each figure also says what a request cost our server in CPU time (`server_cpu_ms_per_request`:
+milliseconds per timed request of the Daphne process, per repetition, the first one being the
+side's warm-up): unlike points/s, it moves little with the machine's load. (Not for MLflow's
+server: its process tree holds background workers whose polling would count as well.)
 Goal: ≥ 10x MLflow's server.
 """
 
@@ -71,22 +75,59 @@ def metric_batches(batches: int) -> list[list[dict[str, Any]]]:
 # Connections each side's client opened per repetition (keyed by the server's port): 1 when
 # the server kept the connection alive throughout, as both sides must for a like comparison.
 CONNECTIONS: dict[int, list[int]] = {}
+# Our server process behind its port, and the CPU time it spent per timed request, per side
+# and repetition (milliseconds, its whole process tree, from /proc). Unlike points/s, CPU time
+# hardly depends on what else loads the machine: it says what a request costs the server.
+SERVER_PIDS: dict[int, int] = {}
+SERVER_CPU_MS: dict[str, list[float]] = {}
+
+
+def process_tree_cpu_seconds(pid: int) -> float | None:
+    """Return the user+system CPU seconds of pid and its descendants so far (Linux /proc), or None."""
+    children: dict[int, list[int]] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile, or not Linux
+            continue
+        child, parent = int(entry.name), int(fields[1])
+        children.setdefault(parent, []).append(child)
+        cpu[child] = (int(fields[11]) + int(fields[12])) / tick
+    if pid not in cpu:
+        return None
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu.get(current, 0.0)
+        todo.extend(children.get(current, []))
+    return total
 
 
 async def _post_all(
-    port: int, path: str, bodies: list[bytes], headers: dict[str, str], *, warm_up: str
+    port: int, path: str, bodies: list[bytes], headers: dict[str, str], *, warm_up: str, side: str
 ) -> float:
     """POST every body in turn on one connection; return the seconds it took; fail on any non-200."""
     client = HttpClient(port)
+    pid = SERVER_PIDS.get(port)
     try:
         # One request first so that opening the connection is not timed.
         await client.request("GET", warm_up, headers=headers)
+        cpu_before = process_tree_cpu_seconds(pid) if pid else None
         started = time.perf_counter()
         for body in bodies:
             status, answer = await client.request("POST", path, body=body, headers=headers)
             if status != 200:
                 raise RuntimeError(f"POST {path} answered {status}: {answer[:300]!r}")
-        return time.perf_counter() - started
+        elapsed = time.perf_counter() - started
+        cpu_after = process_tree_cpu_seconds(pid) if pid else None
+        if cpu_before is not None and cpu_after is not None:
+            per_request = (cpu_after - cpu_before) * 1000 / len(bodies)
+            SERVER_CPU_MS.setdefault(side, []).append(round(per_request, 1))
+        return elapsed
     finally:
         CONNECTIONS.setdefault(port, []).append(client.connections)
         await client.close()
@@ -111,9 +152,10 @@ def _call(
 class MlflowProtocol:
     """Drives a server that speaks MLflow's REST API (ours or MLflow's): a fresh run per repetition."""
 
-    def __init__(self, port: int, headers: dict[str, str]) -> None:
+    def __init__(self, port: int, headers: dict[str, str], *, side: str) -> None:
         self.port = port
         self.headers = headers
+        self.side = side
         found = _call(
             port,
             "POST",
@@ -145,6 +187,7 @@ class MlflowProtocol:
                 bodies,
                 {**self.headers, "Content-Type": "application/json"},
                 warm_up=f"/api/2.0/mlflow/runs/get?run_id={run_id}",
+                side=self.side,
             )
         )
         history = _call(
@@ -251,6 +294,7 @@ def batch_endpoint_repetition(port: int, headers: dict[str, str]) -> Any:
                 bodies,
                 run_headers,
                 warm_up=f"/api/runs/{run_id}",
+                side="batch",
             )
         )
         from experiments.models import MetricPoint
@@ -297,7 +341,11 @@ def main() -> None:
         base: list[float] | str = []
         started = start_mlflow_server(env.tmp, quick=args.quick)
         proc = None
-        sides: dict[str, Any] = {"mlflow_api": MlflowProtocol(port, headers).one_repetition}
+        SERVER_PIDS[port] = env.children[-1].pid  # the Daphne just started
+        extra["server_cpu_ms_per_request"] = SERVER_CPU_MS
+        sides: dict[str, Any] = {
+            "mlflow_api": MlflowProtocol(port, headers, side="mlflow_api").one_repetition
+        }
         batch_fn = batch_endpoint_repetition(port, headers)
         ours_batch: list[float] | str = batch_fn if isinstance(batch_fn, str) else []
         if not isinstance(batch_fn, str):
@@ -307,7 +355,7 @@ def main() -> None:
         else:
             proc, mlflow_port = started
             extra["connections_per_repetition_baseline"] = CONNECTIONS.setdefault(mlflow_port, [])
-            sides["baseline"] = MlflowProtocol(mlflow_port, {}).one_repetition
+            sides["baseline"] = MlflowProtocol(mlflow_port, {}, side="baseline").one_repetition
         try:
             note(
                 f"ingest over HTTP: {repetitions} x {batches_n} batches of {BATCH} points to each of "
