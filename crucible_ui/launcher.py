@@ -136,9 +136,8 @@ def host_refusal(host: str) -> str | None:
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
-    """Bind and listen on host:port, inheritable, for the web processes to share."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    """Bind and listen on an IPv4 host:port, inheritable, for the web processes to share (see host_refusal)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     # A restarted `make run` must not wait out TIME_WAIT connections of the last one.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
